@@ -1,0 +1,287 @@
+"""The low-level Docker gateway: two sized API clients and the handful of calls dockyard makes.
+
+Everything above this module speaks in container ids, plain dicts and typed errors; nothing
+above it builds URLs or knows about connection pools. Short calls use a client with a read
+timeout; waits use one without (a wait lasts as long as the container runs).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, NotFound
+
+from ._errors import DockerUnavailableError
+
+__all__ = [
+    "ContainerSpec",
+    "DockerGateway",
+    "ExitWait",
+    "is_conflict",
+    "is_missing_image",
+    "is_not_found",
+    "is_unreachable",
+]
+
+log = logging.getLogger("dockyard.docker")
+
+# Errors that mean "the engine did not answer" rather than "the engine said no".
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    ConnectionError,
+    TimeoutError,
+)
+
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (DockerException, *_TRANSPORT_ERRORS)
+
+
+def is_unreachable(err: BaseException) -> bool:
+    """True when the engine could not be reached or dropped the connection."""
+    if isinstance(err, (DockerUnavailableError, *_TRANSPORT_ERRORS)):
+        return True
+    return isinstance(err, APIError) and err.status_code in (502, 503, 504)
+
+
+def is_not_found(err: BaseException) -> bool:
+    return isinstance(err, NotFound) or (isinstance(err, APIError) and err.status_code == 404)
+
+
+def is_conflict(err: BaseException) -> bool:
+    return isinstance(err, APIError) and err.status_code == 409
+
+
+def is_missing_image(err: BaseException) -> bool:
+    """A 404 whose text says the image does not exist (not a missing container or network)."""
+    if not is_not_found(err):
+        return False
+    text = f"{getattr(err, 'explanation', '') or ''} {err}".lower()
+    return "no such image" in text
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything one `create` call needs; built by the launcher, sent as-is."""
+
+    image: str
+    name: str
+    env: Mapping[str, str]
+    labels: Mapping[str, str]
+    memory_bytes: int
+    network: str
+    auto_remove: bool
+    command: Sequence[str] | None = None
+    pids_limit: int | None = None
+    no_new_privileges: bool = False
+
+
+class ExitWait:
+    """A wait on a container's next exit, registered with the engine before it starts.
+
+    The engine answers the request head as soon as the waiter is in place, so a container
+    that exits (and is auto-removed) right after `start` can never slip past unseen.
+    """
+
+    def __init__(self, response: requests.Response) -> None:
+        self._response = response
+        self._closed = threading.Event()
+
+    def result(self) -> dict[str, Any]:
+        """Block until the container exits; the engine's wait body (`StatusCode`, `Error`)."""
+        try:
+            body: dict[str, Any] = self._response.json()
+        finally:
+            self._response.close()
+        return body
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def close(self) -> None:
+        """Drop the wait from another thread; `result()` then raises a transport error."""
+        self._closed.set()
+        self._response.close()
+        raw = getattr(self._response, "raw", None)
+        conn = getattr(raw, "_connection", None) or getattr(raw, "_fp", None)
+        closer = getattr(conn, "close", None)
+        if callable(closer):
+            try:
+                closer()
+            except Exception:  # best effort: only wakes a blocked reader
+                log.debug("closing an exit wait failed", exc_info=True)
+
+
+@dataclass
+class DockerGateway:
+    """The Docker calls dockyard makes, over a short-call client and a wait client."""
+
+    api: docker.APIClient
+    wait_api: docker.APIClient
+    owns_clients: bool = False
+    _closed: bool = field(default=False, init=False)
+
+    @classmethod
+    def connect(
+        cls,
+        *,
+        short_pool: int,
+        wait_pool: int,
+        timeout_s: float,
+        environment: Mapping[str, str] | None = None,
+    ) -> DockerGateway:
+        """Connect to the engine named by the environment (DOCKER_HOST or the CLI context)."""
+        try:
+            short = docker.from_env(
+                timeout=int(max(1, timeout_s)), max_pool_size=short_pool, environment=environment
+            )
+            waits = docker.from_env(
+                timeout=int(max(1, timeout_s)), max_pool_size=wait_pool, environment=environment
+            )
+            short.api.ping()
+        except _CONNECT_ERRORS as err:
+            raise DockerUnavailableError(f"Docker engine unreachable: {err}") from err
+        return cls(api=short.api, wait_api=waits.api, owns_clients=True)
+
+    @classmethod
+    def from_client(cls, client: docker.DockerClient | docker.APIClient) -> DockerGateway:
+        """Use a caller's client for every call (size its pool to max_workers + launches)."""
+        api = client.api if isinstance(client, docker.DockerClient) else client
+        return cls(api=api, wait_api=api, owns_clients=False)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.owns_clients:
+            self.api.close()
+            self.wait_api.close()
+
+    # -- containers ---------------------------------------------------------------------
+
+    def create(self, spec: ContainerSpec) -> str:
+        host_config = self.api.create_host_config(
+            mem_limit=spec.memory_bytes,
+            memswap_limit=spec.memory_bytes,  # equal to memory: no swap
+            network_mode=spec.network,
+            auto_remove=spec.auto_remove,
+            pids_limit=spec.pids_limit,
+            security_opt=["no-new-privileges:true"] if spec.no_new_privileges else None,
+        )
+        created = self.api.create_container(
+            image=spec.image,
+            name=spec.name,
+            command=list(spec.command) if spec.command is not None else None,
+            environment=[f"{k}={v}" for k, v in spec.env.items()],
+            labels=dict(spec.labels),
+            host_config=host_config,
+            detach=True,
+        )
+        return str(created["Id"])
+
+    def open_exit_wait(self, container_id: str) -> ExitWait:
+        """Register a wait for the container's next exit; call before `start`."""
+        raw: Any = self.wait_api  # docker-py has no public streaming wait
+        url = raw._url("/containers/{0}/wait", container_id)
+        response = raw._post(url, params={"condition": "next-exit"}, stream=True, timeout=None)
+        raw._raise_for_status(response)
+        return ExitWait(response)
+
+    def wait(self, container_id: str) -> dict[str, Any]:
+        """Block until the (already running) container is not running."""
+        return dict(self.wait_api.wait(container_id, timeout=None))
+
+    def wait_removed(self, container_id: str, timeout_s: float) -> None:
+        self.api.wait(container_id, timeout=max(1, round(timeout_s)), condition="removed")
+
+    def start(self, container_id: str) -> None:
+        self.api.start(container_id)
+
+    def inspect(self, container_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.api.inspect_container(container_id)
+        return result
+
+    def logs_tail(self, container_id: str, lines: int) -> str:
+        raw = self.api.logs(container_id, stdout=True, stderr=True, tail=lines, timestamps=False)
+        return bytes(raw).decode("utf-8", errors="replace")
+
+    def stop(self, container_id: str, grace_s: float) -> None:
+        self.api.stop(container_id, timeout=max(0, round(grace_s)))
+
+    def kill(self, container_id: str) -> None:
+        self.api.kill(container_id)
+
+    def remove(self, container_id: str, *, force: bool = True) -> None:
+        self.api.remove_container(container_id, force=force)
+
+    def list_containers(self, labels: Sequence[str], *, all: bool = True) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.api.containers(all=all, filters={"label": list(labels)})
+        return result
+
+    def commit(self, container_id: str, repository: str, tag: str, changes: Sequence[str]) -> str:
+        result = self.api.commit(
+            container_id, repository=repository, tag=tag, changes=list(changes) or None
+        )
+        return str(result["Id"])
+
+    # -- images -------------------------------------------------------------------------
+
+    def image_inspect(self, image: str) -> dict[str, Any]:
+        raw: Any = self.api  # untyped in the stubs
+        result: dict[str, Any] = raw.inspect_image(image)
+        return result
+
+    def list_images(self, name_filter: str | None = None) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.api.images(all=False)
+        if name_filter is None:
+            return result
+        return [
+            image
+            for image in result
+            if any(tag.startswith(name_filter) for tag in image.get("RepoTags") or [])
+        ]
+
+    def remove_image(self, image: str) -> None:
+        self.api.remove_image(image, force=False)
+
+    def pull(self, image: str, timeout_s: float) -> None:
+        """Pull an image within `timeout_s`, raising on the stream's own error lines.
+
+        docker-py's `pull` has no timeout and does not raise on `{"error": ...}` lines.
+        """
+        repository, tag = _split_reference(image)
+        deadline = time.monotonic() + timeout_s
+        params = {"fromImage": repository, "tag": tag}
+        raw: Any = self.api  # docker-py's pull has no timeout: use its request helpers
+        response = raw._post(
+            raw._url("/images/create"), params=params, stream=True, timeout=timeout_s
+        )
+        try:
+            raw._raise_for_status(response)
+            for line in raw._stream_helper(response, decode=True):
+                if "error" in line or "errorDetail" in line:
+                    detail = line.get("errorDetail") or {}
+                    message = line.get("error") or detail.get("message")
+                    raise APIError(f"pull of {image} failed: {message}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"pull of {image} exceeded {timeout_s:g}s")
+        finally:
+            response.close()
+
+
+def _split_reference(image: str) -> tuple[str, str | None]:
+    if "@" in image:
+        return image, None
+    last = image.rsplit("/", 1)[-1]
+    if ":" in last:
+        repository, tag = image.rsplit(":", 1)
+        return repository, tag
+    return image, "latest"

@@ -1,0 +1,192 @@
+"""The worker container's environment: job data, service URLs, credentials, pass-throughs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from ._config import RouterConfig
+from ._errors import InvalidJobError
+from ._jobs import JobFields
+from ._sentry import Reporter
+
+__all__ = [
+    "JOB_DATA_INLINE_LIMIT",
+    "SCRUBBED_ENV_KEYS",
+    "CredentialProvider",
+    "JobDataStore",
+    "build_worker_env",
+    "with_snapshot_reuse",
+]
+
+log = logging.getLogger("dockyard.environment")
+
+JOB_DATA_INLINE_LIMIT = 96 * 1024  # bytes of UTF-8; larger payloads go to the job data store
+
+# Copied from the router's environment only when set there.
+PASS_THROUGH_KEYS = (
+    "DATABASE_SSL",
+    "DATABASE_CA_CERT",
+    "CLAUDE_CODE_OAUTH_TOKEN",
+    "SENTRY_DSN",
+    "SENTRY_ENVIRONMENT",
+    "SENTRY_RELEASE",
+    "CASCADE_DASHBOARD_URL",
+)
+# Router variables with a default when the router does not set them.
+DEFAULTED_KEYS = (
+    ("CASCADE_POSTGRES_HOST", "postgres"),
+    ("CASCADE_POSTGRES_PORT", "5432"),
+    ("DATABASE_URL", ""),
+    ("LOG_LEVEL", "info"),
+)
+# Blanked in every snapshot image (plus every name listed in CASCADE_CREDENTIAL_KEYS).
+SCRUBBED_ENV_KEYS = (
+    "JOB_DATA",
+    "JOB_DATA_REDIS_KEY",
+    "JOB_ID",
+    "JOB_TYPE",
+    "DATABASE_URL",
+    "DATABASE_SSL",
+    "DATABASE_CA_CERT",
+    "REDIS_URL",
+    "CREDENTIAL_MASTER_KEY",
+    "CASCADE_CREDENTIAL_KEYS",
+    "CLAUDE_CODE_OAUTH_TOKEN",
+    "CASCADE_POSTGRES_HOST",
+    "CASCADE_POSTGRES_PORT",
+    "CASCADE_SNAPSHOT_REUSE",
+    "CASCADE_SNAPSHOT_ENABLED",
+)
+NEVER_PASSED = frozenset({"CREDENTIAL_MASTER_KEY"})
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class CredentialProvider(Protocol):
+    """The host's credential lookup (`credentials=` of `ContainerManager`)."""
+
+    def get_project_credentials(self, project_id: str) -> Mapping[str, str]: ...
+
+
+class JobDataStore(Protocol):
+    """Where payloads too large for the environment go (`job_data_store=`)."""
+
+    def put(self, job_id: str, payload: bytes) -> str: ...
+
+
+@dataclass(frozen=True)
+class EnvSources:
+    """What an environment is built from besides the job itself."""
+
+    config: RouterConfig
+    router_environ: Mapping[str, str]
+    credentials: CredentialProvider | None
+    job_data_store: JobDataStore | None
+    reporter: Reporter
+
+
+def build_worker_env(
+    fields: JobFields, sources: EnvSources, *, snapshot_enabled: bool
+) -> dict[str, str]:
+    """The environment of a fresh (not reused) worker; raises `InvalidJobError` on bad input.
+
+    Large payloads are written to the job data store here, so call it once per spawn.
+    """
+    env: dict[str, str] = {"JOB_ID": fields.job_id, "JOB_TYPE": fields.job_type}
+    payload = fields.job_data_json.encode("utf-8")
+    if len(payload) > JOB_DATA_INLINE_LIMIT:
+        if sources.job_data_store is None:
+            raise InvalidJobError(
+                f"job data is {len(payload)} bytes, over the {JOB_DATA_INLINE_LIMIT}-byte "
+                "inline limit, and no job_data_store is configured"
+            )
+        env["JOB_DATA_REDIS_KEY"] = sources.job_data_store.put(fields.job_id, payload)
+    else:
+        env["JOB_DATA"] = fields.job_data_json
+    env["REDIS_URL"] = sources.config.redis_url
+    for key, default in DEFAULTED_KEYS:
+        env[key] = sources.router_environ.get(key, default)
+    if snapshot_enabled:
+        env["CASCADE_SNAPSHOT_ENABLED"] = "true"
+    env.update(_credentials(fields, sources))
+    for key in PASS_THROUGH_KEYS:
+        value = sources.router_environ.get(key)
+        if value is not None:
+            env[key] = value
+    for key in NEVER_PASSED:
+        env.pop(key, None)
+    for key, value in env.items():
+        if "\x00" in value:
+            raise InvalidJobError(f"environment value of {key} contains a NUL character")
+    return env
+
+
+# Values of these keys (and of every credential) are masked wherever dockyard echoes output.
+SECRET_KEYS = frozenset(
+    {"DATABASE_URL", "DATABASE_CA_CERT", "CLAUDE_CODE_OAUTH_TOKEN", "SENTRY_DSN", "REDIS_URL"}
+)
+MIN_MASKED_LENGTH = 4  # masking tiny values would garble ordinary output
+
+
+def secret_values(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The values in `env` that must never be echoed (credentials and service secrets)."""
+    keys = set(SECRET_KEYS)
+    keys.update(k for k in env.get("CASCADE_CREDENTIAL_KEYS", "").split(",") if k)
+    values = {env[k] for k in keys if k in env and len(env[k]) >= MIN_MASKED_LENGTH}
+    return tuple(sorted(values, key=len, reverse=True))
+
+
+def with_snapshot_reuse(env: Mapping[str, str]) -> dict[str, str]:
+    """The same environment, telling the worker it starts from a snapshot."""
+    return {**env, "CASCADE_SNAPSHOT_REUSE": "true"}
+
+
+def router_environ() -> dict[str, str]:
+    """The router's own environment, read when a manager is created."""
+    return dict(os.environ)
+
+
+def _credentials(fields: JobFields, sources: EnvSources) -> dict[str, str]:
+    if sources.credentials is None or fields.project_id is None:
+        return {}
+    try:
+        raw = dict(sources.credentials.get_project_credentials(fields.project_id))
+    except Exception as err:
+        # Without credentials the worker can still run (and report its own failure).
+        log.warning(
+            "credential resolution failed; starting without credentials",
+            extra={"job_id": fields.job_id, "project_id": fields.project_id},
+        )
+        sources.reporter.report(
+            err,
+            "credential_resolution",
+            level="warning",
+            tags={"jobType": fields.job_type},
+            extras={"jobId": fields.job_id, "projectId": fields.project_id},
+        )
+        return {}
+    accepted: dict[str, str] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
+            log.warning(
+                "skipping a credential with an invalid name", extra={"job_id": fields.job_id}
+            )
+            continue
+        if key in NEVER_PASSED or key in SCRUBBED_ENV_KEYS:
+            log.warning(
+                "skipping a credential that would shadow a reserved variable",
+                extra={"job_id": fields.job_id, "credential_key": key},
+            )
+            continue
+        if not isinstance(value, str):
+            raise InvalidJobError(
+                f"credential {key} of project {fields.project_id} is not a string"
+            )
+        accepted[key] = value
+    if not accepted:
+        return {}
+    return {**accepted, "CASCADE_CREDENTIAL_KEYS": ",".join(accepted)}

@@ -1,0 +1,57 @@
+"""The exception hierarchy: one typed error for each way a call can be refused or fail."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DockerUnavailableError",
+    "DockyardError",
+    "DuplicateJobError",
+    "InvalidJobError",
+    "NoWorkerSlotError",
+    "WorkerImageResolutionError",
+]
+
+
+class DockyardError(Exception):
+    """Base class of every error dockyard raises on purpose."""
+
+
+class ConfigError(DockyardError, ValueError):
+    """A configuration value is missing or invalid; the message names the field or variable."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.name = name
+        self.problem = problem
+
+
+class InvalidJobError(DockyardError, ValueError):
+    """A job cannot be run as given; raised before any container exists."""
+
+
+class DuplicateJobError(DockyardError):
+    """A worker for this job id is still active."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"a worker for job {job_id!r} is still active")
+        self.job_id = job_id
+
+
+class NoWorkerSlotError(DockyardError, TimeoutError):
+    """No worker slot became free within the slot wait timeout."""
+
+    def __init__(self, job_id: str, waited_s: float, max_workers: int) -> None:
+        super().__init__(
+            f"no worker slot for job {job_id!r} after {waited_s:g}s (all {max_workers} slots busy)"
+        )
+        self.job_id = job_id
+        self.waited_s = waited_s
+
+
+class WorkerImageResolutionError(DockyardError):
+    """A project's own worker image cannot be used; the job must not fall back to another."""
+
+
+class DockerUnavailableError(DockyardError, ConnectionError):
+    """The Docker engine cannot be reached."""

@@ -1,0 +1,313 @@
+"""Exit handling: wait for a worker's exit, then inspect, log, report, snapshot, remove, settle.
+
+The order matters: inspect before anything can remove the container; snapshot before
+removal; the outcome last, so that a caller who sees it finds the container gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ._docker import DockerGateway, is_conflict, is_not_found
+from ._models import OutcomeStatus, WorkerOutcome
+from ._sentry import Reporter, WorkerExitError
+from ._snapshots import SnapshotManager
+from ._tracker import TrackedWorker, WorkerRegistry
+
+__all__ = ["ExitFacts", "ExitWatcher", "parse_docker_time"]
+
+log = logging.getLogger("dockyard.exits")
+
+_BACKOFF_FIRST_S = 0.2
+_BACKOFF_MAX_S = 5.0
+_MAX_WAIT_RESUMES = 20  # consecutive broken waits on a running container before giving up
+_REMOVAL_WAIT_S = 10.0
+
+
+@dataclass(frozen=True)
+class ExitFacts:
+    """What inspect told about an exit; every field None when inspect failed."""
+
+    oom_killed: bool | None = None
+    error: str | None = None
+    duration_s: float | None = None
+
+
+@dataclass(frozen=True)
+class _Exited:
+    status_code: int | None
+    state: dict[str, Any] | None = None  # the State already inspected while recovering
+
+
+@dataclass(frozen=True)
+class _Lost:
+    reason: str
+    error: BaseException
+
+
+def parse_docker_time(value: object) -> datetime | None:
+    """Docker's RFC 3339 timestamps (nanoseconds, `Z`); None for the `0001-01-01` sentinel."""
+    if not isinstance(value, str) or not value or value.startswith("0001-01-01"):
+        return None
+    text = value.replace("Z", "+00:00")
+    head, dot, rest = text.partition(".")
+    if dot:  # Python takes at most microseconds
+        digits = "".join(ch for ch in rest if ch.isdigit())
+        zone = rest[len(digits) :]
+        text = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def exit_facts(state: dict[str, Any]) -> ExitFacts:
+    started = parse_docker_time(state.get("StartedAt"))
+    finished = parse_docker_time(state.get("FinishedAt"))
+    duration = None
+    if started is not None and finished is not None:
+        seconds = (finished - started).total_seconds()
+        duration = seconds if math.isfinite(seconds) and seconds >= 0 else None
+    oom = state.get("OOMKilled")
+    return ExitFacts(
+        oom_killed=oom if isinstance(oom, bool) else None,
+        error=state.get("Error") or None,
+        duration_s=duration,
+    )
+
+
+class ExitWatcher:
+    """Runs each worker's wait on the wait executor and turns its exit into one outcome."""
+
+    def __init__(
+        self,
+        *,
+        docker: DockerGateway,
+        registry: WorkerRegistry,
+        reporter: Reporter,
+        snapshots: SnapshotManager | None,
+        executor: Executor,
+        log_tail_lines: int,
+        retry_window_s: float,
+    ) -> None:
+        self._docker = docker
+        self._registry = registry
+        self._reporter = reporter
+        self._snapshots = snapshots
+        self._executor = executor
+        self._log_tail_lines = log_tail_lines
+        self._retry_window_s = retry_window_s
+        self._stopping = threading.Event()
+
+    def watch(self, tracked: TrackedWorker) -> None:
+        self._executor.submit(self._run, tracked)
+
+    def stop(self) -> None:
+        """Wake every retry back-off so detached watchers end promptly."""
+        self._stopping.set()
+
+    def _run(self, tracked: TrackedWorker) -> None:
+        try:
+            ended = self._await_exit(tracked)
+            if tracked.detached:
+                return
+            if isinstance(ended, _Lost):
+                self._handle_lost(tracked, ended)
+            else:
+                self._handle_exit(tracked, ended)
+        except Exception as err:  # never leave a worker without an outcome
+            log.exception("exit handling failed", extra={"job_id": tracked.job_id})
+            self._registry.settle(
+                tracked, WorkerOutcome(tracked.job_id, "lost", error=f"exit handling failed: {err}")
+            )
+
+    # -- waiting ------------------------------------------------------------------------
+
+    def _await_exit(self, tracked: TrackedWorker) -> _Exited | _Lost:
+        """Wait, riding out broken streams and engine blips; see the spec's wait-error rule."""
+        container_id = tracked.worker.container_id
+        resumes = 0
+        unreachable_since: float | None = None
+        exit_wait = tracked.exit_wait
+        while True:
+            if tracked.detached:
+                return _Lost("detached", RuntimeError("detached"))
+            try:
+                if exit_wait is not None:
+                    body = exit_wait.result()
+                else:
+                    body = self._docker.wait(container_id)
+                code = body.get("StatusCode")
+                return _Exited(int(code) if isinstance(code, int) else None)
+            except Exception as err:
+                exit_wait = None
+                if tracked.detached:
+                    return _Lost("detached", err)
+                wait_error = err
+            # The wait broke: find out whether the worker is still there.
+            try:
+                state = self._docker.inspect(container_id).get("State") or {}
+            except Exception as err:
+                if is_not_found(err):
+                    return _Lost("container is gone", wait_error)
+                now = time.monotonic()
+                unreachable_since = unreachable_since or now
+                if now - unreachable_since > self._retry_window_s:
+                    return _Lost("engine unreachable", err)
+                self._back_off(resumes)
+                resumes += 1
+                continue
+            unreachable_since = None
+            if state.get("Running") or state.get("Restarting") or state.get("Paused"):
+                resumes += 1
+                if resumes > _MAX_WAIT_RESUMES:
+                    return _Lost("wait kept failing", wait_error)
+                log.info(
+                    "wait interrupted; worker still running, resuming",
+                    extra={"job_id": tracked.job_id, "attempt": resumes},
+                )
+                self._back_off(resumes - 1)
+                continue
+            code = state.get("ExitCode")
+            return _Exited(int(code) if isinstance(code, int) else None, state)
+
+    def _back_off(self, attempt: int) -> None:
+        self._stopping.wait(min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2**attempt))
+
+    # -- after the exit -----------------------------------------------------------------
+
+    def _handle_exit(self, tracked: TrackedWorker, exited: _Exited) -> None:
+        worker = tracked.worker
+        killed = self._registry.mark_exited(tracked)
+        facts = self._inspect(tracked, exited.state)
+        self._log_tail(tracked)
+        code = exited.status_code
+        status: OutcomeStatus
+        if killed:
+            status = "timed_out"
+        elif code == 0:
+            status = "succeeded"
+        else:
+            status = "failed"
+        duration_ms = int(facts.duration_s * 1000) if facts.duration_s is not None else None
+        if status == "failed":
+            log.warning(
+                "worker exited with an error",
+                extra={"job_id": worker.job_id, "exit_code": code, "oom_killed": facts.oom_killed},
+            )
+            self._reporter.report(
+                WorkerExitError(f"Worker exited with status {code}"),
+                "worker_exit",
+                tags={"jobType": worker.job_type},
+                extras={
+                    "jobId": worker.job_id,
+                    "statusCode": code,
+                    "oomKilled": facts.oom_killed,
+                    "exitReason": facts.error,
+                    "durationMs": duration_ms,
+                },
+            )
+        if (
+            status == "succeeded"
+            and worker.snapshot_enabled
+            and self._snapshots is not None
+            and worker.project_id
+            and worker.work_item_id
+        ):
+            self._snapshots.commit(worker, tracked.env_keys)
+        self._remove(tracked)
+        outcome = WorkerOutcome(
+            job_id=worker.job_id,
+            status=status,
+            exit_code=code,
+            oom_killed=facts.oom_killed,
+            exit_reason=facts.error,
+            duration_s=facts.duration_s,
+        )
+        log.info(
+            "worker finished",
+            extra={
+                "job_id": worker.job_id,
+                "container_id": worker.short_id,
+                "status": status,
+                "exit_code": code,
+                "duration_ms": duration_ms,
+            },
+        )
+        self._registry.settle(tracked, outcome)
+
+    def _handle_lost(self, tracked: TrackedWorker, lost: _Lost) -> None:
+        worker = tracked.worker
+        log.error(
+            "lost track of a worker",
+            extra={"job_id": worker.job_id, "container_id": worker.short_id, "reason": lost.reason},
+        )
+        self._reporter.report(
+            lost.error,
+            "worker_wait",
+            tags={"jobType": worker.job_type},
+            extras={"jobId": worker.job_id},
+        )
+        if worker.snapshot_enabled:
+            self._remove(tracked)
+        outcome = WorkerOutcome(worker.job_id, "lost", error=f"{lost.reason}: {lost.error}")
+        self._registry.settle(tracked, outcome)
+
+    def _inspect(self, tracked: TrackedWorker, state: dict[str, Any] | None) -> ExitFacts:
+        if state is not None:
+            return exit_facts(state)
+        try:
+            info = self._docker.inspect(tracked.worker.container_id)
+        except Exception as err:
+            log.warning(
+                "inspect after exit failed", extra={"job_id": tracked.job_id, "error": str(err)}
+            )
+            return ExitFacts()
+        return exit_facts(info.get("State") or {})
+
+    def _log_tail(self, tracked: TrackedWorker) -> None:
+        if self._log_tail_lines <= 0:
+            return
+        try:
+            tail = self._docker.logs_tail(tracked.worker.container_id, self._log_tail_lines)
+        except Exception:
+            log.debug("no logs for worker", extra={"job_id": tracked.job_id}, exc_info=True)
+            return
+        for secret in tracked.secrets:
+            tail = tail.replace(secret, "***")
+        if tail.strip():
+            log.info(
+                "worker output (last %d lines):\n%s",
+                self._log_tail_lines,
+                tail.rstrip(),
+                extra={"job_id": tracked.job_id, "container_id": tracked.worker.short_id},
+            )
+
+    def _remove(self, tracked: TrackedWorker) -> None:
+        """Remove the container; for auto-removed ones, make sure the engine finished it."""
+        container_id = tracked.worker.container_id
+        try:
+            self._docker.remove(container_id, force=True)
+            return
+        except Exception as err:
+            if is_not_found(err):
+                return
+            if not is_conflict(err):  # 409: the engine's own auto-removal is under way
+                log.warning(
+                    "removing a worker container failed",
+                    extra={"job_id": tracked.job_id, "container_id": tracked.worker.short_id},
+                )
+                return
+        try:
+            self._docker.wait_removed(container_id, _REMOVAL_WAIT_S)
+        except Exception:
+            log.debug(
+                "waiting for auto-removal ended", extra={"job_id": tracked.job_id}, exc_info=True
+            )

@@ -1,0 +1,170 @@
+"""Jobs as the router hands them over, and the ids dockyard derives from their payload."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ._config import ProjectConfig
+from ._errors import InvalidJobError
+
+__all__ = ["JobFields", "ProjectDirectory", "WorkerJob", "resolve_job_fields", "validate_job"]
+
+
+class ProjectDirectory(Protocol):
+    """The host's project lookup (`projects=` of `ContainerManager`)."""
+
+    def list_projects(self) -> Sequence[ProjectConfig]: ...
+
+    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None: ...
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """One job for one container.
+
+    `data` is the JSON-serialisable payload given to the worker as `JOB_DATA`. Ids not given
+    explicitly are derived from it (see `resolve_job_fields`). `command`, when set, replaces
+    the image's default command (routers normally leave it unset; the CLI and tests use it).
+    """
+
+    id: str | None
+    type: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+    project_id: str | None = None
+    work_item_id: str | None = None
+    agent_type: str | None = None
+    command: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class JobFields:
+    """A validated job with every id resolved; what the rest of dockyard works from."""
+
+    job: WorkerJob
+    job_id: str
+    job_type: str
+    job_data_json: str
+    project_id: str | None
+    work_item_id: str | None
+    agent_type: str | None
+
+
+# Which payload key names the work item, per job type; other types try them all.
+_WORK_ITEM_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "trello": (("cardId",),),
+    "jira": (("issueKey",),),
+    "github": (("triggerResult", "workItemId"),),
+}
+_ANY_WORK_ITEM_PATHS: tuple[tuple[str, ...], ...] = (
+    ("workItemId",),
+    ("triggerResult", "workItemId"),
+    ("cardId",),
+    ("issueKey",),
+)
+
+
+def validate_job(job: object) -> WorkerJob:
+    """Check a job's shape; raises `InvalidJobError` naming the problem."""
+    if not isinstance(job, WorkerJob):
+        raise InvalidJobError(f"expected a WorkerJob, got {type(job).__name__}")
+    if job.id is not None:
+        _check_text("job.id", job.id, allow_empty=False)
+    _check_text("job.type", job.type, allow_empty=False)
+    if not isinstance(job.data, Mapping):
+        raise InvalidJobError(f"job.data must be a mapping, got {type(job.data).__name__}")
+    for name in ("project_id", "work_item_id", "agent_type"):
+        value = getattr(job, name)
+        if value is not None:
+            _check_text(f"job.{name}", value, allow_empty=False)
+    if job.command is not None:
+        if isinstance(job.command, str | bytes) or not isinstance(job.command, Sequence):
+            raise InvalidJobError("job.command must be a sequence of strings")
+        for i, arg in enumerate(job.command):
+            _check_text(f"job.command[{i}]", arg, allow_empty=True)
+    return job
+
+
+def resolve_job_fields(
+    job: WorkerJob, projects: ProjectDirectory | None, *, now_ms: int | None = None
+) -> JobFields:
+    """Validate a job, serialise its payload and resolve its project, work item and agent."""
+    validate_job(job)
+    try:
+        data_json = json.dumps(job.data, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise InvalidJobError(f"job.data is not JSON-serialisable: {err}") from None
+    if not _is_utf8(data_json):
+        raise InvalidJobError("job.data holds a string that is not valid Unicode")
+    job_id = job.id if job.id is not None else f"unknown-{now_ms or int(time.time() * 1000)}"
+    data = job.data
+    project_id = job.project_id or _text(data.get("projectId"))
+    if project_id is None and job.type == "github" and projects is not None:
+        repo = _text(data.get("repoFullName"))
+        project = projects.find_project_by_repo(repo) if repo else None
+        project_id = project.id if project is not None else None
+    work_item_id = job.work_item_id or _work_item(job.type, data)
+    agent_type = job.agent_type or _text(_dig(data, ("triggerResult", "agentType")))
+    agent_type = agent_type or _text(data.get("agentType"))
+    for name, value in (("projectId", project_id), ("workItemId", work_item_id)):
+        if value is not None and "\x00" in value:
+            raise InvalidJobError(f"job {name} contains a NUL character")
+    return JobFields(
+        job=job,
+        job_id=job_id,
+        job_type=job.type,
+        job_data_json=data_json,
+        project_id=project_id,
+        work_item_id=work_item_id,
+        agent_type=agent_type,
+    )
+
+
+def _work_item(job_type: str, data: Mapping[str, Any]) -> str | None:
+    paths = _WORK_ITEM_PATHS.get(job_type, ()) + _ANY_WORK_ITEM_PATHS
+    for path in paths:
+        value = _text(_dig(data, path))
+        if value is not None:
+            return value
+    return None
+
+
+def _dig(data: Mapping[str, Any], path: tuple[str, ...]) -> object:
+    node: object = data
+    for key in path:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key)
+    return node
+
+
+def _text(value: object) -> str | None:
+    """Ids arrive as strings or numbers in payloads; anything else means absent."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | str):
+        text = str(value)
+        return text or None
+    return None
+
+
+def _check_text(name: str, value: object, *, allow_empty: bool) -> None:
+    if not isinstance(value, str):
+        raise InvalidJobError(f"{name} must be a string, got {type(value).__name__}")
+    if not allow_empty and not value:
+        raise InvalidJobError(f"{name} must not be empty")
+    if "\x00" in value:
+        raise InvalidJobError(f"{name} contains a NUL character")
+    if not _is_utf8(value):
+        raise InvalidJobError(f"{name} is not valid Unicode (lone surrogate)")
+
+
+def _is_utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -1,0 +1,211 @@
+"""Orphans and restarts: reap this instance's untracked containers, or adopt running ones."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ._config import RouterConfig
+from ._docker import DockerGateway, is_not_found
+from ._errors import DuplicateJobError
+from ._exit_handling import ExitWatcher, parse_docker_time
+from ._models import ActiveWorker
+from ._naming import LabelSchema, parse_deadline
+from ._sentry import Reporter
+from ._slots import SlotGate
+from ._timeouts import TimeoutController
+from ._tracker import SafeListener, TrackedWorker, WorkerRegistry
+
+__all__ = ["OrphanReaper", "WorkerAdopter"]
+
+log = logging.getLogger("dockyard.orphans")
+
+_RUNNING_STATES = frozenset({"running", "restarting", "paused"})
+
+
+def _labels(container: dict[str, Any]) -> dict[str, str]:
+    return dict(container.get("Labels") or {})
+
+
+@dataclass
+class OrphanReaper:
+    """Stops and removes this instance's containers that no manager tracks any more."""
+
+    docker: DockerGateway
+    registry: WorkerRegistry
+    labels: LabelSchema
+    config: RouterConfig
+    reporter: Reporter
+    listener: SafeListener
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    def scan(self) -> list[str]:
+        """One scan; returns the ids of the containers stopped or removed."""
+        try:
+            containers = self.docker.list_containers(
+                self.labels.ownership_filter(self.config.router_instance_id), all=True
+            )
+        except Exception as err:
+            log.warning("orphan scan could not list containers", extra={"error": str(err)})
+            self.reporter.report(err, "orphan_cleanup_scan", level="warning")
+            return []
+        handled: list[str] = []
+        now = self.clock()
+        for container in containers:
+            container_id = str(container.get("Id", ""))
+            labels = _labels(container)
+            # Re-check ownership: a filter is not a guarantee we want to bet containers on.
+            if not container_id or not self.labels.owned_by(labels, self.config.router_instance_id):
+                continue
+            if self.registry.is_tracked_container(container_id):
+                continue
+            if labels.get(self.labels.job_id) in self.registry.tracked_job_ids():
+                continue  # being launched right now
+            try:
+                if self._reap_one(container, labels, now):
+                    handled.append(container_id)
+            except Exception as err:
+                log.warning(
+                    "orphan cleanup of one container failed",
+                    extra={"container_id": container_id[:12], "error": str(err)},
+                )
+        return handled
+
+    def _reap_one(self, container: dict[str, Any], labels: dict[str, str], now: datetime) -> bool:
+        container_id = str(container["Id"])
+        state = str(container.get("State", "")).lower()
+        if state in _RUNNING_STATES:
+            if not self._overdue(container, labels, now):
+                return False
+            log.warning(
+                "stopping an orphaned worker past its deadline",
+                extra={"container_id": container_id[:12], "job_id": labels.get(self.labels.job_id)},
+            )
+            try:
+                self.docker.stop(container_id, self.config.stop_grace_s)
+            except Exception as err:
+                if not is_not_found(err):
+                    raise
+            self._remove(container_id)
+            self.listener.orphan_stopped(container_id, labels)
+            return True
+        if state == "created" and not self._overdue(container, labels, now, created_only=True):
+            return False  # possibly mid-launch in another thread of an older manager
+        log.info("removing an exited leftover container", extra={"container_id": container_id[:12]})
+        self._remove(container_id)
+        return True
+
+    def _remove(self, container_id: str) -> None:
+        try:
+            self.docker.remove(container_id, force=True)
+        except Exception as err:
+            if not is_not_found(err):
+                raise
+
+    def _overdue(
+        self,
+        container: dict[str, Any],
+        labels: dict[str, str],
+        now: datetime,
+        *,
+        created_only: bool = False,
+    ) -> bool:
+        deadline = parse_deadline(labels.get(self.labels.deadline))
+        if deadline is None or created_only:
+            created = datetime.fromtimestamp(int(container.get("Created") or 0), UTC)
+            limit = 60.0 if created_only else self.config.worker_timeout_s
+            deadline = created + timedelta(seconds=limit)
+        return now >= deadline
+
+
+@dataclass
+class WorkerAdopter:
+    """Re-attaches to this instance's running workers after a router restart."""
+
+    docker: DockerGateway
+    registry: WorkerRegistry
+    labels: LabelSchema
+    config: RouterConfig
+    slots: SlotGate
+    timeouts: TimeoutController
+    exits: ExitWatcher
+    listener: SafeListener
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    def adopt(self) -> list[ActiveWorker]:
+        containers = self.docker.list_containers(
+            self.labels.ownership_filter(self.config.router_instance_id), all=False
+        )
+        adopted: list[ActiveWorker] = []
+        for container in containers:
+            labels = _labels(container)
+            job_id = labels.get(self.labels.job_id)
+            container_id = str(container.get("Id", ""))
+            if not job_id or not self.labels.owned_by(labels, self.config.router_instance_id):
+                continue
+            if self.registry.is_tracked_container(container_id):
+                continue
+            try:
+                self.registry.reserve(job_id)
+            except DuplicateJobError:
+                log.info("not adopting: job already tracked", extra={"job_id": job_id})
+                continue
+            try:
+                worker = self._adopt_one(container_id, job_id, labels)
+            except Exception as err:
+                self.registry.unreserve(job_id)
+                log.warning(
+                    "could not adopt a worker",
+                    extra={"container_id": container_id[:12], "job_id": job_id, "error": str(err)},
+                )
+                continue
+            if worker is not None:
+                adopted.append(worker)
+            else:
+                self.registry.unreserve(job_id)
+        return adopted
+
+    def _adopt_one(
+        self, container_id: str, job_id: str, labels: dict[str, str]
+    ) -> ActiveWorker | None:
+        info = self.docker.inspect(container_id)
+        state = info.get("State") or {}
+        if not state.get("Running"):
+            return None  # exited meanwhile: the orphan scan removes it
+        started_at = parse_docker_time(state.get("StartedAt")) or self.clock()
+        deadline = parse_deadline(labels.get(self.labels.deadline)) or (
+            started_at + timedelta(seconds=self.config.worker_timeout_s)
+        )
+        worker = ActiveWorker(
+            job_id=job_id,
+            container_id=container_id,
+            container_name=str(info.get("Name", "")).lstrip("/"),
+            image=str((info.get("Config") or {}).get("Image", "")),
+            started_at=started_at,
+            deadline=deadline,
+            project_id=labels.get(self.labels.project_id) or None,
+            work_item_id=labels.get(self.labels.work_item_id) or None,
+            agent_type=labels.get(self.labels.agent_type) or None,
+            job_type=labels.get(self.labels.job_type, ""),
+            snapshot_enabled=labels.get(self.labels.snapshot_enabled) == "true",
+        )
+        self.slots.acquire_over_capacity()
+        env = (info.get("Config") or {}).get("Env") or []
+        tracked = TrackedWorker(
+            worker=worker,
+            release_slot=self.slots.release,
+            env_keys=tuple(item.partition("=")[0] for item in env),
+        )
+        remaining = (deadline - self.clock()).total_seconds()
+        self.timeouts.arm(tracked, remaining)
+        self.registry.register(tracked)
+        log.info(
+            "adopted running worker",
+            extra={"job_id": job_id, "container_id": container_id[:12], "remaining_s": remaining},
+        )
+        self.listener.started(worker)
+        self.exits.watch(tracked)
+        return worker

@@ -1,0 +1,88 @@
+"""Timeouts: one daemon `threading.Timer` per worker, and the kill path it (or a caller) takes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+
+from ._docker import DockerGateway, is_not_found
+from ._sentry import Reporter, WorkerTimeoutError
+from ._tracker import TrackedWorker, WorkerRegistry
+
+__all__ = ["TimeoutController"]
+
+log = logging.getLogger("dockyard.timeouts")
+
+
+class TimeoutController:
+    """Arms per-worker timers; on expiry reports and stops the container.
+
+    The kill path only marks the worker and stops its container: the exit that follows is
+    handled by the exit watcher, which turns it into the single `timed_out` outcome.
+    """
+
+    def __init__(
+        self, docker: DockerGateway, registry: WorkerRegistry, reporter: Reporter, grace_s: float
+    ) -> None:
+        self._docker = docker
+        self._registry = registry
+        self._reporter = reporter
+        self._grace_s = grace_s
+
+    def arm(self, tracked: TrackedWorker, delay_s: float) -> None:
+        timer = threading.Timer(max(0.0, delay_s), self._expire, args=(tracked,))
+        timer.daemon = True
+        timer.name = f"dockyard-timeout-{tracked.job_id[:40]}"
+        tracked.timer = timer
+        timer.start()
+
+    def _expire(self, tracked: TrackedWorker) -> None:
+        if not self._registry.begin_kill(tracked):
+            return  # exited, settled or detached meanwhile
+        worker = tracked.worker
+        elapsed_ms = int((datetime.now(UTC) - worker.started_at).total_seconds() * 1000)
+        log.warning(
+            "worker timed out; stopping it",
+            extra={
+                "job_id": worker.job_id,
+                "container_id": worker.short_id,
+                "duration_ms": elapsed_ms,
+            },
+        )
+        self._reporter.report(
+            WorkerTimeoutError(f"Worker timeout after {elapsed_ms}ms"),
+            "worker_timeout",
+            level="warning",
+            tags={"jobType": worker.job_type},
+            extras={"jobId": worker.job_id, "durationMs": elapsed_ms},
+        )
+        self._stop(tracked)
+
+    def kill(self, tracked: TrackedWorker) -> bool:
+        """The kill path on demand; False when the worker already ended."""
+        if not self._registry.begin_kill(tracked):
+            return tracked.kill_started and not tracked.settled
+        log.info("killing worker on request", extra={"job_id": tracked.job_id})
+        self._stop(tracked)
+        return True
+
+    def _stop(self, tracked: TrackedWorker) -> None:
+        worker = tracked.worker
+        try:
+            self._docker.stop(worker.container_id, self._grace_s)  # SIGTERM, then SIGKILL
+            return
+        except Exception as err:
+            if is_not_found(err):
+                return  # already gone: the exit watcher reports it
+            log.warning(
+                "stopping a worker failed; sending SIGKILL",
+                extra={"job_id": worker.job_id, "container_id": worker.short_id, "error": str(err)},
+            )
+        try:
+            self._docker.kill(worker.container_id)
+        except Exception as err:
+            log.warning(
+                "killing a worker failed",
+                extra={"job_id": worker.job_id, "container_id": worker.short_id, "error": str(err)},
+            )

@@ -1,0 +1,330 @@
+"""The `ContainerManager` facade, and the launcher's names re-exported for compatibility.
+
+Each method delegates to the module that owns its concern: launch
+(`worker_container_launcher`), exit handling (`_exit_handling`), timeouts (`_timeouts`),
+snapshot registry and mechanics (`_snapshot_registry`, `_snapshots`), spawn settings
+(`_spawn_settings`), environment (`_environment`), orphans and restarts (`_orphans`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from types import TracebackType
+from typing import Self
+
+import docker
+
+from ._config import RouterConfig
+from ._docker import DockerGateway
+from ._environment import (
+    CredentialProvider,
+    EnvSources,
+    JobDataStore,
+    build_worker_env,
+    router_environ,
+    secret_values,
+)
+from ._errors import NoWorkerSlotError
+from ._exit_handling import ExitWatcher
+from ._images import ImagePuller
+from ._jobs import ProjectDirectory, WorkerJob, resolve_job_fields
+from ._loops import PeriodicTask
+from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
+from ._naming import LabelSchema, container_name
+from ._orphans import OrphanReaper, WorkerAdopter
+from ._sentry import Reporter, SentryReporter
+from ._slots import SlotGate
+from ._snapshot_registry import SnapshotRegistry
+from ._snapshots import SnapshotManager
+from ._spawn_settings import find_project, resolve_spawn_settings
+from ._timeouts import TimeoutController
+from ._tracker import SafeListener, WorkerRegistry
+from .worker_container_launcher import (
+    WorkerContainerLaunchConfig,
+    WorkerContainerLaunchContext,
+    WorkerContainerLauncherDependencies,
+    launch_worker_container,
+)
+
+__all__ = [
+    "ContainerManager",
+    "WorkerContainerLaunchConfig",
+    "WorkerContainerLaunchContext",
+    "WorkerContainerLauncherDependencies",
+    "launch_worker_container",
+]
+
+log = logging.getLogger("dockyard.manager")
+
+_WAIT_POOL_HEADROOM = 8  # adopted workers may briefly exceed max_workers
+
+
+class ContainerManager:
+    """Runs each job in its own container; all state lives on the instance.
+
+    Create one per router, use it as a context manager or call `close()` when done.
+    """
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        *,
+        docker_client: docker.DockerClient | docker.APIClient | None = None,
+        projects: ProjectDirectory | None = None,
+        credentials: CredentialProvider | None = None,
+        listener: WorkerLifecycleListener | None = None,
+        job_data_store: JobDataStore | None = None,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.config = config
+        self._projects = projects
+        self._closed = False
+        self._close_lock = threading.Lock()
+        wait_pool = config.max_workers + _WAIT_POOL_HEADROOM
+        if docker_client is None:
+            self._docker = DockerGateway.connect(
+                short_pool=config.launch_concurrency + 4,
+                wait_pool=wait_pool + config.launch_concurrency,
+                timeout_s=config.docker_timeout_s,
+            )
+        else:
+            self._docker = DockerGateway.from_client(docker_client)
+        self._reporter = reporter or SentryReporter()
+        self._listener = SafeListener(listener)
+        self._labels = LabelSchema(config.label_prefix)
+        self._slots = SlotGate(config.max_workers)
+        self._registry = WorkerRegistry(self._listener, config.outcome_history)
+        self._env_sources = EnvSources(
+            config=config,
+            router_environ=router_environ(),
+            credentials=credentials,
+            job_data_store=job_data_store,
+            reporter=self._reporter,
+        )
+        self._launch_executor = ThreadPoolExecutor(
+            config.launch_concurrency, thread_name_prefix="dockyard-launch"
+        )
+        self._wait_executor = ThreadPoolExecutor(wait_pool, thread_name_prefix="dockyard-wait")
+        self.snapshots = SnapshotRegistry(
+            default_ttl_s=config.snapshot_default_ttl_s,
+            max_count=config.snapshot_max_count,
+            max_size_bytes=config.snapshot_max_size_bytes,
+            project_ttl=self._project_snapshot_ttl,
+        )
+        self._snapshot_manager = SnapshotManager(
+            self._docker, self.snapshots, self._reporter, config, self._labels
+        )
+        self._timeouts = TimeoutController(
+            self._docker, self._registry, self._reporter, config.stop_grace_s
+        )
+        self._exits = ExitWatcher(
+            docker=self._docker,
+            registry=self._registry,
+            reporter=self._reporter,
+            snapshots=self._snapshot_manager,
+            executor=self._wait_executor,
+            log_tail_lines=config.log_tail_lines,
+            retry_window_s=config.wait_retry_window_s,
+        )
+        self._launcher = WorkerContainerLauncherDependencies(
+            docker=self._docker,
+            registry=self._registry,
+            timeouts=self._timeouts,
+            exits=self._exits,
+            snapshots=self.snapshots,
+            images=ImagePuller(self._docker, config.image_pull_timeout_s),
+            reporter=self._reporter,
+            listener=self._listener,
+            labels=self._labels,
+            instance_id=config.router_instance_id,
+        )
+        self._reaper = OrphanReaper(
+            self._docker, self._registry, self._labels, config, self._reporter, self._listener
+        )
+        self._adopter = WorkerAdopter(
+            self._docker,
+            self._registry,
+            self._labels,
+            config,
+            self._slots,
+            self._timeouts,
+            self._exits,
+            self._listener,
+        )
+        self._snapshot_loop = PeriodicTask("dockyard-snapshot-cleanup", self.run_snapshot_cleanup)
+        self._orphan_loop = PeriodicTask("dockyard-orphan-cleanup", self.scan_and_cleanup_orphans)
+
+    # -- workers ------------------------------------------------------------------------
+
+    def spawn_worker(self, job: WorkerJob, *, slot_timeout: float | None = None) -> ActiveWorker:
+        """Start a container for `job` and return once it runs; its exit is watched.
+
+        Waits first come, first served for a free slot up to `slot_timeout` seconds
+        (default `config.slot_wait_timeout_s`). Raises `InvalidJobError`,
+        `WorkerImageResolutionError` or `DuplicateJobError` before any Docker call,
+        `NoWorkerSlotError` when no slot frees up, and Docker errors from create/start.
+        """
+        self._check_open()
+        fields = resolve_job_fields(job, self._projects)
+        project = find_project(self._projects, fields.project_id)
+        settings = resolve_spawn_settings(self.config, project)
+        self._registry.reserve(fields.job_id)
+        slot_held = False
+        try:
+            timeout = self.config.slot_wait_timeout_s if slot_timeout is None else slot_timeout
+            if not self._slots.acquire(timeout):
+                raise NoWorkerSlotError(fields.job_id, timeout, self.config.max_workers)
+            slot_held = True
+            env = build_worker_env(
+                fields, self._env_sources, snapshot_enabled=settings.snapshot_enabled
+            )
+            snapshot = None
+            if settings.snapshot_enabled and fields.project_id and fields.work_item_id:
+                snapshot = self.snapshots.get(fields.project_id, fields.work_item_id)
+            launch = WorkerContainerLaunchConfig(
+                name=container_name(self.config.container_name_prefix, fields.job_id),
+                base_image=settings.base_image,
+                env=env,
+                labels=self._labels.for_worker(
+                    instance_id=self.config.router_instance_id,
+                    job_id=fields.job_id,
+                    job_type=fields.job_type,
+                    project_id=fields.project_id,
+                    work_item_id=fields.work_item_id,
+                    agent_type=fields.agent_type,
+                    snapshot_enabled=settings.snapshot_enabled,
+                    deadline=self._launcher.clock() + timedelta(seconds=settings.timeout_s),
+                    base_image=settings.base_image,
+                ),
+                memory_mb=self.config.worker_memory_mb,
+                network=self.config.docker_network,
+                auto_remove=self.config.auto_remove_workers and not settings.snapshot_enabled,
+                timeout_s=settings.timeout_s,
+                project_image=settings.project_image,
+                snapshot=snapshot,
+                command=job.command,
+                pids_limit=self.config.pids_limit,
+                no_new_privileges=self.config.no_new_privileges,
+                secrets=secret_values(env),
+            )
+            context = WorkerContainerLaunchContext(
+                job_id=fields.job_id,
+                job_type=fields.job_type,
+                project_id=fields.project_id,
+                work_item_id=fields.work_item_id,
+                agent_type=fields.agent_type,
+                snapshot_enabled=settings.snapshot_enabled,
+                release_slot=self._slots.release,
+            )
+            future = self._launch_executor.submit(
+                launch_worker_container, launch, context, self._launcher
+            )
+            worker = future.result()
+        except BaseException:
+            self._registry.unreserve(fields.job_id)
+            if slot_held:
+                self._slots.release()
+            raise
+        return worker
+
+    def wait_for_worker(self, job_id: str, timeout: float | None = None) -> WorkerOutcome:
+        """Block until `job_id`'s outcome is known (also after it finished).
+
+        Raises `TimeoutError` on timeout and `KeyError` for a job id this manager never
+        started (or forgot: it keeps the last `config.outcome_history` outcomes).
+        """
+        return self._registry.future(job_id).result(timeout)
+
+    def kill_worker(self, job_id: str) -> bool:
+        """Stop a worker now (the timeout kill path); False when it is not tracked."""
+        tracked = self._registry.get(job_id)
+        if tracked is None:
+            return False
+        return self._timeouts.kill(tracked)
+
+    def get_active_worker_count(self) -> int:
+        return self._registry.count()
+
+    def get_active_workers(self) -> list[ActiveWorker]:
+        return self._registry.active_workers()
+
+    # -- snapshots ----------------------------------------------------------------------
+
+    def sync_snapshots_from_docker(self) -> None:
+        """Register the snapshot images already in Docker, then run one cleanup."""
+        self._snapshot_manager.sync_from_docker()
+
+    def run_snapshot_cleanup(self) -> None:
+        """Evict expired and surplus snapshots and remove their images."""
+        self._snapshot_manager.run_cleanup()
+
+    def start_snapshot_cleanup(self, interval: float = 300.0) -> None:
+        self._check_open()
+        self._snapshot_loop.start(interval)
+
+    def stop_snapshot_cleanup(self) -> None:
+        self._snapshot_loop.stop()
+
+    # -- orphans and restarts -----------------------------------------------------------
+
+    def scan_and_cleanup_orphans(self) -> list[str]:
+        """Stop and remove this instance's untracked overdue or exited containers."""
+        return self._reaper.scan()
+
+    def start_orphan_cleanup(self, interval: float = 300.0) -> None:
+        self._check_open()
+        self._orphan_loop.start(interval)
+
+    def stop_orphan_cleanup(self) -> None:
+        self._orphan_loop.stop()
+
+    def adopt_workers(self) -> list[ActiveWorker]:
+        """Re-attach to this router instance's running workers after a restart."""
+        self._check_open()
+        return self._adopter.adopt()
+
+    # -- shutdown -----------------------------------------------------------------------
+
+    def detach_all(self) -> None:
+        """Forget every worker without killing it; stop timers and loops."""
+        self._snapshot_loop.stop()
+        self._orphan_loop.stop()
+        self._exits.stop()
+        detached = self._registry.detach_all()
+        if detached:
+            log.info("detached from running workers", extra={"count": len(detached)})
+
+    def close(self) -> None:
+        """Detach, stop the loops, shut the executors down and close connections."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.detach_all()
+        self._launch_executor.shutdown(wait=True, cancel_futures=True)
+        self._wait_executor.shutdown(wait=True, cancel_futures=True)
+        self._docker.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this ContainerManager is closed")
+
+    def _project_snapshot_ttl(self, project_id: str) -> float | None:
+        project = find_project(self._projects, project_id)
+        return project.snapshot_ttl_s if project is not None else None

@@ -1,0 +1,315 @@
+"""Launch: create and start one worker container, then register, time and watch it.
+
+`launch_worker_container` takes its collaborators as a `WorkerContainerLauncherDependencies`
+object, so tests substitute them and two managers never share state. It runs on the
+manager's launch executor; the blocking wait is handed to the exit watcher's own executor.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from docker.errors import APIError
+
+from ._docker import (
+    ContainerSpec,
+    DockerGateway,
+    ExitWait,
+    is_conflict,
+    is_missing_image,
+    is_unreachable,
+)
+from ._environment import with_snapshot_reuse
+from ._errors import DockerUnavailableError, DuplicateJobError, WorkerImageResolutionError
+from ._exit_handling import ExitWatcher
+from ._images import ImagePuller
+from ._models import ActiveWorker
+from ._naming import LabelSchema
+from ._sentry import Reporter
+from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
+from ._timeouts import TimeoutController
+from ._tracker import SafeListener, TrackedWorker, WorkerRegistry
+
+__all__ = [
+    "WorkerContainerLaunchConfig",
+    "WorkerContainerLaunchContext",
+    "WorkerContainerLauncherDependencies",
+    "launch_worker_container",
+]
+
+log = logging.getLogger("dockyard.launcher")
+
+MIB = 1024 * 1024
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class WorkerContainerLaunchConfig:
+    """The resolved container settings of one launch.
+
+    `env` is the fresh-run environment; when `snapshot` is set the container starts from
+    that snapshot image with `CASCADE_SNAPSHOT_REUSE=true` added, falling back to
+    `base_image` (and `env` as is) if the snapshot image has vanished.
+    """
+
+    name: str
+    base_image: str
+    env: Mapping[str, str]
+    labels: Mapping[str, str]
+    memory_mb: int
+    network: str
+    auto_remove: bool
+    timeout_s: float
+    project_image: bool = False
+    snapshot: SnapshotMetadata | None = None
+    command: Sequence[str] | None = None
+    pids_limit: int | None = None
+    no_new_privileges: bool = False
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
+class WorkerContainerLaunchContext:
+    """Who the container is for: the job's ids, and the slot it holds."""
+
+    job_id: str
+    job_type: str
+    project_id: str | None
+    work_item_id: str | None
+    agent_type: str | None
+    snapshot_enabled: bool
+    release_slot: Callable[[], None]
+
+
+@dataclass(frozen=True)
+class WorkerContainerLauncherDependencies:
+    """The launcher's collaborators, all owned by one `ContainerManager`."""
+
+    docker: DockerGateway
+    registry: WorkerRegistry
+    timeouts: TimeoutController
+    exits: ExitWatcher
+    snapshots: SnapshotRegistry
+    images: ImagePuller
+    reporter: Reporter
+    listener: SafeListener
+    labels: LabelSchema
+    instance_id: str
+    clock: Callable[[], datetime] = _utc_now
+
+
+def launch_worker_container(
+    config: WorkerContainerLaunchConfig,
+    context: WorkerContainerLaunchContext,
+    deps: WorkerContainerLauncherDependencies,
+) -> ActiveWorker:
+    """Create → start → record start → arm timer → register → log → hand the wait over.
+
+    On failure nothing is registered and no created container is left behind; the caller
+    releases the slot. Failures are reported to Sentry and re-raised (transport failures
+    as `DockerUnavailableError`).
+    """
+    reported: list[BaseException] = []
+    try:
+        image, env, container_id, exit_wait = _start_container(config, context, deps, reported)
+    except Exception as err:
+        if not any(err is seen for seen in reported) and not isinstance(err, DuplicateJobError):
+            deps.reporter.report(
+                err,
+                "worker_spawn",
+                tags={"jobType": context.job_type},
+                extras={"jobId": context.job_id},
+            )
+        if is_unreachable(err) and not isinstance(err, DockerUnavailableError):
+            raise DockerUnavailableError(f"Docker engine unreachable: {err}") from err
+        raise
+    started_at = deps.clock()
+    worker = ActiveWorker(
+        job_id=context.job_id,
+        container_id=container_id,
+        container_name=config.name,
+        image=image,
+        started_at=started_at,
+        deadline=started_at + timedelta(seconds=config.timeout_s),
+        project_id=context.project_id,
+        work_item_id=context.work_item_id,
+        agent_type=context.agent_type,
+        job_type=context.job_type,
+        snapshot_enabled=context.snapshot_enabled,
+    )
+    tracked = TrackedWorker(
+        worker=worker,
+        release_slot=context.release_slot,
+        exit_wait=exit_wait,
+        env_keys=tuple(env),
+        secrets=config.secrets,
+    )
+    deps.timeouts.arm(tracked, config.timeout_s)
+    deps.registry.register(tracked)
+    log.info(
+        "worker started",
+        extra={
+            "job_id": context.job_id,
+            "container_id": worker.short_id,
+            "image": image,
+            "snapshot_reuse": image != config.base_image,
+        },
+    )
+    deps.listener.started(worker)
+    deps.exits.watch(tracked)
+    return worker
+
+
+def _start_container(
+    config: WorkerContainerLaunchConfig,
+    context: WorkerContainerLaunchContext,
+    deps: WorkerContainerLauncherDependencies,
+    reported: list[BaseException],
+) -> tuple[str, Mapping[str, str], str, ExitWait]:
+    """Create and start, with the snapshot and base-image fallbacks of the spec."""
+    if config.snapshot is None:
+        return _with_base_image_pull(config, context, deps, reported)
+    reuse_env = with_snapshot_reuse(config.env)
+    try:
+        cid, wait = _create_and_start(config, config.snapshot.image_name, reuse_env, context, deps)
+        return config.snapshot.image_name, reuse_env, cid, wait
+    except Exception as err:
+        if not is_missing_image(err):
+            raise
+        stale = config.snapshot.image_name
+    # The snapshot image vanished: forget it and start cold, once.
+    if context.project_id is not None and context.work_item_id is not None:
+        deps.snapshots.invalidate(context.project_id, context.work_item_id)
+    log.warning(
+        "snapshot image missing; falling back to the base image",
+        extra={"job_id": context.job_id, "stale_image": stale},
+    )
+    try:
+        return _with_base_image_pull(replace(config, snapshot=None), context, deps, reported)
+    except Exception as err:
+        deps.reporter.report(
+            err,
+            "worker_spawn_fallback",
+            tags={"jobType": context.job_type},
+            extras={"jobId": context.job_id, "staleImage": stale},
+        )
+        reported.append(err)
+        raise
+
+
+def _with_base_image_pull(
+    config: WorkerContainerLaunchConfig,
+    context: WorkerContainerLaunchContext,
+    deps: WorkerContainerLauncherDependencies,
+    reported: list[BaseException],
+) -> tuple[str, Mapping[str, str], str, ExitWait]:
+    image = config.base_image
+    try:
+        cid, wait = _create_and_start(config, image, config.env, context, deps)
+        return image, config.env, cid, wait
+    except Exception as err:
+        if not is_missing_image(err):
+            raise
+    try:
+        deps.images.pull(image)
+    except Exception as pull_err:
+        deps.reporter.report(
+            pull_err,
+            "worker_image_pull_fallback",
+            tags={"jobType": context.job_type},
+            extras={"jobId": context.job_id, "image": image},
+        )
+        reported.append(pull_err)
+        if config.project_image:
+            # Never run a project that configured its own image on another one.
+            failure = WorkerImageResolutionError(
+                f"project image {image!r} is missing and could not be pulled: {pull_err}"
+            )
+            reported.append(failure)
+            raise failure from pull_err
+        raise
+    cid, wait = _create_and_start(config, image, config.env, context, deps)
+    return image, config.env, cid, wait
+
+
+def _create_and_start(
+    config: WorkerContainerLaunchConfig,
+    image: str,
+    env: Mapping[str, str],
+    context: WorkerContainerLaunchContext,
+    deps: WorkerContainerLauncherDependencies,
+) -> tuple[str, ExitWait]:
+    spec = ContainerSpec(
+        image=image,
+        name=config.name,
+        env=env,
+        labels=config.labels,
+        memory_bytes=config.memory_mb * MIB,
+        network=config.network,
+        auto_remove=config.auto_remove,
+        command=config.command,
+        pids_limit=config.pids_limit,
+        no_new_privileges=config.no_new_privileges,
+    )
+    container_id = _create(spec, context, deps)
+    exit_wait: ExitWait | None = None
+    try:
+        # Registered before start: an instant exit (and auto-removal) cannot be missed.
+        exit_wait = deps.docker.open_exit_wait(container_id)
+        deps.docker.start(container_id)
+    except BaseException:
+        if exit_wait is not None:
+            exit_wait.close()
+        _discard(deps.docker, container_id, context.job_id)
+        raise
+    return container_id, exit_wait
+
+
+def _create(
+    spec: ContainerSpec,
+    context: WorkerContainerLaunchContext,
+    deps: WorkerContainerLauncherDependencies,
+) -> str:
+    try:
+        return deps.docker.create(spec)
+    except APIError as err:
+        if not is_conflict(err):
+            raise
+        conflict = err
+    # A container already has this name: a stopped leftover of this very job goes.
+    try:
+        leftover = deps.docker.inspect(spec.name)
+    except Exception:
+        raise conflict from None
+    labels = (leftover.get("Config") or {}).get("Labels") or {}
+    state = leftover.get("State") or {}
+    same_job = (
+        deps.labels.owned_by(labels, deps.instance_id)
+        and labels.get(deps.labels.job_id) == context.job_id
+    )
+    if not same_job:
+        raise conflict
+    if state.get("Running") or state.get("Restarting"):
+        raise DuplicateJobError(context.job_id)
+    log.info(
+        "removing a stopped leftover container of the same job",
+        extra={"job_id": context.job_id, "container_id": str(leftover.get("Id", ""))[:12]},
+    )
+    deps.docker.remove(str(leftover["Id"]), force=True)
+    return deps.docker.create(spec)
+
+
+def _discard(docker: DockerGateway, container_id: str, job_id: str) -> None:
+    try:
+        docker.remove(container_id, force=True)
+    except Exception:
+        log.warning(
+            "could not remove a container that failed to start",
+            extra={"job_id": job_id, "container_id": container_id[:12]},
+        )
