@@ -1,0 +1,321 @@
+"""Shared pytest fixtures for the dockyard test suite.
+
+Docker
+    ``docker_client`` (session) talks to a real engine. Without an engine every test
+    that needs one is **skipped**, unless ``DOCKYARD_REQUIRE_DOCKER=1`` or ``CI=true``
+    is set, in which case it **fails**. Every Docker fixture depends on
+    ``docker_client``, and a test marked ``@pytest.mark.docker`` requests it
+    automatically, so the gating applies to all of them. Tests that use it (directly
+    or through another fixture) get the ``docker`` marker, so ``-m "not docker"``
+    runs the unit tests only.
+
+    ``test_image`` (session) is :data:`images.TEST_IMAGE`, built when absent.
+
+    ``instance_id`` (function) is a fresh router instance id. At teardown every
+    container labelled ``cascade.router.instance=<id>`` is force-removed and the test
+    **fails** if there was any (a leak detector; ``@pytest.mark.allow_leftovers``
+    turns the check off, the clean-up still happens). Images whose name starts with
+    ``snapshot_image_prefix`` are removed too.
+
+Sentry
+    ``sentry_events`` (function) initialises the real sentry-sdk once per session with
+    a capturing transport (no network) and returns the list of captured event dicts,
+    emptied for each test.
+
+Threads
+    ``thread_baseline`` (function) records ``threading.enumerate()`` at set-up; call
+    ``thread_baseline.assert_no_new_threads()`` after closing what the test started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+import sentry_sdk
+import sentry_sdk.transport
+
+from images import TEST_IMAGE, ensure_test_images
+
+LABEL_PREFIX = "cascade"
+"""Default ``RouterConfig.label_prefix``; the leak detector looks for its labels."""
+
+LEAK_GRACE_S = 5.0
+"""How long teardown waits for non-running containers to go away by themselves
+(AutoRemove is asynchronous: the daemon removes the container shortly *after* ``wait``
+returns)."""
+
+
+# --------------------------------------------------------------------------- docker
+
+
+def docker_required() -> bool:
+    """True when a missing Docker engine must fail the run instead of skipping."""
+    require = os.environ.get("DOCKYARD_REQUIRE_DOCKER", "").strip().lower()
+    ci = os.environ.get("CI", "").strip().lower()
+    return require in {"1", "true", "yes"} or ci in {"1", "true", "yes"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that uses ``docker_client`` (directly or not) with ``docker``."""
+    for item in items:
+        if "docker_client" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.docker)
+
+
+@pytest.fixture(autouse=True)
+def _docker_marker_gate(request: pytest.FixtureRequest) -> None:
+    """A test marked ``docker`` gets the skip/fail gating even without the fixture."""
+    if request.node.get_closest_marker("docker") is not None:
+        request.getfixturevalue("docker_client")
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    """A ``docker.DockerClient`` from the environment (``DOCKER_HOST`` or the CLI context).
+
+    Skips the test when the engine does not answer; fails it instead when
+    ``DOCKYARD_REQUIRE_DOCKER=1`` or ``CI=true``. The client has a 60 s timeout and
+    a connection pool of 32.
+    """
+    try:
+        client = docker.from_env(timeout=60, max_pool_size=32)
+        client.ping()
+    except Exception as exc:  # DockerException, requests errors, OSError, ...
+        message = f"Docker engine not reachable: {type(exc).__name__}: {exc}"
+        if docker_required():
+            pytest.fail(
+                message + " (required: DOCKYARD_REQUIRE_DOCKER=1 or CI=true)", pytrace=False
+            )
+        pytest.skip(message)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def test_image(docker_client: docker.DockerClient) -> str:
+    """Name of the busybox test image (``dockyard-test-busybox:latest``), built if absent."""
+    ensure_test_images(docker_client)
+    return TEST_IMAGE
+
+
+def _instance_containers(client: docker.DockerClient, instance: str) -> list[Any]:
+    return list(
+        client.containers.list(
+            all=True, filters={"label": f"{LABEL_PREFIX}.router.instance={instance}"}
+        )
+    )
+
+
+def _remove_container(container: Any) -> None:
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        if exc.status_code != 409:  # 409: removal already in progress
+            raise
+
+
+def _remove_images_with_prefix(client: docker.DockerClient, prefix: str) -> None:
+    for image in client.images.list():
+        for tag in image.tags:
+            if tag.startswith(prefix):
+                with contextlib.suppress(docker.errors.NotFound):
+                    client.images.remove(tag, force=True)
+
+
+@pytest.fixture
+def instance_id(
+    request: pytest.FixtureRequest, docker_client: docker.DockerClient
+) -> Iterator[str]:
+    """A unique router instance id, ``dockyard-test-<8 hex>``.
+
+    Pass it as ``RouterConfig(router_instance_id=...)``. At teardown (after the
+    fixtures that depend on it, e.g. a manager, are closed) every container labelled
+    ``cascade.router.instance=<id>`` is force-removed, and the test fails if any was
+    still there after a short grace period. ``@pytest.mark.allow_leftovers`` skips
+    the failure (not the clean-up). Images named with :func:`snapshot_image_prefix`
+    are removed as well.
+    """
+    suffix = uuid.uuid4().hex[:8]
+    instance = f"dockyard-test-{suffix}"
+    yield instance
+
+    allow = request.node.get_closest_marker("allow_leftovers") is not None
+    leftovers = _instance_containers(docker_client, instance)
+    if leftovers and not allow:
+        deadline = time.monotonic() + LEAK_GRACE_S
+        # Only containers that are going away by themselves (exited, being removed)
+        # are worth waiting for; a running one is a leak straight away.
+        while any(c.status != "running" for c in leftovers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            leftovers = _instance_containers(docker_client, instance)
+    described = []
+    for container in leftovers:
+        try:
+            described.append(f"{container.name} ({container.short_id}, {container.status})")
+        except Exception:
+            described.append(str(container.id)[:12])
+        _remove_container(container)
+    _remove_images_with_prefix(docker_client, _snapshot_prefix_for(instance))
+    if described and not allow:
+        pytest.fail(
+            f"leaked {len(described)} container(s) of router instance {instance}: "
+            + ", ".join(described),
+            pytrace=False,
+        )
+
+
+def _snapshot_prefix_for(instance: str) -> str:
+    return "dockyard-test-snap-" + instance.rsplit("-", 1)[-1] + "-"
+
+
+@pytest.fixture
+def snapshot_image_prefix(instance_id: str) -> str:
+    """A per-test snapshot image prefix, ``dockyard-test-snap-<8 hex>-``.
+
+    Pass it as ``RouterConfig(snapshot_image_prefix=...)``; ``instance_id`` removes the
+    images at teardown.
+    """
+    return _snapshot_prefix_for(instance_id)
+
+
+# --------------------------------------------------------------------------- sentry
+
+
+class CapturedEvents(list[dict[str, Any]]):
+    """The events captured by the test transport (a plain list of event dicts)."""
+
+    def with_source(self, source: str) -> list[dict[str, Any]]:
+        """Events whose ``source`` tag equals ``source``."""
+        return [e for e in list(self) if (e.get("tags") or {}).get("source") == source]
+
+    def wait_for(
+        self,
+        source: str | None = None,
+        *,
+        count: int = 1,
+        timeout: float = 5.0,
+        predicate: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Wait until ``count`` matching events arrived (from any thread); return them.
+
+        Raises ``AssertionError`` on timeout.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            events = list(self) if source is None else self.with_source(source)
+            if predicate is not None:
+                events = [e for e in events if predicate(e)]
+            if len(events) >= count:
+                return events
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"expected {count} Sentry event(s) with source={source!r} within "
+                    f"{timeout}s, got {len(events)}; all events: {list(self)!r}"
+                )
+            time.sleep(0.02)
+
+
+CAPTURED_EVENTS = CapturedEvents()
+_sentry_lock = threading.Lock()
+
+
+class CapturingTransport(sentry_sdk.transport.Transport):
+    """A sentry-sdk transport that keeps events in :data:`CAPTURED_EVENTS`; no network."""
+
+    def capture_envelope(self, envelope: Any) -> None:
+        event = envelope.get_event()
+        if event is not None:
+            CAPTURED_EVENTS.append(event)
+
+    def flush(self, timeout: float, callback: Any | None = None) -> None:
+        return None
+
+    def kill(self) -> None:
+        return None
+
+
+def init_test_sentry() -> None:
+    """Initialise the real sentry-sdk once per process with :class:`CapturingTransport`."""
+    with _sentry_lock:
+        if isinstance(sentry_sdk.get_client().transport, CapturingTransport):
+            return
+        sentry_sdk.init(
+            dsn="https://public@example.invalid/1",
+            transport=CapturingTransport,
+            default_integrations=False,
+            auto_enabling_integrations=False,
+            auto_session_tracking=False,
+            send_client_reports=False,
+            enable_backpressure_handling=False,
+            traces_sample_rate=None,
+            release="dockyard-tests",
+            environment="test",
+            server_name="dockyard-test",
+            sample_rate=1.0,
+            debug=False,
+        )
+
+
+@pytest.fixture
+def sentry_events() -> Iterator[CapturedEvents]:
+    """The Sentry events captured during this test, as a ``list[dict]``.
+
+    The real sentry-sdk is initialised (once per session) with a transport that
+    appends ``envelope.get_event()`` to this list; nothing goes to the network.
+    ``sentry_events.with_source("worker_exit")`` filters by the ``source`` tag and
+    ``sentry_events.wait_for("worker_timeout")`` waits for background events.
+    """
+    init_test_sentry()
+    CAPTURED_EVENTS.clear()
+    yield CAPTURED_EVENTS
+    CAPTURED_EVENTS.clear()
+
+
+# --------------------------------------------------------------------------- threads
+
+
+class ThreadBaseline:
+    """The threads alive at set-up, to find threads a test left behind."""
+
+    def __init__(self) -> None:
+        self.before: frozenset[threading.Thread] = frozenset(threading.enumerate())
+
+    def new_threads(self, timeout: float = 2.0) -> list[threading.Thread]:
+        """Threads started since set-up that are still alive after up to ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            extra = [t for t in threading.enumerate() if t not in self.before and t.is_alive()]
+            if not extra or time.monotonic() >= deadline:
+                return extra
+            for thread in extra:
+                thread.join(max(0.0, min(0.05, deadline - time.monotonic())))
+
+    def assert_no_new_threads(self, timeout: float = 2.0) -> None:
+        """Fail when threads started since set-up are still alive after ``timeout`` s."""
+        extra = self.new_threads(timeout)
+        assert not extra, "threads left behind: " + ", ".join(
+            f"{t.name} (daemon={t.daemon})" for t in extra
+        )
+
+
+@pytest.fixture
+def thread_baseline() -> ThreadBaseline:
+    """A :class:`ThreadBaseline` taken at set-up (before the test's own fixtures).
+
+    Request it *before* fixtures that start threads, then call
+    ``thread_baseline.assert_no_new_threads()`` after closing them.
+    """
+    return ThreadBaseline()
