@@ -8,6 +8,7 @@ timeout; waits use one without (a wait lasts as long as the container runs).
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -107,17 +108,30 @@ class ExitWait:
         return self._closed.is_set()
 
     def close(self) -> None:
-        """Drop the wait from another thread; `result()` then raises a transport error."""
+        """Drop the wait from another thread; a blocked `result()` then raises.
+
+        Closing the response would first drain it (that is, wait for the exit), so the
+        socket underneath is shut down instead, which wakes the blocked reader at once.
+        """
         self._closed.set()
-        self._response.close()
-        raw = getattr(self._response, "raw", None)
-        conn = getattr(raw, "_connection", None) or getattr(raw, "_fp", None)
-        closer = getattr(conn, "close", None)
-        if callable(closer):
-            try:
-                closer()
-            except Exception:  # best effort: only wakes a blocked reader
-                log.debug("closing an exit wait failed", exc_info=True)
+        sock = _socket_of(self._response)
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            log.debug("exit wait socket already closed", exc_info=True)
+
+
+def _socket_of(response: requests.Response) -> socket.socket | None:
+    raw: Any = getattr(response, "raw", None)
+    connection = getattr(raw, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    if isinstance(sock, socket.socket):
+        return sock
+    fp = getattr(getattr(raw, "_fp", None), "fp", None)
+    sock = getattr(getattr(fp, "raw", None), "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 @dataclass

@@ -10,6 +10,7 @@ from typing import Any
 
 from ._config import RouterConfig
 from ._docker import DockerGateway, is_not_found
+from ._environment import secret_values
 from ._errors import DuplicateJobError
 from ._exit_handling import ExitWatcher, parse_docker_time
 from ._models import ActiveWorker
@@ -193,11 +194,12 @@ class WorkerAdopter:
             snapshot_enabled=labels.get(self.labels.snapshot_enabled) == "true",
         )
         self.slots.acquire_over_capacity()
-        env = (info.get("Config") or {}).get("Env") or []
+        env = dict(item.partition("=")[::2] for item in (info.get("Config") or {}).get("Env") or [])
         tracked = TrackedWorker(
             worker=worker,
             release_slot=self.slots.release,
-            env_keys=tuple(item.partition("=")[0] for item in env),
+            env_keys=tuple(env),
+            secrets=secret_values(env),
         )
         remaining = (deadline - self.clock()).total_seconds()
         self.timeouts.arm(tracked, remaining)

@@ -222,13 +222,30 @@ class ContainerManager:
             future = self._launch_executor.submit(
                 launch_worker_container, launch, context, self._launcher
             )
-            worker = future.result()
         except BaseException:
-            self._registry.unreserve(fields.job_id)
-            if slot_held:
-                self._slots.release()
+            self._abandon_spawn(fields.job_id, slot_held)
             raise
-        return worker
+        try:
+            return future.result()
+        except BaseException:
+            if future.done():
+                self._abandon_spawn(fields.job_id, slot_held=True)
+            else:
+                # Interrupted while the launch goes on: settle the slot once it ends.
+                future.add_done_callback(
+                    lambda done: (
+                        None
+                        if not done.cancelled() and done.exception() is None
+                        else self._abandon_spawn(fields.job_id, slot_held=True)
+                    )
+                )
+            raise
+
+    def _abandon_spawn(self, job_id: str, slot_held: bool) -> None:
+        """Undo a spawn that never registered a worker: free its id and slot."""
+        self._registry.unreserve(job_id)
+        if slot_held:
+            self._slots.release()
 
     def wait_for_worker(self, job_id: str, timeout: float | None = None) -> WorkerOutcome:
         """Block until `job_id`'s outcome is known (also after it finished).
