@@ -20,6 +20,7 @@ from ._errors import (
 )
 from ._jobs import WorkerJob
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
+from ._redis_store import RedisJobDataStore
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
 from .container_manager import ContainerManager
 from .worker_container_launcher import (
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidJobError",
     "NoWorkerSlotError",
     "ProjectConfig",
+    "RedisJobDataStore",
     "RouterConfig",
     "SnapshotMetadata",
     "SnapshotRegistry",

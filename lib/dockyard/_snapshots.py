@@ -1,25 +1,54 @@
-"""Snapshot mechanics: scrubbed commits of clean exits, start-up sync, and image cleanup."""
+"""Snapshot mechanics: scrubbed commits of clean exits, start-up sync, and image cleanup.
+
+A snapshot must carry no secret. `docker commit` with `changes` of `ENV KEY=` blanks the
+keys in the image's `Config` (a scrubbed `Env` in the commit body does not: the daemon
+re-adds the missing keys), but engines that keep the legacy `container_config` (Docker
+20.10 among them) also copy the container's full configuration, every environment value
+included, into the image. Such an image is written again without it (see
+`_images.record_without_container_config`) and checked before it is registered; an image
+that still carries a value is removed and nothing is registered.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
+import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from ._config import RouterConfig
 from ._docker import DockerGateway, is_conflict, is_not_found
 from ._environment import SCRUBBED_ENV_KEYS
+from ._images import record_without_container_config
 from ._models import ActiveWorker
 from ._naming import LabelSchema, snapshot_image_name
 from ._sentry import Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
 
-__all__ = ["SnapshotManager", "scrub_changes"]
+__all__ = ["SnapshotManager", "SnapshotScrubError", "blanked_keys", "scrub_changes"]
 
 log = logging.getLogger("dockyard.snapshots")
 
 SNAPSHOT_TAG = "latest"
+# Blanked beyond the spec's deny-list: the router's Sentry DSN is a credential too.
+EXTRA_SCRUBBED_KEYS = ("SENTRY_DSN",)
+_LOCK_STRIPES = 16
+# Cleanup rounds in which a superseded image may still be in use before it is given up on.
+_MAX_RETIRE_ATTEMPTS = 12
+
+
+class SnapshotScrubError(RuntimeError):
+    """A committed image still holds an environment value that had to be blanked."""
+
+
+def blanked_keys(env_keys: Iterable[str], credential_keys: Iterable[str]) -> list[str]:
+    """The deny-listed and credential keys among `env_keys`, deny-list order first."""
+    present = set(env_keys)
+    deny = [*SCRUBBED_ENV_KEYS, *EXTRA_SCRUBBED_KEYS, *credential_keys]
+    return list(dict.fromkeys(key for key in deny if key in present))
 
 
 def scrub_changes(env_keys: Iterable[str], credential_keys: Iterable[str]) -> list[str]:
@@ -28,13 +57,10 @@ def scrub_changes(env_keys: Iterable[str], credential_keys: Iterable[str]) -> li
     A scrubbed `Env` in the commit body does not work (the daemon re-adds missing keys);
     `ENV KEY=` blanks the value and keeps Cmd, Entrypoint and the rest.
     """
-    present = set(env_keys)
-    deny = [*SCRUBBED_ENV_KEYS, *credential_keys]
-    ordered = list(dict.fromkeys(key for key in deny if key in present))
-    return [f"ENV {key}=" for key in ordered]
+    return [f"ENV {key}=" for key in blanked_keys(env_keys, credential_keys)]
 
 
-def _env_keys(env: Iterable[str]) -> dict[str, str]:
+def _env_pairs(env: Iterable[str]) -> dict[str, str]:
     pairs = (item.partition("=") for item in env)
     return {key: value for key, _, value in pairs}
 
@@ -42,6 +68,18 @@ def _env_keys(env: Iterable[str]) -> dict[str, str]:
 def _credential_keys(env: Mapping[str, str]) -> list[str]:
     listed = env.get("CASCADE_CREDENTIAL_KEYS", "")
     return [key.strip() for key in listed.split(",") if key.strip()]
+
+
+def env_values_left(info: Mapping[str, Any], keys: Iterable[str]) -> list[str]:
+    """The keys among `keys` that still have a value anywhere in an inspected image."""
+    wanted = set(keys)
+    left: set[str] = set()
+    for section in ("Config", "ContainerConfig"):
+        for item in (info.get(section) or {}).get("Env") or []:
+            key, _, value = str(item).partition("=")
+            if key in wanted and value:
+                left.add(key)
+    return sorted(left)
 
 
 @dataclass
@@ -53,6 +91,12 @@ class SnapshotManager:
     reporter: Reporter
     config: RouterConfig
     labels: LabelSchema
+    _locks: tuple[threading.Lock, ...] = field(
+        init=False, default_factory=lambda: tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
+    )
+    _retired_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+    # Image ids that lost their name (or registry entry) but were still in use: id -> attempts.
+    _retired: dict[str, int] = field(init=False, default_factory=dict)
 
     def image_for(self, project_id: str, work_item_id: str) -> str:
         repository = snapshot_image_name(
@@ -60,17 +104,38 @@ class SnapshotManager:
         )
         return f"{repository}:{SNAPSHOT_TAG}"
 
+    # -- commit -------------------------------------------------------------------------
+
     def commit(
         self, worker: ActiveWorker, launch_env_keys: Iterable[str]
     ) -> SnapshotMetadata | None:
         """Commit a cleanly finished worker; never raises (a failed commit only loses warmth)."""
         if worker.project_id is None or worker.work_item_id is None:
             return None
-        image = self.image_for(worker.project_id, worker.work_item_id)
-        repository = image.rsplit(":", 1)[0]
+        project_id, work_item_id = worker.project_id, worker.work_item_id
+        image = self.image_for(project_id, work_item_id)
+        # Two runs of one work item finishing together must not interleave on one name.
+        with self._lock_for(image):
+            return self._commit(worker, launch_env_keys, image, (project_id, work_item_id))
+
+    def _lock_for(self, image: str) -> threading.Lock:
+        return self._locks[zlib.crc32(image.encode("utf-8")) % _LOCK_STRIPES]
+
+    def _commit(
+        self,
+        worker: ActiveWorker,
+        launch_env_keys: Iterable[str],
+        image: str,
+        pair: tuple[str, str],
+    ) -> SnapshotMetadata | None:
+        previous = self._image_id(image)
+        created: list[str] = []
         try:
-            changes = self._changes(worker, launch_env_keys)
-            self.docker.commit(worker.container_id, repository, SNAPSHOT_TAG, changes)
+            changes, blanked = self._changes(worker, launch_env_keys)
+            # Untagged until checked: the name only ever points at a scrubbed image, so a
+            # crash half-way never leaves one for `sync_from_docker` to pick up.
+            created.append(self.docker.commit(worker.container_id, "", "", changes))
+            final, info = self._scrubbed_and_named(created, image, blanked)
         except Exception as err:
             log.warning(
                 "snapshot commit failed",
@@ -83,20 +148,26 @@ class SnapshotManager:
                 tags={"jobType": worker.job_type},
                 extras={"jobId": worker.job_id, "image": image},
             )
+            self._undo(created, image, previous)
             return None
-        size = self._image_size(image)
-        meta = self.registry.register(worker.project_id, worker.work_item_id, image, size)
+        size = info.get("Size")
+        size = int(size) if isinstance(size, int | float) and size >= 0 else None
+        meta = self.registry.register(*pair, image, size)
+        if previous is not None and previous != final:
+            self._retire(previous)  # the name moved on; the old image is garbage now
         log.info(
             "snapshot committed",
             extra={"job_id": worker.job_id, "image": image, "image_size_bytes": size},
         )
         return meta
 
-    def _changes(self, worker: ActiveWorker, launch_env_keys: Iterable[str]) -> list[str]:
+    def _changes(
+        self, worker: ActiveWorker, launch_env_keys: Iterable[str]
+    ) -> tuple[list[str], list[str]]:
         launched = list(launch_env_keys)
         try:
             info = self.docker.inspect(worker.container_id)
-            env = _env_keys((info.get("Config") or {}).get("Env") or [])
+            env = _env_pairs((info.get("Config") or {}).get("Env") or [])
         except Exception as err:
             # Still blank every key dockyard itself set: no secret may reach an image.
             log.warning("snapshot env inspect failed", extra={"job_id": worker.job_id})
@@ -107,33 +178,146 @@ class SnapshotManager:
                 tags={"jobType": worker.job_type},
                 extras={"jobId": worker.job_id},
             )
-            return scrub_changes([*launched, *SCRUBBED_ENV_KEYS], launched)
-        return scrub_changes(env, _credential_keys(env))
+            keys = blanked_keys([*launched, *SCRUBBED_ENV_KEYS], launched)
+        else:
+            keys = blanked_keys(env, _credential_keys(env))
+        return [f"ENV {key}=" for key in keys], keys
 
-    def _image_size(self, image: str) -> int | None:
+    def _scrubbed_and_named(
+        self, created: list[str], image: str, blanked: list[str]
+    ) -> tuple[str, dict[str, Any]]:
+        """Check the committed image, write it again when the engine kept the container's
+        config, and give the result the snapshot name.
+
+        Returns the final image id and its inspect data; raises `SnapshotScrubError` when
+        a blanked key still has a value. `created` collects every image id made here.
+        """
+        committed = created[-1]
+        info = self.docker.image_inspect(committed)
+        if not env_values_left(info, blanked):
+            repository, _, tag = image.rpartition(":")
+            self.docker.api.tag(committed, repository, tag, force=True)
+            return committed, info
+        rewritten = record_without_container_config(self.docker, committed, image)
+        created.append(rewritten)
+        self._remove_now_or_later(committed)  # holds the container's whole environment
+        created.remove(committed)
+        info = self.docker.image_inspect(rewritten)
+        left = env_values_left(info, blanked)
+        if left:
+            raise SnapshotScrubError(f"snapshot image still holds values of {', '.join(left)}")
+        return rewritten, info
+
+    def _undo(self, created: list[str], image: str, previous: str | None) -> None:
+        """After a failed commit: remove what was made and give the name back if it moved."""
+        for image_id in created:
+            self._remove_now_or_later(image_id)
+        if previous is None or self._image_id(image) == previous:
+            return
+        repository, _, tag = image.rpartition(":")
         try:
-            size = self.docker.image_inspect(image).get("Size")
+            self.docker.api.tag(previous, repository, tag, force=True)
         except Exception:
-            log.debug("snapshot size unknown", extra={"image": image}, exc_info=True)
+            log.warning("could not restore the previous snapshot", extra={"image": image})
+            self._retire(previous)
+
+    def _image_id(self, image: str) -> str | None:
+        try:
+            image_id = self.docker.image_inspect(image).get("Id")
+        except Exception:
             return None
-        return int(size) if isinstance(size, int | float) else None
+        return str(image_id) if image_id else None
+
+    # -- removal ------------------------------------------------------------------------
+
+    def _remove_now_or_later(self, image_id: str) -> None:
+        try:
+            self.docker.remove_image(image_id)
+        except Exception as err:
+            if is_not_found(err):
+                return
+            log.warning("image removal deferred", extra={"image": image_id, "error": str(err)})
+            with self._retired_lock:
+                self._retired.setdefault(image_id, 0)
+
+    def _retire(self, image_id: str) -> None:
+        """Remove an image nothing refers to any more, now or in a later cleanup round.
+
+        It may still be in use (the worker that was just committed was created from it,
+        and its container is removed only after the commit): 409 keeps it for later.
+        """
+        try:
+            self.docker.remove_image(image_id)
+        except Exception as err:
+            if is_not_found(err):
+                return
+            with self._retired_lock:
+                self._retired.setdefault(image_id, 0)
+            if not is_conflict(err):
+                log.warning("image removal deferred", extra={"image": image_id, "error": str(err)})
+            return
+        log.debug("superseded snapshot image removed", extra={"image": image_id})
+
+    def _remove_retired(self) -> None:
+        with self._retired_lock:
+            pending = dict(self._retired)
+        if not pending:
+            return
+        # An image registered again meanwhile (say by a start-up sync) is live: keep it.
+        live = {self._image_id(meta.image_name) for meta in self.registry.entries()}
+        for image_id, attempts in pending.items():
+            keep = False
+            if image_id in live:
+                with self._retired_lock:
+                    self._retired.pop(image_id, None)
+                continue
+            try:
+                self.docker.remove_image(image_id)
+            except Exception as err:
+                if not is_not_found(err):
+                    keep = attempts + 1 < _MAX_RETIRE_ATTEMPTS
+                    if not is_conflict(err):
+                        self.reporter.report(
+                            err,
+                            "snapshot_image_remove",
+                            level="warning",
+                            extras={"image": image_id},
+                        )
+            with self._retired_lock:
+                if keep:
+                    self._retired[image_id] = attempts + 1
+                else:
+                    self._retired.pop(image_id, None)
 
     def remove_images(self, evicted: Iterable[SnapshotMetadata]) -> list[SnapshotMetadata]:
-        """Remove evicted images; 404/409 (gone, or in use) are quietly skipped."""
+        """Remove evicted images; 404 (gone) is skipped, 409 (in use) retried in later rounds."""
         removed = []
         for meta in evicted:
-            try:
-                self.docker.remove_image(meta.image_name)
-            except Exception as err:
-                if is_not_found(err) or is_conflict(err):
+            with self._lock_for(meta.image_name):
+                if not self._remove_evicted(meta):
                     continue
-                self.reporter.report(
-                    err, "snapshot_image_remove", level="warning", extras={"image": meta.image_name}
-                )
-                continue
             removed.append(meta)
             log.info("snapshot image removed", extra={"image": meta.image_name})
         return removed
+
+    def _remove_evicted(self, meta: SnapshotMetadata) -> bool:
+        current = self.registry.get(meta.project_id, meta.work_item_id)
+        if current is not None and current.image_name == meta.image_name:
+            return False  # committed anew since the eviction: the name is live again
+        image_id = self._image_id(meta.image_name)
+        try:
+            self.docker.remove_image(meta.image_name)
+        except Exception as err:
+            if is_conflict(err) and image_id is not None:
+                # Still in use: retry by id later (a newer image under the name stays).
+                with self._retired_lock:
+                    self._retired.setdefault(image_id, 0)
+            elif not is_not_found(err) and not is_conflict(err):
+                self.reporter.report(
+                    err, "snapshot_image_remove", level="warning", extras={"image": meta.image_name}
+                )
+            return False
+        return True
 
     def run_cleanup(self) -> list[SnapshotMetadata]:
         """Evict by TTL, count and size, and remove the evicted images from Docker."""
@@ -143,10 +327,16 @@ class SnapshotManager:
             self.reporter.report(err, "snapshot_cleanup_scan")
             return []
         self.remove_images(evicted)
+        self._remove_retired()
         return evicted
 
+    # -- start-up -----------------------------------------------------------------------
+
     def sync_from_docker(self) -> list[SnapshotMetadata]:
-        """Register the snapshot images already in Docker (after a restart), then clean up."""
+        """Register the snapshot images already in Docker (after a restart), then clean up.
+
+        Snapshot images carry the committed container's labels, which name the pair.
+        """
         registered: list[SnapshotMetadata] = []
         try:
             images = self.docker.list_images(self.config.snapshot_image_prefix)
@@ -172,7 +362,7 @@ class SnapshotManager:
                     project_id,
                     work_item_id,
                     name,
-                    int(size) if isinstance(size, int) else None,
+                    int(size) if isinstance(size, int) and size >= 0 else None,
                     created_at=created,
                 )
             )
