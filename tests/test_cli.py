@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import dockyard
-from dockyard._cli import load_jobs, parse_job
+from dockyard._cli._jobfile import load_jobs, parse_job
 from dockyard._environment import JOB_DATA_INLINE_LIMIT
 from dockyard._errors import InvalidJobError
 

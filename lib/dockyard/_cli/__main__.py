@@ -1,0 +1,8 @@
+"""`python -m dockyard._cli`: the `dockyard` console script."""
+
+import sys
+
+from ._main import main
+
+if __name__ == "__main__":
+    sys.exit(main())

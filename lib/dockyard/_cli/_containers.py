@@ -1,0 +1,104 @@
+"""`dockyard ps` and `dockyard reap`: this router instance's managed containers, listed or
+given one orphan scan."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from .._config import RouterConfig
+from .._docker import DockerGateway
+from .._models import WorkerLifecycleListener
+from .._naming import LabelSchema, parse_deadline
+from ..container_manager import ContainerManager
+from ._engine import base_config, engine
+from ._exits import EXIT_OK
+from ._format import fmt_s, print_plain_table
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    config = base_config(args)
+    labels = LabelSchema(config.label_prefix)
+    with engine(config) as gateway:
+        containers = _owned_containers(gateway, config, labels)
+    if not containers:
+        print(f"no managed containers for router instance {config.router_instance_id!r}")
+        return EXIT_OK
+    now = datetime.now(UTC)
+    rows = [
+        [
+            str(container.get("Id", ""))[:12],
+            _name(container),
+            _job_id(container, labels),
+            str(container.get("State", "")),
+            str(container.get("Status", "")),
+            _due(parse_deadline(_labels(container).get(labels.deadline)), now),
+        ]
+        for container in sorted(containers, key=lambda c: int(c.get("Created") or 0))
+    ]
+    print_plain_table(["CONTAINER", "NAME", "JOB", "STATE", "STATUS", "DEADLINE"], rows, sys.stdout)
+    return EXIT_OK
+
+
+class _OrphanLog(WorkerLifecycleListener):
+    """Remembers which containers the scan stopped (the rest it only removed)."""
+
+    def __init__(self) -> None:
+        self.stopped: set[str] = set()
+
+    def on_orphan_stopped(self, container_id: str, labels: dict[str, str]) -> None:
+        self.stopped.add(container_id)
+
+
+def cmd_reap(args: argparse.Namespace) -> int:
+    overrides = {"stop_grace_s": args.stop_grace} if args.stop_grace is not None else {}
+    config = base_config(args, **overrides)
+    labels = LabelSchema(config.label_prefix)
+    orphans = _OrphanLog()
+    with engine(config) as gateway:
+        before = {str(c.get("Id")): c for c in _owned_containers(gateway, config, labels)}
+        with ContainerManager(config, docker_client=gateway.api, listener=orphans) as manager:
+            handled = manager.scan_and_cleanup_orphans()
+    for container_id in handled:
+        container = before.get(container_id, {})
+        if container_id in orphans.stopped:
+            what = "stopped and removed (running past its deadline)"
+        else:
+            what = f"removed ({container.get('State', 'exited')} leftover)"
+        print(f"{container_id[:12]}  {_name(container)}  job {_job_id(container, labels)}: {what}")
+    kept = len(before) - len(handled)
+    print(
+        f"reaped {len(handled)} container(s) of router instance {config.router_instance_id!r}; "
+        f"{kept} left alone (running within their deadline)"
+    )
+    return EXIT_OK
+
+
+def _owned_containers(
+    gateway: DockerGateway, config: RouterConfig, labels: LabelSchema
+) -> list[dict[str, Any]]:
+    """This instance's managed containers, running or not (as the engine lists them)."""
+    return gateway.list_containers(labels.ownership_filter(config.router_instance_id), all=True)
+
+
+def _name(container: dict[str, Any]) -> str:
+    return str((container.get("Names") or ["?"])[0]).lstrip("/")
+
+
+def _labels(container: dict[str, Any]) -> dict[str, str]:
+    return dict(container.get("Labels") or {})
+
+
+def _job_id(container: dict[str, Any], labels: LabelSchema) -> str:
+    return _labels(container).get(labels.job_id, "-")
+
+
+def _due(deadline: datetime | None, now: datetime) -> str:
+    """The deadline in local time, and how far off it is."""
+    if deadline is None:
+        return "-"
+    left = (deadline - now).total_seconds()
+    when = deadline.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return f"{when} ({'in ' + fmt_s(left) if left >= 0 else 'overdue ' + fmt_s(-left)})"

@@ -1,0 +1,20 @@
+"""Exit statuses, the refusal that exits 2, and the `dockyard: ...` lines on stderr."""
+
+from __future__ import annotations
+
+import sys
+
+EXIT_OK = 0
+EXIT_JOBS_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class UsageError(Exception):
+    """Something to say on one stderr line before exiting with status 2; nothing was started."""
+
+
+def say(message: str) -> None:
+    """One line to the operator on stderr, prefixed with the command's name."""
+    print(f"dockyard: {message}", file=sys.stderr)

@@ -1,0 +1,164 @@
+"""`dockyard run`: check the job file, the options and the image, run the batch with
+progress, print the results, and detach on Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .._config import RouterConfig
+from .._docker import DockerGateway, is_not_found
+from .._errors import DockerUnavailableError
+from .._jobs import WorkerJob
+from ..container_manager import ContainerManager
+from ._batch import BatchTracker, JobState
+from ._engine import base_config, engine
+from ._exits import EXIT_INTERRUPTED, EXIT_JOBS_FAILED, EXIT_OK, EXIT_TERMINATED, UsageError, say
+from ._feeders import Feeders
+from ._format import count_of
+from ._jobfile import load_jobs
+from ._logging import configure_logging
+from ._progress import Display, PlainDisplay
+from ._summary import print_json_lines, print_plain_summary
+
+try:  # rich is the optional extra dockyard[cli]; without it output is plain text
+    from . import _rich
+
+    HAVE_RICH = True
+except ImportError:
+    HAVE_RICH = False
+
+# How often the progress view looks for news when no job changes state.
+_REFRESH_S = 0.1
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: detach and report."""
+
+
+def _raise_terminated(signum: int, frame: object) -> NoReturn:
+    raise _Terminated
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _run_config(args)
+    jobs = load_jobs(Path(args.jobs))
+    if args.progress == "rich" and not HAVE_RICH:
+        raise UsageError("--progress rich needs rich: pip install 'dockyard[cli]'")
+    with engine(config) as gateway:
+        _check_image(gateway, config.worker_image)
+    if threading.current_thread() is threading.main_thread():
+        # Explicitly, since a shell starts background commands with SIGINT ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+    display = _make_display(args.progress, config, len(jobs))
+    configure_logging(args.verbose, display.log_handler(), batch_progress=args.progress != "none")
+    tracker = BatchTracker(jobs)
+    interrupt = _run_batch(config, jobs, tracker, display)
+    states = tracker.states
+    if interrupt is not None:
+        _say_detached(config, [s for s in states if s.status == "detached"])
+    if args.json:
+        print_json_lines(states, sys.stdout)
+    elif sys.stdout.isatty() and HAVE_RICH:
+        _rich.print_rich_summary(states, sys.stdout)
+    else:
+        print_plain_summary(states, sys.stdout)
+    sys.stdout.flush()
+    if interrupt is not None:
+        return EXIT_TERMINATED if isinstance(interrupt, _Terminated) else EXIT_INTERRUPTED
+    return EXIT_OK if all(s.status == "succeeded" for s in states) else EXIT_JOBS_FAILED
+
+
+def _run_config(args: argparse.Namespace) -> RouterConfig:
+    overrides: dict[str, Any] = {"worker_image": args.image}
+    for flag, name in (
+        ("max_workers", "max_workers"),
+        ("timeout", "worker_timeout_s"),
+        ("memory_mb", "worker_memory_mb"),
+        ("network", "docker_network"),
+        ("stop_grace", "stop_grace_s"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[name] = value
+    if args.snapshots:
+        overrides["snapshot_enabled"] = True
+    if args.no_auto_remove:
+        overrides["auto_remove_workers"] = False
+    return base_config(args, **overrides)
+
+
+def _check_image(gateway: DockerGateway, image: str) -> None:
+    try:
+        gateway.image_inspect(image)
+    except Exception as err:
+        if is_not_found(err):
+            raise UsageError(
+                f"image {image!r} is not on the Docker engine; build or pull it first"
+            ) from None
+        raise DockerUnavailableError(
+            f"Docker engine error while inspecting {image!r}: {err}"
+        ) from err
+
+
+def _make_display(mode: str, config: RouterConfig, total: int) -> Display:
+    use_rich = mode == "rich" or (mode == "auto" and sys.stderr.isatty() and HAVE_RICH)
+    if use_rich:
+        title = (
+            f"dockyard run · {count_of(total, 'job')} · {config.worker_image}"
+            f" · up to {config.max_workers} at once"
+        )
+        return _rich.RichDisplay(config.snapshot_image_prefix, title)
+    return PlainDisplay(sys.stderr if mode != "none" else None, config.snapshot_image_prefix)
+
+
+def _run_batch(
+    config: RouterConfig, jobs: Sequence[WorkerJob], tracker: BatchTracker, display: Display
+) -> KeyboardInterrupt | None:
+    """Run the batch to the end, or until Ctrl-C/SIGTERM (returned), then detach."""
+    interrupt: KeyboardInterrupt | None = None
+    manager = ContainerManager(config, listener=tracker)
+    try:
+        if config.snapshot_enabled:
+            manager.sync_snapshots_from_docker()  # warm starts from earlier runs
+        feeders = Feeders(manager, tracker, jobs)
+        with display.running(tracker):
+            try:
+                feeders.start()
+                while not tracker.all_final():
+                    display.events(tracker.wait(_REFRESH_S))
+            except KeyboardInterrupt as err:
+                interrupt = err
+                display.events(tracker.wait(0))
+                display.message("interrupted: no new jobs start; detaching from running ones…")
+                feeders.stop()
+                manager.detach_all()
+            # close() joins the exit watchers, so every outcome that raced the interrupt
+            # has reached the tracker before the unfinished jobs are counted.
+            manager.close()
+            display.events(tracker.wait(0))
+            if interrupt is not None:
+                tracker.mark_unfinished()
+    finally:
+        manager.close()
+    return interrupt
+
+
+def _say_detached(config: RouterConfig, detached: Sequence[JobState]) -> None:
+    if not detached:
+        say("interrupted; no job was running")
+        return
+    names = ", ".join(f"{s.worker.container_name} (job {s.job_id})" for s in detached if s.worker)
+    say(f"interrupted; {len(detached)} job(s) still running, detached: {names}")
+    say(
+        f"`dockyard ps --instance {config.router_instance_id}` lists them; "
+        f"`dockyard reap --instance {config.router_instance_id}` cleans up after them once "
+        "they have exited or passed their deadline"
+    )
