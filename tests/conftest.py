@@ -319,3 +319,51 @@ def thread_baseline() -> ThreadBaseline:
     ``thread_baseline.assert_no_new_threads()`` after closing them.
     """
     return ThreadBaseline()
+
+
+# --------------------------------------------------------------------------- managers
+
+
+@pytest.fixture
+def make_manager(
+    instance_id: str, test_image: str, snapshot_image_prefix: str
+) -> Iterator[Callable[..., Any]]:
+    """A factory ``make_manager(**config_overrides) -> ContainerManager`` on the real engine.
+
+    The config runs the test image under this test's ``instance_id`` and
+    ``snapshot_image_prefix`` with ``stop_grace_s=1``, ``worker_memory_mb=64`` and
+    ``slot_wait_timeout_s=30``; keyword arguments override any ``RouterConfig`` field.
+    ``listener``, ``credentials``, ``projects``, ``job_data_store``, ``reporter`` and
+    ``docker_client`` go to the manager itself. Every manager made is closed at teardown,
+    before ``instance_id`` looks for leaked containers.
+    """
+    from dockyard import ContainerManager, RouterConfig  # noqa: PLC0415 - only managers need it
+
+    managers: list[ContainerManager] = []
+    manager_kwargs = (
+        "listener",
+        "credentials",
+        "projects",
+        "job_data_store",
+        "reporter",
+        "docker_client",
+    )
+
+    def make(**overrides: Any) -> ContainerManager:
+        kwargs = {name: overrides.pop(name) for name in manager_kwargs if name in overrides}
+        settings: dict[str, Any] = {
+            "worker_image": test_image,
+            "router_instance_id": instance_id,
+            "snapshot_image_prefix": snapshot_image_prefix,
+            "stop_grace_s": 1,
+            "worker_memory_mb": 64,
+            "slot_wait_timeout_s": 30,
+        }
+        settings.update(overrides)
+        manager = ContainerManager(RouterConfig(**settings), **kwargs)
+        managers.append(manager)
+        return manager
+
+    yield make
+    for manager in reversed(managers):
+        manager.close()

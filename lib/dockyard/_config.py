@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
+import threading
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -18,6 +22,10 @@ __all__ = ["ProjectConfig", "RouterConfig"]
 
 GIB = 1024**3
 DOCKER_MIN_MEMORY_MB = 6  # the engine refuses a memory limit below 6 MiB
+# Durations become `threading.Timer`s and deadlines: beyond this they overflow.
+MAX_DURATION_S = threading.TIMEOUT_MAX
+_CONTAINER_NAME_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def _hostname() -> str:
@@ -65,6 +73,16 @@ class RouterConfig(DataClassJsonMixin):
         _validate_router(self)
 
     @classmethod
+    def from_dict(cls, kvs: Any, *, infer_missing: bool = False) -> RouterConfig:
+        """Like dataclasses-json's, but a value of the wrong JSON type is a `ConfigError`.
+
+        dataclasses-json coerces silently (`"false"` would become `True`, `2.5` become 2).
+        """
+        _check_json_types(cls, "", kvs)
+        config: RouterConfig = super().from_dict(kvs, infer_missing=infer_missing)
+        return config
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RouterConfig:
         """Build a config from the environment variables of the spec (§10).
 
@@ -108,13 +126,58 @@ class ProjectConfig(DataClassJsonMixin):
             value = getattr(self, name)
             if value is not None:
                 _require_positive(f"ProjectConfig.{name}", value)
+        if self.snapshot_enabled is not None and not isinstance(self.snapshot_enabled, bool):
+            raise ConfigError("ProjectConfig.snapshot_enabled", "must be a boolean or None")
+        texts = ("repo_full_name", "worker_image", "worker_image_status", "worker_image_digest")
+        for name in texts:
+            value = getattr(self, name)
+            if value is not None:
+                _require_text(f"ProjectConfig.{name}", value, allow_empty=True)
+
+    @classmethod
+    def from_dict(cls, kvs: Any, *, infer_missing: bool = False) -> ProjectConfig:
+        """Like dataclasses-json's, but a value of the wrong JSON type is a `ConfigError`."""
+        _check_json_types(cls, "ProjectConfig.", kvs)
+        project: ProjectConfig = super().from_dict(kvs, infer_missing=infer_missing)
+        return project
+
+
+def _check_json_types(cls: type, prefix: str, kvs: object) -> None:
+    """Refuse unknown keys and values whose JSON type does not fit the field."""
+    if not isinstance(kvs, Mapping):
+        raise ConfigError(prefix.rstrip(".") or "config", "must be a JSON object")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    for key, value in kvs.items():
+        name = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(name, "unknown setting")
+        hint = hints[key]
+        union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        allowed = typing.get_args(hint) if union else (hint,)
+        if value is None:
+            ok = type(None) in allowed
+        elif isinstance(value, bool):
+            ok = bool in allowed
+        elif isinstance(value, int):
+            ok = int in allowed or float in allowed
+        else:
+            ok = type(value) in allowed
+        if not ok:
+            wanted = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise ConfigError(name, f"must be {wanted}, got {type(value).__name__}")
 
 
 def _int(raw: str) -> int:
+    # Plain digits only: `int()` would also take "1_000" and other Python spellings.
+    if not _INTEGER.fullmatch(raw):
+        raise ValueError(raw)
     return int(raw, 10)
 
 
 def _float(raw: str) -> float:
+    if "_" in raw:  # `float()` takes "1_000"; no other parser of these variables does
+        raise ValueError(raw)
     value = float(raw)
     if not math.isfinite(value):
         raise ValueError(raw)
@@ -151,11 +214,15 @@ _ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
 _VAR_OF_FIELD = {name: var for var, (name, _) in _ENV_VARS.items()}
 
 
-def _require_positive(name: str, value: object) -> None:
+def _require_positive(name: str, value: object, *, allow_zero: bool = False) -> None:
+    """A duration in seconds: finite, positive (or zero when allowed), not absurdly long."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(name, f"must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(name, f"must be a positive number, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        kind = "zero or a positive number" if allow_zero else "a positive number"
+        raise ConfigError(name, f"must be {kind}, got {value!r}")
+    if value > MAX_DURATION_S:
+        raise ConfigError(name, f"must be at most {MAX_DURATION_S:g}, got {value!r}")
 
 
 def _require_int(name: str, value: object, minimum: int) -> None:
@@ -177,12 +244,8 @@ def _require_text(name: str, value: object, *, allow_empty: bool = False) -> Non
 def _validate_router(config: RouterConfig) -> None:
     for f in fields(config):
         value = getattr(config, f.name)
-        if f.name.endswith("_s") and f.name != "kill_buffer_s":
-            _require_positive(f.name, value)
-    if isinstance(config.kill_buffer_s, bool) or not isinstance(config.kill_buffer_s, int | float):
-        raise ConfigError("kill_buffer_s", "must be a number")
-    if not math.isfinite(config.kill_buffer_s) or config.kill_buffer_s < 0:
-        raise ConfigError("kill_buffer_s", f"must be zero or more, got {config.kill_buffer_s!r}")
+        if f.name.endswith("_s"):
+            _require_positive(f.name, value, allow_zero=f.name == "kill_buffer_s")
     _require_int("max_workers", config.max_workers, 1)
     _require_int("worker_memory_mb", config.worker_memory_mb, DOCKER_MIN_MEMORY_MB)
     _require_int("snapshot_max_count", config.snapshot_max_count, 0)
@@ -194,9 +257,23 @@ def _validate_router(config: RouterConfig) -> None:
         _require_int("pids_limit", config.pids_limit, 1)
     for name in ("worker_image", "docker_network", "router_instance_id", "label_prefix"):
         _require_text(name, getattr(config, name))
-    for name in ("redis_url", "container_name_prefix", "snapshot_image_prefix"):
-        _require_text(name, getattr(config, name), allow_empty=True)
+    _require_text("redis_url", config.redis_url, allow_empty=True)
+    for name in ("container_name_prefix", "snapshot_image_prefix"):
+        _require_text(name, getattr(config, name))
     if not is_valid_image_reference(config.worker_image):
         raise ConfigError("worker_image", f"{config.worker_image!r} is not a valid image reference")
+    # Docker refuses names that start with anything but a letter or digit.
+    if not _CONTAINER_NAME_PREFIX.fullmatch(config.container_name_prefix):
+        raise ConfigError(
+            "container_name_prefix",
+            f"{config.container_name_prefix!r} must start with a letter or digit and hold "
+            "only letters, digits, '_', '.' and '-'",
+        )
+    # Snapshot images are named prefix + lowercase parts: the prefix must keep that valid.
+    if not is_valid_image_reference(config.snapshot_image_prefix + "x"):
+        raise ConfigError(
+            "snapshot_image_prefix",
+            f"{config.snapshot_image_prefix!r} does not start a valid image name",
+        )
     if not isinstance(config.snapshot_enabled, bool):
         raise ConfigError("snapshot_enabled", "must be a boolean")

@@ -20,6 +20,7 @@ __all__ = [
     "CredentialProvider",
     "JobDataStore",
     "build_worker_env",
+    "check_job_data",
     "with_snapshot_reuse",
 ]
 
@@ -98,13 +99,10 @@ def build_worker_env(
     """
     env: dict[str, str] = {"JOB_ID": fields.job_id, "JOB_TYPE": fields.job_type}
     payload = fields.job_data_json.encode("utf-8")
-    if len(payload) > JOB_DATA_INLINE_LIMIT:
-        if sources.job_data_store is None:
-            raise InvalidJobError(
-                f"job data is {len(payload)} bytes, over the {JOB_DATA_INLINE_LIMIT}-byte "
-                "inline limit, and no job_data_store is configured"
-            )
-        env["JOB_DATA_REDIS_KEY"] = sources.job_data_store.put(fields.job_id, payload)
+    check_job_data(fields, sources)  # over the limit without a store: refused here
+    store = sources.job_data_store
+    if len(payload) > JOB_DATA_INLINE_LIMIT and store is not None:
+        env["JOB_DATA_REDIS_KEY"] = store.put(fields.job_id, payload)
     else:
         env["JOB_DATA"] = fields.job_data_json
     env["REDIS_URL"] = sources.config.redis_url
@@ -123,6 +121,19 @@ def build_worker_env(
         if "\x00" in value:
             raise InvalidJobError(f"environment value of {key} contains a NUL character")
     return env
+
+
+def check_job_data(fields: JobFields, sources: EnvSources) -> None:
+    """Refuse a payload too large for the environment when there is no store to take it.
+
+    Cheap and free of side effects, so a spawn calls it before waiting for a slot.
+    """
+    size = len(fields.job_data_json.encode("utf-8"))
+    if size > JOB_DATA_INLINE_LIMIT and sources.job_data_store is None:
+        raise InvalidJobError(
+            f"job data is {size} bytes, over the {JOB_DATA_INLINE_LIMIT}-byte "
+            "inline limit, and no job_data_store is configured"
+        )
 
 
 # Values of these keys (and of every credential) are masked wherever dockyard echoes output.

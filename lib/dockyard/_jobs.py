@@ -11,7 +11,16 @@ from typing import Any, Protocol
 from ._config import ProjectConfig
 from ._errors import InvalidJobError
 
-__all__ = ["JobFields", "ProjectDirectory", "WorkerJob", "resolve_job_fields", "validate_job"]
+__all__ = [
+    "JobFields",
+    "ProjectDirectory",
+    "WorkerJob",
+    "next_generated_job_id",
+    "resolve_job_fields",
+    "validate_job",
+]
+
+GENERATED_ID_PREFIX = "unknown-"  # + epoch milliseconds, for a job that came without an id
 
 
 class ProjectDirectory(Protocol):
@@ -99,7 +108,11 @@ def resolve_job_fields(
         raise InvalidJobError(f"job.data is not JSON-serialisable: {err}") from None
     if not _is_utf8(data_json):
         raise InvalidJobError("job.data holds a string that is not valid Unicode")
-    job_id = job.id if job.id is not None else f"unknown-{now_ms or int(time.time() * 1000)}"
+    if job.id is not None:
+        job_id = job.id
+    else:
+        ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        job_id = f"{GENERATED_ID_PREFIX}{ms}"
     data = job.data
     project_id = job.project_id or _text(data.get("projectId"))
     if project_id is None and job.type == "github" and projects is not None:
@@ -109,7 +122,9 @@ def resolve_job_fields(
     work_item_id = job.work_item_id or _work_item(job.type, data)
     agent_type = job.agent_type or _text(_dig(data, ("triggerResult", "agentType")))
     agent_type = agent_type or _text(data.get("agentType"))
-    for name, value in (("projectId", project_id), ("workItemId", work_item_id)):
+    # Derived ids end up in labels and names: hold them to the rules of explicit ones.
+    derived = (("projectId", project_id), ("workItemId", work_item_id), ("agentType", agent_type))
+    for name, value in derived:
         if value is not None and "\x00" in value:
             raise InvalidJobError(f"job {name} contains a NUL character")
     return JobFields(
@@ -121,6 +136,12 @@ def resolve_job_fields(
         work_item_id=work_item_id,
         agent_type=agent_type,
     )
+
+
+def next_generated_job_id(job_id: str) -> str:
+    """The made-up id one millisecond after `job_id` (`unknown-<ms>`)."""
+    ms = int(job_id.removeprefix(GENERATED_ID_PREFIX))
+    return f"{GENERATED_ID_PREFIX}{ms + 1}"
 
 
 def _work_item(job_type: str, data: Mapping[str, Any]) -> str | None:

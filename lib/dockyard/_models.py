@@ -56,6 +56,7 @@ class WorkerOutcome(DataClassJsonMixin):
 
     @property
     def succeeded(self) -> bool:
+        """True for a worker that exited with status 0 on its own."""
         return self.status == "succeeded"
 
     def describe(self) -> str:

@@ -73,6 +73,7 @@ class RedisJobDataStore:
         return self._ttl_s
 
     def key_for(self, job_id: str) -> str:
+        """The Redis key `put` uses for `job_id`."""
         return f"{self._key_prefix}{job_id}"
 
     def put(self, job_id: str, payload: bytes) -> str:

@@ -57,6 +57,7 @@ class TrackedWorker:
     exit_wait: ExitWait | None = None
     env_keys: tuple[str, ...] = ()  # names of the launch env, for scrubbing snapshots
     secrets: tuple[str, ...] = ()  # values masked in the worker's log tail
+    auto_remove: bool = False  # created with AutoRemove: the engine removes it on exit
     kill_started: bool = False  # the kill path began: the exit that follows is a timeout
     exited: bool = False  # the engine reported the exit: too late to start a kill
     settled: bool = False

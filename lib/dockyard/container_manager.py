@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import timedelta
 from types import TracebackType
 from typing import Self
@@ -24,13 +25,20 @@ from ._environment import (
     EnvSources,
     JobDataStore,
     build_worker_env,
+    check_job_data,
     router_environ,
     secret_values,
 )
-from ._errors import NoWorkerSlotError
+from ._errors import DuplicateJobError, NoWorkerSlotError
 from ._exit_handling import ExitWatcher
 from ._images import ImagePuller
-from ._jobs import ProjectDirectory, WorkerJob, resolve_job_fields
+from ._jobs import (
+    JobFields,
+    ProjectDirectory,
+    WorkerJob,
+    next_generated_job_id,
+    resolve_job_fields,
+)
 from ._loops import PeriodicTask
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._naming import LabelSchema, container_name
@@ -60,6 +68,7 @@ __all__ = [
 log = logging.getLogger("dockyard.manager")
 
 _WAIT_POOL_HEADROOM = 8  # adopted workers may briefly exceed max_workers
+_GENERATED_ID_ATTEMPTS = 1000
 
 
 class ContainerManager:
@@ -171,7 +180,8 @@ class ContainerManager:
         fields = resolve_job_fields(job, self._projects)
         project = find_project(self._projects, fields.project_id)
         settings = resolve_spawn_settings(self.config, project)
-        self._registry.reserve(fields.job_id)
+        check_job_data(fields, self._env_sources)
+        fields = self._reserve(fields)
         slot_held = False
         try:
             timeout = self.config.slot_wait_timeout_s if slot_timeout is None else slot_timeout
@@ -183,7 +193,10 @@ class ContainerManager:
             )
             snapshot = None
             if settings.snapshot_enabled and fields.project_id and fields.work_item_id:
-                snapshot = self.snapshots.get(fields.project_id, fields.work_item_id)
+                # The TTL resolved above: no second project lookup under the registry's lock.
+                snapshot = self.snapshots.get(
+                    fields.project_id, fields.work_item_id, ttl=settings.snapshot_ttl_s
+                )
             launch = WorkerContainerLaunchConfig(
                 name=container_name(self.config.container_name_prefix, fields.job_id),
                 base_image=settings.base_image,
@@ -241,6 +254,22 @@ class ContainerManager:
                 )
             raise
 
+    def _reserve(self, fields: JobFields) -> JobFields:
+        """Claim the job id; a made-up id taken already moves on to the next millisecond.
+
+        Two jobs without an id arriving in one millisecond are two jobs, not a duplicate.
+        """
+        for _ in range(_GENERATED_ID_ATTEMPTS):
+            try:
+                self._registry.reserve(fields.job_id)
+            except DuplicateJobError:
+                if fields.job.id is not None:
+                    raise
+                fields = replace(fields, job_id=next_generated_job_id(fields.job_id))
+            else:
+                return fields
+        raise DuplicateJobError(fields.job_id)
+
     def _abandon_spawn(self, job_id: str, slot_held: bool) -> None:
         """Undo a spawn that never registered a worker: free its id and slot."""
         self._registry.unreserve(job_id)
@@ -263,9 +292,11 @@ class ContainerManager:
         return self._timeouts.kill(tracked)
 
     def get_active_worker_count(self) -> int:
+        """How many started workers are tracked right now."""
         return self._registry.count()
 
     def get_active_workers(self) -> list[ActiveWorker]:
+        """The started workers tracked right now, as a new list."""
         return self._registry.active_workers()
 
     # -- snapshots ----------------------------------------------------------------------
@@ -279,10 +310,12 @@ class ContainerManager:
         self._snapshot_manager.run_cleanup()
 
     def start_snapshot_cleanup(self, interval: float = 300.0) -> None:
+        """Run `run_snapshot_cleanup` every `interval` seconds on a daemon thread."""
         self._check_open()
         self._snapshot_loop.start(interval)
 
     def stop_snapshot_cleanup(self) -> None:
+        """Stop the snapshot cleanup loop (waits for a run in progress)."""
         self._snapshot_loop.stop()
 
     # -- orphans and restarts -----------------------------------------------------------
@@ -292,10 +325,12 @@ class ContainerManager:
         return self._reaper.scan()
 
     def start_orphan_cleanup(self, interval: float = 300.0) -> None:
+        """Run `scan_and_cleanup_orphans` every `interval` seconds on a daemon thread."""
         self._check_open()
         self._orphan_loop.start(interval)
 
     def stop_orphan_cleanup(self) -> None:
+        """Stop the orphan cleanup loop (waits for a scan in progress)."""
         self._orphan_loop.stop()
 
     def adopt_workers(self) -> list[ActiveWorker]:
@@ -309,8 +344,8 @@ class ContainerManager:
         """Forget every worker without killing it; stop timers and loops."""
         self._snapshot_loop.stop()
         self._orphan_loop.stop()
-        self._exits.stop()
         detached = self._registry.detach_all()
+        self._exits.stop()  # after marking the workers detached: see ExitWatcher._back_off
         if detached:
             log.info("detached from running workers", extra={"count": len(detached)})
 
@@ -320,8 +355,10 @@ class ContainerManager:
             if self._closed:
                 return
             self._closed = True
-        self.detach_all()
+        # Launches under way finish first, so that detaching also catches their workers
+        # (one registered after the detach would keep its timer and wait alive).
         self._launch_executor.shutdown(wait=True, cancel_futures=True)
+        self.detach_all()
         self._wait_executor.shutdown(wait=True, cancel_futures=True)
         self._docker.close()
 

@@ -1,0 +1,1103 @@
+"""Launch, exit-handling and timeout paths against a fake Docker API: order and error paths.
+
+`FakeDockerAPI` stands in for docker-py's low-level ``APIClient`` (passed to
+``ContainerManager`` as ``docker_client``), so the real gateway, launcher, exit watcher
+and timers run against an engine whose failures the test chooses. Exit waits block on a
+real socket pair, so closing them from another thread behaves as with the real engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import docker.errors
+import pytest
+import requests
+
+from conftest import ThreadBaseline
+from dockyard import (
+    ActiveWorker,
+    ContainerManager,
+    DockerUnavailableError,
+    DuplicateJobError,
+    ProjectConfig,
+    RouterConfig,
+    WorkerImageResolutionError,
+    WorkerJob,
+    WorkerLifecycleListener,
+    WorkerOutcome,
+)
+from dockyard._sentry import Reporter
+
+BASE_IMAGE = "registry.example/cascade/worker:1"
+PROJECT_DIGEST = "registry.example/team/worker@sha256:" + "ab" * 32
+INSTANCE = "unit-router"
+
+_ids = itertools.count(1)
+
+
+# --------------------------------------------------------------------------- fake engine
+
+
+def api_error(
+    status: int, explanation: str, cls: type[docker.errors.APIError] = docker.errors.APIError
+) -> docker.errors.APIError:
+    response = requests.Response()
+    response.status_code = status
+    return cls(f"{status} Client Error", response=response, explanation=explanation)
+
+
+def not_found(what: str) -> docker.errors.APIError:
+    return api_error(404, f"No such container: {what}", docker.errors.NotFound)
+
+
+class FakeWaitResponse:
+    """A streaming `/wait` answer: blocks in `json()` until the fake container exits."""
+
+    def __init__(self) -> None:
+        self._ours, self._theirs = socket.socketpair()
+        # Where the gateway looks for the socket to shut down on `ExitWait.close()`.
+        self.raw = SimpleNamespace(_connection=SimpleNamespace(sock=self._ours))
+        self.code: int | None = None
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def json(self) -> dict[str, Any]:
+        data = self._ours.recv(1)
+        if not data:
+            raise requests.exceptions.ConnectionError("wait stream closed")
+        return {"StatusCode": self.code, "Error": None}
+
+    def deliver(self, code: int) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.code = code
+            self._theirs.send(b"x")
+
+    def break_stream(self) -> None:
+        """The engine side drops the connection (daemon restart, proxy hiccup)."""
+        with self._lock:
+            if not self.closed:
+                self._theirs.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            self._ours.close()
+            self._theirs.close()
+
+
+@dataclass
+class FakePullResponse:
+    lines: list[dict[str, Any]]
+    closed: bool = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class FakeContainer:
+    id: str
+    name: str
+    image: str
+    labels: dict[str, str]
+    env: list[str]
+    host_config: dict[str, Any]
+    command: list[str] | None
+    status: str = "created"
+    exit_code: int = 0
+    oom_killed: bool = False
+    output: bytes = b""
+    started_at: str = "2024-05-01T10:00:00.000000000Z"
+    finished_at: str = "2024-05-01T10:00:01.500000000Z"
+    waiters: list[FakeWaitResponse] = field(default_factory=list)
+
+    def env_map(self) -> dict[str, str]:
+        return dict(item.partition("=")[::2] for item in self.env)
+
+
+class FakeDockerAPI:
+    """Just enough of docker-py's ``APIClient`` for dockyard's gateway.
+
+    ``failures[method]`` holds exceptions raised (in order) by the next calls of that
+    method; ``calls`` records every call as ``(method, detail)``.
+    """
+
+    def __init__(self, images: set[str] | None = None) -> None:
+        self.images: set[str] = {BASE_IMAGE} if images is None else set(images)
+        self.containers_by_id: dict[str, FakeContainer] = {}
+        self.failures: dict[str, list[BaseException]] = {}
+        self.calls: list[tuple[str, Any]] = []
+        self.pull_error: str | None = None
+        self.exit_on_start: int | None = None  # exit code the next started containers exit with
+        self.stop_exits = True  # `stop` makes the container exit (137)
+        self.before_create: Callable[[], None] | None = None
+        self.before_stop: Callable[[str], None] | None = None
+        self.lock = threading.RLock()
+
+    # -- helpers for tests --------------------------------------------------------------
+
+    def call_names(self) -> list[str]:
+        with self.lock:
+            return [name for name, _ in self.calls]
+
+    def calls_of(self, method: str) -> list[Any]:
+        with self.lock:
+            return [detail for name, detail in self.calls if name == method]
+
+    def add_container(self, name: str, labels: Mapping[str, str], status: str) -> FakeContainer:
+        container = FakeContainer(
+            id=_new_id(), name=name, image=BASE_IMAGE, labels=dict(labels), env=[],
+            host_config={}, command=None, status=status,
+        )  # fmt: skip
+        with self.lock:
+            self.containers_by_id[container.id] = container
+        return container
+
+    def only_container(self) -> FakeContainer:
+        with self.lock:
+            (container,) = self.containers_by_id.values()
+            return container
+
+    def exit(self, container_id: str, code: int, *, oom: bool = False) -> None:
+        with self.lock:
+            container = self.containers_by_id[container_id]
+            if container.status != "running":
+                return
+            container.status = "exited"
+            container.exit_code = code
+            container.oom_killed = oom
+            waiters, container.waiters = container.waiters, []
+        for waiter in waiters:
+            waiter.deliver(code)
+
+    def break_waits(self, container_id: str) -> None:
+        with self.lock:
+            waiters = list(self.containers_by_id[container_id].waiters)
+            self.containers_by_id[container_id].waiters = []
+        for waiter in waiters:
+            waiter.break_stream()
+
+    def vanish(self, container_id: str) -> None:
+        """The container disappears behind dockyard's back (and its waits break)."""
+        self.break_waits(container_id)
+        with self.lock:
+            del self.containers_by_id[container_id]
+
+    def _fail(self, method: str) -> None:
+        with self.lock:
+            pending = self.failures.get(method)
+            err = pending.pop(0) if pending else None
+        if err is not None:
+            raise err
+
+    def _record(self, method: str, detail: Any = None) -> None:
+        with self.lock:
+            self.calls.append((method, detail))
+
+    def _find(self, ref: str) -> FakeContainer:
+        with self.lock:
+            if ref in self.containers_by_id:
+                return self.containers_by_id[ref]
+            for container in self.containers_by_id.values():
+                if container.name == ref:
+                    return container
+        raise not_found(ref)
+
+    # -- the APIClient surface ----------------------------------------------------------
+
+    def ping(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._record("close")
+
+    def create_host_config(self, **kwargs: Any) -> dict[str, Any]:
+        return dict(kwargs)
+
+    def create_container(
+        self,
+        image: str,
+        name: str,
+        command: list[str] | None = None,
+        environment: list[str] | None = None,
+        labels: dict[str, str] | None = None,
+        host_config: dict[str, Any] | None = None,
+        detach: bool = False,
+    ) -> dict[str, Any]:
+        self._record("create_container", {"image": image, "name": name, "env": environment})
+        if self.before_create is not None:
+            self.before_create()
+        self._fail("create_container")
+        with self.lock:
+            if image not in self.images:
+                raise api_error(404, f"No such image: {image}", docker.errors.ImageNotFound)
+            if any(c.name == name for c in self.containers_by_id.values()):
+                raise api_error(409, f'Conflict. The container name "/{name}" is already in use')
+            container = FakeContainer(
+                id=_new_id(),
+                name=name,
+                image=image,
+                labels=dict(labels or {}),
+                env=list(environment or []),
+                host_config=dict(host_config or {}),
+                command=command,
+            )
+            self.containers_by_id[container.id] = container
+        return {"Id": container.id, "Warnings": []}
+
+    def _url(self, pathfmt: str, *args: str, **kwargs: Any) -> str:
+        return pathfmt.format(*args)
+
+    def _post(self, url: str, params: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        params = params or {}
+        if url.endswith("/wait"):
+            container_id = url.split("/")[2]
+            condition = params.get("condition")
+            self._record("wait", condition)
+            self._fail("wait")
+            response = FakeWaitResponse()
+            with self.lock:
+                container = self.containers_by_id.get(container_id)
+                if container is None:
+                    response.error = not_found(container_id)  # type: ignore[attr-defined]
+                    return response
+                if condition == "not-running" and container.status == "exited":
+                    response.deliver(container.exit_code)
+                else:
+                    container.waiters.append(response)
+            return response
+        if url == "/images/create":
+            image = f"{params['fromImage']}:{params['tag']}" if params.get("tag") else None
+            image = image or params["fromImage"]
+            self._record("pull", image)
+            if self.pull_error is not None:
+                return FakePullResponse([{"status": "Pulling"}, {"error": self.pull_error}])
+            with self.lock:
+                self.images.add(image)
+            return FakePullResponse([{"status": "Pulling"}, {"status": "Downloaded"}])
+        raise AssertionError(f"unexpected POST {url}")
+
+    def _raise_for_status(self, response: Any) -> None:
+        error = getattr(response, "error", None)
+        if error is not None:
+            raise error
+
+    def _stream_helper(self, response: FakePullResponse, decode: bool = False) -> Iterator[Any]:
+        yield from response.lines
+
+    def start(self, container_id: str) -> None:
+        self._record("start", container_id)
+        self._fail("start")
+        container = self._find(container_id)
+        with self.lock:
+            container.status = "running"
+        if self.exit_on_start is not None:
+            self.exit(container_id, self.exit_on_start)
+
+    def inspect_container(self, ref: str) -> dict[str, Any]:
+        self._record("inspect_container", ref)
+        self._fail("inspect_container")
+        container = self._find(ref)
+        with self.lock:
+            return {
+                "Id": container.id,
+                "Name": "/" + container.name,
+                "Config": {
+                    "Image": container.image,
+                    "Labels": dict(container.labels),
+                    "Env": list(container.env),
+                },
+                "State": {
+                    "Status": container.status,
+                    "Running": container.status == "running",
+                    "Paused": False,
+                    "Restarting": False,
+                    "OOMKilled": container.oom_killed,
+                    "Dead": False,
+                    "ExitCode": container.exit_code,
+                    "Error": "",
+                    "StartedAt": container.started_at,
+                    "FinishedAt": container.finished_at
+                    if container.status == "exited"
+                    else "0001-01-01T00:00:00Z",
+                },
+                "HostConfig": dict(container.host_config),
+            }
+
+    def logs(self, container_id: str, **kwargs: Any) -> bytes:
+        self._record("logs", container_id)
+        self._fail("logs")
+        return self._find(container_id).output
+
+    def stop(self, container_id: str, timeout: int | None = None) -> None:
+        self._record("stop", (container_id, timeout))
+        if self.before_stop is not None:
+            self.before_stop(container_id)
+        self._fail("stop")
+        self._find(container_id)
+        if self.stop_exits:
+            self.exit(container_id, 137)
+
+    def kill(self, container_id: str) -> None:
+        self._record("kill", container_id)
+        self._fail("kill")
+        self.exit(container_id, 137)
+
+    def remove_container(self, container_id: str, force: bool = False) -> None:
+        self._record("remove_container", container_id)
+        self._fail("remove_container")
+        container = self._find(container_id)
+        with self.lock:
+            waiters, container.waiters = container.waiters, []
+            del self.containers_by_id[container.id]
+        for waiter in waiters:
+            waiter.break_stream()
+
+    def wait(self, container_id: str, timeout: Any = None, condition: str | None = None) -> Any:
+        self._record("blocking_wait", condition)
+        self._find(container_id)
+        return {"StatusCode": 0}
+
+    def containers(self, all: bool = False, filters: Any = None) -> list[dict[str, Any]]:
+        return []
+
+
+def _new_id() -> str:
+    return hashlib.sha256(str(next(_ids)).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- recorders
+
+
+@dataclass
+class Report:
+    err: BaseException
+    source: str
+    level: str
+    tags: dict[str, str]
+    extras: dict[str, Any]
+
+
+class RecordingReporter(Reporter):
+    def __init__(self) -> None:
+        self.reports: list[Report] = []
+
+    def report(
+        self,
+        err: BaseException,
+        source: str,
+        *,
+        level: Any = "error",
+        tags: Mapping[str, str] | None = None,
+        extras: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.reports.append(Report(err, source, level, dict(tags or {}), dict(extras or {})))
+
+    def sources(self) -> list[str]:
+        return [r.source for r in self.reports]
+
+    def of(self, source: str) -> list[Report]:
+        return [r for r in self.reports if r.source == source]
+
+
+class Listener(WorkerLifecycleListener):
+    def __init__(self, on_started: Callable[[ActiveWorker], None] | None = None) -> None:
+        self.events: list[tuple[str, str, Any]] = []
+        self._on_started = on_started
+        self._cond = threading.Condition()
+
+    def on_worker_started(self, worker: ActiveWorker) -> None:
+        if self._on_started is not None:
+            self._on_started(worker)
+        with self._cond:
+            self.events.append(("started", worker.job_id, worker))
+            self._cond.notify_all()
+
+    def on_worker_finished(self, worker: ActiveWorker, outcome: WorkerOutcome) -> None:
+        with self._cond:
+            self.events.append(("finished", worker.job_id, outcome))
+            self._cond.notify_all()
+
+    def finished(self, job_id: str) -> list[WorkerOutcome]:
+        with self._cond:
+            return [o for kind, jid, o in self.events if kind == "finished" and jid == job_id]
+
+    def wait_finished(self, job_id: str, timeout: float = 10.0) -> WorkerOutcome:
+        with self._cond:
+            assert self._cond.wait_for(lambda: self.finished(job_id), timeout), self.events
+            return self.finished(job_id)[0]
+
+
+class Projects:
+    def __init__(self, *projects: ProjectConfig) -> None:
+        self._projects = list(projects)
+
+    def list_projects(self) -> list[ProjectConfig]:
+        return list(self._projects)
+
+    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None:
+        return next((p for p in self._projects if p.repo_full_name == repo_full_name), None)
+
+
+@dataclass
+class Rig:
+    api: FakeDockerAPI
+    reporter: RecordingReporter
+    listener: Listener
+    manager: ContainerManager
+
+
+@pytest.fixture
+def rig_factory() -> Iterator[Callable[..., Rig]]:
+    made: list[ContainerManager] = []
+
+    def make(
+        *,
+        images: set[str] | None = None,
+        projects: Projects | None = None,
+        listener: Listener | None = None,
+        **overrides: Any,
+    ) -> Rig:
+        api = FakeDockerAPI(images)
+        reporter = RecordingReporter()
+        listener = listener or Listener()
+        settings: dict[str, Any] = {
+            "worker_image": BASE_IMAGE,
+            "router_instance_id": INSTANCE,
+            "stop_grace_s": 1,
+            "slot_wait_timeout_s": 5,
+            "wait_retry_window_s": 0.5,
+        }
+        settings.update(overrides)
+        manager = ContainerManager(
+            RouterConfig(**settings),
+            docker_client=api,  # type: ignore[arg-type]
+            reporter=reporter,
+            listener=listener,
+            projects=projects,
+        )
+        made.append(manager)
+        return Rig(api, reporter, listener, manager)
+
+    yield make
+    for manager in made:
+        manager.close()
+
+
+@pytest.fixture
+def rig(rig_factory: Callable[..., Rig]) -> Rig:
+    return rig_factory()
+
+
+def job(job_id: str | None = "job-1", **data: Any) -> WorkerJob:
+    return WorkerJob(job_id, "trello", data)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+# --------------------------------------------------------------------------- launch
+
+
+def test_launch_order(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    api, manager = rig.api, rig.manager
+    seen_at_listener: dict[str, Any] = {}
+
+    def record(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            api._record(name)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(manager._timeouts, "arm", record("arm_timer", manager._timeouts.arm))
+    monkeypatch.setattr(
+        manager._registry, "register", record("register", manager._registry.register)
+    )
+    monkeypatch.setattr(manager._exits, "watch", record("watch", manager._exits.watch))
+
+    def on_started(worker: ActiveWorker) -> None:
+        api._record("listener")
+        seen_at_listener["active"] = [w.job_id for w in manager.get_active_workers()]
+
+    rig.listener._on_started = on_started
+    worker = manager.spawn_worker(job())
+
+    assert api.call_names() == [
+        "create_container",
+        "wait",
+        "start",
+        "arm_timer",
+        "register",
+        "listener",
+        "watch",
+    ]
+    assert api.calls_of("wait") == ["next-exit"]
+    assert seen_at_listener["active"] == ["job-1"]
+    assert worker.container_id == api.only_container().id
+    api.exit(worker.container_id, 0)
+    assert manager.wait_for_worker("job-1", timeout=10).status == "succeeded"
+
+
+def test_instant_exit_is_seen_and_started_comes_before_finished(rig: Rig) -> None:
+    rig.api.exit_on_start = 0  # exits during `start`, before anything else happens
+    rig.manager.spawn_worker(job())
+    outcome = rig.manager.wait_for_worker("job-1", timeout=10)
+    assert outcome.status == "succeeded"
+    rig.listener.wait_finished("job-1")
+    assert [kind for kind, _, _ in rig.listener.events] == ["started", "finished"]
+
+
+def test_create_failure_registers_nothing_and_frees_the_slot(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = rig_factory(max_workers=1)
+    boom = api_error(500, "engine exploded")
+    rig.api.failures["create_container"] = [boom]
+
+    with pytest.raises(docker.errors.APIError) as info:
+        rig.manager.spawn_worker(job())
+    assert info.value is boom
+
+    assert rig.manager.get_active_worker_count() == 0
+    assert rig.listener.events == []
+    assert "start" not in rig.api.call_names()
+    with pytest.raises(KeyError):
+        rig.manager.wait_for_worker("job-1", timeout=0.1)
+    (report,) = rig.reporter.reports
+    assert report.err is boom
+    assert report.source == "worker_spawn"
+    assert report.extras == {"jobId": "job-1"}
+    assert report.tags == {"jobType": "trello"}
+    # The single slot and the id are free again.
+    rig.manager.spawn_worker(job(), slot_timeout=0.1)
+    assert rig.manager.get_active_worker_count() == 1
+
+
+def test_start_failure_removes_the_created_container(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory(max_workers=1)
+    rig.api.failures["start"] = [api_error(500, "cannot start container")]
+
+    with pytest.raises(docker.errors.APIError):
+        rig.manager.spawn_worker(job())
+
+    created = rig.api.calls_of("start")[0]
+    assert rig.api.calls_of("remove_container") == [created]
+    assert rig.api.containers_by_id == {}
+    assert rig.manager.get_active_worker_count() == 0
+    assert rig.listener.events == []
+    assert rig.reporter.sources() == ["worker_spawn"]
+    rig.manager.spawn_worker(job(), slot_timeout=0.1)  # the slot came back
+
+
+def test_unreachable_engine_is_a_docker_unavailable_error(rig: Rig) -> None:
+    rig.api.failures["create_container"] = [
+        requests.exceptions.ConnectionError("refused"),
+        requests.exceptions.ConnectionError("refused"),
+    ]
+    with pytest.raises(DockerUnavailableError):
+        rig.manager.spawn_worker(job())
+    assert rig.reporter.sources() == ["worker_spawn"]
+    assert rig.manager.get_active_worker_count() == 0
+
+
+def _leftover_labels(job_id: str, instance: str) -> dict[str, str]:
+    return {
+        "cascade.managed": "true",
+        "cascade.router.instance": instance,
+        "cascade.job.id": job_id,
+    }
+
+
+def test_conflict_with_a_stopped_leftover_of_the_same_job_is_removed_and_retried(
+    rig: Rig,
+) -> None:
+    leftover = rig.api.add_container(
+        "cascade-worker-job-1", _leftover_labels("job-1", INSTANCE), "exited"
+    )
+
+    worker = rig.manager.spawn_worker(job())
+
+    assert rig.api.call_names()[:6] == [
+        "create_container",
+        "inspect_container",
+        "remove_container",
+        "create_container",
+        "wait",
+        "start",
+    ]
+    assert rig.api.calls_of("inspect_container")[0] == "cascade-worker-job-1"
+    assert rig.api.calls_of("remove_container") == [leftover.id]
+    assert worker.container_id != leftover.id
+    assert rig.reporter.reports == []
+
+
+def test_conflict_twice_is_not_retried_again(rig: Rig) -> None:
+    rig.api.add_container("cascade-worker-job-1", _leftover_labels("job-1", INSTANCE), "exited")
+    conflict = api_error(409, "Conflict. The container name is already in use")
+    rig.api.failures["create_container"] = [conflict, conflict]
+    with pytest.raises(docker.errors.APIError) as info:
+        rig.manager.spawn_worker(job())
+    assert info.value.status_code == 409
+    assert rig.api.call_names().count("create_container") == 2
+    assert rig.manager.get_active_worker_count() == 0
+
+
+def test_conflict_with_a_running_leftover_of_the_same_job_is_a_duplicate(rig: Rig) -> None:
+    leftover = rig.api.add_container(
+        "cascade-worker-job-1", _leftover_labels("job-1", INSTANCE), "running"
+    )
+    with pytest.raises(DuplicateJobError):
+        rig.manager.spawn_worker(job())
+    assert rig.api.calls_of("remove_container") == []
+    assert leftover.id in rig.api.containers_by_id
+    assert rig.reporter.reports == []
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        _leftover_labels("job-1", "another-router"),
+        _leftover_labels("another-job", INSTANCE),
+        {"unrelated": "container"},
+    ],
+    ids=["other-instance", "other-job", "foreign"],
+)
+def test_conflict_with_someone_elses_container_is_reraised(
+    rig: Rig, labels: dict[str, str]
+) -> None:
+    leftover = rig.api.add_container("cascade-worker-job-1", labels, "exited")
+    with pytest.raises(docker.errors.APIError) as info:
+        rig.manager.spawn_worker(job())
+    assert info.value.status_code == 409
+    assert rig.api.calls_of("remove_container") == []
+    assert leftover.id in rig.api.containers_by_id
+    assert rig.api.call_names().count("create_container") == 1
+    assert rig.reporter.sources() == ["worker_spawn"]
+    assert rig.manager.get_active_worker_count() == 0
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _snapshot_rig(rig_factory: Callable[..., Rig], images: set[str] | None = None) -> Rig:
+    rig = rig_factory(snapshot_enabled=True, images=images)
+    rig.manager.snapshots.register("p1", "w1", "cascade-snapshot-gone:latest")
+    return rig
+
+
+def test_missing_snapshot_image_falls_back_to_the_base_image(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = _snapshot_rig(rig_factory)
+
+    worker = rig.manager.spawn_worker(job(projectId="p1", cardId="w1"))
+
+    first, second = rig.api.calls_of("create_container")
+    assert first["image"] == "cascade-snapshot-gone:latest"
+    assert "CASCADE_SNAPSHOT_REUSE=true" in first["env"]
+    assert second["image"] == BASE_IMAGE
+    assert "CASCADE_SNAPSHOT_REUSE=true" not in second["env"]
+    assert "CASCADE_SNAPSHOT_ENABLED=true" in second["env"]
+    assert worker.image == BASE_IMAGE
+    assert rig.manager.snapshots.get("p1", "w1") is None
+    assert rig.api.calls_of("pull") == []
+    assert rig.reporter.reports == []
+
+
+def test_failed_snapshot_fallback_is_reported_as_worker_spawn_fallback(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = _snapshot_rig(rig_factory)
+    missing = api_error(404, "No such image: cascade-snapshot-gone:latest", docker.errors.NotFound)
+    broken = api_error(500, "no space left on device")
+    rig.api.failures["create_container"] = [missing, broken]
+
+    with pytest.raises(docker.errors.APIError) as info:
+        rig.manager.spawn_worker(job(projectId="p1", cardId="w1"))
+    assert info.value is broken
+
+    (report,) = rig.reporter.reports  # reported once, not again as worker_spawn
+    assert report.source == "worker_spawn_fallback"
+    assert report.err is broken
+    assert report.tags == {"jobType": "trello"}
+    assert report.extras == {"jobId": "job-1", "staleImage": "cascade-snapshot-gone:latest"}
+    assert rig.manager.snapshots.get("p1", "w1") is None
+    assert rig.manager.get_active_worker_count() == 0
+
+
+def test_a_404_that_is_not_about_the_image_is_no_fallback(rig_factory: Callable[..., Rig]) -> None:
+    rig = _snapshot_rig(rig_factory, images={BASE_IMAGE, "cascade-snapshot-gone:latest"})
+    rig.api.failures["create_container"] = [
+        api_error(404, "network cascade-net not found", docker.errors.NotFound)
+    ]
+    with pytest.raises(docker.errors.NotFound):
+        rig.manager.spawn_worker(job(projectId="p1", cardId="w1"))
+    assert rig.manager.snapshots.get("p1", "w1") is not None
+    assert rig.reporter.sources() == ["worker_spawn"]
+    assert rig.api.calls_of("pull") == []
+
+
+def test_missing_base_image_is_pulled_once_then_retried(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory(images=set())
+
+    worker = rig.manager.spawn_worker(job())
+
+    assert rig.api.calls_of("pull") == [BASE_IMAGE]
+    assert [c["image"] for c in rig.api.calls_of("create_container")] == [BASE_IMAGE] * 2
+    assert worker.image == BASE_IMAGE
+    assert rig.reporter.reports == []
+
+
+def test_missing_base_image_in_the_snapshot_fallback_is_pulled_not_looped(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = _snapshot_rig(rig_factory, images=set())
+
+    worker = rig.manager.spawn_worker(job(projectId="p1", cardId="w1"))
+
+    images = [c["image"] for c in rig.api.calls_of("create_container")]
+    assert images == ["cascade-snapshot-gone:latest", BASE_IMAGE, BASE_IMAGE]
+    assert rig.api.calls_of("pull") == [BASE_IMAGE]
+    assert worker.image == BASE_IMAGE
+
+
+def test_pull_failure_of_the_global_image_raises_the_pull_error(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = rig_factory(images=set())
+    rig.api.pull_error = "manifest unknown"
+
+    with pytest.raises(docker.errors.APIError, match="manifest unknown"):
+        rig.manager.spawn_worker(job())
+
+    (report,) = rig.reporter.reports
+    assert report.source == "worker_image_pull_fallback"
+    assert report.tags == {"jobType": "trello"}
+    assert report.extras["jobId"] == "job-1"
+    assert rig.api.calls_of("pull") == [BASE_IMAGE]
+    assert rig.manager.get_active_worker_count() == 0
+
+
+def _project(**overrides: Any) -> ProjectConfig:
+    settings: dict[str, Any] = {
+        "worker_image": "registry.example/team/worker:2",
+        "worker_image_status": "verified",
+        "worker_image_digest": PROJECT_DIGEST,
+    }
+    settings.update(overrides)
+    return ProjectConfig("proj", **settings)
+
+
+def test_verified_project_image_runs_on_its_digest(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory(images={PROJECT_DIGEST}, projects=Projects(_project()))
+    worker = rig.manager.spawn_worker(job(projectId="proj"))
+    assert worker.image == PROJECT_DIGEST
+    assert [c["image"] for c in rig.api.calls_of("create_container")] == [PROJECT_DIGEST]
+
+
+def test_pull_failure_of_a_project_image_is_a_resolution_error(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = rig_factory(images={BASE_IMAGE}, projects=Projects(_project()))
+    rig.api.pull_error = "manifest unknown"
+
+    with pytest.raises(WorkerImageResolutionError):
+        rig.manager.spawn_worker(job(projectId="proj"))
+
+    assert rig.reporter.sources() == ["worker_image_pull_fallback"]
+    # Never silently on the global image instead.
+    assert {c["image"] for c in rig.api.calls_of("create_container")} == {PROJECT_DIGEST}
+    assert rig.manager.get_active_worker_count() == 0
+
+
+@pytest.mark.parametrize(
+    "project",
+    [
+        _project(worker_image_status="pending"),
+        _project(worker_image_status=None),
+        _project(worker_image_digest=None),
+        _project(worker_image_digest=""),
+    ],
+    ids=["pending", "no-status", "no-digest", "empty-digest"],
+)
+def test_unverified_project_image_is_refused_before_any_docker_call(
+    rig_factory: Callable[..., Rig], project: ProjectConfig
+) -> None:
+    rig = rig_factory(projects=Projects(project))
+    with pytest.raises(WorkerImageResolutionError):
+        rig.manager.spawn_worker(job(projectId="proj"))
+    assert rig.api.calls == []
+    assert rig.reporter.reports == []
+
+
+# --------------------------------------------------------------------------- timeouts
+
+
+def test_timer_fires_reports_and_gives_one_timed_out_outcome(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = rig_factory(worker_timeout_s=0.2)
+    worker = rig.manager.spawn_worker(job())
+
+    outcome = rig.manager.wait_for_worker("job-1", timeout=10)
+
+    assert outcome.status == "timed_out"
+    assert rig.api.calls_of("stop") == [(worker.container_id, 1)]
+    (report,) = rig.reporter.reports
+    assert report.source == "worker_timeout"
+    assert report.level == "warning"
+    assert str(report.err).startswith("Worker timeout after ")
+    assert report.extras["jobId"] == "job-1"
+    assert report.extras["durationMs"] >= 200
+    assert rig.listener.wait_finished("job-1") == outcome
+    time.sleep(0.2)
+    assert len(rig.listener.finished("job-1")) == 1
+
+
+def test_exit_while_the_kill_is_under_way_stays_timed_out(rig: Rig) -> None:
+    """The original's race: the kill starts, the worker exits by itself, then stop returns."""
+    rig.api.stop_exits = False
+    exited = threading.Event()
+
+    def exit_during_stop(container_id: str) -> None:
+        rig.api.exit(container_id, 1)  # a failure exit that lands inside the kill path
+        exited.set()
+
+    rig.api.before_stop = exit_during_stop
+    rig.manager.spawn_worker(job())
+
+    assert rig.manager.kill_worker("job-1") is True
+    outcome = rig.manager.wait_for_worker("job-1", timeout=10)
+
+    assert exited.is_set()
+    assert outcome.status == "timed_out"
+    assert outcome.exit_code == 1
+    assert rig.reporter.of("worker_exit") == []
+    rig.listener.wait_finished("job-1")
+    time.sleep(0.2)
+    assert len(rig.listener.finished("job-1")) == 1
+    assert rig.manager.kill_worker("job-1") is False
+
+
+def test_timer_after_the_exit_does_nothing(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory(worker_timeout_s=0.3)
+    rig.api.exit_on_start = 0
+    rig.manager.spawn_worker(job())
+    assert rig.manager.wait_for_worker("job-1", timeout=10).status == "succeeded"
+    time.sleep(0.5)  # past the deadline: the cancelled timer must stay silent
+    assert rig.api.calls_of("stop") == []
+    assert rig.reporter.reports == []
+
+
+def test_stop_failure_falls_back_to_kill(rig: Rig) -> None:
+    rig.api.failures["stop"] = [api_error(500, "stop failed")]
+    rig.manager.spawn_worker(job())
+    assert rig.manager.kill_worker("job-1") is True
+    assert rig.manager.wait_for_worker("job-1", timeout=10).status == "timed_out"
+    assert len(rig.api.calls_of("kill")) == 1
+
+
+# --------------------------------------------------------------------------- waits
+
+
+def test_broken_wait_on_a_running_worker_resumes(rig: Rig) -> None:
+    worker = rig.manager.spawn_worker(job())
+    rig.api.break_waits(worker.container_id)
+    wait_until(lambda: rig.api.calls_of("wait") == ["next-exit", "not-running"])
+    rig.api.exit(worker.container_id, 5)
+
+    outcome = rig.manager.wait_for_worker("job-1", timeout=10)
+
+    assert (outcome.status, outcome.exit_code) == ("failed", 5)
+    assert rig.reporter.sources() == ["worker_exit"]
+    assert rig.reporter.of("worker_exit")[0].extras["statusCode"] == 5
+
+
+def test_broken_wait_on_an_exited_worker_is_handled_as_its_exit(rig: Rig) -> None:
+    worker = rig.manager.spawn_worker(job())
+    # Exit without telling the open wait, then break it: only inspect knows the code.
+    with rig.api.lock:
+        container = rig.api.containers_by_id[worker.container_id]
+        container.status, container.exit_code = "exited", 3
+    rig.api.break_waits(worker.container_id)
+
+    outcome = rig.manager.wait_for_worker("job-1", timeout=10)
+
+    assert (outcome.status, outcome.exit_code) == ("failed", 3)
+    assert outcome.duration_s == 1.5
+    assert rig.reporter.sources() == ["worker_exit"]
+
+
+def test_inspect_and_log_failures_after_the_exit_never_cost_the_outcome(rig: Rig) -> None:
+    worker = rig.manager.spawn_worker(job())
+    rig.api.failures["inspect_container"] = [api_error(500, "inspect broke")]
+    rig.api.failures["logs"] = [api_error(500, "logs broke")]
+    rig.api.exit(worker.container_id, 3)
+
+    outcome = rig.manager.wait_for_worker("job-1", timeout=10)
+
+    assert (outcome.status, outcome.exit_code) == ("failed", 3)
+    assert (outcome.oom_killed, outcome.exit_reason, outcome.duration_s) == (None, None, None)
+    assert outcome.describe() == "Worker crashed with exit code 3"
+    (report,) = rig.reporter.of("worker_exit")
+    assert report.extras == {
+        "jobId": "job-1",
+        "statusCode": 3,
+        "oomKilled": None,
+        "exitReason": None,
+        "durationMs": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("started", "finished", "duration"),
+    [
+        ("2024-05-01T10:00:00.25Z", "2024-05-01T10:00:02.75Z", 2.5),
+        ("2024-05-01T10:00:00.000000001Z", "2024-05-01T10:00:00.000000001Z", 0.0),
+        # The engine can stamp an instant exit as finishing before it started.
+        ("2024-05-01T10:00:01.000Z", "2024-05-01T10:00:00.999Z", None),
+        ("2024-05-01T10:00:00Z", "0001-01-01T00:00:00Z", None),
+        ("garbage", "2024-05-01T10:00:00Z", None),
+    ],
+)
+def test_duration_only_when_it_makes_sense(
+    rig: Rig, started: str, finished: str, duration: float | None
+) -> None:
+    worker = rig.manager.spawn_worker(job())
+    with rig.api.lock:
+        container = rig.api.containers_by_id[worker.container_id]
+        container.started_at, container.finished_at = started, finished
+    rig.api.exit(worker.container_id, 0)
+    assert rig.manager.wait_for_worker("job-1", timeout=10).duration_s == duration
+
+
+def test_oom_kill_is_read_from_inspect(rig: Rig) -> None:
+    worker = rig.manager.spawn_worker(job())
+    rig.api.exit(worker.container_id, 137, oom=True)
+    outcome = rig.manager.wait_for_worker("job-1", timeout=10)
+    assert outcome.oom_killed is True
+    assert outcome.describe() == "Worker crashed with exit code 137 · OOMKilled=true"
+    assert rig.reporter.of("worker_exit")[0].extras["oomKilled"] is True
+
+
+def test_vanished_container_is_lost_and_reported(rig: Rig) -> None:
+    worker = rig.manager.spawn_worker(job())
+    rig.api.vanish(worker.container_id)
+
+    outcome = rig.manager.wait_for_worker("job-1", timeout=10)
+
+    assert outcome.status == "lost"
+    assert outcome.describe().startswith("Worker lost")
+    (report,) = rig.reporter.reports
+    assert report.source == "worker_wait"
+    assert report.extras == {"jobId": "job-1"}
+    assert rig.listener.wait_finished("job-1") == outcome
+
+
+def engine_down(api: FakeDockerAPI) -> None:
+    for method in ("inspect_container", "wait"):
+        api.failures[method] = [requests.exceptions.ConnectionError("down") for _ in range(1000)]
+
+
+def test_engine_unreachable_past_the_window_is_lost(rig: Rig) -> None:
+    worker = rig.manager.spawn_worker(job())
+    engine_down(rig.api)
+    rig.api.break_waits(worker.container_id)
+
+    outcome = rig.manager.wait_for_worker("job-1", timeout=20)
+
+    assert outcome.status == "lost"
+    assert rig.reporter.sources() == ["worker_wait"]
+
+
+def test_lost_snapshot_worker_is_removed(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory(snapshot_enabled=True)
+    worker = rig.manager.spawn_worker(job())
+    engine_down(rig.api)
+    rig.api.break_waits(worker.container_id)
+    assert rig.manager.wait_for_worker("job-1", timeout=20).status == "lost"
+    assert worker.container_id in rig.api.calls_of("remove_container")
+
+
+def test_detach_during_a_resumed_wait_ends_the_watcher(
+    thread_baseline: ThreadBaseline, rig_factory: Callable[..., Rig]
+) -> None:
+    rig = rig_factory()
+    worker = rig.manager.spawn_worker(job())
+    rig.api.break_waits(worker.container_id)
+    wait_until(lambda: rig.api.calls_of("wait") == ["next-exit", "not-running"])
+
+    rig.manager.close()
+
+    thread_baseline.assert_no_new_threads(timeout=5.0)
+    assert rig.listener.finished("job-1") == []
+    assert worker.container_id in rig.api.containers_by_id  # detached, still running
+
+
+# --------------------------------------------------------------------------- manager
+
+
+def test_close_during_a_launch_detaches_the_new_worker_too(
+    thread_baseline: ThreadBaseline, rig_factory: Callable[..., Rig]
+) -> None:
+    rig = rig_factory()
+    in_create, release = threading.Event(), threading.Event()
+
+    def block() -> None:
+        in_create.set()
+        release.wait(10)
+
+    rig.api.before_create = block
+    results: list[Any] = []
+    spawner = threading.Thread(target=lambda: results.append(rig.manager.spawn_worker(job())))
+    spawner.start()
+    assert in_create.wait(10)
+    closer = threading.Thread(target=rig.manager.close)
+    closer.start()
+    time.sleep(0.2)  # close() is now waiting for the launch under way
+    release.set()
+    closer.join(10)
+    spawner.join(10)
+
+    assert not closer.is_alive(), "close() hangs on the worker launched while closing"
+    assert len(results) == 1 and isinstance(results[0], ActiveWorker)
+    assert rig.manager.get_active_worker_count() == 0
+    thread_baseline.assert_no_new_threads(timeout=5.0)
+
+
+def test_jobs_without_id_in_one_millisecond_get_distinct_ids(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("dockyard._jobs.time.time", lambda: 1_700_000_000.123)
+    first = rig.manager.spawn_worker(job(None))
+    second = rig.manager.spawn_worker(job(None))
+    assert first.job_id == "unknown-1700000000123"
+    assert second.job_id == "unknown-1700000000124"
+    assert len(rig.api.containers_by_id) == 2  # both run side by side
+    env = rig.api.calls_of("create_container")[1]["env"]
+    assert "JOB_ID=unknown-1700000000124" in env
+
+
+def test_explicit_duplicate_id_is_still_refused(rig: Rig) -> None:
+    rig.manager.spawn_worker(job("same"))
+    with pytest.raises(DuplicateJobError):
+        rig.manager.spawn_worker(job("same"))
+    assert rig.api.call_names().count("create_container") == 1

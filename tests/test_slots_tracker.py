@@ -1,0 +1,363 @@
+"""The slot gate (a FIFO counting semaphore) and the worker registry (one outcome each)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import CancelledError
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from dockyard import ActiveWorker, DuplicateJobError, WorkerLifecycleListener, WorkerOutcome
+from dockyard._slots import SlotGate
+from dockyard._tracker import SafeListener, TrackedWorker, WorkerRegistry
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+# --------------------------------------------------------------------------- slots
+
+
+def test_capacity_and_timeout() -> None:
+    gate = SlotGate(2)
+    assert gate.acquire(0)
+    assert gate.acquire(0)
+    assert gate.in_use == 2
+    assert not gate.acquire(0)
+    assert not gate.acquire(0.05)
+    assert gate.waiting == 0  # a timed-out waiter leaves the line
+    gate.release()
+    assert gate.in_use == 1
+    assert gate.acquire(0)
+
+
+def test_release_hands_the_slot_to_the_oldest_waiter() -> None:
+    gate = SlotGate(1)
+    assert gate.acquire(0)
+    order: list[str] = []
+    threads = []
+    for n, name in enumerate(["a", "b", "c", "d"], start=1):
+
+        def take(name: str = name) -> None:
+            assert gate.acquire(10)
+            order.append(name)
+
+        thread = threading.Thread(target=take)
+        thread.start()
+        threads.append(thread)
+        wait_until(lambda n=n: gate.waiting == n)
+    for expected in range(1, 5):
+        gate.release()
+        wait_until(lambda expected=expected: len(order) == expected)
+        assert gate.in_use == 1
+    for thread in threads:
+        thread.join()
+    assert order == ["a", "b", "c", "d"]
+
+
+def test_a_late_arrival_cannot_overtake_a_waiter() -> None:
+    gate = SlotGate(1)
+    assert gate.acquire(0)
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(gate.acquire(10)))
+    waiter.start()
+    wait_until(lambda: gate.waiting == 1)
+    gate.release()
+    # The freed slot already belongs to the waiter, even if it has not woken yet.
+    assert not gate.acquire(0)
+    waiter.join()
+    assert got == [True]
+
+
+def test_the_cap_is_never_exceeded_under_contention() -> None:
+    gate = SlotGate(3)
+    holders = 0
+    peak = 0
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        nonlocal holders, peak
+        try:
+            for _ in range(50):
+                if not gate.acquire(5):
+                    continue
+                with lock:
+                    holders += 1
+                    peak = max(peak, holders)
+                time.sleep(0.0005)
+                with lock:
+                    holders -= 1
+                gate.release()
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert peak == 3
+    assert gate.in_use == 0
+    assert gate.waiting == 0
+
+
+def test_timeouts_racing_releases_never_lose_or_double_a_slot() -> None:
+    gate = SlotGate(1)
+    for _ in range(200):
+        assert gate.acquire(0)
+        result: list[bool] = []
+        waiter = threading.Thread(target=lambda: result.append(gate.acquire(0.001)))
+        waiter.start()
+        gate.release()  # may land just as the waiter times out
+        waiter.join()
+        if result == [True]:
+            gate.release()
+        assert gate.in_use == 0, result
+        assert gate.waiting == 0
+
+
+def test_over_capacity_slots_drain_before_waiters_get_one() -> None:
+    gate = SlotGate(1)
+    assert gate.acquire(0)
+    gate.acquire_over_capacity()  # an adopted worker on top
+    assert gate.in_use == 2
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(gate.acquire(10)))
+    waiter.start()
+    wait_until(lambda: gate.waiting == 1)
+    gate.release()
+    assert gate.in_use == 1 and gate.waiting == 1  # still at capacity: nobody gets in
+    gate.release()
+    waiter.join()
+    assert got == [True]
+    assert gate.in_use == 1
+
+
+# --------------------------------------------------------------------------- registry
+
+
+class Listener(WorkerLifecycleListener):
+    def __init__(self) -> None:
+        self.finished: list[tuple[str, WorkerOutcome]] = []
+
+    def on_worker_finished(self, worker: ActiveWorker, outcome: WorkerOutcome) -> None:
+        self.finished.append((worker.job_id, outcome))
+
+
+class Releases:
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            self.count += 1
+
+
+def tracked(job_id: str, release: Callable[[], None] | None = None) -> TrackedWorker:
+    now = datetime.now(UTC)
+    worker = ActiveWorker(job_id, "c" * 64, f"w-{job_id}", "img", now, now)
+    return TrackedWorker(worker=worker, release_slot=release or Releases())
+
+
+def registry(history: int = 100) -> tuple[WorkerRegistry, Listener]:
+    listener = Listener()
+    return WorkerRegistry(SafeListener(listener), history), listener
+
+
+def test_reserve_refuses_an_active_or_spawning_id() -> None:
+    reg, _ = registry()
+    reg.reserve("a")
+    with pytest.raises(DuplicateJobError):
+        reg.reserve("a")  # still spawning
+    reg.register(tracked("a"))
+    with pytest.raises(DuplicateJobError):
+        reg.reserve("a")  # running
+    reg.unreserve("b")  # unknown ids are fine
+    reg.reserve("b")
+    reg.unreserve("b")
+    reg.reserve("b")
+
+
+def test_settle_delivers_exactly_once() -> None:
+    reg, listener = registry()
+    releases = Releases()
+    t = tracked("a", releases)
+    reg.reserve("a")
+    reg.register(t)
+    first = WorkerOutcome("a", "succeeded", exit_code=0)
+
+    assert reg.settle(t, first) is True
+    assert reg.settle(t, WorkerOutcome("a", "failed", exit_code=1)) is False
+
+    assert listener.finished == [("a", first)]
+    assert releases.count == 1
+    assert reg.future("a").result(0) == first
+    assert reg.count() == 0
+    reg.reserve("a")  # finished: the id is free again
+
+
+def test_concurrent_settles_deliver_one_outcome() -> None:
+    for _ in range(50):
+        reg, listener = registry()
+        releases = Releases()
+        t = tracked("a", releases)
+        reg.register(t)
+        barrier = threading.Barrier(8)
+        wins: list[bool] = []
+
+        def settle(code: int, t: TrackedWorker = t, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            wins.append(reg.settle(t, WorkerOutcome("a", "failed", exit_code=code)))
+
+        threads = [threading.Thread(target=settle, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert wins.count(True) == 1
+        assert len(listener.finished) == 1
+        assert releases.count == 1
+        assert reg.future("a").result(0) == listener.finished[0][1]
+
+
+def test_unknown_and_forgotten_ids_raise_key_error() -> None:
+    reg, _ = registry(history=2)
+    with pytest.raises(KeyError):
+        reg.future("never")
+    for job_id in ("a", "b", "c"):
+        t = tracked(job_id)
+        reg.register(t)
+        reg.settle(t, WorkerOutcome(job_id, "succeeded", exit_code=0))
+    with pytest.raises(KeyError):
+        reg.future("a")  # the oldest outcome went beyond the history bound
+    assert reg.future("c").result(0).job_id == "c"
+
+
+def test_a_new_run_replaces_the_remembered_outcome() -> None:
+    reg, _ = registry()
+    old = tracked("a")
+    reg.register(old)
+    reg.settle(old, WorkerOutcome("a", "failed", exit_code=1))
+    new = tracked("a")
+    reg.register(new)
+    assert reg.future("a") is new.future
+    assert not reg.future("a").done()
+
+
+def test_kill_and_exit_marks() -> None:
+    reg, _ = registry()
+    t = tracked("a")
+    reg.register(t)
+    assert reg.begin_kill(t) is True
+    assert reg.begin_kill(t) is False  # the kill path runs once
+    assert reg.mark_exited(t) is True  # this exit is the kill's
+
+    other = tracked("b")
+    reg.register(other)
+    assert reg.mark_exited(other) is False
+    assert reg.begin_kill(other) is False  # too late to kill what exited
+
+
+def test_detach_all_forgets_without_outcome() -> None:
+    reg, listener = registry()
+    releases = Releases()
+    timer = threading.Timer(60, lambda: None)
+    timer.start()
+
+    class Wait:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    t = tracked("a", releases)
+    t.timer = timer
+    wait = Wait()
+    t.exit_wait = wait  # type: ignore[assignment]
+    reg.register(t)
+
+    detached = reg.detach_all()
+
+    assert detached == [t]
+    assert reg.count() == 0
+    assert releases.count == 1
+    assert wait.closed
+    timer.join(2)
+    assert not timer.is_alive()
+    assert reg.settle(t, WorkerOutcome("a", "succeeded", exit_code=0)) is False
+    assert reg.begin_kill(t) is False
+    assert listener.finished == []
+    with pytest.raises(CancelledError):
+        t.future.result(0)
+
+
+def test_listener_errors_are_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(WorkerLifecycleListener):
+        def on_worker_finished(self, worker: ActiveWorker, outcome: WorkerOutcome) -> None:
+            raise RuntimeError("host bug")
+
+    reg = WorkerRegistry(SafeListener(Broken()), 10)
+    t = tracked("a")
+    reg.register(t)
+    caplog.set_level(logging.ERROR, logger="dockyard")
+    assert reg.settle(t, WorkerOutcome("a", "succeeded", exit_code=0)) is True
+    assert t.future.result(0).status == "succeeded"
+    (record,) = [r for r in caplog.records if r.name.startswith("dockyard")]
+    assert record.exc_info is not None
+    hook: Any = getattr(record, "hook", None)
+    assert hook == "on_worker_finished"
+
+
+# --------------------------------------------------------------------------- outcomes
+
+
+@pytest.mark.parametrize(
+    ("outcome", "text"),
+    [
+        (
+            WorkerOutcome("j", "failed", 2, False),
+            "Worker boot failed (exit code 2) · OOMKilled=false",
+        ),
+        (WorkerOutcome("j", "failed", 1, None), "Worker crashed with exit code 1"),
+        (
+            WorkerOutcome("j", "failed", 137, True),
+            "Worker crashed with exit code 137 · OOMKilled=true",
+        ),
+        (
+            WorkerOutcome("j", "failed", 1, False, "oci runtime error"),
+            'Worker crashed with exit code 1 · OOMKilled=false · reason="oci runtime error"',
+        ),
+        (WorkerOutcome("j", "failed", 1, None, ""), "Worker crashed with exit code 1"),
+        (
+            WorkerOutcome("j", "succeeded", 0, False),
+            "Worker completed (exit code 0) · OOMKilled=false",
+        ),
+        (WorkerOutcome("j", "timed_out"), "Worker timed out"),
+        (
+            WorkerOutcome("j", "timed_out", 137, False),
+            "Worker timed out (exit code 137) · OOMKilled=false",
+        ),
+        (WorkerOutcome("j", "lost", error="container is gone"), "Worker lost: container is gone"),
+    ],
+)
+def test_describe(outcome: WorkerOutcome, text: str) -> None:
+    assert outcome.describe() == text
+
+
+def test_outcome_json_round_trip() -> None:
+    outcome = WorkerOutcome("j", "failed", 3, True, "boom", 1.25, None)
+    assert WorkerOutcome.from_json(outcome.to_json()) == outcome
+    assert outcome.succeeded is False
+    assert WorkerOutcome("j", "succeeded", 0).succeeded is True
