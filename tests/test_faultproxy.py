@@ -7,11 +7,8 @@ CI=true, in which case every test fails instead.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import random
-import shutil
-import tarfile
 import threading
 import time
 import uuid
@@ -27,7 +24,6 @@ except ImportError:  # tests/ imported as a package
 
 pytestmark = pytest.mark.docker
 
-IMAGE = "dockyard-test:latest"
 RUN_ID = uuid.uuid4().hex[:12]
 LABELS = {"dockyard.test": "faultproxy", "dockyard.test.run": RUN_ID}
 
@@ -85,35 +81,10 @@ def real():
     client.close()
 
 
-def _build_image(client) -> None:
-    busybox = shutil.which("busybox") or next(
-        (p for p in ("/bin/busybox", "/usr/bin/busybox") if os.path.exists(p)), None
-    )
-    if busybox is None:
-        pytest.fail(f"image {IMAGE} missing and no static busybox to build it")
-    dockerfile = (
-        b"FROM scratch\nCOPY busybox /bin/busybox\n"
-        b'RUN ["/bin/busybox", "--install", "-s", "/bin"]\nCMD ["/bin/sh"]\n'
-    )
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
-        tar.add(busybox, arcname="busybox")
-    buf.seek(0)
-    for chunk in client.build(fileobj=buf, custom_context=True, tag=IMAGE, rm=True, decode=True):
-        if "error" in chunk:
-            pytest.fail(f"building {IMAGE} failed: {chunk['error']}")
-
-
 @pytest.fixture(scope="module")
-def image(real):
-    try:
-        real.inspect_image(IMAGE)
-    except docker.errors.ImageNotFound:
-        _build_image(real)
-    return IMAGE
+def image(test_image: str) -> str:
+    """The shared busybox test image (conftest's ``test_image``, built when absent)."""
+    return test_image
 
 
 @pytest.fixture

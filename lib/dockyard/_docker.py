@@ -42,7 +42,15 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 
+_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (requests.exceptions.Timeout, TimeoutError)
+
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (DockerException, *_TRANSPORT_ERRORS)
+
+_CREATE_RETRY_PAUSE_S = 0.2
+_CREATED_LOOKUP_S = 3.0  # how long a create in progress may take to become visible
+_CREATED_LOOKUP_PAUSE_S = 0.1
+_REMOVE_ATTEMPTS = 3
+_REMOVE_RETRY_PAUSE_S = 0.2
 
 
 def is_unreachable(err: BaseException) -> bool:
@@ -163,6 +171,11 @@ class DockerGateway:
             short.api.ping()
         except _CONNECT_ERRORS as err:
             raise DockerUnavailableError(f"Docker engine unreachable: {err}") from err
+        for api in (short.api, waits.api):
+            if api.base_url.startswith("http+docker://"):
+                # A local socket (unix, npipe, ssh): requests' per-call lookups of proxies
+                # and ~/.netrc in the environment cannot apply, yet cost a third of a call's CPU.
+                api.trust_env = False
         return cls(api=short.api, wait_api=waits.api, owns_clients=True)
 
     @classmethod
@@ -182,6 +195,75 @@ class DockerGateway:
     # -- containers ---------------------------------------------------------------------
 
     def create(self, spec: ContainerSpec) -> str:
+        """Create the container; one retry when the engine's answer was lost on the way.
+
+        A create whose connection broke may still have created the container. The retry
+        then meets a 409 name conflict with it: a container in state `created` carrying
+        exactly this spec's labels (its deadline label makes them unique to this launch)
+        is the one asked for, and its id is the answer. Any other 409 goes to the caller
+        (the launcher removes a stopped leftover of the same job). When the retry fails
+        otherwise, a container the first attempt left is removed on the way out.
+        """
+        try:
+            return self._create_once(spec)
+        except _TRANSPORT_ERRORS as err:
+            if isinstance(err, _TIMEOUT_ERRORS):
+                raise  # the whole time budget is spent already
+            log.warning(
+                "create got no answer; retrying once",
+                extra={"container_name": spec.name, "error": str(err)},
+            )
+            time.sleep(_CREATE_RETRY_PAUSE_S)  # let a create that went through finish
+        try:
+            return self._create_once(spec)
+        except Exception as err:
+            leftover = self._created_for(spec)
+            if leftover is not None and is_conflict(err):
+                log.info(
+                    "the unanswered create went through; using its container",
+                    extra={"container_name": spec.name, "container_id": leftover[:12]},
+                )
+                return leftover
+            if leftover is not None:
+                self._discard(leftover)
+            raise
+
+    def _created_for(self, spec: ContainerSpec) -> str | None:
+        """The id of a not yet started container made from `spec`, if one exists.
+
+        The engine reserves the name before the container can be inspected, so a create
+        still in progress answers 409 to the retry but 404 to an inspect for a moment:
+        look again for a while before concluding there is none.
+        """
+        deadline = time.monotonic() + _CREATED_LOOKUP_S
+        while True:
+            try:
+                info = self.api.inspect_container(spec.name)
+                break
+            except Exception as err:
+                transient = is_not_found(err) or is_unreachable(err)
+                transient = transient or (
+                    isinstance(err, APIError) and (err.status_code or 0) >= 500
+                )
+                if not transient or time.monotonic() >= deadline:
+                    return None  # unknown: the orphan scan deals with whatever is left
+                time.sleep(_CREATED_LOOKUP_PAUSE_S)
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        state = (info.get("State") or {}).get("Status")
+        if labels != dict(spec.labels) or state != "created":
+            return None
+        return str(info["Id"])
+
+    def _discard(self, container_id: str) -> None:
+        try:
+            self.remove(container_id, force=True)
+        except Exception:
+            log.warning(
+                "could not remove the container of a failed create",
+                extra={"container_id": container_id[:12]},
+            )
+
+    def _create_once(self, spec: ContainerSpec) -> str:
         host_config = self.api.create_host_config(
             mem_limit=spec.memory_bytes,
             memswap_limit=spec.memory_bytes,  # equal to memory: no swap
@@ -203,15 +285,23 @@ class DockerGateway:
 
     def open_exit_wait(self, container_id: str) -> ExitWait:
         """Register a wait for the container's next exit; call before `start`."""
+        return self.open_wait(container_id, "next-exit")
+
+    def open_wait(self, container_id: str, condition: str = "not-running") -> ExitWait:
+        """Register a wait that another thread can `close()`; returns once it is in place.
+
+        `not-running` answers at once for a container that already stopped, so a resumed
+        wait cannot miss an exit that happened while no wait was open.
+        """
         raw: Any = self.wait_api  # docker-py has no public streaming wait
         url = raw._url("/containers/{0}/wait", container_id)
-        response = raw._post(url, params={"condition": "next-exit"}, stream=True, timeout=None)
-        raw._raise_for_status(response)
+        response = raw._post(url, params={"condition": condition}, stream=True, timeout=None)
+        try:
+            raw._raise_for_status(response)
+        except BaseException:
+            response.close()
+            raise
         return ExitWait(response)
-
-    def wait(self, container_id: str) -> dict[str, Any]:
-        """Block until the (already running) container is not running."""
-        return dict(self.wait_api.wait(container_id, timeout=None))
 
     def wait_removed(self, container_id: str, timeout_s: float) -> None:
         self.api.wait(container_id, timeout=max(1, round(timeout_s)), condition="removed")
@@ -234,7 +324,26 @@ class DockerGateway:
         self.api.kill(container_id)
 
     def remove(self, container_id: str, *, force: bool = True) -> None:
-        self.api.remove_container(container_id, force=force)
+        """Remove a container, retrying briefly on engine errors (removal is idempotent).
+
+        404 (already gone) and 409 (removal under way) are raised at once for the caller
+        to judge; a container left behind by a blip would otherwise leak until a scan.
+        """
+        for attempt in range(_REMOVE_ATTEMPTS):
+            try:
+                self.api.remove_container(container_id, force=force)
+                return
+            except Exception as err:
+                transient = is_unreachable(err) or (
+                    isinstance(err, APIError) and (err.status_code or 0) >= 500
+                )
+                if not transient or attempt + 1 >= _REMOVE_ATTEMPTS:
+                    raise
+                log.info(
+                    "removing a container failed; retrying",
+                    extra={"container_id": container_id[:12], "error": str(err)},
+                )
+                time.sleep(_REMOVE_RETRY_PAUSE_S * (attempt + 1))
 
     def list_containers(self, labels: Sequence[str], *, all: bool = True) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.api.containers(all=all, filters={"label": list(labels)})

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from ._docker import DockerGateway, is_conflict, is_not_found
+from ._docker import DockerGateway, ExitWait, is_conflict, is_not_found, is_unreachable
 from ._models import OutcomeStatus, WorkerOutcome
 from ._sentry import Reporter, WorkerExitError
 from ._snapshots import SnapshotManager
@@ -28,6 +29,7 @@ log = logging.getLogger("dockyard.exits")
 _BACKOFF_FIRST_S = 0.2
 _BACKOFF_MAX_S = 5.0
 _MAX_WAIT_RESUMES = 20  # consecutive broken waits on a running container before giving up
+_STABLE_WAIT_S = 10.0  # a wait that held this long ends a streak of broken waits
 _REMOVAL_WAIT_S = 10.0
 
 
@@ -46,26 +48,30 @@ class _Exited:
     state: dict[str, Any] | None = None  # the State already inspected while recovering
 
 
+class _WaitFailed(Exception):
+    """The engine answered a wait with an error instead of an exit."""
+
+
 @dataclass(frozen=True)
 class _Lost:
     reason: str
     error: BaseException
 
 
+_FRACTION = re.compile(r"\.(\d+)")
+
+
 def parse_docker_time(value: object) -> datetime | None:
     """Docker's RFC 3339 timestamps (nanoseconds, `Z`); None for the `0001-01-01` sentinel."""
     if not isinstance(value, str) or not value or value.startswith("0001-01-01"):
         return None
-    text = value.replace("Z", "+00:00")
-    head, dot, rest = text.partition(".")
-    if dot:  # Python takes at most microseconds
-        digits = "".join(ch for ch in rest if ch.isdigit())
-        zone = rest[len(digits) :]
-        text = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
+    # Python takes at most microseconds: cut the nanoseconds, keep the zone after them.
+    text = _FRACTION.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), value.replace("Z", "+00:00"))
     try:
-        return datetime.fromisoformat(text)
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def exit_facts(state: dict[str, Any]) -> ExitFacts:
@@ -104,14 +110,20 @@ class ExitWatcher:
         self._executor = executor
         self._log_tail_lines = log_tail_lines
         self._retry_window_s = retry_window_s
-        self._stopping = threading.Event()
+        self._wake_lock = threading.Lock()
+        self._wake = threading.Event()
 
     def watch(self, tracked: TrackedWorker) -> None:
         self._executor.submit(self._run, tracked)
 
     def stop(self) -> None:
-        """Wake every retry back-off so detached watchers end promptly."""
-        self._stopping.set()
+        """Wake every retry back-off in progress, so detached watchers end promptly.
+
+        Later back-offs wait normally: the manager may adopt or start workers again.
+        """
+        with self._wake_lock:
+            wake, self._wake = self._wake, threading.Event()
+        wake.set()
 
     def _run(self, tracked: TrackedWorker) -> None:
         try:
@@ -131,26 +143,39 @@ class ExitWatcher:
     # -- waiting ------------------------------------------------------------------------
 
     def _await_exit(self, tracked: TrackedWorker) -> _Exited | _Lost:
-        """Wait, riding out broken streams and engine blips; see the spec's wait-error rule."""
+        """Wait, riding out broken streams and engine blips; see the spec's wait-error rule.
+
+        A broken wait is followed by an inspect: a running container gets a new wait, an
+        exited one is handled from the inspected state. Only a container that is gone, an
+        engine unreachable for longer than the retry window, or a wait that keeps breaking
+        at once (`_MAX_WAIT_RESUMES` times in a row) writes the worker off as lost.
+        """
         container_id = tracked.worker.container_id
-        resumes = 0
+        broken_streak = 0  # consecutive waits that broke soon after opening
         unreachable_since: float | None = None
+        unreachable_attempts = 0
         exit_wait = tracked.exit_wait
         while True:
             if tracked.detached:
                 return _Lost("detached", RuntimeError("detached"))
+            opened_at = time.monotonic()
             try:
-                if exit_wait is not None:
-                    body = exit_wait.result()
-                else:
-                    body = self._docker.wait(container_id)
+                if exit_wait is None:
+                    exit_wait = self._open_wait(tracked)
+                body = exit_wait.result()
                 code = body.get("StatusCode")
+                error = body.get("Error")
+                failure = error.get("Message") if isinstance(error, dict) else None
+                if failure:  # the wait itself failed: its status code means nothing
+                    raise _WaitFailed(str(failure))
                 return _Exited(int(code) if isinstance(code, int) else None)
             except Exception as err:
                 exit_wait = None
                 if tracked.detached:
                     return _Lost("detached", err)
                 wait_error = err
+            if time.monotonic() - opened_at >= _STABLE_WAIT_S:
+                broken_streak = 0  # that wait held: not part of a streak of failures
             # The wait broke: find out whether the worker is still there.
             try:
                 state = self._docker.inspect(container_id).get("State") or {}
@@ -158,28 +183,47 @@ class ExitWatcher:
                 if is_not_found(err):
                     return _Lost("container is gone", wait_error)
                 now = time.monotonic()
-                unreachable_since = unreachable_since or now
+                if unreachable_since is None:
+                    unreachable_since = now
                 if now - unreachable_since > self._retry_window_s:
                     return _Lost("engine unreachable", err)
-                self._back_off(resumes)
-                resumes += 1
+                log.info(
+                    "wait interrupted and the engine does not answer; retrying",
+                    extra={"job_id": tracked.job_id, "error": str(err)},
+                )
+                self._back_off(tracked, unreachable_attempts)
+                unreachable_attempts += 1
                 continue
             unreachable_since = None
+            unreachable_attempts = 0
             if state.get("Running") or state.get("Restarting") or state.get("Paused"):
-                resumes += 1
-                if resumes > _MAX_WAIT_RESUMES:
+                broken_streak += 1
+                if broken_streak > _MAX_WAIT_RESUMES:
                     return _Lost("wait kept failing", wait_error)
                 log.info(
                     "wait interrupted; worker still running, resuming",
-                    extra={"job_id": tracked.job_id, "attempt": resumes},
+                    extra={"job_id": tracked.job_id, "attempt": broken_streak},
                 )
-                self._back_off(resumes - 1)
+                self._back_off(tracked, broken_streak - 1)
                 continue
             code = state.get("ExitCode")
             return _Exited(int(code) if isinstance(code, int) else None, state)
 
-    def _back_off(self, attempt: int) -> None:
-        self._stopping.wait(min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2**attempt))
+    def _open_wait(self, tracked: TrackedWorker) -> ExitWait:
+        """A new wait, kept on the worker so that `detach_all` can close it."""
+        exit_wait = self._docker.open_wait(tracked.worker.container_id)
+        tracked.exit_wait = exit_wait
+        if tracked.detached:  # detached between the check and the assignment
+            exit_wait.close()
+        return exit_wait
+
+    def _back_off(self, tracked: TrackedWorker, attempt: int) -> None:
+        with self._wake_lock:
+            wake = self._wake
+        # Workers are marked detached before `stop()` swaps the event: a back-off that
+        # took the fresh event sees the mark here instead of sleeping through it.
+        if not tracked.detached:
+            wake.wait(min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2**attempt))
 
     # -- after the exit -----------------------------------------------------------------
 
@@ -273,7 +317,9 @@ class ExitWatcher:
         return exit_facts(info.get("State") or {})
 
     def _log_tail(self, tracked: TrackedWorker) -> None:
-        if self._log_tail_lines <= 0:
+        # The engine refuses the logs of a container it is auto-removing (409/404), and a
+        # tail that no handler would log is not worth a round-trip either.
+        if self._log_tail_lines <= 0 or tracked.auto_remove or not log.isEnabledFor(logging.INFO):
             return
         try:
             tail = self._docker.logs_tail(tracked.worker.container_id, self._log_tail_lines)
@@ -293,21 +339,47 @@ class ExitWatcher:
     def _remove(self, tracked: TrackedWorker) -> None:
         """Remove the container; for auto-removed ones, make sure the engine finished it."""
         container_id = tracked.worker.container_id
-        try:
-            self._docker.remove(container_id, force=True)
+        # The engine removes an AutoRemove container itself: a `remove` of ours would only
+        # meet 409/404. Removing it ourselves is the fallback when that does not happen.
+        if tracked.auto_remove and self._await_removal(tracked):
             return
-        except Exception as err:
-            if is_not_found(err):
+        since = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                self._docker.remove(container_id, force=True)
                 return
-            if not is_conflict(err):  # 409: the engine's own auto-removal is under way
+            except Exception as err:
+                if is_not_found(err):
+                    return
+                if is_conflict(err):  # 409: the engine's own auto-removal is under way
+                    break
+                # An engine restarting must not leave the container behind: retry as long
+                # as a broken wait would be retried.
+                if (
+                    is_unreachable(err)
+                    and not tracked.detached
+                    and time.monotonic() - since < self._retry_window_s
+                ):
+                    self._back_off(tracked, attempt)
+                    attempt += 1
+                    continue
                 log.warning(
                     "removing a worker container failed",
                     extra={"job_id": tracked.job_id, "container_id": tracked.worker.short_id},
                 )
                 return
+        self._await_removal(tracked)
+
+    def _await_removal(self, tracked: TrackedWorker) -> bool:
+        """Wait until the engine has removed the container; False when that is not known."""
         try:
-            self._docker.wait_removed(container_id, _REMOVAL_WAIT_S)
-        except Exception:
+            self._docker.wait_removed(tracked.worker.container_id, _REMOVAL_WAIT_S)
+        except Exception as err:
+            if is_not_found(err):
+                return True  # gone already
             log.debug(
                 "waiting for auto-removal ended", extra={"job_id": tracked.job_id}, exc_info=True
             )
+            return False
+        return True

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ._config import RouterConfig
-from ._docker import DockerGateway, is_not_found
+from ._docker import DockerGateway, is_conflict, is_not_found
 from ._environment import secret_values
 from ._errors import DuplicateJobError
 from ._exit_handling import ExitWatcher, parse_docker_time
@@ -78,6 +78,8 @@ class OrphanReaper:
     def _reap_one(self, container: dict[str, Any], labels: dict[str, str], now: datetime) -> bool:
         container_id = str(container["Id"])
         state = str(container.get("State", "")).lower()
+        if state == "removing":
+            return False  # the engine is removing it already (AutoRemove)
         if state in _RUNNING_STATES:
             if not self._overdue(container, labels, now):
                 return False
@@ -89,7 +91,11 @@ class OrphanReaper:
                 self.docker.stop(container_id, self.config.stop_grace_s)
             except Exception as err:
                 if not is_not_found(err):
-                    raise
+                    # The forced removal below kills it anyway; only a failure there counts.
+                    log.warning(
+                        "stopping an orphaned worker failed; removing it by force",
+                        extra={"container_id": container_id[:12], "error": str(err)},
+                    )
             self._remove(container_id)
             self.listener.orphan_stopped(container_id, labels)
             return True
@@ -103,7 +109,8 @@ class OrphanReaper:
         try:
             self.docker.remove(container_id, force=True)
         except Exception as err:
-            if not is_not_found(err):
+            # 404: gone already; 409: the engine is removing it (AutoRemove after the stop).
+            if not (is_not_found(err) or is_conflict(err)):
                 raise
 
     def _overdue(
@@ -193,21 +200,27 @@ class WorkerAdopter:
             job_type=labels.get(self.labels.job_type, ""),
             snapshot_enabled=labels.get(self.labels.snapshot_enabled) == "true",
         )
-        self.slots.acquire_over_capacity()
+        # The wait is in place before the timer can fire, so the exit a kill causes (and
+        # the engine's auto-removal after it) is never missed; it answers at once when
+        # the container stopped since the inspect above.
+        exit_wait = self.docker.open_wait(container_id)
         env = dict(item.partition("=")[::2] for item in (info.get("Config") or {}).get("Env") or [])
         tracked = TrackedWorker(
             worker=worker,
             release_slot=self.slots.release,
+            exit_wait=exit_wait,
             env_keys=tuple(env),
             secrets=secret_values(env),
+            auto_remove=bool((info.get("HostConfig") or {}).get("AutoRemove")),
         )
-        remaining = (deadline - self.clock()).total_seconds()
-        self.timeouts.arm(tracked, remaining)
+        self.slots.acquire_over_capacity()  # it already runs: it takes a slot, even over
         self.registry.register(tracked)
+        remaining = (deadline - self.clock()).total_seconds()
         log.info(
             "adopted running worker",
             extra={"job_id": job_id, "container_id": container_id[:12], "remaining_s": remaining},
         )
         self.listener.started(worker)
         self.exits.watch(tracked)
+        self.timeouts.arm(tracked, remaining)
         return worker

@@ -14,6 +14,9 @@ __all__ = ["TimeoutController"]
 
 log = logging.getLogger("dockyard.timeouts")
 
+_KILL_RETRIES = 5  # further rounds of stop-then-kill when both failed (engine blip)
+_KILL_RETRY_FIRST_S = 1.0
+
 
 class TimeoutController:
     """Arms per-worker timers; on expiry reports and stops the container.
@@ -36,10 +39,18 @@ class TimeoutController:
         timer.name = f"dockyard-timeout-{tracked.job_id[:40]}"
         tracked.timer = timer
         timer.start()
+        if tracked.settled or tracked.detached:  # ended before its timer was in place
+            timer.cancel()
 
     def _expire(self, tracked: TrackedWorker) -> None:
         if not self._registry.begin_kill(tracked):
             return  # exited, settled or detached meanwhile
+        try:
+            self._report_timeout(tracked)
+        finally:  # whatever happens to the report, the overrunning worker is stopped
+            self._stop(tracked)
+
+    def _report_timeout(self, tracked: TrackedWorker) -> None:
         worker = tracked.worker
         elapsed_ms = int((datetime.now(UTC) - worker.started_at).total_seconds() * 1000)
         log.warning(
@@ -57,7 +68,6 @@ class TimeoutController:
             tags={"jobType": worker.job_type},
             extras={"jobId": worker.job_id, "durationMs": elapsed_ms},
         )
-        self._stop(tracked)
 
     def kill(self, tracked: TrackedWorker) -> bool:
         """The kill path on demand; False when the worker already ended."""
@@ -67,7 +77,7 @@ class TimeoutController:
         self._stop(tracked)
         return True
 
-    def _stop(self, tracked: TrackedWorker) -> None:
+    def _stop(self, tracked: TrackedWorker, attempt: int = 0) -> None:
         worker = tracked.worker
         try:
             self._docker.stop(worker.container_id, self._grace_s)  # SIGTERM, then SIGKILL
@@ -81,8 +91,36 @@ class TimeoutController:
             )
         try:
             self._docker.kill(worker.container_id)
+            return
         except Exception as err:
+            if is_not_found(err):
+                return
             log.warning(
                 "killing a worker failed",
                 extra={"job_id": worker.job_id, "container_id": worker.short_id, "error": str(err)},
             )
+        self._retry_later(tracked, attempt)
+
+    def _retry_later(self, tracked: TrackedWorker, attempt: int) -> None:
+        """Try the kill path again: an overrunning worker must not keep its slot forever."""
+        if attempt >= _KILL_RETRIES:
+            log.error(
+                "giving up stopping a worker; it keeps running until it exits",
+                extra={"job_id": tracked.job_id, "container_id": tracked.worker.short_id},
+            )
+            return
+        delay = _KILL_RETRY_FIRST_S * 2**attempt
+        timer = threading.Timer(delay, self._retry, args=(tracked, attempt + 1))
+        timer.daemon = True
+        timer.name = f"dockyard-kill-retry-{tracked.job_id[:40]}"
+        previous, tracked.timer = tracked.timer, timer  # cleanup cancels `tracked.timer`
+        if previous is not None:
+            previous.cancel()  # a timeout still pending (kill on request) is moot now
+        timer.start()
+        if tracked.settled or tracked.detached:  # cleaned up before the assignment
+            timer.cancel()
+
+    def _retry(self, tracked: TrackedWorker, attempt: int) -> None:
+        if tracked.settled or tracked.detached or tracked.exited:
+            return
+        self._stop(tracked, attempt)

@@ -149,6 +149,7 @@ def launch_worker_container(
         exit_wait=exit_wait,
         env_keys=tuple(env),
         secrets=config.secrets,
+        auto_remove=config.auto_remove,
     )
     deps.timeouts.arm(tracked, config.timeout_s)
     deps.registry.register(tracked)

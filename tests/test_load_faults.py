@@ -1,0 +1,225 @@
+"""A load run with faults: 200 jobs at concurrency 8, about 5% of the Docker calls faulted.
+
+Every job must end in a typed spawn error or in exactly one outcome; afterwards no
+container of the run's router instance is left and the thread count is back to its
+baseline. The run prints a one-line summary (see it with ``pytest -s``) and records it as
+the ``load_summary`` property of the test.
+
+``DOCKYARD_LOAD_JOBS`` and ``DOCKYARD_LOAD_SEED`` change the job count and the fault seed.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+import requests
+
+from conftest import ThreadBaseline
+from dockyard import (
+    ContainerManager,
+    DockyardError,
+    ProjectConfig,
+    WorkerJob,
+    WorkerLifecycleListener,
+    WorkerOutcome,
+)
+from faultproxy import FaultProxy, FaultRule, operation_of
+
+pytestmark = pytest.mark.docker
+
+JOBS = int(os.environ.get("DOCKYARD_LOAD_JOBS", "200"))
+SEED = int(os.environ.get("DOCKYARD_LOAD_SEED", "20261128"))
+CONCURRENCY = 8
+FAULTED_OPS = frozenset({"create", "start", "wait", "inspect", "stop", "remove"})
+# (action, probability, delay_s): about 5% of the faulted operations' requests in all.
+FAULTS: tuple[tuple[str, float, float], ...] = (
+    ("fail", 0.025, 0.0),  # a 500 answer; the engine never sees the request
+    ("cut", 0.015, 0.3),  # connection dropped (a wait: cut 0.3 s into the stream)
+    ("cut_after", 0.01, 0.0),  # the engine acts, the answer is lost
+)
+TIMEOUT_EVERY = 10  # every tenth job overruns its project's 1 s watchdog
+SLOW_PROJECT = ProjectConfig(id="slow", watchdog_timeout_s=1.0)
+QUICK = ["sh", "-c", "sleep 0.$((RANDOM % 5)); exit $((RANDOM % 2))"]
+OVERRUN = ["sh", "-c", "trap 'exit 143' TERM; sleep 60 & wait"]
+TYPED_SPAWN_ERRORS = (DockyardError, docker.errors.APIError, requests.exceptions.RequestException)
+
+
+def engine_socket() -> str:
+    host = os.environ.get("DOCKER_HOST", "")
+    return host[len("unix://") :] if host.startswith("unix://") else "/var/run/docker.sock"
+
+
+class Projects:
+    def list_projects(self) -> Sequence[ProjectConfig]:
+        return [SLOW_PROJECT]
+
+    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None:
+        return None
+
+
+class Recorder(WorkerLifecycleListener):
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.started: collections.Counter[str] = collections.Counter()
+        self.finished: dict[str, list[WorkerOutcome]] = collections.defaultdict(list)
+
+    def on_worker_started(self, worker: Any) -> None:
+        with self.lock:
+            self.started[worker.job_id] += 1
+
+    def on_worker_finished(self, worker: Any, outcome: WorkerOutcome) -> None:
+        with self.lock:
+            self.finished[worker.job_id].append(outcome)
+
+
+def faulted(method: str, path: str) -> bool:
+    return operation_of(method, path) in FAULTED_OPS
+
+
+@pytest.fixture
+def proxy(docker_client: docker.DockerClient) -> Iterator[FaultProxy]:
+    p = FaultProxy(upstream=engine_socket(), seed=SEED).start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def proxied(proxy: FaultProxy) -> Iterator[docker.APIClient]:
+    api = docker.APIClient(base_url=proxy.base_url, timeout=30, max_pool_size=64)
+    yield api
+    api.close()
+
+
+def instance_containers(client: docker.DockerClient, instance_id: str) -> list[dict[str, Any]]:
+    return list(
+        client.api.containers(all=True, filters={"label": f"cascade.router.instance={instance_id}"})
+    )
+
+
+def settle_leftovers(client: docker.DockerClient, instance_id: str) -> list[dict[str, Any]]:
+    """Containers still there once auto-removals had a moment to finish."""
+    deadline = time.monotonic() + 15
+    left = instance_containers(client, instance_id)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = instance_containers(client, instance_id)
+    return left
+
+
+def error_kind(err: BaseException) -> str:
+    status = getattr(err, "status_code", None)
+    return type(err).__name__ + (f" {status}" if status else "")
+
+
+def run_job(manager: ContainerManager, index: int) -> tuple[str, WorkerOutcome | BaseException]:
+    job_id = f"load-{index:03d}"
+    overrun = index % TIMEOUT_EVERY == TIMEOUT_EVERY - 1
+    job = WorkerJob(
+        id=job_id,
+        type="load",
+        project_id=SLOW_PROJECT.id if overrun else None,
+        command=OVERRUN if overrun else QUICK,
+    )
+    try:
+        manager.spawn_worker(job, slot_timeout=120)
+    except TYPED_SPAWN_ERRORS as err:
+        return job_id, err
+    return job_id, manager.wait_for_worker(job_id, timeout=120)
+
+
+def test_load_with_injected_faults(
+    proxy: FaultProxy,
+    proxied: docker.APIClient,
+    docker_client: docker.DockerClient,
+    instance_id: str,
+    make_manager: Callable[..., ContainerManager],
+    record_property: Callable[[str, object], None],
+) -> None:
+    baseline = ThreadBaseline()  # after the proxy started: its threads are not ours
+    recorder = Recorder()
+    manager = make_manager(
+        docker_client=proxied,
+        listener=recorder,
+        projects=Projects(),
+        max_workers=CONCURRENCY,
+        launch_concurrency=CONCURRENCY,
+        docker_network="none",
+        kill_buffer_s=0.0,
+        slot_wait_timeout_s=120,
+    )
+    rules = [
+        proxy.add_rule(
+            FaultRule(
+                op="any",
+                action=action,
+                status=500,
+                message="injected by the load test",
+                delay_s=delay_s,
+                times=None,
+                match=faulted,
+                probability=probability,
+            )
+        )
+        for action, probability, delay_s in FAULTS
+    ]
+    started_at = time.monotonic()
+    with ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="load-client") as clients:
+        results = dict(clients.map(lambda i: run_job(manager, i), range(JOBS)))
+    elapsed_s = time.monotonic() - started_at
+    proxy.clear_rules()
+    assert manager.get_active_worker_count() == 0
+    assert manager._slots.in_use == 0
+    faulted_calls = sum(proxy.count(op) for op in FAULTED_OPS)
+    manager.close()
+    leftovers = settle_leftovers(docker_client, instance_id)
+    extra_threads = baseline.new_threads()
+
+    outcomes = {j: r for j, r in results.items() if isinstance(r, WorkerOutcome)}
+    errors = {j: r for j, r in results.items() if not isinstance(r, WorkerOutcome)}
+    summary = {
+        "jobs": JOBS,
+        "concurrency": CONCURRENCY,
+        "seed": SEED,
+        "faulted_op_calls": faulted_calls,
+        "faults_injected": sum(rule.hits for rule in rules),
+        "faults_by_action": {rule.action: rule.hits for rule in rules},
+        "outcomes": dict(collections.Counter(o.status for o in outcomes.values())),
+        "spawn_errors": dict(collections.Counter(error_kind(e) for e in errors.values())),
+        "leaked_containers": len(leftovers),
+        "leaked_threads": len(extra_threads),
+        "elapsed_s": round(elapsed_s, 1),
+    }
+    line = "load summary: " + json.dumps(summary, sort_keys=True)
+    print(line)
+    record_property("load_summary", line)
+
+    assert len(results) == JOBS
+    with recorder.lock:
+        started = dict(recorder.started)
+        finished = {j: list(v) for j, v in recorder.finished.items()}
+    for job_id, outcome in outcomes.items():
+        assert started.get(job_id) == 1, job_id
+        assert finished.get(job_id) == [outcome], f"{job_id}: {finished.get(job_id)}"
+        overrun = job_id.endswith("9")
+        if outcome.status == "succeeded":
+            assert outcome.exit_code == 0 and not overrun, outcome
+        elif outcome.status == "failed":
+            assert outcome.exit_code not in (None, 0) and not overrun, outcome
+        elif outcome.status == "timed_out":
+            assert overrun, outcome
+    for job_id, err in errors.items():
+        assert isinstance(err, TYPED_SPAWN_ERRORS), f"{job_id}: {err!r}"
+        assert job_id not in started and job_id not in finished, job_id
+    assert summary["faults_injected"] > 0
+    assert not leftovers, [(c["Names"], c["State"]) for c in leftovers]
+    assert not extra_threads, [t.name for t in extra_threads]
