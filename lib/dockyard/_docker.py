@@ -372,6 +372,24 @@ class DockerGateway:
             if any(tag.startswith(name_filter) for tag in image.get("RepoTags") or [])
         ]
 
+    def image_history(self, image: str) -> list[dict[str, Any]]:
+        raw: Any = self.api  # untyped in the stubs
+        return list(raw.history(image))
+
+    def load_image_archive(self, archive: bytes, reference: str) -> None:
+        """`docker load` an image archive, raising on the stream's own error lines."""
+        raw: Any = self.api  # docker-py's load_image hides the stream's errors
+        url = raw._url("/images/load")
+        response = raw._post(url, data=archive, params={"quiet": "1"}, stream=True)
+        try:
+            raw._raise_for_status(response)
+            for line in raw._stream_helper(response, decode=True):
+                if "error" in line or "errorDetail" in line:
+                    detail = line.get("errorDetail") or {}
+                    raise APIError(f"load of {reference} failed: {line.get('error') or detail}")
+        finally:
+            response.close()
+
     def remove_image(self, image: str) -> None:
         self.api.remove_image(image, force=False)
 

@@ -5,7 +5,7 @@ keys in the image's `Config` (a scrubbed `Env` in the commit body does not: the 
 re-adds the missing keys), but engines that keep the legacy `container_config` (Docker
 20.10 among them) also copy the container's full configuration, every environment value
 included, into the image. Such an image is written again without it (see
-`_images.record_without_container_config`) and checked before it is registered; an image
+`_image_rewrite.record_without_container_config`) and checked before it is registered; an image
 that still carries a value is removed and nothing is registered.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 from ._config import RouterConfig
 from ._docker import DockerGateway, is_conflict, is_not_found
 from ._environment import SCRUBBED_ENV_KEYS
-from ._images import record_without_container_config
+from ._image_rewrite import record_without_container_config
 from ._models import ActiveWorker
 from ._naming import LabelSchema, snapshot_image_name
 from ._sentry import Reporter
