@@ -175,7 +175,9 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
 
 def test_success_delivers_one_outcome(make_manager: MakeManager) -> None:
     listener = RecordingListener()
-    manager = make_manager(listener=listener)
+    # dockyard removes the container itself here: with AutoRemove the engine may delete it
+    # before the inspect that reads OOMKilled (a documented engine race).
+    manager = make_manager(listener=listener, auto_remove_workers=False)
 
     worker = manager.spawn_worker(job("ok-1", ["true"]))
     outcome = manager.wait_for_worker("ok-1", timeout=30)
@@ -201,7 +203,9 @@ def test_nonzero_exit_is_failed_and_reported(
     make_manager: MakeManager, sentry_events: CapturedEvents
 ) -> None:
     listener = RecordingListener()
-    manager = make_manager(listener=listener)
+    # Inspect facts are only certain when dockyard removes the container itself (with
+    # AutoRemove the engine may delete it first; that case is covered with fakes).
+    manager = make_manager(listener=listener, auto_remove_workers=False)
 
     # The short sleep gives Docker distinct start and finish times (an instant exit can be
     # recorded as finishing before it started, and such a duration is dropped).
