@@ -43,6 +43,7 @@ import pytest
 import sentry_sdk
 import sentry_sdk.transport
 
+from faultproxy import FaultProxy
 from images import TEST_IMAGE, ensure_test_images
 
 LABEL_PREFIX = "cascade"
@@ -367,3 +368,34 @@ def make_manager(
     yield make
     for manager in reversed(managers):
         manager.close()
+
+
+# -- the fault-injection proxy between docker-py and the engine ----------------------------
+
+
+def engine_socket() -> str:
+    """The engine's unix socket path (DOCKER_HOST when it names one)."""
+    host = os.environ.get("DOCKER_HOST", "")
+    return host[len("unix://") :] if host.startswith("unix://") else "/var/run/docker.sock"
+
+
+@pytest.fixture
+def proxy_seed() -> int:
+    """Seed of the proxy's random faults; a test module overrides it to vary them."""
+    return 0
+
+
+@pytest.fixture
+def proxy(docker_client: docker.DockerClient, proxy_seed: int) -> Iterator[FaultProxy]:
+    """A started `FaultProxy` in front of the engine, stopped at teardown."""
+    started = FaultProxy(upstream=engine_socket(), seed=proxy_seed).start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def proxied(proxy: FaultProxy) -> Iterator[docker.APIClient]:
+    """A docker-py API client that talks to the engine through `proxy`."""
+    api = docker.APIClient(base_url=proxy.base_url, timeout=30, max_pool_size=64)
+    yield api
+    api.close()

@@ -7,10 +7,9 @@ follow-up spawn with ``slot_timeout=0`` proves the slot (and the job id) came ba
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import docker
@@ -30,11 +29,6 @@ from faultproxy import FaultProxy, FaultRule
 pytestmark = pytest.mark.docker
 
 OUTCOME_TIMEOUT_S = 30.0
-
-
-def engine_socket() -> str:
-    host = os.environ.get("DOCKER_HOST", "")
-    return host[len("unix://") :] if host.startswith("unix://") else "/var/run/docker.sock"
 
 
 class Recorder(WorkerLifecycleListener):
@@ -71,17 +65,8 @@ def shell(script: str) -> list[str]:
 
 
 @pytest.fixture
-def proxy(docker_client: docker.DockerClient) -> Iterator[FaultProxy]:
-    p = FaultProxy(upstream=engine_socket(), seed=4).start()
-    yield p
-    p.stop()
-
-
-@pytest.fixture
-def proxied(proxy: FaultProxy) -> Iterator[docker.APIClient]:
-    api = docker.APIClient(base_url=proxy.base_url, timeout=30, max_pool_size=64)
-    yield api
-    api.close()
+def proxy_seed() -> int:
+    return 4
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -54,11 +54,6 @@ OVERRUN = ["sh", "-c", "trap 'exit 143' TERM; sleep 60 & wait"]
 TYPED_SPAWN_ERRORS = (DockyardError, docker.errors.APIError, requests.exceptions.RequestException)
 
 
-def engine_socket() -> str:
-    host = os.environ.get("DOCKER_HOST", "")
-    return host[len("unix://") :] if host.startswith("unix://") else "/var/run/docker.sock"
-
-
 class Projects:
     def list_projects(self) -> Sequence[ProjectConfig]:
         return [SLOW_PROJECT]
@@ -87,17 +82,8 @@ def faulted(method: str, path: str) -> bool:
 
 
 @pytest.fixture
-def proxy(docker_client: docker.DockerClient) -> Iterator[FaultProxy]:
-    p = FaultProxy(upstream=engine_socket(), seed=SEED).start()
-    yield p
-    p.stop()
-
-
-@pytest.fixture
-def proxied(proxy: FaultProxy) -> Iterator[docker.APIClient]:
-    api = docker.APIClient(base_url=proxy.base_url, timeout=30, max_pool_size=64)
-    yield api
-    api.close()
+def proxy_seed() -> int:
+    return SEED
 
 
 def instance_containers(client: docker.DockerClient, instance_id: str) -> list[dict[str, Any]]:

@@ -6,7 +6,6 @@ docker-py that carry this router instance's labels, no manager tracking them.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -25,18 +24,13 @@ from dockyard import (
     WorkerLifecycleListener,
     WorkerOutcome,
 )
-from faultproxy import FaultProxy, FaultRule
+from faultproxy import FaultRule
 
 pytestmark = pytest.mark.docker
 
 OUTCOME_TIMEOUT_S = 30.0
 # A shell that ends at once on SIGTERM (a bare `sleep` as PID 1 ignores it).
 LONG_RUNNER = ["sh", "-c", "trap 'exit 143' TERM; sleep 60 & wait"]
-
-
-def engine_socket() -> str:
-    host = os.environ.get("DOCKER_HOST", "")
-    return host[len("unix://") :] if host.startswith("unix://") else "/var/run/docker.sock"
 
 
 def deadline_label(moment: datetime) -> str:
@@ -155,20 +149,6 @@ def containers(
     made = Containers(docker_client, test_image, instance_id)
     yield made
     made.cleanup()  # before instance_id's leak check: some carry its label on purpose
-
-
-@pytest.fixture
-def proxy(docker_client: docker.DockerClient) -> Iterator[FaultProxy]:
-    p = FaultProxy(upstream=engine_socket()).start()
-    yield p
-    p.stop()
-
-
-@pytest.fixture
-def proxied(proxy: FaultProxy) -> Iterator[docker.APIClient]:
-    api = docker.APIClient(base_url=proxy.base_url, timeout=30, max_pool_size=64)
-    yield api
-    api.close()
 
 
 @pytest.fixture
