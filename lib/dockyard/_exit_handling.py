@@ -45,7 +45,7 @@ class ExitFacts:
 @dataclass(frozen=True)
 class _Exited:
     status_code: int | None
-    state: dict[str, Any] | None = None  # the State already inspected while recovering
+    info: dict[str, Any] | None = None  # the container already inspected while recovering
 
 
 class _WaitFailed(Exception):
@@ -178,7 +178,7 @@ class ExitWatcher:
                 broken_streak = 0  # that wait held: not part of a streak of failures
             # The wait broke: find out whether the worker is still there.
             try:
-                state = self._docker.inspect(container_id).get("State") or {}
+                info = self._docker.inspect(container_id)
             except Exception as err:
                 if is_not_found(err):
                     return _Lost("container is gone", wait_error)
@@ -196,6 +196,7 @@ class ExitWatcher:
                 continue
             unreachable_since = None
             unreachable_attempts = 0
+            state = info.get("State") or {}
             if state.get("Running") or state.get("Restarting") or state.get("Paused"):
                 broken_streak += 1
                 if broken_streak > _MAX_WAIT_RESUMES:
@@ -207,7 +208,7 @@ class ExitWatcher:
                 self._back_off(tracked, broken_streak - 1)
                 continue
             code = state.get("ExitCode")
-            return _Exited(int(code) if isinstance(code, int) else None, state)
+            return _Exited(int(code) if isinstance(code, int) else None, info)
 
     def _open_wait(self, tracked: TrackedWorker) -> ExitWait:
         """A new wait, kept on the worker so that `detach_all` can close it."""
@@ -230,7 +231,8 @@ class ExitWatcher:
     def _handle_exit(self, tracked: TrackedWorker, exited: _Exited) -> None:
         worker = tracked.worker
         killed = self._registry.mark_exited(tracked)
-        facts = self._inspect(tracked, exited.state)
+        info = exited.info or self._inspect(tracked)
+        facts = exit_facts(info.get("State") or {}) if info is not None else ExitFacts()
         self._log_tail(tracked)
         code = exited.status_code
         status: OutcomeStatus
@@ -265,7 +267,9 @@ class ExitWatcher:
             and worker.project_id
             and worker.work_item_id
         ):
-            self._snapshots.commit(worker, tracked.env_keys)
+            # The exit inspect already holds the env to scrub: no second round-trip.
+            env = (info.get("Config") or {}).get("Env") if info is not None else None
+            self._snapshots.commit(worker, tracked.env_keys, container_env=env)
         self._remove(tracked)
         outcome = WorkerOutcome(
             job_id=worker.job_id,
@@ -304,17 +308,15 @@ class ExitWatcher:
         outcome = WorkerOutcome(worker.job_id, "lost", error=f"{lost.reason}: {lost.error}")
         self._registry.settle(tracked, outcome)
 
-    def _inspect(self, tracked: TrackedWorker, state: dict[str, Any] | None) -> ExitFacts:
-        if state is not None:
-            return exit_facts(state)
+    def _inspect(self, tracked: TrackedWorker) -> dict[str, Any] | None:
+        """The exited container's inspect data; None (with a warning) when it failed."""
         try:
-            info = self._docker.inspect(tracked.worker.container_id)
+            return self._docker.inspect(tracked.worker.container_id)
         except Exception as err:
             log.warning(
                 "inspect after exit failed", extra={"job_id": tracked.job_id, "error": str(err)}
             )
-            return ExitFacts()
-        return exit_facts(info.get("State") or {})
+            return None
 
     def _log_tail(self, tracked: TrackedWorker) -> None:
         # The engine refuses the logs of a container it is auto-removing (409/404), and a

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -107,16 +107,26 @@ class SnapshotManager:
     # -- commit -------------------------------------------------------------------------
 
     def commit(
-        self, worker: ActiveWorker, launch_env_keys: Iterable[str]
+        self,
+        worker: ActiveWorker,
+        launch_env_keys: Iterable[str],
+        *,
+        container_env: Sequence[str] | None = None,
     ) -> SnapshotMetadata | None:
-        """Commit a cleanly finished worker; never raises (a failed commit only loses warmth)."""
+        """Commit a cleanly finished worker; never raises (a failed commit only loses warmth).
+
+        `container_env` is the container's `Config.Env` when the caller has already inspected
+        it; otherwise it is inspected here.
+        """
         if worker.project_id is None or worker.work_item_id is None:
             return None
         project_id, work_item_id = worker.project_id, worker.work_item_id
         image = self.image_for(project_id, work_item_id)
         # Two runs of one work item finishing together must not interleave on one name.
         with self._lock_for(image):
-            return self._commit(worker, launch_env_keys, image, (project_id, work_item_id))
+            return self._commit(
+                worker, launch_env_keys, container_env, image, (project_id, work_item_id)
+            )
 
     def _lock_for(self, image: str) -> threading.Lock:
         return self._locks[zlib.crc32(image.encode("utf-8")) % _LOCK_STRIPES]
@@ -125,13 +135,14 @@ class SnapshotManager:
         self,
         worker: ActiveWorker,
         launch_env_keys: Iterable[str],
+        container_env: Sequence[str] | None,
         image: str,
         pair: tuple[str, str],
     ) -> SnapshotMetadata | None:
         previous = self._image_id(image)
         created: list[str] = []
         try:
-            changes, blanked = self._changes(worker, launch_env_keys)
+            changes, blanked = self._changes(worker, launch_env_keys, container_env)
             # Untagged until checked: the name only ever points at a scrubbed image, so a
             # crash half-way never leaves one for `sync_from_docker` to pick up.
             created.append(self.docker.commit(worker.container_id, "", "", changes))
@@ -162,12 +173,17 @@ class SnapshotManager:
         return meta
 
     def _changes(
-        self, worker: ActiveWorker, launch_env_keys: Iterable[str]
+        self,
+        worker: ActiveWorker,
+        launch_env_keys: Iterable[str],
+        container_env: Sequence[str] | None,
     ) -> tuple[list[str], list[str]]:
         launched = list(launch_env_keys)
         try:
-            info = self.docker.inspect(worker.container_id)
-            env = _env_pairs((info.get("Config") or {}).get("Env") or [])
+            if container_env is None:
+                info = self.docker.inspect(worker.container_id)
+                container_env = (info.get("Config") or {}).get("Env") or []
+            env = _env_pairs(container_env)
         except Exception as err:
             # Still blank every key dockyard itself set: no secret may reach an image.
             log.warning("snapshot env inspect failed", extra={"job_id": worker.job_id})
