@@ -11,7 +11,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -378,17 +378,10 @@ class DockerGateway:
 
     def load_image_archive(self, archive: bytes, reference: str) -> None:
         """`docker load` an image archive, raising on the stream's own error lines."""
-        raw: Any = self.api  # docker-py's load_image hides the stream's errors
-        url = raw._url("/images/load")
-        response = raw._post(url, data=archive, params={"quiet": "1"}, stream=True)
-        try:
-            raw._raise_for_status(response)
-            for line in raw._stream_helper(response, decode=True):
-                if "error" in line or "errorDetail" in line:
-                    detail = line.get("errorDetail") or {}
-                    raise APIError(f"load of {reference} failed: {line.get('error') or detail}")
-        finally:
-            response.close()
+        for _ in self._progress_stream(
+            f"load of {reference}", "/images/load", data=archive, params={"quiet": "1"}
+        ):
+            pass
 
     def remove_image(self, image: str) -> None:
         self.api.remove_image(image, force=False)
@@ -401,19 +394,27 @@ class DockerGateway:
         repository, tag = _split_reference(image)
         deadline = time.monotonic() + timeout_s
         params = {"fromImage": repository, "tag": tag}
-        raw: Any = self.api  # docker-py's pull has no timeout: use its request helpers
-        response = raw._post(
-            raw._url("/images/create"), params=params, stream=True, timeout=timeout_s
-        )
+        for _ in self._progress_stream(
+            f"pull of {image}", "/images/create", params=params, timeout=timeout_s
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pull of {image} exceeded {timeout_s:g}s")
+
+    def _progress_stream(self, what: str, path: str, **request: Any) -> Iterator[dict[str, Any]]:
+        """POST `path` and yield its JSON progress lines, raising on their error lines.
+
+        docker-py's own `pull`/`load_image` hide these errors (and `pull` has no timeout).
+        """
+        raw: Any = self.api  # untyped request helpers of docker-py
+        response = raw._post(raw._url(path), stream=True, **request)
         try:
             raw._raise_for_status(response)
             for line in raw._stream_helper(response, decode=True):
                 if "error" in line or "errorDetail" in line:
                     detail = line.get("errorDetail") or {}
                     message = line.get("error") or detail.get("message")
-                    raise APIError(f"pull of {image} failed: {message}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"pull of {image} exceeded {timeout_s:g}s")
+                    raise APIError(f"{what} failed: {message}")
+                yield line
         finally:
             response.close()
 
