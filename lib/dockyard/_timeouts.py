@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from ._docker import DockerGateway, is_not_found
@@ -34,10 +35,19 @@ class TimeoutController:
         self._grace_s = grace_s
 
     def arm(self, tracked: TrackedWorker, delay_s: float) -> None:
-        timer = threading.Timer(max(0.0, delay_s), self._expire, args=(tracked,))
+        self._schedule(tracked, delay_s, "timeout", self._expire, tracked)
+
+    @staticmethod
+    def _schedule(
+        tracked: TrackedWorker, delay_s: float, kind: str, fn: Callable[..., None], *args: object
+    ) -> None:
+        """Make a daemon timer the worker's only pending timer (cleanup cancels it)."""
+        timer = threading.Timer(max(0.0, delay_s), fn, args=args)
         timer.daemon = True
-        timer.name = f"dockyard-timeout-{tracked.job_id[:40]}"
-        tracked.timer = timer
+        timer.name = f"dockyard-{kind}-{tracked.job_id[:40]}"
+        previous, tracked.timer = tracked.timer, timer
+        if previous is not None:
+            previous.cancel()  # e.g. a timeout still pending when a kill on request retries
         timer.start()
         if tracked.settled or tracked.detached:  # ended before its timer was in place
             timer.cancel()
@@ -110,15 +120,7 @@ class TimeoutController:
             )
             return
         delay = _KILL_RETRY_FIRST_S * 2**attempt
-        timer = threading.Timer(delay, self._retry, args=(tracked, attempt + 1))
-        timer.daemon = True
-        timer.name = f"dockyard-kill-retry-{tracked.job_id[:40]}"
-        previous, tracked.timer = tracked.timer, timer  # cleanup cancels `tracked.timer`
-        if previous is not None:
-            previous.cancel()  # a timeout still pending (kill on request) is moot now
-        timer.start()
-        if tracked.settled or tracked.detached:  # cleaned up before the assignment
-            timer.cancel()
+        self._schedule(tracked, delay, "kill-retry", self._retry, tracked, attempt + 1)
 
     def _retry(self, tracked: TrackedWorker, attempt: int) -> None:
         if tracked.settled or tracked.detached or tracked.exited:
