@@ -43,6 +43,7 @@ import pytest
 import sentry_sdk
 import sentry_sdk.transport
 
+from dockyard import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from faultproxy import FaultProxy
 from images import TEST_IMAGE, ensure_test_images
 
@@ -399,3 +400,71 @@ def proxied(proxy: FaultProxy) -> Iterator[docker.APIClient]:
     api = docker.APIClient(base_url=proxy.base_url, timeout=30, max_pool_size=64)
     yield api
     api.close()
+
+
+# -- lifecycle listeners that record what they are told ------------------------------------
+
+
+class RecordingListener(WorkerLifecycleListener):
+    """Keeps every lifecycle call, in order, from whatever thread it arrives."""
+
+    def __init__(self, on_started: Callable[[ActiveWorker], None] | None = None) -> None:
+        self.events: list[tuple[str, str, Any]] = []
+        self._on_started = on_started
+        self._cond = threading.Condition()
+
+    def on_worker_started(self, worker: ActiveWorker) -> None:
+        if self._on_started is not None:
+            self._on_started(worker)
+        with self._cond:
+            self.events.append(("started", worker.job_id, worker))
+            self._cond.notify_all()
+
+    def on_worker_finished(self, worker: ActiveWorker, outcome: WorkerOutcome) -> None:
+        with self._cond:
+            self.events.append(("finished", worker.job_id, outcome))
+            self._cond.notify_all()
+
+    def of(self, job_id: str) -> list[str]:
+        with self._cond:
+            return [kind for kind, jid, _ in self.events if jid == job_id]
+
+    def started_order(self) -> list[str]:
+        with self._cond:
+            return [jid for kind, jid, _ in self.events if kind == "started"]
+
+    def finished(self, job_id: str) -> list[WorkerOutcome]:
+        with self._cond:
+            return [o for kind, jid, o in self.events if kind == "finished" and jid == job_id]
+
+    def wait_finished(self, job_id: str, timeout: float = 30.0) -> WorkerOutcome:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: self.finished(job_id), timeout)
+            assert ok, f"no on_worker_finished for {job_id} within {timeout}s: {self.events!r}"
+            return self.finished(job_id)[0]
+
+
+class Recorder(WorkerLifecycleListener):
+    """Lifecycle calls per job id, and orphans stopped, from any thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.started: list[str] = []
+        self.finished: list[tuple[str, WorkerOutcome]] = []
+        self.orphans: list[tuple[str, dict[str, str]]] = []
+
+    def on_worker_started(self, worker: Any) -> None:
+        with self.lock:
+            self.started.append(worker.job_id)
+
+    def on_worker_finished(self, worker: Any, outcome: WorkerOutcome) -> None:
+        with self.lock:
+            self.finished.append((worker.job_id, outcome))
+
+    def on_orphan_stopped(self, container_id: str, labels: dict[str, str]) -> None:
+        with self.lock:
+            self.orphans.append((container_id, labels))
+
+    def outcomes(self, job_id: str) -> list[WorkerOutcome]:
+        with self.lock:
+            return [outcome for jid, outcome in self.finished if jid == job_id]

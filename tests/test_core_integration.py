@@ -22,7 +22,7 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import CapturedEvents, ThreadBaseline
+from conftest import CapturedEvents, RecordingListener, ThreadBaseline
 from dockyard import (
     ActiveWorker,
     ContainerManager,
@@ -59,42 +59,6 @@ def job(
     **fields: Any,
 ) -> WorkerJob:
     return WorkerJob(job_id, job_type, dict(data or {}), command=list(command), **fields)
-
-
-class RecordingListener(WorkerLifecycleListener):
-    """Keeps every lifecycle call, in order, from whatever thread it arrives."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, Any]] = []
-        self._cond = threading.Condition()
-
-    def on_worker_started(self, worker: ActiveWorker) -> None:
-        with self._cond:
-            self.events.append(("started", worker.job_id, worker))
-            self._cond.notify_all()
-
-    def on_worker_finished(self, worker: ActiveWorker, outcome: WorkerOutcome) -> None:
-        with self._cond:
-            self.events.append(("finished", worker.job_id, outcome))
-            self._cond.notify_all()
-
-    def of(self, job_id: str) -> list[str]:
-        with self._cond:
-            return [kind for kind, jid, _ in self.events if jid == job_id]
-
-    def started_order(self) -> list[str]:
-        with self._cond:
-            return [jid for kind, jid, _ in self.events if kind == "started"]
-
-    def finished(self, job_id: str) -> list[WorkerOutcome]:
-        with self._cond:
-            return [o for kind, jid, o in self.events if kind == "finished" and jid == job_id]
-
-    def wait_finished(self, job_id: str, timeout: float = 30.0) -> WorkerOutcome:
-        with self._cond:
-            ok = self._cond.wait_for(lambda: self.finished(job_id), timeout)
-            assert ok, f"no on_worker_finished for {job_id} within {timeout}s: {self.events!r}"
-            return self.finished(job_id)[0]
 
 
 class CapturingHandler(logging.Handler):

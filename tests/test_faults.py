@@ -16,40 +16,17 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import ThreadBaseline
+from conftest import Recorder, ThreadBaseline
 from dockyard import (
     ContainerManager,
     DockerUnavailableError,
     WorkerJob,
-    WorkerLifecycleListener,
-    WorkerOutcome,
 )
 from faultproxy import FaultProxy, FaultRule
 
 pytestmark = pytest.mark.docker
 
 OUTCOME_TIMEOUT_S = 30.0
-
-
-class Recorder(WorkerLifecycleListener):
-    """Counts lifecycle calls per job id, from any thread."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.started: list[str] = []
-        self.finished: list[tuple[str, WorkerOutcome]] = []
-
-    def on_worker_started(self, worker: Any) -> None:
-        with self.lock:
-            self.started.append(worker.job_id)
-
-    def on_worker_finished(self, worker: Any, outcome: WorkerOutcome) -> None:
-        with self.lock:
-            self.finished.append((worker.job_id, outcome))
-
-    def outcomes(self, job_id: str) -> list[WorkerOutcome]:
-        with self.lock:
-            return [outcome for jid, outcome in self.finished if jid == job_id]
 
 
 def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> None:

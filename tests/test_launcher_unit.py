@@ -22,7 +22,7 @@ import docker.errors
 import pytest
 import requests
 
-from conftest import ThreadBaseline
+from conftest import RecordingListener, ThreadBaseline
 from dockyard import (
     ActiveWorker,
     ContainerManager,
@@ -32,8 +32,6 @@ from dockyard import (
     RouterConfig,
     WorkerImageResolutionError,
     WorkerJob,
-    WorkerLifecycleListener,
-    WorkerOutcome,
 )
 from dockyard._sentry import Reporter
 
@@ -413,34 +411,6 @@ class RecordingReporter(Reporter):
         return [r for r in self.reports if r.source == source]
 
 
-class Listener(WorkerLifecycleListener):
-    def __init__(self, on_started: Callable[[ActiveWorker], None] | None = None) -> None:
-        self.events: list[tuple[str, str, Any]] = []
-        self._on_started = on_started
-        self._cond = threading.Condition()
-
-    def on_worker_started(self, worker: ActiveWorker) -> None:
-        if self._on_started is not None:
-            self._on_started(worker)
-        with self._cond:
-            self.events.append(("started", worker.job_id, worker))
-            self._cond.notify_all()
-
-    def on_worker_finished(self, worker: ActiveWorker, outcome: WorkerOutcome) -> None:
-        with self._cond:
-            self.events.append(("finished", worker.job_id, outcome))
-            self._cond.notify_all()
-
-    def finished(self, job_id: str) -> list[WorkerOutcome]:
-        with self._cond:
-            return [o for kind, jid, o in self.events if kind == "finished" and jid == job_id]
-
-    def wait_finished(self, job_id: str, timeout: float = 10.0) -> WorkerOutcome:
-        with self._cond:
-            assert self._cond.wait_for(lambda: self.finished(job_id), timeout), self.events
-            return self.finished(job_id)[0]
-
-
 class Projects:
     def __init__(self, *projects: ProjectConfig) -> None:
         self._projects = list(projects)
@@ -456,7 +426,7 @@ class Projects:
 class Rig:
     api: FakeDockerAPI
     reporter: RecordingReporter
-    listener: Listener
+    listener: RecordingListener
     manager: ContainerManager
 
 
@@ -468,12 +438,12 @@ def rig_factory() -> Iterator[Callable[..., Rig]]:
         *,
         images: set[str] | None = None,
         projects: Projects | None = None,
-        listener: Listener | None = None,
+        listener: RecordingListener | None = None,
         **overrides: Any,
     ) -> Rig:
         api = FakeDockerAPI(images)
         reporter = RecordingReporter()
-        listener = listener or Listener()
+        listener = listener or RecordingListener()
         settings: dict[str, Any] = {
             "worker_image": BASE_IMAGE,
             "router_instance_id": INSTANCE,

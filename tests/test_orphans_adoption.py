@@ -17,12 +17,11 @@ import docker
 import docker.errors
 import pytest
 
+from conftest import Recorder
 from dockyard import (
     ContainerManager,
     NoWorkerSlotError,
     WorkerJob,
-    WorkerLifecycleListener,
-    WorkerOutcome,
 )
 from faultproxy import FaultRule
 
@@ -48,30 +47,6 @@ def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.02)
-
-
-class Recorder(WorkerLifecycleListener):
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.started: list[str] = []
-        self.finished: list[tuple[str, WorkerOutcome]] = []
-        self.orphans: list[tuple[str, dict[str, str]]] = []
-
-    def on_worker_started(self, worker: Any) -> None:
-        with self.lock:
-            self.started.append(worker.job_id)
-
-    def on_worker_finished(self, worker: Any, outcome: WorkerOutcome) -> None:
-        with self.lock:
-            self.finished.append((worker.job_id, outcome))
-
-    def on_orphan_stopped(self, container_id: str, labels: dict[str, str]) -> None:
-        with self.lock:
-            self.orphans.append((container_id, labels))
-
-    def outcomes(self, job_id: str) -> list[WorkerOutcome]:
-        with self.lock:
-            return [outcome for jid, outcome in self.finished if jid == job_id]
 
 
 class Containers:
