@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
+from cachetools import TTLCache
+
 from ._docker import DockerGateway
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
 log = logging.getLogger("dockyard.images")
 
 DEFAULT_FAILURE_TTL_S = 5.0
+_REMEMBERED_FAILURES = 1024  # distinct images; more only forgets the oldest failures
 _IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}|[0-9a-f]{64}")
 
 
@@ -74,11 +77,12 @@ class ImagePuller:
         self._docker = docker
         self._timeout_s = timeout_s
         self._failure_ttl_s = failure_ttl_s
-        self._clock = clock
         self._lock = threading.Lock()
         self._in_flight: dict[str, Future[None]] = {}
-        self._failures: dict[str, tuple[float, BaseException]] = {}
-        self.pulls_started = 0
+        # Failures expire by themselves (cachetools keeps the clock; the lock guards it).
+        self._failures: TTLCache[str, BaseException] = TTLCache(
+            maxsize=_REMEMBERED_FAILURES, ttl=failure_ttl_s, timer=clock
+        )
 
     def pull(self, image: str) -> None:
         """Pull `image` (or join the pull under way); raises what the pull raised."""
@@ -86,14 +90,12 @@ class ImagePuller:
             raise UnpullableImageError(f"image {image} is not present and cannot be pulled by id")
         with self._lock:
             remembered = self._failures.get(image)
-            if remembered is not None and self._clock() < remembered[0]:
-                raise _fresh_copy(remembered[1])
-            self._failures.pop(image, None)
+            if remembered is not None:
+                raise _fresh_copy(remembered)
             shared = self._in_flight.get(image)
             leader = shared is None
             if shared is None:
                 shared = self._in_flight[image] = Future()
-                self.pulls_started += 1
         if not leader:
             error = shared.exception()
             if error is not None:
@@ -105,7 +107,7 @@ class ImagePuller:
         except BaseException as err:
             with self._lock:
                 if isinstance(err, Exception) and self._failure_ttl_s > 0:
-                    self._failures[image] = (self._clock() + self._failure_ttl_s, err)
+                    self._failures[image] = err
                 del self._in_flight[image]
             shared.set_exception(err)
             raise
