@@ -28,7 +28,7 @@ from ._exit_handling import ExitWatcher
 from ._images import ImagePuller
 from ._models import ActiveWorker
 from ._naming import LabelSchema
-from ._sentry import Reporter
+from ._sentry import ExtraValue, Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
 from ._timeouts import TimeoutController
 from ._tracker import SafeListener, TrackedWorker, WorkerRegistry
@@ -115,17 +115,12 @@ def launch_worker_container(
     releases the slot. Failures are reported to Sentry and re-raised (transport failures
     as `DockerUnavailableError`).
     """
-    reported: list[BaseException] = []
+    reports = _SpawnReports(deps.reporter, context)
     try:
-        image, env, container_id, exit_wait = _start_container(config, context, deps, reported)
+        image, env, container_id, exit_wait = _start_container(config, context, deps, reports)
     except Exception as err:
-        if not any(err is seen for seen in reported) and not isinstance(err, DuplicateJobError):
-            deps.reporter.report(
-                err,
-                "worker_spawn",
-                tags={"jobType": context.job_type},
-                extras={"jobId": context.job_id},
-            )
+        if not reports.covers(err) and not isinstance(err, DuplicateJobError):
+            reports.send(err, "worker_spawn")
         if is_unreachable(err) and not isinstance(err, DockerUnavailableError):
             raise DockerUnavailableError(f"Docker engine unreachable: {err}") from err
         raise
@@ -167,15 +162,36 @@ def launch_worker_container(
     return worker
 
 
+@dataclass
+class _SpawnReports:
+    """The Sentry reports of one launch: an error a fallback path reported is not sent twice."""
+
+    reporter: Reporter
+    context: WorkerContainerLaunchContext
+    covered: list[BaseException] = field(default_factory=list)
+
+    def send(self, err: BaseException, source: str, **extras: ExtraValue) -> None:
+        self.reporter.report(
+            err,
+            source,
+            tags={"jobType": self.context.job_type},
+            extras={"jobId": self.context.job_id, **extras},
+        )
+        self.covered.append(err)
+
+    def covers(self, err: BaseException) -> bool:
+        return any(err is seen for seen in self.covered)
+
+
 def _start_container(
     config: WorkerContainerLaunchConfig,
     context: WorkerContainerLaunchContext,
     deps: WorkerContainerLauncherDependencies,
-    reported: list[BaseException],
+    reports: _SpawnReports,
 ) -> tuple[str, Mapping[str, str], str, ExitWait]:
     """Create and start, with the snapshot and base-image fallbacks of the spec."""
     if config.snapshot is None:
-        return _with_base_image_pull(config, context, deps, reported)
+        return _with_base_image_pull(config, context, deps, reports)
     reuse_env = with_snapshot_reuse(config.env)
     try:
         cid, wait = _create_and_start(config, config.snapshot.image_name, reuse_env, context, deps)
@@ -192,15 +208,9 @@ def _start_container(
         extra={"job_id": context.job_id, "stale_image": stale},
     )
     try:
-        return _with_base_image_pull(replace(config, snapshot=None), context, deps, reported)
+        return _with_base_image_pull(replace(config, snapshot=None), context, deps, reports)
     except Exception as err:
-        deps.reporter.report(
-            err,
-            "worker_spawn_fallback",
-            tags={"jobType": context.job_type},
-            extras={"jobId": context.job_id, "staleImage": stale},
-        )
-        reported.append(err)
+        reports.send(err, "worker_spawn_fallback", staleImage=stale)
         raise
 
 
@@ -208,7 +218,7 @@ def _with_base_image_pull(
     config: WorkerContainerLaunchConfig,
     context: WorkerContainerLaunchContext,
     deps: WorkerContainerLauncherDependencies,
-    reported: list[BaseException],
+    reports: _SpawnReports,
 ) -> tuple[str, Mapping[str, str], str, ExitWait]:
     image = config.base_image
     try:
@@ -220,19 +230,13 @@ def _with_base_image_pull(
     try:
         deps.images.pull(image)
     except Exception as pull_err:
-        deps.reporter.report(
-            pull_err,
-            "worker_image_pull_fallback",
-            tags={"jobType": context.job_type},
-            extras={"jobId": context.job_id, "image": image},
-        )
-        reported.append(pull_err)
+        reports.send(pull_err, "worker_image_pull_fallback", image=image)
         if config.project_image:
             # Never run a project that configured its own image on another one.
             failure = WorkerImageResolutionError(
                 f"project image {image!r} is missing and could not be pulled: {pull_err}"
             )
-            reported.append(failure)
+            reports.covered.append(failure)  # its cause is reported already
             raise failure from pull_err
         raise
     cid, wait = _create_and_start(config, image, config.env, context, deps)
