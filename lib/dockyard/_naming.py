@@ -100,6 +100,27 @@ class LabelSchema:
     def base_image(self) -> str:
         return self.key("base.image")
 
+    # Snapshot images own no worker: they carry labels of their own, never the ones above.
+    @property
+    def snapshot_instance(self) -> str:
+        return self.key("snapshot.instance")
+
+    @property
+    def snapshot_project_id(self) -> str:
+        return self.key("snapshot.project.id")
+
+    @property
+    def snapshot_work_item_id(self) -> str:
+        return self.key("snapshot.work.item.id")
+
+    @property
+    def snapshot_base_image(self) -> str:
+        return self.key("snapshot.base.image")
+
+    @property
+    def snapshot_created(self) -> str:
+        return self.key("snapshot.created")
+
     def ownership_filter(self, instance_id: str) -> list[str]:
         """Docker label filters matching exactly this router instance's managed containers."""
         return [f"{self.managed}=true", f"{self.instance}={instance_id}"]

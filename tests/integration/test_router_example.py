@@ -24,7 +24,7 @@ import redis
 
 import dockyard
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ROUTER = REPO / "examples" / "router.py"
 QUEUE, OUTCOMES, RUNNING = "dockyard:jobs", "dockyard:outcomes", "dockyard:running"
 # Generous bounds that only keep a broken run from hanging; nothing here measures speed.
