@@ -9,25 +9,25 @@ from __future__ import annotations
 import logging
 import math
 import re
-import threading
 import time
-from concurrent.futures import Executor
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from ._docker import DockerGateway, ExitWait, is_conflict, is_not_found, is_unreachable
+from ._docker import DockerGateway, is_conflict, is_not_found, is_unreachable
+from ._lifecycle import TrackedWorker
 from ._models import OutcomeStatus, WorkerOutcome
+from ._retry import RetryPolicy
 from ._sentry import Reporter, WorkerExitError
 from ._snapshots import SnapshotManager
-from ._tracker import TrackedWorker, WorkerRegistry
+from ._tracker import WorkerRegistry
 
 __all__ = ["ExitFacts", "ExitWatcher", "parse_docker_time"]
 
 log = logging.getLogger("dockyard.exits")
 
-_BACKOFF_FIRST_S = 0.2
-_BACKOFF_MAX_S = 5.0
 _MAX_WAIT_RESUMES = 20  # consecutive broken waits on a running container before giving up
 _STABLE_WAIT_S = 10.0  # a wait that held this long ends a streak of broken waits
 _REMOVAL_WAIT_S = 10.0
@@ -99,36 +99,32 @@ class ExitWatcher:
         registry: WorkerRegistry,
         reporter: Reporter,
         snapshots: SnapshotManager | None,
-        executor: Executor,
+        submit: Callable[..., Future[Any]],
         log_tail_lines: int,
-        retry_window_s: float,
+        wait_policy: RetryPolicy,
     ) -> None:
         self._docker = docker
         self._registry = registry
         self._reporter = reporter
         self._snapshots = snapshots
-        self._executor = executor
+        self._submit = submit
         self._log_tail_lines = log_tail_lines
-        self._retry_window_s = retry_window_s
-        self._wake_lock = threading.Lock()
-        self._wake = threading.Event()
+        # Engine unreachable: retried within the policy's window; a wait that keeps
+        # breaking at once on a running container: `_MAX_WAIT_RESUMES` times in a row.
+        self.wait_policy = wait_policy
 
     def watch(self, tracked: TrackedWorker) -> None:
-        self._executor.submit(self._run, tracked)
-
-    def stop(self) -> None:
-        """Wake every retry back-off in progress, so detached watchers end promptly.
-
-        Later back-offs wait normally: the manager may adopt or start workers again.
-        """
-        with self._wake_lock:
-            wake, self._wake = self._wake, threading.Event()
-        wake.set()
+        try:
+            self._submit(self._run, tracked)
+        except RuntimeError:  # the manager closed: the worker was detached with it
+            tracked.to_detached()
 
     def _run(self, tracked: TrackedWorker) -> None:
         try:
             ended = self._await_exit(tracked)
-            if tracked.detached:
+            if isinstance(ended, _Exited) and not tracked.record_exit():
+                return  # detached meanwhile
+            if tracked.is_over:
                 return
             if isinstance(ended, _Lost):
                 self._handle_lost(tracked, ended)
@@ -151,17 +147,20 @@ class ExitWatcher:
         at once (`_MAX_WAIT_RESUMES` times in a row) writes the worker off as lost.
         """
         container_id = tracked.worker.container_id
-        broken_streak = 0  # consecutive waits that broke soon after opening
-        unreachable_since: float | None = None
-        unreachable_attempts = 0
-        exit_wait = tracked.exit_wait
+        unreachable = self.wait_policy.begin(tracked.ended)
+        broken = replace(self.wait_policy, window_s=None, attempts=_MAX_WAIT_RESUMES).begin(
+            tracked.ended
+        )
         while True:
-            if tracked.detached:
+            if tracked.is_over:
                 return _Lost("detached", RuntimeError("detached"))
             opened_at = time.monotonic()
+            exit_wait = tracked.current_exit_wait()
             try:
                 if exit_wait is None:
-                    exit_wait = self._open_wait(tracked)
+                    exit_wait = self._docker.open_wait(container_id)
+                    if not tracked.set_exit_wait(exit_wait):
+                        return _Lost("detached", RuntimeError("detached"))
                 body = exit_wait.result()
                 code = body.get("StatusCode")
                 error = body.get("Error")
@@ -170,73 +169,49 @@ class ExitWatcher:
                     raise _WaitFailed(str(failure))
                 return _Exited(int(code) if isinstance(code, int) else None)
             except Exception as err:
-                exit_wait = None
-                if tracked.detached:
+                if exit_wait is not None:
+                    tracked.drop_exit_wait(exit_wait)
+                if tracked.is_over:
                     return _Lost("detached", err)
                 wait_error = err
             if time.monotonic() - opened_at >= _STABLE_WAIT_S:
-                broken_streak = 0  # that wait held: not part of a streak of failures
+                broken.reset()  # that wait held: not part of a streak of failures
             # The wait broke: find out whether the worker is still there.
             try:
                 info = self._docker.inspect(container_id)
             except Exception as err:
                 if is_not_found(err):
                     return _Lost("container is gone", wait_error)
-                now = time.monotonic()
-                if unreachable_since is None:
-                    unreachable_since = now
-                if now - unreachable_since > self._retry_window_s:
-                    return _Lost("engine unreachable", err)
                 log.info(
                     "wait interrupted and the engine does not answer; retrying",
                     extra={"job_id": tracked.job_id, "error": str(err)},
                 )
-                self._back_off(tracked, unreachable_attempts)
-                unreachable_attempts += 1
+                if not unreachable.sleep():
+                    return _Lost("engine unreachable", err)
                 continue
-            unreachable_since = None
-            unreachable_attempts = 0
+            unreachable.reset()
             state = info.get("State") or {}
             if state.get("Running") or state.get("Restarting") or state.get("Paused"):
-                broken_streak += 1
-                if broken_streak > _MAX_WAIT_RESUMES:
-                    return _Lost("wait kept failing", wait_error)
                 log.info(
                     "wait interrupted; worker still running, resuming",
-                    extra={"job_id": tracked.job_id, "attempt": broken_streak},
+                    extra={"job_id": tracked.job_id, "attempt": broken.attempt + 1},
                 )
-                self._back_off(tracked, broken_streak - 1)
+                if not broken.sleep():
+                    return _Lost("wait kept failing", wait_error)
                 continue
             code = state.get("ExitCode")
             return _Exited(int(code) if isinstance(code, int) else None, info)
-
-    def _open_wait(self, tracked: TrackedWorker) -> ExitWait:
-        """A new wait, kept on the worker so that `detach_all` can close it."""
-        exit_wait = self._docker.open_wait(tracked.worker.container_id)
-        tracked.exit_wait = exit_wait
-        if tracked.detached:  # detached between the check and the assignment
-            exit_wait.close()
-        return exit_wait
-
-    def _back_off(self, tracked: TrackedWorker, attempt: int) -> None:
-        with self._wake_lock:
-            wake = self._wake
-        # Workers are marked detached before `stop()` swaps the event: a back-off that
-        # took the fresh event sees the mark here instead of sleeping through it.
-        if not tracked.detached:
-            wake.wait(min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2**attempt))
 
     # -- after the exit -----------------------------------------------------------------
 
     def _handle_exit(self, tracked: TrackedWorker, exited: _Exited) -> None:
         worker = tracked.worker
-        killed = self._registry.mark_exited(tracked)
         info = exited.info or self._inspect(tracked)
         facts = exit_facts(info.get("State") or {}) if info is not None else ExitFacts()
         self._log_tail(tracked)
         code = exited.status_code
         status: OutcomeStatus
-        if killed:
+        if _caused_by_kill(tracked, facts):
             status = "timed_out"
         elif code == 0:
             status = "succeeded"
@@ -269,7 +244,10 @@ class ExitWatcher:
         ):
             # The exit inspect already holds the env to scrub: no second round-trip.
             env = (info.get("Config") or {}).get("Env") if info is not None else None
-            self._snapshots.commit(worker, tracked.env_keys, container_env=env)
+            try:
+                self._snapshots.commit(worker, tracked.env_keys, container_env=env)
+            except Exception:  # a snapshot only saves warmth: never the outcome
+                log.exception("snapshot commit failed", extra={"job_id": worker.job_id})
         self._remove(tracked)
         outcome = WorkerOutcome(
             job_id=worker.job_id,
@@ -313,9 +291,15 @@ class ExitWatcher:
         try:
             return self._docker.inspect(tracked.worker.container_id)
         except Exception as err:
-            log.warning(
-                "inspect after exit failed", extra={"job_id": tracked.job_id, "error": str(err)}
-            )
+            worker_id = tracked.job_id
+            if is_not_found(err):  # expected with AutoRemove: the engine was quicker
+                log.debug("container gone before the exit inspect", extra={"job_id": worker_id})
+            else:
+                log.warning(
+                    "could not inspect an exited worker; its outcome lacks OOM and duration "
+                    "details (check that the Docker engine is healthy)",
+                    extra={"job_id": tracked.job_id, "error": str(err)},
+                )
             return None
 
     def _log_tail(self, tracked: TrackedWorker) -> None:
@@ -345,8 +329,9 @@ class ExitWatcher:
         # meet 409/404. Removing it ourselves is the fallback when that does not happen.
         if tracked.auto_remove and self._await_removal(tracked):
             return
-        since = time.monotonic()
-        attempt = 0
+        # An engine restarting must not leave the container behind: retry as long as a
+        # broken wait would be retried.
+        retry = self.wait_policy.begin(tracked.ended)
         while True:
             try:
                 self._docker.remove(container_id, force=True)
@@ -356,18 +341,11 @@ class ExitWatcher:
                     return
                 if is_conflict(err):  # 409: the engine's own auto-removal is under way
                     break
-                # An engine restarting must not leave the container behind: retry as long
-                # as a broken wait would be retried.
-                if (
-                    is_unreachable(err)
-                    and not tracked.detached
-                    and time.monotonic() - since < self._retry_window_s
-                ):
-                    self._back_off(tracked, attempt)
-                    attempt += 1
+                if is_unreachable(err) and retry.sleep():
                     continue
                 log.warning(
-                    "removing a worker container failed",
+                    "could not remove a finished worker container; the orphan scan removes "
+                    "it later (check that the Docker engine is healthy)",
                     extra={"job_id": tracked.job_id, "container_id": tracked.worker.short_id},
                 )
                 return
@@ -385,3 +363,17 @@ class ExitWatcher:
             )
             return False
         return True
+
+
+def _caused_by_kill(tracked: TrackedWorker, facts: ExitFacts) -> bool:
+    """The kill began before the exit: a natural exit the kill only raced stays natural.
+
+    Compares durations, not clocks (the engine's clock may differ from ours): the run
+    ended naturally when it lasted less than the time from its start to the kill.
+    """
+    kill_began = tracked.kill_began
+    if kill_began is None:
+        return False
+    if facts.duration_s is None:
+        return True
+    return facts.duration_s >= (kill_began - tracked.worker.started_at).total_seconds()

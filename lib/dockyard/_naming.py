@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-__all__ = ["LabelSchema", "container_name", "snapshot_image_name"]
+__all__ = ["LabelSchema", "WorkerLabels", "container_name", "snapshot_image_name"]
 
 MAX_NAME_LENGTH = 128
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
@@ -49,6 +49,21 @@ def snapshot_image_name(prefix: str, project_id: str, work_item_id: str) -> str:
         f"{prefix}{_image_part(project_id)}-{_image_part(work_item_id)}"
         f"-{_short_hash(project_id, work_item_id)}"
     )
+
+
+@dataclass(frozen=True)
+class WorkerLabels:
+    """What a worker container's labels say about it: `LabelSchema.parse` of `for_worker`."""
+
+    instance_id: str
+    job_id: str
+    job_type: str
+    project_id: str | None
+    work_item_id: str | None
+    agent_type: str | None
+    snapshot_enabled: bool
+    deadline: datetime | None
+    base_image: str | None
 
 
 @dataclass(frozen=True)
@@ -135,10 +150,11 @@ class LabelSchema:
         work_item_id: str | None,
         agent_type: str | None,
         snapshot_enabled: bool,
-        deadline: datetime,
+        deadline: datetime | None,
         base_image: str,
     ) -> dict[str, str]:
-        return {
+        """The labels of a worker; without a deadline, `with_deadline` adds it at create."""
+        labels = {
             self.job_id: job_id,
             self.job_type: job_type,
             self.managed: "true",
@@ -147,9 +163,29 @@ class LabelSchema:
             self.work_item_id: work_item_id or "",
             self.agent_type: agent_type or "",
             self.snapshot_enabled: "true" if snapshot_enabled else "false",
-            self.deadline: format_deadline(deadline),
             self.base_image: base_image,
         }
+        return labels if deadline is None else self.with_deadline(labels, deadline)
+
+    def with_deadline(self, labels: Mapping[str, str], deadline: datetime) -> dict[str, str]:
+        return {**labels, self.deadline: format_deadline(deadline)}
+
+    def parse(self, labels: Mapping[str, str]) -> WorkerLabels | None:
+        """Read back what `for_worker` wrote; None when the labels name no managed job."""
+        job_id = labels.get(self.job_id)
+        if labels.get(self.managed) != "true" or not job_id:
+            return None
+        return WorkerLabels(
+            instance_id=labels.get(self.instance, ""),
+            job_id=job_id,
+            job_type=labels.get(self.job_type, ""),
+            project_id=labels.get(self.project_id) or None,
+            work_item_id=labels.get(self.work_item_id) or None,
+            agent_type=labels.get(self.agent_type) or None,
+            snapshot_enabled=labels.get(self.snapshot_enabled) == "true",
+            deadline=parse_deadline(labels.get(self.deadline)),
+            base_image=labels.get(self.base_image) or None,
+        )
 
     def owned_by(self, labels: Mapping[str, str], instance_id: str) -> bool:
         return labels.get(self.managed) == "true" and labels.get(self.instance) == instance_id

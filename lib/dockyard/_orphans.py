@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,12 +13,15 @@ from ._docker import DockerGateway, is_conflict, is_not_found
 from ._environment import secret_values
 from ._errors import DuplicateJobError
 from ._exit_handling import ExitWatcher, parse_docker_time
+from ._launch_plan import LaunchPlan
+from ._lifecycle import TrackedWorker
+from ._loops import Activity
 from ._models import ActiveWorker
 from ._naming import LabelSchema, parse_deadline
 from ._sentry import Reporter
 from ._slots import SlotGate
 from ._timeouts import TimeoutController
-from ._tracker import SafeListener, TrackedWorker, WorkerRegistry
+from ._tracker import SafeListener, WorkerRegistry
 
 __all__ = ["OrphanReaper", "WorkerAdopter"]
 
@@ -42,9 +45,18 @@ class OrphanReaper:
     reporter: Reporter
     listener: SafeListener
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    activity: Activity = field(default_factory=Activity)
+
+    def close(self) -> None:
+        """No scan starts any more; waits for one under way to reach its next check."""
+        self.activity.close()
 
     def scan(self) -> list[str]:
         """One scan; returns the ids of the containers stopped or removed."""
+        with self.activity.enter() as allowed:
+            return self._scan() if allowed else []
+
+    def _scan(self) -> list[str]:
         try:
             containers = self.docker.list_containers(
                 self.labels.ownership_filter(self.config.router_instance_id), all=True
@@ -56,6 +68,8 @@ class OrphanReaper:
         handled: list[str] = []
         now = self.clock()
         for container in containers:
+            if self.activity.closed:
+                break  # the manager is closing: no engine call after close() returns
             container_id = str(container.get("Id", ""))
             labels = _labels(container)
             # Re-check ownership: a filter is not a guarantee we want to bet containers on.
@@ -96,7 +110,8 @@ class OrphanReaper:
                         "stopping an orphaned worker failed; removing it by force",
                         extra={"container_id": container_id[:12], "error": str(err)},
                     )
-            self._remove(container_id)
+            if not self.activity.closed:  # else the next scan removes it as exited
+                self._remove(container_id)
             self.listener.orphan_stopped(container_id, labels)
             return True
         if state == "created" and not self._overdue(container, labels, now, created_only=True):
@@ -163,6 +178,8 @@ class WorkerAdopter:
                 continue
             try:
                 worker = self._adopt_one(container_id, job_id, labels)
+            except _Closed:
+                break
             except Exception as err:
                 self.registry.unreserve(job_id)
                 log.warning(
@@ -184,43 +201,43 @@ class WorkerAdopter:
         if not state.get("Running"):
             return None  # exited meanwhile: the orphan scan removes it
         started_at = parse_docker_time(state.get("StartedAt")) or self.clock()
-        deadline = parse_deadline(labels.get(self.labels.deadline)) or (
-            started_at + timedelta(seconds=self.config.worker_timeout_s)
+        plan = LaunchPlan.from_container(
+            self.labels, info, started_at, self.config.worker_timeout_s
         )
-        worker = ActiveWorker(
-            job_id=job_id,
-            container_id=container_id,
-            container_name=str(info.get("Name", "")).lstrip("/"),
-            image=str((info.get("Config") or {}).get("Image", "")),
-            started_at=started_at,
-            deadline=deadline,
-            project_id=labels.get(self.labels.project_id) or None,
-            work_item_id=labels.get(self.labels.work_item_id) or None,
-            agent_type=labels.get(self.labels.agent_type) or None,
-            job_type=labels.get(self.labels.job_type, ""),
-            snapshot_enabled=labels.get(self.labels.snapshot_enabled) == "true",
+        if plan is None or plan.job_id != job_id:
+            return None
+        config = info.get("Config") or {}
+        worker = plan.worker(
+            container_id=container_id, image=str(config.get("Image", "")), started_at=started_at
         )
         # The wait is in place before the timer can fire, so the exit a kill causes (and
         # the engine's auto-removal after it) is never missed; it answers at once when
         # the container stopped since the inspect above.
         exit_wait = self.docker.open_wait(container_id)
-        env = dict(item.partition("=")[::2] for item in (info.get("Config") or {}).get("Env") or [])
+        env = dict(item.partition("=")[::2] for item in config.get("Env") or [])
+        # It already runs: it takes a slot, even over capacity.
+        lease = self.slots.lease_over_capacity()
         tracked = TrackedWorker(
-            worker=worker,
-            release_slot=self.slots.release,
+            worker,
+            lease.release,
             exit_wait=exit_wait,
             env_keys=tuple(env),
             secrets=secret_values(env),
             auto_remove=bool((info.get("HostConfig") or {}).get("AutoRemove")),
         )
-        self.slots.acquire_over_capacity()  # it already runs: it takes a slot, even over
-        self.registry.register(tracked)
-        remaining = (deadline - self.clock()).total_seconds()
+        remaining = (worker.deadline - self.clock()).total_seconds()
+        self.timeouts.arm(tracked, remaining)
+        if not self.registry.register(tracked):
+            tracked.to_detached()  # closed meanwhile: leave it running, as close() does
+            raise _Closed
         log.info(
             "adopted running worker",
             extra={"job_id": job_id, "container_id": container_id[:12], "remaining_s": remaining},
         )
         self.listener.started(worker)
         self.exits.watch(tracked)
-        self.timeouts.arm(tracked, remaining)
         return worker
+
+
+class _Closed(Exception):
+    """The manager closed while adopting."""

@@ -8,57 +8,73 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from ._docker import DockerGateway, is_not_found
+from ._lifecycle import TrackedWorker
+from ._loops import Activity
+from ._retry import RetryPolicy
 from ._sentry import Reporter, WorkerTimeoutError
-from ._tracker import TrackedWorker, WorkerRegistry
 
 __all__ = ["TimeoutController"]
 
 log = logging.getLogger("dockyard.timeouts")
-
-_KILL_RETRIES = 5  # further rounds of stop-then-kill when both failed (engine blip)
-_KILL_RETRY_FIRST_S = 1.0
 
 
 class TimeoutController:
     """Arms per-worker timers; on expiry reports and stops the container.
 
     The kill path only marks the worker and stops its container: the exit that follows is
-    handled by the exit watcher, which turns it into the single `timed_out` outcome.
+    handled by the exit watcher, which turns it into the single `timed_out` outcome. A
+    failing stop is retried under `kill_policy` (at least as long as a broken wait is), its
+    back-offs end as soon as the worker exits or is detached.
     """
 
     def __init__(
-        self, docker: DockerGateway, registry: WorkerRegistry, reporter: Reporter, grace_s: float
+        self,
+        docker: DockerGateway,
+        reporter: Reporter,
+        grace_s: float,
+        kill_policy: RetryPolicy,
     ) -> None:
         self._docker = docker
-        self._registry = registry
         self._reporter = reporter
         self._grace_s = grace_s
+        self.kill_policy = kill_policy
+        self._closing = threading.Event()
+        self._busy = Activity()  # timers inside their function
 
     def arm(self, tracked: TrackedWorker, delay_s: float) -> None:
-        self._schedule(tracked, delay_s, "timeout", self._expire, tracked)
+        self._schedule(tracked, delay_s, "timeout", self._expire)
 
-    @staticmethod
+    def close(self) -> None:
+        """No timer acts any more; waits for those already inside their function."""
+        self._closing.set()
+        self._busy.close()
+
     def _schedule(
-        tracked: TrackedWorker, delay_s: float, kind: str, fn: Callable[..., None], *args: object
+        self,
+        tracked: TrackedWorker,
+        delay_s: float,
+        kind: str,
+        fn: Callable[[TrackedWorker], None],
     ) -> None:
         """Make a daemon timer the worker's only pending timer (cleanup cancels it)."""
-        timer = threading.Timer(max(0.0, delay_s), fn, args=args)
+        timer = threading.Timer(max(0.0, delay_s), self._guarded, args=(fn, tracked))
         timer.daemon = True
         timer.name = f"dockyard-{kind}-{tracked.job_id[:40]}"
-        previous, tracked.timer = tracked.timer, timer
-        if previous is not None:
-            previous.cancel()  # e.g. a timeout still pending when a kill on request retries
-        timer.start()
-        if tracked.settled or tracked.detached:  # ended before its timer was in place
-            timer.cancel()
+        if tracked.set_timer(timer) and not self._closing.is_set():
+            timer.start()
+
+    def _guarded(self, fn: Callable[[TrackedWorker], None], tracked: TrackedWorker) -> None:
+        with self._busy.enter() as allowed:
+            if allowed:
+                fn(tracked)
 
     def _expire(self, tracked: TrackedWorker) -> None:
-        if not self._registry.begin_kill(tracked):
+        if not tracked.begin_kill():
             return  # exited, settled or detached meanwhile
         try:
             self._report_timeout(tracked)
         finally:  # whatever happens to the report, the overrunning worker is stopped
-            self._stop(tracked)
+            self._kill_until_stopped(tracked)
 
     def _report_timeout(self, tracked: TrackedWorker) -> None:
         worker = tracked.worker
@@ -80,49 +96,58 @@ class TimeoutController:
         )
 
     def kill(self, tracked: TrackedWorker) -> bool:
-        """The kill path on demand; False when the worker already ended."""
-        if not self._registry.begin_kill(tracked):
-            return tracked.kill_started and not tracked.settled
-        log.info("killing worker on request", extra={"job_id": tracked.job_id})
-        self._stop(tracked)
+        """The kill path on demand; False when the worker already exited or ended.
+
+        A worker whose kill began earlier but which still runs gets its stop again.
+        """
+        if tracked.begin_kill():
+            log.info("killing worker on request", extra={"job_id": tracked.job_id})
+        elif tracked.may_stop():
+            log.info("worker still running; stopping it again", extra={"job_id": tracked.job_id})
+        else:
+            return False
+        if not self._stop_once(tracked):
+            self._schedule(tracked, 0.0, "kill-retry", self._kill_until_stopped)
         return True
 
-    def _stop(self, tracked: TrackedWorker, attempt: int = 0) -> None:
+    def _kill_until_stopped(self, tracked: TrackedWorker) -> None:
+        """Stop, else kill; again after each back-off while the worker runs."""
+        run = self.kill_policy.begin(tracked.exited)
+        while tracked.may_stop() and not self._closing.is_set():
+            if self._stop_once(tracked):
+                return
+            if not run.sleep():
+                break
+        if tracked.may_stop() and not self._closing.is_set():
+            log.error(
+                "could not stop an overdue worker; the engine refuses stop and kill "
+                "(check the engine, or stop the container by hand)",
+                extra={"job_id": tracked.job_id, "container_id": tracked.worker.short_id},
+            )
+
+    def _stop_once(self, tracked: TrackedWorker) -> bool:
+        """One round of stop-then-kill; True when the container is stopping or gone."""
         worker = tracked.worker
         try:
             self._docker.stop(worker.container_id, self._grace_s)  # SIGTERM, then SIGKILL
-            return
+            return True
         except Exception as err:
             if is_not_found(err):
-                return  # already gone: the exit watcher reports it
+                return True  # already gone: the exit watcher reports it
             log.warning(
                 "stopping a worker failed; sending SIGKILL",
                 extra={"job_id": worker.job_id, "container_id": worker.short_id, "error": str(err)},
             )
+        if self._closing.is_set() or not tracked.may_stop():
+            return True
         try:
             self._docker.kill(worker.container_id)
-            return
+            return True
         except Exception as err:
             if is_not_found(err):
-                return
+                return True
             log.warning(
-                "killing a worker failed",
+                "killing a worker failed; retrying",
                 extra={"job_id": worker.job_id, "container_id": worker.short_id, "error": str(err)},
             )
-        self._retry_later(tracked, attempt)
-
-    def _retry_later(self, tracked: TrackedWorker, attempt: int) -> None:
-        """Try the kill path again: an overrunning worker must not keep its slot forever."""
-        if attempt >= _KILL_RETRIES:
-            log.error(
-                "giving up stopping a worker; it keeps running until it exits",
-                extra={"job_id": tracked.job_id, "container_id": tracked.worker.short_id},
-            )
-            return
-        delay = _KILL_RETRY_FIRST_S * 2**attempt
-        self._schedule(tracked, delay, "kill-retry", self._retry, tracked, attempt + 1)
-
-    def _retry(self, tracked: TrackedWorker, attempt: int) -> None:
-        if tracked.settled or tracked.detached or tracked.exited:
-            return
-        self._stop(tracked, attempt)
+        return False

@@ -6,12 +6,11 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 
 from cachetools import LRUCache
 
-from ._docker import ExitWait
 from ._errors import DuplicateJobError
+from ._lifecycle import TrackedWorker
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 
 __all__ = ["SafeListener", "TrackedWorker", "WorkerRegistry"]
@@ -46,36 +45,19 @@ class SafeListener:
             log.exception("lifecycle listener failed", extra={"hook": hook, "job_id": job_id})
 
 
-@dataclass(eq=False)
-class TrackedWorker:
-    """One started worker and everything needed to end it exactly once."""
-
-    worker: ActiveWorker
-    release_slot: Callable[[], None]
-    future: Future[WorkerOutcome] = field(default_factory=Future)
-    timer: threading.Timer | None = None
-    exit_wait: ExitWait | None = None
-    env_keys: tuple[str, ...] = ()  # names of the launch env, for scrubbing snapshots
-    secrets: tuple[str, ...] = ()  # values masked in the worker's log tail
-    auto_remove: bool = False  # created with AutoRemove: the engine removes it on exit
-    kill_started: bool = False  # the kill path began: the exit that follows is a timeout
-    exited: bool = False  # the engine reported the exit: too late to start a kill
-    settled: bool = False
-    detached: bool = False
-
-    @property
-    def job_id(self) -> str:
-        return self.worker.job_id
-
-
 class WorkerRegistry:
-    """Tracks job ids from reservation to outcome; guarantees one outcome per worker."""
+    """Tracks job ids from reservation to outcome; guarantees one outcome per worker.
+
+    A reservation already carries the run's outcome future, so `wait_for_worker` on a job
+    id that is being re-run waits for the new run instead of answering with the last one.
+    """
 
     def __init__(self, listener: SafeListener, history: int) -> None:
         self._listener = listener
         self._lock = threading.Lock()
-        self._reserved: set[str] = set()
+        self._reserved: dict[str, Future[WorkerOutcome]] = {}
         self._active: dict[str, TrackedWorker] = {}
+        self._closed = False
         # Finished outcomes stay answerable to wait_for_worker, bounded.
         self._history: LRUCache[str, Future[WorkerOutcome]] = LRUCache(maxsize=history)
 
@@ -84,17 +66,30 @@ class WorkerRegistry:
         with self._lock:
             if job_id in self._reserved or job_id in self._active:
                 raise DuplicateJobError(job_id)
-            self._reserved.add(job_id)
+            self._reserved[job_id] = Future()
 
     def unreserve(self, job_id: str) -> None:
+        """Give up a reservation that started no worker; its waiters learn of none."""
         with self._lock:
-            self._reserved.discard(job_id)
+            pending = self._reserved.pop(job_id, None)
+        if pending is not None and pending.set_running_or_notify_cancel():
+            pending.set_exception(KeyError(f"no worker was started for job {job_id!r}"))
 
-    def register(self, tracked: TrackedWorker) -> None:
+    def register(self, tracked: TrackedWorker) -> bool:
+        """Make a started worker active; False once the registry is closed."""
         with self._lock:
-            self._reserved.discard(tracked.job_id)
-            self._active[tracked.job_id] = tracked
-            self._history.pop(tracked.job_id, None)
+            pending = self._reserved.pop(tracked.job_id, None)
+            if self._closed:
+                refused = True
+            else:
+                refused = False
+                if pending is not None:
+                    tracked.future = pending
+                self._active[tracked.job_id] = tracked
+                self._history.pop(tracked.job_id, None)
+        if refused and pending is not None and pending.set_running_or_notify_cancel():
+            pending.set_exception(KeyError(f"closed before job {tracked.job_id!r} was tracked"))
+        return not refused
 
     def get(self, job_id: str) -> TrackedWorker | None:
         with self._lock:
@@ -117,40 +112,27 @@ class WorkerRegistry:
             return len(self._active)
 
     def future(self, job_id: str) -> Future[WorkerOutcome]:
-        """The outcome future of an active or recently finished job; `KeyError` otherwise."""
+        """The outcome future of a spawning, active or recently finished job; else `KeyError`."""
         with self._lock:
             tracked = self._active.get(job_id)
             if tracked is not None:
                 return tracked.future
+            pending = self._reserved.get(job_id)
+            if pending is not None:
+                return pending
             return self._history[job_id]
-
-    def begin_kill(self, tracked: TrackedWorker) -> bool:
-        """Mark the kill path as started; False when the worker already ended or was detached."""
-        with self._lock:
-            if tracked.settled or tracked.detached or tracked.kill_started or tracked.exited:
-                return False
-            tracked.kill_started = True
-            return True
-
-    def mark_exited(self, tracked: TrackedWorker) -> bool:
-        """Record that the container exited; True when that exit was caused by the kill path."""
-        with self._lock:
-            tracked.exited = True
-            return tracked.kill_started
 
     def settle(self, tracked: TrackedWorker, outcome: WorkerOutcome) -> bool:
         """Deliver a worker's outcome; only the first call for a worker has any effect."""
         with self._lock:
-            if tracked.settled or tracked.detached:
+            if not tracked.to_settled():
                 return False
-            tracked.settled = True
             if self._active.get(tracked.job_id) is tracked:
                 del self._active[tracked.job_id]
-            self._history[tracked.job_id] = tracked.future
-        if tracked.timer is not None:
-            tracked.timer.cancel()
-        tracked.release_slot()
-        tracked.future.set_result(outcome)
+            if tracked.job_id not in self._reserved:  # else a re-run's waiters wait on
+                self._history[tracked.job_id] = tracked.future
+        if tracked.future.set_running_or_notify_cancel():
+            tracked.future.set_result(outcome)
         self._listener.finished(tracked.worker, outcome)
         return True
 
@@ -159,13 +141,10 @@ class WorkerRegistry:
         with self._lock:
             detached = list(self._active.values())
             self._active.clear()
-            for tracked in detached:
-                tracked.detached = True
-        for tracked in detached:
-            if tracked.timer is not None:
-                tracked.timer.cancel()
-            if tracked.exit_wait is not None:
-                tracked.exit_wait.close()
-            tracked.release_slot()
-            tracked.future.cancel()  # wait_for_worker raises CancelledError instead of hanging
-        return detached
+        return [tracked for tracked in detached if tracked.to_detached()]
+
+    def close(self) -> list[TrackedWorker]:
+        """Detach everything and refuse later registrations (an adoption racing close)."""
+        with self._lock:
+            self._closed = True
+        return self.detach_all()

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import replace
-from datetime import timedelta
 from types import TracebackType
 from typing import Self
 
@@ -39,12 +38,14 @@ from ._jobs import (
     next_generated_job_id,
     resolve_job_fields,
 )
-from ._loops import PeriodicTask
+from ._launch_plan import LaunchPlan
+from ._loops import ManagedPool, PeriodicTask
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
-from ._naming import LabelSchema, container_name
+from ._naming import LabelSchema, WorkerLabels, container_name
 from ._orphans import OrphanReaper, WorkerAdopter
+from ._retry import RetryPolicy
 from ._sentry import Reporter, SentryReporter
-from ._slots import SlotGate
+from ._slots import SlotGate, SlotLease
 from ._snapshot_registry import SnapshotRegistry
 from ._snapshots import SnapshotManager
 from ._spawn_settings import find_project, resolve_spawn_settings
@@ -113,10 +114,8 @@ class ContainerManager:
             job_data_store=job_data_store,
             reporter=self._reporter,
         )
-        self._launch_executor = ThreadPoolExecutor(
-            config.launch_concurrency, thread_name_prefix="dockyard-launch"
-        )
-        self._wait_executor = ThreadPoolExecutor(wait_pool, thread_name_prefix="dockyard-wait")
+        self._launch_executor = ManagedPool(config.launch_concurrency, "dockyard-launch")
+        self._wait_executor = ManagedPool(wait_pool, "dockyard-wait")
         self.snapshots = SnapshotRegistry(
             default_ttl_s=config.snapshot_default_ttl_s,
             max_count=config.snapshot_max_count,
@@ -126,17 +125,23 @@ class ContainerManager:
         self._snapshot_manager = SnapshotManager(
             self._docker, self.snapshots, self._reporter, config, self._labels
         )
+        # A stop keeps being retried at least as long as a broken wait is.
+        kill_policy = RetryPolicy(
+            first_delay_s=1.0,
+            max_delay_s=5.0,
+            window_s=config.wait_retry_window_s + config.stop_grace_s,
+        )
         self._timeouts = TimeoutController(
-            self._docker, self._registry, self._reporter, config.stop_grace_s
+            self._docker, self._reporter, config.stop_grace_s, kill_policy
         )
         self._exits = ExitWatcher(
             docker=self._docker,
             registry=self._registry,
             reporter=self._reporter,
             snapshots=self._snapshot_manager,
-            executor=self._wait_executor,
+            submit=self._wait_executor.submit,
             log_tail_lines=config.log_tail_lines,
-            retry_window_s=config.wait_retry_window_s,
+            wait_policy=RetryPolicy(window_s=config.wait_retry_window_s),
         )
         self._launcher = WorkerContainerLauncherDependencies(
             docker=self._docker,
@@ -182,12 +187,12 @@ class ContainerManager:
         settings = resolve_spawn_settings(self.config, project)
         check_job_data(fields, self._env_sources)
         fields = self._reserve(fields)
-        slot_held = False
+        lease: SlotLease | None = None
         try:
             timeout = self.config.slot_wait_timeout_s if slot_timeout is None else slot_timeout
-            if not self._slots.acquire(timeout):
+            lease = self._slots.lease(timeout)
+            if lease is None:
                 raise NoWorkerSlotError(fields.job_id, timeout, self.config.max_workers)
-            slot_held = True
             env = build_worker_env(
                 fields, self._env_sources, snapshot_enabled=settings.snapshot_enabled
             )
@@ -197,11 +202,8 @@ class ContainerManager:
                 snapshot = self.snapshots.get(
                     fields.project_id, fields.work_item_id, ttl=settings.snapshot_ttl_s
                 )
-            launch = WorkerContainerLaunchConfig(
-                name=container_name(self.config.container_name_prefix, fields.job_id),
-                base_image=settings.base_image,
-                env=env,
-                labels=self._labels.for_worker(
+            plan = LaunchPlan(
+                WorkerLabels(
                     instance_id=self.config.router_instance_id,
                     job_id=fields.job_id,
                     job_type=fields.job_type,
@@ -209,9 +211,17 @@ class ContainerManager:
                     work_item_id=fields.work_item_id,
                     agent_type=fields.agent_type,
                     snapshot_enabled=settings.snapshot_enabled,
-                    deadline=self._launcher.clock() + timedelta(seconds=settings.timeout_s),
+                    deadline=None,  # fixed at start, after the slot wait and any pull
                     base_image=settings.base_image,
                 ),
+                name=container_name(self.config.container_name_prefix, fields.job_id),
+                timeout_s=settings.timeout_s,
+            )
+            launch = WorkerContainerLaunchConfig(
+                name=plan.name,
+                base_image=settings.base_image,
+                env=env,
+                labels=plan.labels(self._labels),
                 memory_mb=self.config.worker_memory_mb,
                 network=self.config.docker_network,
                 auto_remove=self.config.auto_remove_workers and not settings.snapshot_enabled,
@@ -230,29 +240,30 @@ class ContainerManager:
                 work_item_id=fields.work_item_id,
                 agent_type=fields.agent_type,
                 snapshot_enabled=settings.snapshot_enabled,
-                release_slot=self._slots.release,
+                release_slot=lease.release,
+                plan=plan,
             )
             future = self._launch_executor.submit(
                 launch_worker_container, launch, context, self._launcher
             )
         except BaseException:
-            self._abandon_spawn(fields.job_id, slot_held)
+            self._abandon_spawn(fields.job_id, lease)
             raise
         try:
             return future.result()
         except BaseException:
-            if future.done():
-                self._abandon_spawn(fields.job_id, slot_held=True)
-            else:
-                # Interrupted while the launch goes on: settle the slot once it ends.
-                future.add_done_callback(
-                    lambda done: (
-                        None
-                        if not done.cancelled() and done.exception() is None
-                        else self._abandon_spawn(fields.job_id, slot_held=True)
-                    )
-                )
+            # Failed, or interrupted (the launch may still succeed): the slot goes back only
+            # when no worker took it over; a started worker releases it when it ends.
+            future.add_done_callback(
+                lambda done: self._abandon_unless_started(done, fields.job_id, lease)
+            )
             raise
+
+    def _abandon_unless_started(
+        self, done: Future[ActiveWorker], job_id: str, lease: SlotLease
+    ) -> None:
+        if done.cancelled() or done.exception() is not None:
+            self._abandon_spawn(job_id, lease)
 
     def _reserve(self, fields: JobFields) -> JobFields:
         """Claim the job id; a made-up id taken already moves on to the next millisecond.
@@ -270,11 +281,11 @@ class ContainerManager:
                 return fields
         raise DuplicateJobError(fields.job_id)
 
-    def _abandon_spawn(self, job_id: str, slot_held: bool) -> None:
+    def _abandon_spawn(self, job_id: str, lease: SlotLease | None) -> None:
         """Undo a spawn that never registered a worker: free its id and slot."""
         self._registry.unreserve(job_id)
-        if slot_held:
-            self._slots.release()
+        if lease is not None:
+            lease.release()
 
     def wait_for_worker(self, job_id: str, timeout: float | None = None) -> WorkerOutcome:
         """Block until `job_id`'s outcome is known (also after it finished).
@@ -345,21 +356,29 @@ class ContainerManager:
         self._snapshot_loop.stop()
         self._orphan_loop.stop()
         detached = self._registry.detach_all()
-        self._exits.stop()  # after marking the workers detached: see ExitWatcher._back_off
         if detached:
             log.info("detached from running workers", extra={"count": len(detached)})
 
     def close(self) -> None:
-        """Detach, stop the loops, shut the executors down and close connections."""
+        """Detach, stop the loops, shut the executors down and close connections.
+
+        Safe from any thread, a listener callback included; idempotent. When it returns no
+        dockyard thread calls the engine again (a launch or scan under way is waited for).
+        """
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
-        # Launches under way finish first, so that detaching also catches their workers
-        # (one registered after the detach would keep its timer and wait alive).
-        self._launch_executor.shutdown(wait=True, cancel_futures=True)
-        self.detach_all()
-        self._wait_executor.shutdown(wait=True, cancel_futures=True)
+        # Launches under way finish first, so that detaching also catches their workers.
+        self._launch_executor.shutdown()
+        detached = self._registry.close()  # later registrations (an adoption) are refused
+        if detached:
+            log.info("detached from running workers", extra={"count": len(detached)})
+        self._reaper.close()
+        self._snapshot_loop.stop()
+        self._orphan_loop.stop()
+        self._timeouts.close()
+        self._wait_executor.shutdown()
         self._docker.close()
 
     def __enter__(self) -> Self:
@@ -380,5 +399,15 @@ class ContainerManager:
             raise RuntimeError("this ContainerManager is closed")
 
     def _project_snapshot_ttl(self, project_id: str) -> float | None:
-        project = find_project(self._projects, project_id)
+        # Called under the snapshot registry's lock, also from a snapshot commit: a host
+        # hook that fails must cost the project's TTL, never an outcome or a container.
+        try:
+            project = find_project(self._projects, project_id)
+        except Exception as err:
+            log.warning(
+                "project lookup failed; using the global snapshot TTL "
+                "(check the host's projects.list_projects)",
+                extra={"project_id": project_id, "error": type(err).__name__},
+            )
+            return None
         return project.snapshot_ttl_s if project is not None else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from docker.errors import APIError
 
@@ -26,12 +26,14 @@ from ._environment import with_snapshot_reuse
 from ._errors import DockerUnavailableError, DuplicateJobError, WorkerImageResolutionError
 from ._exit_handling import ExitWatcher
 from ._images import ImagePuller
+from ._launch_plan import LaunchPlan
+from ._lifecycle import TrackedWorker
 from ._models import ActiveWorker
-from ._naming import LabelSchema
+from ._naming import LabelSchema, WorkerLabels
 from ._sentry import ExtraValue, Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
 from ._timeouts import TimeoutController
-from ._tracker import SafeListener, TrackedWorker, WorkerRegistry
+from ._tracker import SafeListener, WorkerRegistry
 
 __all__ = [
     "WorkerContainerLaunchConfig",
@@ -76,7 +78,11 @@ class WorkerContainerLaunchConfig:
 
 @dataclass(frozen=True)
 class WorkerContainerLaunchContext:
-    """Who the container is for: the job's ids, and the slot it holds."""
+    """Who the container is for: the job's ids, and the slot it holds.
+
+    `release_slot` gives the slot back; it must be idempotent (a `SlotLease.release`):
+    the worker calls it when it ends, the caller when the launch is abandoned.
+    """
 
     job_id: str
     job_type: str
@@ -84,7 +90,8 @@ class WorkerContainerLaunchContext:
     work_item_id: str | None
     agent_type: str | None
     snapshot_enabled: bool
-    release_slot: Callable[[], None]
+    release_slot: Callable[[], object]
+    plan: LaunchPlan | None = None  # the job's plan; else made from the fields above
 
 
 @dataclass(frozen=True)
@@ -116,50 +123,70 @@ def launch_worker_container(
     as `DockerUnavailableError`).
     """
     reports = _SpawnReports(deps.reporter, context)
+    plan = context.plan or _plan_of(config, context, deps)
     try:
-        image, env, container_id, exit_wait = _start_container(config, context, deps, reports)
+        started = _start_container(config, plan, context, deps, reports)
     except Exception as err:
         if not reports.covers(err) and not isinstance(err, DuplicateJobError):
             reports.send(err, "worker_spawn")
         if is_unreachable(err) and not isinstance(err, DockerUnavailableError):
             raise DockerUnavailableError(f"Docker engine unreachable: {err}") from err
         raise
-    started_at = deps.clock()
-    worker = ActiveWorker(
-        job_id=context.job_id,
-        container_id=container_id,
-        container_name=config.name,
-        image=image,
-        started_at=started_at,
-        deadline=started_at + timedelta(seconds=config.timeout_s),
-        project_id=context.project_id,
-        work_item_id=context.work_item_id,
-        agent_type=context.agent_type,
-        job_type=context.job_type,
-        snapshot_enabled=context.snapshot_enabled,
+    worker = started.plan.worker(
+        container_id=started.container_id, image=started.image, started_at=deps.clock()
     )
     tracked = TrackedWorker(
-        worker=worker,
-        release_slot=context.release_slot,
-        exit_wait=exit_wait,
-        env_keys=tuple(env),
+        worker,
+        context.release_slot,
+        exit_wait=started.exit_wait,
+        env_keys=tuple(started.env),
         secrets=config.secrets,
         auto_remove=config.auto_remove,
     )
-    deps.timeouts.arm(tracked, config.timeout_s)
-    deps.registry.register(tracked)
+    deps.timeouts.arm(tracked, (worker.deadline - deps.clock()).total_seconds())
+    if not deps.registry.register(tracked):
+        tracked.to_detached()  # the manager closed meanwhile: the container keeps running
+        return worker
     log.info(
         "worker started",
         extra={
             "job_id": context.job_id,
             "container_id": worker.short_id,
-            "image": image,
-            "snapshot_reuse": image != config.base_image,
+            "image": started.image,
+            "snapshot_reuse": started.image != config.base_image,
         },
     )
     deps.listener.started(worker)
     deps.exits.watch(tracked)
     return worker
+
+
+def _plan_of(
+    config: WorkerContainerLaunchConfig,
+    context: WorkerContainerLaunchContext,
+    deps: WorkerContainerLauncherDependencies,
+) -> LaunchPlan:
+    identity = WorkerLabels(
+        instance_id=deps.instance_id,
+        job_id=context.job_id,
+        job_type=context.job_type,
+        project_id=context.project_id,
+        work_item_id=context.work_item_id,
+        agent_type=context.agent_type,
+        snapshot_enabled=context.snapshot_enabled,
+        deadline=None,
+        base_image=config.base_image,
+    )
+    return LaunchPlan(identity, config.name, config.timeout_s)
+
+
+@dataclass(frozen=True)
+class _Started:
+    image: str
+    env: Mapping[str, str]
+    container_id: str
+    exit_wait: ExitWait
+    plan: LaunchPlan  # stamped with the deadline
 
 
 @dataclass
@@ -185,17 +212,17 @@ class _SpawnReports:
 
 def _start_container(
     config: WorkerContainerLaunchConfig,
+    plan: LaunchPlan,
     context: WorkerContainerLaunchContext,
     deps: WorkerContainerLauncherDependencies,
     reports: _SpawnReports,
-) -> tuple[str, Mapping[str, str], str, ExitWait]:
+) -> _Started:
     """Create and start, with the snapshot and base-image fallbacks of the spec."""
     if config.snapshot is None:
-        return _with_base_image_pull(config, context, deps, reports)
+        return _with_base_image_pull(config, plan, context, deps, reports)
     reuse_env = with_snapshot_reuse(config.env)
     try:
-        cid, wait = _create_and_start(config, config.snapshot.image_name, reuse_env, context, deps)
-        return config.snapshot.image_name, reuse_env, cid, wait
+        return _create_and_start(config, plan, config.snapshot.image_name, reuse_env, deps)
     except Exception as err:
         if not is_missing_image(err):
             raise
@@ -208,7 +235,7 @@ def _start_container(
         extra={"job_id": context.job_id, "stale_image": stale},
     )
     try:
-        return _with_base_image_pull(replace(config, snapshot=None), context, deps, reports)
+        return _with_base_image_pull(replace(config, snapshot=None), plan, context, deps, reports)
     except Exception as err:
         reports.send(err, "worker_spawn_fallback", staleImage=stale)
         raise
@@ -216,14 +243,14 @@ def _start_container(
 
 def _with_base_image_pull(
     config: WorkerContainerLaunchConfig,
+    plan: LaunchPlan,
     context: WorkerContainerLaunchContext,
     deps: WorkerContainerLauncherDependencies,
     reports: _SpawnReports,
-) -> tuple[str, Mapping[str, str], str, ExitWait]:
+) -> _Started:
     image = config.base_image
     try:
-        cid, wait = _create_and_start(config, image, config.env, context, deps)
-        return image, config.env, cid, wait
+        return _create_and_start(config, plan, image, config.env, deps)
     except Exception as err:
         if not is_missing_image(err):
             raise
@@ -239,22 +266,24 @@ def _with_base_image_pull(
             reports.covered.append(failure)  # its cause is reported already
             raise failure from pull_err
         raise
-    cid, wait = _create_and_start(config, image, config.env, context, deps)
-    return image, config.env, cid, wait
+    return _create_and_start(config, plan, image, config.env, deps)
 
 
 def _create_and_start(
     config: WorkerContainerLaunchConfig,
+    plan: LaunchPlan,
     image: str,
     env: Mapping[str, str],
-    context: WorkerContainerLaunchContext,
     deps: WorkerContainerLauncherDependencies,
-) -> tuple[str, ExitWait]:
+) -> _Started:
+    # The deadline is fixed now, after the slot wait and any pull: the whole timeout counts
+    # from this start, and the label that adoption and orphan scans read says the same.
+    plan = plan.stamp(deps.clock())
     spec = ContainerSpec(
         image=image,
         name=config.name,
         env=env,
-        labels=config.labels,
+        labels=deps.labels.with_deadline(config.labels, plan.deadline),
         memory_bytes=config.memory_mb * MIB,
         network=config.network,
         auto_remove=config.auto_remove,
@@ -262,7 +291,7 @@ def _create_and_start(
         pids_limit=config.pids_limit,
         no_new_privileges=config.no_new_privileges,
     )
-    container_id = _create(spec, context, deps)
+    container_id = _create(spec, plan.job_id, deps)
     exit_wait: ExitWait | None = None
     try:
         # Registered before start: an instant exit (and auto-removal) cannot be missed.
@@ -271,16 +300,12 @@ def _create_and_start(
     except BaseException:
         if exit_wait is not None:
             exit_wait.close()
-        _discard(deps.docker, container_id, context.job_id)
+        _discard(deps.docker, container_id, plan.job_id)
         raise
-    return container_id, exit_wait
+    return _Started(image, env, container_id, exit_wait, plan)
 
 
-def _create(
-    spec: ContainerSpec,
-    context: WorkerContainerLaunchContext,
-    deps: WorkerContainerLauncherDependencies,
-) -> str:
+def _create(spec: ContainerSpec, job_id: str, deps: WorkerContainerLauncherDependencies) -> str:
     try:
         return deps.docker.create(spec)
     except APIError as err:
@@ -295,16 +320,15 @@ def _create(
     labels = (leftover.get("Config") or {}).get("Labels") or {}
     state = leftover.get("State") or {}
     same_job = (
-        deps.labels.owned_by(labels, deps.instance_id)
-        and labels.get(deps.labels.job_id) == context.job_id
+        deps.labels.owned_by(labels, deps.instance_id) and labels.get(deps.labels.job_id) == job_id
     )
     if not same_job:
         raise conflict
     if state.get("Running") or state.get("Restarting"):
-        raise DuplicateJobError(context.job_id)
+        raise DuplicateJobError(job_id)
     log.info(
         "removing a stopped leftover container of the same job",
-        extra={"job_id": context.job_id, "container_id": str(leftover.get("Id", ""))[:12]},
+        extra={"job_id": job_id, "container_id": str(leftover.get("Id", ""))[:12]},
     )
     deps.docker.remove(str(leftover["Id"]), force=True)
     return deps.docker.create(spec)

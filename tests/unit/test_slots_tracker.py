@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from dockyard import ActiveWorker, DuplicateJobError, WorkerLifecycleListener, WorkerOutcome
+from dockyard._lifecycle import Phase
 from dockyard._slots import SlotGate
 from dockyard._tracker import SafeListener, TrackedWorker, WorkerRegistry
 
@@ -260,14 +261,17 @@ def test_kill_and_exit_marks() -> None:
     reg, _ = registry()
     t = tracked("a")
     reg.register(t)
-    assert reg.begin_kill(t) is True
-    assert reg.begin_kill(t) is False  # the kill path runs once
-    assert reg.mark_exited(t) is True  # this exit is the kill's
+    assert t.begin_kill() is True
+    assert t.begin_kill() is False  # the kill path runs once
+    assert t.kill_began is not None  # the exit that follows is the kill's
+    assert t.record_exit() is True
+    assert t.phase is Phase.EXITED
 
     other = tracked("b")
     reg.register(other)
-    assert reg.mark_exited(other) is False
-    assert reg.begin_kill(other) is False  # too late to kill what exited
+    assert other.record_exit() is True
+    assert other.kill_began is None
+    assert other.begin_kill() is False  # too late to kill what exited
 
 
 def test_detach_all_forgets_without_outcome() -> None:
@@ -283,9 +287,9 @@ def test_detach_all_forgets_without_outcome() -> None:
             self.closed = True
 
     t = tracked("a", releases)
-    t.timer = timer
+    assert t.set_timer(timer)
     wait = Wait()
-    t.exit_wait = wait  # type: ignore[assignment]
+    assert t.set_exit_wait(wait)  # type: ignore[arg-type]
     reg.register(t)
 
     detached = reg.detach_all()
@@ -297,7 +301,7 @@ def test_detach_all_forgets_without_outcome() -> None:
     timer.join(2)
     assert not timer.is_alive()
     assert reg.settle(t, WorkerOutcome("a", "succeeded", exit_code=0)) is False
-    assert reg.begin_kill(t) is False
+    assert t.begin_kill() is False
     assert listener.finished == []
     with pytest.raises(CancelledError):
         t.future.result(0)
