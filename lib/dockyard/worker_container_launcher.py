@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from docker.errors import APIError
 
@@ -132,8 +132,14 @@ def launch_worker_container(
         if is_unreachable(err) and not isinstance(err, DockerUnavailableError):
             raise DockerUnavailableError(f"Docker engine unreachable: {err}") from err
         raise
-    worker = started.plan.worker(
-        container_id=started.container_id, image=started.image, started_at=deps.clock()
+    # The start time is the moment the deadline was fixed (just before the create of the
+    # container that runs): the worker gets its whole timeout, and labels, timer and
+    # `ActiveWorker` agree on one deadline.
+    plan = started.plan
+    worker = plan.worker(
+        container_id=started.container_id,
+        image=started.image,
+        started_at=plan.deadline - timedelta(seconds=plan.timeout_s),
     )
     tracked = TrackedWorker(
         worker,
