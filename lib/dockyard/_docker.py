@@ -20,6 +20,7 @@ import requests
 from docker.errors import APIError, DockerException, NotFound
 
 from ._errors import DockerUnavailableError
+from ._registry_auth import RegistryAuth
 
 __all__ = [
     "ContainerSpec",
@@ -386,19 +387,31 @@ class DockerGateway:
     def remove_image(self, image: str) -> None:
         self.api.remove_image(image, force=False)
 
-    def pull(self, image: str, timeout_s: float) -> None:
+    def pull(self, image: str, timeout_s: float, auth_config: RegistryAuth | None = None) -> None:
         """Pull an image within `timeout_s`, raising on the stream's own error lines.
 
         docker-py's `pull` has no timeout and does not raise on `{"error": ...}` lines.
+        `auth_config` goes to the engine as `X-Registry-Auth`. With it, a failure is
+        raised again as a fresh error without the frames and request that held the
+        encoded credentials (Sentry sends frame locals).
         """
         repository, tag = _split_reference(image)
         deadline = time.monotonic() + timeout_s
         params = {"fromImage": repository, "tag": tag}
-        for _ in self._progress_stream(
-            f"pull of {image}", "/images/create", params=params, timeout=timeout_s
-        ):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"pull of {image} exceeded {timeout_s:g}s")
+        try:
+            for _ in self._progress_stream(
+                f"pull of {image}",
+                "/images/create",
+                params=params,
+                timeout=timeout_s,
+                headers={"X-Registry-Auth": auth_config.header()} if auth_config else None,
+            ):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"pull of {image} exceeded {timeout_s:g}s")
+        except Exception as err:
+            if auth_config is None:
+                raise
+            raise _without_request(err, f"pull of {image} failed") from None
 
     def _progress_stream(self, what: str, path: str, **request: Any) -> Iterator[dict[str, Any]]:
         """POST `path` and yield its JSON progress lines, raising on their error lines.
@@ -417,6 +430,19 @@ class DockerGateway:
                 yield line
         finally:
             response.close()
+
+
+def _without_request(err: Exception, what: str) -> Exception:
+    """The same failure, as a new error holding only its message (no response or request)."""
+    detail = getattr(err, "explanation", None) or str(err)
+    message = detail if str(detail).startswith(what) else f"{what}: {detail}"
+    if isinstance(err, APIError):
+        return APIError(message)
+    if is_unreachable(err):
+        return DockerUnavailableError(message)
+    if isinstance(err, TimeoutError):
+        return TimeoutError(message)
+    return RuntimeError(message)
 
 
 def _split_reference(image: str) -> tuple[str, str | None]:

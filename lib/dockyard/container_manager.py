@@ -43,6 +43,7 @@ from ._loops import PeriodicTask
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._naming import LabelSchema, container_name
 from ._orphans import OrphanReaper, WorkerAdopter
+from ._registry_auth import RegistryAuthResolver
 from ._sentry import Reporter, SentryReporter
 from ._slots import SlotGate
 from ._snapshot_registry import SnapshotRegistry
@@ -144,7 +145,11 @@ class ContainerManager:
             timeouts=self._timeouts,
             exits=self._exits,
             snapshots=self.snapshots,
-            images=ImagePuller(self._docker, config.image_pull_timeout_s),
+            images=ImagePuller(
+                self._docker,
+                config.image_pull_timeout_s,
+                auth=RegistryAuthResolver(config).for_image,
+            ),
             reporter=self._reporter,
             listener=self._listener,
             labels=self._labels,
@@ -179,7 +184,9 @@ class ContainerManager:
         self._check_open()
         fields = resolve_job_fields(job, self._projects)
         project = find_project(self._projects, fields.project_id)
-        settings = resolve_spawn_settings(self.config, project)
+        settings = resolve_spawn_settings(
+            self.config, project, has_project_id=fields.project_id is not None
+        )
         check_job_data(fields, self._env_sources)
         fields = self._reserve(fields)
         slot_held = False

@@ -230,7 +230,12 @@ def _with_base_image_pull(
     try:
         deps.images.pull(image)
     except Exception as pull_err:
-        reports.send(pull_err, "worker_image_pull_fallback", image=image)
+        reports.send(
+            pull_err,
+            "worker_image_pull_fallback",
+            imageName=image,
+            isCustomBase=config.project_image,
+        )
         if config.project_image:
             # Never run a project that configured its own image on another one.
             failure = WorkerImageResolutionError(
@@ -239,7 +244,15 @@ def _with_base_image_pull(
             reports.covered.append(failure)  # its cause is reported already
             raise failure from pull_err
         raise
-    cid, wait = _create_and_start(config, image, config.env, context, deps)
+    try:
+        cid, wait = _create_and_start(config, image, config.env, context, deps)
+    except Exception as err:
+        if not (config.project_image and is_missing_image(err)):
+            raise
+        # Pulled, yet still absent (say a digest the registry no longer serves): terminal.
+        raise WorkerImageResolutionError(
+            f"project image {image!r} is still missing after it was pulled"
+        ) from err
     return image, config.env, cid, wait
 
 

@@ -1000,7 +1000,7 @@ def test_engine_unreachable_past_the_window_is_lost(rig: Rig) -> None:
 
 def test_lost_snapshot_worker_is_removed(rig_factory: Callable[..., Rig]) -> None:
     rig = rig_factory(snapshot_enabled=True)
-    worker = rig.manager.spawn_worker(job())
+    worker = rig.manager.spawn_worker(job(projectId="p"))  # no project id: no snapshot mode
     engine_down(rig.api)
     rig.api.break_waits(worker.container_id)
     assert rig.manager.wait_for_worker("job-1", timeout=20).status == "lost"
