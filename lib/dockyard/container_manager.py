@@ -19,6 +19,7 @@ from typing import Self
 import docker
 
 from ._config import RouterConfig
+from ._dangling import DEFAULT_DANGLING_INTERVAL_S, DanglingImageReaper
 from ._docker import DockerGateway
 from ._environment import (
     CredentialProvider,
@@ -170,6 +171,12 @@ class ContainerManager:
         )
         self._snapshot_loop = PeriodicTask("dockyard-snapshot-cleanup", self.run_snapshot_cleanup)
         self._orphan_loop = PeriodicTask("dockyard-orphan-cleanup", self.scan_and_cleanup_orphans)
+        self._dangling = DanglingImageReaper(
+            self._docker, self._labels, config.router_instance_id, self._reporter
+        )
+        self._dangling_loop = PeriodicTask(
+            "dockyard-dangling-image-cleanup", self.run_dangling_image_cleanup
+        )
 
     # -- workers ------------------------------------------------------------------------
 
@@ -325,6 +332,21 @@ class ContainerManager:
         """Stop the snapshot cleanup loop (waits for a run in progress)."""
         self._snapshot_loop.stop()
 
+    # -- dangling images ----------------------------------------------------------------
+
+    def run_dangling_image_cleanup(self) -> list[str]:
+        """Remove dangling images labelled as dockyard's; returns the image ids removed."""
+        return self._dangling.scan()
+
+    def start_dangling_image_cleanup(self, interval: float = DEFAULT_DANGLING_INTERVAL_S) -> None:
+        """Run `run_dangling_image_cleanup` every `interval` seconds on a daemon thread."""
+        self._check_open()
+        self._dangling_loop.start(interval)
+
+    def stop_dangling_image_cleanup(self) -> None:
+        """Stop the dangling-image cleanup loop (waits for a pass in progress)."""
+        self._dangling_loop.stop()
+
     # -- orphans and restarts -----------------------------------------------------------
 
     def scan_and_cleanup_orphans(self) -> list[str]:
@@ -351,6 +373,7 @@ class ContainerManager:
         """Forget every worker without killing it; stop timers and loops."""
         self._snapshot_loop.stop()
         self._orphan_loop.stop()
+        self._dangling_loop.stop()
         detached = self._registry.detach_all()
         self._exits.stop()  # after marking the workers detached: see ExitWatcher._back_off
         if detached:

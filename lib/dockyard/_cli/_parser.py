@@ -149,6 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="SIGTERM-to-SIGKILL grace when stopping an overdue container (default: 15)",
     )
+    reap.add_argument(
+        "--images",
+        action="store_true",
+        help="also remove dangling images labelled <prefix>.managed=true or with this "
+        "instance's snapshot label (never any other image)",
+    )
+    reap.add_argument(
+        "--label-prefix",
+        metavar="PREFIX",
+        help="the router's label prefix (default: cascade)",
+    )
     reap.set_defaults(handler=cmd_reap)
 
     snaps = sub.add_parser(
