@@ -33,6 +33,7 @@ from ._environment import (
 from ._errors import DuplicateJobError, NoWorkerSlotError
 from ._exit_handling import ExitWatcher
 from ._images import ImagePuller
+from ._job_data import RedisOffloadStore
 from ._jobs import (
     JobFields,
     ProjectDirectory,
@@ -108,11 +109,13 @@ class ContainerManager:
         self._labels = LabelSchema(config.label_prefix)
         self._slots = SlotGate(config.max_workers)
         self._registry = WorkerRegistry(self._listener, config.outcome_history)
+        self._offload = RedisOffloadStore(config.redis_url)
         self._env_sources = EnvSources(
             config=config,
             router_environ=router_environ(),
             credentials=credentials,
-            job_data_store=job_data_store,
+            # Without a store of the host's, large payloads go to Redis at redis_url.
+            job_data_store=job_data_store if job_data_store is not None else self._offload,
             reporter=self._reporter,
         )
         self._launch_executor = ThreadPoolExecutor(
@@ -390,6 +393,7 @@ class ContainerManager:
         self._launch_executor.shutdown(wait=True, cancel_futures=True)
         self.detach_all()
         self._wait_executor.shutdown(wait=True, cancel_futures=True)
+        self._offload.close()
         self._docker.close()
 
     def __enter__(self) -> Self:

@@ -101,7 +101,10 @@ class Projects:
 
 def fake_manager(**kwargs: Any) -> tuple[ContainerManager, RecordingAPI]:
     api = RecordingAPI()
-    config = RouterConfig(worker_image=IMAGE, router_instance_id="bad-inputs", max_workers=2)
+    # No Redis to offload large payloads to: they are refused before any call.
+    config = RouterConfig(
+        worker_image=IMAGE, router_instance_id="bad-inputs", max_workers=2, redis_url=""
+    )
     manager = ContainerManager(config, docker_client=api, reporter=Reporter(), **kwargs)
     return manager, api
 

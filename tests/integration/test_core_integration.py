@@ -463,7 +463,8 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], dict[str, Any], type[Exception]]] = 
         {"projects": Projects(_UNVERIFIED_PROJECT)},
         WorkerImageResolutionError,
     ),
-    ("oversize-no-store", {"data": {"blob": _BIG}}, {}, InvalidJobError),
+    # No store and no Redis to offload to (spec §13 offloads to redis_url by default).
+    ("oversize-no-store", {"data": {"blob": _BIG}}, {"redis_url": ""}, InvalidJobError),
     (
         "nul-in-credential",
         {"data": {"projectId": "p-1"}},
@@ -503,7 +504,7 @@ def test_bad_input_is_refused_without_a_container(
 
 
 def test_bad_input_is_refused_even_while_every_slot_is_busy(make_manager: MakeManager) -> None:
-    manager = make_manager(max_workers=1)
+    manager = make_manager(max_workers=1, redis_url="")  # large payloads: nowhere to go
     manager.spawn_worker(job("busy", ["sleep", "30"]))
     # Refused for what it is, not after a slot wait ending in NoWorkerSlotError.
     with pytest.raises(InvalidJobError):
