@@ -150,6 +150,8 @@ class DockerGateway:
     api: docker.APIClient
     wait_api: docker.APIClient
     owns_clients: bool = False
+    # Commits and image rewrites of multi-GB images: far beyond a short call's timeout.
+    image_write_timeout_s: float = 1800.0
     _closed: bool = field(default=False, init=False)
 
     @classmethod
@@ -351,9 +353,19 @@ class DockerGateway:
         return result
 
     def commit(self, container_id: str, repository: str, tag: str, changes: Sequence[str]) -> str:
-        result = self.api.commit(
-            container_id, repository=repository, tag=tag, changes=list(changes) or None
+        """`docker commit` with the long image-write timeout (docker-py's has none of its own)."""
+        raw: Any = self.api  # untyped request helpers of docker-py
+        params = {
+            "container": container_id,
+            "repo": repository or None,
+            "tag": tag or None,
+            "changes": list(changes) or None,
+            "pause": True,
+        }
+        response = raw._post_json(
+            raw._url("/commit"), data={}, params=params, timeout=self.image_write_timeout_s
         )
+        result: dict[str, Any] = raw._result(response, json=True)
         return str(result["Id"])
 
     # -- images -------------------------------------------------------------------------
@@ -380,7 +392,11 @@ class DockerGateway:
     def load_image_archive(self, archive: bytes, reference: str) -> None:
         """`docker load` an image archive, raising on the stream's own error lines."""
         for _ in self._progress_stream(
-            f"load of {reference}", "/images/load", data=archive, params={"quiet": "1"}
+            f"load of {reference}",
+            "/images/load",
+            data=archive,
+            params={"quiet": "1"},
+            timeout=self.image_write_timeout_s,
         ):
             pass
 

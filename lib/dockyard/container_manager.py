@@ -104,6 +104,7 @@ class ContainerManager:
             )
         else:
             self._docker = DockerGateway.from_client(docker_client)
+        self._docker.image_write_timeout_s = config.image_write_timeout_s
         self._reporter = reporter or SentryReporter()
         self._listener = SafeListener(listener)
         self._labels = LabelSchema(config.label_prefix)

@@ -631,7 +631,7 @@ def test_credential_reaches_the_worker_but_no_log_label_or_event(
     credentials = Credentials({"API_TOKEN": SECRET})
     # Without auto-removal the engine hands out the log tail, so it is read and logged.
     manager = make_manager(credentials=credentials, auto_remove_workers=False)
-    data = {"projectId": "p-1", "cardId": "c-1"}
+    data = {"projectId": "p-1", "workItemId": "c-1"}
 
     checker = manager.spawn_worker(
         job(
