@@ -134,3 +134,28 @@ def test_without_the_redis_package_a_large_payload_names_the_extra(
         manager.spawn_worker(WorkerJob("no-redis", "trello", _payload(200 * KIB, "x")))
     assert _containers(docker_client, instance_id) == []
     assert manager.get_active_worker_count() == 0
+
+
+def test_the_worker_reads_the_offloaded_payload_through_the_key(
+    make_manager: Callable[..., Any],
+    redis_url: str,  # noqa: F811
+    redis_client: redis.Redis,  # noqa: F811
+    instance_id: str,
+) -> None:
+    """The test image speaks RESP with busybox `nc`: GET the key, check the marker, DEL it."""
+    job_id = f"{instance_id}-reader"
+    marker = uuid.uuid4().hex
+    script = (
+        'hp="${REDIS_URL#redis://}"; hp="${hp%%/*}"; '
+        'printf \'GET %s\\r\\nDEL %s\\r\\nQUIT\\r\\n\' "$JOB_DATA_REDIS_KEY" "$JOB_DATA_REDIS_KEY" '
+        f'| nc -w 5 "${{hp%:*}}" "${{hp##*:}}" | grep -q {marker} '
+        '&& test -z "${JOB_DATA+set}"'
+    )
+    # The host's network: the redis-server listens on the host's 127.0.0.1 only.
+    manager = make_manager(redis_url=redis_url, docker_network="host")
+    manager.spawn_worker(
+        WorkerJob(job_id, "trello", _payload(200 * KIB, marker), command=["sh", "-c", script])
+    )
+    outcome = manager.wait_for_worker(job_id, timeout=60)
+    assert outcome.status == "succeeded", outcome.describe()
+    assert redis_client.exists(f"cascade:jobdata:{job_id}") == 0  # read once, then deleted
