@@ -157,7 +157,13 @@ class SnapshotManager:
                 "snapshot_commit",
                 level="warning",
                 tags={"jobType": worker.job_type},
-                extras={"jobId": worker.job_id, "image": image},
+                extras={  # the original's names
+                    "jobId": worker.job_id,
+                    "containerId": worker.container_id,
+                    "imageName": image,
+                    "projectId": pair[0],
+                    "workItemId": pair[1],
+                },
             )
             self._undo(created, image, previous)
             return None
@@ -297,7 +303,7 @@ class SnapshotManager:
                             err,
                             "snapshot_image_remove",
                             level="warning",
-                            extras={"image": image_id},
+                            extras={"imageName": image_id},
                         )
             with self._retired_lock:
                 if keep:
@@ -330,7 +336,10 @@ class SnapshotManager:
                     self._retired.setdefault(image_id, 0)
             elif not is_not_found(err) and not is_conflict(err):
                 self.reporter.report(
-                    err, "snapshot_image_remove", level="warning", extras={"image": meta.image_name}
+                    err,
+                    "snapshot_image_remove",
+                    level="warning",
+                    extras={"imageName": meta.image_name},
                 )
             return False
         return True

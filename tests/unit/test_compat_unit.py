@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import docker.errors
@@ -14,7 +15,12 @@ import requests
 
 from dockyard import RouterConfig, WorkerImageResolutionError
 from dockyard._docker import DockerGateway
+from dockyard._models import ActiveWorker
+from dockyard._naming import LabelSchema
 from dockyard._registry_auth import DOCKER_HUB_SERVER, RegistryAuth, RegistryAuthResolver
+from dockyard._sentry import Reporter
+from dockyard._snapshot_registry import SnapshotRegistry
+from dockyard._snapshots import SnapshotManager
 from test_launcher_unit import PROJECT_DIGEST, Projects, Rig, _project, job, rig_factory  # noqa: F401
 
 # --------------------------------------------------------------------------- registry
@@ -228,3 +234,67 @@ def test_pull_fallback_extras_keep_the_originals_names(
     (report,) = rig.reporter.reports
     assert report.source == "worker_image_pull_fallback"
     assert report.extras == {"jobId": "job-1", "imageName": PROJECT_DIGEST, "isCustomBase": True}
+
+
+# --------------------------------------------------------------------------- sentry extras
+
+
+class ExtrasReporter(Reporter):
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, str, dict[str, Any]]] = []
+
+    def report(self, err: BaseException, source: str, **kwargs: Any) -> None:
+        self.reports.append(
+            (source, kwargs.get("level", "error"), dict(kwargs.get("extras") or {}))
+        )
+
+
+class RefusingCommitGateway:
+    """The calls a snapshot commit makes before the engine refuses the commit itself."""
+
+    def image_inspect(self, image: str) -> dict[str, Any]:
+        raise docker.errors.ImageNotFound(f"No such image: {image}")
+
+    def inspect(self, container_id: str) -> dict[str, Any]:
+        return {"Config": {"Env": ["JOB_ID=j", "LOG_LEVEL=info"]}}
+
+    def commit(self, *args: Any) -> str:
+        raise docker.errors.APIError("commit refused")
+
+
+def test_a_failed_snapshot_commit_reports_the_originals_extras() -> None:
+    registry = SnapshotRegistry(
+        default_ttl_s=3600, max_count=5, max_size_bytes=10**12, project_ttl=lambda _p: None
+    )
+    config = RouterConfig(router_instance_id="unit", snapshot_image_prefix="unit-snap-")
+    reporter = ExtrasReporter()
+    manager = SnapshotManager(
+        RefusingCommitGateway(),  # type: ignore[arg-type]
+        registry,
+        reporter,
+        config,
+        LabelSchema("cascade"),
+    )
+    now = datetime.now(UTC)
+    worker = ActiveWorker(
+        job_id="j",
+        container_id="c" * 64,
+        container_name="n",
+        image="base",
+        started_at=now,
+        deadline=now,
+        project_id="p",
+        work_item_id="w",
+        job_type="trello",
+        snapshot_enabled=True,
+    )
+    assert manager.commit(worker, ["JOB_ID"]) is None
+    ((source, level, extras),) = reporter.reports
+    assert (source, level) == ("snapshot_commit", "warning")
+    assert extras["imageName"].startswith("unit-snap-")
+    assert {k: extras[k] for k in ("jobId", "containerId", "projectId", "workItemId")} == {
+        "jobId": "j",
+        "containerId": worker.container_id,
+        "projectId": "p",
+        "workItemId": "w",
+    }
