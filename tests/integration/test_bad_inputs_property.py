@@ -486,7 +486,8 @@ bad_job = st.one_of(
 
 def test_refused_jobs_make_no_call_to_the_engine(counted, docker_client, instance_id, test_image):
     proxy, api = counted
-    config = RouterConfig(worker_image=test_image, router_instance_id=instance_id)
+    # No Redis to offload large payloads to: they are refused before any call.
+    config = RouterConfig(worker_image=test_image, router_instance_id=instance_id, redis_url="")
     with ContainerManager(config, docker_client=api) as manager:
 
         @ON_ENGINE

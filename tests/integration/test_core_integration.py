@@ -606,7 +606,8 @@ def test_auto_remove_follows_snapshots(
     auto_remove: bool,
 ) -> None:
     manager = make_manager(**settings)
-    worker = manager.spawn_worker(job("ar-1", sh("sleep 0.5; exit 1")))
+    # A project id: without one a job never runs in snapshot mode (as the original).
+    worker = manager.spawn_worker(job("ar-1", sh("sleep 0.5; exit 1"), data={"projectId": "p"}))
     info = docker_client.api.inspect_container(worker.container_id)
     assert info["HostConfig"]["AutoRemove"] is auto_remove
     snapshots = "true" if settings.get("snapshot_enabled") else "false"
