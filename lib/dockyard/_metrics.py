@@ -239,6 +239,7 @@ class PrometheusMetrics(Metrics):
         self._dangling = counter(
             "dockyard_dangling_images_removed", "Dangling dockyard images removed."
         )
+        self._call_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._register()
 
     def _register(self) -> None:
@@ -281,8 +282,16 @@ class PrometheusMetrics(Metrics):
         self._spawn_failures.labels(error_kind(err)).inc()
 
     def engine_call(self, operation: str, result: str, seconds: float) -> None:
-        self._engine_calls.labels(operation, result).inc()
-        self._engine_latency.labels(operation).observe(seconds)
+        # The hottest path: the labelled children are looked up once per (operation, result).
+        children = self._call_children.get((operation, result))
+        if children is None:
+            children = (
+                self._engine_calls.labels(operation, result),
+                self._engine_latency.labels(operation),
+            )
+            self._call_children[(operation, result)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def snapshot_hit(self) -> None:
         self._snapshot_hits.inc()
