@@ -30,7 +30,7 @@ from ._environment import (
     router_environ,
     secret_values,
 )
-from ._errors import DuplicateJobError, NoWorkerSlotError
+from ._errors import ConfigError, DuplicateJobError, NoWorkerSlotError
 from ._exit_handling import ExitWatcher
 from ._images import ImagePuller
 from ._jobs import (
@@ -108,13 +108,17 @@ class ContainerManager:
         else:
             self._docker = DockerGateway.from_client(docker_client)
         self._reporter = reporter or SentryReporter()
-        # Gauges read the registry and slots at scrape time; they exist just below.
-        self._metrics = build_metrics(
-            metrics_registry,
-            max_workers=config.max_workers,
-            active=self.get_active_worker_count,
-            waiting=lambda: self._slots.waiting,
-        )
+        try:
+            # Gauges read the registry and slots at scrape time; they exist just below.
+            self._metrics = build_metrics(
+                metrics_registry,
+                max_workers=config.max_workers,
+                active=self.get_active_worker_count,
+                waiting=lambda: self._slots.waiting,
+            )
+        except ConfigError:
+            self._docker.close()
+            raise
         if self._metrics.enabled:
             self._docker.observer = self._metrics.engine_call
         self._listener = lifecycle_listener(listener, self._metrics)

@@ -20,8 +20,10 @@ from conftest import RecordingListener
 from dockyard import (
     ActiveWorker,
     ConfigError,
+    ContainerManager,
     DockerUnavailableError,
     NoWorkerSlotError,
+    RouterConfig,
     WorkerLifecycleListener,
     WorkerOutcome,
 )
@@ -233,6 +235,24 @@ def test_a_registry_in_use_is_refused_whole_and_free_again_after_close() -> None
     second = metrics_on(registry)
     assert isinstance(second, PrometheusMetrics)
     assert "dockyard_workers_started" in Scrape.of(registry).families
+
+
+def test_two_managers_on_one_registry_are_refused_until_the_first_closes() -> None:
+    registry = CollectorRegistry()
+    api = docker.APIClient(base_url="unix:///nonexistent/docker.sock", version="1.41")
+    config = RouterConfig(worker_image="img", max_workers=2)
+    try:
+        first = ContainerManager(config, docker_client=api, metrics_registry=registry)
+        with pytest.raises(ConfigError, match="metrics_registry"):
+            ContainerManager(config, docker_client=api, metrics_registry=registry)
+        assert Scrape.of(registry).value("dockyard_worker_slots_limit") == 2
+        first.close()
+        with ContainerManager(config, docker_client=api, metrics_registry=registry):
+            assert Scrape.of(registry).value("dockyard_workers_active") == 0
+        with pytest.raises(ConfigError, match="CollectorRegistry"):
+            ContainerManager(config, docker_client=api, metrics_registry="registry")  # type: ignore[arg-type]
+    finally:
+        api.close()
 
 
 # --------------------------------------------------------------------------- gateway hook
