@@ -18,6 +18,7 @@ from concurrent.futures import Future
 from cachetools import TTLCache
 
 from ._docker import DockerGateway
+from ._metrics import NO_METRICS, Metrics
 from ._registry_auth import RegistryAuth
 
 __all__ = [
@@ -76,9 +77,11 @@ class ImagePuller:
         failure_ttl_s: float = DEFAULT_FAILURE_TTL_S,
         clock: Callable[[], float] = time.monotonic,
         auth: Callable[[str], RegistryAuth | None] | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self._docker = docker
         self._auth = auth
+        self._metrics = metrics
         self._timeout_s = timeout_s
         self._failure_ttl_s = failure_ttl_s
         self._lock = threading.Lock()
@@ -118,8 +121,10 @@ class ImagePuller:
                     self._failures[image] = err
                 del self._in_flight[image]
             shared.set_exception(err)
+            self._metrics.image_pull_failed()
             raise
         with self._lock:
             del self._in_flight[image]
         shared.set_result(None)
+        self._metrics.image_pulled()
         log.info("pulled image", extra={"image": image})

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import docker
 
@@ -30,7 +31,7 @@ from ._environment import (
     router_environ,
     secret_values,
 )
-from ._errors import DuplicateJobError, NoWorkerSlotError
+from ._errors import ConfigError, DuplicateJobError, NoWorkerSlotError
 from ._exit_handling import ExitWatcher
 from ._images import ImagePuller
 from ._job_data import RedisOffloadStore
@@ -42,6 +43,7 @@ from ._jobs import (
     resolve_job_fields,
 )
 from ._loops import PeriodicTask
+from ._metrics import build_metrics, lifecycle_listener
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._naming import LabelSchema, container_name
 from ._orphans import OrphanReaper, WorkerAdopter
@@ -52,13 +54,16 @@ from ._snapshot_registry import SnapshotRegistry
 from ._snapshots import SnapshotManager
 from ._spawn_settings import find_project, resolve_spawn_settings
 from ._timeouts import TimeoutController
-from ._tracker import SafeListener, WorkerRegistry
+from ._tracker import WorkerRegistry
 from .worker_container_launcher import (
     WorkerContainerLaunchConfig,
     WorkerContainerLaunchContext,
     WorkerContainerLauncherDependencies,
     launch_worker_container,
 )
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = [
     "ContainerManager",
@@ -90,6 +95,7 @@ class ContainerManager:
         listener: WorkerLifecycleListener | None = None,
         job_data_store: JobDataStore | None = None,
         reporter: Reporter | None = None,
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self.config = config
         self._projects = projects
@@ -106,7 +112,20 @@ class ContainerManager:
             self._docker = DockerGateway.from_client(docker_client)
         self._docker.image_write_timeout_s = config.image_write_timeout_s
         self._reporter = reporter or SentryReporter()
-        self._listener = SafeListener(listener)
+        try:
+            # Gauges read the registry and slots at scrape time; they exist just below.
+            self._metrics = build_metrics(
+                metrics_registry,
+                max_workers=config.max_workers,
+                active=self.get_active_worker_count,
+                waiting=lambda: self._slots.waiting,
+            )
+        except ConfigError:
+            self._docker.close()
+            raise
+        if self._metrics.enabled:
+            self._docker.observer = self._metrics.engine_call
+        self._listener = lifecycle_listener(listener, self._metrics)
         self._labels = LabelSchema(config.label_prefix)
         self._slots = SlotGate(config.max_workers)
         self._registry = WorkerRegistry(self._listener, config.outcome_history)
@@ -130,7 +149,7 @@ class ContainerManager:
             project_ttl=self._project_snapshot_ttl,
         )
         self._snapshot_manager = SnapshotManager(
-            self._docker, self.snapshots, self._reporter, config, self._labels
+            self._docker, self.snapshots, self._reporter, config, self._labels, self._metrics
         )
         self._timeouts = TimeoutController(
             self._docker, self._registry, self._reporter, config.stop_grace_s
@@ -154,11 +173,13 @@ class ContainerManager:
                 self._docker,
                 config.image_pull_timeout_s,
                 auth=RegistryAuthResolver(config).for_image,
+                metrics=self._metrics,
             ),
             reporter=self._reporter,
             listener=self._listener,
             labels=self._labels,
             instance_id=config.router_instance_id,
+            metrics=self._metrics,
         )
         self._reaper = OrphanReaper(
             self._docker, self._registry, self._labels, config, self._reporter, self._listener
@@ -203,9 +224,11 @@ class ContainerManager:
         slot_held = False
         try:
             timeout = self.config.slot_wait_timeout_s if slot_timeout is None else slot_timeout
-            if not self._slots.acquire(timeout):
+            waited = time.perf_counter()
+            slot_held = self._slots.acquire(timeout)
+            self._metrics.slot_wait(time.perf_counter() - waited, acquired=slot_held)
+            if not slot_held:
                 raise NoWorkerSlotError(fields.job_id, timeout, self.config.max_workers)
-            slot_held = True
             env = build_worker_env(
                 fields, self._env_sources, snapshot_enabled=settings.snapshot_enabled
             )
@@ -215,6 +238,7 @@ class ContainerManager:
                 snapshot = self.snapshots.get(
                     fields.project_id, fields.work_item_id, ttl=settings.snapshot_ttl_s
                 )
+                (self._metrics.snapshot_miss if snapshot is None else self._metrics.snapshot_hit)()
             launch = WorkerContainerLaunchConfig(
                 name=container_name(self.config.container_name_prefix, fields.job_id),
                 base_image=settings.base_image,
@@ -250,6 +274,7 @@ class ContainerManager:
                 snapshot_enabled=settings.snapshot_enabled,
                 release_slot=self._slots.release,
             )
+            submitted = time.perf_counter()
             future = self._launch_executor.submit(
                 launch_worker_container, launch, context, self._launcher
             )
@@ -257,8 +282,10 @@ class ContainerManager:
             self._abandon_spawn(fields.job_id, slot_held)
             raise
         try:
-            return future.result()
-        except BaseException:
+            worker = future.result()
+        except BaseException as err:
+            if isinstance(err, Exception):
+                self._metrics.spawn_failed(err)
             if future.done():
                 self._abandon_spawn(fields.job_id, slot_held=True)
             else:
@@ -271,6 +298,8 @@ class ContainerManager:
                     )
                 )
             raise
+        self._metrics.spawn_latency(time.perf_counter() - submitted)
+        return worker
 
     def _reserve(self, fields: JobFields) -> JobFields:
         """Claim the job id; a made-up id taken already moves on to the next millisecond.
@@ -340,7 +369,9 @@ class ContainerManager:
 
     def run_dangling_image_cleanup(self) -> list[str]:
         """Remove dangling images labelled as dockyard's; returns the image ids removed."""
-        return self._dangling.scan()
+        removed = self._dangling.scan()
+        self._metrics.dangling_images_removed(len(removed))
+        return removed
 
     def start_dangling_image_cleanup(self, interval: float = DEFAULT_DANGLING_INTERVAL_S) -> None:
         """Run `run_dangling_image_cleanup` every `interval` seconds on a daemon thread."""
@@ -355,7 +386,9 @@ class ContainerManager:
 
     def scan_and_cleanup_orphans(self) -> list[str]:
         """Stop and remove this instance's untracked overdue or exited containers."""
-        return self._reaper.scan()
+        reaped = self._reaper.scan()
+        self._metrics.orphans_reaped(len(reaped))
+        return reaped
 
     def start_orphan_cleanup(self, interval: float = 300.0) -> None:
         """Run `scan_and_cleanup_orphans` every `interval` seconds on a daemon thread."""
@@ -396,6 +429,7 @@ class ContainerManager:
         self._wait_executor.shutdown(wait=True, cancel_futures=True)
         self._offload.close()
         self._docker.close()
+        self._metrics.close()
 
     def __enter__(self) -> Self:
         return self

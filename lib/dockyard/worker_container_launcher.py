@@ -26,6 +26,7 @@ from ._environment import with_snapshot_reuse
 from ._errors import DockerUnavailableError, DuplicateJobError, WorkerImageResolutionError
 from ._exit_handling import ExitWatcher
 from ._images import ImagePuller
+from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
 from ._naming import LabelSchema
 from ._sentry import ExtraValue, Reporter
@@ -102,6 +103,7 @@ class WorkerContainerLauncherDependencies:
     labels: LabelSchema
     instance_id: str
     clock: Callable[[], datetime] = _utc_now
+    metrics: Metrics = NO_METRICS
 
 
 def launch_worker_container(
@@ -201,6 +203,7 @@ def _start_container(
             raise
         stale = config.snapshot.image_name
     # The snapshot image vanished: forget it and start cold, once.
+    deps.metrics.snapshot_fallback()
     if context.project_id is not None and context.work_item_id is not None:
         deps.snapshots.invalidate(context.project_id, context.work_item_id)
     log.warning(

@@ -22,6 +22,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -129,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "rich", "plain", "none"),
         default="auto",
         help="progress on stderr: rich when available on a terminal (auto), plain lines, or none",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics while the batch runs "
+        "(needs dockyard[metrics])",
     )
     run.set_defaults(handler=cmd_run)
 
