@@ -18,6 +18,7 @@ from ._errors import (
     NoWorkerSlotError,
     WorkerImageResolutionError,
 )
+from ._job_data import JobDataOffloadError
 from ._jobs import WorkerJob
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._redis_store import RedisJobDataStore
@@ -38,6 +39,7 @@ __all__ = [
     "DockyardError",
     "DuplicateJobError",
     "InvalidJobError",
+    "JobDataOffloadError",
     "NoWorkerSlotError",
     "ProjectConfig",
     "RedisJobDataStore",

@@ -7,24 +7,28 @@ timeout; waits use one without (a wait lasts as long as the container runs).
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import docker
 import requests
 from docker.errors import APIError, DockerException, NotFound
 
 from ._errors import DockerUnavailableError
+from ._registry_auth import RegistryAuth
 
 __all__ = [
     "ContainerSpec",
     "DockerGateway",
+    "EngineObserver",
     "ExitWait",
+    "call_result",
     "is_conflict",
     "is_missing_image",
     "is_not_found",
@@ -74,6 +78,62 @@ def is_missing_image(err: BaseException) -> bool:
         return False
     text = f"{getattr(err, 'explanation', '') or ''} {err}".lower()
     return "no such image" in text
+
+
+def call_result(err: BaseException | None) -> str:
+    """How an engine call ended, in a few words: `ok`, `not_found`, `conflict`, ..."""
+    if err is None:
+        return "ok"
+    if is_not_found(err):
+        return "not_found"
+    if is_conflict(err):
+        return "conflict"
+    if is_unreachable(err):
+        return "unreachable"
+    return "error"
+
+
+EngineObserver = Callable[[str, str, float], None]
+"""Told of every gateway call: `(operation, result, seconds)`; see `call_result`."""
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _observed(
+    operation: str,
+) -> Callable[
+    [Callable[Concatenate[DockerGateway, _P], _R]], Callable[Concatenate[DockerGateway, _P], _R]
+]:
+    """Time a gateway method and tell the gateway's observer, when it has one."""
+
+    def wrap(
+        method: Callable[Concatenate[DockerGateway, _P], _R],
+    ) -> Callable[Concatenate[DockerGateway, _P], _R]:
+        def call(self: DockerGateway, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+            observer = self.observer
+            if observer is None:
+                return method(self, *args, **kwargs)
+            start = time.perf_counter()
+            try:
+                result = method(self, *args, **kwargs)
+            except BaseException as err:
+                _tell(observer, operation, call_result(err), time.perf_counter() - start)
+                raise
+            _tell(observer, operation, "ok", time.perf_counter() - start)
+            return result
+
+        functools.update_wrapper(call, method)
+        return call
+
+    return wrap
+
+
+def _tell(observer: EngineObserver, operation: str, result: str, seconds: float) -> None:
+    try:
+        observer(operation, result, seconds)
+    except Exception:  # an observer must never break an engine call
+        log.debug("engine call observer failed", exc_info=True)
 
 
 @dataclass(frozen=True)
@@ -149,6 +209,9 @@ class DockerGateway:
     api: docker.APIClient
     wait_api: docker.APIClient
     owns_clients: bool = False
+    # Commits and image rewrites of multi-GB images: far beyond a short call's timeout.
+    image_write_timeout_s: float = 1800.0
+    observer: EngineObserver | None = field(default=None, compare=False)
     _closed: bool = field(default=False, init=False)
 
     @classmethod
@@ -194,6 +257,7 @@ class DockerGateway:
 
     # -- containers ---------------------------------------------------------------------
 
+    @_observed("create")
     def create(self, spec: ContainerSpec) -> str:
         """Create the container; one retry when the engine's answer was lost on the way.
 
@@ -287,6 +351,7 @@ class DockerGateway:
         """Register a wait for the container's next exit; call before `start`."""
         return self.open_wait(container_id, "next-exit")
 
+    @_observed("open_wait")
     def open_wait(self, container_id: str, condition: str = "not-running") -> ExitWait:
         """Register a wait that another thread can `close()`; returns once it is in place.
 
@@ -303,26 +368,33 @@ class DockerGateway:
             raise
         return ExitWait(response)
 
+    @_observed("wait_removed")
     def wait_removed(self, container_id: str, timeout_s: float) -> None:
         self.api.wait(container_id, timeout=max(1, round(timeout_s)), condition="removed")
 
+    @_observed("start")
     def start(self, container_id: str) -> None:
         self.api.start(container_id)
 
+    @_observed("inspect")
     def inspect(self, container_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self.api.inspect_container(container_id)
         return result
 
+    @_observed("logs_tail")
     def logs_tail(self, container_id: str, lines: int) -> str:
         raw = self.api.logs(container_id, stdout=True, stderr=True, tail=lines, timestamps=False)
         return bytes(raw).decode("utf-8", errors="replace")
 
+    @_observed("stop")
     def stop(self, container_id: str, grace_s: float) -> None:
         self.api.stop(container_id, timeout=max(0, round(grace_s)))
 
+    @_observed("kill")
     def kill(self, container_id: str) -> None:
         self.api.kill(container_id)
 
+    @_observed("remove")
     def remove(self, container_id: str, *, force: bool = True) -> None:
         """Remove a container, retrying briefly on engine errors (removal is idempotent).
 
@@ -345,23 +417,37 @@ class DockerGateway:
                 )
                 time.sleep(_REMOVE_RETRY_PAUSE_S * (attempt + 1))
 
+    @_observed("list_containers")
     def list_containers(self, labels: Sequence[str], *, all: bool = True) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.api.containers(all=all, filters={"label": list(labels)})
         return result
 
+    @_observed("commit")
     def commit(self, container_id: str, repository: str, tag: str, changes: Sequence[str]) -> str:
-        result = self.api.commit(
-            container_id, repository=repository, tag=tag, changes=list(changes) or None
+        """`docker commit` with the long image-write timeout (docker-py's has none of its own)."""
+        raw: Any = self.api  # untyped request helpers of docker-py
+        params = {
+            "container": container_id,
+            "repo": repository or None,
+            "tag": tag or None,
+            "changes": list(changes) or None,
+            "pause": True,
+        }
+        response = raw._post_json(
+            raw._url("/commit"), data={}, params=params, timeout=self.image_write_timeout_s
         )
+        result: dict[str, Any] = raw._result(response, json=True)
         return str(result["Id"])
 
     # -- images -------------------------------------------------------------------------
 
+    @_observed("image_inspect")
     def image_inspect(self, image: str) -> dict[str, Any]:
         raw: Any = self.api  # untyped in the stubs
         result: dict[str, Any] = raw.inspect_image(image)
         return result
 
+    @_observed("list_images")
     def list_images(self, name_filter: str | None = None) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.api.images(all=False)
         if name_filter is None:
@@ -372,33 +458,53 @@ class DockerGateway:
             if any(tag.startswith(name_filter) for tag in image.get("RepoTags") or [])
         ]
 
+    @_observed("image_history")
     def image_history(self, image: str) -> list[dict[str, Any]]:
         raw: Any = self.api  # untyped in the stubs
         return list(raw.history(image))
 
+    @_observed("load_image_archive")
     def load_image_archive(self, archive: bytes, reference: str) -> None:
         """`docker load` an image archive, raising on the stream's own error lines."""
         for _ in self._progress_stream(
-            f"load of {reference}", "/images/load", data=archive, params={"quiet": "1"}
+            f"load of {reference}",
+            "/images/load",
+            data=archive,
+            params={"quiet": "1"},
+            timeout=self.image_write_timeout_s,
         ):
             pass
 
+    @_observed("remove_image")
     def remove_image(self, image: str) -> None:
         self.api.remove_image(image, force=False)
 
-    def pull(self, image: str, timeout_s: float) -> None:
+    @_observed("pull")
+    def pull(self, image: str, timeout_s: float, auth_config: RegistryAuth | None = None) -> None:
         """Pull an image within `timeout_s`, raising on the stream's own error lines.
 
         docker-py's `pull` has no timeout and does not raise on `{"error": ...}` lines.
+        `auth_config` goes to the engine as `X-Registry-Auth`. With it, a failure is
+        raised again as a fresh error without the frames and request that held the
+        encoded credentials (Sentry sends frame locals).
         """
         repository, tag = _split_reference(image)
         deadline = time.monotonic() + timeout_s
         params = {"fromImage": repository, "tag": tag}
-        for _ in self._progress_stream(
-            f"pull of {image}", "/images/create", params=params, timeout=timeout_s
-        ):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"pull of {image} exceeded {timeout_s:g}s")
+        try:
+            for _ in self._progress_stream(
+                f"pull of {image}",
+                "/images/create",
+                params=params,
+                timeout=timeout_s,
+                headers={"X-Registry-Auth": auth_config.header()} if auth_config else None,
+            ):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"pull of {image} exceeded {timeout_s:g}s")
+        except Exception as err:
+            if auth_config is None:
+                raise
+            raise _without_request(err, f"pull of {image} failed") from None
 
     def _progress_stream(self, what: str, path: str, **request: Any) -> Iterator[dict[str, Any]]:
         """POST `path` and yield its JSON progress lines, raising on their error lines.
@@ -417,6 +523,19 @@ class DockerGateway:
                 yield line
         finally:
             response.close()
+
+
+def _without_request(err: Exception, what: str) -> Exception:
+    """The same failure, as a new error holding only its message (no response or request)."""
+    detail = getattr(err, "explanation", None) or str(err)
+    message = detail if str(detail).startswith(what) else f"{what}: {detail}"
+    if isinstance(err, APIError):
+        return APIError(message)
+    if is_unreachable(err):
+        return DockerUnavailableError(message)
+    if isinstance(err, TimeoutError):
+        return TimeoutError(message)
+    return RuntimeError(message)
 
 
 def _split_reference(image: str) -> tuple[str, str | None]:

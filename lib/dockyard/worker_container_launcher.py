@@ -28,6 +28,7 @@ from ._exit_handling import ExitWatcher
 from ._images import ImagePuller
 from ._launch_plan import LaunchPlan
 from ._lifecycle import TrackedWorker
+from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
 from ._naming import LabelSchema, WorkerLabels
 from ._sentry import ExtraValue, Reporter
@@ -109,6 +110,7 @@ class WorkerContainerLauncherDependencies:
     labels: LabelSchema
     instance_id: str
     clock: Callable[[], datetime] = _utc_now
+    metrics: Metrics = NO_METRICS
 
 
 def launch_worker_container(
@@ -234,6 +236,7 @@ def _start_container(
             raise
         stale = config.snapshot.image_name
     # The snapshot image vanished: forget it and start cold, once.
+    deps.metrics.snapshot_fallback()
     if context.project_id is not None and context.work_item_id is not None:
         deps.snapshots.invalidate(context.project_id, context.work_item_id)
     log.warning(
@@ -263,7 +266,12 @@ def _with_base_image_pull(
     try:
         deps.images.pull(image)
     except Exception as pull_err:
-        reports.send(pull_err, "worker_image_pull_fallback", image=image)
+        reports.send(
+            pull_err,
+            "worker_image_pull_fallback",
+            imageName=image,
+            isCustomBase=config.project_image,
+        )
         if config.project_image:
             # Never run a project that configured its own image on another one.
             failure = WorkerImageResolutionError(
@@ -272,7 +280,15 @@ def _with_base_image_pull(
             reports.covered.append(failure)  # its cause is reported already
             raise failure from pull_err
         raise
-    return _create_and_start(config, plan, image, config.env, deps)
+    try:
+        return _create_and_start(config, plan, image, config.env, deps)
+    except Exception as err:
+        if not (config.project_image and is_missing_image(err)):
+            raise
+        # Pulled, yet still absent (say a digest the registry no longer serves): terminal.
+        raise WorkerImageResolutionError(
+            f"project image {image!r} is still missing after it was pulled"
+        ) from err
 
 
 def _create_and_start(

@@ -38,6 +38,7 @@ DOCKYARD_ALL = [
     "DockyardError",
     "DuplicateJobError",
     "InvalidJobError",
+    "JobDataOffloadError",
     "NoWorkerSlotError",
     "ProjectConfig",
     "RedisJobDataStore",
@@ -79,6 +80,7 @@ DEFINED_IN = {
     "DockyardError": "dockyard._errors",
     "DuplicateJobError": "dockyard._errors",
     "InvalidJobError": "dockyard._errors",
+    "JobDataOffloadError": "dockyard._job_data",
     "NoWorkerSlotError": "dockyard._errors",
     "WorkerImageResolutionError": "dockyard._errors",
     "ContainerManager": "dockyard.container_manager",
@@ -91,7 +93,7 @@ DEFINED_IN = {
     **{name: "dockyard.worker_container_launcher" for name in LAUNCHER_NAMES},
 }
 
-PUBLIC_MODULES = {"container_manager", "worker_container_launcher"}
+PUBLIC_MODULES = {"container_manager", "worker", "worker_container_launcher"}
 
 
 def all_modules() -> list[ModuleType]:
