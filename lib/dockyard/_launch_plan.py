@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from ._models import ActiveWorker
 from ._naming import LabelSchema, WorkerLabels
 
-__all__ = ["LaunchPlan"]
+__all__ = ["JobIdentity", "LaunchPlan"]
+
+
+class JobIdentity(Protocol):
+    """A job's resolved ids (`JobFields`, or the launcher's context)."""
+
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def job_type(self) -> str: ...
+    @property
+    def project_id(self) -> str | None: ...
+    @property
+    def work_item_id(self) -> str | None: ...
+    @property
+    def agent_type(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -25,6 +40,31 @@ class LaunchPlan:
     identity: WorkerLabels
     name: str
     timeout_s: float
+
+    @classmethod
+    def for_job(
+        cls,
+        job: JobIdentity,
+        *,
+        instance_id: str,
+        snapshot_enabled: bool,
+        base_image: str,
+        name: str,
+        timeout_s: float,
+    ) -> LaunchPlan:
+        """The plan of a job about to launch: no deadline until it starts."""
+        identity = WorkerLabels(
+            instance_id=instance_id,
+            job_id=job.job_id,
+            job_type=job.job_type,
+            project_id=job.project_id,
+            work_item_id=job.work_item_id,
+            agent_type=job.agent_type,
+            snapshot_enabled=snapshot_enabled,
+            deadline=None,
+            base_image=base_image,
+        )
+        return cls(identity, name, timeout_s)
 
     @property
     def job_id(self) -> str:
@@ -42,18 +82,10 @@ class LaunchPlan:
         return self.identity.deadline
 
     def labels(self, schema: LabelSchema) -> dict[str, str]:
-        identity = self.identity
-        return schema.for_worker(
-            instance_id=identity.instance_id,
-            job_id=identity.job_id,
-            job_type=identity.job_type,
-            project_id=identity.project_id,
-            work_item_id=identity.work_item_id,
-            agent_type=identity.agent_type,
-            snapshot_enabled=identity.snapshot_enabled,
-            deadline=identity.deadline,
-            base_image=identity.base_image or "",
-        )
+        """What `LabelSchema.parse` reads back as this plan's identity."""
+        fields = asdict(self.identity)
+        fields["base_image"] = fields["base_image"] or ""
+        return schema.for_worker(**fields)
 
     def worker(self, *, container_id: str, image: str, started_at: datetime) -> ActiveWorker:
         identity = self.identity

@@ -116,36 +116,32 @@ class TrackedWorker:
         return True
 
     def to_settled(self) -> bool:
-        """→ settled, once; the caller then delivers the outcome (`finish`)."""
-        with self._lock:
-            if self._phase in _ENDED:
-                return False
-            self._phase = Phase.SETTLED
-            timer, self._timer = self._timer, None
-            self._exit_wait = None
-        self._end(timer)
-        return True
+        """→ settled, once: timer cancelled, slot given back; the caller delivers the outcome."""
+        return self._end(Phase.SETTLED)
 
     def to_detached(self) -> bool:
         """→ detached, once: timer cancelled, wait closed, slot and future given up."""
-        with self._lock:
-            if self._phase in _ENDED:
-                return False
-            self._phase = Phase.DETACHED
-            timer, self._timer = self._timer, None
-            exit_wait, self._exit_wait = self._exit_wait, None
-        if exit_wait is not None:
-            exit_wait.close()
-        self._end(timer)
+        if not self._end(Phase.DETACHED):
+            return False
         self.future.cancel()  # wait_for_worker raises CancelledError instead of hanging
         return True
 
-    def _end(self, timer: Timer | None) -> None:
+    def _end(self, phase: Phase) -> bool:
+        """The one transition that ends the worker: it alone gives the slot back."""
+        with self._lock:
+            if self._phase in _ENDED:
+                return False
+            self._phase = phase
+            timer, self._timer = self._timer, None
+            exit_wait, self._exit_wait = self._exit_wait, None
         self.ended.set()
         self.exited.set()
         if timer is not None:
             timer.cancel()
+        if exit_wait is not None and phase is Phase.DETACHED:
+            exit_wait.close()  # a settled worker's wait has answered already
         self._release_slot()
+        return True
 
     # -- the timer and the exit wait ----------------------------------------------------
 

@@ -45,7 +45,7 @@ from ._launch_plan import LaunchPlan
 from ._loops import ManagedPool, PeriodicTask
 from ._metrics import build_metrics, lifecycle_listener
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
-from ._naming import LabelSchema, WorkerLabels, container_name
+from ._naming import LabelSchema, container_name
 from ._orphans import OrphanReaper, WorkerAdopter
 from ._registry_auth import RegistryAuthResolver
 from ._retry import RetryPolicy
@@ -244,18 +244,12 @@ class ContainerManager:
                     fields.project_id, fields.work_item_id, ttl=settings.snapshot_ttl_s
                 )
                 (self._metrics.snapshot_miss if snapshot is None else self._metrics.snapshot_hit)()
-            plan = LaunchPlan(
-                WorkerLabels(
-                    instance_id=self.config.router_instance_id,
-                    job_id=fields.job_id,
-                    job_type=fields.job_type,
-                    project_id=fields.project_id,
-                    work_item_id=fields.work_item_id,
-                    agent_type=fields.agent_type,
-                    snapshot_enabled=settings.snapshot_enabled,
-                    deadline=None,  # fixed at start, after the slot wait and any pull
-                    base_image=settings.base_image,
-                ),
+            # The deadline is fixed at start, after the slot wait and any pull.
+            plan = LaunchPlan.for_job(
+                fields,
+                instance_id=self.config.router_instance_id,
+                snapshot_enabled=settings.snapshot_enabled,
+                base_image=settings.base_image,
                 name=container_name(self.config.container_name_prefix, fields.job_id),
                 timeout_s=settings.timeout_s,
             )

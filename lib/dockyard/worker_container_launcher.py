@@ -30,7 +30,7 @@ from ._launch_plan import LaunchPlan
 from ._lifecycle import TrackedWorker
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
-from ._naming import LabelSchema, WorkerLabels
+from ._naming import LabelSchema
 from ._sentry import ExtraValue, Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
 from ._timeouts import TimeoutController
@@ -124,10 +124,19 @@ def launch_worker_container(
     releases the slot. Failures are reported to Sentry and re-raised (transport failures
     as `DockerUnavailableError`).
     """
+    if context.plan is None:
+        plan = LaunchPlan.for_job(
+            context,
+            instance_id=deps.instance_id,
+            snapshot_enabled=context.snapshot_enabled,
+            base_image=config.base_image,
+            name=config.name,
+            timeout_s=config.timeout_s,
+        )
+        context = replace(context, plan=plan)
     reports = _SpawnReports(deps.reporter, context)
-    plan = context.plan or _plan_of(config, context, deps)
     try:
-        started = _start_container(config, plan, context, deps, reports)
+        started = _start_container(config, context, deps, reports)
     except Exception as err:
         if not reports.covers(err) and not isinstance(err, DuplicateJobError):
             reports.send(err, "worker_spawn")
@@ -169,25 +178,6 @@ def launch_worker_container(
     return worker
 
 
-def _plan_of(
-    config: WorkerContainerLaunchConfig,
-    context: WorkerContainerLaunchContext,
-    deps: WorkerContainerLauncherDependencies,
-) -> LaunchPlan:
-    identity = WorkerLabels(
-        instance_id=deps.instance_id,
-        job_id=context.job_id,
-        job_type=context.job_type,
-        project_id=context.project_id,
-        work_item_id=context.work_item_id,
-        agent_type=context.agent_type,
-        snapshot_enabled=context.snapshot_enabled,
-        deadline=None,
-        base_image=config.base_image,
-    )
-    return LaunchPlan(identity, config.name, config.timeout_s)
-
-
 @dataclass(frozen=True)
 class _Started:
     image: str
@@ -220,17 +210,16 @@ class _SpawnReports:
 
 def _start_container(
     config: WorkerContainerLaunchConfig,
-    plan: LaunchPlan,
     context: WorkerContainerLaunchContext,
     deps: WorkerContainerLauncherDependencies,
     reports: _SpawnReports,
 ) -> _Started:
     """Create and start, with the snapshot and base-image fallbacks of the spec."""
     if config.snapshot is None:
-        return _with_base_image_pull(config, plan, context, deps, reports)
+        return _with_base_image_pull(config, context, deps, reports)
     reuse_env = with_snapshot_reuse(config.env)
     try:
-        return _create_and_start(config, plan, config.snapshot.image_name, reuse_env, deps)
+        return _create_and_start(config, context, config.snapshot.image_name, reuse_env, deps)
     except Exception as err:
         if not is_missing_image(err):
             raise
@@ -244,7 +233,7 @@ def _start_container(
         extra={"job_id": context.job_id, "stale_image": stale},
     )
     try:
-        return _with_base_image_pull(replace(config, snapshot=None), plan, context, deps, reports)
+        return _with_base_image_pull(replace(config, snapshot=None), context, deps, reports)
     except Exception as err:
         reports.send(err, "worker_spawn_fallback", staleImage=stale)
         raise
@@ -252,14 +241,13 @@ def _start_container(
 
 def _with_base_image_pull(
     config: WorkerContainerLaunchConfig,
-    plan: LaunchPlan,
     context: WorkerContainerLaunchContext,
     deps: WorkerContainerLauncherDependencies,
     reports: _SpawnReports,
 ) -> _Started:
     image = config.base_image
     try:
-        return _create_and_start(config, plan, image, config.env, deps)
+        return _create_and_start(config, context, image, config.env, deps)
     except Exception as err:
         if not is_missing_image(err):
             raise
@@ -281,7 +269,7 @@ def _with_base_image_pull(
             raise failure from pull_err
         raise
     try:
-        return _create_and_start(config, plan, image, config.env, deps)
+        return _create_and_start(config, context, image, config.env, deps)
     except Exception as err:
         if not (config.project_image and is_missing_image(err)):
             raise
@@ -293,14 +281,15 @@ def _with_base_image_pull(
 
 def _create_and_start(
     config: WorkerContainerLaunchConfig,
-    plan: LaunchPlan,
+    context: WorkerContainerLaunchContext,
     image: str,
     env: Mapping[str, str],
     deps: WorkerContainerLauncherDependencies,
 ) -> _Started:
     # The deadline is fixed now, after the slot wait and any pull: the whole timeout counts
     # from this start, and the label that adoption and orphan scans read says the same.
-    plan = plan.stamp(deps.clock())
+    assert context.plan is not None  # set by launch_worker_container
+    plan = context.plan.stamp(deps.clock())
     spec = ContainerSpec(
         image=image,
         name=config.name,
