@@ -40,6 +40,7 @@ class ExitFacts:
     oom_killed: bool | None = None
     error: str | None = None
     duration_s: float | None = None
+    finished_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ def exit_facts(state: dict[str, Any]) -> ExitFacts:
         oom_killed=oom if isinstance(oom, bool) else None,
         error=state.get("Error") or None,
         duration_s=duration,
+        finished_at=finished,
     )
 
 
@@ -368,12 +370,14 @@ class ExitWatcher:
 def _caused_by_kill(tracked: TrackedWorker, facts: ExitFacts) -> bool:
     """The kill began before the exit: a natural exit the kill only raced stays natural.
 
-    Compares durations, not clocks (the engine's clock may differ from ours): the run
-    ended naturally when it lasted less than the time from its start to the kill.
+    Natural only when the engine says so by both measures: the exit's time is before the
+    kill began, and the run was shorter than the time from its start to the kill (the
+    latter holds however the engine's clock differs from ours). Unknown: the kill's.
     """
     kill_began = tracked.kill_began
     if kill_began is None:
         return False
-    if facts.duration_s is None:
+    if facts.duration_s is None or facts.finished_at is None:
         return True
-    return facts.duration_s >= (kill_began - tracked.worker.started_at).total_seconds()
+    before_kill = (kill_began - tracked.worker.started_at).total_seconds()
+    return facts.finished_at >= kill_began or facts.duration_s >= before_kill
