@@ -17,12 +17,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ._docker import DockerGateway, is_conflict, is_not_found, is_unreachable
-from ._lifecycle import TrackedWorker
+from ._loops import RetryPolicy
 from ._models import OutcomeStatus, WorkerOutcome
-from ._retry import RetryPolicy
 from ._sentry import Reporter, WorkerExitError
 from ._snapshots import SnapshotManager
-from ._tracker import WorkerRegistry
+from ._tracker import TrackedWorker, WorkerRegistry
 
 __all__ = ["ExitFacts", "ExitWatcher", "parse_docker_time"]
 

@@ -14,14 +14,13 @@ from ._environment import secret_values
 from ._errors import DuplicateJobError
 from ._exit_handling import ExitWatcher, parse_docker_time
 from ._launch_plan import LaunchPlan
-from ._lifecycle import TrackedWorker
 from ._loops import Activity
 from ._models import ActiveWorker
 from ._naming import LabelSchema, parse_deadline
 from ._sentry import Reporter
 from ._slots import SlotGate
 from ._timeouts import TimeoutController
-from ._tracker import SafeListener, WorkerRegistry
+from ._tracker import SafeListener, TrackedWorker, WorkerRegistry
 
 __all__ = ["OrphanReaper", "WorkerAdopter"]
 

@@ -8,10 +8,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from ._docker import DockerGateway, is_not_found
-from ._lifecycle import TrackedWorker
-from ._loops import Activity
-from ._retry import RetryPolicy
+from ._loops import Activity, RetryPolicy
 from ._sentry import Reporter, WorkerTimeoutError
+from ._tracker import TrackedWorker
 
 __all__ = ["TimeoutController"]
 

@@ -42,13 +42,12 @@ from ._jobs import (
     resolve_job_fields,
 )
 from ._launch_plan import LaunchPlan
-from ._loops import ManagedPool, PeriodicTask
+from ._loops import ManagedPool, PeriodicTask, RetryPolicy
 from ._metrics import build_metrics, lifecycle_listener
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._naming import LabelSchema, container_name
 from ._orphans import OrphanReaper, WorkerAdopter
 from ._registry_auth import RegistryAuthResolver
-from ._retry import RetryPolicy
 from ._sentry import Reporter, SentryReporter
 from ._slots import SlotGate, SlotLease
 from ._snapshot_registry import SnapshotRegistry

@@ -27,14 +27,13 @@ from ._errors import DockerUnavailableError, DuplicateJobError, WorkerImageResol
 from ._exit_handling import ExitWatcher
 from ._images import ImagePuller
 from ._launch_plan import LaunchPlan
-from ._lifecycle import TrackedWorker
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
 from ._naming import LabelSchema
 from ._sentry import ExtraValue, Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
 from ._timeouts import TimeoutController
-from ._tracker import SafeListener, WorkerRegistry
+from ._tracker import SafeListener, TrackedWorker, WorkerRegistry
 
 __all__ = [
     "WorkerContainerLaunchConfig",

@@ -120,7 +120,7 @@ def make() -> Iterator[Callable[..., tuple[ContainerManager, Any]]]:
 def fast_kill_retries(manager: ContainerManager, monkeypatch: pytest.MonkeyPatch) -> None:
     """No back-off between kill rounds (a test must not sleep through real ones)."""
     try:
-        from dockyard._retry import RetryPolicy  # noqa: PLC0415
+        from dockyard._loops import RetryPolicy  # noqa: PLC0415
     except ImportError:  # the design before the retry policy: its own constant
         monkeypatch.setattr("dockyard._timeouts._KILL_RETRY_FIRST_S", 0.001, raising=False)
         return
