@@ -20,6 +20,7 @@ import requests
 from docker.errors import APIError, DockerException, NotFound
 
 from ._errors import DockerUnavailableError
+from ._secrets import Secret, reveal
 
 __all__ = [
     "ContainerSpec",
@@ -82,7 +83,7 @@ class ContainerSpec:
 
     image: str
     name: str
-    env: Mapping[str, str]
+    env: Mapping[str, str | Secret] = field(repr=False)  # revealed only in `_create_once`
     labels: Mapping[str, str]
     memory_bytes: int
     network: str
@@ -276,7 +277,8 @@ class DockerGateway:
             image=spec.image,
             name=spec.name,
             command=list(spec.command) if spec.command is not None else None,
-            environment=[f"{k}={v}" for k, v in spec.env.items()],
+            # The one place secret values become plain strings: the engine needs them so.
+            environment=[f"{k}={reveal(v)}" for k, v in spec.env.items()],
             labels=dict(spec.labels),
             host_config=host_config,
             detach=True,
