@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -87,7 +88,7 @@ class SentryReporter(Reporter):
                     lambda event, _hint: cast("Event", scrub_event(dict(event), masker))
                 )
                 sentry_sdk.capture_exception(
-                    err,
+                    _distinct(err),
                     tags={"source": source, **(tags or {})},
                     extras=dict(extras or {}),  # `extras`, plural: `extra=` drops the event
                     level=level,
@@ -97,6 +98,26 @@ class SentryReporter(Reporter):
                 "sentry capture failed",
                 extra={"source": source, "error_type": type(failure).__name__},
             )
+
+
+def _distinct(err: BaseException) -> BaseException:
+    """A copy of `err` with the same traceback and chain, for one report.
+
+    The SDK's default dedupe integration drops an event whose exception object is the one
+    captured last: one failure reported under two sources (a pull failure is
+    `worker_image_pull_fallback` and then `worker_spawn_fallback`) would lose its second
+    report. An exception that cannot be copied is reported as it is.
+    """
+    try:
+        clone = copy.copy(err)
+    except Exception:
+        return err
+    if type(clone) is not type(err) or clone is err:
+        return err
+    clone.__cause__ = err.__cause__
+    clone.__context__ = err.__context__
+    clone.__suppress_context__ = err.__suppress_context__
+    return clone.with_traceback(err.__traceback__)
 
 
 def scrub_event(event: dict[str, Any], masker: Masker) -> dict[str, Any]:
