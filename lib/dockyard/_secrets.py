@@ -7,6 +7,7 @@ import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -48,6 +49,7 @@ MIN_SUBSTRING_LENGTH = 4
 # Job-data strings shorter than this are ids and labels (already in names and logs), not secrets.
 MIN_JOB_DATA_LEAF = 8
 _WORD_CHARS = r"A-Za-z0-9_"
+_BOOK_JOBS = 256  # jobs whose secrets a manager's Sentry events are masked against
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -132,13 +134,14 @@ class Masker:
     """Replaces known secret values (and their encoded forms) in text with `***`.
 
     The only place dockyard decides how a secret is hidden in output: log tails, Sentry
-    events. Built once per worker (or per event) and then only read, so it is thread-safe.
+    events. Its pattern is compiled on first use (most workers' output is never read), and
+    it is only read afterwards, so it is thread-safe.
     """
 
     values: frozenset[str] = field(repr=False)
-    _pattern: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    @cached_property
+    def _pattern(self) -> re.Pattern[str] | None:
         long_forms: set[str] = set()
         short: set[str] = set()
         for value in self.values:
@@ -151,7 +154,7 @@ class Masker:
             rf"(?<![{_WORD_CHARS}]){re.escape(value)}(?![{_WORD_CHARS}])"
             for value in sorted(short, key=len, reverse=True)
         ]
-        object.__setattr__(self, "_pattern", re.compile("|".join(parts)) if parts else None)
+        return re.compile("|".join(parts)) if parts else None
 
     @classmethod
     def of(cls, *groups: Iterable[str | Secret]) -> Masker:
@@ -161,7 +164,7 @@ class Masker:
         return f"Masker({len(self.values)} values)"
 
     def __bool__(self) -> bool:
-        return self._pattern is not None
+        return any(self.values)
 
     def merged(self, *others: Masker) -> Masker:
         return Masker(self.values.union(*(other.values for other in others)))
@@ -229,7 +232,8 @@ class SecretBook:
     def __init__(self, router: Masker, history: int = 1024) -> None:
         self._router = router
         self._lock = threading.Lock()
-        self._jobs: LRUCache[str, Masker] = LRUCache(maxsize=max(1, history))
+        # Bounded: a report compiles one pattern of all of them.
+        self._jobs: LRUCache[str, Masker] = LRUCache(maxsize=max(1, min(history, _BOOK_JOBS)))
 
     def __repr__(self) -> str:
         return "SecretBook()"
