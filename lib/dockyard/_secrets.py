@@ -46,6 +46,8 @@ _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|KEY|DSN|CREDENTIAL|AUTH|_URL$", r
 # every "42" or "abc" inside ordinary words and numbers would garble the output while
 # hiding nothing (a value that short is guessed faster than it is read).
 MIN_SUBSTRING_LENGTH = 4
+# A router variable picked by its name alone must be at least this long to be masked.
+MIN_ROUTER_NAMED_SECRET = 8
 # Job-data strings shorter than this are ids and labels (already in names and logs), not secrets.
 MIN_JOB_DATA_LEAF = 8
 _WORD_CHARS = r"A-Za-z0-9_"
@@ -188,19 +190,31 @@ class Masker:
 def worker_secret_values(env: Mapping[str, str | Secret]) -> list[str]:
     """The values in a worker environment that must never be echoed: service secrets,
     job data and every project credential listed in `CASCADE_CREDENTIAL_KEYS`."""
-    keys = set(SECRET_ENV_KEYS)
+    keys = set(SECRET_ENV_KEYS) - {"JOB_DATA"}
     listed = env.get("CASCADE_CREDENTIAL_KEYS")
     if listed is not None:
         keys.update(k.strip() for k in reveal(listed).split(",") if k.strip())
-    return [reveal(env[key]) for key in keys if key in env and reveal(env[key])]
+    found = [reveal(env[key]) for key in keys if key in env and reveal(env[key])]
+    job_data = reveal(env.get("JOB_DATA", ""))
+    if len(job_data) >= MIN_JOB_DATA_LEAF:  # `{}` is no secret, and masking it garbles output
+        found.append(job_data)
+    return found
 
 
 def router_secret_values(environ: Mapping[str, str]) -> list[str]:
-    """The router's own secrets: the worker secret keys plus every variable named like one."""
+    """The router's own secrets: the worker secret keys plus every variable named like one.
+
+    A variable picked by its name alone counts only when its value is long enough to be a
+    secret: `SOME_TOKEN_TTL=1` would otherwise mask every `1` in every event.
+    """
     return [
         value
         for key, value in environ.items()
-        if value and (key in SECRET_ENV_KEYS or _SECRET_NAME.search(key))
+        if value
+        and (
+            key in SECRET_ENV_KEYS
+            or (_SECRET_NAME.search(key) and len(value) >= MIN_ROUTER_NAMED_SECRET)
+        )
     ]
 
 
