@@ -29,6 +29,7 @@ from ._images import ImagePuller
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
 from ._naming import LabelSchema
+from ._secrets import Masker, Secret
 from ._sentry import ExtraValue, Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
 from ._timeouts import TimeoutController
@@ -56,12 +57,14 @@ class WorkerContainerLaunchConfig:
 
     `env` is the fresh-run environment; when `snapshot` is set the container starts from
     that snapshot image with `CASCADE_SNAPSHOT_REUSE=true` added, falling back to
-    `base_image` (and `env` as is) if the snapshot image has vanished.
+    `base_image` (and `env` as is) if the snapshot image has vanished. `env` values are
+    `Secret`s (plain strings are accepted too); neither `env` nor `masker` (what the log
+    tail hides) shows in a repr.
     """
 
     name: str
     base_image: str
-    env: Mapping[str, str]
+    env: Mapping[str, str | Secret] = field(repr=False)
     labels: Mapping[str, str]
     memory_mb: int
     network: str
@@ -72,7 +75,7 @@ class WorkerContainerLaunchConfig:
     command: Sequence[str] | None = None
     pids_limit: int | None = None
     no_new_privileges: bool = False
-    secrets: tuple[str, ...] = field(default=(), repr=False)
+    masker: Masker = field(default_factory=lambda: Masker(frozenset()), repr=False)
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ def launch_worker_container(
         release_slot=context.release_slot,
         exit_wait=exit_wait,
         env_keys=tuple(env),
-        secrets=config.secrets,
+        masker=config.masker,
         auto_remove=config.auto_remove,
     )
     deps.timeouts.arm(tracked, config.timeout_s)
@@ -190,7 +193,7 @@ def _start_container(
     context: WorkerContainerLaunchContext,
     deps: WorkerContainerLauncherDependencies,
     reports: _SpawnReports,
-) -> tuple[str, Mapping[str, str], str, ExitWait]:
+) -> tuple[str, Mapping[str, str | Secret], str, ExitWait]:
     """Create and start, with the snapshot and base-image fallbacks of the spec."""
     if config.snapshot is None:
         return _with_base_image_pull(config, context, deps, reports)
@@ -222,7 +225,7 @@ def _with_base_image_pull(
     context: WorkerContainerLaunchContext,
     deps: WorkerContainerLauncherDependencies,
     reports: _SpawnReports,
-) -> tuple[str, Mapping[str, str], str, ExitWait]:
+) -> tuple[str, Mapping[str, str | Secret], str, ExitWait]:
     image = config.base_image
     try:
         cid, wait = _create_and_start(config, image, config.env, context, deps)
@@ -262,7 +265,7 @@ def _with_base_image_pull(
 def _create_and_start(
     config: WorkerContainerLaunchConfig,
     image: str,
-    env: Mapping[str, str],
+    env: Mapping[str, str | Secret],
     context: WorkerContainerLaunchContext,
     deps: WorkerContainerLauncherDependencies,
 ) -> tuple[str, ExitWait]:
@@ -310,11 +313,15 @@ def _create(
         raise conflict from None
     labels = (leftover.get("Config") or {}).get("Labels") or {}
     state = leftover.get("State") or {}
-    same_job = (
-        deps.labels.owned_by(labels, deps.instance_id)
-        and labels.get(deps.labels.job_id) == context.job_id
-    )
+    holder = labels.get(deps.labels.job_id)
+    same_job = deps.labels.owned_by(labels, deps.instance_id) and holder == context.job_id
     if not same_job:
+        if holder and holder != context.job_id:
+            # Another job id with the same container name (`a:b` and `a/b`), of another
+            # manager or router: a clear refusal, not the engine's bare 409.
+            raise DuplicateJobError(
+                context.job_id, other_job_id=holder, container_name=spec.name
+            ) from None
         raise conflict
     if state.get("Running") or state.get("Restarting"):
         raise DuplicateJobError(context.job_id)
