@@ -22,6 +22,7 @@ from docker.errors import APIError, DockerException, NotFound
 
 from ._errors import DockerUnavailableError
 from ._registry_auth import RegistryAuth
+from ._secrets import Secret, reveal
 
 __all__ = [
     "ContainerSpec",
@@ -142,7 +143,7 @@ class ContainerSpec:
 
     image: str
     name: str
-    env: Mapping[str, str]
+    env: Mapping[str, str | Secret] = field(repr=False)  # revealed only in `_create_once`
     labels: Mapping[str, str]
     memory_bytes: int
     network: str
@@ -340,7 +341,8 @@ class DockerGateway:
             image=spec.image,
             name=spec.name,
             command=list(spec.command) if spec.command is not None else None,
-            environment=[f"{k}={v}" for k, v in spec.env.items()],
+            # The one place secret values become plain strings: the engine needs them so.
+            environment=[f"{k}={reveal(v)}" for k, v in spec.env.items()],
             labels=dict(spec.labels),
             host_config=host_config,
             detach=True,

@@ -17,6 +17,7 @@ from typing import Protocol
 from ._errors import DockyardError, InvalidJobError
 from ._jobs import JobFields
 from ._redis_store import DEFAULT_KEY_PREFIX, DEFAULT_TTL_S, RedisJobDataStore
+from ._secrets import Secret
 from ._sentry import Reporter
 
 __all__ = [
@@ -107,7 +108,7 @@ def check_job_data_size(fields: JobFields, store: JobDataStore | None) -> None:
 
 def job_data_env(
     fields: JobFields, store: JobDataStore | None, reporter: Reporter
-) -> dict[str, str]:
+) -> dict[str, str | Secret]:
     """`JOB_DATA`, or `JOB_DATA_REDIS_KEY` after writing a large payload to the store.
 
     A failed write is reported (`job_data_offload_write`) and raised as
@@ -116,7 +117,7 @@ def job_data_env(
     check_job_data_size(fields, store)
     payload = fields.job_data_json.encode("utf-8")
     if len(payload) <= JOB_DATA_INLINE_LIMIT or store is None:
-        return {"JOB_DATA": fields.job_data_json}
+        return {"JOB_DATA": Secret(fields.job_data_json)}
     try:
         return {"JOB_DATA_REDIS_KEY": store.put(fields.job_id, payload)}
     except Exception as err:

@@ -10,7 +10,7 @@ from typing import Any
 
 from ._config import RouterConfig
 from ._docker import DockerGateway, is_conflict, is_not_found
-from ._environment import secret_values
+from ._environment import worker_masker
 from ._errors import DuplicateJobError
 from ._exit_handling import ExitWatcher, parse_docker_time
 from ._launch_plan import LaunchPlan
@@ -221,7 +221,7 @@ class WorkerAdopter:
             lease.release,
             exit_wait=exit_wait,
             env_keys=tuple(env),
-            secrets=secret_values(env),
+            masker=worker_masker(env),
             auto_remove=bool((info.get("HostConfig") or {}).get("AutoRemove")),
         )
         remaining = (worker.deadline - self.clock()).total_seconds()

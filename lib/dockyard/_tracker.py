@@ -22,6 +22,8 @@ from cachetools import LRUCache
 from ._docker import ExitWait
 from ._errors import DuplicateJobError
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
+from ._secrets import Masker
+from ._sentry import Reporter
 
 __all__ = ["Phase", "SafeListener", "TrackedWorker", "WorkerRegistry"]
 
@@ -53,12 +55,12 @@ class TrackedWorker:
         *,
         exit_wait: ExitWait | None = None,
         env_keys: tuple[str, ...] = (),
-        secrets: tuple[str, ...] = (),
+        masker: Masker | None = None,
         auto_remove: bool = False,
     ) -> None:
         self.worker = worker
         self.env_keys = env_keys  # names of the launch env, for scrubbing snapshots
-        self.secrets = secrets  # values masked in the worker's log tail
+        self.masker = masker or Masker(frozenset())  # for the worker's log tail
         self.auto_remove = auto_remove  # the engine removes it on exit
         self.future: Future[WorkerOutcome] = Future()
         self._release_slot = release_slot  # a `SlotLease.release`: idempotent
@@ -187,8 +189,11 @@ class TrackedWorker:
 class SafeListener:
     """Calls the host's listener; an exception there is logged, never propagated."""
 
-    def __init__(self, listener: WorkerLifecycleListener | None) -> None:
+    def __init__(
+        self, listener: WorkerLifecycleListener | None, reporter: Reporter | None = None
+    ) -> None:
         self._listener = listener or WorkerLifecycleListener()
+        self._reporter = reporter or Reporter()
 
     def started(self, worker: ActiveWorker) -> None:
         self._call("on_worker_started", worker.job_id, self._listener.on_worker_started, worker)
@@ -203,12 +208,23 @@ class SafeListener:
             "on_orphan_stopped", None, self._listener.on_orphan_stopped, container_id, labels
         )
 
-    @staticmethod
-    def _call(hook: str, job_id: str | None, fn: Callable[..., None], *args: object) -> None:
+    def _call(self, hook: str, job_id: str | None, fn: Callable[..., None], *args: object) -> None:
         try:
             fn(*args)
-        except Exception:
-            log.exception("lifecycle listener failed", extra={"hook": hook, "job_id": job_id})
+        except Exception as err:
+            # Not `log.exception`: a host's logging integration would turn it into an event
+            # with the locals of every frame. The reporter's event drops them.
+            log.warning(
+                "lifecycle listener failed",
+                extra={"hook": hook, "job_id": job_id, "error_type": type(err).__name__},
+            )
+            self._reporter.report(
+                err,
+                "lifecycle_listener",
+                level="warning",
+                tags={"hook": hook},
+                extras={"jobId": job_id},
+            )
 
 
 class WorkerRegistry:
@@ -221,30 +237,48 @@ class WorkerRegistry:
     def __init__(self, listener: SafeListener, history: int) -> None:
         self._listener = listener
         self._lock = threading.Lock()
-        self._reserved: dict[str, Future[WorkerOutcome]] = {}
+        # job id -> its container name, and the outcome future of the run it reserves
+        self._reserved: dict[str, tuple[str | None, Future[WorkerOutcome]]] = {}
         self._active: dict[str, TrackedWorker] = {}
         self._closed = False
         # Finished outcomes stay answerable to wait_for_worker, bounded.
         self._history: LRUCache[str, Future[WorkerOutcome]] = LRUCache(maxsize=history)
 
-    def reserve(self, job_id: str) -> None:
-        """Claim a job id for a spawn; `DuplicateJobError` while it is active or spawning."""
+    def reserve(self, job_id: str, name: str | None = None) -> None:
+        """Claim a job id (and its container name) for a spawn.
+
+        `DuplicateJobError` while the id is active or spawning, or while another job id
+        that maps to the same container name is (`a:b` and `a/b` both name `..._a_b`).
+        """
         with self._lock:
             if job_id in self._reserved or job_id in self._active:
                 raise DuplicateJobError(job_id)
-            self._reserved[job_id] = Future()
+            if name is not None:
+                holder = self._name_holder(name)
+                if holder is not None:
+                    raise DuplicateJobError(job_id, other_job_id=holder, container_name=name)
+            self._reserved[job_id] = (name, Future())
+
+    def _name_holder(self, name: str) -> str | None:
+        for job_id, (reserved_name, _) in self._reserved.items():
+            if reserved_name == name:
+                return job_id
+        for job_id, tracked in self._active.items():
+            if tracked.worker.container_name == name:
+                return job_id
+        return None
 
     def unreserve(self, job_id: str) -> None:
         """Give up a reservation that started no worker; its waiters learn of none."""
         with self._lock:
-            pending = self._reserved.pop(job_id, None)
+            _, pending = self._reserved.pop(job_id, (None, None))
         if pending is not None and pending.set_running_or_notify_cancel():
             pending.set_exception(KeyError(f"no worker was started for job {job_id!r}"))
 
     def register(self, tracked: TrackedWorker) -> bool:
         """Make a started worker active; False once the registry is closed."""
         with self._lock:
-            pending = self._reserved.pop(tracked.job_id, None)
+            _, pending = self._reserved.pop(tracked.job_id, (None, None))
             if self._closed:
                 refused = True
             else:
@@ -283,9 +317,9 @@ class WorkerRegistry:
             tracked = self._active.get(job_id)
             if tracked is not None:
                 return tracked.future
-            pending = self._reserved.get(job_id)
-            if pending is not None:
-                return pending
+            reserved = self._reserved.get(job_id)
+            if reserved is not None:
+                return reserved[1]
             return self._history[job_id]
 
     def settle(self, tracked: TrackedWorker, outcome: WorkerOutcome) -> bool:

@@ -30,6 +30,7 @@ from ._launch_plan import LaunchPlan
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
 from ._naming import LabelSchema
+from ._secrets import Masker, Secret
 from ._sentry import ExtraValue, Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
 from ._timeouts import TimeoutController
@@ -57,12 +58,14 @@ class WorkerContainerLaunchConfig:
 
     `env` is the fresh-run environment; when `snapshot` is set the container starts from
     that snapshot image with `CASCADE_SNAPSHOT_REUSE=true` added, falling back to
-    `base_image` (and `env` as is) if the snapshot image has vanished.
+    `base_image` (and `env` as is) if the snapshot image has vanished. `env` values are
+    `Secret`s (plain strings are accepted too); neither `env` nor `masker` (what the log
+    tail hides) shows in a repr.
     """
 
     name: str
     base_image: str
-    env: Mapping[str, str]
+    env: Mapping[str, str | Secret] = field(repr=False)
     labels: Mapping[str, str]
     memory_mb: int
     network: str
@@ -73,7 +76,7 @@ class WorkerContainerLaunchConfig:
     command: Sequence[str] | None = None
     pids_limit: int | None = None
     no_new_privileges: bool = False
-    secrets: tuple[str, ...] = field(default=(), repr=False)
+    masker: Masker = field(default_factory=lambda: Masker(frozenset()), repr=False)
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ def launch_worker_container(
         context.release_slot,
         exit_wait=started.exit_wait,
         env_keys=tuple(started.env),
-        secrets=config.secrets,
+        masker=config.masker,
         auto_remove=config.auto_remove,
     )
     deps.timeouts.arm(tracked, (worker.deadline - deps.clock()).total_seconds())
@@ -180,7 +183,7 @@ def launch_worker_container(
 @dataclass(frozen=True)
 class _Started:
     image: str
-    env: Mapping[str, str]
+    env: Mapping[str, str | Secret]
     container_id: str
     exit_wait: ExitWait
     plan: LaunchPlan  # stamped with the deadline
@@ -282,7 +285,7 @@ def _create_and_start(
     config: WorkerContainerLaunchConfig,
     context: WorkerContainerLaunchContext,
     image: str,
-    env: Mapping[str, str],
+    env: Mapping[str, str | Secret],
     deps: WorkerContainerLauncherDependencies,
 ) -> _Started:
     # The deadline is fixed now, after the slot wait and any pull: the whole timeout counts
@@ -329,10 +332,13 @@ def _create(spec: ContainerSpec, job_id: str, deps: WorkerContainerLauncherDepen
         raise conflict from None
     labels = (leftover.get("Config") or {}).get("Labels") or {}
     state = leftover.get("State") or {}
-    same_job = (
-        deps.labels.owned_by(labels, deps.instance_id) and labels.get(deps.labels.job_id) == job_id
-    )
+    holder = labels.get(deps.labels.job_id)
+    same_job = deps.labels.owned_by(labels, deps.instance_id) and holder == job_id
     if not same_job:
+        if holder and holder != job_id:
+            # Another job id with the same container name (`a:b` and `a/b`), of another
+            # manager or router: a clear refusal, not the engine's bare 409.
+            raise DuplicateJobError(job_id, other_job_id=holder, container_name=spec.name) from None
         raise conflict
     if state.get("Running") or state.get("Restarting"):
         raise DuplicateJobError(job_id)

@@ -645,10 +645,9 @@ def test_conflict_with_a_running_leftover_of_the_same_job_is_a_duplicate(rig: Ri
     "labels",
     [
         _leftover_labels("job-1", "another-router"),
-        _leftover_labels("another-job", INSTANCE),
         {"unrelated": "container"},
     ],
-    ids=["other-instance", "other-job", "foreign"],
+    ids=["other-instance", "foreign"],
 )
 def test_conflict_with_someone_elses_container_is_reraised(
     rig: Rig, labels: dict[str, str]
@@ -661,6 +660,20 @@ def test_conflict_with_someone_elses_container_is_reraised(
     assert leftover.id in rig.api.containers_by_id
     assert rig.api.call_names().count("create_container") == 1
     assert rig.reporter.sources() == ["worker_spawn"]
+    assert rig.manager.get_active_worker_count() == 0
+
+
+def test_conflict_with_another_job_of_the_same_name_is_a_clear_duplicate(rig: Rig) -> None:
+    # `another-job` took the name first (say `job:1` vs `job/1` in another manager).
+    leftover = rig.api.add_container(
+        "cascade-worker-job-1", _leftover_labels("another-job", INSTANCE), "exited"
+    )
+    with pytest.raises(DuplicateJobError) as info:
+        rig.manager.spawn_worker(job())
+    assert (info.value.job_id, info.value.other_job_id) == ("job-1", "another-job")
+    assert "another-job" in str(info.value) and "job-1" in str(info.value)
+    assert rig.api.calls_of("remove_container") == []
+    assert leftover.id in rig.api.containers_by_id
     assert rig.manager.get_active_worker_count() == 0
 
 
@@ -1059,11 +1072,12 @@ def test_jobs_without_id_in_one_millisecond_get_distinct_ids(
     monkeypatch.setattr("dockyard._jobs.time.time", lambda: 1_700_000_000.123)
     first = rig.manager.spawn_worker(job(None))
     second = rig.manager.spawn_worker(job(None))
-    assert first.job_id == "unknown-1700000000123"
-    assert second.job_id == "unknown-1700000000124"
+    assert first.job_id.startswith("unknown-1700000000123-")
+    assert second.job_id.startswith("unknown-1700000000123-")
+    assert first.job_id != second.job_id
     assert len(rig.api.containers_by_id) == 2  # both run side by side
     env = rig.api.calls_of("create_container")[1]["env"]
-    assert "JOB_ID=unknown-1700000000124" in env
+    assert f"JOB_ID={second.job_id}" in env
 
 
 def test_explicit_duplicate_id_is_still_refused(rig: Rig) -> None:

@@ -308,7 +308,7 @@ class ClosingListener(WorkerLifecycleListener):
 def test_close_from_a_listener_callback_completes(
     thread_baseline: ThreadBaseline, make: Any, caplog: pytest.LogCaptureFixture, hook: str
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="dockyard")
+    caplog.set_level(logging.WARNING, logger="dockyard")
     listener = ClosingListener(hook)
     manager, api = make(listener=listener)
     listener.manager = manager
