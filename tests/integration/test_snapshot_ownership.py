@@ -100,7 +100,9 @@ def test_a_container_run_by_hand_from_a_snapshot_is_neither_reaped_nor_adopted(
 ) -> None:
     producer = make_manager(snapshot_enabled=True, worker_timeout_s=2)
     worker = producer.spawn_worker(
-        WorkerJob("hand-1", "trello", {"projectId": "p-1", "workItemId": "card-h"}, command=["true"])
+        WorkerJob(
+            "hand-1", "trello", {"projectId": "p-1", "workItemId": "card-h"}, command=["true"]
+        )
     )
     assert producer.wait_for_worker("hand-1", WAIT_S).status == "succeeded"
     meta = producer.snapshots.get("p-1", "card-h")
