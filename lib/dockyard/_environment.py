@@ -70,13 +70,17 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 class CredentialProvider(Protocol):
     """The host's credential lookup (`credentials=` of `ContainerManager`)."""
 
-    def get_project_credentials(self, project_id: str) -> Mapping[str, str]: ...
+    def get_project_credentials(self, project_id: str) -> Mapping[str, str]:
+        """The project's credentials, passed to its workers as environment variables."""
+        ...
 
 
 class JobDataStore(Protocol):
     """Where payloads too large for the environment go (`job_data_store=`)."""
 
-    def put(self, job_id: str, payload: bytes) -> str: ...
+    def put(self, job_id: str, payload: bytes) -> str:
+        """Store a job's payload; returns the key the worker reads it back with."""
+        ...
 
 
 @dataclass(frozen=True)
