@@ -526,9 +526,11 @@ def test_stop_failure_falls_back_to_kill(rig: Rig) -> None:
 
 def resumed(api: FakeDockerAPI, container_id: str) -> bool:
     """The broken wait was followed by an inspect and a new wait on a new events stream."""
-    return len(api.calls_of("events")) >= 2 and api.calls_of("inspect_container").count(
-        container_id
-    ) >= 2 and any(not stream.closed for stream in api.streams)
+    return (
+        len(api.calls_of("events")) >= 2
+        and api.calls_of("inspect_container").count(container_id) >= 2
+        and any(not stream.closed for stream in api.streams)
+    )
 
 
 def test_broken_wait_on_a_running_worker_resumes(rig: Rig) -> None:
