@@ -143,14 +143,18 @@ class ExitMonitor:
         self._stream: EventStream | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._retry_now = threading.Event()  # set: skip the back-off (or stop)
+        self._attempts = 0  # connection attempts ended, successful or not
 
     # -- tickets ------------------------------------------------------------------------
 
     def register(self, container_id: str) -> ExitWait:
         """A ticket for the container's next exit, once the stream is connected.
 
-        Raises the connection's typed error (or `DockerUnavailableError`) when the stream
-        cannot be connected within the connect timeout.
+        When no stream is connected this waits for one connection attempt (a back-off in
+        progress is cut short), so a hung engine costs one heartbeat, not the whole
+        back-off. Raises that attempt's typed error (or `DockerUnavailableError`) when it
+        fails or does not end within the connect timeout.
         """
         ticket = ExitWait(container_id, self._forget)
         with self._cond:
@@ -162,8 +166,15 @@ class ExitMonitor:
                 return ticket
             self._tickets.setdefault(container_id, []).append(ticket)
             self._ensure_thread()
+            attempts = self._attempts
+            self._retry_now.set()  # a reader backing off tries again at once
             deadline = self._clock() + self._connect_timeout_s
-            while not (self._healthy or ticket.done() or self._stopping.is_set()):
+            while not (
+                self._healthy
+                or ticket.done()
+                or self._stopping.is_set()
+                or self._attempts > attempts
+            ):
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     break
@@ -209,6 +220,7 @@ class ExitMonitor:
         """Stop the reader (joined within `join_s`) and close every outstanding ticket."""
         with self._cond:
             self._stopping.set()
+            self._retry_now.set()
             self._cond.notify_all()
             stream, thread = self._stream, self._thread
             tickets = [t for waiting in self._tickets.values() for t in waiting]
@@ -235,10 +247,11 @@ class ExitMonitor:
                 stream = self._open_stream(since)
             except Exception as err:
                 self._broken(err)
-                self._stopping.wait(min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2**attempt))
+                self._back_off(min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2**attempt))
                 attempt += 1
                 continue
             with self._cond:
+                self._attempts += 1
                 self._stream = stream
                 if stream.server_time is not None:
                     start_ns = int(stream.server_time) * 1_000_000_000
@@ -256,7 +269,12 @@ class ExitMonitor:
             stream.close()
             if error is not None and not self._stopping.is_set():
                 self._broken(error)
-                self._stopping.wait(_BACKOFF_FIRST_S)
+                self._back_off(_BACKOFF_FIRST_S)
+
+    def _back_off(self, delay_s: float) -> None:
+        """Wait before reconnecting; a new ticket (or `close`) ends the wait early."""
+        self._retry_now.wait(delay_s)
+        self._retry_now.clear()
 
     def _read(self, stream: EventStream) -> BaseException | None:
         """Dispatch events until the stream ends; None for an idle timeout."""
@@ -298,6 +316,7 @@ class ExitMonitor:
     def _broken(self, error: BaseException) -> None:
         """A real stream failure: every outstanding ticket fails, its owner re-inspects."""
         with self._cond:
+            self._attempts += 1
             self._healthy = False
             self._last_error = error
             tickets = [t for waiting in self._tickets.values() for t in waiting]
