@@ -219,7 +219,7 @@ class DockerGateway:
             raise DockerUnavailableError(f"Docker {operation}: the gateway is closed")
         return self._calls.run(operation, fn)
 
-    def _url(self, path: str) -> str:
+    def _endpoint(self, path: str) -> str:
         return f"{self.api.base_url}/v{self.api.api_version}{path}"
 
     # -- containers ---------------------------------------------------------------------
@@ -372,7 +372,7 @@ class DockerGateway:
 
         def connect() -> _ResponseEvents:
             response = self.api.get(
-                self._url("/events"),
+                self._endpoint("/events"),
                 params=params,
                 stream=True,
                 timeout=(self._timeout_s, self._heartbeat_s),
@@ -508,7 +508,7 @@ class DockerGateway:
         """POST `path` and read its JSON progress lines within `timeout_s`, raising on their
         error lines (docker-py's own `pull`/`load_image` hide those)."""
         deadline = time.monotonic() + timeout_s
-        response = self.api.post(self._url(path), stream=True, timeout=timeout_s, **request)
+        response = self.api.post(self._endpoint(path), stream=True, timeout=timeout_s, **request)
         try:
             _raise_for_status(response)
             for raw_line in response.iter_lines():
