@@ -64,6 +64,10 @@ class EngineError(DockyardError):
         self.status_code = status_code
         self.explanation = explanation
 
+    def __reduce__(self) -> tuple[type[EngineError], tuple[str, int | None, str]]:
+        # `copy.copy` (the image puller hands each caller its own copy) rebuilds from these.
+        return type(self), (self.operation, self.status_code, self.explanation)
+
 
 class EngineNotFoundError(EngineError, LookupError):
     """404: no such container, image or network (`explanation` says which)."""
