@@ -280,7 +280,10 @@ class ExitMonitor:
         """Dispatch events until the stream ends; None for an idle timeout."""
         try:
             for event in stream.events():
-                self._dispatch(event)
+                try:
+                    self._dispatch(event)
+                except Exception:  # one odd event must not break (and replay) the stream
+                    log.debug("ignoring an unreadable engine event", exc_info=True)
         except StreamIdle:
             return None
         except Exception as err:
@@ -354,11 +357,15 @@ def server_time_of(date_header: str | None) -> float | None:
 
 
 def decode_event(line: bytes | str) -> dict[str, Any] | None:
-    """One line of the events stream as a dict; None for keep-alive blank lines."""
+    """One JSON line of an engine stream as a dict; None for blank or unreadable lines."""
     text = line.decode("utf-8", errors="replace") if isinstance(line, bytes) else line
     if not text.strip():
         return None
-    event = json.loads(text)
+    try:
+        event = json.loads(text)
+    except ValueError:
+        log.debug("ignoring a line that is not JSON", extra={"line": text[:200]})
+        return None
     return event if isinstance(event, dict) else None
 
 
