@@ -8,12 +8,14 @@ chooses::
     from dockyard.testing import FakeDockerAPI, api_error
 
     api = FakeDockerAPI(images={"worker:1"})
-    api.failures["create_container"] = [api_error(500, "disk full")]  # scripted failures
-    with ContainerManager(RouterConfig(worker_image="worker:1"), docker_client=api) as m:
-        worker = m.spawn_worker(WorkerJob("job-1", "build", {}))   # raises WorkerSpawnError
-        ...
-        api.exit(worker.container_id, 0)                          # the container exits
-        assert m.wait_for_worker("job-1", timeout=5).status == "succeeded"
+    config = RouterConfig(worker_image="worker:1", router_instance_id="test")
+    with ContainerManager(config, docker_client=api) as manager:
+        worker = manager.spawn_worker(WorkerJob("job-1", "build", {}))
+        api.exit(worker.container_id, 0)  # the container exits
+        assert manager.wait_for_worker("job-1", timeout=5).status == "succeeded"
+
+        api.failures["create_container"] = [api_error(500, "disk full")]  # scripted
+        manager.spawn_worker(WorkerJob("job-2", "build", {}))  # raises WorkerSpawnError
 
 Exits reach dockyard as the real engine sends them: as `die` events on the events stream
 (`GET /events`); `break_event_streams()` breaks that stream the way an engine restart does.
