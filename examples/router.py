@@ -23,6 +23,10 @@ Configuration comes from the environment through ``RouterConfig.from_env()``:
 ``CASCADE_ROUTER_INSTANCE``, ``SNAPSHOT_ENABLED``, ... and ``REDIS_URL`` (``--redis-url``
 overrides it). With ``SENTRY_DSN`` set, the router initialises Sentry: that is the host's
 job, dockyard only reports through it.
+
+With ``--metrics-port PORT`` (or ``DOCKYARD_METRICS_PORT``) the router serves Prometheus
+metrics at ``http://127.0.0.1:PORT/metrics`` (``--metrics-address`` to listen elsewhere;
+needs ``pip install 'dockyard[metrics]'``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -55,6 +60,9 @@ from dockyard import (
     WorkerLifecycleListener,
     WorkerOutcome,
 )
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("router")
 
@@ -221,6 +229,23 @@ def init_sentry(environ: Mapping[str, str]) -> None:
     )
 
 
+def serve_metrics(port: int | None, address: str) -> CollectorRegistry | None:
+    """A registry served on `port` for the router's lifetime (a daemon thread); None without."""
+    if port is None:
+        return None
+    from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
+
+    registry = CollectorRegistry()
+    start_http_server(port, addr=address, registry=registry)
+    log.info("metrics at http://%s:%d/metrics", address, port)
+    return registry
+
+
+def _env_port(environ: Mapping[str, str]) -> int | None:
+    value = environ.get("DOCKYARD_METRICS_PORT", "").strip()
+    return int(value) if value else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="A minimal dockyard router fed by Redis.")
     parser.add_argument("--redis-url", help="Redis URL (default: $REDIS_URL)")
@@ -229,6 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--running", default="dockyard:running", help="hash of running jobs")
     parser.add_argument("--orphan-interval", type=float, default=300.0, metavar="S")
     parser.add_argument("--snapshot-interval", type=float, default=300.0, metavar="S")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_env_port(os.environ),
+        metavar="PORT",
+        help="serve Prometheus /metrics on PORT (default: $DOCKYARD_METRICS_PORT; off if unset)",
+    )
+    parser.add_argument("--metrics-address", default="127.0.0.1", metavar="ADDR")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -260,7 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     # Payloads too large for the environment go to Redis; the worker reads JOB_DATA_REDIS_KEY.
     job_data = RedisJobDataStore(client)
     try:
-        manager = ContainerManager(config, listener=outcomes, job_data_store=job_data)
+        metrics = serve_metrics(args.metrics_port, args.metrics_address)
+    except OSError as err:
+        log.error("metrics endpoint: %s", err)
+        return 2
+    try:
+        manager = ContainerManager(
+            config, listener=outcomes, job_data_store=job_data, metrics_registry=metrics
+        )
     except DockerUnavailableError as err:
         log.error("%s", err)
         return 2

@@ -59,6 +59,10 @@ class RouterConfig(DataClassJsonMixin):
     label_prefix: str = "cascade"
     container_name_prefix: str = "cascade-worker-"
     snapshot_image_prefix: str = "cascade-snapshot-"
+    # Credentials sent with every image pull (the engine has no login of its own).
+    registry_username: str | None = None
+    registry_password: str | None = field(default=None, repr=False)
+    registry_server: str | None = None
     # Beyond the original: hardening and operational bounds.
     # False: dockyard removes finished containers itself, after reading their log tail
     # (the engine refuses logs of a container it is auto-removing).
@@ -68,6 +72,9 @@ class RouterConfig(DataClassJsonMixin):
     docker_timeout_s: float = 60.0
     wait_retry_window_s: float = 60.0
     outcome_history: int = 10_000
+    # Commits and image rewrites copy whole filesystems: multi-GB images outlast the
+    # short-call timeout by far.
+    image_write_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
         _validate_router(self)
@@ -210,6 +217,9 @@ _ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SNAPSHOT_MAX_COUNT": ("snapshot_max_count", _int),
     "SNAPSHOT_MAX_SIZE_BYTES": ("snapshot_max_size_bytes", _int),
     "CASCADE_ROUTER_INSTANCE": ("router_instance_id", _str),
+    "WORKER_IMAGE_REGISTRY_USERNAME": ("registry_username", _str),
+    "WORKER_IMAGE_REGISTRY_PASSWORD": ("registry_password", _str),
+    "WORKER_IMAGE_REGISTRY_SERVER": ("registry_server", _str),
 }
 _VAR_OF_FIELD = {name: var for var, (name, _) in _ENV_VARS.items()}
 
@@ -275,5 +285,9 @@ def _validate_router(config: RouterConfig) -> None:
             "snapshot_image_prefix",
             f"{config.snapshot_image_prefix!r} does not start a valid image name",
         )
+    for name in ("registry_username", "registry_password", "registry_server"):
+        value = getattr(config, name)
+        if value is not None:
+            _require_text(name, value, allow_empty=True)
     if not isinstance(config.snapshot_enabled, bool):
         raise ConfigError("snapshot_enabled", "must be a boolean")

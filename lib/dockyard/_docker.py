@@ -25,6 +25,8 @@ from ._engine_errors import (
     CallObserver,
     EngineCalls,
     EngineError,
+    EngineTimeoutError,
+    call_result,
     is_conflict,
     is_missing_image,
     is_not_found,
@@ -33,11 +35,14 @@ from ._engine_errors import (
 )
 from ._errors import DockerUnavailableError
 from ._exit_monitor import ExitMonitor, ExitWait, StreamIdle, decode_event, server_time_of
+from ._registry_auth import RegistryAuth
 
 __all__ = [
     "ContainerSpec",
     "DockerGateway",
+    "EngineObserver",
     "ExitWait",
+    "call_result",
     "is_conflict",
     "is_missing_image",
     "is_not_found",
@@ -47,6 +52,9 @@ __all__ = [
 log = logging.getLogger("dockyard.docker")
 
 T = TypeVar("T")
+
+EngineObserver = CallObserver
+"""Told of every engine call: `(operation, result, seconds)`; see `call_result`."""
 
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     DockerException,
@@ -127,6 +135,8 @@ class DockerGateway:
     ) -> None:
         self.api = api
         self.owns_clients = owns_clients
+        # Commits and image rewrites of multi-GB images: far beyond a short call's timeout.
+        self.image_write_timeout_s = 1800.0
         self._timeout_s = timeout_s
         self._heartbeat_s = heartbeat_s
         self._event_labels = list(event_labels)
@@ -345,7 +355,7 @@ class DockerGateway:
         """
         if self._closed:
             raise DockerUnavailableError("Docker exit wait: the gateway is closed")
-        ticket = self._exits.register(container_id)
+        ticket = self._run("open_wait", lambda: self._exits.register(container_id))
         if condition == "next-exit" or ticket.done():
             return ticket
         try:
@@ -401,7 +411,7 @@ class DockerGateway:
 
     def logs_tail(self, container_id: str, lines: int) -> str:
         raw = self._run(
-            "logs",
+            "logs_tail",
             lambda: self.api.logs(
                 container_id, stdout=True, stderr=True, tail=lines, timestamps=False
             ),
@@ -438,18 +448,31 @@ class DockerGateway:
 
     def list_containers(self, labels: Sequence[str], *, all: bool = True) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._run(
-            "list", lambda: self.api.containers(all=all, filters={"label": list(labels)})
+            "list_containers", lambda: self.api.containers(all=all, filters={"label": list(labels)})
         )
         return result
 
     def commit(self, container_id: str, repository: str, tag: str, changes: Sequence[str]) -> str:
-        result = self._run(
-            "commit",
-            lambda: self.api.commit(
-                container_id, repository=repository, tag=tag, changes=list(changes) or None
-            ),
-        )
-        return str(result["Id"])
+        """`docker commit` with the long image-write timeout (docker-py's has none of its own)."""
+        params = {
+            "container": container_id,
+            "repo": repository or None,
+            "tag": tag or None,
+            "changes": list(changes) or None,
+            "pause": True,
+        }
+
+        def commit() -> str:
+            response = self.api.post(
+                self._endpoint("/commit"),
+                params=params,
+                json={},
+                timeout=self.image_write_timeout_s,
+            )
+            _raise_for_status(response)
+            return str(response.json()["Id"])
+
+        return self._run("commit", commit)
 
     # -- images -------------------------------------------------------------------------
 
@@ -463,7 +486,7 @@ class DockerGateway:
         return result
 
     def list_images(self, name_filter: str | None = None) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._run("image_list", lambda: self.api.images(all=False))
+        result: list[dict[str, Any]] = self._run("list_images", lambda: self.api.images(all=False))
         if name_filter is None:
             return result
         return [
@@ -479,30 +502,41 @@ class DockerGateway:
     def load_image_archive(self, archive: bytes, reference: str) -> None:
         """`docker load` an image archive, raising on the stream's own error lines."""
         self._run(
-            "image_load",
+            "load_image_archive",
             lambda: self._drain(
                 f"load of {reference}",
                 "/images/load",
-                self._timeout_s,
+                self.image_write_timeout_s,
                 data=archive,
                 params={"quiet": "1"},
             ),
         )
 
     def remove_image(self, image: str) -> None:
-        self._run("image_remove", lambda: self.api.remove_image(image, force=False))
+        self._run("remove_image", lambda: self.api.remove_image(image, force=False))
 
-    def pull(self, image: str, timeout_s: float) -> None:
+    def pull(self, image: str, timeout_s: float, auth_config: RegistryAuth | None = None) -> None:
         """Pull an image within `timeout_s`, raising on the stream's own error lines.
 
         docker-py's `pull` has no timeout and does not raise on `{"error": ...}` lines.
+        `auth_config` goes to the engine as `X-Registry-Auth`. With it, a failure is
+        raised again as a fresh error without the frames and request that held the
+        encoded credentials (Sentry sends frame locals).
         """
         repository, tag = _split_reference(image)
         params = {"fromImage": repository, "tag": tag}
-        self._run(
-            "pull",
-            lambda: self._drain(f"pull of {image}", "/images/create", timeout_s, params=params),
-        )
+        headers = {"X-Registry-Auth": auth_config.header()} if auth_config else None
+        try:
+            self._run(
+                "pull",
+                lambda: self._drain(
+                    f"pull of {image}", "/images/create", timeout_s, params=params, headers=headers
+                ),
+            )
+        except Exception as err:
+            if auth_config is None:
+                raise
+            raise _without_request(err, f"pull of {image} failed") from None
 
     def _drain(self, what: str, path: str, timeout_s: float, **request: Any) -> None:
         """POST `path` and read its JSON progress lines within `timeout_s`, raising on their
@@ -523,6 +557,19 @@ class DockerGateway:
                     raise TimeoutError(f"{what} exceeded {timeout_s:g}s")
         finally:
             response.close()
+
+
+def _without_request(err: Exception, what: str) -> Exception:
+    """The same typed failure, as a new error holding only its message (no request)."""
+    detail = getattr(err, "explanation", None) or str(err)
+    message = detail if str(detail).startswith(what) else f"{what}: {detail}"
+    if isinstance(err, EngineError):
+        return type(err)("pull", err.status_code, message)
+    if isinstance(err, EngineTimeoutError):
+        return EngineTimeoutError(message)
+    if isinstance(err, DockerUnavailableError):
+        return DockerUnavailableError(message)
+    return EngineError("pull", None, message)
 
 
 def _raise_for_status(response: requests.Response) -> None:

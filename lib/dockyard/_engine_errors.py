@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import requests
-from docker.errors import APIError, DockerException
+from docker.errors import APIError, DockerException, NotFound
 
 from ._errors import DockerUnavailableError, DockyardError, WorkerSpawnError
 
@@ -27,6 +27,7 @@ __all__ = [
     "EngineNotFoundError",
     "EngineTimeoutError",
     "as_spawn_error",
+    "call_result",
     "is_conflict",
     "is_missing_image",
     "is_not_found",
@@ -86,7 +87,7 @@ def translate(operation: str, err: BaseException) -> BaseException:
     if isinstance(err, DockyardError):
         return err
     if isinstance(err, APIError):
-        status = err.status_code
+        status = _status(err)
         explanation = str(err.explanation or err)
         if status in _UNAVAILABLE_STATUSES:
             return DockerUnavailableError(f"Docker {operation}: engine unavailable ({status})")
@@ -101,11 +102,17 @@ def translate(operation: str, err: BaseException) -> BaseException:
     return err  # not an engine error (a bug, an interrupt): unchanged
 
 
+def call_result(err: BaseException | None) -> str:
+    """How an engine call ended, for metrics: `ok`, `not_found`, `conflict`, `unreachable`,
+    `error`."""
+    if err is None:
+        return "ok"
+    return _result_of(translate("call", err))
+
+
 def _result_of(err: BaseException) -> str:
-    if isinstance(err, EngineTimeoutError):
-        return "timeout"
     if isinstance(err, DockerUnavailableError):
-        return "unavailable"
+        return "unreachable"
     if isinstance(err, EngineNotFoundError):
         return "not_found"
     if isinstance(err, EngineConflictError):
@@ -165,6 +172,8 @@ def as_spawn_error(err: BaseException) -> BaseException:
 
 def _status(err: BaseException) -> int | None:
     if isinstance(err, EngineError | APIError):
+        if err.status_code is None and isinstance(err, NotFound):
+            return 404  # docker-py's NotFound made without a response
         return err.status_code
     return None
 

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from ._config import RouterConfig
 from ._errors import InvalidJobError
+from ._job_data import JOB_DATA_INLINE_LIMIT, JobDataStore, check_job_data_size, job_data_env
 from ._jobs import JobFields
 from ._sentry import Reporter
 
@@ -25,8 +26,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("dockyard.environment")
-
-JOB_DATA_INLINE_LIMIT = 96 * 1024  # bytes of UTF-8; larger payloads go to the job data store
 
 # Copied from the router's environment only when set there.
 PASS_THROUGH_KEYS = (
@@ -75,14 +74,6 @@ class CredentialProvider(Protocol):
         ...
 
 
-class JobDataStore(Protocol):
-    """Where payloads too large for the environment go (`job_data_store=`)."""
-
-    def put(self, job_id: str, payload: bytes) -> str:
-        """Store a job's payload; returns the key the worker reads it back with."""
-        ...
-
-
 @dataclass(frozen=True)
 class EnvSources:
     """What an environment is built from besides the job itself."""
@@ -102,13 +93,7 @@ def build_worker_env(
     Large payloads are written to the job data store here, so call it once per spawn.
     """
     env: dict[str, str] = {"JOB_ID": fields.job_id, "JOB_TYPE": fields.job_type}
-    payload = fields.job_data_json.encode("utf-8")
-    check_job_data(fields, sources)  # over the limit without a store: refused here
-    store = sources.job_data_store
-    if len(payload) > JOB_DATA_INLINE_LIMIT and store is not None:
-        env["JOB_DATA_REDIS_KEY"] = store.put(fields.job_id, payload)
-    else:
-        env["JOB_DATA"] = fields.job_data_json
+    env.update(job_data_env(fields, sources.job_data_store, sources.reporter))
     env["REDIS_URL"] = sources.config.redis_url
     for key, default in DEFAULTED_KEYS:
         env[key] = sources.router_environ.get(key, default)
@@ -132,12 +117,7 @@ def check_job_data(fields: JobFields, sources: EnvSources) -> None:
 
     Cheap and free of side effects, so a spawn calls it before waiting for a slot.
     """
-    size = len(fields.job_data_json.encode("utf-8"))
-    if size > JOB_DATA_INLINE_LIMIT and sources.job_data_store is None:
-        raise InvalidJobError(
-            f"job data is {size} bytes, over the {JOB_DATA_INLINE_LIMIT}-byte "
-            "inline limit, and no job_data_store is configured"
-        )
+    check_job_data_size(fields, sources.job_data_store)
 
 
 # Values of these keys (and of every credential) are masked wherever dockyard echoes output.

@@ -18,6 +18,8 @@ from concurrent.futures import Future
 from cachetools import TTLCache
 
 from ._docker import DockerGateway
+from ._metrics import NO_METRICS, Metrics
+from ._registry_auth import RegistryAuth
 
 __all__ = [
     "ImagePuller",
@@ -63,7 +65,8 @@ class ImagePuller:
 
     A failure is remembered for `failure_ttl_s` seconds and handed to every caller in that
     window without asking the engine again; a success is not remembered (the image is then
-    local, and a later miss means someone removed it).
+    local, and a later miss means someone removed it). `auth` gives the registry
+    credentials for an image (None: anonymous).
     """
 
     def __init__(
@@ -73,8 +76,12 @@ class ImagePuller:
         *,
         failure_ttl_s: float = DEFAULT_FAILURE_TTL_S,
         clock: Callable[[], float] = time.monotonic,
+        auth: Callable[[str], RegistryAuth | None] | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self._docker = docker
+        self._auth = auth
+        self._metrics = metrics
         self._timeout_s = timeout_s
         self._failure_ttl_s = failure_ttl_s
         self._lock = threading.Lock()
@@ -103,15 +110,21 @@ class ImagePuller:
             return
         log.info("pulling missing image", extra={"image": image})
         try:
-            self._docker.pull(image, self._timeout_s)
+            credentials = self._auth(image) if self._auth is not None else None
+            if credentials is None:
+                self._docker.pull(image, self._timeout_s)
+            else:
+                self._docker.pull(image, self._timeout_s, auth_config=credentials)
         except BaseException as err:
             with self._lock:
                 if isinstance(err, Exception) and self._failure_ttl_s > 0:
                     self._failures[image] = err
                 del self._in_flight[image]
             shared.set_exception(err)
+            self._metrics.image_pull_failed()
             raise
         with self._lock:
             del self._in_flight[image]
         shared.set_result(None)
+        self._metrics.image_pulled()
         log.info("pulled image", extra={"image": image})

@@ -16,8 +16,10 @@ __all__ = [
     "ProjectDirectory",
     "WorkerJob",
     "next_generated_job_id",
+    "project_id_of",
     "resolve_job_fields",
     "validate_job",
+    "work_item_id_of",
 ]
 
 GENERATED_ID_PREFIX = "unknown-"  # + epoch milliseconds, for a job that came without an id
@@ -66,18 +68,22 @@ class JobFields:
     agent_type: str | None
 
 
-# Which payload key names the work item, per job type; other types try them all.
-_WORK_ITEM_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "trello": (("cardId",),),
-    "jira": (("issueKey",),),
+# The original router's id rules (its `extractProjectIdFromJob`, `extractWorkItemId`,
+# `extractAgentType` and the adapters' job shapes); the README has them as a table.
+# Job types resolved by repository when the payload carries no project id (older jobs).
+REPO_LOOKUP_TYPES = frozenset({"github"})
+# Where each job type names its work item; a type not listed uses `workItemId`.
+WORK_ITEM_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "trello": (("workItemId",),),
+    "jira": (("issueKey",), ("workItemId",)),
+    # SCM jobs: only the trigger's work item (a PR without a linked card has none).
     "github": (("triggerResult", "workItemId"),),
+    "gitlab": (("triggerResult", "workItemId"),),
+    # Alerts: the trigger's lock key (an alert has no card), as the dispatch locks use it.
+    "sentry": (("triggerResult", "lockKey"), ("triggerResult", "workItemId"), ("workItemId",)),
 }
-_ANY_WORK_ITEM_PATHS: tuple[tuple[str, ...], ...] = (
-    ("workItemId",),
-    ("triggerResult", "workItemId"),
-    ("cardId",),
-    ("issueKey",),
-)
+DEFAULT_WORK_ITEM_PATHS: tuple[tuple[str, ...], ...] = (("workItemId",),)
+AGENT_TYPE_PATHS: tuple[tuple[str, ...], ...] = (("triggerResult", "agentType"), ("agentType",))
 
 
 def validate_job(job: object) -> WorkerJob:
@@ -118,14 +124,9 @@ def resolve_job_fields(
         ms = now_ms if now_ms is not None else int(time.time() * 1000)
         job_id = f"{GENERATED_ID_PREFIX}{ms}"
     data = job.data
-    project_id = job.project_id or _text(data.get("projectId"))
-    if project_id is None and job.type == "github" and projects is not None:
-        repo = _text(data.get("repoFullName"))
-        project = projects.find_project_by_repo(repo) if repo else None
-        project_id = project.id if project is not None else None
-    work_item_id = job.work_item_id or _work_item(job.type, data)
-    agent_type = job.agent_type or _text(_dig(data, ("triggerResult", "agentType")))
-    agent_type = agent_type or _text(data.get("agentType"))
+    project_id = job.project_id or project_id_of(job.type, data, projects)
+    work_item_id = job.work_item_id or work_item_id_of(job.type, data)
+    agent_type = job.agent_type or _first(data, AGENT_TYPE_PATHS)
     # Derived ids end up in labels and names: hold them to the rules of explicit ones.
     derived = (("projectId", project_id), ("workItemId", work_item_id), ("agentType", agent_type))
     for name, value in derived:
@@ -148,8 +149,26 @@ def next_generated_job_id(job_id: str) -> str:
     return f"{GENERATED_ID_PREFIX}{ms + 1}"
 
 
-def _work_item(job_type: str, data: Mapping[str, Any]) -> str | None:
-    paths = _WORK_ITEM_PATHS.get(job_type, ()) + _ANY_WORK_ITEM_PATHS
+def project_id_of(
+    job_type: str, data: Mapping[str, Any], projects: ProjectDirectory | None
+) -> str | None:
+    """The project id of a payload: `projectId` (the project the router resolved), and for
+    github jobs without one (queued before routers stamped it) a lookup by repository.
+    """
+    project_id = _text(data.get("projectId"))
+    if project_id is None and job_type in REPO_LOOKUP_TYPES and projects is not None:
+        repo = _text(data.get("repoFullName"))
+        project = projects.find_project_by_repo(repo) if repo else None
+        project_id = project.id if project is not None else None
+    return project_id
+
+
+def work_item_id_of(job_type: str, data: Mapping[str, Any]) -> str | None:
+    """The work item id the original router derives from a payload."""
+    return _first(data, WORK_ITEM_PATHS.get(job_type, DEFAULT_WORK_ITEM_PATHS))
+
+
+def _first(data: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]) -> str | None:
     for path in paths:
         value = _text(_dig(data, path))
         if value is not None:

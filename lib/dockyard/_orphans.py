@@ -51,7 +51,7 @@ class OrphanReaper:
             )
         except Exception as err:
             log.warning("orphan scan could not list containers", extra={"error": str(err)})
-            self.reporter.report(err, "orphan_cleanup_scan", level="warning")
+            self.reporter.report(err, "orphan_cleanup_scan", level="error")  # the original's
             return []
         handled: list[str] = []
         now = self.clock()

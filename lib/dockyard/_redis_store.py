@@ -14,7 +14,7 @@ from ._errors import ConfigError
 __all__ = ["RedisJobDataStore"]
 
 DEFAULT_TTL_S = 3600.0
-DEFAULT_KEY_PREFIX = "cascade:job-data:"
+DEFAULT_KEY_PREFIX = "cascade:jobdata:"  # the original router's key
 
 
 class RedisJobDataStore:

@@ -23,6 +23,7 @@ from ._config import RouterConfig
 from ._docker import DockerGateway, is_conflict, is_not_found
 from ._environment import SCRUBBED_ENV_KEYS
 from ._image_rewrite import record_without_container_config
+from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
 from ._naming import LabelSchema, snapshot_image_name
 from ._sentry import Reporter
@@ -91,6 +92,7 @@ class SnapshotManager:
     reporter: Reporter
     config: RouterConfig
     labels: LabelSchema
+    metrics: Metrics = NO_METRICS
     _locks: tuple[threading.Lock, ...] = field(
         init=False, default_factory=lambda: tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
     )
@@ -157,13 +159,21 @@ class SnapshotManager:
                 "snapshot_commit",
                 level="warning",
                 tags={"jobType": worker.job_type},
-                extras={"jobId": worker.job_id, "image": image},
+                extras={  # the original's names
+                    "jobId": worker.job_id,
+                    "containerId": worker.container_id,
+                    "imageName": image,
+                    "projectId": pair[0],
+                    "workItemId": pair[1],
+                },
             )
             self._undo(created, image, previous)
+            self.metrics.snapshot_commit_failed()
             return None
         size = info.get("Size")
         size = int(size) if isinstance(size, int | float) and size >= 0 else None
         meta = self.registry.register(*pair, image, size)
+        self.metrics.snapshot_committed()
         if previous is not None and previous != final:
             self._retire(previous)  # the name moved on; the old image is garbage now
         log.info(
@@ -297,7 +307,7 @@ class SnapshotManager:
                             err,
                             "snapshot_image_remove",
                             level="warning",
-                            extras={"image": image_id},
+                            extras={"imageName": image_id},
                         )
             with self._retired_lock:
                 if keep:
@@ -330,7 +340,10 @@ class SnapshotManager:
                     self._retired.setdefault(image_id, 0)
             elif not is_not_found(err) and not is_conflict(err):
                 self.reporter.report(
-                    err, "snapshot_image_remove", level="warning", extras={"image": meta.image_name}
+                    err,
+                    "snapshot_image_remove",
+                    level="warning",
+                    extras={"imageName": meta.image_name},
                 )
             return False
         return True
@@ -342,6 +355,7 @@ class SnapshotManager:
         except Exception as err:
             self.reporter.report(err, "snapshot_cleanup_scan")
             return []
+        self.metrics.snapshots_evicted(len(evicted))
         self.remove_images(evicted)
         self._remove_retired()
         return evicted

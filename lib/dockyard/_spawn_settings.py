@@ -34,11 +34,15 @@ def find_project(projects: ProjectDirectory | None, project_id: str | None) -> P
     return next((p for p in found if p.id == project_id), None)
 
 
-def resolve_spawn_settings(config: RouterConfig, project: ProjectConfig | None) -> SpawnSettings:
+def resolve_spawn_settings(
+    config: RouterConfig, project: ProjectConfig | None, *, has_project_id: bool = True
+) -> SpawnSettings:
     """Per-project settings override the globals; raises before any Docker call.
 
     A project's own image is usable only once verified with a digest, and the digest is
-    then the image: a job must never silently run on the global image instead.
+    then the image: a job must never silently run on the global image instead. A job
+    without a project id never runs in snapshot mode (as the original): its snapshot
+    could not be keyed, and its container would only skip auto-removal for nothing.
     """
     base_image = config.worker_image
     project_image = False
@@ -55,7 +59,7 @@ def resolve_spawn_settings(config: RouterConfig, project: ProjectConfig | None) 
         raise InvalidJobError("the worker image is empty")
     if not is_valid_image_reference(base_image):
         raise InvalidJobError(f"the worker image reference {base_image!r} is malformed")
-    snapshot_enabled = config.snapshot_enabled
+    snapshot_enabled = config.snapshot_enabled and (project is not None or has_project_id)
     ttl = config.snapshot_default_ttl_s
     timeout = config.worker_timeout_s
     if project is not None:

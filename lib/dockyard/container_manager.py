@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import docker
 
 from ._config import RouterConfig
+from ._dangling import DEFAULT_DANGLING_INTERVAL_S, DanglingImageReaper
 from ._docker import DockerGateway
 from ._environment import (
     CredentialProvider,
@@ -29,9 +31,10 @@ from ._environment import (
     router_environ,
     secret_values,
 )
-from ._errors import DuplicateJobError, NoWorkerSlotError
+from ._errors import ConfigError, DuplicateJobError, NoWorkerSlotError
 from ._exit_handling import ExitWatcher
 from ._images import ImagePuller
+from ._job_data import RedisOffloadStore
 from ._jobs import (
     JobFields,
     ProjectDirectory,
@@ -40,22 +43,27 @@ from ._jobs import (
     resolve_job_fields,
 )
 from ._loops import PeriodicTask
+from ._metrics import build_metrics, lifecycle_listener
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._naming import LabelSchema, container_name
 from ._orphans import OrphanReaper, WorkerAdopter
+from ._registry_auth import RegistryAuthResolver
 from ._sentry import Reporter, SentryReporter
 from ._slots import SlotGate
 from ._snapshot_registry import SnapshotRegistry
 from ._snapshots import SnapshotManager
 from ._spawn_settings import find_project, resolve_spawn_settings
 from ._timeouts import TimeoutController
-from ._tracker import SafeListener, WorkerRegistry
+from ._tracker import WorkerRegistry
 from .worker_container_launcher import (
     WorkerContainerLaunchConfig,
     WorkerContainerLaunchContext,
     WorkerContainerLauncherDependencies,
     launch_worker_container,
 )
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = [
     "ContainerManager",
@@ -87,6 +95,7 @@ class ContainerManager:
         listener: WorkerLifecycleListener | None = None,
         job_data_store: JobDataStore | None = None,
         reporter: Reporter | None = None,
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self.config = config
         self._projects = projects
@@ -101,16 +110,32 @@ class ContainerManager:
             )
         else:
             self._docker = DockerGateway.from_client(docker_client)
+        self._docker.image_write_timeout_s = config.image_write_timeout_s
         self._reporter = reporter or SentryReporter()
-        self._listener = SafeListener(listener)
+        try:
+            # Gauges read the registry and slots at scrape time; they exist just below.
+            self._metrics = build_metrics(
+                metrics_registry,
+                max_workers=config.max_workers,
+                active=self.get_active_worker_count,
+                waiting=lambda: self._slots.waiting,
+            )
+        except ConfigError:
+            self._docker.close()
+            raise
+        if self._metrics.enabled:
+            self._docker.observer = self._metrics.engine_call
+        self._listener = lifecycle_listener(listener, self._metrics)
         self._labels = LabelSchema(config.label_prefix)
         self._slots = SlotGate(config.max_workers)
         self._registry = WorkerRegistry(self._listener, config.outcome_history)
+        self._offload = RedisOffloadStore(config.redis_url)
         self._env_sources = EnvSources(
             config=config,
             router_environ=router_environ(),
             credentials=credentials,
-            job_data_store=job_data_store,
+            # Without a store of the host's, large payloads go to Redis at redis_url.
+            job_data_store=job_data_store if job_data_store is not None else self._offload,
             reporter=self._reporter,
         )
         self._launch_executor = ThreadPoolExecutor(
@@ -124,7 +149,7 @@ class ContainerManager:
             project_ttl=self._project_snapshot_ttl,
         )
         self._snapshot_manager = SnapshotManager(
-            self._docker, self.snapshots, self._reporter, config, self._labels
+            self._docker, self.snapshots, self._reporter, config, self._labels, self._metrics
         )
         self._timeouts = TimeoutController(
             self._docker, self._registry, self._reporter, config.stop_grace_s
@@ -144,11 +169,17 @@ class ContainerManager:
             timeouts=self._timeouts,
             exits=self._exits,
             snapshots=self.snapshots,
-            images=ImagePuller(self._docker, config.image_pull_timeout_s),
+            images=ImagePuller(
+                self._docker,
+                config.image_pull_timeout_s,
+                auth=RegistryAuthResolver(config).for_image,
+                metrics=self._metrics,
+            ),
             reporter=self._reporter,
             listener=self._listener,
             labels=self._labels,
             instance_id=config.router_instance_id,
+            metrics=self._metrics,
         )
         self._reaper = OrphanReaper(
             self._docker, self._registry, self._labels, config, self._reporter, self._listener
@@ -165,6 +196,12 @@ class ContainerManager:
         )
         self._snapshot_loop = PeriodicTask("dockyard-snapshot-cleanup", self.run_snapshot_cleanup)
         self._orphan_loop = PeriodicTask("dockyard-orphan-cleanup", self.scan_and_cleanup_orphans)
+        self._dangling = DanglingImageReaper(
+            self._docker, self._labels, config.router_instance_id, self._reporter
+        )
+        self._dangling_loop = PeriodicTask(
+            "dockyard-dangling-image-cleanup", self.run_dangling_image_cleanup
+        )
 
     # -- workers ------------------------------------------------------------------------
 
@@ -179,15 +216,19 @@ class ContainerManager:
         self._check_open()
         fields = resolve_job_fields(job, self._projects)
         project = find_project(self._projects, fields.project_id)
-        settings = resolve_spawn_settings(self.config, project)
+        settings = resolve_spawn_settings(
+            self.config, project, has_project_id=fields.project_id is not None
+        )
         check_job_data(fields, self._env_sources)
         fields = self._reserve(fields)
         slot_held = False
         try:
             timeout = self.config.slot_wait_timeout_s if slot_timeout is None else slot_timeout
-            if not self._slots.acquire(timeout):
+            waited = time.perf_counter()
+            slot_held = self._slots.acquire(timeout)
+            self._metrics.slot_wait(time.perf_counter() - waited, acquired=slot_held)
+            if not slot_held:
                 raise NoWorkerSlotError(fields.job_id, timeout, self.config.max_workers)
-            slot_held = True
             env = build_worker_env(
                 fields, self._env_sources, snapshot_enabled=settings.snapshot_enabled
             )
@@ -197,6 +238,7 @@ class ContainerManager:
                 snapshot = self.snapshots.get(
                     fields.project_id, fields.work_item_id, ttl=settings.snapshot_ttl_s
                 )
+                (self._metrics.snapshot_miss if snapshot is None else self._metrics.snapshot_hit)()
             launch = WorkerContainerLaunchConfig(
                 name=container_name(self.config.container_name_prefix, fields.job_id),
                 base_image=settings.base_image,
@@ -232,6 +274,7 @@ class ContainerManager:
                 snapshot_enabled=settings.snapshot_enabled,
                 release_slot=self._slots.release,
             )
+            submitted = time.perf_counter()
             future = self._launch_executor.submit(
                 launch_worker_container, launch, context, self._launcher
             )
@@ -239,8 +282,10 @@ class ContainerManager:
             self._abandon_spawn(fields.job_id, slot_held)
             raise
         try:
-            return future.result()
-        except BaseException:
+            worker = future.result()
+        except BaseException as err:
+            if isinstance(err, Exception):
+                self._metrics.spawn_failed(err)
             if future.done():
                 self._abandon_spawn(fields.job_id, slot_held=True)
             else:
@@ -253,6 +298,8 @@ class ContainerManager:
                     )
                 )
             raise
+        self._metrics.spawn_latency(time.perf_counter() - submitted)
+        return worker
 
     def _reserve(self, fields: JobFields) -> JobFields:
         """Claim the job id; a made-up id taken already moves on to the next millisecond.
@@ -318,11 +365,30 @@ class ContainerManager:
         """Stop the snapshot cleanup loop (waits for a run in progress)."""
         self._snapshot_loop.stop()
 
+    # -- dangling images ----------------------------------------------------------------
+
+    def run_dangling_image_cleanup(self) -> list[str]:
+        """Remove dangling images labelled as dockyard's; returns the image ids removed."""
+        removed = self._dangling.scan()
+        self._metrics.dangling_images_removed(len(removed))
+        return removed
+
+    def start_dangling_image_cleanup(self, interval: float = DEFAULT_DANGLING_INTERVAL_S) -> None:
+        """Run `run_dangling_image_cleanup` every `interval` seconds on a daemon thread."""
+        self._check_open()
+        self._dangling_loop.start(interval)
+
+    def stop_dangling_image_cleanup(self) -> None:
+        """Stop the dangling-image cleanup loop (waits for a pass in progress)."""
+        self._dangling_loop.stop()
+
     # -- orphans and restarts -----------------------------------------------------------
 
     def scan_and_cleanup_orphans(self) -> list[str]:
         """Stop and remove this instance's untracked overdue or exited containers."""
-        return self._reaper.scan()
+        reaped = self._reaper.scan()
+        self._metrics.orphans_reaped(len(reaped))
+        return reaped
 
     def start_orphan_cleanup(self, interval: float = 300.0) -> None:
         """Run `scan_and_cleanup_orphans` every `interval` seconds on a daemon thread."""
@@ -344,6 +410,7 @@ class ContainerManager:
         """Forget every worker without killing it; stop timers and loops."""
         self._snapshot_loop.stop()
         self._orphan_loop.stop()
+        self._dangling_loop.stop()
         detached = self._registry.detach_all()
         self._exits.stop()  # after marking the workers detached: see ExitWatcher._back_off
         if detached:
@@ -360,7 +427,9 @@ class ContainerManager:
         self._launch_executor.shutdown(wait=True, cancel_futures=True)
         self.detach_all()
         self._wait_executor.shutdown(wait=True, cancel_futures=True)
+        self._offload.close()
         self._docker.close()
+        self._metrics.close()
 
     def __enter__(self) -> Self:
         return self

@@ -155,6 +155,20 @@ class _FakeResponse:
 
 
 @dataclass
+class _FakeJSON:
+    """A finished JSON answer."""
+
+    body: dict[str, Any]
+    status_code: int = 200
+
+    def raise_for_status(self) -> None:
+        return None
+
+    def json(self) -> dict[str, Any]:
+        return self.body
+
+
+@dataclass
 class FakeContainer:
     """One container of the fake engine."""
 
@@ -320,7 +334,7 @@ class FakeDockerAPI:
         return stream
 
     def post(self, url: str, params: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
-        """`POST /images/create` (pull) and `POST /images/load`."""
+        """`POST /images/create` (pull), `POST /commit` and `POST /images/load`."""
         params = dict(params or {})
         if url.endswith("/images/create"):
             image = f"{params['fromImage']}:{params['tag']}" if params.get("tag") else None
@@ -332,6 +346,15 @@ class FakeDockerAPI:
             with self.lock:
                 self.image_names.add(image)
             return _FakeResponse([{"status": "Pulling"}, {"status": "Downloaded"}])
+        if url.endswith("/commit"):
+            changes = params.get("changes") or []
+            committed = self.commit(
+                str(params["container"]),
+                repository=params.get("repo"),
+                tag=params.get("tag"),
+                changes=changes,
+            )
+            return _FakeJSON(committed)
         if url.endswith("/images/load"):
             self._record("load_image")
             self._fail("load_image")

@@ -24,6 +24,7 @@ from ._environment import with_snapshot_reuse
 from ._errors import DuplicateJobError, WorkerImageResolutionError
 from ._exit_handling import ExitWatcher
 from ._images import ImagePuller
+from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
 from ._naming import LabelSchema
 from ._sentry import ExtraValue, Reporter
@@ -100,6 +101,7 @@ class WorkerContainerLauncherDependencies:
     labels: LabelSchema
     instance_id: str
     clock: Callable[[], datetime] = _utc_now
+    metrics: Metrics = NO_METRICS
 
 
 def launch_worker_container(
@@ -200,6 +202,7 @@ def _start_container(
             raise
         stale = config.snapshot.image_name
     # The snapshot image vanished: forget it and start cold, once.
+    deps.metrics.snapshot_fallback()
     if context.project_id is not None and context.work_item_id is not None:
         deps.snapshots.invalidate(context.project_id, context.work_item_id)
     log.warning(
@@ -229,7 +232,12 @@ def _with_base_image_pull(
     try:
         deps.images.pull(image)
     except Exception as pull_err:
-        reports.send(pull_err, "worker_image_pull_fallback", image=image)
+        reports.send(
+            pull_err,
+            "worker_image_pull_fallback",
+            imageName=image,
+            isCustomBase=config.project_image,
+        )
         if config.project_image:
             # Never run a project that configured its own image on another one.
             failure = WorkerImageResolutionError(
@@ -238,7 +246,15 @@ def _with_base_image_pull(
             reports.covered.append(failure)  # its cause is reported already
             raise failure from pull_err
         raise
-    cid, wait = _create_and_start(config, image, config.env, context, deps)
+    try:
+        cid, wait = _create_and_start(config, image, config.env, context, deps)
+    except Exception as err:
+        if not (config.project_image and is_missing_image(err)):
+            raise
+        # Pulled, yet still absent (say a digest the registry no longer serves): terminal.
+        raise WorkerImageResolutionError(
+            f"project image {image!r} is still missing after it was pulled"
+        ) from err
     return image, config.env, cid, wait
 
 

@@ -463,7 +463,8 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], dict[str, Any], type[Exception]]] = 
         {"projects": Projects(_UNVERIFIED_PROJECT)},
         WorkerImageResolutionError,
     ),
-    ("oversize-no-store", {"data": {"blob": _BIG}}, {}, InvalidJobError),
+    # No store and no Redis to offload to (spec §13 offloads to redis_url by default).
+    ("oversize-no-store", {"data": {"blob": _BIG}}, {"redis_url": ""}, InvalidJobError),
     (
         "nul-in-credential",
         {"data": {"projectId": "p-1"}},
@@ -503,7 +504,7 @@ def test_bad_input_is_refused_without_a_container(
 
 
 def test_bad_input_is_refused_even_while_every_slot_is_busy(make_manager: MakeManager) -> None:
-    manager = make_manager(max_workers=1)
+    manager = make_manager(max_workers=1, redis_url="")  # large payloads: nowhere to go
     manager.spawn_worker(job("busy", ["sleep", "30"]))
     # Refused for what it is, not after a slot wait ending in NoWorkerSlotError.
     with pytest.raises(InvalidJobError):
@@ -605,7 +606,8 @@ def test_auto_remove_follows_snapshots(
     auto_remove: bool,
 ) -> None:
     manager = make_manager(**settings)
-    worker = manager.spawn_worker(job("ar-1", sh("sleep 0.5; exit 1")))
+    # A project id: without one a job never runs in snapshot mode (as the original).
+    worker = manager.spawn_worker(job("ar-1", sh("sleep 0.5; exit 1"), data={"projectId": "p"}))
     info = docker_client.api.inspect_container(worker.container_id)
     assert info["HostConfig"]["AutoRemove"] is auto_remove
     snapshots = "true" if settings.get("snapshot_enabled") else "false"
@@ -630,7 +632,7 @@ def test_credential_reaches_the_worker_but_no_log_label_or_event(
     credentials = Credentials({"API_TOKEN": SECRET})
     # Without auto-removal the engine hands out the log tail, so it is read and logged.
     manager = make_manager(credentials=credentials, auto_remove_workers=False)
-    data = {"projectId": "p-1", "cardId": "c-1"}
+    data = {"projectId": "p-1", "workItemId": "c-1"}
 
     checker = manager.spawn_worker(
         job(

@@ -212,7 +212,7 @@ def test_a_list_failure_is_reported_as_orphan_cleanup_scan(
 
     assert manager.scan_and_cleanup_orphans() == []
     (event,) = sentry_events.with_source("orphan_cleanup_scan")
-    assert event["level"] == "warning"
+    assert event["level"] == "error"  # the original's level
     assert containers.state(overdue) == "running"
     assert manager.scan_and_cleanup_orphans() == [overdue]  # the next scan recovers
 

@@ -123,7 +123,7 @@ def test_put_stores_the_payload_under_its_key_with_the_ttl(
         key = store.put("coalesce:p:MNG-1", payload)
     finally:
         store.close()
-    assert key == "cascade:job-data:coalesce:p:MNG-1"
+    assert key == "cascade:jobdata:coalesce:p:MNG-1"
     assert redis_client.get(key) == payload
     assert 0 < redis_client.ttl(key) <= 120
 
@@ -231,7 +231,7 @@ def test_payloads_over_96_kib_go_to_the_store_and_smaller_ones_inline(
     finally:
         store.close()
     assert "JOB_DATA" not in env
-    assert env["JOB_DATA_REDIS_KEY"] == "cascade:job-data:offload"
+    assert env["JOB_DATA_REDIS_KEY"] == "cascade:jobdata:offload"
     assert redis_client.get(env["JOB_DATA_REDIS_KEY"]) == over.job_data_json.encode()
 
 
@@ -244,7 +244,7 @@ def test_a_large_payload_reaches_the_worker_through_redis(
     snapshot_image_prefix: str,
 ) -> None:
     job_id = f"{instance_id}-big"
-    key = f"cascade:job-data:{job_id}"
+    key = f"cascade:jobdata:{job_id}"
     data = {
         "workItemId": "card-big",
         "projectId": "proj-big",

@@ -227,7 +227,7 @@ def test_every_call_is_observed_with_its_result(api: FakeDockerAPI) -> None:
     assert results == [
         ("create", "ok"),
         ("start", "ok"),
-        ("inspect", "unavailable"),
+        ("inspect", "unreachable"),
         ("inspect", "not_found"),
         ("remove", "conflict"),
     ]

@@ -40,6 +40,7 @@ DOCKYARD_ALL = [
     "DockyardError",
     "DuplicateJobError",
     "InvalidJobError",
+    "JobDataOffloadError",
     "JobDataStore",
     "NoWorkerSlotError",
     "ProjectConfig",
@@ -85,11 +86,12 @@ DEFINED_IN = {
     "DockyardError": "dockyard._errors",
     "DuplicateJobError": "dockyard._errors",
     "InvalidJobError": "dockyard._errors",
+    "JobDataOffloadError": "dockyard._job_data",
     "NoWorkerSlotError": "dockyard._errors",
     "WorkerImageResolutionError": "dockyard._errors",
     "WorkerSpawnError": "dockyard._errors",
     "CredentialProvider": "dockyard._environment",
-    "JobDataStore": "dockyard._environment",
+    "JobDataStore": "dockyard._job_data",
     "ProjectDirectory": "dockyard._jobs",
     "Reporter": "dockyard._sentry",
     "ContainerManager": "dockyard.container_manager",
@@ -102,7 +104,7 @@ DEFINED_IN = {
     **{name: "dockyard.worker_container_launcher" for name in LAUNCHER_NAMES},
 }
 
-PUBLIC_MODULES = {"container_manager", "testing", "worker_container_launcher"}
+PUBLIC_MODULES = {"container_manager", "testing", "worker", "worker_container_launcher"}
 
 
 def all_modules() -> list[ModuleType]:

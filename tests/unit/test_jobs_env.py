@@ -109,8 +109,9 @@ def sources(
 # --------------------------------------------------------------------------- fields
 
 
-def test_trello_work_item_is_the_card_id() -> None:
-    fields = fields_of(WorkerJob("j", "trello", {"projectId": "p-1", "cardId": "c-9"}))
+def test_trello_work_item_is_the_work_item_id() -> None:
+    data = {"projectId": "p-1", "workItemId": "c-9", "cardId": "not-this-one"}
+    fields = fields_of(WorkerJob("j", "trello", data))
     assert (fields.project_id, fields.work_item_id, fields.agent_type) == ("p-1", "c-9", None)
 
 
@@ -156,7 +157,7 @@ def test_explicit_fields_win_over_the_payload() -> None:
     job = WorkerJob(
         "j",
         "trello",
-        {"projectId": "from-data", "cardId": "from-data", "agentType": "from-data"},
+        {"projectId": "from-data", "workItemId": "from-data", "agentType": "from-data"},
         project_id="explicit-p",
         work_item_id="explicit-w",
         agent_type="explicit-a",
@@ -174,7 +175,7 @@ def test_explicit_fields_win_over_the_payload() -> None:
     [(42, "42"), ("", None), (True, None), (None, None), (1.5, None), ({"x": 1}, None)],
 )
 def test_payload_ids_are_strings_or_numbers(value: object, expected: str | None) -> None:
-    assert fields_of(WorkerJob("j", "trello", {"cardId": value})).work_item_id == expected
+    assert fields_of(WorkerJob("j", "trello", {"workItemId": value})).work_item_id == expected
 
 
 def test_job_without_id_gets_unknown_epoch_ms() -> None:
@@ -206,7 +207,7 @@ def test_payload_is_serialised_once_as_compact_unicode_json() -> None:
         WorkerJob("j", "tre\x00llo", {}),
         WorkerJob("j", "trello", {}, project_id=""),
         WorkerJob("j", "trello", {"projectId": "p\x00"}),
-        WorkerJob("j", "trello", {"cardId": "c\x00"}),
+        WorkerJob("j", "trello", {"workItemId": "c\x00"}),
         WorkerJob("j", "trello", {"agentType": "a\x00"}),
         WorkerJob("j", "trello", {}, command="echo hi"),
         WorkerJob("j", "trello", {}, command=["ok", "n\x00ul"]),

@@ -313,7 +313,7 @@ def test_missing_snapshot_image_falls_back_to_the_base_image(
 ) -> None:
     rig = _snapshot_rig(rig_factory)
 
-    worker = rig.manager.spawn_worker(job(projectId="p1", cardId="w1"))
+    worker = rig.manager.spawn_worker(job(projectId="p1", workItemId="w1"))
 
     first, second = rig.api.calls_of("create_container")
     assert first["image"] == "cascade-snapshot-gone:latest"
@@ -336,7 +336,7 @@ def test_failed_snapshot_fallback_is_reported_as_worker_spawn_fallback(
     rig.api.failures["create_container"] = [missing, broken]
 
     with pytest.raises(WorkerSpawnError) as info:
-        rig.manager.spawn_worker(job(projectId="p1", cardId="w1"))
+        rig.manager.spawn_worker(job(projectId="p1", workItemId="w1"))
     assert info.value.__cause__ is broken
 
     (report,) = rig.reporter.reports  # reported once, not again as worker_spawn
@@ -354,7 +354,7 @@ def test_a_404_that_is_not_about_the_image_is_no_fallback(rig_factory: Callable[
         api_error(404, "network cascade-net not found", docker.errors.NotFound)
     ]
     with pytest.raises(WorkerSpawnError) as info:
-        rig.manager.spawn_worker(job(projectId="p1", cardId="w1"))
+        rig.manager.spawn_worker(job(projectId="p1", workItemId="w1"))
     assert info.value.status_code == 404
     assert rig.manager.snapshots.get("p1", "w1") is not None
     assert rig.reporter.sources() == ["worker_spawn"]
@@ -377,7 +377,7 @@ def test_missing_base_image_in_the_snapshot_fallback_is_pulled_not_looped(
 ) -> None:
     rig = _snapshot_rig(rig_factory, images=set())
 
-    worker = rig.manager.spawn_worker(job(projectId="p1", cardId="w1"))
+    worker = rig.manager.spawn_worker(job(projectId="p1", workItemId="w1"))
 
     images = [c["image"] for c in rig.api.calls_of("create_container")]
     assert images == ["cascade-snapshot-gone:latest", BASE_IMAGE, BASE_IMAGE]
@@ -645,7 +645,7 @@ def test_engine_unreachable_past_the_window_is_lost(rig: Rig) -> None:
 
 def test_lost_snapshot_worker_is_removed(rig_factory: Callable[..., Rig]) -> None:
     rig = rig_factory(snapshot_enabled=True)
-    worker = rig.manager.spawn_worker(job())
+    worker = rig.manager.spawn_worker(job(projectId="p"))  # no project id: no snapshot mode
     engine_down(rig.api)
     rig.api.break_event_streams()
     assert rig.manager.wait_for_worker("job-1", timeout=20).status == "lost"

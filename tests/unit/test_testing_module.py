@@ -29,7 +29,7 @@ def test_a_router_sees_its_reports_and_snapshots_without_docker() -> None:
     reporter = RecordingReporter()
     config = RouterConfig(worker_image="worker:1", router_instance_id="test", snapshot_enabled=True)
     with ContainerManager(config, docker_client=api, reporter=reporter) as manager:  # type: ignore[arg-type]
-        job = WorkerJob("job-1", "trello", {"projectId": "p", "cardId": "c"})
+        job = WorkerJob("job-1", "trello", {"projectId": "p", "workItemId": "c"})
         worker = manager.spawn_worker(job)
         api.exit(worker.container_id, 0)
         assert manager.wait_for_worker("job-1", timeout=5).status == "succeeded"

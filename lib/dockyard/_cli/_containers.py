@@ -53,7 +53,11 @@ class _OrphanLog(WorkerLifecycleListener):
 
 
 def cmd_reap(args: argparse.Namespace) -> int:
-    overrides = {"stop_grace_s": args.stop_grace} if args.stop_grace is not None else {}
+    overrides: dict[str, Any] = {}
+    if args.stop_grace is not None:
+        overrides["stop_grace_s"] = args.stop_grace
+    if args.label_prefix is not None:
+        overrides["label_prefix"] = args.label_prefix
     config = base_config(args, **overrides)
     labels = LabelSchema(config.label_prefix)
     orphans = _OrphanLog()
@@ -61,6 +65,7 @@ def cmd_reap(args: argparse.Namespace) -> int:
         before = {str(c.get("Id")): c for c in _owned_containers(gateway, config, labels)}
         with ContainerManager(config, docker_client=gateway.api, listener=orphans) as manager:
             handled = manager.scan_and_cleanup_orphans()
+            images = manager.run_dangling_image_cleanup() if args.images else None
     for container_id in handled:
         container = before.get(container_id, {})
         if container_id in orphans.stopped:
@@ -73,6 +78,10 @@ def cmd_reap(args: argparse.Namespace) -> int:
         f"reaped {len(handled)} container(s) of router instance {config.router_instance_id!r}; "
         f"{kept} left alone (running within their deadline)"
     )
+    if images is not None:
+        for image_id in images:
+            print(f"{image_id.removeprefix('sha256:')[:12]}  dangling image removed")
+        print(f"removed {len(images)} dangling image(s) labelled as dockyard's")
     return EXIT_OK
 
 

@@ -22,6 +22,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -130,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="progress on stderr: rich when available on a terminal (auto), plain lines, or none",
     )
+    run.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics while the batch runs "
+        "(needs dockyard[metrics])",
+    )
     run.set_defaults(handler=cmd_run)
 
     ps = sub.add_parser("ps", parents=[common], help="list this instance's managed containers")
@@ -148,6 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         metavar="S",
         help="SIGTERM-to-SIGKILL grace when stopping an overdue container (default: 15)",
+    )
+    reap.add_argument(
+        "--images",
+        action="store_true",
+        help="also remove dangling images labelled <prefix>.managed=true or with this "
+        "instance's snapshot label (never any other image)",
+    )
+    reap.add_argument(
+        "--label-prefix",
+        metavar="PREFIX",
+        help="the router's label prefix (default: cascade)",
     )
     reap.set_defaults(handler=cmd_reap)
 

@@ -9,7 +9,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._config import RouterConfig
 from .._docker import DockerGateway, is_not_found
@@ -23,6 +23,7 @@ from ._feeders import Feeders
 from ._format import count_of
 from ._jobfile import load_jobs
 from ._logging import configure_logging
+from ._metrics_server import serving_metrics
 from ._progress import Display, PlainDisplay
 from ._summary import print_json_lines, print_plain_summary
 
@@ -32,6 +33,9 @@ try:  # rich is the optional extra dockyard[cli]; without it output is plain tex
     HAVE_RICH = True
 except ImportError:
     HAVE_RICH = False
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 # How often the progress view looks for news when no job changes state.
 _REFRESH_S = 0.1
@@ -60,7 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     display = _make_display(args.progress, config, len(jobs))
     configure_logging(args.verbose, display.log_handler(), batch_progress=args.progress != "none")
     tracker = BatchTracker(jobs)
-    interrupt = _run_batch(config, jobs, tracker, display)
+    with serving_metrics(args.metrics_port) as registry:
+        interrupt = _run_batch(config, jobs, tracker, display, registry)
     states = tracker.states
     if interrupt is not None:
         _say_detached(config, [s for s in states if s.status == "detached"])
@@ -120,11 +125,15 @@ def _make_display(mode: str, config: RouterConfig, total: int) -> Display:
 
 
 def _run_batch(
-    config: RouterConfig, jobs: Sequence[WorkerJob], tracker: BatchTracker, display: Display
+    config: RouterConfig,
+    jobs: Sequence[WorkerJob],
+    tracker: BatchTracker,
+    display: Display,
+    metrics_registry: CollectorRegistry | None = None,
 ) -> KeyboardInterrupt | None:
     """Run the batch to the end, or until Ctrl-C/SIGTERM (returned), then detach."""
     interrupt: KeyboardInterrupt | None = None
-    manager = ContainerManager(config, listener=tracker)
+    manager = ContainerManager(config, listener=tracker, metrics_registry=metrics_registry)
     try:
         if config.snapshot_enabled:
             manager.sync_snapshots_from_docker()  # warm starts from earlier runs

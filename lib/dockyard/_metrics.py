@@ -1,0 +1,375 @@
+"""Prometheus metrics: every series dockyard exposes, and the no-op stand-in used without them.
+
+`build_metrics(None, ...)` returns `NO_METRICS`, whose methods do nothing: prometheus-client
+is then never imported. Given a `CollectorRegistry`, `PrometheusMetrics` registers the
+series below on it (names under `dockyard_`; labels take a handful of values, never a job id).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ConfigError, DockyardError
+from ._models import BOOT_FAILURE_EXIT_CODE, ActiveWorker, WorkerLifecycleListener, WorkerOutcome
+from ._tracker import SafeListener
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+__all__ = [
+    "NO_METRICS",
+    "MeteredListener",
+    "Metrics",
+    "PrometheusMetrics",
+    "build_metrics",
+    "error_kind",
+    "lifecycle_listener",
+    "outcome_reason",
+]
+
+# Jobs run from seconds to hours (the default timeout is 30 min; projects may set more).
+JOB_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800)
+# A free slot is taken in microseconds; a busy router makes jobs wait minutes.
+SLOT_WAIT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
+)  # fmt: skip
+# create + start take tens to hundreds of ms; a pull or a busy engine takes seconds.
+SPAWN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Most engine calls answer in ms; commits, pulls and stops with a grace take seconds.
+ENGINE_CALL_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300,
+)  # fmt: skip
+
+_SIGNAL_EXIT = 128  # a shell reports death by signal N as exit code 128 + N
+
+
+def outcome_reason(outcome: WorkerOutcome) -> str:
+    """A low-cardinality reason for an outcome, for the `reason` label.
+
+    `completed`, `timeout`, `lost`, `oom`, `boot_failure` (exit 2), `exit_signal` (killed
+    by a signal, exit > 128), `exit_error` (any other non-zero exit) or `unknown`.
+    """
+    if outcome.status == "succeeded":
+        return "completed"
+    if outcome.status == "timed_out":
+        return "timeout"
+    if outcome.status == "lost":
+        return "lost"
+    if outcome.oom_killed:
+        return "oom"
+    code = outcome.exit_code
+    if code is None:
+        return "unknown"
+    if code == BOOT_FAILURE_EXIT_CODE:
+        return "boot_failure"
+    return "exit_signal" if code > _SIGNAL_EXIT else "exit_error"
+
+
+def error_kind(err: BaseException) -> str:
+    """A low-cardinality name for a spawn error: dockyard's own types, else engine/other."""
+    if isinstance(err, DockyardError):
+        name = type(err).__name__.removesuffix("Error")
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    module = type(err).__module__ or ""
+    return "engine" if module.startswith(("docker", "requests", "urllib3")) else "other"
+
+
+class Metrics:
+    """What dockyard reports to metrics; this base class records nothing (no registry)."""
+
+    enabled = False
+
+    def worker_started(self) -> None:
+        """A worker's container started (launched or adopted)."""
+
+    def worker_finished(self, outcome: WorkerOutcome, duration_s: float | None) -> None:
+        """A worker got its one outcome."""
+
+    def slot_wait(self, seconds: float, *, acquired: bool) -> None:
+        """A spawn waited `seconds` for a worker slot, and got one or gave up."""
+
+    def spawn_latency(self, seconds: float) -> None:
+        """A launch took `seconds` from submission (slot held) until its container ran."""
+
+    def spawn_failed(self, err: BaseException) -> None:
+        """A launch failed after it had a slot."""
+
+    def engine_call(self, operation: str, result: str, seconds: float) -> None:
+        """One Docker gateway call: its name, how it ended (`ok`, `not_found`, ...), its time."""
+
+    def snapshot_hit(self) -> None:
+        """A snapshot-enabled spawn found a snapshot to start from."""
+
+    def snapshot_miss(self) -> None:
+        """A snapshot-enabled spawn found none and starts cold."""
+
+    def snapshot_fallback(self) -> None:
+        """A snapshot image had vanished: the spawn fell back to the base image."""
+
+    def snapshot_committed(self) -> None:
+        """A clean exit was committed and registered as a snapshot."""
+
+    def snapshot_commit_failed(self) -> None:
+        """A snapshot commit failed (the next run starts cold)."""
+
+    def snapshots_evicted(self, count: int) -> None:
+        """A cleanup evicted `count` snapshots."""
+
+    def orphans_reaped(self, count: int) -> None:
+        """An orphan scan stopped or removed `count` containers."""
+
+    def image_pulled(self) -> None:
+        """A missing base image was pulled."""
+
+    def image_pull_failed(self) -> None:
+        """A pull of a missing base image failed."""
+
+    def dangling_images_removed(self, count: int) -> None:
+        """A dangling-image cleanup removed `count` images."""
+
+    def close(self) -> None:
+        """Unregister the series (the manager is closed)."""
+
+
+NO_METRICS = Metrics()
+
+
+class PrometheusMetrics(Metrics):
+    """The series on a prometheus-client `CollectorRegistry`, one set per manager."""
+
+    enabled = True
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        max_workers: int,
+        active: Callable[[], int],
+        waiting: Callable[[], int],
+    ) -> None:
+        from prometheus_client import Counter, Gauge, Histogram  # noqa: PLC0415  (opt-in)
+
+        self._registry = registry
+        self._collectors: list[Any] = []
+
+        def add(metric: Any) -> Any:
+            self._collectors.append(metric)
+            return metric
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Any:
+            return add(Counter(name, doc, labels, registry=None))
+
+        gauge = add(Gauge("dockyard_workers_active", "Worker containers running.", registry=None))
+        gauge.set_function(active)
+        gauge = add(Gauge("dockyard_worker_slots_limit", "max_workers.", registry=None))
+        gauge.set(max_workers)
+        gauge = add(Gauge("dockyard_slot_waiters", "Spawns waiting for a slot.", registry=None))
+        gauge.set_function(waiting)
+        self._started = counter(
+            "dockyard_workers_started", "Worker containers started (launched or adopted)."
+        )
+        self._outcomes = counter(
+            "dockyard_worker_outcomes",
+            "Worker outcomes by status and reason (exit class, oom, timeout, lost, ...).",
+            ("status", "reason"),
+        )
+        self._duration = add(
+            Histogram(
+                "dockyard_job_duration_seconds",
+                "Worker run time, start to exit, by outcome status.",
+                ("status",),
+                buckets=JOB_DURATION_BUCKETS,
+                registry=None,
+            )
+        )
+        self._slot_wait = add(
+            Histogram(
+                "dockyard_slot_wait_seconds",
+                "Time a spawn waited for a worker slot (spawns that got one).",
+                buckets=SLOT_WAIT_BUCKETS,
+                registry=None,
+            )
+        )
+        self._slot_timeouts = counter(
+            "dockyard_slot_wait_timeouts", "Spawns that gave up waiting for a slot."
+        )
+        self._spawn = add(
+            Histogram(
+                "dockyard_spawn_duration_seconds",
+                "Launch time, submission (slot held) to container running.",
+                buckets=SPAWN_BUCKETS,
+                registry=None,
+            )
+        )
+        self._spawn_failures = counter(
+            "dockyard_spawn_failures", "Launches that failed after taking a slot.", ("error",)
+        )
+        self._engine_calls = counter(
+            "dockyard_engine_calls", "Docker engine calls by operation and result.",
+            ("operation", "result"),
+        )  # fmt: skip
+        self._engine_latency = add(
+            Histogram(
+                "dockyard_engine_call_duration_seconds",
+                "Docker engine call latency by operation.",
+                ("operation",),
+                buckets=ENGINE_CALL_BUCKETS,
+                registry=None,
+            )
+        )
+        self._snapshot_hits = counter("dockyard_snapshot_hits", "Spawns started from a snapshot.")
+        self._snapshot_misses = counter(
+            "dockyard_snapshot_misses", "Snapshot-enabled spawns with no snapshot to start from."
+        )
+        self._snapshot_fallbacks = counter(
+            "dockyard_snapshot_fallbacks", "Spawns whose snapshot image had vanished."
+        )
+        self._snapshot_commits = counter("dockyard_snapshot_commits", "Snapshots committed.")
+        self._snapshot_commit_failures = counter(
+            "dockyard_snapshot_commit_failures", "Snapshot commits that failed."
+        )
+        self._snapshot_evictions = counter("dockyard_snapshot_evictions", "Snapshots evicted.")
+        self._orphans = counter("dockyard_orphans_reaped", "Orphaned containers stopped/removed.")
+        self._pulls = counter("dockyard_image_pulls", "Missing base images pulled.")
+        self._pull_failures = counter("dockyard_image_pull_failures", "Failed image pulls.")
+        self._dangling = counter(
+            "dockyard_dangling_images_removed", "Dangling dockyard images removed."
+        )
+        self._call_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._register()
+
+    def _register(self) -> None:
+        done = []
+        try:
+            for collector in self._collectors:
+                self._registry.register(collector)
+                done.append(collector)
+        except ValueError as err:  # a name taken already: another manager on this registry
+            for collector in done:
+                self._registry.unregister(collector)
+            raise ConfigError(
+                "metrics_registry",
+                f"{err}; give each ContainerManager a CollectorRegistry of its own",
+            ) from None
+
+    def close(self) -> None:
+        for collector in self._collectors:
+            with contextlib.suppress(KeyError):  # closed already
+                self._registry.unregister(collector)
+
+    def worker_started(self) -> None:
+        self._started.inc()
+
+    def worker_finished(self, outcome: WorkerOutcome, duration_s: float | None) -> None:
+        self._outcomes.labels(outcome.status, outcome_reason(outcome)).inc()
+        if duration_s is not None:
+            self._duration.labels(outcome.status).observe(duration_s)
+
+    def slot_wait(self, seconds: float, *, acquired: bool) -> None:
+        if acquired:
+            self._slot_wait.observe(seconds)
+        else:
+            self._slot_timeouts.inc()
+
+    def spawn_latency(self, seconds: float) -> None:
+        self._spawn.observe(seconds)
+
+    def spawn_failed(self, err: BaseException) -> None:
+        self._spawn_failures.labels(error_kind(err)).inc()
+
+    def engine_call(self, operation: str, result: str, seconds: float) -> None:
+        # The hottest path: the labelled children are looked up once per (operation, result).
+        children = self._call_children.get((operation, result))
+        if children is None:
+            children = (
+                self._engine_calls.labels(operation, result),
+                self._engine_latency.labels(operation),
+            )
+            self._call_children[(operation, result)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def snapshot_hit(self) -> None:
+        self._snapshot_hits.inc()
+
+    def snapshot_miss(self) -> None:
+        self._snapshot_misses.inc()
+
+    def snapshot_fallback(self) -> None:
+        self._snapshot_fallbacks.inc()
+
+    def snapshot_committed(self) -> None:
+        self._snapshot_commits.inc()
+
+    def snapshot_commit_failed(self) -> None:
+        self._snapshot_commit_failures.inc()
+
+    def snapshots_evicted(self, count: int) -> None:
+        self._snapshot_evictions.inc(count)
+
+    def orphans_reaped(self, count: int) -> None:
+        self._orphans.inc(count)
+
+    def image_pulled(self) -> None:
+        self._pulls.inc()
+
+    def image_pull_failed(self) -> None:
+        self._pull_failures.inc()
+
+    def dangling_images_removed(self, count: int) -> None:
+        self._dangling.inc(count)
+
+
+def build_metrics(
+    registry: object | None,
+    *,
+    max_workers: int,
+    active: Callable[[], int],
+    waiting: Callable[[], int],
+) -> Metrics:
+    """`NO_METRICS` without a registry (prometheus-client stays unimported), else the series.
+
+    `active` and `waiting` are read at scrape time: the gauges can never drift.
+    """
+    if registry is None:
+        return NO_METRICS
+    try:
+        from prometheus_client import CollectorRegistry  # noqa: PLC0415  (opt-in)
+    except ImportError:  # pragma: no cover - a registry implies the package
+        raise ConfigError(
+            "metrics_registry", "needs prometheus-client: pip install 'dockyard[metrics]'"
+        ) from None
+    if not isinstance(registry, CollectorRegistry):
+        raise ConfigError(
+            "metrics_registry",
+            f"expected a prometheus_client.CollectorRegistry, got {type(registry).__name__}",
+        )
+    return PrometheusMetrics(registry, max_workers=max_workers, active=active, waiting=waiting)
+
+
+class MeteredListener(SafeListener):
+    """The manager's safe listener, counting starts and outcomes before the host hears."""
+
+    def __init__(self, listener: WorkerLifecycleListener | None, metrics: Metrics) -> None:
+        super().__init__(listener)
+        self._metrics = metrics
+
+    def started(self, worker: ActiveWorker) -> None:
+        self._metrics.worker_started()
+        super().started(worker)
+
+    def finished(self, worker: ActiveWorker, outcome: WorkerOutcome) -> None:
+        duration = outcome.duration_s
+        if duration is None:  # the engine could not tell (say, auto-removed): our own clock
+            duration = max(0.0, (datetime.now(UTC) - worker.started_at).total_seconds())
+        self._metrics.worker_finished(outcome, duration)
+        super().finished(worker, outcome)
+
+
+def lifecycle_listener(listener: WorkerLifecycleListener | None, metrics: Metrics) -> SafeListener:
+    """The listener the manager hands around: metered when metrics are on."""
+    return MeteredListener(listener, metrics) if metrics.enabled else SafeListener(listener)

@@ -1,0 +1,245 @@
+"""Registry credentials on a real registry: Debian's `docker-registry` with htpasswd auth.
+
+The registry is started by the ``registry`` fixture on a free 127.0.0.1 port (the engine
+allows plain HTTP to 127.0.0.0/8) and stopped by its pid at teardown. A locally built
+image is pushed there with credentials and removed from the engine, so a spawn has to
+pull it again, which the registry only serves to the configured account.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+
+from conftest import CapturedEvents, docker_required
+from dockyard import WorkerJob
+from dockyard._registry_auth import RegistryAuth
+
+START_TIMEOUT_S = 15.0
+USER = "dockyard-ci"
+PASSWORD = "s3cret-registry-pw-" + uuid.uuid4().hex[:8]
+
+
+@dataclass(frozen=True)
+class Registry:
+    host: str  # 127.0.0.1:PORT
+    username: str
+    password: str
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(host: str) -> bool:
+    try:
+        urllib.request.urlopen(f"http://{host}/v2/", timeout=1)
+    except urllib.error.HTTPError as err:
+        return err.code == 401  # up, and asking for credentials
+    except OSError:
+        return False
+    return False
+
+
+def _binaries() -> tuple[str, str] | None:
+    registry = shutil.which("docker-registry") or (
+        "/usr/bin/docker-registry" if os.path.exists("/usr/bin/docker-registry") else None
+    )
+    htpasswd = shutil.which("htpasswd")
+    return (registry, htpasswd) if registry and htpasswd else None
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A docker-registry with htpasswd auth on a free 127.0.0.1 port; stopped by pid."""
+    found = _binaries()
+    if found is None:
+        message = "docker-registry or htpasswd (apache2-utils) is not installed"
+        if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"} or docker_required():
+            pytest.fail(message + " (required on CI: .ci/run installs them)", pytrace=False)
+        pytest.skip(message)
+    binary, htpasswd = found
+    directory: Path = tmp_path_factory.mktemp("registry")
+    entry = subprocess.run(
+        [htpasswd, "-Bbn", USER, PASSWORD], check=True, capture_output=True, text=True
+    ).stdout
+    (directory / "htpasswd").write_text(entry)
+    for _ in range(3):
+        host = f"127.0.0.1:{_free_port()}"
+        config = directory / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: warn\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {directory / 'data'}\n"
+            f"http:\n  addr: {host}\n"
+            "auth:\n  htpasswd:\n    realm: dockyard-test\n"
+            f"    path: {directory / 'htpasswd'}\n"
+        )
+        with (directory / "registry.log").open("ab") as log:
+            process = subprocess.Popen(
+                [binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while process.poll() is None and time.monotonic() < deadline and not _answers(host):
+            time.sleep(0.05)
+        if process.poll() is None and _answers(host):
+            break
+        _stop(process)
+    else:
+        raise RuntimeError(f"docker-registry did not start; see {directory / 'registry.log'}")
+    try:
+        yield Registry(host, USER, PASSWORD)
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture
+def pushed_image(
+    registry: Registry, docker_client: docker.DockerClient, test_image: str
+) -> Iterator[str]:
+    """The test image pushed to the registry under a fresh name, then removed locally."""
+    repository = f"{registry.host}/dockyard-test/worker-{uuid.uuid4().hex[:8]}"
+    reference = f"{repository}:v1"
+    docker_client.images.get(test_image).tag(repository, "v1")
+    try:
+        lines = docker_client.api.push(
+            repository,
+            tag="v1",
+            auth_config={"username": registry.username, "password": registry.password},
+            stream=True,
+            decode=True,
+        )
+        errors = [line for line in lines if "error" in line or "errorDetail" in line]
+        assert not errors, f"push failed: {errors}"
+    finally:
+        docker_client.images.remove(reference)  # only the tag; the test image stays
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(reference)
+    yield reference
+    with contextlib.suppress(docker.errors.NotFound):
+        docker_client.images.remove(reference)
+
+
+def _present(client: docker.DockerClient, reference: str) -> bool:
+    try:
+        client.images.get(reference)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def _event_text(events: CapturedEvents) -> str:
+    return json.dumps(list(events), default=str)
+
+
+def test_a_spawn_pulls_the_missing_image_with_the_configured_credentials(
+    make_manager: Callable[..., Any],
+    registry: Registry,
+    pushed_image: str,
+    docker_client: docker.DockerClient,
+) -> None:
+    manager = make_manager(
+        worker_image=pushed_image,
+        registry_username=registry.username,
+        registry_password=registry.password,
+    )
+    worker = manager.spawn_worker(WorkerJob(id="reg-ok", type="manual", command=["true"]))
+    assert worker.image == pushed_image
+    assert manager.wait_for_worker("reg-ok", timeout=30).status == "succeeded"
+    assert _present(docker_client, pushed_image)
+
+
+def test_an_explicit_server_is_used_for_the_credentials(
+    make_manager: Callable[..., Any],
+    registry: Registry,
+    pushed_image: str,
+) -> None:
+    manager = make_manager(
+        worker_image=pushed_image,
+        registry_username=registry.username,
+        registry_password=registry.password,
+        registry_server=registry.host,
+    )
+    manager.spawn_worker(WorkerJob(id="reg-server", type="manual", command=["true"]))
+    assert manager.wait_for_worker("reg-server", timeout=30).status == "succeeded"
+
+
+def test_wrong_credentials_fail_clearly_and_the_report_holds_no_password(
+    make_manager: Callable[..., Any],
+    registry: Registry,
+    pushed_image: str,
+    docker_client: docker.DockerClient,
+    sentry_events: CapturedEvents,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    wrong = "wrong-" + registry.password
+    manager = make_manager(
+        worker_image=pushed_image,
+        registry_username=registry.username,
+        registry_password=wrong,
+    )
+    caplog.set_level(logging.DEBUG, logger="dockyard")
+    with pytest.raises(Exception) as raised:
+        manager.spawn_worker(WorkerJob(id="reg-wrong", type="manual", command=["true"]))
+    message = str(raised.value)
+    assert pushed_image.rsplit(":", 1)[0] in message
+    assert "unauthorized" in message.lower() or "authentication" in message.lower()
+    assert not _present(docker_client, pushed_image)
+    assert manager.get_active_worker_count() == 0
+
+    events = sentry_events.wait_for("worker_image_pull_fallback")
+    assert events[0]["extra"]["imageName"] == pushed_image
+    header = RegistryAuth(registry.username, wrong, registry.host).header()
+    text = _event_text(sentry_events)
+    for secret in (wrong, registry.password, header, header.rstrip("=")):
+        assert secret not in text
+        assert secret not in caplog.text
+    assert wrong not in repr(manager.config)
+
+
+def test_partial_credentials_warn_once_and_pull_anonymously(
+    make_manager: Callable[..., Any],
+    registry: Registry,
+    pushed_image: str,
+    docker_client: docker.DockerClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    manager = make_manager(worker_image=pushed_image, registry_username=registry.username)
+    caplog.set_level(logging.WARNING, logger="dockyard")
+    with pytest.raises(Exception) as raised:
+        manager.spawn_worker(WorkerJob(id="reg-partial", type="manual", command=["true"]))
+    # Anonymous: the authenticated registry refuses the pull.
+    assert "no basic auth credentials" in str(raised.value)
+    assert not _present(docker_client, pushed_image)
+    partial = [r for r in caplog.records if "partial worker-image registry" in r.getMessage()]
+    assert len(partial) == 1
+    assert registry.username not in partial[0].getMessage()
