@@ -525,12 +525,16 @@ class DockerGateway:
         """
         repository, tag = _split_reference(image)
         params = {"fromImage": repository, "tag": tag}
-        headers = {"X-Registry-Auth": auth_config.header()} if auth_config else None
         try:
+            # The encoded header lives only in the frames that `from None` below drops.
             self._run(
                 "pull",
                 lambda: self._drain(
-                    f"pull of {image}", "/images/create", timeout_s, params=params, headers=headers
+                    f"pull of {image}",
+                    "/images/create",
+                    timeout_s,
+                    params=params,
+                    headers={"X-Registry-Auth": auth_config.header()} if auth_config else None,
                 ),
             )
         except Exception as err:
@@ -577,8 +581,10 @@ def _raise_for_status(response: requests.Response) -> None:
     try:
         response.raise_for_status()
     except requests.exceptions.HTTPError as err:
-        response.close()
-        create_api_error_from_http_exception(err)
+        try:
+            create_api_error_from_http_exception(err)  # reads the engine's message first
+        finally:
+            response.close()
 
 
 def _size_tcp_pool(api: docker.APIClient, pool: int) -> None:
