@@ -497,6 +497,13 @@ class DockerGateway:
             if any(tag.startswith(name_filter) for tag in image.get("RepoTags") or [])
         ]
 
+    def dangling_images(self, labels: Sequence[str]) -> list[dict[str, Any]]:
+        """Untagged images carrying every label in `labels` (the engine ANDs the filters)."""
+        filters = {"dangling": True, "label": list(labels)}
+        raw: Any = self.api  # untyped in the stubs
+        result: list[dict[str, Any]] = self._run("list_images", lambda: raw.images(filters=filters))
+        return result
+
     def image_history(self, image: str) -> list[dict[str, Any]]:
         raw: Any = self.api  # untyped in the stubs
         return list(self._run("image_history", lambda: raw.history(image)))
