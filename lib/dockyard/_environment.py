@@ -78,7 +78,9 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 class CredentialProvider(Protocol):
     """The host's credential lookup (`credentials=` of `ContainerManager`)."""
 
-    def get_project_credentials(self, project_id: str) -> Mapping[str, str]: ...
+    def get_project_credentials(self, project_id: str) -> Mapping[str, str]:
+        """The project's credentials, passed to its workers as environment variables."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ __all__ = [
     "InvalidJobError",
     "NoWorkerSlotError",
     "WorkerImageResolutionError",
+    "WorkerSpawnError",
 ]
 
 
@@ -69,3 +70,15 @@ class WorkerImageResolutionError(DockyardError):
 
 class DockerUnavailableError(DockyardError, ConnectionError):
     """The Docker engine cannot be reached."""
+
+
+class WorkerSpawnError(DockyardError):
+    """The engine refused to create or start a worker's container.
+
+    `status_code` is the engine's HTTP status (None when the refusal did not come as one);
+    the engine's own error is the `__cause__`.
+    """
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code

@@ -37,7 +37,9 @@ JOB_DATA_INLINE_LIMIT = 96 * 1024  # headroom under the kernel's 128 KiB per str
 class JobDataStore(Protocol):
     """Where payloads too large for the environment go (`job_data_store=`)."""
 
-    def put(self, job_id: str, payload: bytes) -> str: ...
+    def put(self, job_id: str, payload: bytes) -> str:
+        """Store a job's payload; returns the key the worker reads it back with."""
+        ...
 
 
 class JobDataOffloadError(DockyardError):

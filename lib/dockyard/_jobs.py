@@ -32,9 +32,13 @@ _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 class ProjectDirectory(Protocol):
     """The host's project lookup (`projects=` of `ContainerManager`)."""
 
-    def list_projects(self) -> Sequence[ProjectConfig]: ...
+    def list_projects(self) -> Sequence[ProjectConfig]:
+        """Every project the router knows."""
+        ...
 
-    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None: ...
+    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None:
+        """The project of a repository (`owner/name`), or None."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ConfigError, DockyardError
+from ._errors import ConfigError, DockerUnavailableError, DockyardError, WorkerSpawnError
 from ._models import BOOT_FAILURE_EXIT_CODE, ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._sentry import Reporter
 from ._tracker import SafeListener
@@ -72,6 +72,10 @@ def outcome_reason(outcome: WorkerOutcome) -> str:
 
 def error_kind(err: BaseException) -> str:
     """A low-cardinality name for a spawn error: dockyard's own types, else engine/other."""
+    if isinstance(err, WorkerSpawnError):
+        return "engine"  # the engine refused (its docker-py error is the cause)
+    if isinstance(err, DockerUnavailableError):
+        return "docker_unavailable"  # also its private subclasses (a timeout)
     if isinstance(err, DockyardError):
         name = type(err).__name__.removesuffix("Error")
         return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()

@@ -49,6 +49,7 @@ class Reporter:
         tags: Mapping[str, str] | None = None,
         extras: Mapping[str, ExtraValue] | None = None,
     ) -> None:
+        """Report `err` under the `source` tag; must never raise."""
         log.debug("report source=%s %s", source, type(err).__name__)
 
 

@@ -299,7 +299,7 @@ class SnapshotManager:
         info = self.docker.image_inspect(committed)
         if not env_values_left(info, blanked) and not self._worker_labels_left(info):
             repository, _, tag = image.rpartition(":")
-            self.docker.api.tag(committed, repository, tag, force=True)
+            self.docker.tag(committed, repository, tag, force=True)
             return committed, info
         rewritten = record_without_container_config(self.docker, committed, image)
         created.append(rewritten)
@@ -329,7 +329,7 @@ class SnapshotManager:
             return
         repository, _, tag = image.rpartition(":")
         try:
-            self.docker.api.tag(previous, repository, tag, force=True)
+            self.docker.tag(previous, repository, tag, force=True)
         except Exception:
             log.warning("could not restore the previous snapshot", extra={"image": image})
             self._retire(previous)

@@ -12,18 +12,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from docker.errors import APIError
-
 from ._docker import (
     ContainerSpec,
     DockerGateway,
     ExitWait,
     is_conflict,
     is_missing_image,
-    is_unreachable,
 )
+from ._engine_errors import as_spawn_error
 from ._environment import with_snapshot_reuse
-from ._errors import DockerUnavailableError, DuplicateJobError, WorkerImageResolutionError
+from ._errors import DuplicateJobError, WorkerImageResolutionError
 from ._exit_handling import ExitWatcher
 from ._images import ImagePuller
 from ._launch_plan import LaunchPlan
@@ -142,9 +140,10 @@ def launch_worker_container(
     except Exception as err:
         if not reports.covers(err) and not isinstance(err, DuplicateJobError):
             reports.send(err, "worker_spawn")
-        if is_unreachable(err) and not isinstance(err, DockerUnavailableError):
-            raise DockerUnavailableError(f"Docker engine unreachable: {err}") from err
-        raise
+        typed = as_spawn_error(err)  # only DockyardErrors leave spawn_worker
+        if typed is err:
+            raise
+        raise typed from typed.__cause__
     # The start time is the moment the deadline was fixed (just before the create of the
     # container that runs): the worker gets its whole timeout, and labels, timer and
     # `ActiveWorker` agree on one deadline.
@@ -321,7 +320,7 @@ def _create_and_start(
 def _create(spec: ContainerSpec, job_id: str, deps: WorkerContainerLauncherDependencies) -> str:
     try:
         return deps.docker.create(spec)
-    except APIError as err:
+    except Exception as err:
         if not is_conflict(err):
             raise
         conflict = err

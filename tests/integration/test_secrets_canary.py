@@ -153,7 +153,12 @@ class Canaries:
         return {"API_TOKEN": self.values["credential"], "SHORTISH": self.values["credential2"]}
 
     def job_data(self, **extra: Any) -> dict[str, Any]:
-        return {"projectId": "p-1", "cardId": "card-1", "note": self.values["job_data"], **extra}
+        return {
+            "projectId": "p-1",
+            "workItemId": "card-1",
+            "note": self.values["job_data"],
+            **extra,
+        }
 
     def forms(self) -> dict[str, str]:
         out = {}
@@ -446,14 +451,16 @@ def test_snapshot_and_wait_failures_hold_no_secret(
     # The commit fails: snapshot_commit.
     proxy.add_rule(FaultRule(op="commit", action="fail", status=500))
     manager.spawn_worker(
-        WorkerJob("snap-2", "trello", canaries.job_data(cardId="card-2"), command=["true"])
+        WorkerJob("snap-2", "trello", canaries.job_data(workItemId="card-2"), command=["true"])
     )
     assert manager.wait_for_worker("snap-2", OUTCOME_TIMEOUT_S).status == "succeeded"
     host_sentry.wait_for("snapshot_commit")
     # The wait breaks and the container is gone: worker_wait, and the host's logging
     # integration turns dockyard's error record into an event of its own.
     manager.spawn_worker(
-        WorkerJob("lost-1", "trello", canaries.job_data(cardId="card-3"), command=["sleep", "30"])
+        WorkerJob(
+            "lost-1", "trello", canaries.job_data(workItemId="card-3"), command=["sleep", "30"]
+        )
     )
     eventually(lambda: proxy.active("wait") == 1)
     proxy.add_rule(FaultRule(op="inspect", action="fail", status=404, message="No such container"))

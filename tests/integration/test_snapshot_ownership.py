@@ -44,7 +44,7 @@ MakeManager = Callable[..., ContainerManager]
 def snapshot_of(manager: ContainerManager, job_id: str, work_item: str) -> str:
     """Run one clean job of (p-1, work_item) and return its snapshot image name."""
     manager.spawn_worker(
-        WorkerJob(job_id, "trello", {"projectId": "p-1", "cardId": work_item}, command=["true"])
+        WorkerJob(job_id, "trello", {"projectId": "p-1", "workItemId": work_item}, command=["true"])
     )
     assert manager.wait_for_worker(job_id, WAIT_S).status == "succeeded"
     meta = manager.snapshots.get("p-1", work_item)
@@ -100,7 +100,9 @@ def test_a_container_run_by_hand_from_a_snapshot_is_neither_reaped_nor_adopted(
 ) -> None:
     producer = make_manager(snapshot_enabled=True, worker_timeout_s=2)
     worker = producer.spawn_worker(
-        WorkerJob("hand-1", "trello", {"projectId": "p-1", "cardId": "card-h"}, command=["true"])
+        WorkerJob(
+            "hand-1", "trello", {"projectId": "p-1", "workItemId": "card-h"}, command=["true"]
+        )
     )
     assert producer.wait_for_worker("hand-1", WAIT_S).status == "succeeded"
     meta = producer.snapshots.get("p-1", "card-h")
@@ -155,7 +157,7 @@ def test_router_b_leaves_router_a_snapshots_alone(
     assert image in listed_a.stdout
     # A itself still starts warm from it.
     router_a.spawn_worker(
-        WorkerJob("a-2", "trello", {"projectId": "p-1", "cardId": "card-a"}, command=["true"])
+        WorkerJob("a-2", "trello", {"projectId": "p-1", "workItemId": "card-a"}, command=["true"])
     )
     assert router_a.wait_for_worker("a-2", WAIT_S).status == "succeeded"
     assert router_a.snapshots.get("p-1", "card-a") is not None

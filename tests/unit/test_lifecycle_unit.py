@@ -28,17 +28,10 @@ from dockyard import (
     WorkerLifecycleListener,
     WorkerOutcome,
 )
+from dockyard._docker import ExitWait
 from dockyard._naming import parse_deadline
-from test_launcher_unit import (
-    BASE_IMAGE,
-    INSTANCE,
-    FakeDockerAPI,
-    RecordingReporter,
-    api_error,
-    job,
-    not_found,
-    wait_until,
-)
+from dockyard.testing import FakeDockerAPI, RecordingReporter, api_error, not_found
+from test_launcher_unit import BASE_IMAGE, INSTANCE, job, wait_until
 
 
 class ListingAPI(FakeDockerAPI):
@@ -247,26 +240,20 @@ def test_kill_worker_stops_again_while_the_worker_still_runs(make: Any) -> None:
     assert manager.kill_worker("job-1") is False
 
 
-def test_a_natural_exit_racing_the_timer_stays_a_success(make: Any) -> None:
+def test_a_natural_exit_racing_the_timer_stays_a_success(
+    make: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     manager, api = make(worker_timeout_s=0.5)
     stop_called = threading.Event()
     api.before_stop = lambda container_id: stop_called.set()
-    real_post = api._post
+    real_result = ExitWait.result
 
-    def post(url: str, params: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-        response = real_post(url, params, **kwargs)
-        if url.endswith("/wait"):
-            answer = response.json
+    def result(self: ExitWait) -> dict[str, Any]:
+        body = real_result(self)
+        stop_called.wait(10)  # the timer fires between the exit and its handling
+        return body
 
-            def json() -> dict[str, Any]:
-                body = answer()
-                stop_called.wait(10)  # the timer fires between the wait and its handling
-                return body
-
-            response.json = json
-        return response
-
-    api._post = post
+    monkeypatch.setattr(ExitWait, "result", result)
     worker = manager.spawn_worker(job())
     now = datetime.now(UTC)
     with api.lock:
@@ -422,16 +409,16 @@ def test_close_waits_for_a_timer_inside_its_expiry(
 
 def test_the_deadline_counts_from_the_start_not_from_an_image_pull(make: Any) -> None:
     api = FakeDockerAPI(images=set())  # the base image must be pulled first
-    real_post = api._post
+    real_post = api.post
     pulled_at: list[datetime] = []
 
     def post(url: str, params: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-        if url == "/images/create":
+        if url.endswith("/images/create"):
             time.sleep(0.3)  # a pull takes a while (up to image_pull_timeout_s)
             pulled_at.append(datetime.now(UTC))
         return real_post(url, params, **kwargs)
 
-    api._post = post  # type: ignore[method-assign]
+    api.post = post  # type: ignore[method-assign]
     manager, _ = make(api, worker_timeout_s=1000)
     worker = manager.spawn_worker(job())
 
