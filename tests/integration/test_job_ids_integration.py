@@ -3,11 +3,13 @@ are refused clearly, and a refused job leaves no payload in the store."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping
 
 import docker
 import pytest
 
+from conftest import _remove_container
 from dockyard import ContainerManager, DuplicateJobError, InvalidJobError, WorkerJob
 from faultproxy import FaultProxy
 
@@ -26,7 +28,7 @@ def other_instance(instance_id: str, docker_client: docker.DockerClient) -> Iter
     for container in docker_client.containers.list(
         all=True, filters={"label": f"cascade.router.instance={other}"}
     ):
-        container.remove(force=True)
+        _remove_container(container)  # 409 (auto-removal under way) and 404 are fine
 
 
 @pytest.mark.parametrize(("first", "second"), [("a:b", "a/b"), ("jöb", "jäb")])
@@ -74,7 +76,13 @@ def test_generated_ids_of_two_managers_and_two_routers_differ(
     ids = [w.job_id for w in workers]
     assert len(set(ids)) == 3, ids
     assert all(i.startswith("unknown-1700000000123-") for i in ids)
-    assert other_instance in ids[2] and other_instance not in ids[0]
+    # unknown-<ms>-<instance>-<8 hex>: each router's own instance, then a random part.
+    instances = [re.fullmatch(r"unknown-1700000000123-(.+)-[0-9a-f]{8}", i) for i in ids]
+    assert [m.group(1) if m else None for m in instances] == [
+        first.config.router_instance_id,
+        second.config.router_instance_id,
+        other_instance,
+    ]
     for manager, worker in zip((first, second, third), workers, strict=True):
         assert manager.wait_for_worker(worker.job_id, WAIT_S).status == "succeeded"
 
