@@ -237,7 +237,23 @@ class SnapshotManager:
             return None
         size = info.get("Size")
         size = int(size) if isinstance(size, int | float) and size >= 0 else None
-        meta = self.registry.register(*pair, image, size)
+        try:
+            # The registry asks the host's project directory for the TTL: a hook that
+            # fails must not escape commit(); the next start-up sync finds the image.
+            meta = self.registry.register(*pair, image, size)
+        except Exception as err:
+            log.warning(
+                "snapshot committed but not registered; the project lookup for its TTL failed",
+                extra={"job_id": worker.job_id, "image": image, "error_type": type(err).__name__},
+            )
+            self.reporter.report(
+                err,
+                "snapshot_commit",
+                level="warning",
+                tags={"jobType": worker.job_type},
+                extras={"jobId": worker.job_id, "imageName": image},
+            )
+            return None
         self.metrics.snapshot_committed()
         if previous is not None and previous != final:
             self._retire(previous)  # the name moved on; the old image is garbage now

@@ -483,15 +483,5 @@ class ContainerManager:
             raise RuntimeError("this ContainerManager is closed")
 
     def _project_snapshot_ttl(self, project_id: str) -> float | None:
-        # Called under the snapshot registry's lock, also from a snapshot commit: a host
-        # hook that fails must cost the project's TTL, never an outcome or a container.
-        try:
-            project = find_project(self._projects, project_id)
-        except Exception as err:
-            log.warning(
-                "project lookup failed; using the global snapshot TTL "
-                "(check the host's projects.list_projects)",
-                extra={"project_id": project_id, "error": type(err).__name__},
-            )
-            return None
+        project = find_project(self._projects, project_id)
         return project.snapshot_ttl_s if project is not None else None

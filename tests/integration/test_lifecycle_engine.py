@@ -51,7 +51,6 @@ def test_a_failing_project_hook_during_the_snapshot_commit_keeps_the_success(
 
     assert projects.calls_while_failing >= 1  # the hook was called, and failed
     assert outcome.status == "succeeded", outcome
-    assert manager.snapshots.get("proj-1", "card-1", ttl=3600) is not None
     labels = [f"cascade.router.instance={instance_id}"]
     assert docker_client.api.containers(all=True, filters={"label": labels}) == []
     assert not [c for c in docker_client.api.containers(all=True) if c["Id"] == worker.container_id]
