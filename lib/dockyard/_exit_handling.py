@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ._docker import DockerGateway, ExitWait, is_conflict, is_not_found, is_unreachable
+from ._backend import EngineBackend, ExitTicket
+from ._docker import is_conflict, is_not_found, is_unreachable
 from ._models import OutcomeStatus, WorkerOutcome
 from ._sentry import Reporter, WorkerExitError
 from ._snapshots import SnapshotManager
@@ -95,7 +96,7 @@ class ExitWatcher:
     def __init__(
         self,
         *,
-        docker: DockerGateway,
+        docker: EngineBackend,
         registry: WorkerRegistry,
         reporter: Reporter,
         snapshots: SnapshotManager | None,
@@ -210,7 +211,7 @@ class ExitWatcher:
             code = state.get("ExitCode")
             return _Exited(int(code) if isinstance(code, int) else None, info)
 
-    def _open_wait(self, tracked: TrackedWorker) -> ExitWait:
+    def _open_wait(self, tracked: TrackedWorker) -> ExitTicket:
         """A new wait, kept on the worker so that `detach_all` can close it."""
         exit_wait = self._docker.open_wait(tracked.worker.container_id)
         tracked.exit_wait = exit_wait

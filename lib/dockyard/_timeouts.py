@@ -7,7 +7,8 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from ._docker import DockerGateway, is_not_found
+from ._backend import EngineBackend
+from ._docker import is_not_found
 from ._sentry import Reporter, WorkerTimeoutError
 from ._tracker import TrackedWorker, WorkerRegistry
 
@@ -27,7 +28,7 @@ class TimeoutController:
     """
 
     def __init__(
-        self, docker: DockerGateway, registry: WorkerRegistry, reporter: Reporter, grace_s: float
+        self, docker: EngineBackend, registry: WorkerRegistry, reporter: Reporter, grace_s: float
     ) -> None:
         self._docker = docker
         self._registry = registry

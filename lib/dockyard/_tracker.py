@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from cachetools import LRUCache
 
-from ._docker import ExitWait
+from ._backend import ExitTicket
 from ._errors import DuplicateJobError
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 
@@ -54,7 +54,7 @@ class TrackedWorker:
     release_slot: Callable[[], None]
     future: Future[WorkerOutcome] = field(default_factory=Future)
     timer: threading.Timer | None = None
-    exit_wait: ExitWait | None = None
+    exit_wait: ExitTicket | None = None
     env_keys: tuple[str, ...] = ()  # names of the launch env, for scrubbing snapshots
     secrets: tuple[str, ...] = ()  # values masked in the worker's log tail
     auto_remove: bool = False  # created with AutoRemove: the engine removes it on exit

@@ -14,10 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 from docker.errors import APIError
 
+from ._backend import EngineBackend, ExitTicket
 from ._docker import (
     ContainerSpec,
-    DockerGateway,
-    ExitWait,
     is_conflict,
     is_missing_image,
     is_unreachable,
@@ -92,7 +91,7 @@ class WorkerContainerLaunchContext:
 class WorkerContainerLauncherDependencies:
     """The launcher's collaborators, all owned by one `ContainerManager`."""
 
-    docker: DockerGateway
+    docker: EngineBackend
     registry: WorkerRegistry
     timeouts: TimeoutController
     exits: ExitWatcher
@@ -190,7 +189,7 @@ def _start_container(
     context: WorkerContainerLaunchContext,
     deps: WorkerContainerLauncherDependencies,
     reports: _SpawnReports,
-) -> tuple[str, Mapping[str, str], str, ExitWait]:
+) -> tuple[str, Mapping[str, str], str, ExitTicket]:
     """Create and start, with the snapshot and base-image fallbacks of the spec."""
     if config.snapshot is None:
         return _with_base_image_pull(config, context, deps, reports)
@@ -222,7 +221,7 @@ def _with_base_image_pull(
     context: WorkerContainerLaunchContext,
     deps: WorkerContainerLauncherDependencies,
     reports: _SpawnReports,
-) -> tuple[str, Mapping[str, str], str, ExitWait]:
+) -> tuple[str, Mapping[str, str], str, ExitTicket]:
     image = config.base_image
     try:
         cid, wait = _create_and_start(config, image, config.env, context, deps)
@@ -265,7 +264,7 @@ def _create_and_start(
     env: Mapping[str, str],
     context: WorkerContainerLaunchContext,
     deps: WorkerContainerLauncherDependencies,
-) -> tuple[str, ExitWait]:
+) -> tuple[str, ExitTicket]:
     spec = ContainerSpec(
         image=image,
         name=config.name,
@@ -279,7 +278,7 @@ def _create_and_start(
         no_new_privileges=config.no_new_privileges,
     )
     container_id = _create(spec, context, deps)
-    exit_wait: ExitWait | None = None
+    exit_wait: ExitTicket | None = None
     try:
         # Registered before start: an instant exit (and auto-removal) cannot be missed.
         exit_wait = deps.docker.open_exit_wait(container_id)
@@ -326,7 +325,7 @@ def _create(
     return deps.docker.create(spec)
 
 
-def _discard(docker: DockerGateway, container_id: str, job_id: str) -> None:
+def _discard(docker: EngineBackend, container_id: str, job_id: str) -> None:
     try:
         docker.remove(container_id, force=True)
     except Exception:
