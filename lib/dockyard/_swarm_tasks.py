@@ -109,11 +109,15 @@ def task_state(task: dict[str, Any] | None) -> str:
 
 
 def exit_code_of(task: dict[str, Any] | None) -> int | None:
-    status = (task or {}).get("Status") or {}
-    code = (status.get("ContainerStatus") or {}).get("ExitCode")
-    if isinstance(code, int) and task_state(task) in TERMINAL:
+    """The task container's exit code; None when it never had a container (rejected, ...)."""
+    state = task_state(task)
+    if state not in TERMINAL or state == "rejected":
+        return None
+    container = ((task or {}).get("Status") or {}).get("ContainerStatus") or {}
+    code = container.get("ExitCode")
+    if isinstance(code, int) and container.get("ContainerID"):
         return code
-    return 0 if task_state(task) == "complete" else None
+    return 0 if state == "complete" else None
 
 
 def latest_task(tasks: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
