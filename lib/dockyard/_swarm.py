@@ -63,7 +63,10 @@ _START_WAIT_MAX_S = 30.0
 _STOP_MARGIN_S = 10.0
 _STOP_POLL_S = 0.1
 _CREATE_RETRY_PAUSE_S = 0.2
+_REMOVE_ATTEMPTS = 3
+_REMOVE_RETRY_PAUSE_S = 0.2
 _NANOS = 1_000_000_000
+_NOWHERE = "node.id==dockyard-stopped"  # a placement no node satisfies (ids are random)
 
 
 class SwarmGateway:
@@ -360,22 +363,39 @@ class SwarmGateway:
     # -- ending -------------------------------------------------------------------------
 
     def stop(self, container_id: str, grace_s: float) -> None:
-        """Remove the service (the engine stops its task with the stop grace); wait for that.
+        """Stop the task with the service's stop grace, wait for that, remove the service.
 
-        Returns once the task has ended or is gone, or after the grace plus a margin.
+        Engine 20.10 leaves the running task of a removed job service running (moby#44312),
+        so the service is first updated to a placement no node satisfies: the engine shuts
+        the task down (SIGTERM, SIGKILL after the stop grace) on whichever node it runs
+        and its replacement never starts. Returns once the task has ended, or after the
+        grace plus a margin.
         """
-        try:
-            tasks = self._service_tasks(container_id)
-        except Exception as err:
-            if is_not_found(err):
-                self.poller.gone(container_id)
-            raise
-        task = latest_task(tasks)
-        self._call("service_remove", lambda: self._raw.remove_service(container_id))
+        service = self._call("service_inspect", lambda: self._raw.inspect_service(container_id))
+        task = latest_task(self._service_tasks(container_id))
         if task is not None and task_state(task) not in TERMINAL:
+            self._unplace(service)
             ended = self._await_task_end(str(task["ID"]), grace_s + _STOP_MARGIN_S)
             task = ended if ended is not None else task
+        self.remove(container_id, force=True)
         self.poller.ended(container_id, task)
+
+    def _unplace(self, service: dict[str, Any]) -> None:
+        spec = service.get("Spec") or {}
+        template = dict(spec.get("TaskTemplate") or {})
+        placement = dict(template.get("Placement") or {})
+        constraints = list(placement.get("Constraints") or [])
+        if _NOWHERE not in constraints:
+            constraints.append(_NOWHERE)
+        placement["Constraints"] = constraints
+        template["Placement"] = placement
+        version = int((service.get("Version") or {}).get("Index") or 0)
+        self._call(
+            "service_update",
+            lambda: self._raw.update_service(
+                str(service["ID"]), version, task_template=template, fetch_current_spec=True
+            ),
+        )
 
     def _await_task_end(self, task_id: str, timeout_s: float) -> dict[str, Any] | None:
         deadline = time.monotonic() + timeout_s
@@ -397,11 +417,7 @@ class SwarmGateway:
 
     def kill(self, container_id: str) -> None:
         """Remove the service and force-remove its task containers on this node."""
-        try:
-            self._call("service_remove", lambda: self._raw.remove_service(container_id))
-        finally:
-            self.poller.gone(container_id)
-        self._remove_local_containers(container_id)
+        self.remove(container_id, force=True)
 
     def remove(self, container_id: str, *, force: bool = True) -> None:
         """Remove the service and its task containers on this node (idempotent).
@@ -411,12 +427,20 @@ class SwarmGateway:
         the service nor a container of it was there.
         """
         missing: BaseException | None = None
-        try:
-            self._call("service_remove", lambda: self._raw.remove_service(container_id))
-        except Exception as err:
-            if not is_not_found(err):
-                raise
-            missing = err
+        for attempt in range(_REMOVE_ATTEMPTS):
+            try:
+                self._call("service_remove", lambda: self._raw.remove_service(container_id))
+                break
+            except Exception as err:
+                if is_not_found(err):
+                    missing = err
+                    break
+                transient = is_unreachable(err) or (
+                    isinstance(err, APIError) and (err.status_code or 0) >= 500
+                )
+                if not transient or attempt + 1 >= _REMOVE_ATTEMPTS:
+                    raise
+                time.sleep(_REMOVE_RETRY_PAUSE_S * (attempt + 1))  # removal is idempotent
         self.poller.gone(container_id)
         removed = self._remove_local_containers(container_id)
         if missing is not None and not removed:
