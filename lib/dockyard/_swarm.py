@@ -435,14 +435,18 @@ class SwarmGateway:
                 if is_not_found(err):
                     missing = err
                     break
-                transient = is_unreachable(err) or (
-                    isinstance(err, APIError) and (err.status_code or 0) >= 500
-                )
-                if not transient or attempt + 1 >= _REMOVE_ATTEMPTS:
+                if not _transient(err) or attempt + 1 >= _REMOVE_ATTEMPTS:
                     raise
                 time.sleep(_REMOVE_RETRY_PAUSE_S * (attempt + 1))  # removal is idempotent
         self.poller.gone(container_id)
-        removed = self._remove_local_containers(container_id)
+        for attempt in range(_REMOVE_ATTEMPTS):
+            try:
+                removed = self._remove_local_containers(container_id)
+                break
+            except Exception as err:
+                if not _transient(err) or attempt + 1 >= _REMOVE_ATTEMPTS:
+                    raise
+                time.sleep(_REMOVE_RETRY_PAUSE_S * (attempt + 1))
         if missing is not None and not removed:
             raise missing
 
@@ -505,6 +509,10 @@ class SwarmGateway:
         except BaseException:
             engine.close()
             raise
+
+
+def _transient(err: BaseException) -> bool:
+    return is_unreachable(err) or (isinstance(err, APIError) and (err.status_code or 0) >= 500)
 
 
 def _tell(
