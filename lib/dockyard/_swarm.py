@@ -358,7 +358,22 @@ class SwarmGateway:
                     "Created": int(created.astimezone(UTC).timestamp()) if created else 0,
                 }
             )
+        if all:
+            listed.extend(self._stray_containers(labels, set(ids)))
         return listed
+
+    def _stray_containers(self, labels: Sequence[str], services: set[str]) -> list[dict[str, Any]]:
+        """Task containers on this node whose service is gone (the engine keeps them).
+
+        Listed under their container id, so that an orphan scan removes them: `stop` and
+        `remove` fall back to the container when no service has that id.
+        """
+        stray = []
+        for container in self.engine.list_containers(labels, all=True):
+            service = (container.get("Labels") or {}).get(SWARM_SERVICE_LABEL)
+            if service and service not in services:
+                stray.append(container)
+        return stray
 
     # -- ending -------------------------------------------------------------------------
 
@@ -371,7 +386,13 @@ class SwarmGateway:
         and its replacement never starts. Returns once the task has ended, or after the
         grace plus a margin.
         """
-        service = self._call("service_inspect", lambda: self._raw.inspect_service(container_id))
+        try:
+            service = self._call("service_inspect", lambda: self._raw.inspect_service(container_id))
+        except Exception as err:
+            if not is_not_found(err):
+                raise
+            self._stop_stray(container_id, grace_s, err)
+            return
         task = latest_task(self._service_tasks(container_id))
         if task is not None and task_state(task) not in TERMINAL:
             self._unplace(service)
@@ -448,7 +469,26 @@ class SwarmGateway:
                     raise
                 time.sleep(_REMOVE_RETRY_PAUSE_S * (attempt + 1))
         if missing is not None and not removed:
+            if not _is_container_id(container_id):
+                raise missing
+            try:
+                self.engine.remove(container_id, force=True)  # a stray task container?
+            except Exception as err:
+                if is_not_found(err):
+                    raise missing from None
+                raise
+
+    def _stop_stray(self, container_id: str, grace_s: float, missing: BaseException) -> None:
+        """No service of that id: stop a stray task container of that id, if there is one."""
+        self.poller.gone(container_id)
+        if not _is_container_id(container_id):
             raise missing
+        try:
+            self.engine.stop(container_id, grace_s)
+        except Exception as err:
+            if is_not_found(err):
+                raise missing from None
+            raise
 
     def _remove_local_containers(self, service_id: str) -> int:
         found = self.engine.list_containers([f"{SWARM_SERVICE_LABEL}={service_id}"], all=True)
@@ -509,6 +549,11 @@ class SwarmGateway:
         except BaseException:
             engine.close()
             raise
+
+
+def _is_container_id(value: str) -> bool:
+    """A full container id (64 hex digits): never a prefix that could match another one."""
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def _transient(err: BaseException) -> bool:

@@ -219,6 +219,26 @@ def test_orphans_of_a_dead_router_are_reaped(
     assert instance_services(swarm_client, swarm_instance) == []
 
 
+def test_stray_task_container_of_a_removed_service_is_reaped(
+    make_swarm_manager: MakeManager, swarm_client: docker.DockerClient, swarm_instance: str
+) -> None:
+    dead = make_swarm_manager()
+    worker = dead.spawn_worker(job("stray-1", ["sh", "-c", "sleep 1"]))
+    dead.close()
+
+    def complete() -> bool:
+        tasks = swarm_client.api.tasks(filters={"service": [worker.container_id]})
+        return bool(tasks) and tasks[0]["Status"]["State"] == "complete"
+
+    assert wait_until(complete)
+    swarm_client.api.remove_service(worker.container_id)  # by hand: the engine keeps its task
+    (stray,) = instance_containers(swarm_client, swarm_instance)
+    heir = make_swarm_manager()
+    assert heir.adopt_workers() == []
+    assert heir.scan_and_cleanup_orphans() == [stray.id]
+    assert instance_containers(swarm_client, swarm_instance) == []
+
+
 def test_adoption_after_restart_gets_exactly_one_outcome(
     make_swarm_manager: MakeManager, swarm_client: docker.DockerClient, swarm_instance: str
 ) -> None:
