@@ -64,6 +64,7 @@ _STOP_MARGIN_S = 10.0
 _STOP_POLL_S = 0.1
 _CREATE_RETRY_PAUSE_S = 0.2
 _REMOVE_ATTEMPTS = 3
+_UPDATE_ATTEMPTS = 3
 _REMOVE_RETRY_PAUSE_S = 0.2
 _NANOS = 1_000_000_000
 _NOWHERE = "node.id==dockyard-stopped"  # a placement no node satisfies (ids are random)
@@ -395,7 +396,17 @@ class SwarmGateway:
             return
         task = latest_task(self._service_tasks(container_id))
         if task is not None and task_state(task) not in TERMINAL:
-            self._unplace(service)
+            for attempt in range(_UPDATE_ATTEMPTS):
+                try:
+                    self._unplace(service)
+                    break
+                except Exception as err:
+                    # "update out of sequence": the service changed since it was read.
+                    if is_not_found(err) or attempt + 1 >= _UPDATE_ATTEMPTS:
+                        raise
+                    service = self._call(
+                        "service_inspect", lambda: self._raw.inspect_service(container_id)
+                    )
             ended = self._await_task_end(str(task["ID"]), grace_s + _STOP_MARGIN_S)
             task = ended if ended is not None else task
         self.remove(container_id, force=True)

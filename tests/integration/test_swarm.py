@@ -17,7 +17,7 @@ from typing import Any
 import docker
 import pytest
 
-from conftest import CapturedEvents, Recorder
+from conftest import CapturedEvents, Recorder, ThreadBaseline
 from dockyard import ConfigError, ContainerManager, RouterConfig, WorkerJob
 
 pytest_plugins = ("swarm_support",)  # its fixtures
@@ -287,6 +287,16 @@ def test_concurrent_jobs_share_one_poller(make_swarm_manager: MakeManager) -> No
     assert [o.exit_code for o in outcomes] == list(range(6))
     pollers = [t for t in threading.enumerate() if t.name == "dockyard-swarm-tasks"]
     assert len(pollers) >= 1
+
+
+def test_close_leaves_no_thread_behind(
+    thread_baseline: ThreadBaseline, make_swarm_manager: MakeManager
+) -> None:
+    manager = make_swarm_manager()
+    manager.spawn_worker(job("threads-1", ["sh", "-c", "exit 0"]))
+    assert manager.wait_for_worker("threads-1", timeout=30).status == "succeeded"
+    manager.close()
+    thread_baseline.assert_no_new_threads()
 
 
 def test_manager_refuses_an_engine_that_is_not_a_swarm_manager(
