@@ -101,6 +101,31 @@ def swarm_instance(
         pytest.fail(f"leaked {len(leftovers)} service(s) of {instance}: {names}", pytrace=False)
 
 
+def set_availability(client: docker.DockerClient, node_id: str, availability: str) -> None:
+    node = client.api.inspect_node(node_id)
+    spec = dict(node["Spec"], Availability=availability)
+    client.api.update_node(node_id, node["Version"]["Index"], spec)
+
+
+@pytest.fixture
+def swarm_local_node(swarm_client: docker.DockerClient) -> Iterator[str]:
+    """Every task of the test lands on the manager node: other nodes are paused meanwhile.
+
+    For tests of what only a local task container tells (OOMKilled, its labels, ...)."""
+    own = swarm_client.info()["Swarm"]["NodeID"]
+    others = [n["ID"] for n in swarm_client.api.nodes() if n["ID"] != own]
+    paused = []
+    try:
+        for node_id in others:
+            if swarm_client.api.inspect_node(node_id)["Spec"].get("Availability") == "active":
+                set_availability(swarm_client, node_id, "pause")
+                paused.append(node_id)
+        yield own
+    finally:
+        for node_id in paused:
+            set_availability(swarm_client, node_id, "active")
+
+
 @pytest.fixture
 def make_swarm_manager(
     swarm_client: docker.DockerClient, swarm_image: str, swarm_instance: str

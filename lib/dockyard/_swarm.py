@@ -61,7 +61,7 @@ SWARM_SERVICE_LABEL = "com.docker.swarm.service.id"  # the engine's label on tas
 DEFAULT_POLL_INTERVAL_S = 0.25
 _START_WAIT_MAX_S = 30.0
 _STOP_MARGIN_S = 10.0
-_STOP_POLL_S = 0.1
+_STOP_POLL_S = 0.05
 _CREATE_RETRY_PAUSE_S = 0.2
 _REMOVE_ATTEMPTS = 3
 _UPDATE_ATTEMPTS = 3
@@ -301,8 +301,8 @@ class SwarmGateway:
         """The task container's `State` when it is on this node and has ended."""
         if task is None or task.get("NodeID") != self.node_id or task_state(task) not in TERMINAL:
             return None
-        container_id = ((task.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID")
-        if not container_id:
+        container_id = _container_of(task)
+        if container_id is None:
             return None
         try:
             info = self.engine.inspect(str(container_id))
@@ -379,13 +379,15 @@ class SwarmGateway:
     # -- ending -------------------------------------------------------------------------
 
     def stop(self, container_id: str, grace_s: float) -> None:
-        """Stop the task with the service's stop grace, wait for that, remove the service.
+        """Stop the task with the stop grace (SIGTERM, then SIGKILL) and wait for that.
 
-        Engine 20.10 leaves the running task of a removed job service running (moby#44312),
-        so the service is first updated to a placement no node satisfies: the engine shuts
-        the task down (SIGTERM, SIGKILL after the stop grace) on whichever node it runs
-        and its replacement never starts. Returns once the task has ended, or after the
-        grace plus a margin.
+        A task on this node: its container is stopped directly; the task ends `failed`
+        with the exit code, and the exit handling inspects and removes the service. A task
+        on another node: engine 20.10 leaves the running task of a removed job service
+        running (moby#44312), so the service is first updated to a placement no node
+        satisfies (the engine shuts the task down with the service's stop grace and starts
+        no replacement), then removed once the task ended (or after the grace plus a
+        margin); its exit code is known only when the engine kept the task's record.
         """
         try:
             service = self._call("service_inspect", lambda: self._raw.inspect_service(container_id))
@@ -395,6 +397,15 @@ class SwarmGateway:
             self._stop_stray(container_id, grace_s, err)
             return
         task = latest_task(self._service_tasks(container_id))
+        local = (
+            _container_of(task) if task is not None and task.get("NodeID") == self.node_id else None
+        )
+        if local is not None and task_state(task) not in TERMINAL:
+            # On this node: stop the container itself (SIGTERM, SIGKILL after the grace).
+            # The task then ends `failed` with its exit code and keeps its container for
+            # the exit's inspect; the exit handling removes the service afterwards.
+            self.engine.stop(local, grace_s)
+            return
         if task is not None and task_state(task) not in TERMINAL:
             for attempt in range(_UPDATE_ATTEMPTS):
                 try:
@@ -413,7 +424,12 @@ class SwarmGateway:
         self.poller.ended(container_id, task)
 
     def _unplace(self, service: dict[str, Any]) -> None:
-        spec = service.get("Spec") or {}
+        """Update the service to a placement no node satisfies (its own spec otherwise).
+
+        The spec goes back exactly as read: docker-py's `update_service` adds a null
+        `UpdateConfig`, which the engine refuses for jobs.
+        """
+        spec = dict(service.get("Spec") or {})
         template = dict(spec.get("TaskTemplate") or {})
         placement = dict(template.get("Placement") or {})
         constraints = list(placement.get("Constraints") or [])
@@ -421,12 +437,13 @@ class SwarmGateway:
             constraints.append(_NOWHERE)
         placement["Constraints"] = constraints
         template["Placement"] = placement
+        spec["TaskTemplate"] = template
         version = int((service.get("Version") or {}).get("Index") or 0)
+        raw = self._raw
+        url = raw._url("/services/{0}/update", str(service["ID"]))
         self._call(
             "service_update",
-            lambda: self._raw.update_service(
-                str(service["ID"]), version, task_template=template, fetch_current_spec=True
-            ),
+            lambda: raw._result(raw._post_json(url, data=spec, params={"version": version})),
         )
 
     def _await_task_end(self, task_id: str, timeout_s: float) -> dict[str, Any] | None:
@@ -560,6 +577,11 @@ class SwarmGateway:
         except BaseException:
             engine.close()
             raise
+
+
+def _container_of(task: dict[str, Any] | None) -> str | None:
+    container = ((task or {}).get("Status") or {}).get("ContainerStatus") or {}
+    return str(container["ContainerID"]) if container.get("ContainerID") else None
 
 
 def _is_container_id(value: str) -> bool:

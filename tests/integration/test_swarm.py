@@ -21,7 +21,8 @@ from conftest import CapturedEvents, Recorder, ThreadBaseline
 from dockyard import ConfigError, ContainerManager, RouterConfig, WorkerJob
 
 pytest_plugins = ("swarm_support",)  # its fixtures
-pytestmark = pytest.mark.swarm
+# Tasks on the manager node only: these tests read what only a local container tells.
+pytestmark = [pytest.mark.swarm, pytest.mark.usefixtures("swarm_local_node")]
 
 MakeManager = Callable[..., ContainerManager]
 LONG = ["sh", "-c", "trap 'exit 143' TERM; sleep 60 & wait"]
@@ -146,6 +147,7 @@ def test_timeout_removes_the_service_and_ends_timed_out_once(
     manager.spawn_worker(job("slow-1", LONG))
     outcome = manager.wait_for_worker("slow-1", timeout=60)
     assert outcome.status == "timed_out"
+    assert outcome.exit_code == 143  # SIGTERM reached the job's trap: stopped with grace
     assert time.monotonic() - started < 30
     assert recorder.outcomes("slow-1") == [outcome]
     assert [e["extra"]["jobId"] for e in sentry_events.with_source("worker_timeout")] == ["slow-1"]
@@ -162,6 +164,7 @@ def test_kill_worker_on_request(make_swarm_manager: MakeManager) -> None:
     assert manager.kill_worker("kill-1") is True
     outcome = manager.wait_for_worker("kill-1", timeout=30)
     assert outcome.status == "timed_out"
+    assert outcome.exit_code == 143
     assert recorder.outcomes("kill-1") == [outcome]
     assert manager.kill_worker("kill-1") is False
     assert manager.get_active_worker_count() == 0
