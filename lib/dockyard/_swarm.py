@@ -85,7 +85,7 @@ class SwarmGateway:
         self.engine = engine  # the node dockyard is connected to: images, local containers
         self.api = engine.api
         self._raw: Any = engine.api  # docker-py's service calls are untyped in the stubs
-        self.observer: Callable[[str, str, float], None] | None = None
+        self._observer: Callable[[str, str, float], None] | None = None
         self.image_write_timeout_s = engine.image_write_timeout_s
         self._stop_grace_s = stop_grace_s
         self._pending_timeout_s = pending_timeout_s
@@ -98,6 +98,16 @@ class SwarmGateway:
             pending_timeout_s=pending_timeout_s,
             unreachable_window_s=unreachable_window_s,
         )
+
+    @property
+    def observer(self) -> Callable[[str, str, float], None] | None:
+        """Told of every engine call, the node engine's own calls included."""
+        return self._observer
+
+    @observer.setter
+    def observer(self, observer: Callable[[str, str, float], None] | None) -> None:
+        self._observer = observer
+        self.engine.observer = observer
 
     def _manager_node_id(self) -> str:
         info = self._call("info", self.api.info)
