@@ -158,6 +158,7 @@ class TaskPoller:
         unreachable_window_s: float,
         fast_interval_s: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
+        autostart: bool = True,
     ) -> None:
         self._list_tasks = list_tasks
         self._list_services = list_services
@@ -166,6 +167,7 @@ class TaskPoller:
         self._pending_timeout_s = pending_timeout_s
         self._unreachable_window_s = unreachable_window_s
         self._clock = clock
+        self._autostart = autostart  # False: only explicit `tick()` calls poll (tests)
         self._cond = threading.Condition()
         self._watches: dict[str, _Watch] = {}
         self._starting = 0  # callers blocked in `await_running`: poll fast meanwhile
@@ -275,7 +277,7 @@ class TaskPoller:
             thread.join(join_s)
 
     def _ensure_thread(self) -> None:
-        if self._thread is None:
+        if self._thread is None and self._autostart:
             self._thread = threading.Thread(
                 target=self._run, name="dockyard-swarm-tasks", daemon=True
             )
