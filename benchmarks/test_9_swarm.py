@@ -83,6 +83,7 @@ def test_swarm_spawn_against_the_cli(
              "--mode", "replicated-job", "--restart-condition", "none",
              "--reserve-memory", "64m", "--limit-memory", "64m",
              "--label", f"cascade.router.instance={swarm_instance}",
+             "--container-label", f"cascade.router.instance={swarm_instance}",
              swarm_image, *LONG],
             check=True, capture_output=True,
         )  # fmt: skip
