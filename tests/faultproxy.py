@@ -29,6 +29,7 @@ op              request                         docker-py calls
 create          POST /containers/create         create_container, containers.create
 start           POST /containers/{id}/start     start
 wait            POST /containers/{id}/wait      wait
+events          GET /events                     events
 inspect         GET /containers/{id}/json       inspect_container, containers.get
 stop            POST /containers/{id}/stop      stop
 kill            POST /containers/{id}/kill      kill
@@ -64,12 +65,14 @@ checked against a real engine by ``tests/test_faultproxy.py``:
     Read the request, sleep ``delay_s`` (default 0), close the client connection without
     answering; the engine never sees the request. docker-py raises
     ``requests.exceptions.ConnectionError`` ("Connection aborted.",
-    ``RemoteDisconnected``). For ``wait`` only: forward the request (the engine starts
-    waiting), then cut the connection ``delay_s`` after forwarding. The engine has
+    ``RemoteDisconnected``). For the streams ``wait`` and ``events`` only: forward the
+    request (the engine starts waiting), then cut the connection ``delay_s`` after
+    forwarding. The engine has
     already sent the ``200`` head, so the body read breaks and docker-py raises
     ``requests.exceptions.ChunkedEncodingError`` (a ``RequestException`` but *not* a
     ``ConnectionError``; it wraps urllib3 ``ProtocolError`` "Response ended
-    prematurely"). With ``delay_s=0`` the cut usually comes before the head:
+    prematurely"). The same for ``events``: the stream starts, then breaks. With
+    ``delay_s=0`` the cut usually comes before the head:
     ``ConnectionError``. The container is unaffected either way.
 ``cut_after``
     Forward, then close the client connection ``delay_s`` after forwarding, even in
@@ -113,6 +116,7 @@ OPS: frozenset[str] = frozenset(
         "create",
         "start",
         "wait",
+        "events",
         "inspect",
         "stop",
         "kill",
@@ -132,6 +136,7 @@ ACTIONS: frozenset[str] = frozenset({"fail", "delay", "cut", "cut_after"})
 """Fault kinds, see the module docstring."""
 
 _OTHER = "other"
+_STREAMS = frozenset({"wait", "events"})  # a `cut` lets these start, then breaks them
 _MAX_HEAD = 64 * 1024
 _RECV = 65536
 _VERSION_PREFIX = re.compile(r"/v\d+(?:\.\d+)?(?=/)")
@@ -143,6 +148,7 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
         ("GET", r"/containers/json", "list"),
         ("POST", r"/containers/[^/]+/start", "start"),
         ("POST", r"/containers/[^/]+/wait", "wait"),
+        ("GET", r"/events", "events"),
         ("GET", r"/containers/[^/]+/json", "inspect"),
         ("POST", r"/containers/[^/]+/stop", "stop"),
         ("POST", r"/containers/[^/]+/kill", "kill"),
@@ -618,7 +624,7 @@ class FaultProxy:
         if rule is not None and action == "fail":
             self._answer_error(conn.client, rule.status, rule.message)
             return
-        if action == "cut" and op != "wait":
+        if action == "cut" and op not in _STREAMS:
             if delay_s > 0:
                 conn.cut.wait(delay_s)
             self._cut(conn)
@@ -638,7 +644,7 @@ class FaultProxy:
             + reader.take_buffered()
         )
         deadline = None
-        if action == "cut_after" or (action == "cut" and op == "wait"):
+        if action == "cut_after" or (action == "cut" and op in _STREAMS):
             deadline = time.monotonic() + delay_s
         self._relay(conn, upstream, upgrade, deadline)
 

@@ -2,6 +2,8 @@
 
 `ContainerManager` launches a container per job, watches it, kills it when it overruns,
 snapshots clean finishes for warm reuse, reaps orphans and reports failures to Sentry.
+The host hooks are small protocols (`ProjectDirectory`, `CredentialProvider`,
+`JobDataStore`, `Reporter`); `dockyard.testing` has a fake engine for a router's own tests.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from ._config import ProjectConfig, RouterConfig
+from ._environment import CredentialProvider
 from ._errors import (
     ConfigError,
     DockerUnavailableError,
@@ -17,11 +20,13 @@ from ._errors import (
     InvalidJobError,
     NoWorkerSlotError,
     WorkerImageResolutionError,
+    WorkerSpawnError,
 )
-from ._job_data import JobDataOffloadError
-from ._jobs import WorkerJob
+from ._job_data import JobDataOffloadError, JobDataStore
+from ._jobs import ProjectDirectory, WorkerJob
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._redis_store import RedisJobDataStore
+from ._sentry import Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
 from .container_manager import ContainerManager
 from .worker_container_launcher import (
@@ -35,14 +40,18 @@ __all__ = [
     "ActiveWorker",
     "ConfigError",
     "ContainerManager",
+    "CredentialProvider",
     "DockerUnavailableError",
     "DockyardError",
     "DuplicateJobError",
     "InvalidJobError",
     "JobDataOffloadError",
+    "JobDataStore",
     "NoWorkerSlotError",
     "ProjectConfig",
+    "ProjectDirectory",
     "RedisJobDataStore",
+    "Reporter",
     "RouterConfig",
     "SnapshotMetadata",
     "SnapshotRegistry",
@@ -53,6 +62,7 @@ __all__ = [
     "WorkerJob",
     "WorkerLifecycleListener",
     "WorkerOutcome",
+    "WorkerSpawnError",
     "launch_worker_container",
 ]
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import docker
-
 from ._docker import ContainerSpec
 from ._registry_auth import RegistryAuth
 
@@ -37,7 +35,6 @@ class ExitTicket(Protocol):
 class EngineBackend(Protocol):
     """The engine calls dockyard makes (see `DockerGateway` for each one's contract)."""
 
-    api: docker.APIClient  # the connected engine's client (image tagging and listing)
     observer: Callable[[str, str, float], None] | None
     image_write_timeout_s: float
 
@@ -63,6 +60,8 @@ class EngineBackend(Protocol):
 
     # -- images (of the engine dockyard is connected to) --------------------------------
     def image_inspect(self, image: str) -> dict[str, Any]: ...
+    def tag(self, image: str, repository: str, tag: str, *, force: bool = True) -> None: ...
+    def dangling_images(self, labels: Sequence[str]) -> list[dict[str, Any]]: ...
     def list_images(self, name_filter: str | None = None) -> list[dict[str, Any]]: ...
     def image_history(self, image: str) -> list[dict[str, Any]]: ...
     def load_image_archive(self, archive: bytes, reference: str) -> None: ...

@@ -31,6 +31,7 @@ def open_backend(
             if docker_client is None
             else DockerGateway.from_client(docker_client)
         )
+        engine.image_write_timeout_s = config.image_write_timeout_s
         return SwarmGateway.over(
             engine,
             stop_grace_s=config.stop_grace_s,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from ._backend import EngineBackend
 from ._docker import is_conflict, is_not_found
@@ -34,20 +33,19 @@ class DanglingImageReaper:
     instance_id: str
     reporter: Reporter
 
-    def filters(self) -> list[dict[str, Any]]:
-        """The engine filters of one pass: each one AND-ed, never wider."""
+    def filters(self) -> list[list[str]]:
+        """The label filters of one pass, each with `dangling=true`: AND-ed, never wider."""
         return [
-            {"dangling": True, "label": [f"{self.labels.managed}=true"]},
-            {"dangling": True, "label": [f"{self.labels.snapshot_instance}={self.instance_id}"]},
+            [f"{self.labels.managed}=true"],
+            [f"{self.labels.snapshot_instance}={self.instance_id}"],
         ]
 
     def scan(self) -> list[str]:
         """One pass; returns the ids of the images removed. Never raises."""
         images: dict[str, int] = {}
-        for filters in self.filters():
+        for labels in self.filters():
             try:
-                raw: Any = self.docker.api  # untyped in the stubs
-                listed: list[dict[str, Any]] = raw.images(filters=filters)
+                listed = self.docker.dangling_images(labels)
             except Exception as err:
                 log.warning("dangling image scan could not list images", extra={"error": str(err)})
                 self.reporter.report(err, "dangling_image_cleanup_scan", level="error")

@@ -6,13 +6,21 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ._config import RouterConfig
 from ._errors import InvalidJobError
 from ._job_data import JOB_DATA_INLINE_LIMIT, JobDataStore, check_job_data_size, job_data_env
 from ._jobs import JobFields
+from ._secrets import (
+    Masker,
+    Secret,
+    SecretEnv,
+    job_data_secrets,
+    reveal,
+    worker_secret_values,
+)
 from ._sentry import Reporter
 
 __all__ = [
@@ -23,6 +31,7 @@ __all__ = [
     "build_worker_env",
     "check_job_data",
     "with_snapshot_reuse",
+    "worker_masker",
 ]
 
 log = logging.getLogger("dockyard.environment")
@@ -69,7 +78,9 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 class CredentialProvider(Protocol):
     """The host's credential lookup (`credentials=` of `ContainerManager`)."""
 
-    def get_project_credentials(self, project_id: str) -> Mapping[str, str]: ...
+    def get_project_credentials(self, project_id: str) -> Mapping[str, str]:
+        """The project's credentials, passed to its workers as environment variables."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -77,7 +88,7 @@ class EnvSources:
     """What an environment is built from besides the job itself."""
 
     config: RouterConfig
-    router_environ: Mapping[str, str]
+    router_environ: Mapping[str, str] = field(repr=False)  # the router's secrets among them
     credentials: CredentialProvider | None
     job_data_store: JobDataStore | None
     reporter: Reporter
@@ -85,29 +96,43 @@ class EnvSources:
 
 def build_worker_env(
     fields: JobFields, sources: EnvSources, *, snapshot_enabled: bool
-) -> dict[str, str]:
+) -> SecretEnv:
     """The environment of a fresh (not reused) worker; raises `InvalidJobError` on bad input.
 
-    Large payloads are written to the job data store here, so call it once per spawn.
+    Every value is a `Secret` from here to the create call. Large payloads are written to
+    the job data store last, once every check has passed (a refused job leaves no key
+    behind), so call it once per spawn.
     """
-    env: dict[str, str] = {"JOB_ID": fields.job_id, "JOB_TYPE": fields.job_type}
-    env.update(job_data_env(fields, sources.job_data_store, sources.reporter))
+    check_job_data(fields, sources)  # over the limit without a store: refused here
+    env: dict[str, str | Secret] = {"JOB_ID": fields.job_id, "JOB_TYPE": fields.job_type}
     env["REDIS_URL"] = sources.config.redis_url
     for key, default in DEFAULTED_KEYS:
-        env[key] = sources.router_environ.get(key, default)
+        env[key] = Secret(sources.router_environ.get(key, default))
     if snapshot_enabled:
         env["CASCADE_SNAPSHOT_ENABLED"] = "true"
     env.update(_credentials(fields, sources))
     for key in PASS_THROUGH_KEYS:
-        value = sources.router_environ.get(key)
-        if value is not None:
-            env[key] = value
+        passed = sources.router_environ.get(key)
+        if passed is not None:
+            env[key] = Secret(passed)
     for key in NEVER_PASSED:
         env.pop(key, None)
     for key, value in env.items():
-        if "\x00" in value:
+        if "\x00" in reveal(value):
             raise InvalidJobError(f"environment value of {key} contains a NUL character")
-    return env
+    # json.dumps escapes NUL: the payload needs no such check. Written last: a refused job
+    # leaves no key behind.
+    env.update(job_data_env(fields, sources.job_data_store, sources.reporter))
+    return SecretEnv(env)
+
+
+def worker_masker(env: Mapping[str, str | Secret], fields: JobFields | None = None) -> Masker:
+    """What a worker's output must not show: its secret env values and its job data."""
+    job_data: list[str] = []
+    if fields is not None:
+        public = (fields.job_id, fields.project_id, fields.work_item_id, fields.agent_type)
+        job_data = job_data_secrets(fields.job.data, fields.job_data_json, public)
+    return Masker.of(worker_secret_values(env), job_data)
 
 
 def check_job_data(fields: JobFields, sources: EnvSources) -> None:
@@ -118,24 +143,9 @@ def check_job_data(fields: JobFields, sources: EnvSources) -> None:
     check_job_data_size(fields, sources.job_data_store)
 
 
-# Values of these keys (and of every credential) are masked wherever dockyard echoes output.
-SECRET_KEYS = frozenset(
-    {"DATABASE_URL", "DATABASE_CA_CERT", "CLAUDE_CODE_OAUTH_TOKEN", "SENTRY_DSN", "REDIS_URL"}
-)
-MIN_MASKED_LENGTH = 4  # masking tiny values would garble ordinary output
-
-
-def secret_values(env: Mapping[str, str]) -> tuple[str, ...]:
-    """The values in `env` that must never be echoed (credentials and service secrets)."""
-    keys = set(SECRET_KEYS)
-    keys.update(k for k in env.get("CASCADE_CREDENTIAL_KEYS", "").split(",") if k)
-    values = {env[k] for k in keys if k in env and len(env[k]) >= MIN_MASKED_LENGTH}
-    return tuple(sorted(values, key=len, reverse=True))
-
-
-def with_snapshot_reuse(env: Mapping[str, str]) -> dict[str, str]:
+def with_snapshot_reuse(env: Mapping[str, str | Secret]) -> SecretEnv:
     """The same environment, telling the worker it starts from a snapshot."""
-    return {**env, "CASCADE_SNAPSHOT_REUSE": "true"}
+    return SecretEnv({**env, "CASCADE_SNAPSHOT_REUSE": "true"})
 
 
 def router_environ() -> dict[str, str]:
@@ -143,7 +153,7 @@ def router_environ() -> dict[str, str]:
     return dict(os.environ)
 
 
-def _credentials(fields: JobFields, sources: EnvSources) -> dict[str, str]:
+def _credentials(fields: JobFields, sources: EnvSources) -> dict[str, str | Secret]:
     if sources.credentials is None or fields.project_id is None:
         return {}
     try:
@@ -162,7 +172,7 @@ def _credentials(fields: JobFields, sources: EnvSources) -> dict[str, str]:
             extras={"jobId": fields.job_id, "projectId": fields.project_id},
         )
         return {}
-    accepted: dict[str, str] = {}
+    accepted: dict[str, str | Secret] = {}
     for key, value in raw.items():
         if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
             log.warning(
@@ -179,7 +189,7 @@ def _credentials(fields: JobFields, sources: EnvSources) -> dict[str, str]:
             raise InvalidJobError(
                 f"credential {key} of project {fields.project_id} is not a string"
             )
-        accepted[key] = value
+        accepted[key] = Secret(value)
     if not accepted:
         return {}
     return {**accepted, "CASCADE_CREDENTIAL_KEYS": ",".join(accepted)}

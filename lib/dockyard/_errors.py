@@ -10,6 +10,7 @@ __all__ = [
     "InvalidJobError",
     "NoWorkerSlotError",
     "WorkerImageResolutionError",
+    "WorkerSpawnError",
 ]
 
 
@@ -31,11 +32,25 @@ class InvalidJobError(DockyardError, ValueError):
 
 
 class DuplicateJobError(DockyardError):
-    """A worker for this job id is still active."""
+    """A worker for this job id is still active, or for another id with the same container name.
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"a worker for job {job_id!r} is still active")
+    `other_job_id` and `container_name` are set in the second case.
+    """
+
+    def __init__(
+        self, job_id: str, *, other_job_id: str | None = None, container_name: str | None = None
+    ) -> None:
+        if other_job_id is None:
+            message = f"a worker for job {job_id!r} is still active"
+        else:
+            message = (
+                f"job {job_id!r} maps to container name {container_name!r}, which job "
+                f"{other_job_id!r} holds; job ids must differ in [A-Za-z0-9_.-] characters"
+            )
+        super().__init__(message)
         self.job_id = job_id
+        self.other_job_id = other_job_id
+        self.container_name = container_name
 
 
 class NoWorkerSlotError(DockyardError, TimeoutError):
@@ -55,3 +70,15 @@ class WorkerImageResolutionError(DockyardError):
 
 class DockerUnavailableError(DockyardError, ConnectionError):
     """The Docker engine cannot be reached."""
+
+
+class WorkerSpawnError(DockyardError):
+    """The engine refused to create or start a worker's container.
+
+    `status_code` is the engine's HTTP status (None when the refusal did not come as one);
+    the engine's own error is the `__cause__`.
+    """
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code

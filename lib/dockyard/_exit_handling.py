@@ -136,7 +136,18 @@ class ExitWatcher:
             else:
                 self._handle_exit(tracked, ended)
         except Exception as err:  # never leave a worker without an outcome
-            log.exception("exit handling failed", extra={"job_id": tracked.job_id})
+            # Not `log.exception`: a host's logging integration would send it with the
+            # locals of every frame. The reporter's event drops them.
+            log.warning(
+                "exit handling failed",
+                extra={"job_id": tracked.job_id, "error_type": type(err).__name__},
+            )
+            self._reporter.report(
+                err,
+                "exit_handling",
+                tags={"jobType": tracked.worker.job_type},
+                extras={"jobId": tracked.job_id},
+            )
             self._registry.settle(
                 tracked, WorkerOutcome(tracked.job_id, "lost", error=f"exit handling failed: {err}")
             )
@@ -269,8 +280,14 @@ class ExitWatcher:
             and worker.work_item_id
         ):
             # The exit inspect already holds the env to scrub: no second round-trip.
-            env = (info.get("Config") or {}).get("Env") if info is not None else None
-            self._snapshots.commit(worker, tracked.env_keys, container_env=env)
+            config = (info.get("Config") or {}) if info is not None else {}
+            labels = config.get("Labels") or {}
+            self._snapshots.commit(
+                worker,
+                tracked.env_keys,
+                container_env=config.get("Env") if info is not None else None,
+                base_image=labels.get(self._snapshots.labels.base_image),
+            )
         self._remove(tracked)
         outcome = WorkerOutcome(
             job_id=worker.job_id,
@@ -329,8 +346,7 @@ class ExitWatcher:
         except Exception:
             log.debug("no logs for worker", extra={"job_id": tracked.job_id}, exc_info=True)
             return
-        for secret in tracked.secrets:
-            tail = tail.replace(secret, "***")
+        tail = tracked.masker.mask(tail)
         if tail.strip():
             log.info(
                 "worker output (last %d lines):\n%s",

@@ -17,6 +17,7 @@ from typing import Protocol
 from ._errors import DockyardError, InvalidJobError
 from ._jobs import JobFields
 from ._redis_store import DEFAULT_KEY_PREFIX, DEFAULT_TTL_S, RedisJobDataStore
+from ._secrets import Secret
 from ._sentry import Reporter
 
 __all__ = [
@@ -36,7 +37,9 @@ JOB_DATA_INLINE_LIMIT = 96 * 1024  # headroom under the kernel's 128 KiB per str
 class JobDataStore(Protocol):
     """Where payloads too large for the environment go (`job_data_store=`)."""
 
-    def put(self, job_id: str, payload: bytes) -> str: ...
+    def put(self, job_id: str, payload: bytes) -> str:
+        """Store a job's payload; returns the key the worker reads it back with."""
+        ...
 
 
 class JobDataOffloadError(DockyardError):
@@ -107,7 +110,7 @@ def check_job_data_size(fields: JobFields, store: JobDataStore | None) -> None:
 
 def job_data_env(
     fields: JobFields, store: JobDataStore | None, reporter: Reporter
-) -> dict[str, str]:
+) -> dict[str, str | Secret]:
     """`JOB_DATA`, or `JOB_DATA_REDIS_KEY` after writing a large payload to the store.
 
     A failed write is reported (`job_data_offload_write`) and raised as
@@ -116,7 +119,7 @@ def job_data_env(
     check_job_data_size(fields, store)
     payload = fields.job_data_json.encode("utf-8")
     if len(payload) <= JOB_DATA_INLINE_LIMIT or store is None:
-        return {"JOB_DATA": fields.job_data_json}
+        return {"JOB_DATA": Secret(fields.job_data_json)}
     try:
         return {"JOB_DATA_REDIS_KEY": store.put(fields.job_id, payload)}
     except Exception as err:

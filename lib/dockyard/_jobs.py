@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ __all__ = [
     "JobFields",
     "ProjectDirectory",
     "WorkerJob",
-    "next_generated_job_id",
+    "generated_job_id",
     "project_id_of",
     "resolve_job_fields",
     "validate_job",
@@ -23,14 +25,20 @@ __all__ = [
 ]
 
 GENERATED_ID_PREFIX = "unknown-"  # + epoch milliseconds, for a job that came without an id
+_INSTANCE_PART = 40  # characters of the router instance id kept in a generated id
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 class ProjectDirectory(Protocol):
     """The host's project lookup (`projects=` of `ContainerManager`)."""
 
-    def list_projects(self) -> Sequence[ProjectConfig]: ...
+    def list_projects(self) -> Sequence[ProjectConfig]:
+        """Every project the router knows."""
+        ...
 
-    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None: ...
+    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None:
+        """The project of a repository (`owner/name`), or None."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,8 @@ class WorkerJob:
 
     id: str | None
     type: str
-    data: Mapping[str, Any] = field(default_factory=dict)
+    # Job data is secret: a repr (a frame's locals in a Sentry event) never shows it.
+    data: Mapping[str, Any] = field(default_factory=dict, repr=False)
     project_id: str | None = None
     work_item_id: str | None = None
     agent_type: str | None = None
@@ -58,7 +67,7 @@ class JobFields:
     job: WorkerJob
     job_id: str
     job_type: str
-    job_data_json: str
+    job_data_json: str = field(repr=False)  # job data is secret: never in a repr
     project_id: str | None
     work_item_id: str | None
     agent_type: str | None
@@ -104,7 +113,11 @@ def validate_job(job: object) -> WorkerJob:
 
 
 def resolve_job_fields(
-    job: WorkerJob, projects: ProjectDirectory | None, *, now_ms: int | None = None
+    job: WorkerJob,
+    projects: ProjectDirectory | None,
+    *,
+    now_ms: int | None = None,
+    instance_id: str = "",
 ) -> JobFields:
     """Validate a job, serialise its payload and resolve its project, work item and agent."""
     validate_job(job)
@@ -114,11 +127,7 @@ def resolve_job_fields(
         raise InvalidJobError(f"job.data is not JSON-serialisable: {err}") from None
     if not _is_utf8(data_json):
         raise InvalidJobError("job.data holds a string that is not valid Unicode")
-    if job.id is not None:
-        job_id = job.id
-    else:
-        ms = now_ms if now_ms is not None else int(time.time() * 1000)
-        job_id = f"{GENERATED_ID_PREFIX}{ms}"
+    job_id = job.id if job.id is not None else generated_job_id(instance_id, now_ms)
     data = job.data
     project_id = job.project_id or project_id_of(job.type, data, projects)
     work_item_id = job.work_item_id or work_item_id_of(job.type, data)
@@ -139,10 +148,16 @@ def resolve_job_fields(
     )
 
 
-def next_generated_job_id(job_id: str) -> str:
-    """The made-up id one millisecond after `job_id` (`unknown-<ms>`)."""
-    ms = int(job_id.removeprefix(GENERATED_ID_PREFIX))
-    return f"{GENERATED_ID_PREFIX}{ms + 1}"
+def generated_job_id(instance_id: str, now_ms: int | None = None) -> str:
+    """`unknown-<epoch ms>-<instance>-<random>` for a job that came without an id.
+
+    The id names the worker's container and its job-data key: the instance id keeps two
+    routers apart, the random part two managers (or two jobs in one millisecond) of one.
+    """
+    ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    instance = _UNSAFE_ID_CHARS.sub("_", instance_id)[:_INSTANCE_PART]
+    middle = f"-{instance}" if instance else ""
+    return f"{GENERATED_ID_PREFIX}{ms}{middle}-{secrets.token_hex(4)}"
 
 
 def project_id_of(

@@ -49,5 +49,10 @@ class PeriodicTask:
         while not stop.wait(interval):
             try:
                 self._fn()
-            except Exception:
-                log.exception("background task failed", extra={"task": self._name})
+            except Exception as err:
+                # Not `log.exception`: a host's logging integration would send it with the
+                # locals of every frame. The tasks report their own failures.
+                log.warning(
+                    "background task failed",
+                    extra={"task": self._name, "error_type": type(err).__name__},
+                )

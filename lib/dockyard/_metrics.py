@@ -13,8 +13,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ConfigError, DockyardError
+from ._errors import ConfigError, DockerUnavailableError, DockyardError, WorkerSpawnError
 from ._models import BOOT_FAILURE_EXIT_CODE, ActiveWorker, WorkerLifecycleListener, WorkerOutcome
+from ._sentry import Reporter
 from ._tracker import SafeListener
 
 if TYPE_CHECKING:
@@ -71,6 +72,10 @@ def outcome_reason(outcome: WorkerOutcome) -> str:
 
 def error_kind(err: BaseException) -> str:
     """A low-cardinality name for a spawn error: dockyard's own types, else engine/other."""
+    if isinstance(err, WorkerSpawnError):
+        return "engine"  # the engine refused (its docker-py error is the cause)
+    if isinstance(err, DockerUnavailableError):
+        return "docker_unavailable"  # also its private subclasses (a timeout)
     if isinstance(err, DockyardError):
         name = type(err).__name__.removesuffix("Error")
         return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
@@ -354,8 +359,13 @@ def build_metrics(
 class MeteredListener(SafeListener):
     """The manager's safe listener, counting starts and outcomes before the host hears."""
 
-    def __init__(self, listener: WorkerLifecycleListener | None, metrics: Metrics) -> None:
-        super().__init__(listener)
+    def __init__(
+        self,
+        listener: WorkerLifecycleListener | None,
+        metrics: Metrics,
+        reporter: Reporter | None = None,
+    ) -> None:
+        super().__init__(listener, reporter)
         self._metrics = metrics
 
     def started(self, worker: ActiveWorker) -> None:
@@ -370,6 +380,10 @@ class MeteredListener(SafeListener):
         super().finished(worker, outcome)
 
 
-def lifecycle_listener(listener: WorkerLifecycleListener | None, metrics: Metrics) -> SafeListener:
+def lifecycle_listener(
+    listener: WorkerLifecycleListener | None, metrics: Metrics, reporter: Reporter | None = None
+) -> SafeListener:
     """The listener the manager hands around: metered when metrics are on."""
-    return MeteredListener(listener, metrics) if metrics.enabled else SafeListener(listener)
+    if metrics.enabled:
+        return MeteredListener(listener, metrics, reporter)
+    return SafeListener(listener, reporter)

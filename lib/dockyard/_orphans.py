@@ -11,7 +11,7 @@ from typing import Any
 from ._backend import EngineBackend
 from ._config import RouterConfig
 from ._docker import is_conflict, is_not_found
-from ._environment import secret_values
+from ._environment import worker_masker
 from ._errors import DuplicateJobError
 from ._exit_handling import ExitWatcher, parse_docker_time
 from ._models import ActiveWorker
@@ -211,7 +211,7 @@ class WorkerAdopter:
             release_slot=self.slots.release,
             exit_wait=exit_wait,
             env_keys=tuple(env),
-            secrets=secret_values(env),
+            masker=worker_masker(env),
             auto_remove=bool((info.get("HostConfig") or {}).get("AutoRemove")),
         )
         self.slots.acquire_over_capacity()  # it already runs: it takes a slot, even over

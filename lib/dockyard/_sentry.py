@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import sentry_sdk
 
-__all__ = ["Reporter", "SentryReporter", "WorkerExitError", "WorkerTimeoutError"]
+from ._secrets import Masker, SecretBook
+
+if TYPE_CHECKING:
+    from sentry_sdk._types import Event
+
+__all__ = [
+    "Reporter",
+    "SentryReporter",
+    "WorkerExitError",
+    "WorkerTimeoutError",
+    "scrub_event",
+    "scrub_for_host",
+]
 
 log = logging.getLogger("dockyard.sentry")
 
@@ -36,6 +49,7 @@ class Reporter:
         tags: Mapping[str, str] | None = None,
         extras: Mapping[str, ExtraValue] | None = None,
     ) -> None:
+        """Report `err` under the `source` tag; must never raise."""
         log.debug("report source=%s %s", source, type(err).__name__)
 
 
@@ -45,7 +59,19 @@ class SentryReporter(Reporter):
     The kwargs apply to a copy of the current scope, so the host's scope is untouched; the
     SDK must be initialised by the host (without it every capture is a no-op). Extras only
     ever carry ids, codes and durations, never env values or credentials.
+
+    A host runs the SDK with its defaults, which send the local variables of every frame
+    of the reported exception; dockyard's frames (and docker-py's below them) hold worker
+    environments, credentials and job data. So each capture happens in a scope of its own
+    (`sentry_sdk.new_scope()`, a fork of the current scope that ends with the call) carrying
+    one event processor, `scrub_event`: it drops the locals of every frame and masks every
+    secret value the manager knows of, wherever in the event it shows up. Dropping locals
+    is the guarantee (no secret type can cover a docker-py local); masking by value catches
+    what reaches a message or a breadcrumb. The host's options and scopes are never touched.
     """
+
+    def __init__(self, secrets: SecretBook | None = None) -> None:
+        self._secrets = secrets
 
     def report(
         self,
@@ -57,11 +83,72 @@ class SentryReporter(Reporter):
         extras: Mapping[str, ExtraValue] | None = None,
     ) -> None:
         try:
-            sentry_sdk.capture_exception(
-                err,
-                tags={"source": source, **(tags or {})},
-                extras=dict(extras or {}),  # `extras`, plural: `extra=` drops the event
-                level=level,
+            masker = self._secrets.masker() if self._secrets is not None else Masker(frozenset())
+            with sentry_sdk.new_scope() as scope:
+                scope.add_event_processor(
+                    lambda event, _hint: cast("Event", scrub_event(dict(event), masker))
+                )
+                sentry_sdk.capture_exception(
+                    _distinct(err),
+                    tags={"source": source, **(tags or {})},
+                    extras=dict(extras or {}),  # `extras`, plural: `extra=` drops the event
+                    level=level,
+                )
+        except Exception as failure:  # a broken reporter must never break a worker's lifecycle
+            log.warning(
+                "sentry capture failed",
+                extra={"source": source, "error_type": type(failure).__name__},
             )
-        except Exception:  # a broken reporter must never break a worker's lifecycle
-            log.warning("sentry capture failed", extra={"source": source}, exc_info=True)
+
+
+def _distinct(err: BaseException) -> BaseException:
+    """A copy of `err` with the same traceback and chain, for one report.
+
+    The SDK's default dedupe integration drops an event whose exception object is the one
+    captured last: one failure reported under two sources (a pull failure is
+    `worker_image_pull_fallback` and then `worker_spawn_fallback`) would lose its second
+    report. An exception that cannot be copied is reported as it is.
+    """
+    try:
+        clone = copy.copy(err)
+    except Exception:
+        return err
+    if type(clone) is not type(err) or clone is err:
+        return err
+    clone.__cause__ = err.__cause__
+    clone.__context__ = err.__context__
+    clone.__suppress_context__ = err.__suppress_context__
+    return clone.with_traceback(err.__traceback__)
+
+
+def scrub_event(event: dict[str, Any], masker: Masker) -> dict[str, Any]:
+    """The event without frame locals, with every known secret value masked."""
+    for section in ("exception", "threads"):
+        for value in (event.get(section) or {}).get("values") or []:
+            for frame in (value.get("stacktrace") or {}).get("frames") or []:
+                frame.pop("vars", None)
+    if not masker:
+        return event
+    masked: dict[str, Any] = masker.mask_deep(event)
+    return masked
+
+
+def scrub_for_host(err: BaseException) -> BaseException:
+    """`err` made safe to raise to the host, whose Sentry records the locals of every frame.
+
+    The tracebacks of `err` and of every exception chained to it hold dockyard's and
+    docker-py's frames, whose locals include the worker environment: they are cut, so the
+    host's event shows the error types and messages and the frame that raised it to the
+    host, nothing below it.
+    """
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [err]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        node.__traceback__ = None
+        stack += [node.__cause__, node.__context__]
+        stack += list(getattr(node, "exceptions", ()))  # an ExceptionGroup's members
+    return err

@@ -7,10 +7,17 @@ re-adds the missing keys), but engines that keep the legacy `container_config` (
 included, into the image. Such an image is written again without it (see
 `_image_rewrite.record_without_container_config`) and checked before it is registered; an image
 that still carries a value is removed and nothing is registered.
+
+A snapshot owns no worker: Docker copies an image's labels into every container made from
+it, so the commit blanks every worker label (`managed`, `router.instance`, `job.id`,
+`deadline`, ...) and records the pair, the instance and the base image under snapshot
+labels of their own. Sync and cleanup touch only this instance's snapshots, plus legacy
+images of the name prefix that carry no dockyard label at all (evicted, never reused).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import zlib
@@ -26,11 +33,19 @@ from ._environment import SCRUBBED_ENV_KEYS
 from ._image_rewrite import record_without_container_config
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
-from ._naming import LabelSchema, snapshot_image_name
+from ._naming import LabelSchema, format_deadline, snapshot_image_name
 from ._sentry import Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
 
-__all__ = ["SnapshotManager", "SnapshotScrubError", "blanked_keys", "scrub_changes"]
+__all__ = [
+    "DISCOVERED_PROJECT",
+    "SnapshotManager",
+    "SnapshotScrubError",
+    "blanked_keys",
+    "label_changes",
+    "scrub_changes",
+    "snapshot_owner",
+]
 
 log = logging.getLogger("dockyard.snapshots")
 
@@ -40,6 +55,44 @@ EXTRA_SCRUBBED_KEYS = ("SENTRY_DSN",)
 _LOCK_STRIPES = 16
 # Cleanup rounds in which a superseded image may still be in use before it is given up on.
 _MAX_RETIRE_ATTEMPTS = 12
+
+
+# The project id of legacy images found at start-up: no job has an empty project id, so
+# such an entry can never serve a warm start; the next cleanup evicts it.
+DISCOVERED_PROJECT = ""
+
+
+def label_changes(labels: LabelSchema, snapshot: Mapping[str, str]) -> list[str]:
+    """Commit `changes` that blank every worker label and set the snapshot labels.
+
+    An empty value is the only way to drop an inherited label in a commit; it never matches
+    the `managed=true` / `router.instance=<id>` filters that reaping and adoption use.
+    """
+    worker_keys = (
+        labels.managed,
+        labels.instance,
+        labels.job_id,
+        labels.job_type,
+        labels.deadline,
+        labels.project_id,
+        labels.work_item_id,
+        labels.agent_type,
+        labels.snapshot_enabled,
+        labels.base_image,
+    )
+    pairs = [(key, "") for key in worker_keys] + list(snapshot.items())
+    return [f"LABEL {json.dumps(key)}={json.dumps(value)}" for key, value in pairs]
+
+
+def snapshot_owner(labels: LabelSchema, image_labels: Mapping[str, str]) -> str | None:
+    """Whose snapshot an image is: an instance id, `""` for a legacy image that carries no
+    dockyard label at all, None for anything else (never to be touched)."""
+    instance = image_labels.get(labels.snapshot_instance)
+    if instance:
+        return instance
+    if any(image_labels.get(key) for key in (labels.managed, labels.instance)):
+        return None
+    return ""
 
 
 class SnapshotScrubError(RuntimeError):
@@ -100,6 +153,8 @@ class SnapshotManager:
     _retired_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
     # Image ids that lost their name (or registry entry) but were still in use: id -> attempts.
     _retired: dict[str, int] = field(init=False, default_factory=dict)
+    # Legacy images registered by the start-up sync, evicted by the next cleanup: name -> entry.
+    _discovered: dict[str, SnapshotMetadata] = field(init=False, default_factory=dict)
 
     def image_for(self, project_id: str, work_item_id: str) -> str:
         repository = snapshot_image_name(
@@ -115,11 +170,13 @@ class SnapshotManager:
         launch_env_keys: Iterable[str],
         *,
         container_env: Sequence[str] | None = None,
+        base_image: str | None = None,
     ) -> SnapshotMetadata | None:
         """Commit a cleanly finished worker; never raises (a failed commit only loses warmth).
 
         `container_env` is the container's `Config.Env` when the caller has already inspected
-        it; otherwise it is inspected here.
+        it; otherwise it is inspected here. `base_image` (the worker's base image label) is
+        recorded on the snapshot; without it the launch image is, unless that was a snapshot.
         """
         if worker.project_id is None or worker.work_item_id is None:
             return None
@@ -128,7 +185,12 @@ class SnapshotManager:
         # Two runs of one work item finishing together must not interleave on one name.
         with self._lock_for(image):
             return self._commit(
-                worker, launch_env_keys, container_env, image, (project_id, work_item_id)
+                worker,
+                launch_env_keys,
+                container_env,
+                image,
+                (project_id, work_item_id),
+                base_image=base_image,
             )
 
     def _lock_for(self, image: str) -> threading.Lock:
@@ -141,11 +203,14 @@ class SnapshotManager:
         container_env: Sequence[str] | None,
         image: str,
         pair: tuple[str, str],
+        *,
+        base_image: str | None,
     ) -> SnapshotMetadata | None:
         previous = self._image_id(image)
         created: list[str] = []
         try:
             changes, blanked = self._changes(worker, launch_env_keys, container_env)
+            changes += label_changes(self.labels, self._snapshot_labels(worker, base_image))
             # Untagged until checked: the name only ever points at a scrubbed image, so a
             # crash half-way never leaves one for `sync_from_docker` to pick up.
             created.append(self.docker.commit(worker.container_id, "", "", changes))
@@ -182,6 +247,18 @@ class SnapshotManager:
             extra={"job_id": worker.job_id, "image": image, "image_size_bytes": size},
         )
         return meta
+
+    def _snapshot_labels(self, worker: ActiveWorker, base_image: str | None) -> dict[str, str]:
+        if not base_image:
+            launched_warm = worker.image.startswith(self.config.snapshot_image_prefix)
+            base_image = "" if launched_warm else worker.image
+        return {
+            self.labels.snapshot_instance: self.config.router_instance_id,
+            self.labels.snapshot_project_id: worker.project_id or "",
+            self.labels.snapshot_work_item_id: worker.work_item_id or "",
+            self.labels.snapshot_base_image: base_image,
+            self.labels.snapshot_created: format_deadline(datetime.now(UTC)),
+        }
 
     def _changes(
         self,
@@ -221,19 +298,29 @@ class SnapshotManager:
         """
         committed = created[-1]
         info = self.docker.image_inspect(committed)
-        if not env_values_left(info, blanked):
+        if not env_values_left(info, blanked) and not self._worker_labels_left(info):
             repository, _, tag = image.rpartition(":")
-            self.docker.api.tag(committed, repository, tag, force=True)
+            self.docker.tag(committed, repository, tag, force=True)
             return committed, info
         rewritten = record_without_container_config(self.docker, committed, image)
         created.append(rewritten)
         self._remove_now_or_later(committed)  # holds the container's whole environment
         created.remove(committed)
         info = self.docker.image_inspect(rewritten)
-        left = env_values_left(info, blanked)
+        left = env_values_left(info, blanked) + self._worker_labels_left(info)
         if left:
             raise SnapshotScrubError(f"snapshot image still holds values of {', '.join(left)}")
         return rewritten, info
+
+    def _worker_labels_left(self, info: Mapping[str, Any]) -> list[str]:
+        """Ownership labels that still have a value anywhere in an inspected image (the
+        legacy `container_config` keeps the container's labels, as it keeps its env)."""
+        owning = (self.labels.managed, self.labels.instance, self.labels.job_id)
+        left: set[str] = set()
+        for section in ("Config", "ContainerConfig"):
+            labels = (info.get(section) or {}).get("Labels") or {}
+            left.update(key for key in owning if labels.get(key))
+        return sorted(left)
 
     def _undo(self, created: list[str], image: str, previous: str | None) -> None:
         """After a failed commit: remove what was made and give the name back if it moved."""
@@ -243,7 +330,7 @@ class SnapshotManager:
             return
         repository, _, tag = image.rpartition(":")
         try:
-            self.docker.api.tag(previous, repository, tag, force=True)
+            self.docker.tag(previous, repository, tag, force=True)
         except Exception:
             log.warning("could not restore the previous snapshot", extra={"image": image})
             self._retire(previous)
@@ -356,6 +443,7 @@ class SnapshotManager:
         except Exception as err:
             self.reporter.report(err, "snapshot_cleanup_scan")
             return []
+        evicted += self._take_discovered(evicted)
         self.metrics.snapshots_evicted(len(evicted))
         self.remove_images(evicted)
         self._remove_retired()
@@ -363,39 +451,78 @@ class SnapshotManager:
 
     # -- start-up -----------------------------------------------------------------------
 
-    def sync_from_docker(self) -> list[SnapshotMetadata]:
-        """Register the snapshot images already in Docker (after a restart), then clean up.
+    def _take_discovered(self, evicted: Sequence[SnapshotMetadata]) -> list[SnapshotMetadata]:
+        """The legacy images found at start-up that `evicted` does not hold yet."""
+        with self._retired_lock:
+            discovered, self._discovered = self._discovered, {}
+        taken = {meta.image_name for meta in evicted}
+        extra = []
+        for name, meta in discovered.items():
+            self.registry.invalidate(DISCOVERED_PROJECT, name)
+            if name not in taken:
+                extra.append(meta)
+        return extra
 
-        Snapshot images carry the committed container's labels, which name the pair.
+    # -- start-up -----------------------------------------------------------------------
+
+    def sync_from_docker(self) -> list[SnapshotMetadata]:
+        """Register this instance's snapshot images already in Docker, then clean up.
+
+        Only images whose snapshot labels name this instance are registered for reuse.
+        Legacy images of the name prefix with no dockyard label at all, and this
+        instance's images from before snapshots had labels of their own (they still carry
+        the worker labels), are registered as discovered: the cleanup that follows evicts
+        them and no job ever starts from one. Images of other instances are left alone.
         """
         registered: list[SnapshotMetadata] = []
         try:
             images = self.docker.list_images(self.config.snapshot_image_prefix)
         except Exception as err:
-            self.reporter.report(err, "snapshot_startup_sync")
+            self.reporter.report(err, "snapshot_startup_sync", level="warning")
             return registered
+        mine = self.config.router_instance_id
         for image in images:
             labels = image.get("Labels") or {}
-            project_id = labels.get(self.labels.project_id)
-            work_item_id = labels.get(self.labels.work_item_id)
-            if not project_id or not work_item_id:
-                continue  # not one of ours, or from an older scheme
-            name = self.image_for(project_id, work_item_id)
-            if name not in (image.get("RepoTags") or []):
-                continue
+            owner = snapshot_owner(self.labels, labels)
             created = datetime.fromtimestamp(int(image.get("Created") or 0), UTC)
-            existing = self.registry.get(project_id, work_item_id)
-            if existing is not None and existing.created_at >= created:
-                continue
             size = image.get("Size")
-            registered.append(
-                self.registry.register(
-                    project_id,
-                    work_item_id,
-                    name,
-                    int(size) if isinstance(size, int) and size >= 0 else None,
-                    created_at=created,
-                )
-            )
+            size = int(size) if isinstance(size, int) and size >= 0 else None
+            if owner == mine:
+                meta = self._register_found(image, labels, created, size)
+            elif owner == "" or (owner is None and self.labels.owned_by(labels, mine)):
+                meta = self._register_discovered(image, created, size)
+            else:
+                meta = None  # another instance's, or not a snapshot of ours
+            if meta is not None:
+                registered.append(meta)
         self.run_cleanup()
         return registered
+
+    def _register_found(
+        self, image: dict[str, Any], labels: Mapping[str, str], created: datetime, size: int | None
+    ) -> SnapshotMetadata | None:
+        project_id = labels.get(self.labels.snapshot_project_id)
+        work_item_id = labels.get(self.labels.snapshot_work_item_id)
+        if not project_id or not work_item_id:
+            return None
+        name = self.image_for(project_id, work_item_id)
+        if name not in (image.get("RepoTags") or []):
+            return None
+        existing = self.registry.get(project_id, work_item_id)
+        if existing is not None and existing.created_at >= created:
+            return None
+        return self.registry.register(project_id, work_item_id, name, size, created_at=created)
+
+    def _register_discovered(
+        self, image: dict[str, Any], created: datetime, size: int | None
+    ) -> SnapshotMetadata | None:
+        prefix = self.config.snapshot_image_prefix
+        names = [tag for tag in image.get("RepoTags") or [] if tag.startswith(prefix)]
+        if not names:
+            return None
+        name = names[0]
+        meta = self.registry.register(DISCOVERED_PROJECT, name, name, size, created_at=created)
+        with self._retired_lock:
+            self._discovered[name] = meta
+        log.info("legacy snapshot image found; the next cleanup removes it", extra={"image": name})
+        return meta

@@ -19,7 +19,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC
 from typing import Any, TypeVar
 
-from docker.errors import APIError
+import requests
+from docker.errors import create_api_error_from_http_exception
 from docker.types import (
     ContainerSpec as SwarmContainerSpec,
 )
@@ -30,21 +31,24 @@ from docker.types import (
     TaskTemplate,
 )
 
-from ._docker import (
-    ContainerSpec,
-    DockerGateway,
-    call_result,
+from ._docker import ContainerSpec, DockerGateway
+from ._engine_errors import (
+    CallObserver,
+    EngineCalls,
+    EngineError,
     is_conflict,
     is_not_found,
+    is_timeout,
     is_unreachable,
 )
 from ._errors import ConfigError, DockerUnavailableError
 from ._exit_handling import parse_docker_time
+from ._exit_monitor import ExitWait
 from ._registry_auth import RegistryAuth
+from ._secrets import reveal
 from ._swarm_tasks import (
     PRE_RUNNING,
     TERMINAL,
-    TaskExitWait,
     TaskPoller,
     exit_code_of,
     latest_task,
@@ -85,7 +89,7 @@ class SwarmGateway:
         self.engine = engine  # the node dockyard is connected to: images, local containers
         self.api = engine.api
         self._raw: Any = engine.api  # docker-py's service calls are untyped in the stubs
-        self._observer: Callable[[str, str, float], None] | None = None
+        self._calls = EngineCalls(engine.observer)
         self.image_write_timeout_s = engine.image_write_timeout_s
         self._stop_grace_s = stop_grace_s
         self._pending_timeout_s = pending_timeout_s
@@ -100,13 +104,13 @@ class SwarmGateway:
         )
 
     @property
-    def observer(self) -> Callable[[str, str, float], None] | None:
+    def observer(self) -> CallObserver | None:
         """Told of every engine call, the node engine's own calls included."""
-        return self._observer
+        return self._calls.observer
 
     @observer.setter
-    def observer(self, observer: Callable[[str, str, float], None] | None) -> None:
-        self._observer = observer
+    def observer(self, observer: CallObserver | None) -> None:
+        self._calls.observer = observer
         self.engine.observer = observer
 
     def _manager_node_id(self) -> str:
@@ -129,18 +133,11 @@ class SwarmGateway:
         self.engine.close()
 
     def _call(self, operation: str, fn: Callable[[], T]) -> T:
-        """Every engine call of this backend: timed for the observer, errors as docker-py's."""
+        """Every engine call of this backend: timed for the observer, errors translated
+        into the typed engine errors (the Docker backend's one wrapper)."""
         if self._closed:
             raise DockerUnavailableError(f"Swarm {operation}: the gateway is closed")
-        observer = self.observer
-        start = time.perf_counter()
-        try:
-            result = fn()
-        except BaseException as err:
-            _tell(observer, operation, call_result(err), time.perf_counter() - start)
-            raise
-        _tell(observer, operation, "ok", time.perf_counter() - start)
-        return result
+        return self._calls.run(operation, fn)
 
     # -- launch -------------------------------------------------------------------------
 
@@ -153,7 +150,7 @@ class SwarmGateway:
         try:
             return self._create_once(spec)
         except Exception as err:
-            if isinstance(err, APIError | TimeoutError) or not is_unreachable(err):
+            if is_timeout(err) or not is_unreachable(err):
                 raise
             log.warning(
                 "service create got no answer; retrying once",
@@ -162,7 +159,7 @@ class SwarmGateway:
             time.sleep(_CREATE_RETRY_PAUSE_S)
         try:
             return self._create_once(spec)
-        except APIError as err:
+        except Exception as err:
             if not is_conflict(err):
                 raise
             try:
@@ -183,7 +180,8 @@ class SwarmGateway:
         container = SwarmContainerSpec(
             image=spec.image,
             command=list(spec.command) if spec.command is not None else None,
-            env=dict(spec.env),
+            # Secret values become plain strings here: the engine needs them so.
+            env={key: reveal(value) for key, value in spec.env.items()},
             labels=dict(spec.labels),
             stop_grace_period=int(self._stop_grace_s * _NANOS),
         )
@@ -206,10 +204,10 @@ class SwarmGateway:
 
         return self._call("service_create", create)
 
-    def open_exit_wait(self, container_id: str) -> TaskExitWait:
+    def open_exit_wait(self, container_id: str) -> ExitWait:
         return self.poller.register(container_id)
 
-    def open_wait(self, container_id: str, condition: str = "not-running") -> TaskExitWait:
+    def open_wait(self, container_id: str, condition: str = "not-running") -> ExitWait:
         # A task that already ended answers at the next tick: no exit can be missed.
         return self.poller.register(container_id)
 
@@ -449,12 +447,19 @@ class SwarmGateway:
         template["Placement"] = placement
         spec["TaskTemplate"] = template
         version = int((service.get("Version") or {}).get("Index") or 0)
-        raw = self._raw
-        url = raw._url("/services/{0}/update", str(service["ID"]))
-        self._call(
-            "service_update",
-            lambda: raw._result(raw._post_json(url, data=spec, params={"version": version})),
-        )
+        api = self.api
+        url = f"{api.base_url}/v{api.api_version}/services/{service['ID']}/update"
+
+        def update() -> None:
+            response = api.post(url, params={"version": version}, json=spec, timeout=api.timeout)
+            try:
+                response.raise_for_status()
+            except requests.exceptions.HTTPError as err:
+                create_api_error_from_http_exception(err)  # raises docker-py's typed error
+            finally:
+                response.close()
+
+        self._call("service_update", update)
 
     def _await_task_end(self, task_id: str, timeout_s: float) -> dict[str, Any] | None:
         deadline = time.monotonic() + timeout_s
@@ -550,6 +555,12 @@ class SwarmGateway:
     def image_inspect(self, image: str) -> dict[str, Any]:
         return self.engine.image_inspect(image)
 
+    def tag(self, image: str, repository: str, tag: str, *, force: bool = True) -> None:
+        self.engine.tag(image, repository, tag, force=force)
+
+    def dangling_images(self, labels: Sequence[str]) -> list[dict[str, Any]]:
+        return self.engine.dangling_images(labels)
+
     def list_images(self, name_filter: str | None = None) -> list[dict[str, Any]]:
         return self.engine.list_images(name_filter)
 
@@ -600,15 +611,4 @@ def _is_container_id(value: str) -> bool:
 
 
 def _transient(err: BaseException) -> bool:
-    return is_unreachable(err) or (isinstance(err, APIError) and (err.status_code or 0) >= 500)
-
-
-def _tell(
-    observer: Callable[[str, str, float], None] | None, operation: str, result: str, s: float
-) -> None:
-    if observer is None:
-        return
-    try:
-        observer(operation, result, s)
-    except Exception:  # an observer must never break an engine call
-        log.debug("engine call observer failed", exc_info=True)
+    return is_unreachable(err) or (isinstance(err, EngineError) and (err.status_code or 0) >= 500)

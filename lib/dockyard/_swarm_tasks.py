@@ -1,13 +1,14 @@
 """Swarm exit watching: one poller thread reads every watched service's tasks in one call a tick.
 
-Each worker is a `replicated-job` service with one task. Exit waits are tickets (small
-futures, as on the Docker backend) resolved by the poller from the task's state: a terminal
-state (`complete`, `failed`, `rejected`, `shutdown`, `orphaned`, ...) answers with the task's
-exit code; a task that never reaches `running` within the pending timeout (no node can take
-it) answers with no exit code, and the service is marked as failed to place. Closing a
-ticket touches no socket. The number of engine calls per tick does not grow with the
-number of workers: one `tasks` call filtered by all watched service ids (plus one service
-listing in the rare tick where a watched service vanished under us).
+Each worker is a `replicated-job` service with one task. Exit waits are the Docker
+backend's tickets (`_exit_monitor.ExitWait`), resolved by the poller from the task's
+state: a terminal state (`complete`, `failed`, `rejected`, `shutdown`, `orphaned`, ...)
+answers with the task's exit code; a task that never reaches `running` within the
+pending timeout (no node can take it) answers with no exit code, and the service is
+marked as failed to place. Closing a ticket touches no socket. The number of engine
+calls per tick does not grow with the number of workers: one `tasks` call filtered by
+all watched service ids (plus one service listing in the rare tick where a watched
+service vanished under us).
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from cachetools import TTLCache
 
 from ._docker import is_not_found
 from ._errors import DockerUnavailableError
+from ._exit_monitor import ExitWait, ExitWaitClosedError
 
 __all__ = [
     "PRE_RUNNING",
     "TERMINAL",
     "ExitWaitClosedError",
-    "TaskExitWait",
     "TaskPoller",
     "exit_code_of",
     "latest_task",
@@ -44,64 +45,6 @@ PRE_RUNNING = frozenset(
 TERMINAL = frozenset({"complete", "failed", "rejected", "shutdown", "orphaned", "remove"})
 _REMEMBERED = 4096
 _MEMORY_S = 600.0
-
-
-class ExitWaitClosedError(DockerUnavailableError):
-    """The exit wait was closed (or its gateway shut down) before the worker ended."""
-
-
-class TaskExitWait:
-    """A ticket for one service's task to end (the same surface as the Docker backend's)."""
-
-    def __init__(self, service_id: str, on_close: Callable[[TaskExitWait], None]) -> None:
-        self.container_id = service_id
-        self._on_close = on_close
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._body: dict[str, Any] | None = None
-        self._error: BaseException | None = None
-        self._closed = False
-
-    def result(self) -> dict[str, Any]:
-        """Block until the task ended: `{"StatusCode": n | None, "Error": None}`."""
-        self._done.wait()
-        with self._lock:
-            if self._closed:
-                raise ExitWaitClosedError(f"exit wait of {self.container_id[:12]} was closed")
-            if self._error is not None:
-                raise DockerUnavailableError(
-                    f"exit wait of {self.container_id[:12]} broke: {self._error}"
-                ) from self._error
-            return dict(self._body or {})
-
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._done.set()
-        self._on_close(self)
-
-    def _resolve(self, body: dict[str, Any]) -> None:
-        with self._lock:
-            if self._done.is_set():
-                return
-            self._body = body
-            self._done.set()
-
-    def _fail(self, error: BaseException) -> None:
-        with self._lock:
-            if self._done.is_set():
-                return
-            self._error = error
-            self._done.set()
 
 
 def task_state(task: dict[str, Any] | None) -> str:
@@ -131,7 +74,7 @@ def latest_task(tasks: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 class _Watch:
     service_id: str
     registered: float
-    tickets: list[TaskExitWait] = field(default_factory=list)
+    tickets: list[ExitWait] = field(default_factory=list)
     running: threading.Event = field(default_factory=threading.Event)  # running or ended
     seen: bool = False
     gone: bool = False
@@ -180,9 +123,9 @@ class TaskPoller:
 
     # -- tickets ------------------------------------------------------------------------
 
-    def register(self, service_id: str) -> TaskExitWait:
+    def register(self, service_id: str) -> ExitWait:
         """A ticket for the service's task to end; answered at the next tick if it has."""
-        ticket = TaskExitWait(service_id, self._forget)
+        ticket = ExitWait(service_id, self._forget)
         with self._cond:
             if self._stopping:
                 raise DockerUnavailableError("the swarm gateway is closed")
@@ -222,7 +165,7 @@ class TaskPoller:
             self._watches[service_id] = watch
         return watch
 
-    def _forget(self, ticket: TaskExitWait) -> None:
+    def _forget(self, ticket: ExitWait) -> None:
         with self._cond:
             watch = self._watches.get(ticket.container_id)
             if watch is not None and ticket in watch.tickets:

@@ -13,6 +13,8 @@ from cachetools import LRUCache
 from ._backend import ExitTicket
 from ._errors import DuplicateJobError
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
+from ._secrets import Masker
+from ._sentry import Reporter
 
 __all__ = ["SafeListener", "TrackedWorker", "WorkerRegistry"]
 
@@ -22,8 +24,11 @@ log = logging.getLogger("dockyard.tracker")
 class SafeListener:
     """Calls the host's listener; an exception there is logged, never propagated."""
 
-    def __init__(self, listener: WorkerLifecycleListener | None) -> None:
+    def __init__(
+        self, listener: WorkerLifecycleListener | None, reporter: Reporter | None = None
+    ) -> None:
         self._listener = listener or WorkerLifecycleListener()
+        self._reporter = reporter or Reporter()
 
     def started(self, worker: ActiveWorker) -> None:
         self._call("on_worker_started", worker.job_id, self._listener.on_worker_started, worker)
@@ -38,12 +43,23 @@ class SafeListener:
             "on_orphan_stopped", None, self._listener.on_orphan_stopped, container_id, labels
         )
 
-    @staticmethod
-    def _call(hook: str, job_id: str | None, fn: Callable[..., None], *args: object) -> None:
+    def _call(self, hook: str, job_id: str | None, fn: Callable[..., None], *args: object) -> None:
         try:
             fn(*args)
-        except Exception:
-            log.exception("lifecycle listener failed", extra={"hook": hook, "job_id": job_id})
+        except Exception as err:
+            # Not `log.exception`: a host's logging integration would turn it into an event
+            # with the locals of every frame. The reporter's event drops them.
+            log.warning(
+                "lifecycle listener failed",
+                extra={"hook": hook, "job_id": job_id, "error_type": type(err).__name__},
+            )
+            self._reporter.report(
+                err,
+                "lifecycle_listener",
+                level="warning",
+                tags={"hook": hook},
+                extras={"jobId": job_id},
+            )
 
 
 @dataclass(eq=False)
@@ -56,7 +72,7 @@ class TrackedWorker:
     timer: threading.Timer | None = None
     exit_wait: ExitTicket | None = None
     env_keys: tuple[str, ...] = ()  # names of the launch env, for scrubbing snapshots
-    secrets: tuple[str, ...] = ()  # values masked in the worker's log tail
+    masker: Masker = field(default_factory=lambda: Masker(frozenset()), repr=False)  # log tail
     auto_remove: bool = False  # created with AutoRemove: the engine removes it on exit
     kill_started: bool = False  # the kill path began: the exit that follows is a timeout
     exited: bool = False  # the engine reported the exit: too late to start a kill
@@ -74,25 +90,42 @@ class WorkerRegistry:
     def __init__(self, listener: SafeListener, history: int) -> None:
         self._listener = listener
         self._lock = threading.Lock()
-        self._reserved: set[str] = set()
+        self._reserved: dict[str, str | None] = {}  # job id -> its container name
         self._active: dict[str, TrackedWorker] = {}
         # Finished outcomes stay answerable to wait_for_worker, bounded.
         self._history: LRUCache[str, Future[WorkerOutcome]] = LRUCache(maxsize=history)
 
-    def reserve(self, job_id: str) -> None:
-        """Claim a job id for a spawn; `DuplicateJobError` while it is active or spawning."""
+    def reserve(self, job_id: str, name: str | None = None) -> None:
+        """Claim a job id (and its container name) for a spawn.
+
+        `DuplicateJobError` while the id is active or spawning, or while another job id
+        that maps to the same container name is (`a:b` and `a/b` both name `..._a_b`).
+        """
         with self._lock:
             if job_id in self._reserved or job_id in self._active:
                 raise DuplicateJobError(job_id)
-            self._reserved.add(job_id)
+            if name is not None:
+                holder = self._name_holder(name)
+                if holder is not None:
+                    raise DuplicateJobError(job_id, other_job_id=holder, container_name=name)
+            self._reserved[job_id] = name
+
+    def _name_holder(self, name: str) -> str | None:
+        for job_id, reserved_name in self._reserved.items():
+            if reserved_name == name:
+                return job_id
+        for job_id, tracked in self._active.items():
+            if tracked.worker.container_name == name:
+                return job_id
+        return None
 
     def unreserve(self, job_id: str) -> None:
         with self._lock:
-            self._reserved.discard(job_id)
+            self._reserved.pop(job_id, None)
 
     def register(self, tracked: TrackedWorker) -> None:
         with self._lock:
-            self._reserved.discard(tracked.job_id)
+            self._reserved.pop(tracked.job_id, None)
             self._active[tracked.job_id] = tracked
             self._history.pop(tracked.job_id, None)
 

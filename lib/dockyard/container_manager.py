@@ -29,7 +29,7 @@ from ._environment import (
     build_worker_env,
     check_job_data,
     router_environ,
-    secret_values,
+    worker_masker,
 )
 from ._errors import ConfigError, DuplicateJobError, NoWorkerSlotError
 from ._exit_handling import ExitWatcher
@@ -39,7 +39,7 @@ from ._jobs import (
     JobFields,
     ProjectDirectory,
     WorkerJob,
-    next_generated_job_id,
+    generated_job_id,
     resolve_job_fields,
 )
 from ._loops import PeriodicTask
@@ -48,7 +48,8 @@ from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._naming import LabelSchema, container_name
 from ._orphans import OrphanReaper, WorkerAdopter
 from ._registry_auth import RegistryAuthResolver
-from ._sentry import Reporter, SentryReporter
+from ._secrets import Masker, SecretBook, router_secret_values
+from ._sentry import Reporter, SentryReporter, scrub_for_host
 from ._slots import SlotGate
 from ._snapshot_registry import SnapshotRegistry
 from ._snapshots import SnapshotManager
@@ -112,7 +113,11 @@ class ContainerManager:
         )
         # Only the Docker engine removes a finished worker by itself (AutoRemove).
         self._auto_remove = config.auto_remove_workers and config.backend == "docker"
-        self._reporter = reporter or SentryReporter()
+        environ = router_environ()
+        self._secrets = SecretBook(
+            Masker.of(router_secret_values(environ)), history=config.outcome_history
+        )
+        self._reporter = reporter or SentryReporter(self._secrets)
         try:
             # Gauges read the registry and slots at scrape time; they exist just below.
             self._metrics = build_metrics(
@@ -126,14 +131,14 @@ class ContainerManager:
             raise
         if self._metrics.enabled:
             self._docker.observer = self._metrics.engine_call
-        self._listener = lifecycle_listener(listener, self._metrics)
+        self._listener = lifecycle_listener(listener, self._metrics, self._reporter)
         self._labels = LabelSchema(config.label_prefix)
         self._slots = SlotGate(config.max_workers)
         self._registry = WorkerRegistry(self._listener, config.outcome_history)
         self._offload = RedisOffloadStore(config.redis_url)
         self._env_sources = EnvSources(
             config=config,
-            router_environ=router_environ(),
+            router_environ=environ,
             credentials=credentials,
             # Without a store of the host's, large payloads go to Redis at redis_url.
             job_data_store=job_data_store if job_data_store is not None else self._offload,
@@ -214,14 +219,24 @@ class ContainerManager:
         `WorkerImageResolutionError` or `DuplicateJobError` before any Docker call,
         `NoWorkerSlotError` when no slot frees up, and Docker errors from create/start.
         """
+        try:
+            return self._spawn(job, slot_timeout)
+        except BaseException as err:
+            # The host's Sentry records the locals of every frame of what we raise: the
+            # frames below this one (and below the engine error chained to it) hold the
+            # worker's environment. They are cut; this frame holds no plain secret.
+            raise scrub_for_host(err)  # noqa: B904 - the same error, its chain kept
+
+    def _spawn(self, job: WorkerJob, slot_timeout: float | None) -> ActiveWorker:
         self._check_open()
-        fields = resolve_job_fields(job, self._projects)
+        fields = resolve_job_fields(job, self._projects, instance_id=self.config.router_instance_id)
         project = find_project(self._projects, fields.project_id)
         settings = resolve_spawn_settings(
             self.config, project, has_project_id=fields.project_id is not None
         )
         check_job_data(fields, self._env_sources)
-        fields = self._reserve(fields)
+        name = container_name(self.config.container_name_prefix, fields.job_id)
+        fields, name = self._reserve(fields, name)
         slot_held = False
         try:
             timeout = self.config.slot_wait_timeout_s if slot_timeout is None else slot_timeout
@@ -233,6 +248,8 @@ class ContainerManager:
             env = build_worker_env(
                 fields, self._env_sources, snapshot_enabled=settings.snapshot_enabled
             )
+            masker = worker_masker(env, fields)
+            self._secrets.hold(fields.job_id, masker)
             snapshot = None
             if settings.snapshot_enabled and fields.project_id and fields.work_item_id:
                 # The TTL resolved above: no second project lookup under the registry's lock.
@@ -241,7 +258,7 @@ class ContainerManager:
                 )
                 (self._metrics.snapshot_miss if snapshot is None else self._metrics.snapshot_hit)()
             launch = WorkerContainerLaunchConfig(
-                name=container_name(self.config.container_name_prefix, fields.job_id),
+                name=name,
                 base_image=settings.base_image,
                 env=env,
                 labels=self._labels.for_worker(
@@ -264,8 +281,9 @@ class ContainerManager:
                 command=job.command,
                 pids_limit=self.config.pids_limit,
                 no_new_privileges=self.config.no_new_privileges,
-                secrets=secret_values(env),
+                masker=masker,
             )
+            del env  # from here on only inside `launch`, whose repr shows no value
             context = WorkerContainerLaunchContext(
                 job_id=fields.job_id,
                 job_type=fields.job_type,
@@ -302,20 +320,23 @@ class ContainerManager:
         self._metrics.spawn_latency(time.perf_counter() - submitted)
         return worker
 
-    def _reserve(self, fields: JobFields) -> JobFields:
-        """Claim the job id; a made-up id taken already moves on to the next millisecond.
+    def _reserve(self, fields: JobFields, name: str) -> tuple[JobFields, str]:
+        """Claim the job id and its container name; a made-up id taken already is made anew.
 
-        Two jobs without an id arriving in one millisecond are two jobs, not a duplicate.
+        Two jobs without an id arriving in one millisecond are two jobs, not a duplicate;
+        two given ids that map to one container name are refused here, before Docker.
         """
         for _ in range(_GENERATED_ID_ATTEMPTS):
             try:
-                self._registry.reserve(fields.job_id)
+                self._registry.reserve(fields.job_id, name)
             except DuplicateJobError:
                 if fields.job.id is not None:
                     raise
-                fields = replace(fields, job_id=next_generated_job_id(fields.job_id))
+                job_id = generated_job_id(self.config.router_instance_id)
+                fields = replace(fields, job_id=job_id)
+                name = container_name(self.config.container_name_prefix, job_id)
             else:
-                return fields
+                return fields, name
         raise DuplicateJobError(fields.job_id)
 
     def _abandon_spawn(self, job_id: str, slot_held: bool) -> None:

@@ -12,22 +12,21 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from docker.errors import APIError
-
 from ._backend import EngineBackend, ExitTicket
 from ._docker import (
     ContainerSpec,
     is_conflict,
     is_missing_image,
-    is_unreachable,
 )
+from ._engine_errors import as_spawn_error
 from ._environment import with_snapshot_reuse
-from ._errors import DockerUnavailableError, DuplicateJobError, WorkerImageResolutionError
+from ._errors import DuplicateJobError, WorkerImageResolutionError
 from ._exit_handling import ExitWatcher
 from ._images import ImagePuller
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
 from ._naming import LabelSchema
+from ._secrets import Masker, Secret
 from ._sentry import ExtraValue, Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
 from ._timeouts import TimeoutController
@@ -55,12 +54,14 @@ class WorkerContainerLaunchConfig:
 
     `env` is the fresh-run environment; when `snapshot` is set the container starts from
     that snapshot image with `CASCADE_SNAPSHOT_REUSE=true` added, falling back to
-    `base_image` (and `env` as is) if the snapshot image has vanished.
+    `base_image` (and `env` as is) if the snapshot image has vanished. `env` values are
+    `Secret`s (plain strings are accepted too); neither `env` nor `masker` (what the log
+    tail hides) shows in a repr.
     """
 
     name: str
     base_image: str
-    env: Mapping[str, str]
+    env: Mapping[str, str | Secret] = field(repr=False)
     labels: Mapping[str, str]
     memory_mb: int
     network: str
@@ -71,7 +72,7 @@ class WorkerContainerLaunchConfig:
     command: Sequence[str] | None = None
     pids_limit: int | None = None
     no_new_privileges: bool = False
-    secrets: tuple[str, ...] = field(default=(), repr=False)
+    masker: Masker = field(default_factory=lambda: Masker(frozenset()), repr=False)
 
 
 @dataclass(frozen=True)
@@ -122,9 +123,10 @@ def launch_worker_container(
     except Exception as err:
         if not reports.covers(err) and not isinstance(err, DuplicateJobError):
             reports.send(err, "worker_spawn")
-        if is_unreachable(err) and not isinstance(err, DockerUnavailableError):
-            raise DockerUnavailableError(f"Docker engine unreachable: {err}") from err
-        raise
+        typed = as_spawn_error(err)  # only DockyardErrors leave spawn_worker
+        if typed is err:
+            raise
+        raise typed from typed.__cause__
     started_at = deps.clock()
     worker = ActiveWorker(
         job_id=context.job_id,
@@ -144,7 +146,7 @@ def launch_worker_container(
         release_slot=context.release_slot,
         exit_wait=exit_wait,
         env_keys=tuple(env),
-        secrets=config.secrets,
+        masker=config.masker,
         auto_remove=config.auto_remove,
     )
     deps.timeouts.arm(tracked, config.timeout_s)
@@ -189,7 +191,7 @@ def _start_container(
     context: WorkerContainerLaunchContext,
     deps: WorkerContainerLauncherDependencies,
     reports: _SpawnReports,
-) -> tuple[str, Mapping[str, str], str, ExitTicket]:
+) -> tuple[str, Mapping[str, str | Secret], str, ExitTicket]:
     """Create and start, with the snapshot and base-image fallbacks of the spec."""
     if config.snapshot is None:
         return _with_base_image_pull(config, context, deps, reports)
@@ -221,7 +223,7 @@ def _with_base_image_pull(
     context: WorkerContainerLaunchContext,
     deps: WorkerContainerLauncherDependencies,
     reports: _SpawnReports,
-) -> tuple[str, Mapping[str, str], str, ExitTicket]:
+) -> tuple[str, Mapping[str, str | Secret], str, ExitTicket]:
     image = config.base_image
     try:
         cid, wait = _create_and_start(config, image, config.env, context, deps)
@@ -261,7 +263,7 @@ def _with_base_image_pull(
 def _create_and_start(
     config: WorkerContainerLaunchConfig,
     image: str,
-    env: Mapping[str, str],
+    env: Mapping[str, str | Secret],
     context: WorkerContainerLaunchContext,
     deps: WorkerContainerLauncherDependencies,
 ) -> tuple[str, ExitTicket]:
@@ -298,7 +300,7 @@ def _create(
 ) -> str:
     try:
         return deps.docker.create(spec)
-    except APIError as err:
+    except Exception as err:
         if not is_conflict(err):
             raise
         conflict = err
@@ -309,11 +311,15 @@ def _create(
         raise conflict from None
     labels = (leftover.get("Config") or {}).get("Labels") or {}
     state = leftover.get("State") or {}
-    same_job = (
-        deps.labels.owned_by(labels, deps.instance_id)
-        and labels.get(deps.labels.job_id) == context.job_id
-    )
+    holder = labels.get(deps.labels.job_id)
+    same_job = deps.labels.owned_by(labels, deps.instance_id) and holder == context.job_id
     if not same_job:
+        if holder and holder != context.job_id:
+            # Another job id with the same container name (`a:b` and `a/b`), of another
+            # manager or router: a clear refusal, not the engine's bare 409.
+            raise DuplicateJobError(
+                context.job_id, other_job_id=holder, container_name=spec.name
+            ) from None
         raise conflict
     if state.get("Running") or state.get("Restarting"):
         raise DuplicateJobError(context.job_id)

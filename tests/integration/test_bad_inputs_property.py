@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from dockyard import (
     ConfigError,
     ContainerManager,
+    DockyardError,
     InvalidJobError,
     ProjectConfig,
     RouterConfig,
@@ -47,8 +48,11 @@ FAST = settings(
 ON_ENGINE = settings(max_examples=5, deadline=None, database=None)
 
 
-class CreateRefused(Exception):
-    """Raised by the stand-in's create: the spawn got as far as Docker, and stops there."""
+class CreateRefused(DockyardError):
+    """Raised by the stand-in's create: the spawn got as far as Docker, and stops there.
+
+    A `DockyardError`, so `spawn_worker` lets it through as it is (it turns anything else
+    into a `WorkerSpawnError`)."""
 
 
 class RecordingAPI:

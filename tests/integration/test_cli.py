@@ -178,20 +178,15 @@ def test_run_all_succeeded_exits_0_and_snapshot_is_reused(
     assert record["image"].startswith(snapshot_image_prefix)
     assert "warm start from" in second.stderr
 
-    listed = dockyard_cli("snapshots", "--snapshot-prefix", snapshot_image_prefix)
+    scope = ["--snapshot-prefix", snapshot_image_prefix, "--instance", instance_id]
+    listed = dockyard_cli("snapshots", *scope)
     assert listed.returncode == 0, listed.stderr
     assert record["image"] in listed.stdout and "ITEM-7" in listed.stdout
 
-    evicted = dockyard_cli(
-        "snapshots",
-        "--evict",
-        "--snapshot-prefix",
-        snapshot_image_prefix,
-        env=_env(SNAPSHOT_MAX_COUNT="0"),
-    )
+    evicted = dockyard_cli("snapshots", "--evict", *scope, env=_env(SNAPSHOT_MAX_COUNT="0"))
     assert evicted.returncode == 0, evicted.stderr
     assert f"removed {record['image']}" in evicted.stdout
-    after = dockyard_cli("snapshots", "--snapshot-prefix", snapshot_image_prefix)
+    after = dockyard_cli("snapshots", *scope)
     assert "no snapshot images" in after.stdout
 
 

@@ -707,7 +707,7 @@ def test_job_without_id_gets_unknown_epoch_ms(make_manager: MakeManager) -> None
     worker = manager.spawn_worker(job(None, ["true"]))
     after = int(time.time() * 1000)
 
-    match = re.fullmatch(r"unknown-(\d+)", worker.job_id)
+    match = re.fullmatch(r"unknown-(\d+)-[A-Za-z0-9_.-]+-[0-9a-f]{8}", worker.job_id)
     assert match, worker.job_id
     assert before <= int(match.group(1)) <= after
     assert worker.container_name == f"cascade-worker-{worker.job_id}"

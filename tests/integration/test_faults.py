@@ -21,6 +21,7 @@ from dockyard import (
     ContainerManager,
     DockerUnavailableError,
     WorkerJob,
+    WorkerSpawnError,
 )
 from faultproxy import FaultProxy, FaultRule
 
@@ -120,7 +121,7 @@ def test_create_failing_with_500_is_a_typed_error(
 ):
     manager, recorder = rig()
     proxy.add_rule(FaultRule(op="create", action="fail", status=500, message="disk full"))
-    with pytest.raises(docker.errors.APIError) as info:
+    with pytest.raises(WorkerSpawnError) as info:
         manager.spawn_worker(WorkerJob(id="create-500", type="t", command=["true"]))
     assert info.value.status_code == 500
     assert proxy.count("create") == 1  # an answer (even an error) is never retried
@@ -136,7 +137,7 @@ def test_start_failing_after_create_removes_the_container(
 ):
     manager, recorder = rig()
     proxy.add_rule(FaultRule(op="start", action="fail", status=500))
-    with pytest.raises(docker.errors.APIError) as info:
+    with pytest.raises(WorkerSpawnError) as info:
         manager.spawn_worker(WorkerJob(id="start-500", type="t", command=["true"]))
     assert info.value.status_code == 500
     assert proxy.count("create") == 1
@@ -164,8 +165,9 @@ def test_exit_wait_registration_failing_aborts_the_spawn(
     rig, proxy, docker_client, instance_id, baseline
 ):
     manager, recorder = rig()
-    proxy.add_rule(FaultRule(op="wait", action="fail", status=500))
-    with pytest.raises(docker.errors.APIError):
+    # The exit waits' events stream cannot be connected: the container must not start.
+    proxy.add_rule(FaultRule(op="events", action="fail", status=500))
+    with pytest.raises(WorkerSpawnError):
         manager.spawn_worker(WorkerJob(id="wait-500", type="t", command=["true"]))
     assert proxy.count("start") == 0  # never started without a wait in place
     assert instance_containers(docker_client, instance_id) == []
@@ -244,7 +246,7 @@ def test_a_container_of_another_router_holding_the_name_is_left_alone(
         host_config=api.create_host_config(network_mode="none"),
     )["Id"]
     try:
-        with pytest.raises(docker.errors.APIError) as info:
+        with pytest.raises(WorkerSpawnError) as info:
             manager.spawn_worker(WorkerJob(id=f"{instance_id}-taken", type="t", command=["true"]))
         assert info.value.status_code == 409
         assert api.inspect_container(foreign)["State"]["Status"] == "created"
@@ -265,11 +267,12 @@ def test_wait_stream_cut_mid_run_resumes(
         id=f"wait-cut-{exit_code}", type="t", command=shell(f"sleep 2; exit {exit_code}")
     )
     manager.spawn_worker(job)
-    eventually(lambda: proxy.active("wait") == 1)
-    assert proxy.cut_active("wait") == 1
-    eventually(lambda: proxy.count("wait") >= 2)  # a new wait replaced the broken one
-    eventually(lambda: proxy.active("wait") == 1 or manager.get_active_worker_count() == 0)
-    proxy.cut_active("wait")  # and that one breaks too
+    eventually(lambda: proxy.active("events") == 1)
+    before = proxy.count("events")
+    assert proxy.cut_active("events") == 1
+    eventually(lambda: proxy.count("events") > before)  # a new stream replaced the broken one
+    eventually(lambda: proxy.active("events") == 1 or manager.get_active_worker_count() == 0)
+    proxy.cut_active("events")  # and that one breaks too
     outcome = manager.wait_for_worker(job.id, OUTCOME_TIMEOUT_S)
     assert outcome.status == status
     assert outcome.exit_code == exit_code
@@ -282,13 +285,14 @@ def test_exit_while_no_wait_is_open_is_still_seen(rig, proxy, docker_client, ins
     # resumed wait answers at once with the exit code of the stopped container.
     manager, recorder = rig(auto_remove_workers=False)
     manager.spawn_worker(WorkerJob(id="gap", type="t", command=shell("sleep 1; exit 4")))
-    eventually(lambda: proxy.active("wait") == 1)
-    proxy.add_rule(FaultRule(op="wait", action="delay", delay_s=2.5))
-    assert proxy.cut_active("wait") == 1
+    eventually(lambda: proxy.active("events") == 1)
+    proxy.add_rule(FaultRule(op="events", action="delay", delay_s=2.5))
+    before = proxy.count("events")
+    assert proxy.cut_active("events") == 1
     outcome = manager.wait_for_worker("gap", OUTCOME_TIMEOUT_S)
     assert outcome.status == "failed"
     assert outcome.exit_code == 4
-    assert proxy.count("wait") == 2
+    assert proxy.count("events") > before  # waited again on a new stream
     assert_clean(manager, recorder, proxy, docker_client, instance_id, baseline)
 
 
@@ -298,9 +302,9 @@ def test_wait_cut_and_container_gone_is_lost(
     # Auto-removed while nobody waited: the exit code is gone with it, the worker is lost.
     manager, recorder = rig()
     manager.spawn_worker(WorkerJob(id="gone", type="t", command=shell("sleep 1; exit 0")))
-    eventually(lambda: proxy.active("wait") == 1)
+    eventually(lambda: proxy.active("events") == 1)
     proxy.add_rule(FaultRule(op="inspect", action="delay", delay_s=3.0))
-    assert proxy.cut_active("wait") == 1
+    assert proxy.cut_active("events") == 1
     outcome = manager.wait_for_worker("gone", OUTCOME_TIMEOUT_S)
     assert outcome.status == "lost"
     assert "gone" in (outcome.error or "")
@@ -315,11 +319,11 @@ def test_engine_unreachable_past_the_window_is_lost_and_the_reaper_cleans_up(
 ):
     manager, recorder = rig(wait_retry_window_s=1.0, worker_timeout_s=3.0)
     worker = manager.spawn_worker(WorkerJob(id="unreachable", type="t", command=["sleep", "60"]))
-    eventually(lambda: proxy.active("wait") == 1)
+    eventually(lambda: proxy.active("events") == 1)
     # Every wait and inspect loses its connection: to the library, the engine is gone.
     proxy.add_rule(FaultRule(op="inspect", action="cut", times=None))
-    proxy.add_rule(FaultRule(op="wait", action="cut", times=None))
-    assert proxy.cut_active("wait") == 1
+    proxy.add_rule(FaultRule(op="events", action="cut", times=None))
+    assert proxy.cut_active("events") == 1
     outcome = manager.wait_for_worker("unreachable", OUTCOME_TIMEOUT_S)
     assert outcome.status == "lost"
     assert "unreachable" in (outcome.error or "")

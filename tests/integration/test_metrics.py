@@ -22,7 +22,7 @@ import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 
 from conftest import RecordingListener
-from dockyard import ContainerManager, NoWorkerSlotError, RouterConfig, WorkerJob
+from dockyard import ContainerManager, NoWorkerSlotError, RouterConfig, WorkerJob, WorkerSpawnError
 from promscrape import Scrape, free_port, scrape
 
 WAIT_S = 60.0
@@ -316,7 +316,7 @@ def test_missing_image_counts_a_pull_failure_and_a_spawn_failure(
 ) -> None:
     missing = f"dockyard-test-missing-{uuid.uuid4().hex[:10]}:latest"
     manager, _ = metered(worker_image=missing)
-    with pytest.raises(docker.errors.APIError):
+    with pytest.raises(WorkerSpawnError):
         manager.spawn_worker(job("doomed", "true"))
     got = endpoint.scrape()
     assert got.value("dockyard_image_pull_failures_total") == 1

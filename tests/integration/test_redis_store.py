@@ -219,7 +219,7 @@ def test_payloads_over_96_kib_go_to_the_store_and_smaller_ones_inline(
         at_limit = resolve_job_fields(
             WorkerJob("inline", "t", {"b": "x" * (JOB_DATA_INLINE_LIMIT - overhead)}), None
         )
-        env = build_worker_env(at_limit, sources, snapshot_enabled=False)
+        env = build_worker_env(at_limit, sources, snapshot_enabled=False).reveal()
         assert len(env["JOB_DATA"].encode()) == JOB_DATA_INLINE_LIMIT
         assert "JOB_DATA_REDIS_KEY" not in env
         assert redis_client.dbsize() == 0
@@ -227,7 +227,7 @@ def test_payloads_over_96_kib_go_to_the_store_and_smaller_ones_inline(
         over = resolve_job_fields(
             WorkerJob("offload", "t", {"b": "x" * (JOB_DATA_INLINE_LIMIT - overhead + 1)}), None
         )
-        env = build_worker_env(over, sources, snapshot_enabled=False)
+        env = build_worker_env(over, sources, snapshot_enabled=False).reveal()
     finally:
         store.close()
     assert "JOB_DATA" not in env

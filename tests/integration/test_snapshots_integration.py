@@ -31,6 +31,7 @@ from dockyard import (
     WorkerImageResolutionError,
     WorkerJob,
     WorkerOutcome,
+    WorkerSpawnError,
 )
 from dockyard._docker import DockerGateway
 from dockyard._images import ImagePuller, UnpullableImageError
@@ -257,12 +258,13 @@ def test_clean_exit_commits_a_scrubbed_snapshot_that_the_next_run_starts_from(
         assert key not in env, key  # never set, so nothing to blank (and never the master key)
     assert env["LOG_LEVEL"] == "info"  # keys outside the deny-list keep their value
     assert "PATH" in env
-    # The image's own start-up is kept, and the container's labels name the pair.
+    # The image's own start-up is kept, and snapshot labels of its own name the pair.
     assert info["Config"]["Entrypoint"] == ENTRYPOINT
     assert info["Config"]["Cmd"] == ENTRY_CMD
     labels = info["Config"]["Labels"]
-    assert labels["cascade.project.id"] == project
-    assert labels["cascade.work.item.id"] == work_item
+    assert labels["cascade.snapshot.project.id"] == project
+    assert labels["cascade.snapshot.work.item.id"] == work_item
+    assert labels["cascade.project.id"] == ""  # the worker labels own nothing
 
     # No secret value anywhere in what the engine records about the image.
     recorded = everything_recorded(docker_client, meta.image_name)
@@ -362,7 +364,7 @@ def test_snapshot_and_base_both_missing_reports_and_leaks_nothing(
     manager.snapshots.register("proj-1", "card-1", stale)
     failing = job(f"{instance_id}-doomed")
 
-    with pytest.raises(docker.errors.APIError) as raised:
+    with pytest.raises(WorkerSpawnError) as raised:
         manager.spawn_worker(failing, slot_timeout=5)
 
     (event,) = sentry_events.wait_for("worker_spawn_fallback")
@@ -417,7 +419,7 @@ def test_concurrent_spawns_needing_a_missing_base_image_pull_it_once(
         errors = list(pool.map(spawn, jobs))
 
     assert pulls == [missing]
-    assert all(isinstance(err, docker.errors.APIError) for err in errors), errors
+    assert all(isinstance(err, WorkerSpawnError) for err in errors), errors
     assert len({id(err) for err in errors}) == len(jobs)  # each caller raises its own copy
     events = sentry_events.wait_for("worker_image_pull_fallback", count=len(jobs))
     assert {e["extra"]["jobId"] for e in events} == {j.id for j in jobs}
@@ -560,8 +562,9 @@ def test_a_new_manager_syncs_the_snapshots_a_previous_one_committed(
         assert synced is not None
         info = docker_client.api.inspect_image(before.image_name)
         labels = info["Config"]["Labels"]
-        assert labels["cascade.project.id"] == "proj-1"  # what sync relies on
-        assert labels["cascade.work.item.id"] == work_item
+        assert labels["cascade.snapshot.project.id"] == "proj-1"  # what sync relies on
+        assert labels["cascade.snapshot.work.item.id"] == work_item
+        assert labels["cascade.snapshot.instance"] == instance_id
         assert synced.image_name == before.image_name
         assert synced.image_size_bytes == info["Size"]
         assert synced.created_at == datetime.fromtimestamp(_created_epoch(info["Created"]), UTC)
@@ -694,13 +697,9 @@ class FakeCommitGateway:
         self.removed: list[str] = []
         self.committed: list[tuple[str, str, list[str]]] = []
         self.tagged: list[tuple[str, str, str]] = []
-        gateway = self
 
-        class Api:  # only `tag`: a load through it would fail the test's commit
-            def tag(self, image: str, repository: str, tag: str, force: bool = False) -> None:
-                gateway.tagged.append((image, repository, tag))
-
-        self.api = Api()
+    def tag(self, image: str, repository: str, tag: str, *, force: bool = True) -> None:
+        self.tagged.append((image, repository, tag))
 
     def inspect(self, container_id: str) -> dict[str, Any]:
         return {
@@ -773,7 +772,9 @@ def test_commit_without_a_kept_container_config_registers_the_commit_as_is() -> 
     ((repository, tag, changes),) = fake.committed
     assert (repository, tag) == ("", "")  # untagged until checked
     assert fake.tagged == [("sha256:committed", *meta.image_name.rsplit(":", 1))]
-    assert changes == ["ENV JOB_ID=", "ENV CASCADE_CREDENTIAL_KEYS=", "ENV API_TOKEN="]
+    env_changes = [change for change in changes if change.startswith("ENV ")]
+    assert env_changes == ["ENV JOB_ID=", "ENV CASCADE_CREDENTIAL_KEYS=", "ENV API_TOKEN="]
+    assert 'LABEL "cascade.managed"=""' in changes  # the image owns no worker
     assert reporter.sources == []
     assert fake.removed == []
 

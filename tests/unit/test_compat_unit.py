@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from dockyard import RouterConfig, WorkerImageResolutionError
-from dockyard._docker import DockerGateway
+from dockyard._docker import DockerGateway, is_missing_image
 from dockyard._models import ActiveWorker
 from dockyard._naming import LabelSchema
 from dockyard._registry_auth import DOCKER_HUB_SERVER, RegistryAuth, RegistryAuthResolver
@@ -102,26 +102,27 @@ def test_the_header_is_what_the_engine_expects() -> None:
 
 
 class PullAPI:
-    """Just the request helpers `DockerGateway.pull` uses; records the headers sent."""
+    """Just the public requests surface `DockerGateway.pull` uses; records the headers sent."""
+
+    base_url = "http+docker://fake"
+    api_version = "1.41"
+    timeout = 60
 
     def __init__(self, failure: BaseException | None = None) -> None:
         self.headers: list[Any] = []
         self.failure = failure
 
-    def _url(self, path: str) -> str:
-        return path
-
-    def _post(self, url: str, **kwargs: Any) -> Any:
+    def post(self, url: str, **kwargs: Any) -> Any:
         self.headers.append(kwargs.get("headers"))
         if self.failure is not None:
             raise self.failure
         return self
 
-    def _raise_for_status(self, response: Any) -> None:
+    def raise_for_status(self) -> None:
         return None
 
-    def _stream_helper(self, response: Any, decode: bool = False) -> Any:
-        return iter([{"status": "Downloaded"}])
+    def iter_lines(self) -> Any:
+        return iter([b'{"status": "Downloaded"}'])
 
     def close(self) -> None:
         return None
@@ -129,7 +130,7 @@ class PullAPI:
 
 def test_a_pull_sends_the_auth_header_only_with_credentials() -> None:
     api = PullAPI()
-    gateway = DockerGateway(api=api, wait_api=api)  # type: ignore[arg-type]
+    gateway = DockerGateway(api)  # type: ignore[arg-type]
     gateway.pull("ghcr.io/a/b:1", 5)
     auth = RegistryAuth("u", "pw", "ghcr.io")
     gateway.pull("ghcr.io/a/b:1", 5, auth_config=auth)
@@ -139,7 +140,7 @@ def test_a_pull_sends_the_auth_header_only_with_credentials() -> None:
 def test_a_failed_authenticated_pull_carries_no_request_or_frames() -> None:
     failure = requests.exceptions.ConnectionError("engine gone")
     api = PullAPI(failure)
-    gateway = DockerGateway(api=api, wait_api=api)  # type: ignore[arg-type]
+    gateway = DockerGateway(api)  # type: ignore[arg-type]
     with pytest.raises(Exception) as raised:
         gateway.pull("ghcr.io/a/b:1", 5, auth_config=RegistryAuth("u", "pw", "ghcr.io"))
     err = raised.value
@@ -150,33 +151,38 @@ def test_a_failed_authenticated_pull_carries_no_request_or_frames() -> None:
     while tb is not None:
         frames.append(tb.tb_frame.f_code.co_name)
         tb = tb.tb_next
-    assert "_progress_stream" not in frames  # the frame that held the header
+    assert "_drain" not in frames  # the frame that held the header
 
 
 # --------------------------------------------------------------------------- long timeout
 
 
 class CommitAPI:
+    base_url = "http+docker://fake"
+    api_version = "1.41"
+    timeout = 60
+
     def __init__(self) -> None:
         self.posts: list[dict[str, Any]] = []
 
-    def _url(self, path: str) -> str:
-        return path
-
-    def _post_json(self, url: str, data: Any = None, **kwargs: Any) -> Any:
+    def post(self, url: str, **kwargs: Any) -> Any:
         self.posts.append({"url": url, **kwargs})
-        return {"Id": "sha256:new"}
+        return self
 
-    def _result(self, response: Any, json: bool = False) -> Any:
-        return response
+    def raise_for_status(self) -> None:
+        return None
+
+    def json(self) -> Any:
+        return {"Id": "sha256:new"}
 
 
 def test_commits_use_the_long_image_write_timeout() -> None:
     api = CommitAPI()
-    gateway = DockerGateway(api=api, wait_api=api, image_write_timeout_s=2400)  # type: ignore[arg-type]
+    gateway = DockerGateway(api)  # type: ignore[arg-type]
+    gateway.image_write_timeout_s = 2400
     assert gateway.commit("c1", "", "", ["ENV A="]) == "sha256:new"
     (post,) = api.posts
-    assert post["url"] == "/commit" and post["timeout"] == 2400
+    assert post["url"].endswith("/commit") and post["timeout"] == 2400
     assert post["params"]["changes"] == ["ENV A="] and post["params"]["container"] == "c1"
 
 
@@ -219,7 +225,8 @@ def test_a_project_image_still_missing_after_its_pull_is_a_resolution_error(
     rig.api.failures["create_container"] = [missing, missing]
     with pytest.raises(WorkerImageResolutionError, match="still missing") as raised:
         rig.manager.spawn_worker(job(projectId="proj"))
-    assert isinstance(raised.value.__cause__, docker.errors.ImageNotFound)
+    assert is_missing_image(raised.value.__cause__)
+    assert isinstance(raised.value.__cause__.__cause__, docker.errors.ImageNotFound)
     assert rig.api.calls_of("pull") == [PROJECT_DIGEST]
     assert rig.manager.get_active_worker_count() == 0
 

@@ -28,20 +28,25 @@ from dockyard._docker import DockerGateway
 from dockyard._images import ImagePuller
 from dockyard._slots import SlotGate
 from dockyard._tracker import WorkerRegistry
-from test_launcher_unit import BASE_IMAGE, FakeDockerAPI
+from dockyard.testing import DEFAULT_IMAGE as BASE_IMAGE
+from dockyard.testing import FakeDockerAPI
 
 DOCKYARD_ALL = [
     "ActiveWorker",
     "ConfigError",
     "ContainerManager",
+    "CredentialProvider",
     "DockerUnavailableError",
     "DockyardError",
     "DuplicateJobError",
     "InvalidJobError",
     "JobDataOffloadError",
+    "JobDataStore",
     "NoWorkerSlotError",
     "ProjectConfig",
+    "ProjectDirectory",
     "RedisJobDataStore",
+    "Reporter",
     "RouterConfig",
     "SnapshotMetadata",
     "SnapshotRegistry",
@@ -52,6 +57,7 @@ DOCKYARD_ALL = [
     "WorkerJob",
     "WorkerLifecycleListener",
     "WorkerOutcome",
+    "WorkerSpawnError",
     "launch_worker_container",
 ]
 
@@ -83,6 +89,11 @@ DEFINED_IN = {
     "JobDataOffloadError": "dockyard._job_data",
     "NoWorkerSlotError": "dockyard._errors",
     "WorkerImageResolutionError": "dockyard._errors",
+    "WorkerSpawnError": "dockyard._errors",
+    "CredentialProvider": "dockyard._environment",
+    "JobDataStore": "dockyard._job_data",
+    "ProjectDirectory": "dockyard._jobs",
+    "Reporter": "dockyard._sentry",
     "ContainerManager": "dockyard.container_manager",
     "ProjectConfig": "dockyard._config",
     "RouterConfig": "dockyard._config",
@@ -93,7 +104,7 @@ DEFINED_IN = {
     **{name: "dockyard.worker_container_launcher" for name in LAUNCHER_NAMES},
 }
 
-PUBLIC_MODULES = {"container_manager", "worker", "worker_container_launcher"}
+PUBLIC_MODULES = {"container_manager", "testing", "worker", "worker_container_launcher"}
 
 
 def all_modules() -> list[ModuleType]:

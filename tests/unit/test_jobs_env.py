@@ -15,12 +15,12 @@ from dockyard import InvalidJobError, ProjectConfig, RouterConfig, WorkerJob
 from dockyard._environment import (
     JOB_DATA_INLINE_LIMIT,
     EnvSources,
-    build_worker_env,
     check_job_data,
-    secret_values,
-    with_snapshot_reuse,
+    worker_masker,
 )
-from dockyard._jobs import JobFields, next_generated_job_id, resolve_job_fields
+from dockyard._environment import build_worker_env as build_secret_env
+from dockyard._environment import with_snapshot_reuse as with_secret_reuse
+from dockyard._jobs import JobFields, generated_job_id, resolve_job_fields
 from dockyard._naming import MAX_NAME_LENGTH, LabelSchema, container_name
 from dockyard._sentry import Reporter
 
@@ -33,6 +33,15 @@ PASS_THROUGH = {
     "SENTRY_RELEASE": "r-42",
     "CASCADE_DASHBOARD_URL": "https://dash.example",
 }
+
+
+def build_worker_env(fields: JobFields, sources: EnvSources, **kwargs: Any) -> dict[str, str]:
+    """The environment with its values revealed (they travel as `Secret`s)."""
+    return build_secret_env(fields, sources, **kwargs).reveal()
+
+
+def with_snapshot_reuse(env: Mapping[str, str]) -> dict[str, str]:
+    return with_secret_reuse(env).reveal()
 
 
 class Projects:
@@ -178,10 +187,13 @@ def test_payload_ids_are_strings_or_numbers(value: object, expected: str | None)
     assert fields_of(WorkerJob("j", "trello", {"workItemId": value})).work_item_id == expected
 
 
-def test_job_without_id_gets_unknown_epoch_ms() -> None:
-    fields = resolve_job_fields(WorkerJob(None, "trello", {}), None, now_ms=1_700_000_000_123)
-    assert fields.job_id == "unknown-1700000000123"
-    assert next_generated_job_id(fields.job_id) == "unknown-1700000000124"
+def test_job_without_id_gets_unknown_epoch_ms_instance_and_random() -> None:
+    fields = resolve_job_fields(
+        WorkerJob(None, "trello", {}), None, now_ms=1_700_000_000_123, instance_id="router a/1"
+    )
+    assert re.fullmatch(r"unknown-1700000000123-router_a_1-[0-9a-f]{8}", fields.job_id)
+    again = generated_job_id("router a/1", 1_700_000_000_123)
+    assert again != fields.job_id  # the random part: one millisecond, one instance, two ids
 
 
 def test_payload_is_serialised_once_as_compact_unicode_json() -> None:
@@ -362,7 +374,8 @@ def test_credentials_and_their_key_list() -> None:
     assert env["API_TOKEN"] == "t-123"
     assert env["GH_TOKEN"] == "g-456"
     assert env["CASCADE_CREDENTIAL_KEYS"] == "API_TOKEN,GH_TOKEN"
-    assert set(secret_values(env)) >= {"t-123", "g-456"}
+    masked = worker_masker(env).mask("t-123 g-456 API_TOKEN")
+    assert masked == "*** *** API_TOKEN"
 
 
 def test_no_project_means_no_credential_lookup() -> None:
@@ -473,7 +486,7 @@ def test_oversized_payload_without_a_store_is_invalid() -> None:
     check_job_data(fields, sources(store=Store()))  # fine with a store
 
 
-def test_secret_values_are_masked_longest_first() -> None:
+def test_worker_masker_covers_credentials_service_secrets_and_not_plain_settings() -> None:
     env = {
         "CASCADE_CREDENTIAL_KEYS": "A,B,TINY",
         "A": "abcd",
@@ -482,4 +495,5 @@ def test_secret_values_are_masked_longest_first() -> None:
         "DATABASE_URL": "postgres://x",
         "LOG_LEVEL": "info",
     }
-    assert secret_values(env) == ("postgres://x", "abcdefgh", "abcd")
+    masker = worker_masker(env)
+    assert masker.mask("abcdefgh abcd postgres://x info ab tab") == "*** *** *** info *** tab"

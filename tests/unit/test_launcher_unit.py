@@ -1,21 +1,17 @@
 """Launch, exit-handling and timeout paths against a fake Docker API: order and error paths.
 
-`FakeDockerAPI` stands in for docker-py's low-level ``APIClient`` (passed to
-``ContainerManager`` as ``docker_client``), so the real gateway, launcher, exit watcher
-and timers run against an engine whose failures the test chooses. Exit waits block on a
-real socket pair, so closing them from another thread behaves as with the real engine.
+`dockyard.testing.FakeDockerAPI` stands in for docker-py's low-level ``APIClient`` (passed
+to ``ContainerManager`` as ``docker_client``), so the real gateway, launcher, exit watcher
+and timers run against an engine whose failures the test chooses. Exits arrive as `die`
+events on the fake engine's events stream, as with the real engine.
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from types import SimpleNamespace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import docker.errors
@@ -32,383 +28,20 @@ from dockyard import (
     RouterConfig,
     WorkerImageResolutionError,
     WorkerJob,
+    WorkerSpawnError,
 )
-from dockyard._sentry import Reporter
+from dockyard.testing import (
+    DEFAULT_IMAGE,
+    FakeDockerAPI,
+    RecordingReporter,
+    api_error,
+)
 
-BASE_IMAGE = "registry.example/cascade/worker:1"
+BASE_IMAGE = DEFAULT_IMAGE
 PROJECT_DIGEST = "registry.example/team/worker@sha256:" + "ab" * 32
 INSTANCE = "unit-router"
 
-_ids = itertools.count(1)
-
-
-# --------------------------------------------------------------------------- fake engine
-
-
-def api_error(
-    status: int, explanation: str, cls: type[docker.errors.APIError] = docker.errors.APIError
-) -> docker.errors.APIError:
-    response = requests.Response()
-    response.status_code = status
-    return cls(f"{status} Client Error", response=response, explanation=explanation)
-
-
-def not_found(what: str) -> docker.errors.APIError:
-    return api_error(404, f"No such container: {what}", docker.errors.NotFound)
-
-
-class FakeWaitResponse:
-    """A streaming `/wait` answer: blocks in `json()` until the fake container exits."""
-
-    def __init__(self) -> None:
-        self._ours, self._theirs = socket.socketpair()
-        # Where the gateway looks for the socket to shut down on `ExitWait.close()`.
-        self.raw = SimpleNamespace(_connection=SimpleNamespace(sock=self._ours))
-        self.code: int | None = None
-        self.closed = False
-        self._lock = threading.Lock()
-
-    def json(self) -> dict[str, Any]:
-        data = self._ours.recv(1)
-        if not data:
-            raise requests.exceptions.ConnectionError("wait stream closed")
-        return {"StatusCode": self.code, "Error": None}
-
-    def deliver(self, code: int) -> None:
-        with self._lock:
-            if self.closed:
-                return
-            self.code = code
-            self._theirs.send(b"x")
-
-    def break_stream(self) -> None:
-        """The engine side drops the connection (daemon restart, proxy hiccup)."""
-        with self._lock:
-            if not self.closed:
-                self._theirs.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        with self._lock:
-            if self.closed:
-                return
-            self.closed = True
-            self._ours.close()
-            self._theirs.close()
-
-
-@dataclass
-class FakePullResponse:
-    lines: list[dict[str, Any]]
-    closed: bool = False
-
-    def close(self) -> None:
-        self.closed = True
-
-
-@dataclass
-class FakeContainer:
-    id: str
-    name: str
-    image: str
-    labels: dict[str, str]
-    env: list[str]
-    host_config: dict[str, Any]
-    command: list[str] | None
-    status: str = "created"
-    exit_code: int = 0
-    oom_killed: bool = False
-    output: bytes = b""
-    started_at: str = "2024-05-01T10:00:00.000000000Z"
-    finished_at: str = "2024-05-01T10:00:01.500000000Z"
-    waiters: list[FakeWaitResponse] = field(default_factory=list)
-
-    def env_map(self) -> dict[str, str]:
-        return dict(item.partition("=")[::2] for item in self.env)
-
-
-class FakeDockerAPI:
-    """Just enough of docker-py's ``APIClient`` for dockyard's gateway.
-
-    ``failures[method]`` holds exceptions raised (in order) by the next calls of that
-    method; ``calls`` records every call as ``(method, detail)``.
-    """
-
-    def __init__(self, images: set[str] | None = None) -> None:
-        self.images: set[str] = {BASE_IMAGE} if images is None else set(images)
-        self.containers_by_id: dict[str, FakeContainer] = {}
-        self.failures: dict[str, list[BaseException]] = {}
-        self.calls: list[tuple[str, Any]] = []
-        self.pull_error: str | None = None
-        self.exit_on_start: int | None = None  # exit code the next started containers exit with
-        self.stop_exits = True  # `stop` makes the container exit (137)
-        self.before_create: Callable[[], None] | None = None
-        self.before_stop: Callable[[str], None] | None = None
-        self.lock = threading.RLock()
-
-    # -- helpers for tests --------------------------------------------------------------
-
-    def call_names(self) -> list[str]:
-        with self.lock:
-            return [name for name, _ in self.calls]
-
-    def calls_of(self, method: str) -> list[Any]:
-        with self.lock:
-            return [detail for name, detail in self.calls if name == method]
-
-    def add_container(self, name: str, labels: Mapping[str, str], status: str) -> FakeContainer:
-        container = FakeContainer(
-            id=_new_id(), name=name, image=BASE_IMAGE, labels=dict(labels), env=[],
-            host_config={}, command=None, status=status,
-        )  # fmt: skip
-        with self.lock:
-            self.containers_by_id[container.id] = container
-        return container
-
-    def only_container(self) -> FakeContainer:
-        with self.lock:
-            (container,) = self.containers_by_id.values()
-            return container
-
-    def exit(self, container_id: str, code: int, *, oom: bool = False) -> None:
-        with self.lock:
-            container = self.containers_by_id[container_id]
-            if container.status != "running":
-                return
-            container.status = "exited"
-            container.exit_code = code
-            container.oom_killed = oom
-            waiters, container.waiters = container.waiters, []
-        for waiter in waiters:
-            waiter.deliver(code)
-
-    def break_waits(self, container_id: str) -> None:
-        with self.lock:
-            waiters = list(self.containers_by_id[container_id].waiters)
-            self.containers_by_id[container_id].waiters = []
-        for waiter in waiters:
-            waiter.break_stream()
-
-    def vanish(self, container_id: str) -> None:
-        """The container disappears behind dockyard's back (and its waits break)."""
-        self.break_waits(container_id)
-        with self.lock:
-            del self.containers_by_id[container_id]
-
-    def _fail(self, method: str) -> None:
-        with self.lock:
-            pending = self.failures.get(method)
-            err = pending.pop(0) if pending else None
-        if err is not None:
-            raise err
-
-    def _record(self, method: str, detail: Any = None) -> None:
-        with self.lock:
-            self.calls.append((method, detail))
-
-    def _find(self, ref: str) -> FakeContainer:
-        with self.lock:
-            if ref in self.containers_by_id:
-                return self.containers_by_id[ref]
-            for container in self.containers_by_id.values():
-                if container.name == ref:
-                    return container
-        raise not_found(ref)
-
-    # -- the APIClient surface ----------------------------------------------------------
-
-    def ping(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        self._record("close")
-
-    def create_host_config(self, **kwargs: Any) -> dict[str, Any]:
-        return dict(kwargs)
-
-    def create_container(
-        self,
-        image: str,
-        name: str,
-        command: list[str] | None = None,
-        environment: list[str] | None = None,
-        labels: dict[str, str] | None = None,
-        host_config: dict[str, Any] | None = None,
-        detach: bool = False,
-    ) -> dict[str, Any]:
-        self._record("create_container", {"image": image, "name": name, "env": environment})
-        if self.before_create is not None:
-            self.before_create()
-        self._fail("create_container")
-        with self.lock:
-            if image not in self.images:
-                raise api_error(404, f"No such image: {image}", docker.errors.ImageNotFound)
-            if any(c.name == name for c in self.containers_by_id.values()):
-                raise api_error(409, f'Conflict. The container name "/{name}" is already in use')
-            container = FakeContainer(
-                id=_new_id(),
-                name=name,
-                image=image,
-                labels=dict(labels or {}),
-                env=list(environment or []),
-                host_config=dict(host_config or {}),
-                command=command,
-            )
-            self.containers_by_id[container.id] = container
-        return {"Id": container.id, "Warnings": []}
-
-    def _url(self, pathfmt: str, *args: str, **kwargs: Any) -> str:
-        return pathfmt.format(*args)
-
-    def _post(self, url: str, params: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-        params = params or {}
-        if url.endswith("/wait"):
-            container_id = url.split("/")[2]
-            condition = params.get("condition")
-            self._record("wait", condition)
-            self._fail("wait")
-            response = FakeWaitResponse()
-            with self.lock:
-                container = self.containers_by_id.get(container_id)
-                if container is None:
-                    response.error = not_found(container_id)  # type: ignore[attr-defined]
-                    return response
-                if condition == "not-running" and container.status == "exited":
-                    response.deliver(container.exit_code)
-                else:
-                    container.waiters.append(response)
-            return response
-        if url == "/images/create":
-            image = f"{params['fromImage']}:{params['tag']}" if params.get("tag") else None
-            image = image or params["fromImage"]
-            self._record("pull", image)
-            if self.pull_error is not None:
-                return FakePullResponse([{"status": "Pulling"}, {"error": self.pull_error}])
-            with self.lock:
-                self.images.add(image)
-            return FakePullResponse([{"status": "Pulling"}, {"status": "Downloaded"}])
-        raise AssertionError(f"unexpected POST {url}")
-
-    def _raise_for_status(self, response: Any) -> None:
-        error = getattr(response, "error", None)
-        if error is not None:
-            raise error
-
-    def _stream_helper(self, response: FakePullResponse, decode: bool = False) -> Iterator[Any]:
-        yield from response.lines
-
-    def start(self, container_id: str) -> None:
-        self._record("start", container_id)
-        self._fail("start")
-        container = self._find(container_id)
-        with self.lock:
-            container.status = "running"
-        if self.exit_on_start is not None:
-            self.exit(container_id, self.exit_on_start)
-
-    def inspect_container(self, ref: str) -> dict[str, Any]:
-        self._record("inspect_container", ref)
-        self._fail("inspect_container")
-        container = self._find(ref)
-        with self.lock:
-            return {
-                "Id": container.id,
-                "Name": "/" + container.name,
-                "Config": {
-                    "Image": container.image,
-                    "Labels": dict(container.labels),
-                    "Env": list(container.env),
-                },
-                "State": {
-                    "Status": container.status,
-                    "Running": container.status == "running",
-                    "Paused": False,
-                    "Restarting": False,
-                    "OOMKilled": container.oom_killed,
-                    "Dead": False,
-                    "ExitCode": container.exit_code,
-                    "Error": "",
-                    "StartedAt": container.started_at,
-                    "FinishedAt": container.finished_at
-                    if container.status == "exited"
-                    else "0001-01-01T00:00:00Z",
-                },
-                "HostConfig": dict(container.host_config),
-            }
-
-    def logs(self, container_id: str, **kwargs: Any) -> bytes:
-        self._record("logs", container_id)
-        self._fail("logs")
-        return self._find(container_id).output
-
-    def stop(self, container_id: str, timeout: int | None = None) -> None:
-        self._record("stop", (container_id, timeout))
-        if self.before_stop is not None:
-            self.before_stop(container_id)
-        self._fail("stop")
-        self._find(container_id)
-        if self.stop_exits:
-            self.exit(container_id, 137)
-
-    def kill(self, container_id: str) -> None:
-        self._record("kill", container_id)
-        self._fail("kill")
-        self.exit(container_id, 137)
-
-    def remove_container(self, container_id: str, force: bool = False) -> None:
-        self._record("remove_container", container_id)
-        self._fail("remove_container")
-        container = self._find(container_id)
-        with self.lock:
-            waiters, container.waiters = container.waiters, []
-            del self.containers_by_id[container.id]
-        for waiter in waiters:
-            waiter.break_stream()
-
-    def wait(self, container_id: str, timeout: Any = None, condition: str | None = None) -> Any:
-        self._record("blocking_wait", condition)
-        self._find(container_id)
-        return {"StatusCode": 0}
-
-    def containers(self, all: bool = False, filters: Any = None) -> list[dict[str, Any]]:
-        return []
-
-
-def _new_id() -> str:
-    return hashlib.sha256(str(next(_ids)).encode()).hexdigest()
-
-
 # --------------------------------------------------------------------------- recorders
-
-
-@dataclass
-class Report:
-    err: BaseException
-    source: str
-    level: str
-    tags: dict[str, str]
-    extras: dict[str, Any]
-
-
-class RecordingReporter(Reporter):
-    def __init__(self) -> None:
-        self.reports: list[Report] = []
-
-    def report(
-        self,
-        err: BaseException,
-        source: str,
-        *,
-        level: Any = "error",
-        tags: Mapping[str, str] | None = None,
-        extras: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.reports.append(Report(err, source, level, dict(tags or {}), dict(extras or {})))
-
-    def sources(self) -> list[str]:
-        return [r.source for r in self.reports]
-
-    def of(self, source: str) -> list[Report]:
-        return [r for r in self.reports if r.source == source]
 
 
 class Projects:
@@ -510,16 +143,17 @@ def test_launch_order(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     rig.listener._on_started = on_started
     worker = manager.spawn_worker(job())
 
+    # The events stream is connected (its first use) before the container starts.
     assert api.call_names() == [
         "create_container",
-        "wait",
+        "events",
         "start",
         "arm_timer",
         "register",
         "listener",
         "watch",
     ]
-    assert api.calls_of("wait") == ["next-exit"]
+    assert len(api.streams) == 1
     assert seen_at_listener["active"] == ["job-1"]
     assert worker.container_id == api.only_container().id
     api.exit(worker.container_id, 0)
@@ -542,9 +176,10 @@ def test_create_failure_registers_nothing_and_frees_the_slot(
     boom = api_error(500, "engine exploded")
     rig.api.failures["create_container"] = [boom]
 
-    with pytest.raises(docker.errors.APIError) as info:
+    with pytest.raises(WorkerSpawnError) as info:
         rig.manager.spawn_worker(job())
-    assert info.value is boom
+    assert info.value.status_code == 500
+    assert info.value.__cause__ is boom  # the engine's error, for the host to inspect
 
     assert rig.manager.get_active_worker_count() == 0
     assert rig.listener.events == []
@@ -552,7 +187,7 @@ def test_create_failure_registers_nothing_and_frees_the_slot(
     with pytest.raises(KeyError):
         rig.manager.wait_for_worker("job-1", timeout=0.1)
     (report,) = rig.reporter.reports
-    assert report.err is boom
+    assert report.err.__cause__ is boom
     assert report.source == "worker_spawn"
     assert report.extras == {"jobId": "job-1"}
     assert report.tags == {"jobType": "trello"}
@@ -565,7 +200,7 @@ def test_start_failure_removes_the_created_container(rig_factory: Callable[..., 
     rig = rig_factory(max_workers=1)
     rig.api.failures["start"] = [api_error(500, "cannot start container")]
 
-    with pytest.raises(docker.errors.APIError):
+    with pytest.raises(WorkerSpawnError):
         rig.manager.spawn_worker(job())
 
     created = rig.api.calls_of("start")[0]
@@ -610,7 +245,7 @@ def test_conflict_with_a_stopped_leftover_of_the_same_job_is_removed_and_retried
         "inspect_container",
         "remove_container",
         "create_container",
-        "wait",
+        "events",
         "start",
     ]
     assert rig.api.calls_of("inspect_container")[0] == "cascade-worker-job-1"
@@ -623,7 +258,7 @@ def test_conflict_twice_is_not_retried_again(rig: Rig) -> None:
     rig.api.add_container("cascade-worker-job-1", _leftover_labels("job-1", INSTANCE), "exited")
     conflict = api_error(409, "Conflict. The container name is already in use")
     rig.api.failures["create_container"] = [conflict, conflict]
-    with pytest.raises(docker.errors.APIError) as info:
+    with pytest.raises(WorkerSpawnError) as info:
         rig.manager.spawn_worker(job())
     assert info.value.status_code == 409
     assert rig.api.call_names().count("create_container") == 2
@@ -645,22 +280,35 @@ def test_conflict_with_a_running_leftover_of_the_same_job_is_a_duplicate(rig: Ri
     "labels",
     [
         _leftover_labels("job-1", "another-router"),
-        _leftover_labels("another-job", INSTANCE),
         {"unrelated": "container"},
     ],
-    ids=["other-instance", "other-job", "foreign"],
+    ids=["other-instance", "foreign"],
 )
 def test_conflict_with_someone_elses_container_is_reraised(
     rig: Rig, labels: dict[str, str]
 ) -> None:
     leftover = rig.api.add_container("cascade-worker-job-1", labels, "exited")
-    with pytest.raises(docker.errors.APIError) as info:
+    with pytest.raises(WorkerSpawnError) as info:
         rig.manager.spawn_worker(job())
     assert info.value.status_code == 409
     assert rig.api.calls_of("remove_container") == []
     assert leftover.id in rig.api.containers_by_id
     assert rig.api.call_names().count("create_container") == 1
     assert rig.reporter.sources() == ["worker_spawn"]
+    assert rig.manager.get_active_worker_count() == 0
+
+
+def test_conflict_with_another_job_of_the_same_name_is_a_clear_duplicate(rig: Rig) -> None:
+    # `another-job` took the name first (say `job:1` vs `job/1` in another manager).
+    leftover = rig.api.add_container(
+        "cascade-worker-job-1", _leftover_labels("another-job", INSTANCE), "exited"
+    )
+    with pytest.raises(DuplicateJobError) as info:
+        rig.manager.spawn_worker(job())
+    assert (info.value.job_id, info.value.other_job_id) == ("job-1", "another-job")
+    assert "another-job" in str(info.value) and "job-1" in str(info.value)
+    assert rig.api.calls_of("remove_container") == []
+    assert leftover.id in rig.api.containers_by_id
     assert rig.manager.get_active_worker_count() == 0
 
 
@@ -700,13 +348,13 @@ def test_failed_snapshot_fallback_is_reported_as_worker_spawn_fallback(
     broken = api_error(500, "no space left on device")
     rig.api.failures["create_container"] = [missing, broken]
 
-    with pytest.raises(docker.errors.APIError) as info:
+    with pytest.raises(WorkerSpawnError) as info:
         rig.manager.spawn_worker(job(projectId="p1", workItemId="w1"))
-    assert info.value is broken
+    assert info.value.__cause__ is broken
 
     (report,) = rig.reporter.reports  # reported once, not again as worker_spawn
     assert report.source == "worker_spawn_fallback"
-    assert report.err is broken
+    assert report.err.__cause__ is broken
     assert report.tags == {"jobType": "trello"}
     assert report.extras == {"jobId": "job-1", "staleImage": "cascade-snapshot-gone:latest"}
     assert rig.manager.snapshots.get("p1", "w1") is None
@@ -718,8 +366,9 @@ def test_a_404_that_is_not_about_the_image_is_no_fallback(rig_factory: Callable[
     rig.api.failures["create_container"] = [
         api_error(404, "network cascade-net not found", docker.errors.NotFound)
     ]
-    with pytest.raises(docker.errors.NotFound):
+    with pytest.raises(WorkerSpawnError) as info:
         rig.manager.spawn_worker(job(projectId="p1", workItemId="w1"))
+    assert info.value.status_code == 404
     assert rig.manager.snapshots.get("p1", "w1") is not None
     assert rig.reporter.sources() == ["worker_spawn"]
     assert rig.api.calls_of("pull") == []
@@ -755,7 +404,7 @@ def test_pull_failure_of_the_global_image_raises_the_pull_error(
     rig = rig_factory(images=set())
     rig.api.pull_error = "manifest unknown"
 
-    with pytest.raises(docker.errors.APIError, match="manifest unknown"):
+    with pytest.raises(WorkerSpawnError, match="manifest unknown"):
         rig.manager.spawn_worker(job())
 
     (report,) = rig.reporter.reports
@@ -888,10 +537,19 @@ def test_stop_failure_falls_back_to_kill(rig: Rig) -> None:
 # --------------------------------------------------------------------------- waits
 
 
+def resumed(api: FakeDockerAPI, container_id: str) -> bool:
+    """The broken wait was followed by an inspect and a new wait on a new events stream."""
+    return (
+        len(api.calls_of("events")) >= 2
+        and api.calls_of("inspect_container").count(container_id) >= 2
+        and any(not stream.closed for stream in api.streams)
+    )
+
+
 def test_broken_wait_on_a_running_worker_resumes(rig: Rig) -> None:
     worker = rig.manager.spawn_worker(job())
-    rig.api.break_waits(worker.container_id)
-    wait_until(lambda: rig.api.calls_of("wait") == ["next-exit", "not-running"])
+    rig.api.break_event_streams()
+    wait_until(lambda: resumed(rig.api, worker.container_id))
     rig.api.exit(worker.container_id, 5)
 
     outcome = rig.manager.wait_for_worker("job-1", timeout=10)
@@ -907,7 +565,7 @@ def test_broken_wait_on_an_exited_worker_is_handled_as_its_exit(rig: Rig) -> Non
     with rig.api.lock:
         container = rig.api.containers_by_id[worker.container_id]
         container.status, container.exit_code = "exited", 3
-    rig.api.break_waits(worker.container_id)
+    rig.api.break_event_streams()
 
     outcome = rig.manager.wait_for_worker("job-1", timeout=10)
 
@@ -983,14 +641,14 @@ def test_vanished_container_is_lost_and_reported(rig: Rig) -> None:
 
 
 def engine_down(api: FakeDockerAPI) -> None:
-    for method in ("inspect_container", "wait"):
+    for method in ("inspect_container", "events"):
         api.failures[method] = [requests.exceptions.ConnectionError("down") for _ in range(1000)]
 
 
 def test_engine_unreachable_past_the_window_is_lost(rig: Rig) -> None:
-    worker = rig.manager.spawn_worker(job())
+    rig.manager.spawn_worker(job())
     engine_down(rig.api)
-    rig.api.break_waits(worker.container_id)
+    rig.api.break_event_streams()
 
     outcome = rig.manager.wait_for_worker("job-1", timeout=20)
 
@@ -1002,7 +660,7 @@ def test_lost_snapshot_worker_is_removed(rig_factory: Callable[..., Rig]) -> Non
     rig = rig_factory(snapshot_enabled=True)
     worker = rig.manager.spawn_worker(job(projectId="p"))  # no project id: no snapshot mode
     engine_down(rig.api)
-    rig.api.break_waits(worker.container_id)
+    rig.api.break_event_streams()
     assert rig.manager.wait_for_worker("job-1", timeout=20).status == "lost"
     assert worker.container_id in rig.api.calls_of("remove_container")
 
@@ -1012,8 +670,8 @@ def test_detach_during_a_resumed_wait_ends_the_watcher(
 ) -> None:
     rig = rig_factory()
     worker = rig.manager.spawn_worker(job())
-    rig.api.break_waits(worker.container_id)
-    wait_until(lambda: rig.api.calls_of("wait") == ["next-exit", "not-running"])
+    rig.api.break_event_streams()
+    wait_until(lambda: resumed(rig.api, worker.container_id))
 
     rig.manager.close()
 
@@ -1059,11 +717,12 @@ def test_jobs_without_id_in_one_millisecond_get_distinct_ids(
     monkeypatch.setattr("dockyard._jobs.time.time", lambda: 1_700_000_000.123)
     first = rig.manager.spawn_worker(job(None))
     second = rig.manager.spawn_worker(job(None))
-    assert first.job_id == "unknown-1700000000123"
-    assert second.job_id == "unknown-1700000000124"
+    assert first.job_id.startswith("unknown-1700000000123-")
+    assert second.job_id.startswith("unknown-1700000000123-")
+    assert first.job_id != second.job_id
     assert len(rig.api.containers_by_id) == 2  # both run side by side
     env = rig.api.calls_of("create_container")[1]["env"]
-    assert "JOB_ID=unknown-1700000000124" in env
+    assert f"JOB_ID={second.job_id}" in env
 
 
 def test_explicit_duplicate_id_is_still_refused(rig: Rig) -> None:

@@ -22,6 +22,7 @@ from dockyard import (
     ConfigError,
     ContainerManager,
     DockerUnavailableError,
+    DockyardError,
     NoWorkerSlotError,
     RouterConfig,
     WorkerLifecycleListener,
@@ -271,15 +272,16 @@ class _StubAPI:
 def test_the_gateway_tells_its_observer_each_call_and_its_result() -> None:
     api = _StubAPI()
     seen: list[tuple[str, str, float]] = []
-    gateway = DockerGateway(api=api, wait_api=api)  # type: ignore[arg-type]
+    gateway = DockerGateway(api)  # type: ignore[arg-type]
     assert gateway.inspect("abc") == {"Id": "abc"}  # no observer: just the call
     gateway.observer = lambda op, result, seconds: seen.append((op, result, seconds))
     gateway.inspect("abc")
     api.fail = api_error(404, "No such container: abc")
-    with pytest.raises(docker.errors.NotFound):
+    with pytest.raises(DockyardError) as not_found:  # translated: a typed error
         gateway.inspect("abc")
+    assert isinstance(not_found.value.__cause__, docker.errors.NotFound)
     api.fail = requests.exceptions.ConnectionError("reset")
-    with pytest.raises(requests.exceptions.ConnectionError):
+    with pytest.raises(DockerUnavailableError):
         gateway.inspect("abc")
     assert [(op, result) for op, result, _ in seen] == [
         ("inspect", "ok"),
@@ -295,7 +297,7 @@ def test_a_failing_observer_never_breaks_the_call() -> None:
     def broken(op: str, result: str, seconds: float) -> None:
         raise RuntimeError("observer bug")
 
-    gateway = DockerGateway(api=api, wait_api=api, observer=broken)  # type: ignore[arg-type]
+    gateway = DockerGateway(api, observer=broken)  # type: ignore[arg-type]
     assert gateway.inspect("abc") == {"Id": "abc"}
 
 

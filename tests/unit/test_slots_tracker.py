@@ -311,11 +311,13 @@ def test_listener_errors_are_logged_not_raised(caplog: pytest.LogCaptureFixture)
     reg = WorkerRegistry(SafeListener(Broken()), 10)
     t = tracked("a")
     reg.register(t)
-    caplog.set_level(logging.ERROR, logger="dockyard")
+    caplog.set_level(logging.WARNING, logger="dockyard")
     assert reg.settle(t, WorkerOutcome("a", "succeeded", exit_code=0)) is True
     assert t.future.result(0).status == "succeeded"
     (record,) = [r for r in caplog.records if r.name.startswith("dockyard")]
-    assert record.exc_info is not None
+    # A warning without the traceback: a host's logging integration turns an error with
+    # exc_info into an event carrying every frame's locals (the report goes to Sentry).
+    assert record.levelno == logging.WARNING and record.exc_info is None
     hook: Any = getattr(record, "hook", None)
     assert hook == "on_worker_finished"
 

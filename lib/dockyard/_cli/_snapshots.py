@@ -1,5 +1,5 @@
-"""`dockyard snapshots`: the snapshot images on the engine, with a dry run of the next
-cleanup, or with --evict that cleanup itself."""
+"""`dockyard snapshots`: this instance's snapshot images on the engine, with a dry run of
+the next cleanup, or with --evict that cleanup itself."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from .._config import RouterConfig
 from .._docker import DockerGateway
 from .._naming import LabelSchema
 from .._snapshot_registry import SnapshotRegistry
+from .._snapshots import snapshot_owner
 from ..container_manager import ContainerManager
 from ._engine import base_config, engine
 from ._exits import EXIT_OK
@@ -28,6 +29,7 @@ class _SnapshotImage:
     work_item_id: str | None
     created: datetime
     size: int | None
+    legacy: bool  # no snapshot labels: the next cleanup removes it, no job reuses it
 
 
 def cmd_snapshots(args: argparse.Namespace) -> int:
@@ -37,7 +39,10 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
         if args.evict:
             return _evict(gateway, config, images)
     if not images:
-        print(f"no snapshot images named {config.snapshot_image_prefix}*")
+        print(
+            f"no snapshot images named {config.snapshot_image_prefix}* "
+            f"of instance {config.router_instance_id}"
+        )
         return EXIT_OK
     doomed = _would_evict(images, config)
     now = datetime.now(UTC)
@@ -48,7 +53,7 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
             image.work_item_id or "-",
             f"{fmt_s((now - image.created).total_seconds())} ago",
             fmt_size(image.size),
-            "evict" if image.name in doomed else "",
+            ("evict (legacy)" if image.legacy else "evict") if image.name in doomed else "",
         ]
         for image in images
     ]
@@ -60,7 +65,7 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
 def _evict(gateway: DockerGateway, config: RouterConfig, images: Sequence[_SnapshotImage]) -> int:
     with ContainerManager(config, docker_client=gateway.api) as manager:
-        manager.sync_snapshots_from_docker()  # registers them all, then cleans up
+        manager.sync_snapshots_from_docker()  # registers this instance's, then cleans up
     remaining = {image.name for image in _snapshot_images(gateway, config)}
     removed = [image for image in images if image.name not in remaining]
     for image in removed:
@@ -70,22 +75,29 @@ def _evict(gateway: DockerGateway, config: RouterConfig, images: Sequence[_Snaps
 
 
 def _snapshot_images(gateway: DockerGateway, config: RouterConfig) -> list[_SnapshotImage]:
-    """Newest first."""
+    """This instance's snapshot images and unlabelled legacy ones (as the manager's sync
+    sees them), newest first; other instances' images are not listed."""
     labels = LabelSchema(config.label_prefix)
+    mine = config.router_instance_id
     found = []
     for image in gateway.list_images(config.snapshot_image_prefix):
         tags = [
             t for t in image.get("RepoTags") or [] if t.startswith(config.snapshot_image_prefix)
         ]
         image_labels = image.get("Labels") or {}
+        owner = snapshot_owner(labels, image_labels)
+        legacy = owner == "" or (owner is None and labels.owned_by(image_labels, mine))
+        if not tags or (owner != mine and not legacy):
+            continue
         size = image.get("Size")
         found.append(
             _SnapshotImage(
                 name=tags[0],
-                project_id=image_labels.get(labels.project_id) or None,
-                work_item_id=image_labels.get(labels.work_item_id) or None,
+                project_id=None if legacy else image_labels.get(labels.snapshot_project_id),
+                work_item_id=None if legacy else image_labels.get(labels.snapshot_work_item_id),
                 created=datetime.fromtimestamp(int(image.get("Created") or 0), UTC),
                 size=size if isinstance(size, int) else None,
+                legacy=legacy,
             )
         )
     return sorted(found, key=lambda image: image.created, reverse=True)
@@ -108,4 +120,5 @@ def _would_evict(images: Sequence[_SnapshotImage], config: RouterConfig) -> set[
                 image.size,
                 created_at=image.created,
             )
-    return {meta.image_name for meta in registry.evict()}
+    legacy = {image.name for image in images if image.legacy}
+    return legacy | {meta.image_name for meta in registry.evict()}

@@ -1,0 +1,381 @@
+"""Exit waits: one engine events stream per gateway, dispatching each `die` to its ticket.
+
+A daemon thread reads `GET /events` (container `die`/`oom` only) with a read timeout, the
+heartbeat. An idle timeout reconnects with `since=` the last moment the old stream covered,
+so the engine replays whatever happened in the gap. A real stream error fails every
+outstanding ticket (their owners re-inspect and wait again) and reconnects with back-off.
+Tickets are plain futures: closing one touches no socket, and a short memory of recent
+exits answers a ticket registered just after its container died.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+
+from cachetools import TTLCache
+
+from ._engine_errors import EngineError
+from ._errors import DockerUnavailableError
+
+__all__ = ["EventStream", "ExitMonitor", "ExitWait", "ExitWaitClosedError", "StreamIdle"]
+
+log = logging.getLogger("dockyard.docker")
+
+_BACKOFF_FIRST_S = 0.1
+_BACKOFF_MAX_S = 5.0
+_REMEMBERED_EXITS = 4096
+_EXIT_MEMORY_S = 120.0
+
+
+class ExitWaitClosedError(DockerUnavailableError):
+    """The exit wait was closed (or its gateway shut down) before the container exited."""
+
+
+class StreamIdle(Exception):
+    """The events stream was quiet for a whole heartbeat: reconnect, keep the tickets."""
+
+
+class EventStream(Protocol):
+    """One connected events stream, as the gateway opened it."""
+
+    server_time: float | None  # the engine's clock when it answered (its `Date` header)
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """Decoded events; raises `StreamIdle` after a quiet heartbeat, typed errors else."""
+        ...
+
+    def interrupt(self) -> None:
+        """Wake a blocked `events()` from another thread, when the transport allows it."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ExitWait:
+    """A ticket for one container's next exit (a small future).
+
+    `result()` blocks until the exit and returns `{"StatusCode": n, "Error": None}` (plus
+    `"OOMKilled": True` when the engine reported an OOM kill first); it raises when the
+    wait broke (the caller re-inspects and waits again) or was closed. `close()` wakes a
+    blocked `result()` at once, from any thread.
+    """
+
+    def __init__(self, container_id: str, on_close: Callable[[ExitWait], None]) -> None:
+        self.container_id = container_id
+        self._on_close = on_close
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._body: dict[str, Any] | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+
+    def result(self) -> dict[str, Any]:
+        """Block until the container exits; the exit's status body."""
+        self._done.wait()
+        with self._lock:
+            if self._closed:
+                raise ExitWaitClosedError(f"exit wait of {self.container_id[:12]} was closed")
+            if self._error is not None:
+                raise DockerUnavailableError(
+                    f"exit wait of {self.container_id[:12]} broke: {self._error}"
+                ) from self._error
+            return dict(self._body or {})
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Drop the wait; a blocked `result()` raises at once."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._done.set()
+        self._on_close(self)
+
+    def _resolve(self, body: dict[str, Any]) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            self._body = body
+            self._done.set()
+
+    def _fail(self, error: BaseException) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            self._error = error
+            self._done.set()
+
+
+class ExitMonitor:
+    """Owns the events stream and the tickets waiting on it."""
+
+    def __init__(
+        self,
+        open_stream: Callable[[str | None], EventStream],
+        *,
+        connect_timeout_s: float,
+        name: str = "dockyard-exit-events",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._open_stream = open_stream
+        self._connect_timeout_s = connect_timeout_s
+        self._name = name
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._tickets: dict[str, list[ExitWait]] = {}
+        self._exits: TTLCache[str, dict[str, Any]] = TTLCache(_REMEMBERED_EXITS, _EXIT_MEMORY_S)
+        self._oom: TTLCache[str, bool] = TTLCache(_REMEMBERED_EXITS, _EXIT_MEMORY_S)
+        self._healthy = False  # a stream is connected, or an idle reconnect replays the gap
+        self._last_error: BaseException | None = None
+        self._since_ns: int | None = None  # engine time (ns) up to which events were seen
+        self._stream: EventStream | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._retry_now = threading.Event()  # set: skip the back-off (or stop)
+        self._attempts = 0  # connection attempts ended, successful or not
+
+    # -- tickets ------------------------------------------------------------------------
+
+    def register(self, container_id: str) -> ExitWait:
+        """A ticket for the container's next exit, once the stream is connected.
+
+        When no stream is connected this waits for one connection attempt (a back-off in
+        progress is cut short), so a hung engine costs one heartbeat, not the whole
+        back-off. Raises that attempt's typed error (or `DockerUnavailableError`) when it
+        fails or does not end within the connect timeout.
+        """
+        ticket = ExitWait(container_id, self._forget)
+        with self._cond:
+            if self._stopping.is_set():
+                raise DockerUnavailableError("the Docker gateway is closed")
+            remembered = self._exits.get(container_id)
+            if remembered is not None:
+                ticket._resolve(dict(remembered))
+                return ticket
+            self._tickets.setdefault(container_id, []).append(ticket)
+            self._ensure_thread()
+            attempts = self._attempts
+            self._retry_now.set()  # a reader backing off tries again at once
+            deadline = self._clock() + self._connect_timeout_s
+            while not (
+                self._healthy
+                or ticket.done()
+                or self._stopping.is_set()
+                or self._attempts > attempts
+            ):
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            healthy, error = self._healthy, self._last_error
+        if self._stopping.is_set():
+            ticket.close()
+            raise DockerUnavailableError("the Docker gateway is closed")
+        if ticket.done() and ticket._error is None:
+            return ticket  # answered already (or closed by its owner)
+        if healthy and not ticket.done():
+            return ticket
+        ticket.close()
+        if ticket._error is None and error is None:
+            raise DockerUnavailableError(
+                f"the engine's events stream did not connect within {self._connect_timeout_s:g}s"
+            )
+        raise _fresh(ticket._error or error)
+
+    def _forget(self, ticket: ExitWait) -> None:
+        with self._cond:
+            waiting = self._tickets.get(ticket.container_id)
+            if waiting is not None and ticket in waiting:
+                waiting.remove(ticket)
+                if not waiting:
+                    del self._tickets[ticket.container_id]
+
+    def resolve(self, container_id: str, body: dict[str, Any]) -> None:
+        """Answer the container's tickets (from an inspect that found it stopped)."""
+        with self._cond:
+            tickets = self._tickets.pop(container_id, [])
+        for ticket in tickets:
+            ticket._resolve(dict(body))
+
+    def remembered_exit(self, container_id: str) -> dict[str, Any] | None:
+        with self._cond:
+            body = self._exits.get(container_id)
+        return dict(body) if body is not None else None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def close(self, join_s: float) -> None:
+        """Stop the reader (joined within `join_s`) and close every outstanding ticket."""
+        with self._cond:
+            self._stopping.set()
+            self._retry_now.set()
+            self._cond.notify_all()
+            stream, thread = self._stream, self._thread
+            tickets = [t for waiting in self._tickets.values() for t in waiting]
+            self._tickets.clear()
+        for ticket in tickets:
+            ticket.close()
+        if stream is not None:
+            stream.interrupt()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(join_s)
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+
+    # -- the reader ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            since = _since_param(self._since_ns)
+            try:
+                stream = self._open_stream(since)
+            except Exception as err:
+                self._broken(err)
+                self._back_off(min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2**attempt))
+                attempt += 1
+                continue
+            with self._cond:
+                self._attempts += 1
+                self._stream = stream
+                if stream.server_time is not None:
+                    start_ns = int(stream.server_time) * 1_000_000_000
+                    self._since_ns = max(self._since_ns or 0, start_ns)
+                self._healthy = True
+                self._last_error = None
+                self._cond.notify_all()
+            if self._stopping.is_set():  # closed while connecting: `close` saw no stream
+                stream.close()
+                break
+            attempt = 0
+            error = self._read(stream)
+            with self._cond:
+                self._stream = None
+            stream.close()
+            if error is not None and not self._stopping.is_set():
+                self._broken(error)
+                self._back_off(_BACKOFF_FIRST_S)
+
+    def _back_off(self, delay_s: float) -> None:
+        """Wait before reconnecting; a new ticket (or `close`) ends the wait early."""
+        self._retry_now.wait(delay_s)
+        self._retry_now.clear()
+
+    def _read(self, stream: EventStream) -> BaseException | None:
+        """Dispatch events until the stream ends; None for an idle timeout."""
+        try:
+            for event in stream.events():
+                try:
+                    self._dispatch(event)
+                except Exception:  # one odd event must not break (and replay) the stream
+                    log.debug("ignoring an unreadable engine event", exc_info=True)
+        except StreamIdle:
+            return None
+        except Exception as err:
+            return err
+        return DockerUnavailableError("the engine ended the events stream")
+
+    def _dispatch(self, event: dict[str, Any]) -> None:
+        actor = event.get("Actor") or {}
+        container_id = str(actor.get("ID") or event.get("id") or "")
+        action = str(event.get("Action") or event.get("status") or "")
+        nanos = event.get("timeNano")
+        if isinstance(nanos, int):
+            with self._cond:
+                self._since_ns = max(self._since_ns or 0, nanos)
+        if not container_id:
+            return
+        if action == "oom":
+            with self._cond:
+                self._oom[container_id] = True
+            return
+        if action != "die":
+            return
+        code = _exit_code((actor.get("Attributes") or {}).get("exitCode"))
+        body: dict[str, Any] = {"StatusCode": code, "Error": None}
+        with self._cond:
+            if self._oom.pop(container_id, False):
+                body["OOMKilled"] = True
+            self._exits[container_id] = body
+            tickets = self._tickets.pop(container_id, [])
+        for ticket in tickets:
+            ticket._resolve(dict(body))
+
+    def _broken(self, error: BaseException) -> None:
+        """A real stream failure: every outstanding ticket fails, its owner re-inspects."""
+        with self._cond:
+            self._attempts += 1
+            self._healthy = False
+            self._last_error = error
+            tickets = [t for waiting in self._tickets.values() for t in waiting]
+            self._tickets.clear()
+            self._cond.notify_all()
+        if tickets or not isinstance(error, DockerUnavailableError):
+            log.info("exit events stream broke; reconnecting", extra={"error": str(error)})
+        for ticket in tickets:
+            ticket._fail(error)
+
+
+def _exit_code(value: object) -> int | None:
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
+
+
+def _since_param(since_ns: int | None) -> str | None:
+    """Docker's `since` as `seconds.nanoseconds` (events at that moment are replayed too)."""
+    if since_ns is None:
+        return None
+    seconds, nanos = divmod(since_ns, 1_000_000_000)
+    return f"{seconds}.{nanos:09d}"
+
+
+def server_time_of(date_header: str | None) -> float | None:
+    """The engine's clock from an HTTP `Date` header (whole seconds, rounded down)."""
+    if not date_header:
+        return None
+    try:
+        return parsedate_to_datetime(date_header).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def decode_event(line: bytes | str) -> dict[str, Any] | None:
+    """One JSON line of an engine stream as a dict; None for blank or unreadable lines."""
+    text = line.decode("utf-8", errors="replace") if isinstance(line, bytes) else line
+    if not text.strip():
+        return None
+    try:
+        event = json.loads(text)
+    except ValueError:
+        log.debug("ignoring a line that is not JSON", extra={"line": text[:200]})
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def _fresh(error: BaseException | None) -> BaseException:
+    """A new exception like `error` for one more raiser (shared objects grow tracebacks)."""
+    if isinstance(error, EngineError):
+        fresh: BaseException = type(error)(error.operation, error.status_code, error.explanation)
+    elif isinstance(error, DockerUnavailableError):
+        fresh = type(error)(str(error))
+    else:
+        fresh = DockerUnavailableError(f"no exit events stream: {error}")
+    fresh.__cause__ = error.__cause__ if error is not None and error.__cause__ else error
+    return fresh
