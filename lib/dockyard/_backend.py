@@ -2,8 +2,9 @@
 
 The launcher, exit watcher, timeouts, orphan reaper and adopter speak in "container" ids,
 container-inspect-shaped and container-list-shaped dicts, and exit waits. A backend maps
-those onto whatever runs the job underneath (a container, a swarm service, ...); errors
-keep docker-py's shape so that `is_not_found`/`is_conflict`/`is_unreachable` hold for both.
+those onto whatever runs the job underneath (a container, a swarm service, ...); engine
+errors are the typed ones of `_engine_errors` (one translation wrapper, `EngineCalls`), so
+`is_not_found`/`is_conflict`/`is_unreachable` hold for both.
 """
 
 from __future__ import annotations

@@ -4,11 +4,12 @@ A worker's "container id" is its service id. `create` makes the service (one com
 restart condition none, the job's env, labels on the service and its task container,
 memory reservation = limit, pids limit, stop grace, an overlay network when configured);
 `start` waits until its task runs; exits come from the task poller (`_swarm_tasks`);
-`inspect` and `list_containers` answer in the container shapes the core reads; `stop` and
-`kill` remove the service (the engine stops the task with the stop grace). Facts only a
+`inspect` and `list_containers` answer in the container shapes the core reads; `stop`
+ends the task with the stop grace (see there), `kill` and `remove` remove the service and
+its task containers on this node. Facts only a
 container has (OOMKilled, start and finish times) are read from the task's container when
 it ran on the node dockyard is connected to, and are None otherwise. Image calls go to that
-node's engine. Errors keep docker-py's types, so the core's predicates hold.
+node's engine. Every call runs through `EngineCalls`: typed errors, the observer.
 """
 
 from __future__ import annotations
