@@ -75,6 +75,12 @@ class RouterConfig(DataClassJsonMixin):
     # Commits and image rewrites copy whole filesystems: multi-GB images outlast the
     # short-call timeout by far.
     image_write_timeout_s: float = 1800.0
+    # What runs a job: "docker" (a container on one engine) or "swarm" (a replicated-job
+    # service on a swarm, through a manager node's engine).
+    backend: str = "docker"
+    # Swarm: a task not running after this long (no node can take it) ends the worker
+    # `failed` with the scheduler's reason.
+    swarm_pending_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         _validate_router(self)
@@ -220,6 +226,8 @@ _ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WORKER_IMAGE_REGISTRY_USERNAME": ("registry_username", _str),
     "WORKER_IMAGE_REGISTRY_PASSWORD": ("registry_password", _str),
     "WORKER_IMAGE_REGISTRY_SERVER": ("registry_server", _str),
+    "DOCKYARD_BACKEND": ("backend", _str),
+    "DOCKYARD_SWARM_PENDING_TIMEOUT_MS": ("swarm_pending_timeout_s", _ms),
 }
 _VAR_OF_FIELD = {name: var for var, (name, _) in _ENV_VARS.items()}
 
@@ -291,3 +299,17 @@ def _validate_router(config: RouterConfig) -> None:
             _require_text(name, value, allow_empty=True)
     if not isinstance(config.snapshot_enabled, bool):
         raise ConfigError("snapshot_enabled", "must be a boolean")
+    if config.backend not in BACKENDS:
+        raise ConfigError(
+            "backend", f"must be one of {', '.join(BACKENDS)}, got {config.backend!r}"
+        )
+    if config.backend == "swarm" and config.snapshot_enabled:
+        raise ConfigError("backend", SWARM_SNAPSHOTS_REFUSED)
+
+
+BACKENDS = ("docker", "swarm")
+SWARM_SNAPSHOTS_REFUSED = (
+    "snapshots are not available with backend 'swarm': a snapshot image is committed on "
+    "the node that ran the job and the next run may land on another node; turn "
+    "snapshot_enabled off (globally and per project) or use backend 'docker'"
+)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ._docker import DockerGateway, is_conflict, is_not_found
+from ._backend import EngineBackend
+from ._docker import is_conflict, is_not_found
 from ._naming import LabelSchema
 from ._sentry import Reporter
 
@@ -27,7 +28,7 @@ DEFAULT_DANGLING_INTERVAL_S = 1800.0  # accumulation is slow; a force=False rmi 
 class DanglingImageReaper:
     """Removes dangling images labelled as dockyard's (force=False; 404/409 left quietly)."""
 
-    docker: DockerGateway
+    docker: EngineBackend
     labels: LabelSchema
     instance_id: str
     reporter: Reporter

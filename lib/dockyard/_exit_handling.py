@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from ._docker import DockerGateway, is_conflict, is_not_found, is_unreachable
+from ._backend import EngineBackend
+from ._docker import is_conflict, is_not_found, is_unreachable
 from ._loops import RetryPolicy
 from ._models import OutcomeStatus, WorkerOutcome
 from ._sentry import Reporter, WorkerExitError
@@ -96,7 +97,7 @@ class ExitWatcher:
     def __init__(
         self,
         *,
-        docker: DockerGateway,
+        docker: EngineBackend,
         registry: WorkerRegistry,
         reporter: Reporter,
         snapshots: SnapshotManager | None,

@@ -20,14 +20,14 @@ import tarfile
 from datetime import UTC, datetime
 from typing import Any
 
-from ._docker import DockerGateway
+from ._backend import EngineBackend
 
 __all__ = ["record_without_container_config"]
 
 log = logging.getLogger("dockyard.snapshots")
 
 
-def record_without_container_config(docker: DockerGateway, image_id: str, reference: str) -> str:
+def record_without_container_config(docker: EngineBackend, image_id: str, reference: str) -> str:
     """Write `image_id` again as `reference`, keeping its `Config`, layers and history.
 
     Returns the new image id. The old image is left in place (the caller removes it) and

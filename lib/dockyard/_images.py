@@ -17,7 +17,7 @@ from concurrent.futures import Future
 
 from cachetools import TTLCache
 
-from ._docker import DockerGateway
+from ._backend import EngineBackend
 from ._metrics import NO_METRICS, Metrics
 from ._registry_auth import RegistryAuth
 
@@ -71,7 +71,7 @@ class ImagePuller:
 
     def __init__(
         self,
-        docker: DockerGateway,
+        docker: EngineBackend,
         timeout_s: float,
         *,
         failure_ttl_s: float = DEFAULT_FAILURE_TTL_S,

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ._backend import EngineBackend
 from ._config import RouterConfig
-from ._docker import DockerGateway, is_conflict, is_not_found
+from ._docker import is_conflict, is_not_found
 from ._environment import worker_masker
 from ._errors import DuplicateJobError
 from ._exit_handling import ExitWatcher, parse_docker_time
@@ -37,7 +38,7 @@ def _labels(container: dict[str, Any]) -> dict[str, str]:
 class OrphanReaper:
     """Stops and removes this instance's containers that no manager tracks any more."""
 
-    docker: DockerGateway
+    docker: EngineBackend
     registry: WorkerRegistry
     labels: LabelSchema
     config: RouterConfig
@@ -147,7 +148,7 @@ class OrphanReaper:
 class WorkerAdopter:
     """Re-attaches to this instance's running workers after a router restart."""
 
-    docker: DockerGateway
+    docker: EngineBackend
     registry: WorkerRegistry
     labels: LabelSchema
     config: RouterConfig

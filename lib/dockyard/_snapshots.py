@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ._backend import EngineBackend
 from ._config import RouterConfig
-from ._docker import DockerGateway, is_conflict, is_not_found
+from ._docker import is_conflict, is_not_found
 from ._environment import SCRUBBED_ENV_KEYS
 from ._image_rewrite import record_without_container_config
 from ._metrics import NO_METRICS, Metrics
@@ -140,7 +141,7 @@ def env_values_left(info: Mapping[str, Any], keys: Iterable[str]) -> list[str]:
 class SnapshotManager:
     """Commits, registers, syncs and removes snapshot images for one manager."""
 
-    docker: DockerGateway
+    docker: EngineBackend
     registry: SnapshotRegistry
     reporter: Reporter
     config: RouterConfig

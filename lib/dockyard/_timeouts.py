@@ -7,7 +7,8 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from ._docker import DockerGateway, is_not_found
+from ._backend import EngineBackend
+from ._docker import is_not_found
 from ._loops import Activity, RetryPolicy
 from ._sentry import Reporter, WorkerTimeoutError
 from ._tracker import TrackedWorker
@@ -28,7 +29,7 @@ class TimeoutController:
 
     def __init__(
         self,
-        docker: DockerGateway,
+        docker: EngineBackend,
         reporter: Reporter,
         grace_s: float,
         kill_policy: RetryPolicy,

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from cachetools import LRUCache
 
-from ._docker import ExitWait
+from ._backend import ExitTicket
 from ._errors import DuplicateJobError
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._secrets import Masker
@@ -53,7 +53,7 @@ class TrackedWorker:
         worker: ActiveWorker,
         release_slot: Callable[[], object],
         *,
-        exit_wait: ExitWait | None = None,
+        exit_wait: ExitTicket | None = None,
         env_keys: tuple[str, ...] = (),
         masker: Masker | None = None,
         auto_remove: bool = False,
@@ -165,7 +165,7 @@ class TrackedWorker:
             previous.cancel()
         return previous is not timer
 
-    def set_exit_wait(self, exit_wait: ExitWait) -> bool:
+    def set_exit_wait(self, exit_wait: ExitTicket) -> bool:
         """Keep a new wait where a detach closes it; False (and closed) once detached."""
         with self._lock:
             if self._phase is not Phase.DETACHED:
@@ -174,12 +174,12 @@ class TrackedWorker:
         exit_wait.close()
         return False
 
-    def current_exit_wait(self) -> ExitWait | None:
+    def current_exit_wait(self) -> ExitTicket | None:
         """The wait in place (opened at launch or adoption, or by the watcher)."""
         with self._lock:
             return self._exit_wait
 
-    def drop_exit_wait(self, exit_wait: ExitWait) -> None:
+    def drop_exit_wait(self, exit_wait: ExitTicket) -> None:
         """Forget a wait that answered or broke (if it is still the one in place)."""
         with self._lock:
             if self._exit_wait is exit_wait:

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Self
 
 import docker
 
+from ._backend_choice import check_backend_projects, open_backend
 from ._config import RouterConfig
 from ._dangling import DEFAULT_DANGLING_INTERVAL_S, DanglingImageReaper
-from ._docker import DockerGateway
 from ._environment import (
     CredentialProvider,
     EnvSources,
@@ -103,15 +103,16 @@ class ContainerManager:
         self._closed = False
         self._close_lock = threading.Lock()
         wait_pool = config.max_workers + _WAIT_POOL_HEADROOM
-        if docker_client is None:
-            self._docker = DockerGateway.connect(
-                short_pool=config.launch_concurrency + 4,
-                wait_pool=wait_pool + config.launch_concurrency,
-                timeout_s=config.docker_timeout_s,
-            )
-        else:
-            self._docker = DockerGateway.from_client(docker_client)
-        self._docker.image_write_timeout_s = config.image_write_timeout_s
+        if projects is not None:
+            check_backend_projects(config, projects.list_projects())
+        self._docker = open_backend(
+            config,
+            docker_client,
+            short_pool=config.launch_concurrency + 4,
+            wait_pool=wait_pool + config.launch_concurrency,
+        )
+        # Only the Docker engine removes a finished worker by itself (AutoRemove).
+        self._auto_remove = config.auto_remove_workers and config.backend == "docker"
         environ = router_environ()
         self._secrets = SecretBook(
             Masker.of(router_secret_values(environ)), history=config.outcome_history
@@ -276,7 +277,7 @@ class ContainerManager:
                 labels=plan.labels(self._labels),
                 memory_mb=self.config.worker_memory_mb,
                 network=self.config.docker_network,
-                auto_remove=self.config.auto_remove_workers and not settings.snapshot_enabled,
+                auto_remove=self._auto_remove and not settings.snapshot_enabled,
                 timeout_s=settings.timeout_s,
                 project_image=settings.project_image,
                 snapshot=snapshot,

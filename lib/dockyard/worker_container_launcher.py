@@ -12,10 +12,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from ._backend import EngineBackend, ExitTicket
 from ._docker import (
     ContainerSpec,
-    DockerGateway,
-    ExitWait,
     is_conflict,
     is_missing_image,
 )
@@ -99,7 +98,7 @@ class WorkerContainerLaunchContext:
 class WorkerContainerLauncherDependencies:
     """The launcher's collaborators, all owned by one `ContainerManager`."""
 
-    docker: DockerGateway
+    docker: EngineBackend
     registry: WorkerRegistry
     timeouts: TimeoutController
     exits: ExitWatcher
@@ -184,7 +183,7 @@ class _Started:
     image: str
     env: Mapping[str, str | Secret]
     container_id: str
-    exit_wait: ExitWait
+    exit_wait: ExitTicket
     plan: LaunchPlan  # stamped with the deadline
 
 
@@ -304,7 +303,7 @@ def _create_and_start(
         no_new_privileges=config.no_new_privileges,
     )
     container_id = _create(spec, plan.job_id, deps)
-    exit_wait: ExitWait | None = None
+    exit_wait: ExitTicket | None = None
     try:
         # Registered before start: an instant exit (and auto-removal) cannot be missed.
         exit_wait = deps.docker.open_exit_wait(container_id)
@@ -349,7 +348,7 @@ def _create(spec: ContainerSpec, job_id: str, deps: WorkerContainerLauncherDepen
     return deps.docker.create(spec)
 
 
-def _discard(docker: DockerGateway, container_id: str, job_id: str) -> None:
+def _discard(docker: EngineBackend, container_id: str, job_id: str) -> None:
     try:
         docker.remove(container_id, force=True)
     except Exception:

@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         "lines are checked before anything starts. Exits 1 when any job did not succeed.",
     )
     run.add_argument("jobs", metavar="JOBS.jsonl", help="the job file")
+    run.add_argument(
+        "--backend",
+        choices=("docker", "swarm"),
+        help="docker: a container per job on the engine; swarm: a replicated-job service per "
+        "job on the swarm whose manager the engine is (default: $DOCKYARD_BACKEND or docker)",
+    )
     run.add_argument("--image", required=True, help="worker image (must exist on the engine)")
     run.add_argument(
         "--max-workers",

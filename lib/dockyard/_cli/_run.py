@@ -89,6 +89,7 @@ def _run_config(args: argparse.Namespace) -> RouterConfig:
         ("memory_mb", "worker_memory_mb"),
         ("network", "docker_network"),
         ("stop_grace", "stop_grace_s"),
+        ("backend", "backend"),
     ):
         value = getattr(args, flag)
         if value is not None:

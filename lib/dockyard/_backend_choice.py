@@ -1,0 +1,60 @@
+"""Which engine backend a manager runs its workers on, chosen once from `RouterConfig.backend`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import docker
+
+from ._backend import EngineBackend
+from ._config import SWARM_SNAPSHOTS_REFUSED, ProjectConfig, RouterConfig
+from ._docker import DockerGateway
+from ._errors import ConfigError
+from ._swarm import SwarmGateway
+
+__all__ = ["check_backend_projects", "open_backend"]
+
+
+def open_backend(
+    config: RouterConfig,
+    docker_client: docker.DockerClient | docker.APIClient | None,
+    *,
+    short_pool: int,
+    wait_pool: int,
+) -> EngineBackend:
+    """The gateway for `config.backend`, over the caller's client or a new connection."""
+    if config.backend == "swarm":
+        engine = (
+            DockerGateway.connect(
+                short_pool=short_pool, wait_pool=wait_pool, timeout_s=config.docker_timeout_s
+            )
+            if docker_client is None
+            else DockerGateway.from_client(docker_client)
+        )
+        engine.image_write_timeout_s = config.image_write_timeout_s
+        return SwarmGateway.over(
+            engine,
+            stop_grace_s=config.stop_grace_s,
+            pending_timeout_s=config.swarm_pending_timeout_s,
+            unreachable_window_s=config.wait_retry_window_s,
+        )
+    gateway = (
+        DockerGateway.connect(
+            short_pool=short_pool, wait_pool=wait_pool, timeout_s=config.docker_timeout_s
+        )
+        if docker_client is None
+        else DockerGateway.from_client(docker_client)
+    )
+    gateway.image_write_timeout_s = config.image_write_timeout_s
+    return gateway
+
+
+def check_backend_projects(config: RouterConfig, projects: Sequence[ProjectConfig]) -> None:
+    """Refuse per-project snapshots on a backend that cannot keep them (before any launch)."""
+    if config.backend != "swarm":
+        return
+    for project in projects:
+        if project.snapshot_enabled:
+            raise ConfigError(
+                f"ProjectConfig.snapshot_enabled ({project.id})", SWARM_SNAPSHOTS_REFUSED
+            )
