@@ -455,16 +455,16 @@ def test_snapshot_and_wait_failures_hold_no_secret(
     )
     assert manager.wait_for_worker("snap-2", OUTCOME_TIMEOUT_S).status == "succeeded"
     host_sentry.wait_for("snapshot_commit")
-    # The wait breaks and the container is gone: worker_wait, and the host's logging
+    # The exit stream breaks and the container is gone: worker_wait, and the host's logging
     # integration turns dockyard's error record into an event of its own.
     manager.spawn_worker(
         WorkerJob(
             "lost-1", "trello", canaries.job_data(workItemId="card-3"), command=["sleep", "30"]
         )
     )
-    eventually(lambda: proxy.active("wait") == 1)
+    eventually(lambda: proxy.active("events") == 1)
     proxy.add_rule(FaultRule(op="inspect", action="fail", status=404, message="No such container"))
-    assert proxy.cut_active("wait") == 1
+    assert proxy.cut_active("events") == 1
     assert manager.wait_for_worker("lost-1", OUTCOME_TIMEOUT_S).status == "lost"
     host_sentry.wait_for("worker_wait")
     assert any(
