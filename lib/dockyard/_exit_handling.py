@@ -1,4 +1,6 @@
-"""Exit handling: wait for a worker's exit, then inspect, log, report, snapshot, remove, settle.
+"""Exit handling: once a worker's wait ends, inspect, log, report, snapshot, remove, settle.
+
+The wait itself, riding out broken streams and engine blips, is `_exit_wait`'s.
 
 The order matters: inspect before anything can remove the container; snapshot before
 removal; the outcome last, so that a caller who sees it finds the container gone.
@@ -9,15 +11,15 @@ from __future__ import annotations
 import logging
 import math
 import re
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from ._backend import EngineBackend
 from ._docker import is_conflict, is_not_found, is_unreachable
+from ._exit_wait import Exited, Lost, await_exit
 from ._loops import RetryPolicy
 from ._models import OutcomeStatus, WorkerOutcome
 from ._sentry import Reporter, WorkerExitError
@@ -28,8 +30,6 @@ __all__ = ["ExitFacts", "ExitWatcher", "parse_docker_time"]
 
 log = logging.getLogger("dockyard.exits")
 
-_MAX_WAIT_RESUMES = 20  # consecutive broken waits on a running container before giving up
-_STABLE_WAIT_S = 10.0  # a wait that held this long ends a streak of broken waits
 _REMOVAL_WAIT_S = 10.0
 
 
@@ -41,22 +41,6 @@ class ExitFacts:
     error: str | None = None
     duration_s: float | None = None
     finished_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class _Exited:
-    status_code: int | None
-    info: dict[str, Any] | None = None  # the container already inspected while recovering
-
-
-class _WaitFailed(Exception):
-    """The engine answered a wait with an error instead of an exit."""
-
-
-@dataclass(frozen=True)
-class _Lost:
-    reason: str
-    error: BaseException
 
 
 _FRACTION = re.compile(r"\.(\d+)")
@@ -111,8 +95,7 @@ class ExitWatcher:
         self._snapshots = snapshots
         self._submit = submit
         self._log_tail_lines = log_tail_lines
-        # Engine unreachable: retried within the policy's window; a wait that keeps
-        # breaking at once on a running container: `_MAX_WAIT_RESUMES` times in a row.
+        # How long `await_exit` rides out an unreachable engine (and a blocked removal).
         self.wait_policy = wait_policy
 
     def watch(self, tracked: TrackedWorker) -> None:
@@ -123,12 +106,12 @@ class ExitWatcher:
 
     def _run(self, tracked: TrackedWorker) -> None:
         try:
-            ended = self._await_exit(tracked)
-            if isinstance(ended, _Exited) and not tracked.record_exit():
+            ended = await_exit(self._docker, tracked, self.wait_policy)
+            if isinstance(ended, Exited) and not tracked.record_exit():
                 return  # detached meanwhile
             if tracked.is_over:
                 return
-            if isinstance(ended, _Lost):
+            if isinstance(ended, Lost):
                 self._handle_lost(tracked, ended)
             else:
                 self._handle_exit(tracked, ended)
@@ -149,75 +132,9 @@ class ExitWatcher:
                 tracked, WorkerOutcome(tracked.job_id, "lost", error=f"exit handling failed: {err}")
             )
 
-    # -- waiting ------------------------------------------------------------------------
-
-    def _await_exit(self, tracked: TrackedWorker) -> _Exited | _Lost:
-        """Wait, riding out broken streams and engine blips; see the spec's wait-error rule.
-
-        A broken wait is followed by an inspect: a running container gets a new wait, an
-        exited one is handled from the inspected state. Only a container that is gone, an
-        engine unreachable for longer than the retry window, or a wait that keeps breaking
-        at once (`_MAX_WAIT_RESUMES` times in a row) writes the worker off as lost.
-        """
-        container_id = tracked.worker.container_id
-        unreachable = self.wait_policy.begin(tracked.ended)
-        broken = replace(self.wait_policy, window_s=None, attempts=_MAX_WAIT_RESUMES).begin(
-            tracked.ended
-        )
-        while True:
-            if tracked.is_over:
-                return _Lost("detached", RuntimeError("detached"))
-            opened_at = time.monotonic()
-            exit_wait = tracked.current_exit_wait()
-            try:
-                if exit_wait is None:
-                    exit_wait = self._docker.open_wait(container_id)
-                    if not tracked.set_exit_wait(exit_wait):
-                        return _Lost("detached", RuntimeError("detached"))
-                body = exit_wait.result()
-                code = body.get("StatusCode")
-                error = body.get("Error")
-                failure = error.get("Message") if isinstance(error, dict) else None
-                if failure:  # the wait itself failed: its status code means nothing
-                    raise _WaitFailed(str(failure))
-                return _Exited(int(code) if isinstance(code, int) else None)
-            except Exception as err:
-                if exit_wait is not None:
-                    tracked.drop_exit_wait(exit_wait)
-                if tracked.is_over:
-                    return _Lost("detached", err)
-                wait_error = err
-            if time.monotonic() - opened_at >= _STABLE_WAIT_S:
-                broken.reset()  # that wait held: not part of a streak of failures
-            # The wait broke: find out whether the worker is still there.
-            try:
-                info = self._docker.inspect(container_id)
-            except Exception as err:
-                if is_not_found(err):
-                    return _Lost("container is gone", wait_error)
-                log.info(
-                    "wait interrupted and the engine does not answer; retrying",
-                    extra={"job_id": tracked.job_id, "error": str(err)},
-                )
-                if not unreachable.sleep():
-                    return _Lost("engine unreachable", err)
-                continue
-            unreachable.reset()
-            state = info.get("State") or {}
-            if state.get("Running") or state.get("Restarting") or state.get("Paused"):
-                log.info(
-                    "wait interrupted; worker still running, resuming",
-                    extra={"job_id": tracked.job_id, "attempt": broken.attempt + 1},
-                )
-                if not broken.sleep():
-                    return _Lost("wait kept failing", wait_error)
-                continue
-            code = state.get("ExitCode")
-            return _Exited(int(code) if isinstance(code, int) else None, info)
-
     # -- after the exit -----------------------------------------------------------------
 
-    def _handle_exit(self, tracked: TrackedWorker, exited: _Exited) -> None:
+    def _handle_exit(self, tracked: TrackedWorker, exited: Exited) -> None:
         worker = tracked.worker
         info = exited.info or self._inspect(tracked)
         facts = exit_facts(info.get("State") or {}) if info is not None else ExitFacts()
@@ -291,7 +208,7 @@ class ExitWatcher:
         )
         self._registry.settle(tracked, outcome)
 
-    def _handle_lost(self, tracked: TrackedWorker, lost: _Lost) -> None:
+    def _handle_lost(self, tracked: TrackedWorker, lost: Lost) -> None:
         worker = tracked.worker
         log.error(
             "lost track of a worker",

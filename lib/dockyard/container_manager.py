@@ -1,9 +1,10 @@
 """The `ContainerManager` facade, and the launcher's names re-exported for compatibility.
 
 Each method delegates to the module that owns its concern: launch
-(`worker_container_launcher`), exit handling (`_exit_handling`), timeouts (`_timeouts`),
-snapshot registry and mechanics (`_snapshot_registry`, `_snapshots`), spawn settings
-(`_spawn_settings`), environment (`_environment`), orphans and restarts (`_orphans`).
+(`worker_container_launcher`), the wait and exit handling (`_exit_wait`, `_exit_handling`),
+timeouts (`_timeouts`), snapshot registry and mechanics (`_snapshot_registry`, `_snapshots`),
+spawn settings (`_spawn_settings`), environment (`_environment`), orphans and restarts
+(`_orphans`).
 """
 
 from __future__ import annotations
