@@ -149,10 +149,7 @@ class ProjectConfig(_StrictJson):
         if self.snapshot_enabled is not None and not isinstance(self.snapshot_enabled, bool):
             raise ConfigError("ProjectConfig.snapshot_enabled", "must be a boolean or None")
         texts = ("repo_full_name", "worker_image", "worker_image_status", "worker_image_digest")
-        for name in texts:
-            value = getattr(self, name)
-            if value is not None:
-                _require_text(f"ProjectConfig.{name}", value, allow_empty=True)
+        _require_optional_texts(self, texts, prefix="ProjectConfig.")
 
 
 def _check_json_types(cls: type, prefix: str, kvs: object) -> None:
@@ -259,6 +256,14 @@ def _require_text(name: str, value: object, *, allow_empty: bool = False) -> Non
         raise ConfigError(name, "must not contain NUL")
 
 
+def _require_optional_texts(obj: object, names: tuple[str, ...], *, prefix: str = "") -> None:
+    """Each of `names` on `obj` is None or a string (empty allowed)."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None:
+            _require_text(f"{prefix}{name}", value, allow_empty=True)
+
+
 def _validate_router(config: RouterConfig) -> None:
     for f in fields(config):
         value = getattr(config, f.name)
@@ -293,10 +298,7 @@ def _validate_router(config: RouterConfig) -> None:
             "snapshot_image_prefix",
             f"{config.snapshot_image_prefix!r} does not start a valid image name",
         )
-    for name in ("registry_username", "registry_password", "registry_server"):
-        value = getattr(config, name)
-        if value is not None:
-            _require_text(name, value, allow_empty=True)
+    _require_optional_texts(config, ("registry_username", "registry_password", "registry_server"))
     if not isinstance(config.snapshot_enabled, bool):
         raise ConfigError("snapshot_enabled", "must be a boolean")
     if config.backend not in BACKENDS:
