@@ -75,38 +75,28 @@ def exit_facts(state: dict[str, Any]) -> ExitFacts:
     )
 
 
+@dataclass(kw_only=True, eq=False)  # one watcher per manager: identity, no field-wise ==
 class ExitWatcher:
     """Runs each worker's wait on the wait executor and turns its exit into one outcome."""
 
-    def __init__(
-        self,
-        *,
-        docker: EngineBackend,
-        registry: WorkerRegistry,
-        reporter: Reporter,
-        snapshots: SnapshotManager | None,
-        submit: Callable[..., Future[Any]],
-        log_tail_lines: int,
-        wait_policy: RetryPolicy,
-    ) -> None:
-        self._docker = docker
-        self._registry = registry
-        self._reporter = reporter
-        self._snapshots = snapshots
-        self._submit = submit
-        self._log_tail_lines = log_tail_lines
-        # How long `await_exit` rides out an unreachable engine (and a blocked removal).
-        self.wait_policy = wait_policy
+    docker: EngineBackend
+    registry: WorkerRegistry
+    reporter: Reporter
+    snapshots: SnapshotManager | None
+    submit: Callable[..., Future[Any]]
+    log_tail_lines: int
+    # How long `await_exit` rides out an unreachable engine (and a blocked removal).
+    wait_policy: RetryPolicy
 
     def watch(self, tracked: TrackedWorker) -> None:
         try:
-            self._submit(self._run, tracked)
+            self.submit(self._run, tracked)
         except RuntimeError:  # the manager closed: the worker was detached with it
             tracked.to_detached()
 
     def _run(self, tracked: TrackedWorker) -> None:
         try:
-            ended = await_exit(self._docker, tracked, self.wait_policy)
+            ended = await_exit(self.docker, tracked, self.wait_policy)
             if isinstance(ended, Exited) and not tracked.record_exit():
                 return  # detached meanwhile
             if tracked.is_over:
@@ -122,13 +112,13 @@ class ExitWatcher:
                 "exit handling failed",
                 extra={"job_id": tracked.job_id, "error_type": type(err).__name__},
             )
-            self._reporter.report(
+            self.reporter.report(
                 err,
                 "exit_handling",
                 tags={"jobType": tracked.worker.job_type},
                 extras={"jobId": tracked.job_id},
             )
-            self._registry.settle(
+            self.registry.settle(
                 tracked, WorkerOutcome(tracked.job_id, "lost", error=f"exit handling failed: {err}")
             )
 
@@ -153,7 +143,7 @@ class ExitWatcher:
                 "worker exited with an error",
                 extra={"job_id": worker.job_id, "exit_code": code, "oom_killed": facts.oom_killed},
             )
-            self._reporter.report(
+            self.reporter.report(
                 WorkerExitError(f"Worker exited with status {code}"),
                 "worker_exit",
                 tags={"jobType": worker.job_type},
@@ -168,7 +158,7 @@ class ExitWatcher:
         if (
             status == "succeeded"
             and worker.snapshot_enabled
-            and self._snapshots is not None
+            and self.snapshots is not None
             and worker.project_id
             and worker.work_item_id
         ):
@@ -176,11 +166,11 @@ class ExitWatcher:
             config = (info.get("Config") or {}) if info is not None else {}
             labels = config.get("Labels") or {}
             try:
-                self._snapshots.commit(
+                self.snapshots.commit(
                     worker,
                     tracked.env_keys,
                     container_env=config.get("Env") if info is not None else None,
-                    base_image=labels.get(self._snapshots.labels.base_image),
+                    base_image=labels.get(self.snapshots.labels.base_image),
                 )
             except Exception as err:  # a snapshot only saves warmth: never the outcome
                 log.warning(
@@ -206,7 +196,7 @@ class ExitWatcher:
                 "duration_ms": duration_ms,
             },
         )
-        self._registry.settle(tracked, outcome)
+        self.registry.settle(tracked, outcome)
 
     def _handle_lost(self, tracked: TrackedWorker, lost: Lost) -> None:
         worker = tracked.worker
@@ -214,7 +204,7 @@ class ExitWatcher:
             "lost track of a worker",
             extra={"job_id": worker.job_id, "container_id": worker.short_id, "reason": lost.reason},
         )
-        self._reporter.report(
+        self.reporter.report(
             lost.error,
             "worker_wait",
             tags={"jobType": worker.job_type},
@@ -223,12 +213,12 @@ class ExitWatcher:
         if worker.snapshot_enabled:
             self._remove(tracked)
         outcome = WorkerOutcome(worker.job_id, "lost", error=f"{lost.reason}: {lost.error}")
-        self._registry.settle(tracked, outcome)
+        self.registry.settle(tracked, outcome)
 
     def _inspect(self, tracked: TrackedWorker) -> dict[str, Any] | None:
         """The exited container's inspect data; None (with a warning) when it failed."""
         try:
-            return self._docker.inspect(tracked.worker.container_id)
+            return self.docker.inspect(tracked.worker.container_id)
         except Exception as err:
             worker_id = tracked.job_id
             if is_not_found(err):  # expected with AutoRemove: the engine was quicker
@@ -244,10 +234,10 @@ class ExitWatcher:
     def _log_tail(self, tracked: TrackedWorker) -> None:
         # The engine refuses the logs of a container it is auto-removing (409/404), and a
         # tail that no handler would log is not worth a round-trip either.
-        if self._log_tail_lines <= 0 or tracked.auto_remove or not log.isEnabledFor(logging.INFO):
+        if self.log_tail_lines <= 0 or tracked.auto_remove or not log.isEnabledFor(logging.INFO):
             return
         try:
-            tail = self._docker.logs_tail(tracked.worker.container_id, self._log_tail_lines)
+            tail = self.docker.logs_tail(tracked.worker.container_id, self.log_tail_lines)
         except Exception:
             log.debug("no logs for worker", extra={"job_id": tracked.job_id}, exc_info=True)
             return
@@ -255,7 +245,7 @@ class ExitWatcher:
         if tail.strip():
             log.info(
                 "worker output (last %d lines):\n%s",
-                self._log_tail_lines,
+                self.log_tail_lines,
                 tail.rstrip(),
                 extra={"job_id": tracked.job_id, "container_id": tracked.worker.short_id},
             )
@@ -272,7 +262,7 @@ class ExitWatcher:
         retry = self.wait_policy.begin(tracked.ended)
         while True:
             try:
-                self._docker.remove(container_id, force=True)
+                self.docker.remove(container_id, force=True)
                 return
             except Exception as err:
                 if is_not_found(err):
@@ -292,7 +282,7 @@ class ExitWatcher:
     def _await_removal(self, tracked: TrackedWorker) -> bool:
         """Wait until the engine has removed the container; False when that is not known."""
         try:
-            self._docker.wait_removed(tracked.worker.container_id, _REMOVAL_WAIT_S)
+            self.docker.wait_removed(tracked.worker.container_id, _REMOVAL_WAIT_S)
         except Exception as err:
             if is_not_found(err):
                 return True  # gone already
