@@ -23,21 +23,6 @@ def open_backend(
     wait_pool: int,
 ) -> EngineBackend:
     """The gateway for `config.backend`, over the caller's client or a new connection."""
-    if config.backend == "swarm":
-        engine = (
-            DockerGateway.connect(
-                short_pool=short_pool, wait_pool=wait_pool, timeout_s=config.docker_timeout_s
-            )
-            if docker_client is None
-            else DockerGateway.from_client(docker_client)
-        )
-        engine.image_write_timeout_s = config.image_write_timeout_s
-        return SwarmGateway.over(
-            engine,
-            stop_grace_s=config.stop_grace_s,
-            pending_timeout_s=config.swarm_pending_timeout_s,
-            unreachable_window_s=config.wait_retry_window_s,
-        )
     gateway = (
         DockerGateway.connect(
             short_pool=short_pool, wait_pool=wait_pool, timeout_s=config.docker_timeout_s
@@ -46,7 +31,15 @@ def open_backend(
         else DockerGateway.from_client(docker_client)
     )
     gateway.image_write_timeout_s = config.image_write_timeout_s
-    return gateway
+    if config.backend != "swarm":
+        return gateway
+    # Swarm runs workers as services, over the same node engine for images and containers.
+    return SwarmGateway.over(
+        gateway,
+        stop_grace_s=config.stop_grace_s,
+        pending_timeout_s=config.swarm_pending_timeout_s,
+        unreachable_window_s=config.wait_retry_window_s,
+    )
 
 
 def check_backend_projects(config: RouterConfig, projects: Sequence[ProjectConfig]) -> None:

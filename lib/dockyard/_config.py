@@ -11,7 +11,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from dataclasses_json import DataClassJsonMixin
 
@@ -32,8 +32,23 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
+class _StrictJson(DataClassJsonMixin):
+    """dataclasses-json's `from_dict`, but a value of the wrong JSON type is a `ConfigError`."""
+
+    _error_prefix: ClassVar[str] = ""  # what the `ConfigError` names a field with
+
+    @classmethod
+    def from_dict(cls, kvs: Any, *, infer_missing: bool = False) -> Self:
+        """Like dataclasses-json's, but a value of the wrong JSON type is a `ConfigError`.
+
+        dataclasses-json coerces silently (`"false"` would become `True`, `2.5` become 2).
+        """
+        _check_json_types(cls, cls._error_prefix, kvs)
+        return super().from_dict(kvs, infer_missing=infer_missing)
+
+
 @dataclass(frozen=True)
-class RouterConfig(DataClassJsonMixin):
+class RouterConfig(_StrictJson):
     """Settings of one router; every duration is in seconds, every size in bytes unless `_mb`.
 
     Invalid values raise `ConfigError` naming the field at construction.
@@ -86,16 +101,6 @@ class RouterConfig(DataClassJsonMixin):
         _validate_router(self)
 
     @classmethod
-    def from_dict(cls, kvs: Any, *, infer_missing: bool = False) -> RouterConfig:
-        """Like dataclasses-json's, but a value of the wrong JSON type is a `ConfigError`.
-
-        dataclasses-json coerces silently (`"false"` would become `True`, `2.5` become 2).
-        """
-        _check_json_types(cls, "", kvs)
-        config: RouterConfig = super().from_dict(kvs, infer_missing=infer_missing)
-        return config
-
-    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RouterConfig:
         """Build a config from the environment variables of the spec (§10).
 
@@ -120,8 +125,10 @@ class RouterConfig(DataClassJsonMixin):
 
 
 @dataclass(frozen=True)
-class ProjectConfig(DataClassJsonMixin):
+class ProjectConfig(_StrictJson):
     """Per-project overrides; `None` means "use the router's global setting"."""
+
+    _error_prefix: ClassVar[str] = "ProjectConfig."
 
     id: str
     repo_full_name: str | None = None
@@ -142,17 +149,7 @@ class ProjectConfig(DataClassJsonMixin):
         if self.snapshot_enabled is not None and not isinstance(self.snapshot_enabled, bool):
             raise ConfigError("ProjectConfig.snapshot_enabled", "must be a boolean or None")
         texts = ("repo_full_name", "worker_image", "worker_image_status", "worker_image_digest")
-        for name in texts:
-            value = getattr(self, name)
-            if value is not None:
-                _require_text(f"ProjectConfig.{name}", value, allow_empty=True)
-
-    @classmethod
-    def from_dict(cls, kvs: Any, *, infer_missing: bool = False) -> ProjectConfig:
-        """Like dataclasses-json's, but a value of the wrong JSON type is a `ConfigError`."""
-        _check_json_types(cls, "ProjectConfig.", kvs)
-        project: ProjectConfig = super().from_dict(kvs, infer_missing=infer_missing)
-        return project
+        _require_optional_texts(self, texts, prefix="ProjectConfig.")
 
 
 def _check_json_types(cls: type, prefix: str, kvs: object) -> None:
@@ -259,6 +256,14 @@ def _require_text(name: str, value: object, *, allow_empty: bool = False) -> Non
         raise ConfigError(name, "must not contain NUL")
 
 
+def _require_optional_texts(obj: object, names: tuple[str, ...], *, prefix: str = "") -> None:
+    """Each of `names` on `obj` is None or a string (empty allowed)."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None:
+            _require_text(f"{prefix}{name}", value, allow_empty=True)
+
+
 def _validate_router(config: RouterConfig) -> None:
     for f in fields(config):
         value = getattr(config, f.name)
@@ -293,10 +298,7 @@ def _validate_router(config: RouterConfig) -> None:
             "snapshot_image_prefix",
             f"{config.snapshot_image_prefix!r} does not start a valid image name",
         )
-    for name in ("registry_username", "registry_password", "registry_server"):
-        value = getattr(config, name)
-        if value is not None:
-            _require_text(name, value, allow_empty=True)
+    _require_optional_texts(config, ("registry_username", "registry_password", "registry_server"))
     if not isinstance(config.snapshot_enabled, bool):
         raise ConfigError("snapshot_enabled", "must be a boolean")
     if config.backend not in BACKENDS:

@@ -26,6 +26,7 @@ from ._engine_errors import (
     EngineCalls,
     EngineError,
     EngineTimeoutError,
+    ObservedEngine,
     call_result,
     is_conflict,
     is_missing_image,
@@ -121,7 +122,7 @@ class _ResponseEvents:
         self._response.close()
 
 
-class DockerGateway:
+class DockerGateway(ObservedEngine):
     """The Docker calls dockyard makes, over one API client with a timeout on every call."""
 
     def __init__(
@@ -141,17 +142,9 @@ class DockerGateway:
         self._timeout_s = timeout_s
         self._heartbeat_s = heartbeat_s
         self._event_labels = list(event_labels)
-        self._calls = EngineCalls(observer)
+        self.calls = EngineCalls(observer)
         self._closed = False
         self._exits = ExitMonitor(self._open_events, connect_timeout_s=max(1.0, timeout_s))
-
-    @property
-    def observer(self) -> CallObserver | None:
-        return self._calls.observer
-
-    @observer.setter
-    def observer(self, observer: CallObserver | None) -> None:
-        self._calls.observer = observer
 
     @classmethod
     def connect(
@@ -228,7 +221,7 @@ class DockerGateway:
     def _run(self, operation: str, fn: Callable[[], T]) -> T:
         if self._closed:
             raise DockerUnavailableError(f"Docker {operation}: the gateway is closed")
-        return self._calls.run(operation, fn)
+        return self.calls.run(operation, fn)
 
     def _endpoint(self, path: str) -> str:
         return f"{self.api.base_url}/v{self.api.api_version}{path}"

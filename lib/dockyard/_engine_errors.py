@@ -26,6 +26,7 @@ __all__ = [
     "EngineError",
     "EngineNotFoundError",
     "EngineTimeoutError",
+    "ObservedEngine",
     "as_spawn_error",
     "call_result",
     "is_conflict",
@@ -146,6 +147,21 @@ class EngineCalls:
             self.observer(operation, result, time.monotonic() - started)
         except Exception:  # a broken metrics hook must never break an engine call
             log.debug("engine call observer failed", exc_info=True)
+
+
+class ObservedEngine:
+    """A gateway whose engine calls all run through one `EngineCalls`, `calls`."""
+
+    calls: EngineCalls
+
+    @property
+    def observer(self) -> CallObserver | None:
+        """Told of every engine call that runs through `calls`."""
+        return self.calls.observer
+
+    @observer.setter
+    def observer(self, observer: CallObserver | None) -> None:
+        self.calls.observer = observer
 
 
 def as_spawn_error(err: BaseException) -> BaseException:

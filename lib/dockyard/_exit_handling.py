@@ -1,4 +1,6 @@
-"""Exit handling: wait for a worker's exit, then inspect, log, report, snapshot, remove, settle.
+"""Exit handling: once a worker's wait ends, inspect, log, report, snapshot, remove, settle.
+
+The wait itself, riding out broken streams and engine blips, is `_exit_wait`'s.
 
 The order matters: inspect before anything can remove the container; snapshot before
 removal; the outcome last, so that a caller who sees it finds the container gone.
@@ -9,15 +11,15 @@ from __future__ import annotations
 import logging
 import math
 import re
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from ._backend import EngineBackend
 from ._docker import is_conflict, is_not_found, is_unreachable
+from ._exit_wait import Exited, Lost, await_exit
 from ._loops import RetryPolicy
 from ._models import OutcomeStatus, WorkerOutcome
 from ._sentry import Reporter, WorkerExitError
@@ -28,8 +30,6 @@ __all__ = ["ExitFacts", "ExitWatcher", "parse_docker_time"]
 
 log = logging.getLogger("dockyard.exits")
 
-_MAX_WAIT_RESUMES = 20  # consecutive broken waits on a running container before giving up
-_STABLE_WAIT_S = 10.0  # a wait that held this long ends a streak of broken waits
 _REMOVAL_WAIT_S = 10.0
 
 
@@ -41,22 +41,6 @@ class ExitFacts:
     error: str | None = None
     duration_s: float | None = None
     finished_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class _Exited:
-    status_code: int | None
-    info: dict[str, Any] | None = None  # the container already inspected while recovering
-
-
-class _WaitFailed(Exception):
-    """The engine answered a wait with an error instead of an exit."""
-
-
-@dataclass(frozen=True)
-class _Lost:
-    reason: str
-    error: BaseException
 
 
 _FRACTION = re.compile(r"\.(\d+)")
@@ -91,44 +75,33 @@ def exit_facts(state: dict[str, Any]) -> ExitFacts:
     )
 
 
+@dataclass(kw_only=True, eq=False)  # one watcher per manager: identity, no field-wise ==
 class ExitWatcher:
     """Runs each worker's wait on the wait executor and turns its exit into one outcome."""
 
-    def __init__(
-        self,
-        *,
-        docker: EngineBackend,
-        registry: WorkerRegistry,
-        reporter: Reporter,
-        snapshots: SnapshotManager | None,
-        submit: Callable[..., Future[Any]],
-        log_tail_lines: int,
-        wait_policy: RetryPolicy,
-    ) -> None:
-        self._docker = docker
-        self._registry = registry
-        self._reporter = reporter
-        self._snapshots = snapshots
-        self._submit = submit
-        self._log_tail_lines = log_tail_lines
-        # Engine unreachable: retried within the policy's window; a wait that keeps
-        # breaking at once on a running container: `_MAX_WAIT_RESUMES` times in a row.
-        self.wait_policy = wait_policy
+    docker: EngineBackend
+    registry: WorkerRegistry
+    reporter: Reporter
+    snapshots: SnapshotManager | None
+    submit: Callable[..., Future[Any]]
+    log_tail_lines: int
+    # How long `await_exit` rides out an unreachable engine (and a blocked removal).
+    wait_policy: RetryPolicy
 
     def watch(self, tracked: TrackedWorker) -> None:
         try:
-            self._submit(self._run, tracked)
+            self.submit(self._run, tracked)
         except RuntimeError:  # the manager closed: the worker was detached with it
             tracked.to_detached()
 
     def _run(self, tracked: TrackedWorker) -> None:
         try:
-            ended = self._await_exit(tracked)
-            if isinstance(ended, _Exited) and not tracked.record_exit():
+            ended = await_exit(self.docker, tracked, self.wait_policy)
+            if isinstance(ended, Exited) and not tracked.record_exit():
                 return  # detached meanwhile
             if tracked.is_over:
                 return
-            if isinstance(ended, _Lost):
+            if isinstance(ended, Lost):
                 self._handle_lost(tracked, ended)
             else:
                 self._handle_exit(tracked, ended)
@@ -139,85 +112,19 @@ class ExitWatcher:
                 "exit handling failed",
                 extra={"job_id": tracked.job_id, "error_type": type(err).__name__},
             )
-            self._reporter.report(
+            self.reporter.report(
                 err,
                 "exit_handling",
                 tags={"jobType": tracked.worker.job_type},
                 extras={"jobId": tracked.job_id},
             )
-            self._registry.settle(
+            self.registry.settle(
                 tracked, WorkerOutcome(tracked.job_id, "lost", error=f"exit handling failed: {err}")
             )
 
-    # -- waiting ------------------------------------------------------------------------
-
-    def _await_exit(self, tracked: TrackedWorker) -> _Exited | _Lost:
-        """Wait, riding out broken streams and engine blips; see the spec's wait-error rule.
-
-        A broken wait is followed by an inspect: a running container gets a new wait, an
-        exited one is handled from the inspected state. Only a container that is gone, an
-        engine unreachable for longer than the retry window, or a wait that keeps breaking
-        at once (`_MAX_WAIT_RESUMES` times in a row) writes the worker off as lost.
-        """
-        container_id = tracked.worker.container_id
-        unreachable = self.wait_policy.begin(tracked.ended)
-        broken = replace(self.wait_policy, window_s=None, attempts=_MAX_WAIT_RESUMES).begin(
-            tracked.ended
-        )
-        while True:
-            if tracked.is_over:
-                return _Lost("detached", RuntimeError("detached"))
-            opened_at = time.monotonic()
-            exit_wait = tracked.current_exit_wait()
-            try:
-                if exit_wait is None:
-                    exit_wait = self._docker.open_wait(container_id)
-                    if not tracked.set_exit_wait(exit_wait):
-                        return _Lost("detached", RuntimeError("detached"))
-                body = exit_wait.result()
-                code = body.get("StatusCode")
-                error = body.get("Error")
-                failure = error.get("Message") if isinstance(error, dict) else None
-                if failure:  # the wait itself failed: its status code means nothing
-                    raise _WaitFailed(str(failure))
-                return _Exited(int(code) if isinstance(code, int) else None)
-            except Exception as err:
-                if exit_wait is not None:
-                    tracked.drop_exit_wait(exit_wait)
-                if tracked.is_over:
-                    return _Lost("detached", err)
-                wait_error = err
-            if time.monotonic() - opened_at >= _STABLE_WAIT_S:
-                broken.reset()  # that wait held: not part of a streak of failures
-            # The wait broke: find out whether the worker is still there.
-            try:
-                info = self._docker.inspect(container_id)
-            except Exception as err:
-                if is_not_found(err):
-                    return _Lost("container is gone", wait_error)
-                log.info(
-                    "wait interrupted and the engine does not answer; retrying",
-                    extra={"job_id": tracked.job_id, "error": str(err)},
-                )
-                if not unreachable.sleep():
-                    return _Lost("engine unreachable", err)
-                continue
-            unreachable.reset()
-            state = info.get("State") or {}
-            if state.get("Running") or state.get("Restarting") or state.get("Paused"):
-                log.info(
-                    "wait interrupted; worker still running, resuming",
-                    extra={"job_id": tracked.job_id, "attempt": broken.attempt + 1},
-                )
-                if not broken.sleep():
-                    return _Lost("wait kept failing", wait_error)
-                continue
-            code = state.get("ExitCode")
-            return _Exited(int(code) if isinstance(code, int) else None, info)
-
     # -- after the exit -----------------------------------------------------------------
 
-    def _handle_exit(self, tracked: TrackedWorker, exited: _Exited) -> None:
+    def _handle_exit(self, tracked: TrackedWorker, exited: Exited) -> None:
         worker = tracked.worker
         info = exited.info or self._inspect(tracked)
         facts = exit_facts(info.get("State") or {}) if info is not None else ExitFacts()
@@ -236,7 +143,7 @@ class ExitWatcher:
                 "worker exited with an error",
                 extra={"job_id": worker.job_id, "exit_code": code, "oom_killed": facts.oom_killed},
             )
-            self._reporter.report(
+            self.reporter.report(
                 WorkerExitError(f"Worker exited with status {code}"),
                 "worker_exit",
                 tags={"jobType": worker.job_type},
@@ -251,7 +158,7 @@ class ExitWatcher:
         if (
             status == "succeeded"
             and worker.snapshot_enabled
-            and self._snapshots is not None
+            and self.snapshots is not None
             and worker.project_id
             and worker.work_item_id
         ):
@@ -259,11 +166,11 @@ class ExitWatcher:
             config = (info.get("Config") or {}) if info is not None else {}
             labels = config.get("Labels") or {}
             try:
-                self._snapshots.commit(
+                self.snapshots.commit(
                     worker,
                     tracked.env_keys,
                     container_env=config.get("Env") if info is not None else None,
-                    base_image=labels.get(self._snapshots.labels.base_image),
+                    base_image=labels.get(self.snapshots.labels.base_image),
                 )
             except Exception as err:  # a snapshot only saves warmth: never the outcome
                 log.warning(
@@ -289,15 +196,15 @@ class ExitWatcher:
                 "duration_ms": duration_ms,
             },
         )
-        self._registry.settle(tracked, outcome)
+        self.registry.settle(tracked, outcome)
 
-    def _handle_lost(self, tracked: TrackedWorker, lost: _Lost) -> None:
+    def _handle_lost(self, tracked: TrackedWorker, lost: Lost) -> None:
         worker = tracked.worker
         log.error(
             "lost track of a worker",
             extra={"job_id": worker.job_id, "container_id": worker.short_id, "reason": lost.reason},
         )
-        self._reporter.report(
+        self.reporter.report(
             lost.error,
             "worker_wait",
             tags={"jobType": worker.job_type},
@@ -306,12 +213,12 @@ class ExitWatcher:
         if worker.snapshot_enabled:
             self._remove(tracked)
         outcome = WorkerOutcome(worker.job_id, "lost", error=f"{lost.reason}: {lost.error}")
-        self._registry.settle(tracked, outcome)
+        self.registry.settle(tracked, outcome)
 
     def _inspect(self, tracked: TrackedWorker) -> dict[str, Any] | None:
         """The exited container's inspect data; None (with a warning) when it failed."""
         try:
-            return self._docker.inspect(tracked.worker.container_id)
+            return self.docker.inspect(tracked.worker.container_id)
         except Exception as err:
             worker_id = tracked.job_id
             if is_not_found(err):  # expected with AutoRemove: the engine was quicker
@@ -327,10 +234,10 @@ class ExitWatcher:
     def _log_tail(self, tracked: TrackedWorker) -> None:
         # The engine refuses the logs of a container it is auto-removing (409/404), and a
         # tail that no handler would log is not worth a round-trip either.
-        if self._log_tail_lines <= 0 or tracked.auto_remove or not log.isEnabledFor(logging.INFO):
+        if self.log_tail_lines <= 0 or tracked.auto_remove or not log.isEnabledFor(logging.INFO):
             return
         try:
-            tail = self._docker.logs_tail(tracked.worker.container_id, self._log_tail_lines)
+            tail = self.docker.logs_tail(tracked.worker.container_id, self.log_tail_lines)
         except Exception:
             log.debug("no logs for worker", extra={"job_id": tracked.job_id}, exc_info=True)
             return
@@ -338,7 +245,7 @@ class ExitWatcher:
         if tail.strip():
             log.info(
                 "worker output (last %d lines):\n%s",
-                self._log_tail_lines,
+                self.log_tail_lines,
                 tail.rstrip(),
                 extra={"job_id": tracked.job_id, "container_id": tracked.worker.short_id},
             )
@@ -355,7 +262,7 @@ class ExitWatcher:
         retry = self.wait_policy.begin(tracked.ended)
         while True:
             try:
-                self._docker.remove(container_id, force=True)
+                self.docker.remove(container_id, force=True)
                 return
             except Exception as err:
                 if is_not_found(err):
@@ -375,7 +282,7 @@ class ExitWatcher:
     def _await_removal(self, tracked: TrackedWorker) -> bool:
         """Wait until the engine has removed the container; False when that is not known."""
         try:
-            self._docker.wait_removed(tracked.worker.container_id, _REMOVAL_WAIT_S)
+            self.docker.wait_removed(tracked.worker.container_id, _REMOVAL_WAIT_S)
         except Exception as err:
             if is_not_found(err):
                 return True  # gone already

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,8 +30,21 @@ log = logging.getLogger("dockyard.orphans")
 _RUNNING_STATES = frozenset({"running", "restarting", "paused"})
 
 
-def _labels(container: dict[str, Any]) -> dict[str, str]:
-    return dict(container.get("Labels") or {})
+def _untracked(
+    containers: Iterable[dict[str, Any]],
+    schema: LabelSchema,
+    instance_id: str,
+    registry: WorkerRegistry,
+) -> Iterator[tuple[dict[str, Any], str, dict[str, str]]]:
+    """The listed containers that `instance_id` owns by their labels and no worker tracks.
+
+    Ownership is checked again: a list filter is not a guarantee to bet containers on.
+    """
+    for container in containers:
+        container_id = str(container.get("Id", ""))
+        labels = dict(container.get("Labels") or {})
+        if schema.owned_by(labels, instance_id) and not registry.is_tracked_container(container_id):
+            yield container, container_id, labels
 
 
 @dataclass
@@ -67,15 +80,11 @@ class OrphanReaper:
             return []
         handled: list[str] = []
         now = self.clock()
-        for container in containers:
+        owned = _untracked(containers, self.labels, self.config.router_instance_id, self.registry)
+        for container, container_id, labels in owned:
             if self.activity.closed:
                 break  # the manager is closing: no engine call after close() returns
-            container_id = str(container.get("Id", ""))
-            labels = _labels(container)
-            # Re-check ownership: a filter is not a guarantee we want to bet containers on.
-            if not container_id or not self.labels.owned_by(labels, self.config.router_instance_id):
-                continue
-            if self.registry.is_tracked_container(container_id):
+            if not container_id:
                 continue
             if labels.get(self.labels.job_id) in self.registry.tracked_job_ids():
                 continue  # being launched right now
@@ -163,13 +172,10 @@ class WorkerAdopter:
             self.labels.ownership_filter(self.config.router_instance_id), all=False
         )
         adopted: list[ActiveWorker] = []
-        for container in containers:
-            labels = _labels(container)
+        owned = _untracked(containers, self.labels, self.config.router_instance_id, self.registry)
+        for _container, container_id, labels in owned:
             job_id = labels.get(self.labels.job_id)
-            container_id = str(container.get("Id", ""))
-            if not job_id or not self.labels.owned_by(labels, self.config.router_instance_id):
-                continue
-            if self.registry.is_tracked_container(container_id):
+            if not job_id:
                 continue
             try:
                 self.registry.reserve(job_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import sentry_sdk
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from sentry_sdk._types import Event
 
 __all__ = [
+    "Report",
     "Reporter",
     "SentryReporter",
     "WorkerExitError",
@@ -37,8 +39,22 @@ class WorkerTimeoutError(TimeoutError):
     """Reported when a worker overruns its deadline (never raised to callers)."""
 
 
+@dataclass
+class Report:
+    """One failure dockyard reported: what Sentry would have received."""
+
+    err: BaseException
+    source: str
+    level: Level
+    tags: dict[str, str]
+    extras: dict[str, ExtraValue]
+
+
 class Reporter:
-    """Where failures go. The base class only logs; substitute it in tests."""
+    """Where failures go. The base class only logs; substitute it in tests.
+
+    A subclass overrides `report`, or `_deliver` to receive each report as one `Report`.
+    """
 
     def report(
         self,
@@ -50,7 +66,10 @@ class Reporter:
         extras: Mapping[str, ExtraValue] | None = None,
     ) -> None:
         """Report `err` under the `source` tag; must never raise."""
-        log.debug("report source=%s %s", source, type(err).__name__)
+        self._deliver(Report(err, source, level, dict(tags or {}), dict(extras or {})))
+
+    def _deliver(self, report: Report) -> None:
+        log.debug("report source=%s %s", report.source, type(report.err).__name__)
 
 
 class SentryReporter(Reporter):
@@ -73,15 +92,7 @@ class SentryReporter(Reporter):
     def __init__(self, secrets: SecretBook | None = None) -> None:
         self._secrets = secrets
 
-    def report(
-        self,
-        err: BaseException,
-        source: str,
-        *,
-        level: Level = "error",
-        tags: Mapping[str, str] | None = None,
-        extras: Mapping[str, ExtraValue] | None = None,
-    ) -> None:
+    def _deliver(self, report: Report) -> None:
         try:
             masker = self._secrets.masker() if self._secrets is not None else Masker(frozenset())
             with sentry_sdk.new_scope() as scope:
@@ -89,15 +100,15 @@ class SentryReporter(Reporter):
                     lambda event, _hint: cast("Event", scrub_event(dict(event), masker))
                 )
                 sentry_sdk.capture_exception(
-                    _distinct(err),
-                    tags={"source": source, **(tags or {})},
-                    extras=dict(extras or {}),  # `extras`, plural: `extra=` drops the event
-                    level=level,
+                    _distinct(report.err),
+                    tags={"source": report.source, **report.tags},
+                    extras=report.extras,  # `extras`, plural: `extra=` drops the event
+                    level=report.level,
                 )
         except Exception as failure:  # a broken reporter must never break a worker's lifecycle
             log.warning(
                 "sentry capture failed",
-                extra={"source": source, "error_type": type(failure).__name__},
+                extra={"source": report.source, "error_type": type(failure).__name__},
             )
 
 

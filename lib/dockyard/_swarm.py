@@ -34,9 +34,8 @@ from docker.types import (
 
 from ._docker import ContainerSpec, DockerGateway
 from ._engine_errors import (
-    CallObserver,
-    EngineCalls,
     EngineError,
+    ObservedEngine,
     is_conflict,
     is_not_found,
     is_timeout,
@@ -75,7 +74,7 @@ _NANOS = 1_000_000_000
 _NOWHERE = "node.id==dockyard-stopped"  # a placement no node satisfies (ids are random)
 
 
-class SwarmGateway:
+class SwarmGateway(ObservedEngine):
     """The core's engine calls, answered with swarm services and tasks."""
 
     def __init__(
@@ -90,7 +89,8 @@ class SwarmGateway:
         self.engine = engine  # the node dockyard is connected to: images, local containers
         self.api = engine.api
         self._raw: Any = engine.api  # docker-py's service calls are untyped in the stubs
-        self._calls = EngineCalls(engine.observer)
+        # The node engine's choke point: one observer sees the services' calls and its own.
+        self.calls = engine.calls
         self.image_write_timeout_s = engine.image_write_timeout_s
         self._stop_grace_s = stop_grace_s
         self._pending_timeout_s = pending_timeout_s
@@ -103,16 +103,6 @@ class SwarmGateway:
             pending_timeout_s=pending_timeout_s,
             unreachable_window_s=unreachable_window_s,
         )
-
-    @property
-    def observer(self) -> CallObserver | None:
-        """Told of every engine call, the node engine's own calls included."""
-        return self._calls.observer
-
-    @observer.setter
-    def observer(self, observer: CallObserver | None) -> None:
-        self._calls.observer = observer
-        self.engine.observer = observer
 
     def _manager_node_id(self) -> str:
         info = self._call("info", self.api.info)
@@ -138,7 +128,7 @@ class SwarmGateway:
         into the typed engine errors (the Docker backend's one wrapper)."""
         if self._closed:
             raise DockerUnavailableError(f"Swarm {operation}: the gateway is closed")
-        return self._calls.run(operation, fn)
+        return self.calls.run(operation, fn)
 
     # -- launch -------------------------------------------------------------------------
 

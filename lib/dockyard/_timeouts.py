@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from ._backend import EngineBackend
@@ -18,6 +19,7 @@ __all__ = ["TimeoutController"]
 log = logging.getLogger("dockyard.timeouts")
 
 
+@dataclass(eq=False)  # one controller per manager: identity, no field-wise ==
 class TimeoutController:
     """Arms per-worker timers; on expiry reports and stops the container.
 
@@ -27,19 +29,12 @@ class TimeoutController:
     back-offs end as soon as the worker exits or is detached.
     """
 
-    def __init__(
-        self,
-        docker: EngineBackend,
-        reporter: Reporter,
-        grace_s: float,
-        kill_policy: RetryPolicy,
-    ) -> None:
-        self._docker = docker
-        self._reporter = reporter
-        self._grace_s = grace_s
-        self.kill_policy = kill_policy
-        self._closing = threading.Event()
-        self._busy = Activity()  # timers inside their function
+    docker: EngineBackend
+    reporter: Reporter
+    grace_s: float
+    kill_policy: RetryPolicy
+    _closing: threading.Event = field(default_factory=threading.Event, init=False)
+    _busy: Activity = field(default_factory=Activity, init=False)  # timers inside their function
 
     def arm(self, tracked: TrackedWorker, delay_s: float) -> None:
         self._schedule(tracked, delay_s, "timeout", self._expire)
@@ -87,7 +82,7 @@ class TimeoutController:
                 "duration_ms": elapsed_ms,
             },
         )
-        self._reporter.report(
+        self.reporter.report(
             WorkerTimeoutError(f"Worker timeout after {elapsed_ms}ms"),
             "worker_timeout",
             level="warning",
@@ -129,7 +124,7 @@ class TimeoutController:
         """One round of stop-then-kill; True when the container is stopping or gone."""
         worker = tracked.worker
         try:
-            self._docker.stop(worker.container_id, self._grace_s)  # SIGTERM, then SIGKILL
+            self.docker.stop(worker.container_id, self.grace_s)  # SIGTERM, then SIGKILL
             return True
         except Exception as err:
             if is_not_found(err):
@@ -141,7 +136,7 @@ class TimeoutController:
         if self._closing.is_set() or not tracked.may_stop():
             return True
         try:
-            self._docker.kill(worker.container_id)
+            self.docker.kill(worker.container_id)
             return True
         except Exception as err:
             if is_not_found(err):

@@ -1,9 +1,10 @@
 """The `ContainerManager` facade, and the launcher's names re-exported for compatibility.
 
 Each method delegates to the module that owns its concern: launch
-(`worker_container_launcher`), exit handling (`_exit_handling`), timeouts (`_timeouts`),
-snapshot registry and mechanics (`_snapshot_registry`, `_snapshots`), spawn settings
-(`_spawn_settings`), environment (`_environment`), orphans and restarts (`_orphans`).
+(`worker_container_launcher`), the wait and exit handling (`_exit_wait`, `_exit_handling`),
+timeouts (`_timeouts`), snapshot registry and mechanics (`_snapshot_registry`, `_snapshots`),
+spawn settings (`_spawn_settings`), environment (`_environment`), orphans and restarts
+(`_orphans`).
 """
 
 from __future__ import annotations
@@ -384,8 +385,7 @@ class ContainerManager:
 
     def start_snapshot_cleanup(self, interval: float = 300.0) -> None:
         """Run `run_snapshot_cleanup` every `interval` seconds on a daemon thread."""
-        self._check_open()
-        self._snapshot_loop.start(interval)
+        self._start_loop(self._snapshot_loop, interval)
 
     def stop_snapshot_cleanup(self) -> None:
         """Stop the snapshot cleanup loop (waits for a run in progress)."""
@@ -401,8 +401,7 @@ class ContainerManager:
 
     def start_dangling_image_cleanup(self, interval: float = DEFAULT_DANGLING_INTERVAL_S) -> None:
         """Run `run_dangling_image_cleanup` every `interval` seconds on a daemon thread."""
-        self._check_open()
-        self._dangling_loop.start(interval)
+        self._start_loop(self._dangling_loop, interval)
 
     def stop_dangling_image_cleanup(self) -> None:
         """Stop the dangling-image cleanup loop (waits for a pass in progress)."""
@@ -418,8 +417,7 @@ class ContainerManager:
 
     def start_orphan_cleanup(self, interval: float = 300.0) -> None:
         """Run `scan_and_cleanup_orphans` every `interval` seconds on a daemon thread."""
-        self._check_open()
-        self._orphan_loop.start(interval)
+        self._start_loop(self._orphan_loop, interval)
 
     def stop_orphan_cleanup(self) -> None:
         """Stop the orphan cleanup loop (waits for a scan in progress)."""
@@ -434,9 +432,7 @@ class ContainerManager:
 
     def detach_all(self) -> None:
         """Forget every worker without killing it; stop timers and loops."""
-        self._snapshot_loop.stop()
-        self._orphan_loop.stop()
-        self._dangling_loop.stop()
+        self._stop_loops()
         detached = self._registry.detach_all()
         if detached:
             log.info("detached from running workers", extra={"count": len(detached)})
@@ -457,9 +453,7 @@ class ContainerManager:
         if detached:
             log.info("detached from running workers", extra={"count": len(detached)})
         self._reaper.close()
-        self._snapshot_loop.stop()
-        self._orphan_loop.stop()
-        self._dangling_loop.stop()
+        self._stop_loops()
         self._timeouts.close()
         self._wait_executor.shutdown()
         self._offload.close()
@@ -482,6 +476,15 @@ class ContainerManager:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this ContainerManager is closed")
+
+    def _start_loop(self, loop: PeriodicTask, interval: float) -> None:
+        self._check_open()
+        loop.start(interval)
+
+    def _stop_loops(self) -> None:
+        """Stop every cleanup loop, each waiting for a pass in progress."""
+        for loop in (self._snapshot_loop, self._orphan_loop, self._dangling_loop):
+            loop.stop()
 
     def _project_snapshot_ttl(self, project_id: str) -> float | None:
         project = find_project(self._projects, project_id)

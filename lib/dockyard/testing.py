@@ -42,7 +42,7 @@ import docker.errors
 import requests
 import urllib3
 
-from ._sentry import ExtraValue, Level, Reporter
+from ._sentry import Report, Reporter
 
 __all__ = [
     "DEFAULT_IMAGE",
@@ -567,32 +567,13 @@ class FakeDockerAPI:
 
 
 @dataclass
-class Report:
-    """One failure dockyard reported: what Sentry would have received."""
-
-    err: BaseException
-    source: str
-    level: str
-    tags: dict[str, str]
-    extras: dict[str, Any]
-
-
-@dataclass
 class RecordingReporter(Reporter):
     """A `Reporter` that keeps every report (pass it as `ContainerManager(reporter=...)`)."""
 
     reports: list[Report] = field(default_factory=list)
 
-    def report(
-        self,
-        err: BaseException,
-        source: str,
-        *,
-        level: Level = "error",
-        tags: Mapping[str, str] | None = None,
-        extras: Mapping[str, ExtraValue] | None = None,
-    ) -> None:
-        self.reports.append(Report(err, source, level, dict(tags or {}), dict(extras or {})))
+    def _deliver(self, report: Report) -> None:
+        self.reports.append(report)
 
     def sources(self) -> list[str]:
         """The `source` tag of every report, in order."""
