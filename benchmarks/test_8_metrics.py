@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import time
-import types
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +21,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from dockyard import ActiveWorker, ContainerManager, WorkerJob
-from dockyard._docker import _observed
 
 from .harness import baseline, bench_config, end_worker, job_id, median, record
 from .test_1_spawn import SLEEP, _InstantEngine, _raw_create_start_median
@@ -32,13 +30,16 @@ ENGINE_ROUNDS = 20
 
 
 def _install_observed(engine: _InstantEngine, manager: ContainerManager) -> None:
-    """The instant engine's calls, each behind the gateway's observer hook as in production."""
+    """The instant engine's calls, each through the gateway's one call point (and so its
+    observer), as in production."""
+    calls = manager._docker.calls
     for name in engine.CALLS:
         fake: Callable[..., Any] = getattr(engine, name)
-        method = _observed(name)(
-            lambda _gateway, *args, _fake=fake, **kwargs: _fake(*args, **kwargs)
-        )
-        setattr(manager._docker, name, types.MethodType(method, manager._docker))
+
+        def observed(*args: Any, _fake: Callable[..., Any] = fake, _op: str = name, **kw: Any):
+            return calls.run(_op, lambda: _fake(*args, **kw))
+
+        setattr(manager._docker, name, observed)
 
 
 class _Side:
