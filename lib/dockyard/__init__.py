@@ -66,6 +66,6 @@ __all__ = [
     "launch_worker_container",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
