@@ -29,12 +29,13 @@ Threads
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import docker
@@ -43,8 +44,14 @@ import pytest
 import sentry_sdk
 import sentry_sdk.transport
 
-from dockyard import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
-from faultproxy import FaultProxy
+from dockyard import (
+    ActiveWorker,
+    ProjectConfig,
+    WorkerJob,
+    WorkerLifecycleListener,
+    WorkerOutcome,
+)
+from faultproxy import FaultProxy, FaultRule
 from images import TEST_IMAGE, ensure_test_images
 
 LABEL_PREFIX = "cascade"
@@ -468,3 +475,73 @@ class Recorder(WorkerLifecycleListener):
     def outcomes(self, job_id: str) -> list[WorkerOutcome]:
         with self.lock:
             return [outcome for jid, outcome in self.finished if jid == job_id]
+
+
+# -- a load run under injected faults (the engine's and the swarm's) -------------------------
+
+LOAD_TIMEOUT_EVERY = 10  # every tenth job overruns its project's 1 s watchdog
+LOAD_SLOW_PROJECT = ProjectConfig(id="slow", watchdog_timeout_s=1.0)
+LOAD_QUICK = ["sh", "-c", "sleep 0.$((RANDOM % 5)); exit $((RANDOM % 2))"]
+LOAD_OVERRUN = ["sh", "-c", "trap 'exit 143' TERM; sleep 60 & wait"]
+
+
+class LoadProjects:
+    """Projects of a load run: only the slow one its overrunning jobs belong to."""
+
+    def list_projects(self) -> Sequence[ProjectConfig]:
+        return [LOAD_SLOW_PROJECT]
+
+    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None:
+        return None
+
+
+class LoadRecorder(WorkerLifecycleListener):
+    """How often each job was started, and every outcome it was given, from any thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.started: collections.Counter[str] = collections.Counter()
+        self.finished: dict[str, list[WorkerOutcome]] = collections.defaultdict(list)
+
+    def on_worker_started(self, worker: Any) -> None:
+        with self.lock:
+            self.started[worker.job_id] += 1
+
+    def on_worker_finished(self, worker: Any, outcome: WorkerOutcome) -> None:
+        with self.lock:
+            self.finished[worker.job_id].append(outcome)
+
+
+def load_job(prefix: str, index: int) -> WorkerJob:
+    """The load run's job ``index``: every tenth (ids ending in 9) overruns its watchdog."""
+    overrun = index % LOAD_TIMEOUT_EVERY == LOAD_TIMEOUT_EVERY - 1
+    return WorkerJob(
+        id=f"{prefix}-{index:03d}",
+        type="load",
+        project_id=LOAD_SLOW_PROJECT.id if overrun else None,
+        command=LOAD_OVERRUN if overrun else LOAD_QUICK,
+    )
+
+
+def add_load_faults(
+    proxy: FaultProxy,
+    faults: Sequence[tuple[str, float, float]],
+    match: Callable[[str, str], bool],
+    message: str,
+) -> list[FaultRule]:
+    """One random 500/cut rule per ``(action, probability, delay_s)``, on every matching call."""
+    return [
+        proxy.add_rule(
+            FaultRule(
+                op="any",
+                action=action,
+                status=500,
+                message=message,
+                delay_s=delay_s,
+                times=None,
+                match=match,
+                probability=probability,
+            )
+        )
+        for action, probability, delay_s in faults
+    ]
