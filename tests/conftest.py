@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -407,6 +408,49 @@ def proxied(proxy: FaultProxy) -> Iterator[docker.APIClient]:
     api = docker.APIClient(base_url=proxy.base_url, timeout=30, max_pool_size=64)
     yield api
     api.close()
+
+
+# -- what dockyard logs ----------------------------------------------------------------------
+
+
+class LogCapture(logging.Handler):
+    """Keeps every record a ``dockyard`` logger emits, at any level."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def texts(self) -> list[str]:
+        """Everything a formatter or a structured log shipper could see of each record."""
+        formatter = logging.Formatter()
+        out = []
+        for record in list(self.records):
+            parts = [record.getMessage()]
+            parts += [f"{key}={value!r}" for key, value in vars(record).items()]
+            if record.exc_info:
+                parts.append(formatter.formatException(record.exc_info))
+            if record.stack_info:
+                parts.append(record.stack_info)
+            out.append("\n".join(parts))
+        return out
+
+
+@pytest.fixture
+def dockyard_logs() -> Iterator[LogCapture]:
+    """A `LogCapture` on the ``dockyard`` logger at DEBUG, removed at teardown."""
+    logger = logging.getLogger("dockyard")
+    handler = LogCapture()
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
 
 
 # -- lifecycle listeners that record what they are told ------------------------------------
