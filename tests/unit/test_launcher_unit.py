@@ -28,6 +28,7 @@ from dockyard import (
     RouterConfig,
     WorkerImageResolutionError,
     WorkerJob,
+    WorkerLifecycleListener,
     WorkerSpawnError,
 )
 from dockyard.testing import (
@@ -63,6 +64,31 @@ class Rig:
     manager: ContainerManager
 
 
+def fake_manager(
+    api: FakeDockerAPI,
+    reporter: RecordingReporter,
+    listener: WorkerLifecycleListener | None,
+    projects: Projects | None = None,
+    **overrides: Any,
+) -> ContainerManager:
+    """A manager on the fake engine: quick grace, slot wait and retry window unless overridden."""
+    settings: dict[str, Any] = {
+        "worker_image": BASE_IMAGE,
+        "router_instance_id": INSTANCE,
+        "stop_grace_s": 1,
+        "slot_wait_timeout_s": 5,
+        "wait_retry_window_s": 0.5,
+    }
+    settings.update(overrides)
+    return ContainerManager(
+        RouterConfig(**settings),
+        docker_client=api,  # type: ignore[arg-type]
+        reporter=reporter,
+        listener=listener,
+        projects=projects,
+    )
+
+
 @pytest.fixture
 def rig_factory() -> Iterator[Callable[..., Rig]]:
     made: list[ContainerManager] = []
@@ -77,21 +103,7 @@ def rig_factory() -> Iterator[Callable[..., Rig]]:
         api = FakeDockerAPI(images)
         reporter = RecordingReporter()
         listener = listener or RecordingListener()
-        settings: dict[str, Any] = {
-            "worker_image": BASE_IMAGE,
-            "router_instance_id": INSTANCE,
-            "stop_grace_s": 1,
-            "slot_wait_timeout_s": 5,
-            "wait_retry_window_s": 0.5,
-        }
-        settings.update(overrides)
-        manager = ContainerManager(
-            RouterConfig(**settings),
-            docker_client=api,  # type: ignore[arg-type]
-            reporter=reporter,
-            listener=listener,
-            projects=projects,
-        )
+        manager = fake_manager(api, reporter, listener, projects=projects, **overrides)
         made.append(manager)
         return Rig(api, reporter, listener, manager)
 
