@@ -410,6 +410,22 @@ def proxied(proxy: FaultProxy) -> Iterator[docker.APIClient]:
     api.close()
 
 
+# -- a fixed project directory -------------------------------------------------------------
+
+
+class StaticProjects:
+    """A project directory holding exactly the projects it was given."""
+
+    def __init__(self, *projects: ProjectConfig) -> None:
+        self.projects = list(projects)
+
+    def list_projects(self) -> list[ProjectConfig]:
+        return list(self.projects)
+
+    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None:
+        return next((p for p in self.projects if p.repo_full_name == repo_full_name), None)
+
+
 # -- what dockyard logs ----------------------------------------------------------------------
 
 

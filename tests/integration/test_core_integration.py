@@ -21,7 +21,7 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import CapturedEvents, LogCapture, RecordingListener, ThreadBaseline
+from conftest import CapturedEvents, LogCapture, RecordingListener, StaticProjects, ThreadBaseline
 from dockyard import (
     ActiveWorker,
     ContainerManager,
@@ -58,17 +58,6 @@ def job(
     **fields: Any,
 ) -> WorkerJob:
     return WorkerJob(job_id, job_type, dict(data or {}), command=list(command), **fields)
-
-
-class Projects:
-    def __init__(self, *projects: ProjectConfig) -> None:
-        self._projects = list(projects)
-
-    def list_projects(self) -> list[ProjectConfig]:
-        return list(self._projects)
-
-    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None:
-        return next((p for p in self._projects if p.repo_full_name == repo_full_name), None)
 
 
 class Credentials:
@@ -416,13 +405,13 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], dict[str, Any], type[Exception]]] = 
     (
         "invalid-image",
         {"data": {"projectId": "img-bad"}},
-        {"projects": Projects(_IMAGE_PROJECT)},
+        {"projects": StaticProjects(_IMAGE_PROJECT)},
         InvalidJobError,
     ),
     (
         "unverified-image",
         {"data": {"projectId": "img-pending"}},
-        {"projects": Projects(_UNVERIFIED_PROJECT)},
+        {"projects": StaticProjects(_UNVERIFIED_PROJECT)},
         WorkerImageResolutionError,
     ),
     # No store and no Redis to offload to (spec §13 offloads to redis_url by default).

@@ -22,7 +22,7 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import CapturedEvents
+from conftest import CapturedEvents, StaticProjects
 from dockyard import (
     ActiveWorker,
     ContainerManager,
@@ -95,17 +95,6 @@ class Credentials:
 
     def get_project_credentials(self, project_id: str) -> dict[str, str]:
         return dict(self.values)
-
-
-class Projects:
-    def __init__(self, *projects: ProjectConfig) -> None:
-        self.projects = list(projects)
-
-    def list_projects(self) -> list[ProjectConfig]:
-        return list(self.projects)
-
-    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None:
-        return next((p for p in self.projects if p.repo_full_name == repo_full_name), None)
 
 
 @pytest.fixture
@@ -440,7 +429,7 @@ def test_verified_project_image_is_used_and_unverified_is_refused(
 ) -> None:
     digest = docker_client.images.get(test_image).id
     assert digest.startswith("sha256:")
-    projects = Projects(
+    projects = StaticProjects(
         ProjectConfig(
             id="own-image",
             worker_image="registry.example.invalid/own:1",

@@ -18,7 +18,7 @@ import docker.errors
 import pytest
 import requests
 
-from conftest import RecordingListener, ThreadBaseline
+from conftest import RecordingListener, StaticProjects, ThreadBaseline
 from dockyard import (
     ActiveWorker,
     ContainerManager,
@@ -45,17 +45,6 @@ INSTANCE = "unit-router"
 # --------------------------------------------------------------------------- recorders
 
 
-class Projects:
-    def __init__(self, *projects: ProjectConfig) -> None:
-        self._projects = list(projects)
-
-    def list_projects(self) -> list[ProjectConfig]:
-        return list(self._projects)
-
-    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None:
-        return next((p for p in self._projects if p.repo_full_name == repo_full_name), None)
-
-
 @dataclass
 class Rig:
     api: FakeDockerAPI
@@ -68,7 +57,7 @@ def fake_manager(
     api: FakeDockerAPI,
     reporter: RecordingReporter,
     listener: WorkerLifecycleListener | None,
-    projects: Projects | None = None,
+    projects: StaticProjects | None = None,
     **overrides: Any,
 ) -> ContainerManager:
     """A manager on the fake engine: quick grace, slot wait and retry window unless overridden."""
@@ -96,7 +85,7 @@ def rig_factory() -> Iterator[Callable[..., Rig]]:
     def make(
         *,
         images: set[str] | None = None,
-        projects: Projects | None = None,
+        projects: StaticProjects | None = None,
         listener: RecordingListener | None = None,
         **overrides: Any,
     ) -> Rig:
@@ -438,7 +427,7 @@ def _project(**overrides: Any) -> ProjectConfig:
 
 
 def test_verified_project_image_runs_on_its_digest(rig_factory: Callable[..., Rig]) -> None:
-    rig = rig_factory(images={PROJECT_DIGEST}, projects=Projects(_project()))
+    rig = rig_factory(images={PROJECT_DIGEST}, projects=StaticProjects(_project()))
     worker = rig.manager.spawn_worker(job(projectId="proj"))
     assert worker.image == PROJECT_DIGEST
     assert [c["image"] for c in rig.api.calls_of("create_container")] == [PROJECT_DIGEST]
@@ -447,7 +436,7 @@ def test_verified_project_image_runs_on_its_digest(rig_factory: Callable[..., Ri
 def test_pull_failure_of_a_project_image_is_a_resolution_error(
     rig_factory: Callable[..., Rig],
 ) -> None:
-    rig = rig_factory(images={BASE_IMAGE}, projects=Projects(_project()))
+    rig = rig_factory(images={BASE_IMAGE}, projects=StaticProjects(_project()))
     rig.api.pull_error = "manifest unknown"
 
     with pytest.raises(WorkerImageResolutionError):
@@ -472,7 +461,7 @@ def test_pull_failure_of_a_project_image_is_a_resolution_error(
 def test_unverified_project_image_is_refused_before_any_docker_call(
     rig_factory: Callable[..., Rig], project: ProjectConfig
 ) -> None:
-    rig = rig_factory(projects=Projects(project))
+    rig = rig_factory(projects=StaticProjects(project))
     with pytest.raises(WorkerImageResolutionError):
         rig.manager.spawn_worker(job(projectId="proj"))
     assert rig.api.calls == []
