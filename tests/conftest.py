@@ -334,6 +334,36 @@ def thread_baseline() -> ThreadBaseline:
 # --------------------------------------------------------------------------- managers
 
 
+class ManagerFactory:
+    """``factory(**overrides) -> ContainerManager`` from base settings; `close_all` at teardown.
+
+    The keyword arguments named in ``manager_kwargs`` go to the manager itself (``defaults``
+    fill the ones not given); every other one overrides a ``RouterConfig`` field.
+    """
+
+    def __init__(
+        self, settings: dict[str, Any], manager_kwargs: tuple[str, ...], **defaults: Any
+    ) -> None:
+        self.settings = settings
+        self.manager_kwargs = manager_kwargs
+        self.defaults = defaults
+        self.made: list[Any] = []
+
+    def __call__(self, **overrides: Any) -> Any:
+        from dockyard import ContainerManager, RouterConfig  # noqa: PLC0415 - only managers need it
+
+        kwargs = {name: overrides.pop(name) for name in self.manager_kwargs if name in overrides}
+        for name, value in self.defaults.items():
+            kwargs.setdefault(name, value)
+        manager = ContainerManager(RouterConfig(**{**self.settings, **overrides}), **kwargs)
+        self.made.append(manager)
+        return manager
+
+    def close_all(self) -> None:
+        for manager in reversed(self.made):
+            manager.close()
+
+
 @pytest.fixture
 def make_manager(
     instance_id: str, test_image: str, snapshot_image_prefix: str
@@ -347,36 +377,19 @@ def make_manager(
     ``docker_client`` go to the manager itself. Every manager made is closed at teardown,
     before ``instance_id`` looks for leaked containers.
     """
-    from dockyard import ContainerManager, RouterConfig  # noqa: PLC0415 - only managers need it
-
-    managers: list[ContainerManager] = []
-    manager_kwargs = (
-        "listener",
-        "credentials",
-        "projects",
-        "job_data_store",
-        "reporter",
-        "docker_client",
-    )
-
-    def make(**overrides: Any) -> ContainerManager:
-        kwargs = {name: overrides.pop(name) for name in manager_kwargs if name in overrides}
-        settings: dict[str, Any] = {
+    make = ManagerFactory(
+        {
             "worker_image": test_image,
             "router_instance_id": instance_id,
             "snapshot_image_prefix": snapshot_image_prefix,
             "stop_grace_s": 1,
             "worker_memory_mb": 64,
             "slot_wait_timeout_s": 30,
-        }
-        settings.update(overrides)
-        manager = ContainerManager(RouterConfig(**settings), **kwargs)
-        managers.append(manager)
-        return manager
-
+        },
+        ("listener", "credentials", "projects", "job_data_store", "reporter", "docker_client"),
+    )
     yield make
-    for manager in reversed(managers):
-        manager.close()
+    make.close_all()
 
 
 # -- the fault-injection proxy between docker-py and the engine ----------------------------

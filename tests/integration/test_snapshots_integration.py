@@ -22,7 +22,7 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import CapturedEvents, StaticProjects
+from conftest import CapturedEvents, ManagerFactory, StaticProjects
 from dockyard import (
     ActiveWorker,
     ContainerManager,
@@ -102,12 +102,8 @@ def managers(
     instance_id: str, entry_image: str, snapshot_image_prefix: str
 ) -> Iterator[Callable[..., ContainerManager]]:
     """``make(**overrides)``: a snapshot-enabled manager on the entry image; closed at teardown."""
-    made: list[ContainerManager] = []
-    manager_kwargs = ("credentials", "projects", "job_data_store", "listener", "reporter")
-
-    def make(**overrides: Any) -> ContainerManager:
-        kwargs = {name: overrides.pop(name) for name in manager_kwargs if name in overrides}
-        settings: dict[str, Any] = {
+    make = ManagerFactory(
+        {
             "worker_image": entry_image,
             "router_instance_id": instance_id,
             "snapshot_image_prefix": snapshot_image_prefix,
@@ -117,15 +113,11 @@ def managers(
             "worker_memory_mb": 64,
             "slot_wait_timeout_s": 30,
             "docker_network": "none",  # workers here need no network
-        }
-        settings.update(overrides)
-        manager = ContainerManager(RouterConfig(**settings), **kwargs)
-        made.append(manager)
-        return manager
-
+        },
+        ("credentials", "projects", "job_data_store", "listener", "reporter"),
+    )
     yield make
-    for manager in reversed(made):
-        manager.close()
+    make.close_all()
 
 
 def job(
