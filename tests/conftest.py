@@ -33,11 +33,13 @@ import collections
 import contextlib
 import logging
 import os
+import socket
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import docker
 import docker.errors
@@ -421,6 +423,34 @@ def proxied(proxy: FaultProxy) -> Iterator[docker.APIClient]:
     api = docker.APIClient(base_url=proxy.base_url, timeout=30, max_pool_size=64)
     yield api
     api.close()
+
+
+# -- helper servers (redis-server, docker-registry, metrics endpoints) -------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Terminate a helper server, killing it when it does not stop within 10 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def missing_tool(message: str, installs: str) -> NoReturn:
+    """Skip for a helper tool that is not installed; fail where the run requires it (CI)."""
+    if docker_required():
+        pytest.fail(f"{message} (required on CI: .ci/run installs {installs})", pytrace=False)
+    pytest.skip(message)
 
 
 # -- a fixed project directory -------------------------------------------------------------
