@@ -29,17 +29,26 @@ LIB = str(Path(dockyard.__file__).resolve().parent.parent)
 RUN_TIMEOUT_S = 300  # only keeps a broken run from hanging the suite
 
 
-def _env(**extra: str) -> dict[str, str]:
+def cli_env(drop: tuple[str, ...] = ("CASCADE_ROUTER_INSTANCE",), **extra: str) -> dict[str, str]:
+    """This process's environment with the dockyard under test first on PYTHONPATH."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [LIB, env.get("PYTHONPATH")]))
-    env.pop("CASCADE_ROUTER_INSTANCE", None)
-    env["DOCKER_NETWORK"] = "none"  # the jobs need no network; spares the engine a veth each
+    for name in drop:
+        env.pop(name, None)
     env.update(extra)
     return env
 
 
+def _env(**extra: str) -> dict[str, str]:
+    # The jobs need no network; spares the engine a veth each.
+    return cli_env(**{"DOCKER_NETWORK": "none", **extra})
+
+
 def dockyard_cli(
-    *args: str, env: dict[str, str] | None = None, prelude: str = ""
+    *args: str,
+    env: dict[str, str] | None = None,
+    prelude: str = "",
+    timeout: float = RUN_TIMEOUT_S,
 ) -> subprocess.CompletedProcess[str]:
     """Run the command; `prelude` is Python run first (e.g. to hide rich)."""
     code = f"{prelude}\nimport sys\nfrom dockyard._cli import main\nsys.exit(main())"
@@ -48,7 +57,7 @@ def dockyard_cli(
         env=env or _env(),
         capture_output=True,
         text=True,
-        timeout=RUN_TIMEOUT_S,
+        timeout=timeout,
         check=False,
     )
 
