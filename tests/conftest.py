@@ -469,6 +469,17 @@ class StaticProjects:
         return next((p for p in self.projects if p.repo_full_name == repo_full_name), None)
 
 
+class RecordingStore:
+    """A job-data store that keeps the ids it was given and answers ``jobdata:<id>``."""
+
+    def __init__(self) -> None:
+        self.puts: list[str] = []
+
+    def put(self, job_id: str, payload: bytes) -> str:
+        self.puts.append(job_id)
+        return f"jobdata:{job_id}"
+
+
 # -- what dockyard logs ----------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Mapping
 import docker
 import pytest
 
-from conftest import _remove_container
+from conftest import RecordingStore, _remove_container
 from dockyard import ContainerManager, DuplicateJobError, InvalidJobError, WorkerJob
 from faultproxy import FaultProxy
 
@@ -87,15 +87,6 @@ def test_generated_ids_of_two_managers_and_two_routers_differ(
         assert manager.wait_for_worker(worker.job_id, WAIT_S).status == "succeeded"
 
 
-class Store:
-    def __init__(self) -> None:
-        self.puts: list[str] = []
-
-    def put(self, job_id: str, payload: bytes) -> str:
-        self.puts.append(job_id)
-        return f"jobdata:{job_id}"
-
-
 class Credentials:
     def __init__(self, values: Mapping[str, object]) -> None:
         self.values = values
@@ -110,7 +101,7 @@ class Credentials:
 def test_a_job_refused_by_validation_writes_no_payload(
     make_manager: MakeManager, credentials: Mapping[str, object]
 ) -> None:
-    store = Store()
+    store = RecordingStore()
     manager = make_manager(job_data_store=store, credentials=Credentials(credentials))
     big = {"projectId": "p-1", "blob": "x" * (100 * 1024)}  # over the inline limit
     with pytest.raises(InvalidJobError):

@@ -23,7 +23,7 @@ import pytest
 import sentry_sdk
 import sentry_sdk.transport
 
-from conftest import LogCapture
+from conftest import LogCapture, RecordingStore
 from dockyard import (
     ContainerManager,
     DockyardError,
@@ -206,15 +206,6 @@ class Credentials:
         return vault  # type: ignore[return-value]
 
 
-class Store:
-    def __init__(self) -> None:
-        self.puts: list[str] = []
-
-    def put(self, job_id: str, payload: bytes) -> str:
-        self.puts.append(job_id)
-        return f"jobdata:{job_id}"
-
-
 class Projects:
     def __init__(self, *projects: ProjectConfig) -> None:
         self.projects = list(projects)
@@ -317,7 +308,7 @@ def test_refused_job_raises_clean_and_writes_no_payload(
 ) -> None:
     # A credential that is not a string: refused while the credentials are frame locals.
     credentials = Credentials({**canaries.credentials(), "BROKEN": 12345})
-    store = Store()
+    store = RecordingStore()
     manager = make_manager(credentials=credentials, job_data_store=store)
     big = canaries.job_data(blob="x" * (100 * 1024))  # over the inline limit: goes to the store
     job = WorkerJob("refused-1", "trello", big, command=["true"])
