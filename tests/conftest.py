@@ -39,6 +39,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import docker
@@ -478,6 +479,23 @@ class RecordingStore:
     def put(self, job_id: str, payload: bytes) -> str:
         self.puts.append(job_id)
         return f"jobdata:{job_id}"
+
+
+def snapshot_worker() -> ActiveWorker:
+    """A snapshot-enabled worker record for project ``p``, work item ``w`` (no container)."""
+    now = datetime.now(UTC)
+    return ActiveWorker(
+        job_id="j",
+        container_id="c" * 64,
+        container_name="n",
+        image="base",
+        started_at=now,
+        deadline=now,
+        project_id="p",
+        work_item_id="w",
+        job_type="trello",
+        snapshot_enabled=True,
+    )
 
 
 # -- what dockyard logs ----------------------------------------------------------------------

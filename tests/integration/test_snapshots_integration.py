@@ -22,7 +22,7 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import CapturedEvents, ManagerFactory, StaticProjects
+from conftest import CapturedEvents, ManagerFactory, StaticProjects, snapshot_worker
 from dockyard import (
     ActiveWorker,
     ContainerManager,
@@ -715,22 +715,6 @@ def _snapshot_manager(fake: FakeCommitGateway, reporter: Reporter) -> SnapshotMa
     return SnapshotManager(fake, registry, reporter, config, LabelSchema("cascade"))  # type: ignore[arg-type]
 
 
-def _worker() -> ActiveWorker:
-    now = datetime.now(UTC)
-    return ActiveWorker(
-        job_id="j",
-        container_id="c" * 64,
-        container_name="n",
-        image="base",
-        started_at=now,
-        deadline=now,
-        project_id="p",
-        work_item_id="w",
-        job_type="trello",
-        snapshot_enabled=True,
-    )
-
-
 def test_commit_without_a_kept_container_config_registers_the_commit_as_is() -> None:
     fake = FakeCommitGateway(
         {
@@ -746,7 +730,7 @@ def test_commit_without_a_kept_container_config_registers_the_commit_as_is() -> 
     reporter = RecordingReporter()
     manager = _snapshot_manager(fake, reporter)
     meta = manager.commit(
-        _worker(), ["JOB_ID", "API_TOKEN", "CASCADE_CREDENTIAL_KEYS", "LOG_LEVEL"]
+        snapshot_worker(), ["JOB_ID", "API_TOKEN", "CASCADE_CREDENTIAL_KEYS", "LOG_LEVEL"]
     )
     assert meta is not None and meta.image_size_bytes == 42
     assert meta.image_name == snapshot_image_name("unit-snap-", "p", "w") + ":latest"
@@ -776,7 +760,7 @@ def test_an_image_that_still_holds_a_value_is_removed_and_not_registered(
     )
     reporter = RecordingReporter()
     manager = _snapshot_manager(fake, reporter)
-    assert manager.commit(_worker(), ["JOB_ID", "API_TOKEN"]) is None
+    assert manager.commit(snapshot_worker(), ["JOB_ID", "API_TOKEN"]) is None
     assert reporter.sources == ["snapshot_commit"]
     assert set(fake.removed) == {"sha256:committed", "sha256:rewritten"}
     assert fake.tagged == []  # the name never pointed at it

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import docker.errors
 import pytest
 import requests
 
-from conftest import StaticProjects
+from conftest import StaticProjects, snapshot_worker
 from dockyard import RouterConfig, WorkerImageResolutionError
 from dockyard._docker import DockerGateway, is_missing_image
-from dockyard._models import ActiveWorker
 from dockyard._naming import LabelSchema
 from dockyard._registry_auth import DOCKER_HUB_SERVER, RegistryAuth, RegistryAuthResolver
 from dockyard._sentry import Reporter
@@ -283,19 +281,7 @@ def test_a_failed_snapshot_commit_reports_the_originals_extras() -> None:
         config,
         LabelSchema("cascade"),
     )
-    now = datetime.now(UTC)
-    worker = ActiveWorker(
-        job_id="j",
-        container_id="c" * 64,
-        container_name="n",
-        image="base",
-        started_at=now,
-        deadline=now,
-        project_id="p",
-        work_item_id="w",
-        job_type="trello",
-        snapshot_enabled=True,
-    )
+    worker = snapshot_worker()
     assert manager.commit(worker, ["JOB_ID"]) is None
     ((source, level, extras),) = reporter.reports
     assert (source, level) == ("snapshot_commit", "warning")
