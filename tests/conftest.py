@@ -454,6 +454,15 @@ def missing_tool(message: str, installs: str) -> NoReturn:
     pytest.skip(message)
 
 
+def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Poll ``predicate`` every 20 ms until it holds; AssertionError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
 # -- a fixed project directory -------------------------------------------------------------
 
 
