@@ -463,6 +463,17 @@ def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
         time.sleep(0.02)
 
 
+@pytest.fixture
+def other_instance(instance_id: str, docker_client: docker.DockerClient) -> Iterator[str]:
+    """A second router instance id on the same engine; its containers are removed after."""
+    other = f"{instance_id}-b"
+    yield other
+    for container in docker_client.containers.list(
+        all=True, filters={"label": f"{LABEL_PREFIX}.router.instance={other}"}
+    ):
+        _remove_container(container)  # 409 (auto-removal under way) and 404 are fine
+
+
 # -- a fixed project directory -------------------------------------------------------------
 
 

@@ -4,12 +4,12 @@ are refused clearly, and a refused job leaves no payload in the store."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 
 import docker
 import pytest
 
-from conftest import RecordingStore, _remove_container
+from conftest import RecordingStore
 from dockyard import ContainerManager, DuplicateJobError, InvalidJobError, WorkerJob
 from faultproxy import FaultProxy
 
@@ -19,16 +19,6 @@ MakeManager = Callable[..., ContainerManager]
 
 def sleeper(job_id: str) -> WorkerJob:
     return WorkerJob(job_id, "t", {}, command=["sleep", "30"])
-
-
-@pytest.fixture
-def other_instance(instance_id: str, docker_client: docker.DockerClient) -> Iterator[str]:
-    other = f"{instance_id}-b"
-    yield other
-    for container in docker_client.containers.list(
-        all=True, filters={"label": f"cascade.router.instance={other}"}
-    ):
-        _remove_container(container)  # 409 (auto-removal under way) and 404 are fine
 
 
 @pytest.mark.parametrize(("first", "second"), [("a:b", "a/b"), ("jöb", "jäb")])

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import docker
 import docker.errors
-import pytest
 
 from dockyard import ContainerManager, WorkerJob
 from test_cli import cli_env, dockyard_cli
@@ -54,17 +53,6 @@ def image_exists(client: docker.DockerClient, name: str) -> bool:
     except docker.errors.ImageNotFound:
         return False
     return True
-
-
-@pytest.fixture
-def other_instance(instance_id: str, docker_client: docker.DockerClient) -> Iterator[str]:
-    """A second router instance id on the same engine; its containers are removed after."""
-    other = f"{instance_id}-b"
-    yield other
-    for container in docker_client.containers.list(
-        all=True, filters={"label": f"cascade.router.instance={other}"}
-    ):
-        container.remove(force=True)
 
 
 def test_committed_image_carries_snapshot_labels_and_no_worker_label(
