@@ -25,6 +25,15 @@ Sentry
 Threads
     ``thread_baseline`` (function) records ``threading.enumerate()`` at set-up; call
     ``thread_baseline.assert_no_new_threads()`` after closing what the test started.
+
+Logs and a second router
+    ``dockyard_logs`` (function) captures every ``dockyard`` log record at DEBUG;
+    ``other_instance`` (function) is a second router instance id, its containers removed
+    after the test.
+
+Test modules also import plain helpers from here: ``ManagerFactory``, ``StaticProjects``,
+``RecordingStore``, ``free_port``/``stop_process``/``missing_tool`` for helper servers,
+``eventually``, and the load run's ``load_job``/``LoadProjects``/``LoadRecorder``.
 """
 
 from __future__ import annotations
