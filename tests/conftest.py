@@ -25,17 +25,31 @@ Sentry
 Threads
     ``thread_baseline`` (function) records ``threading.enumerate()`` at set-up; call
     ``thread_baseline.assert_no_new_threads()`` after closing what the test started.
+
+Logs and a second router
+    ``dockyard_logs`` (function) captures every ``dockyard`` log record at DEBUG;
+    ``other_instance`` (function) is a second router instance id, its containers removed
+    after the test.
+
+Test modules also import plain helpers from here: ``ManagerFactory``, ``StaticProjects``,
+``RecordingStore``, ``free_port``/``stop_process``/``missing_tool`` for helper servers,
+``eventually``, and the load run's ``load_job``/``LoadProjects``/``LoadRecorder``.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import logging
 import os
+import socket
+import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, NoReturn
 
 import docker
 import docker.errors
@@ -43,8 +57,14 @@ import pytest
 import sentry_sdk
 import sentry_sdk.transport
 
-from dockyard import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
-from faultproxy import FaultProxy
+from dockyard import (
+    ActiveWorker,
+    ProjectConfig,
+    WorkerJob,
+    WorkerLifecycleListener,
+    WorkerOutcome,
+)
+from faultproxy import FaultProxy, FaultRule
 from images import TEST_IMAGE, ensure_test_images
 
 LABEL_PREFIX = "cascade"
@@ -326,6 +346,36 @@ def thread_baseline() -> ThreadBaseline:
 # --------------------------------------------------------------------------- managers
 
 
+class ManagerFactory:
+    """``factory(**overrides) -> ContainerManager`` from base settings; `close_all` at teardown.
+
+    The keyword arguments named in ``manager_kwargs`` go to the manager itself (``defaults``
+    fill the ones not given); every other one overrides a ``RouterConfig`` field.
+    """
+
+    def __init__(
+        self, settings: dict[str, Any], manager_kwargs: tuple[str, ...], **defaults: Any
+    ) -> None:
+        self.settings = settings
+        self.manager_kwargs = manager_kwargs
+        self.defaults = defaults
+        self.made: list[Any] = []
+
+    def __call__(self, **overrides: Any) -> Any:
+        from dockyard import ContainerManager, RouterConfig  # noqa: PLC0415 - only managers need it
+
+        kwargs = {name: overrides.pop(name) for name in self.manager_kwargs if name in overrides}
+        for name, value in self.defaults.items():
+            kwargs.setdefault(name, value)
+        manager = ContainerManager(RouterConfig(**{**self.settings, **overrides}), **kwargs)
+        self.made.append(manager)
+        return manager
+
+    def close_all(self) -> None:
+        for manager in reversed(self.made):
+            manager.close()
+
+
 @pytest.fixture
 def make_manager(
     instance_id: str, test_image: str, snapshot_image_prefix: str
@@ -339,36 +389,19 @@ def make_manager(
     ``docker_client`` go to the manager itself. Every manager made is closed at teardown,
     before ``instance_id`` looks for leaked containers.
     """
-    from dockyard import ContainerManager, RouterConfig  # noqa: PLC0415 - only managers need it
-
-    managers: list[ContainerManager] = []
-    manager_kwargs = (
-        "listener",
-        "credentials",
-        "projects",
-        "job_data_store",
-        "reporter",
-        "docker_client",
-    )
-
-    def make(**overrides: Any) -> ContainerManager:
-        kwargs = {name: overrides.pop(name) for name in manager_kwargs if name in overrides}
-        settings: dict[str, Any] = {
+    make = ManagerFactory(
+        {
             "worker_image": test_image,
             "router_instance_id": instance_id,
             "snapshot_image_prefix": snapshot_image_prefix,
             "stop_grace_s": 1,
             "worker_memory_mb": 64,
             "slot_wait_timeout_s": 30,
-        }
-        settings.update(overrides)
-        manager = ContainerManager(RouterConfig(**settings), **kwargs)
-        managers.append(manager)
-        return manager
-
+        },
+        ("listener", "credentials", "projects", "job_data_store", "reporter", "docker_client"),
+    )
     yield make
-    for manager in reversed(managers):
-        manager.close()
+    make.close_all()
 
 
 # -- the fault-injection proxy between docker-py and the engine ----------------------------
@@ -400,6 +433,141 @@ def proxied(proxy: FaultProxy) -> Iterator[docker.APIClient]:
     api = docker.APIClient(base_url=proxy.base_url, timeout=30, max_pool_size=64)
     yield api
     api.close()
+
+
+# -- helper servers (redis-server, docker-registry, metrics endpoints) -------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Terminate a helper server, killing it when it does not stop within 10 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def missing_tool(message: str, installs: str) -> NoReturn:
+    """Skip for a helper tool that is not installed; fail where the run requires it (CI)."""
+    if docker_required():
+        pytest.fail(f"{message} (required on CI: .ci/run installs {installs})", pytrace=False)
+    pytest.skip(message)
+
+
+def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Poll ``predicate`` every 20 ms until it holds; AssertionError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def other_instance(instance_id: str, docker_client: docker.DockerClient) -> Iterator[str]:
+    """A second router instance id on the same engine; its containers are removed after."""
+    other = f"{instance_id}-b"
+    yield other
+    for container in docker_client.containers.list(
+        all=True, filters={"label": f"{LABEL_PREFIX}.router.instance={other}"}
+    ):
+        _remove_container(container)  # 409 (auto-removal under way) and 404 are fine
+
+
+# -- a fixed project directory -------------------------------------------------------------
+
+
+class StaticProjects:
+    """A project directory holding exactly the projects it was given."""
+
+    def __init__(self, *projects: ProjectConfig) -> None:
+        self.projects = list(projects)
+
+    def list_projects(self) -> list[ProjectConfig]:
+        return list(self.projects)
+
+    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None:
+        return next((p for p in self.projects if p.repo_full_name == repo_full_name), None)
+
+
+class RecordingStore:
+    """A job-data store that keeps the ids it was given and answers ``jobdata:<id>``."""
+
+    def __init__(self) -> None:
+        self.puts: list[str] = []
+
+    def put(self, job_id: str, payload: bytes) -> str:
+        self.puts.append(job_id)
+        return f"jobdata:{job_id}"
+
+
+def snapshot_worker() -> ActiveWorker:
+    """A snapshot-enabled worker record for project ``p``, work item ``w`` (no container)."""
+    now = datetime.now(UTC)
+    return ActiveWorker(
+        job_id="j",
+        container_id="c" * 64,
+        container_name="n",
+        image="base",
+        started_at=now,
+        deadline=now,
+        project_id="p",
+        work_item_id="w",
+        job_type="trello",
+        snapshot_enabled=True,
+    )
+
+
+# -- what dockyard logs ----------------------------------------------------------------------
+
+
+class LogCapture(logging.Handler):
+    """Keeps every record a ``dockyard`` logger emits, at any level."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def texts(self) -> list[str]:
+        """Everything a formatter or a structured log shipper could see of each record."""
+        formatter = logging.Formatter()
+        out = []
+        for record in list(self.records):
+            parts = [record.getMessage()]
+            parts += [f"{key}={value!r}" for key, value in vars(record).items()]
+            if record.exc_info:
+                parts.append(formatter.formatException(record.exc_info))
+            if record.stack_info:
+                parts.append(record.stack_info)
+            out.append("\n".join(parts))
+        return out
+
+
+@pytest.fixture
+def dockyard_logs() -> Iterator[LogCapture]:
+    """A `LogCapture` on the ``dockyard`` logger at DEBUG, removed at teardown."""
+    logger = logging.getLogger("dockyard")
+    handler = LogCapture()
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
 
 
 # -- lifecycle listeners that record what they are told ------------------------------------
@@ -468,3 +636,73 @@ class Recorder(WorkerLifecycleListener):
     def outcomes(self, job_id: str) -> list[WorkerOutcome]:
         with self.lock:
             return [outcome for jid, outcome in self.finished if jid == job_id]
+
+
+# -- a load run under injected faults (the engine's and the swarm's) -------------------------
+
+LOAD_TIMEOUT_EVERY = 10  # every tenth job overruns its project's 1 s watchdog
+LOAD_SLOW_PROJECT = ProjectConfig(id="slow", watchdog_timeout_s=1.0)
+LOAD_QUICK = ["sh", "-c", "sleep 0.$((RANDOM % 5)); exit $((RANDOM % 2))"]
+LOAD_OVERRUN = ["sh", "-c", "trap 'exit 143' TERM; sleep 60 & wait"]
+
+
+class LoadProjects:
+    """Projects of a load run: only the slow one its overrunning jobs belong to."""
+
+    def list_projects(self) -> Sequence[ProjectConfig]:
+        return [LOAD_SLOW_PROJECT]
+
+    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None:
+        return None
+
+
+class LoadRecorder(WorkerLifecycleListener):
+    """How often each job was started, and every outcome it was given, from any thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.started: collections.Counter[str] = collections.Counter()
+        self.finished: dict[str, list[WorkerOutcome]] = collections.defaultdict(list)
+
+    def on_worker_started(self, worker: Any) -> None:
+        with self.lock:
+            self.started[worker.job_id] += 1
+
+    def on_worker_finished(self, worker: Any, outcome: WorkerOutcome) -> None:
+        with self.lock:
+            self.finished[worker.job_id].append(outcome)
+
+
+def load_job(prefix: str, index: int) -> WorkerJob:
+    """The load run's job ``index``: every tenth (ids ending in 9) overruns its watchdog."""
+    overrun = index % LOAD_TIMEOUT_EVERY == LOAD_TIMEOUT_EVERY - 1
+    return WorkerJob(
+        id=f"{prefix}-{index:03d}",
+        type="load",
+        project_id=LOAD_SLOW_PROJECT.id if overrun else None,
+        command=LOAD_OVERRUN if overrun else LOAD_QUICK,
+    )
+
+
+def add_load_faults(
+    proxy: FaultProxy,
+    faults: Sequence[tuple[str, float, float]],
+    match: Callable[[str, str], bool],
+    message: str,
+) -> list[FaultRule]:
+    """One random 500/cut rule per ``(action, probability, delay_s)``, on every matching call."""
+    return [
+        proxy.add_rule(
+            FaultRule(
+                op="any",
+                action=action,
+                status=500,
+                message=message,
+                delay_s=delay_s,
+                times=None,
+                match=match,
+                probability=probability,
+            )
+        )
+        for action, probability, delay_s in faults
+    ]

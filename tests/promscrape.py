@@ -6,7 +6,6 @@ read with `scrape(url)`, a registry without HTTP with `Scrape.of(registry)`.
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,9 +54,3 @@ def scrape(url: str) -> Scrape:
     """GET a /metrics endpoint and parse it."""
     with urllib.request.urlopen(url, timeout=10) as response:
         return Scrape.parse(response.read().decode("utf-8"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

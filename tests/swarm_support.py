@@ -21,7 +21,7 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import LABEL_PREFIX, docker_required
+from conftest import LABEL_PREFIX, ManagerFactory, docker_required
 from images import TEST_IMAGE, ensure_test_images
 
 DEFAULT_SWARM_HOST = "unix:///run/dyswarm/docker.sock"
@@ -136,15 +136,8 @@ def make_swarm_manager(
     `worker_memory_mb=64`, `swarm_pending_timeout_s=10`; `listener`, `projects`,
     `reporter` and `docker_client` go to the manager.
     """
-    from dockyard import ContainerManager, RouterConfig  # noqa: PLC0415
-
-    managers: list[ContainerManager] = []
-    manager_kwargs = ("listener", "projects", "reporter", "docker_client", "credentials")
-
-    def make(**overrides: Any) -> ContainerManager:
-        kwargs = {name: overrides.pop(name) for name in manager_kwargs if name in overrides}
-        kwargs.setdefault("docker_client", swarm_client)
-        settings: dict[str, Any] = {
+    make = ManagerFactory(
+        {
             "backend": "swarm",
             "worker_image": swarm_image,
             "router_instance_id": swarm_instance,
@@ -152,12 +145,9 @@ def make_swarm_manager(
             "worker_memory_mb": 64,
             "slot_wait_timeout_s": 30,
             "swarm_pending_timeout_s": 10,
-        }
-        settings.update(overrides)
-        manager = ContainerManager(RouterConfig(**settings), **kwargs)
-        managers.append(manager)
-        return manager
-
+        },
+        ("listener", "projects", "reporter", "docker_client", "credentials"),
+        docker_client=swarm_client,
+    )
     yield make
-    for manager in reversed(managers):
-        manager.close()
+    make.close_all()

@@ -29,17 +29,26 @@ LIB = str(Path(dockyard.__file__).resolve().parent.parent)
 RUN_TIMEOUT_S = 300  # only keeps a broken run from hanging the suite
 
 
-def _env(**extra: str) -> dict[str, str]:
+def cli_env(drop: tuple[str, ...] = ("CASCADE_ROUTER_INSTANCE",), **extra: str) -> dict[str, str]:
+    """This process's environment with the dockyard under test first on PYTHONPATH."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [LIB, env.get("PYTHONPATH")]))
-    env.pop("CASCADE_ROUTER_INSTANCE", None)
-    env["DOCKER_NETWORK"] = "none"  # the jobs need no network; spares the engine a veth each
+    for name in drop:
+        env.pop(name, None)
     env.update(extra)
     return env
 
 
+def _env(**extra: str) -> dict[str, str]:
+    # The jobs need no network; spares the engine a veth each.
+    return cli_env(**{"DOCKER_NETWORK": "none", **extra})
+
+
 def dockyard_cli(
-    *args: str, env: dict[str, str] | None = None, prelude: str = ""
+    *args: str,
+    env: dict[str, str] | None = None,
+    prelude: str = "",
+    timeout: float = RUN_TIMEOUT_S,
 ) -> subprocess.CompletedProcess[str]:
     """Run the command; `prelude` is Python run first (e.g. to hide rich)."""
     code = f"{prelude}\nimport sys\nfrom dockyard._cli import main\nsys.exit(main())"
@@ -48,9 +57,16 @@ def dockyard_cli(
         env=env or _env(),
         capture_output=True,
         text=True,
-        timeout=RUN_TIMEOUT_S,
+        timeout=timeout,
         check=False,
     )
+
+
+def run_jobs(
+    jobs: Path, image: str, instance: str, *args: str, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """`dockyard run JOBS --image IMAGE --instance INSTANCE ARGS...` (see `dockyard_cli`)."""
+    return dockyard_cli("run", str(jobs), "--image", image, "--instance", instance, *args, **kwargs)
 
 
 def write_jobs(path: Path, *jobs: dict[str, Any] | str) -> Path:
@@ -88,7 +104,7 @@ def test_run_reports_success_and_failure_and_exits_1(tmp_path, instance_id, test
         job("good", "echo fine"),
         job("bad", "echo broken >&2; exit 3"),
     )
-    result = dockyard_cli("run", str(jobs), "--image", test_image, "--instance", instance_id)
+    result = run_jobs(jobs, test_image, instance_id)
 
     assert result.returncode == 1, result.stderr
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.strip()}
@@ -110,12 +126,9 @@ def test_run_json_outcomes_cover_oom_and_timeout(tmp_path, instance_id, test_ima
         job("hog", "head -c 200m /dev/zero | tail"),
         {"id": "slow", "type": "cli-test", "command": ["sleep", "60"]},
     )
-    result = dockyard_cli(
-        "run",
-        str(jobs),
-        "--image",
+    result = run_jobs(
+        jobs,
         test_image,
-        "--instance",
         instance_id,
         "--json",
         "--max-workers",
@@ -194,12 +207,9 @@ def test_run_works_without_rich(tmp_path, instance_id, test_image):
     jobs = write_jobs(tmp_path / "jobs.jsonl", job("plain", "true"))
     hide_rich = "import sys; sys.modules['rich'] = None"
 
-    refused = dockyard_cli(
-        "run",
-        str(jobs),
-        "--image",
+    refused = run_jobs(
+        jobs,
         test_image,
-        "--instance",
         instance_id,
         "--progress",
         "rich",
@@ -208,18 +218,14 @@ def test_run_works_without_rich(tmp_path, instance_id, test_image):
     assert refused.returncode == 2
     assert "needs rich" in refused.stderr
 
-    result = dockyard_cli(
-        "run", str(jobs), "--image", test_image, "--instance", instance_id, prelude=hide_rich
-    )
+    result = run_jobs(jobs, test_image, instance_id, prelude=hide_rich)
     assert result.returncode == 0, result.stderr
     assert "1 job: 1 succeeded" in result.stdout
 
 
 def test_rich_progress_runs_off_a_terminal(tmp_path, instance_id, test_image):
     jobs = write_jobs(tmp_path / "jobs.jsonl", job("fancy", "true"), job("grumpy", "exit 1"))
-    result = dockyard_cli(
-        "run", str(jobs), "--image", test_image, "--instance", instance_id, "--progress", "rich"
-    )
+    result = run_jobs(jobs, test_image, instance_id, "--progress", "rich")
     assert result.returncode == 1, result.stderr
     assert "✔ fancy" in result.stderr and "✖ grumpy" in result.stderr
     assert "2 jobs: 1 succeeded, 1 failed" in result.stdout
@@ -243,7 +249,7 @@ def test_malformed_line_exits_2_and_starts_nothing(
 ):
     jobs = write_jobs(tmp_path / "jobs.jsonl", job("a", "true"), second_line)
     since = time.time()
-    result = dockyard_cli("run", str(jobs), "--image", test_image, "--instance", instance_id)
+    result = run_jobs(jobs, test_image, instance_id)
 
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -257,7 +263,7 @@ def test_missing_image_exits_2_and_starts_nothing(tmp_path, instance_id, docker_
     jobs = write_jobs(tmp_path / "jobs.jsonl", job("a", "true"))
     image = f"dockyard-test-missing-{instance_id}:latest"
     since = time.time()
-    result = dockyard_cli("run", str(jobs), "--image", image, "--instance", instance_id)
+    result = run_jobs(jobs, image, instance_id)
 
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

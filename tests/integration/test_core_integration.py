@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,7 +21,7 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import CapturedEvents, RecordingListener, ThreadBaseline
+from conftest import CapturedEvents, LogCapture, RecordingListener, StaticProjects, ThreadBaseline
 from dockyard import (
     ActiveWorker,
     ContainerManager,
@@ -59,54 +58,6 @@ def job(
     **fields: Any,
 ) -> WorkerJob:
     return WorkerJob(job_id, job_type, dict(data or {}), command=list(command), **fields)
-
-
-class CapturingHandler(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def texts(self) -> list[str]:
-        """Everything a formatter or a structured log shipper could see of each record."""
-        formatter = logging.Formatter()
-        out = []
-        for record in list(self.records):
-            parts = [record.getMessage()]
-            parts += [f"{key}={value!r}" for key, value in vars(record).items()]
-            if record.exc_info:
-                parts.append(formatter.formatException(record.exc_info))
-            if record.stack_info:
-                parts.append(record.stack_info)
-            out.append("\n".join(parts))
-        return out
-
-
-@pytest.fixture
-def dockyard_logs() -> Iterator[CapturingHandler]:
-    logger = logging.getLogger("dockyard")
-    handler = CapturingHandler()
-    old_level = logger.level
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-
-
-class Projects:
-    def __init__(self, *projects: ProjectConfig) -> None:
-        self._projects = list(projects)
-
-    def list_projects(self) -> list[ProjectConfig]:
-        return list(self._projects)
-
-    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None:
-        return next((p for p in self._projects if p.repo_full_name == repo_full_name), None)
 
 
 class Credentials:
@@ -454,13 +405,13 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], dict[str, Any], type[Exception]]] = 
     (
         "invalid-image",
         {"data": {"projectId": "img-bad"}},
-        {"projects": Projects(_IMAGE_PROJECT)},
+        {"projects": StaticProjects(_IMAGE_PROJECT)},
         InvalidJobError,
     ),
     (
         "unverified-image",
         {"data": {"projectId": "img-pending"}},
-        {"projects": Projects(_UNVERIFIED_PROJECT)},
+        {"projects": StaticProjects(_UNVERIFIED_PROJECT)},
         WorkerImageResolutionError,
     ),
     # No store and no Redis to offload to (spec §13 offloads to redis_url by default).
@@ -627,7 +578,7 @@ def test_credential_reaches_the_worker_but_no_log_label_or_event(
     make_manager: MakeManager,
     docker_client: docker.DockerClient,
     sentry_events: CapturedEvents,
-    dockyard_logs: CapturingHandler,
+    dockyard_logs: LogCapture,
 ) -> None:
     credentials = Credentials({"API_TOKEN": SECRET})
     # Without auto-removal the engine hands out the log tail, so it is read and logged.
@@ -675,7 +626,7 @@ def test_credential_master_key_never_reaches_the_worker(
     make_manager: MakeManager,
     monkeypatch: pytest.MonkeyPatch,
     sentry_events: CapturedEvents,
-    dockyard_logs: CapturingHandler,
+    dockyard_logs: LogCapture,
 ) -> None:
     monkeypatch.setenv("CREDENTIAL_MASTER_KEY", MASTER_KEY)
     monkeypatch.setenv("SENTRY_RELEASE", "rel-1")

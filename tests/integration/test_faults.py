@@ -16,7 +16,7 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import Recorder, ThreadBaseline
+from conftest import Recorder, ThreadBaseline, eventually
 from dockyard import (
     ContainerManager,
     DockerUnavailableError,
@@ -28,14 +28,6 @@ from faultproxy import FaultProxy, FaultRule
 pytestmark = pytest.mark.docker
 
 OUTCOME_TIMEOUT_S = 30.0
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 def shell(script: str) -> list[str]:

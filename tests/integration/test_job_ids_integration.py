@@ -4,12 +4,12 @@ are refused clearly, and a refused job leaves no payload in the store."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 
 import docker
 import pytest
 
-from conftest import _remove_container
+from conftest import RecordingStore
 from dockyard import ContainerManager, DuplicateJobError, InvalidJobError, WorkerJob
 from faultproxy import FaultProxy
 
@@ -19,16 +19,6 @@ MakeManager = Callable[..., ContainerManager]
 
 def sleeper(job_id: str) -> WorkerJob:
     return WorkerJob(job_id, "t", {}, command=["sleep", "30"])
-
-
-@pytest.fixture
-def other_instance(instance_id: str, docker_client: docker.DockerClient) -> Iterator[str]:
-    other = f"{instance_id}-b"
-    yield other
-    for container in docker_client.containers.list(
-        all=True, filters={"label": f"cascade.router.instance={other}"}
-    ):
-        _remove_container(container)  # 409 (auto-removal under way) and 404 are fine
 
 
 @pytest.mark.parametrize(("first", "second"), [("a:b", "a/b"), ("jöb", "jäb")])
@@ -87,15 +77,6 @@ def test_generated_ids_of_two_managers_and_two_routers_differ(
         assert manager.wait_for_worker(worker.job_id, WAIT_S).status == "succeeded"
 
 
-class Store:
-    def __init__(self) -> None:
-        self.puts: list[str] = []
-
-    def put(self, job_id: str, payload: bytes) -> str:
-        self.puts.append(job_id)
-        return f"jobdata:{job_id}"
-
-
 class Credentials:
     def __init__(self, values: Mapping[str, object]) -> None:
         self.values = values
@@ -110,7 +91,7 @@ class Credentials:
 def test_a_job_refused_by_validation_writes_no_payload(
     make_manager: MakeManager, credentials: Mapping[str, object]
 ) -> None:
-    store = Store()
+    store = RecordingStore()
     manager = make_manager(job_data_store=store, credentials=Credentials(credentials))
     big = {"projectId": "p-1", "blob": "x" * (100 * 1024)}  # over the inline limit
     with pytest.raises(InvalidJobError):

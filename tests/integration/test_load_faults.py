@@ -13,9 +13,8 @@ from __future__ import annotations
 import collections
 import json
 import os
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,16 +22,13 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import ThreadBaseline
+from conftest import LoadProjects, LoadRecorder, ThreadBaseline, add_load_faults, load_job
 from dockyard import (
     ContainerManager,
     DockyardError,
-    ProjectConfig,
-    WorkerJob,
-    WorkerLifecycleListener,
     WorkerOutcome,
 )
-from faultproxy import FaultProxy, FaultRule, operation_of
+from faultproxy import FaultProxy, operation_of
 
 pytestmark = pytest.mark.docker
 
@@ -46,34 +42,7 @@ FAULTS: tuple[tuple[str, float, float], ...] = (
     ("cut", 0.015, 0.3),  # connection dropped (the events stream: cut 0.3 s into it)
     ("cut_after", 0.01, 0.0),  # the engine acts, the answer is lost
 )
-TIMEOUT_EVERY = 10  # every tenth job overruns its project's 1 s watchdog
-SLOW_PROJECT = ProjectConfig(id="slow", watchdog_timeout_s=1.0)
-QUICK = ["sh", "-c", "sleep 0.$((RANDOM % 5)); exit $((RANDOM % 2))"]
-OVERRUN = ["sh", "-c", "trap 'exit 143' TERM; sleep 60 & wait"]
 TYPED_SPAWN_ERRORS = (DockyardError,)  # spawn_worker raises nothing else
-
-
-class Projects:
-    def list_projects(self) -> Sequence[ProjectConfig]:
-        return [SLOW_PROJECT]
-
-    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None:
-        return None
-
-
-class Recorder(WorkerLifecycleListener):
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.started: collections.Counter[str] = collections.Counter()
-        self.finished: dict[str, list[WorkerOutcome]] = collections.defaultdict(list)
-
-    def on_worker_started(self, worker: Any) -> None:
-        with self.lock:
-            self.started[worker.job_id] += 1
-
-    def on_worker_finished(self, worker: Any, outcome: WorkerOutcome) -> None:
-        with self.lock:
-            self.finished[worker.job_id].append(outcome)
 
 
 def faulted(method: str, path: str) -> bool:
@@ -107,14 +76,8 @@ def error_kind(err: BaseException) -> str:
 
 
 def run_job(manager: ContainerManager, index: int) -> tuple[str, WorkerOutcome | BaseException]:
-    job_id = f"load-{index:03d}"
-    overrun = index % TIMEOUT_EVERY == TIMEOUT_EVERY - 1
-    job = WorkerJob(
-        id=job_id,
-        type="load",
-        project_id=SLOW_PROJECT.id if overrun else None,
-        command=OVERRUN if overrun else QUICK,
-    )
+    job = load_job("load", index)
+    job_id = job.id
     try:
         manager.spawn_worker(job, slot_timeout=120)
     except TYPED_SPAWN_ERRORS as err:
@@ -131,32 +94,18 @@ def test_load_with_injected_faults(
     record_property: Callable[[str, object], None],
 ) -> None:
     baseline = ThreadBaseline()  # after the proxy started: its threads are not ours
-    recorder = Recorder()
+    recorder = LoadRecorder()
     manager = make_manager(
         docker_client=proxied,
         listener=recorder,
-        projects=Projects(),
+        projects=LoadProjects(),
         max_workers=CONCURRENCY,
         launch_concurrency=CONCURRENCY,
         docker_network="none",
         kill_buffer_s=0.0,
         slot_wait_timeout_s=120,
     )
-    rules = [
-        proxy.add_rule(
-            FaultRule(
-                op="any",
-                action=action,
-                status=500,
-                message="injected by the load test",
-                delay_s=delay_s,
-                times=None,
-                match=faulted,
-                probability=probability,
-            )
-        )
-        for action, probability, delay_s in FAULTS
-    ]
+    rules = add_load_faults(proxy, FAULTS, faulted, "injected by the load test")
     started_at = time.monotonic()
     with ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="load-client") as clients:
         results = dict(clients.map(lambda i: run_job(manager, i), range(JOBS)))

@@ -21,9 +21,9 @@ import docker.errors
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 
-from conftest import RecordingListener
+from conftest import RecordingListener, free_port
 from dockyard import ContainerManager, NoWorkerSlotError, RouterConfig, WorkerJob, WorkerSpawnError
-from promscrape import Scrape, free_port, scrape
+from promscrape import Scrape, scrape
 
 WAIT_S = 60.0
 HOLD = "while [ ! -e /go ]; do sleep 0.05; done"  # runs until the test creates /go

@@ -17,7 +17,8 @@ from typing import Any
 import docker
 import redis
 
-from promscrape import Scrape, free_port, scrape
+from conftest import free_port
+from promscrape import Scrape, scrape
 from test_cli import _env, dockyard_cli, write_jobs
 from test_router_example import ROUTER, RouterProcess, _push, redis_url  # noqa: F401
 

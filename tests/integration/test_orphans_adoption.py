@@ -17,7 +17,7 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import Recorder
+from conftest import Recorder, eventually
 from dockyard import (
     ContainerManager,
     NoWorkerSlotError,
@@ -39,14 +39,6 @@ def deadline_label(moment: datetime) -> str:
 
 def label_of(client: docker.DockerClient, container_id: str) -> str:
     return str(client.api.inspect_container(container_id)["Config"]["Labels"]["cascade.deadline"])
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 class Containers:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import pytest
 import redis
 
 import dockyard
-from conftest import docker_required
+from conftest import free_port, missing_tool, stop_process
 from dockyard import ConfigError, ContainerManager, RedisJobDataStore, RouterConfig, WorkerJob
 from dockyard._environment import JOB_DATA_INLINE_LIMIT, EnvSources, build_worker_env
 from dockyard._jobs import resolve_job_fields
@@ -35,16 +34,10 @@ pytestmark = pytest.mark.redis
 START_TIMEOUT_S = 10.0
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _start_redis(binary: str, directory: Path) -> tuple[subprocess.Popen[bytes], int]:
     """Start redis-server on a free port; a port taken meanwhile is retried on another."""
     for _ in range(3):
-        port = _free_port()
+        port = free_port()
         log = (directory / f"redis-{port}.log").open("wb")
         process = subprocess.Popen(
             [
@@ -71,18 +64,8 @@ def _start_redis(binary: str, directory: Path) -> tuple[subprocess.Popen[bytes],
                     client.close()
             except redis.exceptions.ConnectionError:
                 time.sleep(0.05)
-        _stop(process)
+        stop_process(process)
     raise RuntimeError(f"redis-server did not start; see the logs in {directory}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -90,15 +73,12 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A fresh redis-server (no persistence) for this module; its URL."""
     binary = shutil.which("redis-server")
     if binary is None:
-        message = "redis-server is not installed"
-        if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"} or docker_required():
-            pytest.fail(message + " (required on CI: .ci/run installs it)", pytrace=False)
-        pytest.skip(message)
+        missing_tool("redis-server is not installed", "it")
     process, port = _start_redis(binary, tmp_path_factory.mktemp("redis"))
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @pytest.fixture

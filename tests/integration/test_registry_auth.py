@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -28,7 +27,7 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import CapturedEvents, docker_required
+from conftest import CapturedEvents, free_port, missing_tool, stop_process
 from dockyard import WorkerJob
 from dockyard._registry_auth import RegistryAuth
 
@@ -42,12 +41,6 @@ class Registry:
     host: str  # 127.0.0.1:PORT
     username: str
     password: str
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _answers(host: str) -> bool:
@@ -73,10 +66,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     """A docker-registry with htpasswd auth on a free 127.0.0.1 port; stopped by pid."""
     found = _binaries()
     if found is None:
-        message = "docker-registry or htpasswd (apache2-utils) is not installed"
-        if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"} or docker_required():
-            pytest.fail(message + " (required on CI: .ci/run installs them)", pytrace=False)
-        pytest.skip(message)
+        missing_tool("docker-registry or htpasswd (apache2-utils) is not installed", "them")
     binary, htpasswd = found
     directory: Path = tmp_path_factory.mktemp("registry")
     entry = subprocess.run(
@@ -84,7 +74,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     ).stdout
     (directory / "htpasswd").write_text(entry)
     for _ in range(3):
-        host = f"127.0.0.1:{_free_port()}"
+        host = f"127.0.0.1:{free_port()}"
         config = directory / "config.yml"
         config.write_text(
             "version: 0.1\n"
@@ -103,23 +93,13 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
             time.sleep(0.05)
         if process.poll() is None and _answers(host):
             break
-        _stop(process)
+        stop_process(process)
     else:
         raise RuntimeError(f"docker-registry did not start; see {directory / 'registry.log'}")
     try:
         yield Registry(host, USER, PASSWORD)
     finally:
-        _stop(process)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
 
 
 @pytest.fixture

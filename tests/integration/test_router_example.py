@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 import redis
 
 import dockyard
+from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ROUTER = REPO / "examples" / "router.py"
@@ -35,12 +35,6 @@ pytestmark = [pytest.mark.redis, pytest.mark.docker]
 
 def _ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT_S) -> Any:
@@ -62,7 +56,7 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         if _ci():
             pytest.fail("redis-server is not installed (required when CI=true)")
         pytest.skip("redis-server is not installed")
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "redis.log").open("wb")
     proc = subprocess.Popen(
         [

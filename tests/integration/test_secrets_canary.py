@@ -11,7 +11,6 @@ no canary, in any form, is in any event or in any record a `dockyard` logger emi
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -24,6 +23,7 @@ import pytest
 import sentry_sdk
 import sentry_sdk.transport
 
+from conftest import LogCapture, RecordingStore
 from dockyard import (
     ContainerManager,
     DockyardError,
@@ -102,43 +102,6 @@ def host_sentry() -> Iterator[HostTransport]:
         client.close()
 
 
-# -- what dockyard logs --------------------------------------------------------------------
-
-
-class RecordingHandler(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def texts(self) -> list[str]:
-        """Each record as a structured shipper sees it: message plus every `extra` field."""
-        formatter = logging.Formatter()
-        out = []
-        for record in list(self.records):
-            parts = [record.getMessage(), repr(vars(record))]
-            if record.exc_info:
-                parts.append(formatter.formatException(record.exc_info))
-            out.append("\n".join(parts))
-        return out
-
-
-@pytest.fixture
-def dockyard_records() -> Iterator[RecordingHandler]:
-    logger = logging.getLogger("dockyard")
-    handler = RecordingHandler()
-    old_level = logger.level
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-
-
 # -- the canaries --------------------------------------------------------------------------
 
 
@@ -195,9 +158,7 @@ def canaries(monkeypatch: pytest.MonkeyPatch) -> Canaries:
     return Canaries(tokens=tokens, values=values)
 
 
-def assert_nothing_leaked(
-    canaries: Canaries, host: HostTransport, records: RecordingHandler
-) -> None:
+def assert_nothing_leaked(canaries: Canaries, host: HostTransport, records: LogCapture) -> None:
     events = host.snapshot()
     assert events, "no event was captured at all"
     for index, event in enumerate(events):
@@ -243,15 +204,6 @@ class Credentials:
         if self.fail:
             raise RuntimeError(f"vault sealed for {project_id} ({len(vault)} keys)")
         return vault  # type: ignore[return-value]
-
-
-class Store:
-    def __init__(self) -> None:
-        self.puts: list[str] = []
-
-    def put(self, job_id: str, payload: bytes) -> str:
-        self.puts.append(job_id)
-        return f"jobdata:{job_id}"
 
 
 class Projects:
@@ -304,7 +256,7 @@ MakeManager = Callable[..., ContainerManager]
 def test_spawn_failures_and_what_the_host_captures_hold_no_secret(
     canaries: Canaries,
     host_sentry: HostTransport,
-    dockyard_records: RecordingHandler,
+    dockyard_logs: LogCapture,
     make_manager: MakeManager,
     proxy: FaultProxy,
     proxied: docker.APIClient,
@@ -323,14 +275,14 @@ def test_spawn_failures_and_what_the_host_captures_hold_no_secret(
 
     host_events = [e for e in host_sentry.snapshot() if "source" not in (e.get("tags") or {})]
     assert host_events, "the host's own capture of the raised error made no event"
-    assert_nothing_leaked(canaries, host_sentry, dockyard_records)
+    assert_nothing_leaked(canaries, host_sentry, dockyard_logs)
     assert not any(has_frame_vars(e) for e in host_sentry.snapshot() if e not in host_events)
 
 
 def test_missing_images_hold_no_secret(
     canaries: Canaries,
     host_sentry: HostTransport,
-    dockyard_records: RecordingHandler,
+    dockyard_logs: LogCapture,
     make_manager: MakeManager,
 ) -> None:
     manager = make_manager(
@@ -345,18 +297,18 @@ def test_missing_images_hold_no_secret(
     host_captures(lambda: manager.spawn_worker(job))
     host_sentry.wait_for("worker_image_pull_fallback")
     host_sentry.wait_for("worker_spawn_fallback")
-    assert_nothing_leaked(canaries, host_sentry, dockyard_records)
+    assert_nothing_leaked(canaries, host_sentry, dockyard_logs)
 
 
 def test_refused_job_raises_clean_and_writes_no_payload(
     canaries: Canaries,
     host_sentry: HostTransport,
-    dockyard_records: RecordingHandler,
+    dockyard_logs: LogCapture,
     make_manager: MakeManager,
 ) -> None:
     # A credential that is not a string: refused while the credentials are frame locals.
     credentials = Credentials({**canaries.credentials(), "BROKEN": 12345})
-    store = Store()
+    store = RecordingStore()
     manager = make_manager(credentials=credentials, job_data_store=store)
     big = canaries.job_data(blob="x" * (100 * 1024))  # over the inline limit: goes to the store
     job = WorkerJob("refused-1", "trello", big, command=["true"])
@@ -366,13 +318,13 @@ def test_refused_job_raises_clean_and_writes_no_payload(
     (event,) = host_sentry.snapshot()
     frames = event["exception"]["values"][-1]["stacktrace"]["frames"]
     assert frames[-1]["function"] == "spawn_worker"  # nothing below the facade's frame
-    assert_nothing_leaked(canaries, host_sentry, dockyard_records)
+    assert_nothing_leaked(canaries, host_sentry, dockyard_logs)
 
 
 def test_worker_failures_hold_no_secret(
     canaries: Canaries,
     host_sentry: HostTransport,
-    dockyard_records: RecordingHandler,
+    dockyard_logs: LogCapture,
     make_manager: MakeManager,
 ) -> None:
     manager = make_manager(
@@ -388,7 +340,7 @@ def test_worker_failures_hold_no_secret(
     manager.spawn_worker(WorkerJob("exit-1", "trello", canaries.job_data(), command=shell(echo)))
     assert manager.wait_for_worker("exit-1", OUTCOME_TIMEOUT_S).status == "failed"
     host_sentry.wait_for("worker_exit")
-    tails = [t for t in dockyard_records.texts() if "worker output" in t]
+    tails = [t for t in dockyard_logs.texts() if "worker output" in t]
     assert tails and "tok=***" in tails[0]
     # An overrun: worker_timeout.
     manager.spawn_worker(
@@ -396,13 +348,13 @@ def test_worker_failures_hold_no_secret(
     )
     assert manager.wait_for_worker("slow-1", OUTCOME_TIMEOUT_S).status == "timed_out"
     host_sentry.wait_for("worker_timeout")
-    assert_nothing_leaked(canaries, host_sentry, dockyard_records)
+    assert_nothing_leaked(canaries, host_sentry, dockyard_logs)
 
 
 def test_credential_store_and_listener_failures_hold_no_secret(
     canaries: Canaries,
     host_sentry: HostTransport,
-    dockyard_records: RecordingHandler,
+    dockyard_logs: LogCapture,
     make_manager: MakeManager,
 ) -> None:
     values = canaries.credentials()
@@ -417,13 +369,13 @@ def test_credential_store_and_listener_failures_hold_no_secret(
     assert manager.wait_for_worker("cred-1", OUTCOME_TIMEOUT_S).status == "succeeded"
     host_sentry.wait_for("credential_resolution")
     host_sentry.wait_for("lifecycle_listener")
-    assert_nothing_leaked(canaries, host_sentry, dockyard_records)
+    assert_nothing_leaked(canaries, host_sentry, dockyard_logs)
 
 
 def test_snapshot_and_wait_failures_hold_no_secret(
     canaries: Canaries,
     host_sentry: HostTransport,
-    dockyard_records: RecordingHandler,
+    dockyard_logs: LogCapture,
     make_manager: MakeManager,
     proxy: FaultProxy,
     proxied: docker.APIClient,
@@ -470,13 +422,13 @@ def test_snapshot_and_wait_failures_hold_no_secret(
     assert any(
         "lost track" in str(e.get("logentry") or e.get("message")) for e in host_sentry.snapshot()
     )
-    assert_nothing_leaked(canaries, host_sentry, dockyard_records)
+    assert_nothing_leaked(canaries, host_sentry, dockyard_logs)
 
 
 def test_cleanup_failures_hold_no_secret(
     canaries: Canaries,
     host_sentry: HostTransport,
-    dockyard_records: RecordingHandler,
+    dockyard_logs: LogCapture,
     make_manager: MakeManager,
     proxy: FaultProxy,
     proxied: docker.APIClient,
@@ -518,4 +470,4 @@ def test_cleanup_failures_hold_no_secret(
     manager.run_snapshot_cleanup()
     host_sentry.wait_for("snapshot_image_remove")
     proxy.clear_rules()
-    assert_nothing_leaked(canaries, host_sentry, dockyard_records)
+    assert_nothing_leaked(canaries, host_sentry, dockyard_logs)

@@ -8,20 +8,16 @@ unlabelled legacy ones, never another router's.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import docker
 import docker.errors
-import pytest
 
-import dockyard
 from dockyard import ContainerManager, WorkerJob
+from test_cli import cli_env, dockyard_cli
 
 WAIT_S = 60.0
 OWNERSHIP = (
@@ -36,7 +32,6 @@ OWNERSHIP = (
     "cascade.snapshot.enabled",
     "cascade.base.image",
 )
-LIB = str(Path(dockyard.__file__).resolve().parent.parent)
 
 MakeManager = Callable[..., ContainerManager]
 
@@ -58,17 +53,6 @@ def image_exists(client: docker.DockerClient, name: str) -> bool:
     except docker.errors.ImageNotFound:
         return False
     return True
-
-
-@pytest.fixture
-def other_instance(instance_id: str, docker_client: docker.DockerClient) -> Iterator[str]:
-    """A second router instance id on the same engine; its containers are removed after."""
-    other = f"{instance_id}-b"
-    yield other
-    for container in docker_client.containers.list(
-        all=True, filters={"label": f"cascade.router.instance={other}"}
-    ):
-        container.remove(force=True)
 
 
 def test_committed_image_carries_snapshot_labels_and_no_worker_label(
@@ -201,17 +185,5 @@ def test_legacy_snapshots_are_evicted_and_another_routers_old_images_kept(
 
 
 def cli(*args: str, max_count: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [LIB, env.get("PYTHONPATH")]))
-    env.pop("CASCADE_ROUTER_INSTANCE", None)
-    if max_count is not None:
-        env["SNAPSHOT_MAX_COUNT"] = max_count
-    code = "import sys\nfrom dockyard._cli import main\nsys.exit(main())"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    extra = {} if max_count is None else {"SNAPSHOT_MAX_COUNT": max_count}
+    return dockyard_cli(*args, env=cli_env(**extra), timeout=120)

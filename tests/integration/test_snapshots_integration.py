@@ -22,7 +22,7 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import CapturedEvents
+from conftest import CapturedEvents, ManagerFactory, StaticProjects, snapshot_worker
 from dockyard import (
     ActiveWorker,
     ContainerManager,
@@ -97,28 +97,13 @@ class Credentials:
         return dict(self.values)
 
 
-class Projects:
-    def __init__(self, *projects: ProjectConfig) -> None:
-        self.projects = list(projects)
-
-    def list_projects(self) -> list[ProjectConfig]:
-        return list(self.projects)
-
-    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None:
-        return next((p for p in self.projects if p.repo_full_name == repo_full_name), None)
-
-
 @pytest.fixture
 def managers(
     instance_id: str, entry_image: str, snapshot_image_prefix: str
 ) -> Iterator[Callable[..., ContainerManager]]:
     """``make(**overrides)``: a snapshot-enabled manager on the entry image; closed at teardown."""
-    made: list[ContainerManager] = []
-    manager_kwargs = ("credentials", "projects", "job_data_store", "listener", "reporter")
-
-    def make(**overrides: Any) -> ContainerManager:
-        kwargs = {name: overrides.pop(name) for name in manager_kwargs if name in overrides}
-        settings: dict[str, Any] = {
+    make = ManagerFactory(
+        {
             "worker_image": entry_image,
             "router_instance_id": instance_id,
             "snapshot_image_prefix": snapshot_image_prefix,
@@ -128,15 +113,11 @@ def managers(
             "worker_memory_mb": 64,
             "slot_wait_timeout_s": 30,
             "docker_network": "none",  # workers here need no network
-        }
-        settings.update(overrides)
-        manager = ContainerManager(RouterConfig(**settings), **kwargs)
-        made.append(manager)
-        return manager
-
+        },
+        ("credentials", "projects", "job_data_store", "listener", "reporter"),
+    )
     yield make
-    for manager in reversed(made):
-        manager.close()
+    make.close_all()
 
 
 def job(
@@ -440,7 +421,7 @@ def test_verified_project_image_is_used_and_unverified_is_refused(
 ) -> None:
     digest = docker_client.images.get(test_image).id
     assert digest.startswith("sha256:")
-    projects = Projects(
+    projects = StaticProjects(
         ProjectConfig(
             id="own-image",
             worker_image="registry.example.invalid/own:1",
@@ -734,22 +715,6 @@ def _snapshot_manager(fake: FakeCommitGateway, reporter: Reporter) -> SnapshotMa
     return SnapshotManager(fake, registry, reporter, config, LabelSchema("cascade"))  # type: ignore[arg-type]
 
 
-def _worker() -> ActiveWorker:
-    now = datetime.now(UTC)
-    return ActiveWorker(
-        job_id="j",
-        container_id="c" * 64,
-        container_name="n",
-        image="base",
-        started_at=now,
-        deadline=now,
-        project_id="p",
-        work_item_id="w",
-        job_type="trello",
-        snapshot_enabled=True,
-    )
-
-
 def test_commit_without_a_kept_container_config_registers_the_commit_as_is() -> None:
     fake = FakeCommitGateway(
         {
@@ -765,7 +730,7 @@ def test_commit_without_a_kept_container_config_registers_the_commit_as_is() -> 
     reporter = RecordingReporter()
     manager = _snapshot_manager(fake, reporter)
     meta = manager.commit(
-        _worker(), ["JOB_ID", "API_TOKEN", "CASCADE_CREDENTIAL_KEYS", "LOG_LEVEL"]
+        snapshot_worker(), ["JOB_ID", "API_TOKEN", "CASCADE_CREDENTIAL_KEYS", "LOG_LEVEL"]
     )
     assert meta is not None and meta.image_size_bytes == 42
     assert meta.image_name == snapshot_image_name("unit-snap-", "p", "w") + ":latest"
@@ -795,7 +760,7 @@ def test_an_image_that_still_holds_a_value_is_removed_and_not_registered(
     )
     reporter = RecordingReporter()
     manager = _snapshot_manager(fake, reporter)
-    assert manager.commit(_worker(), ["JOB_ID", "API_TOKEN"]) is None
+    assert manager.commit(snapshot_worker(), ["JOB_ID", "API_TOKEN"]) is None
     assert reporter.sources == ["snapshot_commit"]
     assert set(fake.removed) == {"sha256:committed", "sha256:rewritten"}
     assert fake.tagged == []  # the name never pointed at it

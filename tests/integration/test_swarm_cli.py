@@ -3,37 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 
-import dockyard
+from test_cli import cli_env, dockyard_cli
 
 pytest_plugins = ("swarm_support",)  # its fixtures
 pytestmark = pytest.mark.swarm
 
-LIB = str(Path(dockyard.__file__).resolve().parent.parent)
-
 
 def run_cli(*args: str, host: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [LIB, env.get("PYTHONPATH")]))
-    env["DOCKER_HOST"] = host
-    env.pop("DOCKYARD_BACKEND", None)
-    code = "import sys\nfrom dockyard._cli import main\nsys.exit(main())"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    env = cli_env(drop=("DOCKYARD_BACKEND",), DOCKER_HOST=host)
+    return dockyard_cli(*args, env=env, timeout=300)
 
 
 def test_run_with_the_swarm_backend(

@@ -6,22 +6,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import docker.errors
 import pytest
 import requests
 
+from conftest import StaticProjects, snapshot_worker
 from dockyard import RouterConfig, WorkerImageResolutionError
 from dockyard._docker import DockerGateway, is_missing_image
-from dockyard._models import ActiveWorker
 from dockyard._naming import LabelSchema
 from dockyard._registry_auth import DOCKER_HUB_SERVER, RegistryAuth, RegistryAuthResolver
 from dockyard._sentry import Reporter
 from dockyard._snapshot_registry import SnapshotRegistry
 from dockyard._snapshots import SnapshotManager
-from test_launcher_unit import PROJECT_DIGEST, Projects, Rig, _project, job, rig_factory  # noqa: F401
+from test_launcher_unit import PROJECT_DIGEST, Rig, _project, job, rig_factory  # noqa: F401
 
 # --------------------------------------------------------------------------- registry
 
@@ -220,7 +219,7 @@ def test_snapshot_mode_uses_the_global_setting_for_an_unconfigured_project(
 def test_a_project_image_still_missing_after_its_pull_is_a_resolution_error(
     rig_factory: Callable[..., Rig],  # noqa: F811
 ) -> None:
-    rig = rig_factory(images=set(), projects=Projects(_project()))
+    rig = rig_factory(images=set(), projects=StaticProjects(_project()))
     missing = docker.errors.ImageNotFound("No such image: " + PROJECT_DIGEST)
     rig.api.failures["create_container"] = [missing, missing]
     with pytest.raises(WorkerImageResolutionError, match="still missing") as raised:
@@ -234,7 +233,7 @@ def test_a_project_image_still_missing_after_its_pull_is_a_resolution_error(
 def test_pull_fallback_extras_keep_the_originals_names(
     rig_factory: Callable[..., Rig],  # noqa: F811
 ) -> None:
-    rig = rig_factory(images={"other:1"}, projects=Projects(_project()))
+    rig = rig_factory(images={"other:1"}, projects=StaticProjects(_project()))
     rig.api.pull_error = "manifest unknown"
     with pytest.raises(WorkerImageResolutionError):
         rig.manager.spawn_worker(job(projectId="proj"))
@@ -282,19 +281,7 @@ def test_a_failed_snapshot_commit_reports_the_originals_extras() -> None:
         config,
         LabelSchema("cascade"),
     )
-    now = datetime.now(UTC)
-    worker = ActiveWorker(
-        job_id="j",
-        container_id="c" * 64,
-        container_name="n",
-        image="base",
-        started_at=now,
-        deadline=now,
-        project_id="p",
-        work_item_id="w",
-        job_type="trello",
-        snapshot_enabled=True,
-    )
+    worker = snapshot_worker()
     assert manager.commit(worker, ["JOB_ID"]) is None
     ((source, level, extras),) = reporter.reports
     assert (source, level) == ("snapshot_commit", "warning")

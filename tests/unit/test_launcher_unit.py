@@ -18,7 +18,7 @@ import docker.errors
 import pytest
 import requests
 
-from conftest import RecordingListener, ThreadBaseline
+from conftest import RecordingListener, StaticProjects, ThreadBaseline
 from dockyard import (
     ActiveWorker,
     ContainerManager,
@@ -28,6 +28,7 @@ from dockyard import (
     RouterConfig,
     WorkerImageResolutionError,
     WorkerJob,
+    WorkerLifecycleListener,
     WorkerSpawnError,
 )
 from dockyard.testing import (
@@ -44,23 +45,37 @@ INSTANCE = "unit-router"
 # --------------------------------------------------------------------------- recorders
 
 
-class Projects:
-    def __init__(self, *projects: ProjectConfig) -> None:
-        self._projects = list(projects)
-
-    def list_projects(self) -> list[ProjectConfig]:
-        return list(self._projects)
-
-    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None:
-        return next((p for p in self._projects if p.repo_full_name == repo_full_name), None)
-
-
 @dataclass
 class Rig:
     api: FakeDockerAPI
     reporter: RecordingReporter
     listener: RecordingListener
     manager: ContainerManager
+
+
+def fake_manager(
+    api: FakeDockerAPI,
+    reporter: RecordingReporter,
+    listener: WorkerLifecycleListener | None,
+    projects: StaticProjects | None = None,
+    **overrides: Any,
+) -> ContainerManager:
+    """A manager on the fake engine: quick grace, slot wait and retry window unless overridden."""
+    settings: dict[str, Any] = {
+        "worker_image": BASE_IMAGE,
+        "router_instance_id": INSTANCE,
+        "stop_grace_s": 1,
+        "slot_wait_timeout_s": 5,
+        "wait_retry_window_s": 0.5,
+    }
+    settings.update(overrides)
+    return ContainerManager(
+        RouterConfig(**settings),
+        docker_client=api,  # type: ignore[arg-type]
+        reporter=reporter,
+        listener=listener,
+        projects=projects,
+    )
 
 
 @pytest.fixture
@@ -70,28 +85,14 @@ def rig_factory() -> Iterator[Callable[..., Rig]]:
     def make(
         *,
         images: set[str] | None = None,
-        projects: Projects | None = None,
+        projects: StaticProjects | None = None,
         listener: RecordingListener | None = None,
         **overrides: Any,
     ) -> Rig:
         api = FakeDockerAPI(images)
         reporter = RecordingReporter()
         listener = listener or RecordingListener()
-        settings: dict[str, Any] = {
-            "worker_image": BASE_IMAGE,
-            "router_instance_id": INSTANCE,
-            "stop_grace_s": 1,
-            "slot_wait_timeout_s": 5,
-            "wait_retry_window_s": 0.5,
-        }
-        settings.update(overrides)
-        manager = ContainerManager(
-            RouterConfig(**settings),
-            docker_client=api,  # type: ignore[arg-type]
-            reporter=reporter,
-            listener=listener,
-            projects=projects,
-        )
+        manager = fake_manager(api, reporter, listener, projects=projects, **overrides)
         made.append(manager)
         return Rig(api, reporter, listener, manager)
 
@@ -426,7 +427,7 @@ def _project(**overrides: Any) -> ProjectConfig:
 
 
 def test_verified_project_image_runs_on_its_digest(rig_factory: Callable[..., Rig]) -> None:
-    rig = rig_factory(images={PROJECT_DIGEST}, projects=Projects(_project()))
+    rig = rig_factory(images={PROJECT_DIGEST}, projects=StaticProjects(_project()))
     worker = rig.manager.spawn_worker(job(projectId="proj"))
     assert worker.image == PROJECT_DIGEST
     assert [c["image"] for c in rig.api.calls_of("create_container")] == [PROJECT_DIGEST]
@@ -435,7 +436,7 @@ def test_verified_project_image_runs_on_its_digest(rig_factory: Callable[..., Ri
 def test_pull_failure_of_a_project_image_is_a_resolution_error(
     rig_factory: Callable[..., Rig],
 ) -> None:
-    rig = rig_factory(images={BASE_IMAGE}, projects=Projects(_project()))
+    rig = rig_factory(images={BASE_IMAGE}, projects=StaticProjects(_project()))
     rig.api.pull_error = "manifest unknown"
 
     with pytest.raises(WorkerImageResolutionError):
@@ -460,7 +461,7 @@ def test_pull_failure_of_a_project_image_is_a_resolution_error(
 def test_unverified_project_image_is_refused_before_any_docker_call(
     rig_factory: Callable[..., Rig], project: ProjectConfig
 ) -> None:
-    rig = rig_factory(projects=Projects(project))
+    rig = rig_factory(projects=StaticProjects(project))
     with pytest.raises(WorkerImageResolutionError):
         rig.manager.spawn_worker(job(projectId="proj"))
     assert rig.api.calls == []

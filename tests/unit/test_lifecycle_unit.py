@@ -24,14 +24,13 @@ from dockyard import (
     ActiveWorker,
     ContainerManager,
     NoWorkerSlotError,
-    RouterConfig,
     WorkerLifecycleListener,
     WorkerOutcome,
 )
 from dockyard._docker import ExitWait
 from dockyard._naming import parse_deadline
 from dockyard.testing import FakeDockerAPI, RecordingReporter, api_error, not_found
-from test_launcher_unit import BASE_IMAGE, INSTANCE, job, wait_until
+from test_launcher_unit import INSTANCE, fake_manager, job, wait_until
 
 
 class ListingAPI(FakeDockerAPI):
@@ -88,20 +87,7 @@ def make() -> Iterator[Callable[..., tuple[ContainerManager, Any]]]:
         **overrides: Any,
     ) -> tuple[ContainerManager, Any]:
         api = api or FakeDockerAPI()
-        settings: dict[str, Any] = {
-            "worker_image": BASE_IMAGE,
-            "router_instance_id": INSTANCE,
-            "stop_grace_s": 1,
-            "slot_wait_timeout_s": 5,
-            "wait_retry_window_s": 0.5,
-        }
-        settings.update(overrides)
-        manager = ContainerManager(
-            RouterConfig(**settings),
-            docker_client=api,  # type: ignore[arg-type]
-            reporter=RecordingReporter(),
-            listener=listener,
-        )
+        manager = fake_manager(api, RecordingReporter(), listener, **overrides)
         made.append(manager)
         return manager, api
 
