@@ -94,6 +94,9 @@ start_worker() {
         touch "${STARTED_MARK2}"
     fi
     if [[ "$(DOCKER_HOST="${HOST2}" docker info --format '{{.Swarm.LocalNodeState}}')" != "active" ]]; then
+        # A node killed without leaving (its engine ended with the machine's processes)
+        # still holds its old membership: leave it before joining again.
+        DOCKER_HOST="${HOST2}" timeout 30 docker swarm leave --force >/dev/null 2>&1 || true
         token="$(DOCKER_HOST="${HOST}" docker swarm join-token -q worker)"
         DOCKER_HOST="${HOST2}" timeout 60 docker swarm join --advertise-addr "${WORKER_IP}" \
             --listen-addr "${WORKER_IP}:2377" --token "${token}" "${MANAGER_IP}:2377" >/dev/null

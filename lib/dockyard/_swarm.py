@@ -141,7 +141,14 @@ class SwarmGateway(ObservedEngine):
         try:
             return self._create_once(spec)
         except Exception as err:
-            if is_timeout(err) or not is_unreachable(err):
+            if is_timeout(err):
+                # The whole time budget is spent: a service the engine made after all is
+                # this launch's; otherwise there is none.
+                leftover = self._created_for(spec)
+                if leftover is None:
+                    raise
+                return leftover
+            if not is_unreachable(err):
                 raise
             log.warning(
                 "service create got no answer; retrying once",
@@ -151,18 +158,32 @@ class SwarmGateway(ObservedEngine):
         try:
             return self._create_once(spec)
         except Exception as err:
-            if not is_conflict(err):
-                raise
-            try:
-                service = self._call(
-                    "service_inspect", lambda: self._raw.inspect_service(spec.name)
-                )
-            except Exception:
-                raise err from None
-            labels = (service.get("Spec") or {}).get("Labels") or {}
-            if labels != dict(spec.labels):
-                raise
-            return str(service["ID"])
+            leftover = self._created_for(spec)
+            if leftover is not None and is_conflict(err):
+                return leftover
+            if leftover is not None:
+                # The unanswered first create went through but this launch fails: the
+                # service must not outlive it (it would run a job nobody tracks).
+                self._discard(leftover)
+            raise
+
+    def _created_for(self, spec: ContainerSpec) -> str | None:
+        """The id of a service of this name carrying exactly this spec's labels, if any."""
+        try:
+            service = self._call("service_inspect", lambda: self._raw.inspect_service(spec.name))
+        except Exception:
+            return None  # unknown: the orphan scan deals with whatever is left
+        labels = (service.get("Spec") or {}).get("Labels") or {}
+        return str(service["ID"]) if labels == dict(spec.labels) else None
+
+    def _discard(self, service_id: str) -> None:
+        try:
+            self._call("service_remove", lambda: self._raw.remove_service(service_id))
+        except Exception:
+            log.warning(
+                "could not remove the service of a failed create; the orphan scan will",
+                extra={"container_id": service_id[:12]},
+            )
 
     def _create_once(self, spec: ContainerSpec) -> str:
         resources = Resources(mem_limit=spec.memory_bytes, mem_reservation=spec.memory_bytes)
