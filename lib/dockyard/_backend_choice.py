@@ -22,13 +22,21 @@ def open_backend(
     short_pool: int,
     wait_pool: int,
 ) -> EngineBackend:
-    """The gateway for `config.backend`, over the caller's client or a new connection."""
+    """The gateway for `config.backend`, over the caller's client or a new connection.
+
+    Its exit stream carries only this router instance's containers: the engine filters, so
+    two routers on one engine never read each other's exits.
+    """
+    own = [f"{config.label_prefix}.router.instance={config.router_instance_id}"]
     gateway = (
         DockerGateway.connect(
-            short_pool=short_pool, wait_pool=wait_pool, timeout_s=config.docker_timeout_s
+            short_pool=short_pool,
+            wait_pool=wait_pool,
+            timeout_s=config.docker_timeout_s,
+            event_labels=own,
         )
         if docker_client is None
-        else DockerGateway.from_client(docker_client)
+        else DockerGateway.from_client(docker_client, event_labels=own)
     )
     gateway.image_write_timeout_s = config.image_write_timeout_s
     if config.backend != "swarm":
