@@ -3,7 +3,7 @@
 The launcher, exit watcher, timeouts, orphan reaper and adopter speak in "container" ids,
 container-inspect-shaped and container-list-shaped dicts, and exit waits. A backend maps
 those onto whatever runs the job underneath (a container, a swarm service, ...); engine
-errors are the typed ones of `_engine_errors` (one translation wrapper, `EngineCalls`), so
+errors are the typed ones of `_errors` (one translation wrapper, `EngineCalls`), so
 `is_not_found`/`is_conflict`/`is_unreachable` hold for both.
 """
 

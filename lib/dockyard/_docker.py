@@ -21,29 +21,31 @@ import urllib3
 from docker.errors import APIError, DockerException, create_api_error_from_http_exception
 from requests.adapters import HTTPAdapter
 
-from ._engine_errors import (
-    CallObserver,
-    EngineCalls,
+from ._environment import Secret, reveal
+from ._errors import (
+    DockerUnavailableError,
     EngineError,
     EngineTimeoutError,
-    ObservedEngine,
     call_result,
     is_conflict,
     is_missing_image,
     is_not_found,
     is_timeout,
     is_unreachable,
+    result_of,
+    translate,
 )
-from ._errors import DockerUnavailableError
 from ._exit_monitor import ExitMonitor, ExitWait, StreamIdle, decode_event, server_time_of
 from ._registry_auth import RegistryAuth
-from ._secrets import Secret, reveal
 
 __all__ = [
+    "CallObserver",
     "ContainerSpec",
     "DockerGateway",
+    "EngineCalls",
     "EngineObserver",
     "ExitWait",
+    "ObservedEngine",
     "call_result",
     "is_conflict",
     "is_missing_image",
@@ -54,6 +56,9 @@ __all__ = [
 log = logging.getLogger("dockyard.docker")
 
 T = TypeVar("T")
+
+CallObserver = Callable[[str, str, float], None]
+"""`(operation, result, seconds)`: told about every engine call once it ended."""
 
 EngineObserver = CallObserver
 """Told of every engine call: `(operation, result, seconds)`; see `call_result`."""
@@ -72,6 +77,49 @@ _CREATED_LOOKUP_PAUSE_S = 0.1
 _REMOVE_ATTEMPTS = 3
 _REMOVE_RETRY_PAUSE_S = 0.2
 _STOPPED = {"StatusCode": None, "Error": None}
+
+
+class EngineCalls:
+    """Runs engine calls: timed for the observer, errors translated. One choke point."""
+
+    def __init__(self, observer: CallObserver | None = None) -> None:
+        self.observer = observer
+
+    def run(self, operation: str, fn: Callable[[], T]) -> T:
+        started = time.monotonic()
+        try:
+            result = fn()
+        except BaseException as err:
+            typed = translate(operation, err)
+            self._observe(operation, result_of(typed), started)
+            if typed is err:
+                raise
+            raise typed from err
+        self._observe(operation, "ok", started)
+        return result
+
+    def _observe(self, operation: str, result: str, started: float) -> None:
+        if self.observer is None:
+            return
+        try:
+            self.observer(operation, result, time.monotonic() - started)
+        except Exception:  # a broken metrics hook must never break an engine call
+            log.debug("engine call observer failed", exc_info=True)
+
+
+class ObservedEngine:
+    """A gateway whose engine calls all run through one `EngineCalls`, `calls`."""
+
+    calls: EngineCalls
+
+    @property
+    def observer(self) -> CallObserver | None:
+        """Told of every engine call that runs through `calls`."""
+        return self.calls.observer
+
+    @observer.setter
+    def observer(self, observer: CallObserver | None) -> None:
+        self.calls.observer = observer
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,11 @@
-"""Exit handling: once a worker's wait ends, inspect, log, report, snapshot, remove, settle.
+"""How a worker's run ends: its deadline kill, its exit wait, and what follows the exit.
 
-The wait itself, riding out broken streams and engine blips, is `_exit_wait`'s.
+The deadline kill and the natural exit race for one outcome, so they live together:
+- timeouts (`TimeoutController`): a timer per worker; on expiry report and stop it, and
+  keep trying for as long as a broken wait is ridden out;
+- the exit wait (`await_exit`): ride out broken streams and engine blips;
+- exit handling (`ExitWatcher`): once the wait ends, inspect, log, report, snapshot,
+  remove, settle.
 
 The order matters: inspect before anything can remove the container; snapshot before
 removal; the outcome last, so that a caller who sees it finds the container gone.
@@ -11,22 +16,32 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from ._backend import EngineBackend
 from ._docker import is_conflict, is_not_found, is_unreachable
-from ._exit_wait import Exited, Lost, await_exit
-from ._loops import RetryPolicy
+from ._loops import Activity, RetryPolicy
 from ._models import OutcomeStatus, WorkerOutcome
-from ._sentry import Reporter, WorkerExitError
+from ._sentry import Reporter, WorkerExitError, WorkerTimeoutError
 from ._snapshots import SnapshotManager
 from ._tracker import TrackedWorker, WorkerRegistry
 
-__all__ = ["ExitFacts", "ExitWatcher", "parse_docker_time"]
+__all__ = [
+    "ExitFacts",
+    "ExitWatcher",
+    "Exited",
+    "Lost",
+    "TimeoutController",
+    "await_exit",
+    "parse_docker_time",
+]
+
 
 log = logging.getLogger("dockyard.exits")
 
@@ -190,7 +205,7 @@ class ExitWatcher:
             "worker finished",
             extra={
                 "job_id": worker.job_id,
-                "container_id": worker.short_id,
+                "container_id": worker.container_id[:12],
                 "status": status,
                 "exit_code": code,
                 "duration_ms": duration_ms,
@@ -202,7 +217,11 @@ class ExitWatcher:
         worker = tracked.worker
         log.error(
             "lost track of a worker",
-            extra={"job_id": worker.job_id, "container_id": worker.short_id, "reason": lost.reason},
+            extra={
+                "job_id": worker.job_id,
+                "container_id": worker.container_id[:12],
+                "reason": lost.reason,
+            },
         )
         self.reporter.report(
             lost.error,
@@ -247,7 +266,7 @@ class ExitWatcher:
                 "worker output (last %d lines):\n%s",
                 self.log_tail_lines,
                 tail.rstrip(),
-                extra={"job_id": tracked.job_id, "container_id": tracked.worker.short_id},
+                extra={"job_id": tracked.job_id, "container_id": tracked.worker.container_id[:12]},
             )
 
     def _remove(self, tracked: TrackedWorker) -> None:
@@ -274,7 +293,10 @@ class ExitWatcher:
                 log.warning(
                     "could not remove a finished worker container; the orphan scan removes "
                     "it later (check that the Docker engine is healthy)",
-                    extra={"job_id": tracked.job_id, "container_id": tracked.worker.short_id},
+                    extra={
+                        "job_id": tracked.job_id,
+                        "container_id": tracked.worker.container_id[:12],
+                    },
                 )
                 return
         self._await_removal(tracked)
@@ -307,3 +329,236 @@ def _caused_by_kill(tracked: TrackedWorker, facts: ExitFacts) -> bool:
         return True
     before_kill = (kill_began - tracked.worker.started_at).total_seconds()
     return facts.finished_at >= kill_began or facts.duration_s >= before_kill
+
+
+# -- the exit wait: riding out a broken wait --
+
+_MAX_WAIT_RESUMES = 20  # consecutive broken waits on a running container before giving up
+_STABLE_WAIT_S = 10.0  # a wait that held this long ends a streak of broken waits
+
+
+@dataclass(frozen=True)
+class Exited:
+    """The worker exited (status None when unknown)."""
+
+    status_code: int | None
+    info: dict[str, Any] | None = None  # the container already inspected while recovering
+
+
+@dataclass(frozen=True)
+class Lost:
+    """The wait was given up: the worker's outcome is `lost` for `reason`."""
+
+    reason: str
+    error: BaseException
+
+
+class _WaitFailed(Exception):
+    """The engine answered a wait with an error instead of an exit."""
+
+
+def await_exit(docker: EngineBackend, tracked: TrackedWorker, policy: RetryPolicy) -> Exited | Lost:
+    """Wait, riding out broken streams and engine blips; see the spec's wait-error rule.
+
+    A broken wait is followed by an inspect: a running container gets a new wait, an
+    exited one is handled from the inspected state. Only a container that is gone, an
+    engine unreachable for longer than the retry window, or a wait that keeps breaking
+    at once (`_MAX_WAIT_RESUMES` times in a row) writes the worker off as lost.
+    """
+    container_id = tracked.worker.container_id
+    unreachable = policy.begin(tracked.ended)
+    broken = replace(policy, window_s=None, attempts=_MAX_WAIT_RESUMES).begin(tracked.ended)
+    while True:
+        if tracked.is_over:
+            return Lost("detached", RuntimeError("detached"))
+        opened_at = time.monotonic()
+        exit_wait = tracked.current_exit_wait()
+        try:
+            if exit_wait is None:
+                exit_wait = docker.open_wait(container_id)
+                if not tracked.set_exit_wait(exit_wait):
+                    return Lost("detached", RuntimeError("detached"))
+            body = exit_wait.result()
+            code = body.get("StatusCode")
+            error = body.get("Error")
+            failure = error.get("Message") if isinstance(error, dict) else None
+            if failure:  # the wait itself failed: its status code means nothing
+                raise _WaitFailed(str(failure))
+            return Exited(int(code) if isinstance(code, int) else None)
+        except Exception as err:
+            if exit_wait is not None:
+                tracked.drop_exit_wait(exit_wait)
+            if tracked.is_over:
+                return Lost("detached", err)
+            wait_error = err
+        if time.monotonic() - opened_at >= _STABLE_WAIT_S:
+            broken.reset()  # that wait held: not part of a streak of failures
+        # The wait broke: find out whether the worker is still there.
+        try:
+            info = docker.inspect(container_id)
+        except Exception as err:
+            if is_not_found(err):
+                return Lost("container is gone", wait_error)
+            log.info(
+                "wait interrupted and the engine does not answer; retrying",
+                extra={"job_id": tracked.job_id, "error": str(err)},
+            )
+            if not unreachable.sleep():
+                return Lost("engine unreachable", err)
+            continue
+        unreachable.reset()
+        state = info.get("State") or {}
+        if state.get("Running") or state.get("Restarting") or state.get("Paused"):
+            log.info(
+                "wait interrupted; worker still running, resuming",
+                extra={"job_id": tracked.job_id, "attempt": broken.attempt + 1},
+            )
+            if not broken.sleep():
+                return Lost("wait kept failing", wait_error)
+            continue
+        code = state.get("ExitCode")
+        return Exited(int(code) if isinstance(code, int) else None, info)
+
+
+# -- timeouts: the deadline kill --
+
+kill_log = logging.getLogger("dockyard.timeouts")
+
+
+@dataclass(eq=False)  # one controller per manager: identity, no field-wise ==
+class TimeoutController:
+    """Arms per-worker timers; on expiry reports and stops the container.
+
+    The kill path only marks the worker and stops its container: the exit that follows is
+    handled by the exit watcher, which turns it into the single `timed_out` outcome. A
+    failing stop is retried under `kill_policy` (at least as long as a broken wait is), its
+    back-offs end as soon as the worker exits or is detached.
+    """
+
+    docker: EngineBackend
+    reporter: Reporter
+    grace_s: float
+    kill_policy: RetryPolicy
+    _closing: threading.Event = field(default_factory=threading.Event, init=False)
+    _busy: Activity = field(default_factory=Activity, init=False)  # timers inside their function
+
+    def arm(self, tracked: TrackedWorker, delay_s: float) -> None:
+        self._schedule(tracked, delay_s, "timeout", self._expire)
+
+    def close(self) -> None:
+        """No timer acts any more; waits for those already inside their function."""
+        self._closing.set()
+        self._busy.close()
+
+    def _schedule(
+        self,
+        tracked: TrackedWorker,
+        delay_s: float,
+        kind: str,
+        fn: Callable[[TrackedWorker], None],
+    ) -> None:
+        """Make a daemon timer the worker's only pending timer (cleanup cancels it)."""
+        timer = threading.Timer(max(0.0, delay_s), self._guarded, args=(fn, tracked))
+        timer.daemon = True
+        timer.name = f"dockyard-{kind}-{tracked.job_id[:40]}"
+        if tracked.set_timer(timer) and not self._closing.is_set():
+            timer.start()
+
+    def _guarded(self, fn: Callable[[TrackedWorker], None], tracked: TrackedWorker) -> None:
+        with self._busy.enter() as allowed:
+            if allowed:
+                fn(tracked)
+
+    def _expire(self, tracked: TrackedWorker) -> None:
+        if not tracked.begin_kill():
+            return  # exited, settled or detached meanwhile
+        try:
+            self._report_timeout(tracked)
+        finally:  # whatever happens to the report, the overrunning worker is stopped
+            self._kill_until_stopped(tracked)
+
+    def _report_timeout(self, tracked: TrackedWorker) -> None:
+        worker = tracked.worker
+        elapsed_ms = int((datetime.now(UTC) - worker.started_at).total_seconds() * 1000)
+        kill_log.warning(
+            "worker timed out; stopping it",
+            extra={
+                "job_id": worker.job_id,
+                "container_id": worker.container_id[:12],
+                "duration_ms": elapsed_ms,
+            },
+        )
+        self.reporter.report(
+            WorkerTimeoutError(f"Worker timeout after {elapsed_ms}ms"),
+            "worker_timeout",
+            level="warning",
+            tags={"jobType": worker.job_type},
+            extras={"jobId": worker.job_id, "durationMs": elapsed_ms},
+        )
+
+    def kill(self, tracked: TrackedWorker) -> bool:
+        """The kill path on demand; False when the worker already exited or ended.
+
+        A worker whose kill began earlier but which still runs gets its stop again.
+        """
+        if tracked.begin_kill():
+            kill_log.info("killing worker on request", extra={"job_id": tracked.job_id})
+        elif tracked.may_stop():
+            kill_log.info(
+                "worker still running; stopping it again", extra={"job_id": tracked.job_id}
+            )
+        else:
+            return False
+        if not self._stop_once(tracked):
+            self._schedule(tracked, 0.0, "kill-retry", self._kill_until_stopped)
+        return True
+
+    def _kill_until_stopped(self, tracked: TrackedWorker) -> None:
+        """Stop, else kill; again after each back-off while the worker runs."""
+        run = self.kill_policy.begin(tracked.exited)
+        while tracked.may_stop() and not self._closing.is_set():
+            if self._stop_once(tracked):
+                return
+            if not run.sleep():
+                break
+        if tracked.may_stop() and not self._closing.is_set():
+            kill_log.error(
+                "could not stop an overdue worker; the engine refuses stop and kill "
+                "(check the engine, or stop the container by hand)",
+                extra={"job_id": tracked.job_id, "container_id": tracked.worker.container_id[:12]},
+            )
+
+    def _stop_once(self, tracked: TrackedWorker) -> bool:
+        """One round of stop-then-kill; True when the container is stopping or gone."""
+        worker = tracked.worker
+        try:
+            self.docker.stop(worker.container_id, self.grace_s)  # SIGTERM, then SIGKILL
+            return True
+        except Exception as err:
+            if is_not_found(err):
+                return True  # already gone: the exit watcher reports it
+            kill_log.warning(
+                "stopping a worker failed; sending SIGKILL",
+                extra={
+                    "job_id": worker.job_id,
+                    "container_id": worker.container_id[:12],
+                    "error": str(err),
+                },
+            )
+        if self._closing.is_set() or not tracked.may_stop():
+            return True
+        try:
+            self.docker.kill(worker.container_id)
+            return True
+        except Exception as err:
+            if is_not_found(err):
+                return True
+            kill_log.warning(
+                "killing a worker failed; retrying",
+                extra={
+                    "job_id": worker.job_id,
+                    "container_id": worker.container_id[:12],
+                    "error": str(err),
+                },
+            )
+        return False

@@ -20,8 +20,7 @@ from typing import Any, Protocol
 
 from cachetools import TTLCache
 
-from ._engine_errors import EngineError
-from ._errors import DockerUnavailableError
+from ._errors import DockerUnavailableError, EngineError
 
 __all__ = ["EventStream", "ExitMonitor", "ExitWait", "ExitWaitClosedError", "StreamIdle"]
 

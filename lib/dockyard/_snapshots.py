@@ -31,9 +31,9 @@ from ._config import RouterConfig
 from ._docker import is_conflict, is_not_found
 from ._environment import SCRUBBED_ENV_KEYS
 from ._image_rewrite import record_without_container_config
+from ._jobs import LabelSchema, format_deadline, snapshot_image_name
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
-from ._naming import LabelSchema, format_deadline, snapshot_image_name
 from ._sentry import Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
 
@@ -218,7 +218,7 @@ class SnapshotManager:
         except Exception as err:
             log.warning(
                 "snapshot commit failed",
-                extra={"job_id": worker.job_id, "container_id": worker.short_id},
+                extra={"job_id": worker.job_id, "container_id": worker.container_id[:12]},
             )
             self.reporter.report(
                 err,

@@ -32,20 +32,20 @@ from docker.types import (
     TaskTemplate,
 )
 
-from ._docker import ContainerSpec, DockerGateway
-from ._engine_errors import (
+from ._docker import ContainerSpec, DockerGateway, ObservedEngine
+from ._environment import reveal
+from ._errors import (
+    ConfigError,
+    DockerUnavailableError,
     EngineError,
-    ObservedEngine,
     is_conflict,
     is_not_found,
     is_timeout,
     is_unreachable,
 )
-from ._errors import ConfigError, DockerUnavailableError
 from ._exit_handling import parse_docker_time
 from ._exit_monitor import ExitWait
 from ._registry_auth import RegistryAuth
-from ._secrets import reveal
 from ._swarm_tasks import (
     PRE_RUNNING,
     TERMINAL,

@@ -1,10 +1,15 @@
 """The `ContainerManager` facade, and the launcher's names re-exported for compatibility.
 
-Each method delegates to the module that owns its concern: launch
-(`worker_container_launcher`), the wait and exit handling (`_exit_wait`, `_exit_handling`),
-timeouts (`_timeouts`), snapshot registry and mechanics (`_snapshot_registry`, `_snapshots`),
-spawn settings (`_spawn_settings`), environment (`_environment`), orphans and restarts
-(`_orphans`).
+Each method delegates to the module that owns its concern. A job's path runs through:
+- `_jobs`: the job's fields and ids, its project's spawn settings, names and labels;
+- `_environment`: what the container is given, job data, and which of it is secret;
+- `worker_container_launcher`: the launch plan, create and start, register, time, watch;
+- `_tracker`: the worker's state machine and its slot;
+- `_exit_handling`: how a run ends (the deadline kill, the exit wait, what follows);
+- `_docker` and `_exit_monitor`: the engine boundary and the one events stream;
+- `_loops` and `_metrics`: the pools `close()` waits for, and the Prometheus series.
+Off that path: snapshot registry and mechanics (`_snapshot_registry`, `_snapshots`),
+orphans and restarts (`_orphans`), dangling images (`_dangling`), Sentry (`_sentry`).
 """
 
 from __future__ import annotations
@@ -26,38 +31,40 @@ from ._environment import (
     CredentialProvider,
     EnvSources,
     JobDataStore,
+    Masker,
+    RedisOffloadStore,
+    SecretBook,
     build_worker_env,
     check_job_data,
     router_environ,
+    router_secret_values,
     worker_masker,
 )
 from ._errors import ConfigError, DuplicateJobError, NoWorkerSlotError
-from ._exit_handling import ExitWatcher
+from ._exit_handling import ExitWatcher, TimeoutController
 from ._images import ImagePuller
-from ._job_data import RedisOffloadStore
 from ._jobs import (
     JobFields,
+    LabelSchema,
     ProjectDirectory,
     WorkerJob,
+    container_name,
+    find_project,
     generated_job_id,
     resolve_job_fields,
+    resolve_spawn_settings,
 )
-from ._launch_plan import LaunchPlan
 from ._loops import ManagedPool, PeriodicTask, RetryPolicy
 from ._metrics import build_metrics, lifecycle_listener
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
-from ._naming import LabelSchema, container_name
 from ._orphans import OrphanReaper, WorkerAdopter
 from ._registry_auth import RegistryAuthResolver
-from ._secrets import Masker, SecretBook, router_secret_values
 from ._sentry import Reporter, SentryReporter, scrub_for_host
-from ._slots import SlotGate, SlotLease
 from ._snapshot_registry import SnapshotRegistry
 from ._snapshots import SnapshotManager
-from ._spawn_settings import find_project, resolve_spawn_settings
-from ._timeouts import TimeoutController
-from ._tracker import WorkerRegistry
+from ._tracker import SlotGate, SlotLease, WorkerRegistry
 from .worker_container_launcher import (
+    LaunchPlan,
     WorkerContainerLaunchConfig,
     WorkerContainerLaunchContext,
     WorkerContainerLauncherDependencies,

@@ -1,5 +1,8 @@
 """Launch: create and start one worker container, then register, time and watch it.
 
+Its `LaunchPlan` (who the worker is, how long it may run) is built once per job and shared
+with adoption, which reads it back from a running container's labels.
+
 `launch_worker_container` takes its collaborators as a `WorkerContainerLauncherDependencies`
 object, so tests substitute them and two managers never share state. It runs on the
 manager's launch executor; the blocking wait is handed to the exit watcher's own executor.
@@ -9,8 +12,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 from ._backend import EngineBackend, ExitTicket
 from ._docker import (
@@ -18,19 +22,15 @@ from ._docker import (
     is_conflict,
     is_missing_image,
 )
-from ._engine_errors import as_spawn_error
-from ._environment import with_snapshot_reuse
-from ._errors import DuplicateJobError, WorkerImageResolutionError
-from ._exit_handling import ExitWatcher
+from ._environment import Masker, Secret, with_snapshot_reuse
+from ._errors import DuplicateJobError, WorkerImageResolutionError, as_spawn_error
+from ._exit_handling import ExitWatcher, TimeoutController
 from ._images import ImagePuller
-from ._launch_plan import LaunchPlan
+from ._jobs import LabelSchema, WorkerLabels
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
-from ._naming import LabelSchema
-from ._secrets import Masker, Secret
 from ._sentry import ExtraValue, Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
-from ._timeouts import TimeoutController
 from ._tracker import SafeListener, TrackedWorker, WorkerRegistry
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "WorkerContainerLauncherDependencies",
     "launch_worker_container",
 ]
+
 
 log = logging.getLogger("dockyard.launcher")
 
@@ -168,7 +169,7 @@ def launch_worker_container(
         "worker started",
         extra={
             "job_id": context.job_id,
-            "container_id": worker.short_id,
+            "container_id": worker.container_id[:12],
             "image": started.image,
             "snapshot_reuse": started.image != config.base_image,
         },
@@ -356,3 +357,119 @@ def _discard(docker: EngineBackend, container_id: str, job_id: str) -> None:
             "could not remove a container that failed to start",
             extra={"job_id": job_id, "container_id": container_id[:12]},
         )
+
+
+# -- the launch plan: who a worker is and how long it may run --
+
+
+class JobIdentity(Protocol):
+    """A job's resolved ids (`JobFields`, or the launcher's context)."""
+
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def job_type(self) -> str: ...
+    @property
+    def project_id(self) -> str | None: ...
+    @property
+    def work_item_id(self) -> str | None: ...
+    @property
+    def agent_type(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Built once per job (or read back from a running container's labels).
+
+    The deadline is not part of the plan until the container starts: a job that waited
+    for a slot or an image pull still gets its whole timeout. `stamp` fixes it, once, just
+    before the create of the container that runs; labels, timer and `ActiveWorker` all use
+    that one value.
+    """
+
+    identity: WorkerLabels
+    name: str
+    timeout_s: float
+
+    @classmethod
+    def for_job(
+        cls,
+        job: JobIdentity,
+        *,
+        instance_id: str,
+        snapshot_enabled: bool,
+        base_image: str,
+        name: str,
+        timeout_s: float,
+    ) -> LaunchPlan:
+        """The plan of a job about to launch: no deadline until it starts."""
+        identity = WorkerLabels(
+            instance_id=instance_id,
+            job_id=job.job_id,
+            job_type=job.job_type,
+            project_id=job.project_id,
+            work_item_id=job.work_item_id,
+            agent_type=job.agent_type,
+            snapshot_enabled=snapshot_enabled,
+            deadline=None,
+            base_image=base_image,
+        )
+        return cls(identity, name, timeout_s)
+
+    @property
+    def job_id(self) -> str:
+        return self.identity.job_id
+
+    def stamp(self, now: datetime) -> LaunchPlan:
+        """This plan with its deadline fixed at `now` + the timeout."""
+        deadline = now + timedelta(seconds=self.timeout_s)
+        return replace(self, identity=replace(self.identity, deadline=deadline))
+
+    @property
+    def deadline(self) -> datetime:
+        if self.identity.deadline is None:
+            raise RuntimeError("the launch plan has no deadline before it is stamped")
+        return self.identity.deadline
+
+    def labels(self, schema: LabelSchema) -> dict[str, str]:
+        """What `LabelSchema.parse` reads back as this plan's identity."""
+        fields = asdict(self.identity)
+        fields["base_image"] = fields["base_image"] or ""
+        return schema.for_worker(**fields)
+
+    def worker(self, *, container_id: str, image: str, started_at: datetime) -> ActiveWorker:
+        identity = self.identity
+        return ActiveWorker(
+            job_id=identity.job_id,
+            container_id=container_id,
+            container_name=self.name,
+            image=image,
+            started_at=started_at,
+            deadline=self.deadline,
+            project_id=identity.project_id,
+            work_item_id=identity.work_item_id,
+            agent_type=identity.agent_type,
+            job_type=identity.job_type,
+            snapshot_enabled=identity.snapshot_enabled,
+        )
+
+    @classmethod
+    def from_container(
+        cls,
+        schema: LabelSchema,
+        info: dict[str, Any],
+        started_at: datetime,
+        default_timeout_s: float,
+    ) -> LaunchPlan | None:
+        """The plan of a running container (adoption); None when it names no managed job.
+
+        An unlabelled deadline counts the global timeout from the container's start.
+        """
+        config = info.get("Config") or {}
+        identity = schema.parse(config.get("Labels") or {})
+        if identity is None:
+            return None
+        plan = cls(identity, str(info.get("Name", "")).lstrip("/"), default_timeout_s)
+        if identity.deadline is None:
+            plan = plan.stamp(started_at)
+        return plan

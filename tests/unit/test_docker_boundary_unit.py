@@ -23,7 +23,7 @@ from dockyard import (
     WorkerSpawnError,
 )
 from dockyard._docker import ContainerSpec, DockerGateway, _size_tcp_pool
-from dockyard._engine_errors import (
+from dockyard._errors import (
     EngineConflictError,
     EngineNotFoundError,
     is_conflict,

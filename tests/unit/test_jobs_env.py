@@ -20,8 +20,14 @@ from dockyard._environment import (
 )
 from dockyard._environment import build_worker_env as build_secret_env
 from dockyard._environment import with_snapshot_reuse as with_secret_reuse
-from dockyard._jobs import JobFields, generated_job_id, resolve_job_fields
-from dockyard._naming import MAX_NAME_LENGTH, LabelSchema, container_name
+from dockyard._jobs import (
+    MAX_NAME_LENGTH,
+    JobFields,
+    LabelSchema,
+    container_name,
+    generated_job_id,
+    resolve_job_fields,
+)
 from dockyard._sentry import Reporter
 
 PASS_THROUGH = {

@@ -28,7 +28,7 @@ from dockyard import (
     WorkerOutcome,
 )
 from dockyard._docker import ExitWait
-from dockyard._naming import parse_deadline
+from dockyard._jobs import parse_deadline
 from dockyard.testing import FakeDockerAPI, RecordingReporter, api_error, not_found
 from test_launcher_unit import INSTANCE, fake_manager, job, wait_until
 
@@ -101,7 +101,7 @@ def fast_kill_retries(manager: ContainerManager, monkeypatch: pytest.MonkeyPatch
     try:
         from dockyard._loops import RetryPolicy  # noqa: PLC0415
     except ImportError:  # the design before the retry policy: its own constant
-        monkeypatch.setattr("dockyard._timeouts._KILL_RETRY_FIRST_S", 0.001, raising=False)
+        monkeypatch.setattr("dockyard._exit_handling._KILL_RETRY_FIRST_S", 0.001, raising=False)
         return
     window = manager.config.wait_retry_window_s
     manager._timeouts.kill_policy = RetryPolicy.immediate(window_s=window)  # type: ignore[attr-defined]

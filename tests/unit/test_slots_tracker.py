@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from dockyard import ActiveWorker, DuplicateJobError, WorkerLifecycleListener, WorkerOutcome
-from dockyard._slots import SlotGate
-from dockyard._tracker import Phase, SafeListener, TrackedWorker, WorkerRegistry
+from dockyard._tracker import Phase, SafeListener, SlotGate, TrackedWorker, WorkerRegistry
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
