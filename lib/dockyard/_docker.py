@@ -47,6 +47,7 @@ __all__ = [
     "ExitWait",
     "ObservedEngine",
     "call_result",
+    "create_recovering",
     "is_conflict",
     "is_missing_image",
     "is_not_found",
@@ -288,37 +289,13 @@ class DockerGateway(ObservedEngine):
         job). When the retry fails otherwise, a container the first attempt left is
         removed on the way out.
         """
-        try:
-            return self._create_once(spec)
-        except DockerUnavailableError as err:
-            if is_timeout(err):
-                # The time budget is spent: no retry, but never leave its container behind.
-                found = self._created_for(spec)
-                if found is None:
-                    raise
-                log.info(
-                    "a create that timed out went through; using its container",
-                    extra={"container_name": spec.name, "container_id": found[:12]},
-                )
-                return found
-            log.warning(
-                "create got no answer; retrying once",
-                extra={"container_name": spec.name, "error": str(err)},
-            )
-            time.sleep(_CREATE_RETRY_PAUSE_S)  # let a create that went through finish
-        try:
-            return self._create_once(spec)
-        except Exception as err:
-            leftover = self._created_for(spec)
-            if leftover is not None and is_conflict(err):
-                log.info(
-                    "the unanswered create went through; using its container",
-                    extra={"container_name": spec.name, "container_id": leftover[:12]},
-                )
-                return leftover
-            if leftover is not None:
-                self._discard(leftover)
-            raise
+        return create_recovering(
+            spec.name,
+            lambda: self._create_once(spec),
+            lambda: self._created_for(spec),
+            self._discard,
+            retry_if=lambda err: isinstance(err, DockerUnavailableError),
+        )
 
     def _created_for(self, spec: ContainerSpec) -> str | None:
         """The id of a not yet started container made from `spec`, if one exists.
@@ -611,6 +588,56 @@ class DockerGateway(ObservedEngine):
                     raise TimeoutError(f"{what} exceeded {timeout_s:g}s")
         finally:
             response.close()
+
+
+def create_recovering(
+    name: str,
+    create_once: Callable[[], str],
+    created_for: Callable[[], str | None],
+    discard: Callable[[str], None],
+    *,
+    retry_if: Callable[[BaseException], bool],
+) -> str:
+    """Create, recovering from a create whose answer got lost; the id of what was made.
+
+    A create that timed out may still have made its object: `created_for` finds it (it
+    matches this launch's labels) and its id is the answer; there is no retry, the time
+    budget is spent. A create that got no answer (`retry_if`) is retried once; the retry's
+    409 with that object is resolved the same way. When the retry fails otherwise, an
+    object the first attempt made is discarded: it must not outlive the failed launch.
+    """
+    try:
+        return create_once()
+    except Exception as err:
+        if is_timeout(err):
+            found = created_for()
+            if found is None:
+                raise
+            log.info(
+                "a create that timed out went through; using what it made",
+                extra={"container_name": name, "container_id": found[:12]},
+            )
+            return found
+        if not retry_if(err):
+            raise
+        log.warning(
+            "create got no answer; retrying once",
+            extra={"container_name": name, "error": str(err)},
+        )
+        time.sleep(_CREATE_RETRY_PAUSE_S)  # let a create that went through finish
+    try:
+        return create_once()
+    except Exception as err:
+        leftover = created_for()
+        if leftover is not None and is_conflict(err):
+            log.info(
+                "the unanswered create went through; using what it made",
+                extra={"container_name": name, "container_id": leftover[:12]},
+            )
+            return leftover
+        if leftover is not None:
+            discard(leftover)
+        raise
 
 
 def _without_request(err: Exception, what: str) -> Exception:

@@ -178,13 +178,13 @@ def call_result(err: BaseException | None) -> str:
 
 
 def result_of(err: BaseException) -> str:
-    if isinstance(err, DockerUnavailableError):
-        return "unreachable"
-    if isinstance(err, EngineNotFoundError):
-        return "not_found"
-    if isinstance(err, EngineConflictError):
-        return "conflict"
-    return "error"
+    """How a call that raised the translated `err` ended, for metrics."""
+    results = (
+        (DockerUnavailableError, "unreachable"),
+        (EngineNotFoundError, "not_found"),
+        (EngineConflictError, "conflict"),
+    )
+    return next((result for cls, result in results if isinstance(err, cls)), "error")
 
 
 def as_spawn_error(err: BaseException) -> BaseException:

@@ -30,7 +30,7 @@ from ._loops import Activity, RetryPolicy
 from ._models import OutcomeStatus, WorkerOutcome
 from ._sentry import Reporter, WorkerExitError, WorkerTimeoutError
 from ._snapshots import SnapshotManager
-from ._tracker import TrackedWorker, WorkerRegistry
+from ._tracker import TrackedWorker, WorkerRegistry, log_ids
 
 __all__ = [
     "ExitFacts",
@@ -203,13 +203,7 @@ class ExitWatcher:
         )
         log.info(
             "worker finished",
-            extra={
-                "job_id": worker.job_id,
-                "container_id": worker.container_id[:12],
-                "status": status,
-                "exit_code": code,
-                "duration_ms": duration_ms,
-            },
+            extra=log_ids(worker, status=status, exit_code=code, duration_ms=duration_ms),
         )
         self.registry.settle(tracked, outcome)
 
@@ -217,11 +211,7 @@ class ExitWatcher:
         worker = tracked.worker
         log.error(
             "lost track of a worker",
-            extra={
-                "job_id": worker.job_id,
-                "container_id": worker.container_id[:12],
-                "reason": lost.reason,
-            },
+            extra=log_ids(worker, reason=lost.reason),
         )
         self.reporter.report(
             lost.error,
@@ -266,7 +256,7 @@ class ExitWatcher:
                 "worker output (last %d lines):\n%s",
                 self.log_tail_lines,
                 tail.rstrip(),
-                extra={"job_id": tracked.job_id, "container_id": tracked.worker.container_id[:12]},
+                extra=log_ids(tracked.worker),
             )
 
     def _remove(self, tracked: TrackedWorker) -> None:
@@ -293,10 +283,7 @@ class ExitWatcher:
                 log.warning(
                     "could not remove a finished worker container; the orphan scan removes "
                     "it later (check that the Docker engine is healthy)",
-                    extra={
-                        "job_id": tracked.job_id,
-                        "container_id": tracked.worker.container_id[:12],
-                    },
+                    extra=log_ids(tracked.worker),
                 )
                 return
         self._await_removal(tracked)
@@ -482,11 +469,7 @@ class TimeoutController:
         elapsed_ms = int((datetime.now(UTC) - worker.started_at).total_seconds() * 1000)
         kill_log.warning(
             "worker timed out; stopping it",
-            extra={
-                "job_id": worker.job_id,
-                "container_id": worker.container_id[:12],
-                "duration_ms": elapsed_ms,
-            },
+            extra=log_ids(worker, duration_ms=elapsed_ms),
         )
         self.reporter.report(
             WorkerTimeoutError(f"Worker timeout after {elapsed_ms}ms"),
@@ -525,7 +508,7 @@ class TimeoutController:
             kill_log.error(
                 "could not stop an overdue worker; the engine refuses stop and kill "
                 "(check the engine, or stop the container by hand)",
-                extra={"job_id": tracked.job_id, "container_id": tracked.worker.container_id[:12]},
+                extra=log_ids(tracked.worker),
             )
 
     def _stop_once(self, tracked: TrackedWorker) -> bool:
@@ -539,11 +522,7 @@ class TimeoutController:
                 return True  # already gone: the exit watcher reports it
             kill_log.warning(
                 "stopping a worker failed; sending SIGKILL",
-                extra={
-                    "job_id": worker.job_id,
-                    "container_id": worker.container_id[:12],
-                    "error": str(err),
-                },
+                extra=log_ids(worker, error=str(err)),
             )
         if self._closing.is_set() or not tracked.may_stop():
             return True
@@ -555,10 +534,6 @@ class TimeoutController:
                 return True
             kill_log.warning(
                 "killing a worker failed; retrying",
-                extra={
-                    "job_id": worker.job_id,
-                    "container_id": worker.container_id[:12],
-                    "error": str(err),
-                },
+                extra=log_ids(worker, error=str(err)),
             )
         return False

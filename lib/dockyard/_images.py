@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import KW_ONLY, dataclass, field
 
 from cachetools import TTLCache
 
@@ -60,6 +61,7 @@ def _fresh_copy(err: BaseException) -> BaseException:
     return clone.with_traceback(None)
 
 
+@dataclass(eq=False)  # one puller per manager: identity, no field-wise ==
 class ImagePuller:
     """Single-flight pulls: concurrent callers for one image share the first caller's pull.
 
@@ -69,26 +71,21 @@ class ImagePuller:
     credentials for an image (None: anonymous).
     """
 
-    def __init__(
-        self,
-        docker: EngineBackend,
-        timeout_s: float,
-        *,
-        failure_ttl_s: float = DEFAULT_FAILURE_TTL_S,
-        clock: Callable[[], float] = time.monotonic,
-        auth: Callable[[str], RegistryAuth | None] | None = None,
-        metrics: Metrics = NO_METRICS,
-    ) -> None:
-        self._docker = docker
-        self._auth = auth
-        self._metrics = metrics
-        self._timeout_s = timeout_s
-        self._failure_ttl_s = failure_ttl_s
-        self._lock = threading.Lock()
-        self._in_flight: dict[str, Future[None]] = {}
+    docker: EngineBackend
+    timeout_s: float
+    _: KW_ONLY
+    failure_ttl_s: float = DEFAULT_FAILURE_TTL_S
+    clock: Callable[[], float] = time.monotonic
+    auth: Callable[[str], RegistryAuth | None] | None = None
+    metrics: Metrics = NO_METRICS
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _in_flight: dict[str, Future[None]] = field(default_factory=dict, init=False, repr=False)
+    _failures: TTLCache[str, BaseException] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
         # Failures expire by themselves (cachetools keeps the clock; the lock guards it).
-        self._failures: TTLCache[str, BaseException] = TTLCache(
-            maxsize=_REMEMBERED_FAILURES, ttl=failure_ttl_s, timer=clock
+        self._failures = TTLCache(
+            maxsize=_REMEMBERED_FAILURES, ttl=self.failure_ttl_s, timer=self.clock
         )
 
     def pull(self, image: str) -> None:
@@ -110,21 +107,21 @@ class ImagePuller:
             return
         log.info("pulling missing image", extra={"image": image})
         try:
-            credentials = self._auth(image) if self._auth is not None else None
+            credentials = self.auth(image) if self.auth is not None else None
             if credentials is None:
-                self._docker.pull(image, self._timeout_s)
+                self.docker.pull(image, self.timeout_s)
             else:
-                self._docker.pull(image, self._timeout_s, auth_config=credentials)
+                self.docker.pull(image, self.timeout_s, auth_config=credentials)
         except BaseException as err:
             with self._lock:
-                if isinstance(err, Exception) and self._failure_ttl_s > 0:
+                if isinstance(err, Exception) and self.failure_ttl_s > 0:
                     self._failures[image] = err
                 del self._in_flight[image]
             shared.set_exception(err)
-            self._metrics.image_pull_failed()
+            self.metrics.image_pull(ok=False)
             raise
         with self._lock:
             del self._in_flight[image]
         shared.set_result(None)
-        self._metrics.image_pulled()
+        self.metrics.image_pull(ok=True)
         log.info("pulled image", extra={"image": image})

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "JobFields",
+    "JobIdentity",
     "LabelSchema",
     "ProjectDirectory",
     "SpawnSettings",
@@ -36,6 +37,7 @@ __all__ = [
     "find_project",
     "generated_job_id",
     "is_valid_image_reference",
+    "job_ids",
     "project_id_of",
     "resolve_job_fields",
     "resolve_spawn_settings",
@@ -246,6 +248,29 @@ def _is_utf8(value: str) -> bool:
     return True
 
 
+class JobIdentity(Protocol):
+    """A job's resolved ids (`JobFields`, or the launcher's context)."""
+
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def job_type(self) -> str: ...
+    @property
+    def project_id(self) -> str | None: ...
+    @property
+    def work_item_id(self) -> str | None: ...
+    @property
+    def agent_type(self) -> str | None: ...
+
+
+_JOB_IDS = ("job_id", "job_type", "project_id", "work_item_id", "agent_type")
+
+
+def job_ids(job: JobIdentity) -> dict[str, Any]:
+    """A job's ids as keyword arguments: every record of a worker carries these five."""
+    return {name: getattr(job, name) for name in _JOB_IDS}
+
+
 # -- spawn settings: the effective image, timeout and snapshot policy of a job's project --
 
 VERIFIED = "verified"
@@ -368,9 +393,9 @@ class WorkerLabels:
     project_id: str | None
     work_item_id: str | None
     agent_type: str | None
+    base_image: str | None
     snapshot_enabled: bool
     deadline: datetime | None
-    base_image: str | None
 
 
 @dataclass(frozen=True)

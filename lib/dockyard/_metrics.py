@@ -106,20 +106,15 @@ class Metrics:
     def engine_call(self, operation: str, result: str, seconds: float) -> None:
         """One Docker gateway call: its name, how it ended (`ok`, `not_found`, ...), its time."""
 
-    def snapshot_hit(self) -> None:
-        """A snapshot-enabled spawn found a snapshot to start from."""
-
-    def snapshot_miss(self) -> None:
-        """A snapshot-enabled spawn found none and starts cold."""
+    def snapshot_lookup(self, *, hit: bool) -> None:
+        """A snapshot-enabled spawn found a snapshot to start from, or none (starts cold)."""
 
     def snapshot_fallback(self) -> None:
         """A snapshot image had vanished: the spawn fell back to the base image."""
 
-    def snapshot_committed(self) -> None:
-        """A clean exit was committed and registered as a snapshot."""
-
-    def snapshot_commit_failed(self) -> None:
-        """A snapshot commit failed (the next run starts cold)."""
+    def snapshot_commit(self, *, ok: bool) -> None:
+        """A clean exit was committed and registered as a snapshot, or the commit failed
+        (the next run starts cold)."""
 
     def snapshots_evicted(self, count: int) -> None:
         """A cleanup evicted `count` snapshots."""
@@ -127,11 +122,8 @@ class Metrics:
     def orphans_reaped(self, count: int) -> None:
         """An orphan scan stopped or removed `count` containers."""
 
-    def image_pulled(self) -> None:
-        """A missing base image was pulled."""
-
-    def image_pull_failed(self) -> None:
-        """A pull of a missing base image failed."""
+    def image_pull(self, *, ok: bool) -> None:
+        """A missing base image was pulled, or its pull failed."""
 
     def dangling_images_removed(self, count: int) -> None:
         """A dangling-image cleanup removed `count` images."""
@@ -298,20 +290,14 @@ class PrometheusMetrics(Metrics):
         children[0].inc()
         children[1].observe(seconds)
 
-    def snapshot_hit(self) -> None:
-        self._snapshot_hits.inc()
-
-    def snapshot_miss(self) -> None:
-        self._snapshot_misses.inc()
+    def snapshot_lookup(self, *, hit: bool) -> None:
+        (self._snapshot_hits if hit else self._snapshot_misses).inc()
 
     def snapshot_fallback(self) -> None:
         self._snapshot_fallbacks.inc()
 
-    def snapshot_committed(self) -> None:
-        self._snapshot_commits.inc()
-
-    def snapshot_commit_failed(self) -> None:
-        self._snapshot_commit_failures.inc()
+    def snapshot_commit(self, *, ok: bool) -> None:
+        (self._snapshot_commits if ok else self._snapshot_commit_failures).inc()
 
     def snapshots_evicted(self, count: int) -> None:
         self._snapshot_evictions.inc(count)
@@ -319,11 +305,8 @@ class PrometheusMetrics(Metrics):
     def orphans_reaped(self, count: int) -> None:
         self._orphans.inc(count)
 
-    def image_pulled(self) -> None:
-        self._pulls.inc()
-
-    def image_pull_failed(self) -> None:
-        self._pull_failures.inc()
+    def image_pull(self, *, ok: bool) -> None:
+        (self._pulls if ok else self._pull_failures).inc()
 
     def dangling_images_removed(self, count: int) -> None:
         self._dangling.inc(count)

@@ -36,6 +36,7 @@ from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
 from ._sentry import Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
+from ._tracker import log_ids
 
 __all__ = [
     "DISCOVERED_PROJECT",
@@ -218,7 +219,7 @@ class SnapshotManager:
         except Exception as err:
             log.warning(
                 "snapshot commit failed",
-                extra={"job_id": worker.job_id, "container_id": worker.container_id[:12]},
+                extra=log_ids(worker),
             )
             self.reporter.report(
                 err,
@@ -234,7 +235,7 @@ class SnapshotManager:
                 },
             )
             self._undo(created, image, previous)
-            self.metrics.snapshot_commit_failed()
+            self.metrics.snapshot_commit(ok=False)
             return None
         size = info.get("Size")
         size = int(size) if isinstance(size, int | float) and size >= 0 else None
@@ -255,7 +256,7 @@ class SnapshotManager:
                 extras={"jobId": worker.job_id, "imageName": image},
             )
             return None
-        self.metrics.snapshot_committed()
+        self.metrics.snapshot_commit(ok=True)
         if previous is not None and previous != final:
             self._retire(previous)  # the name moved on; the old image is garbage now
         log.info(

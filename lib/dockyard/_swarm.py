@@ -32,7 +32,7 @@ from docker.types import (
     TaskTemplate,
 )
 
-from ._docker import ContainerSpec, DockerGateway, ObservedEngine
+from ._docker import ContainerSpec, DockerGateway, ObservedEngine, create_recovering
 from ._environment import reveal
 from ._errors import (
     ConfigError,
@@ -40,7 +40,6 @@ from ._errors import (
     EngineError,
     is_conflict,
     is_not_found,
-    is_timeout,
     is_unreachable,
 )
 from ._exit_handling import parse_docker_time
@@ -66,7 +65,6 @@ DEFAULT_POLL_INTERVAL_S = 0.25
 _START_WAIT_MAX_S = 30.0
 _STOP_MARGIN_S = 10.0
 _STOP_POLL_S = 0.05
-_CREATE_RETRY_PAUSE_S = 0.2
 _REMOVE_ATTEMPTS = 3
 _UPDATE_ATTEMPTS = 3
 _REMOVE_RETRY_PAUSE_S = 0.2
@@ -138,34 +136,13 @@ class SwarmGateway(ObservedEngine):
         A retry meeting a 409 with a service of this name carrying exactly this spec's
         labels (the deadline label makes them unique to this launch) takes its id.
         """
-        try:
-            return self._create_once(spec)
-        except Exception as err:
-            if is_timeout(err):
-                # The whole time budget is spent: a service the engine made after all is
-                # this launch's; otherwise there is none.
-                leftover = self._created_for(spec)
-                if leftover is None:
-                    raise
-                return leftover
-            if not is_unreachable(err):
-                raise
-            log.warning(
-                "service create got no answer; retrying once",
-                extra={"container_name": spec.name, "error": str(err)},
-            )
-            time.sleep(_CREATE_RETRY_PAUSE_S)
-        try:
-            return self._create_once(spec)
-        except Exception as err:
-            leftover = self._created_for(spec)
-            if leftover is not None and is_conflict(err):
-                return leftover
-            if leftover is not None:
-                # The unanswered first create went through but this launch fails: the
-                # service must not outlive it (it would run a job nobody tracks).
-                self._discard(leftover)
-            raise
+        return create_recovering(
+            spec.name,
+            lambda: self._create_once(spec),
+            lambda: self._created_for(spec),
+            self._discard,
+            retry_if=is_unreachable,
+        )
 
     def _created_for(self, spec: ContainerSpec) -> str | None:
         """The id of a service of this name carrying exactly this spec's labels, if any."""

@@ -35,6 +35,7 @@ __all__ = [
     "SlotLease",
     "TrackedWorker",
     "WorkerRegistry",
+    "log_ids",
 ]
 
 
@@ -195,6 +196,11 @@ class TrackedWorker:
         with self._lock:
             if self._exit_wait is exit_wait:
                 self._exit_wait = None
+
+
+def log_ids(worker: ActiveWorker, **more: object) -> dict[str, object]:
+    """A log record's `extra` about `worker`: its job id, short container id, and `more`."""
+    return {"job_id": worker.job_id, "container_id": worker.container_id[:12], **more}
 
 
 class SafeListener:

@@ -51,6 +51,7 @@ from ._jobs import (
     container_name,
     find_project,
     generated_job_id,
+    job_ids,
     resolve_job_fields,
     resolve_spawn_settings,
 )
@@ -268,7 +269,7 @@ class ContainerManager:
                 snapshot = self.snapshots.get(
                     fields.project_id, fields.work_item_id, ttl=settings.snapshot_ttl_s
                 )
-                (self._metrics.snapshot_miss if snapshot is None else self._metrics.snapshot_hit)()
+                self._metrics.snapshot_lookup(hit=snapshot is not None)
             # The deadline is fixed at start, after the slot wait and any pull.
             plan = LaunchPlan.for_job(
                 fields,
@@ -296,14 +297,10 @@ class ContainerManager:
             )
             del env  # from here on only inside `launch`, whose repr shows no value
             context = WorkerContainerLaunchContext(
-                job_id=fields.job_id,
-                job_type=fields.job_type,
-                project_id=fields.project_id,
-                work_item_id=fields.work_item_id,
-                agent_type=fields.agent_type,
                 snapshot_enabled=settings.snapshot_enabled,
                 release_slot=lease.release,
                 plan=plan,
+                **job_ids(fields),
             )
             submitted = time.perf_counter()
             future = self._launch_executor.submit(

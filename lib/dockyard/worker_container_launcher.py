@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from ._backend import EngineBackend, ExitTicket
 from ._docker import (
@@ -26,12 +26,12 @@ from ._environment import Masker, Secret, with_snapshot_reuse
 from ._errors import DuplicateJobError, WorkerImageResolutionError, as_spawn_error
 from ._exit_handling import ExitWatcher, TimeoutController
 from ._images import ImagePuller
-from ._jobs import LabelSchema, WorkerLabels
+from ._jobs import JobIdentity, LabelSchema, WorkerLabels, job_ids
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
 from ._sentry import ExtraValue, Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
-from ._tracker import SafeListener, TrackedWorker, WorkerRegistry
+from ._tracker import SafeListener, TrackedWorker, WorkerRegistry, log_ids
 
 __all__ = [
     "WorkerContainerLaunchConfig",
@@ -167,12 +167,9 @@ def launch_worker_container(
         return worker
     log.info(
         "worker started",
-        extra={
-            "job_id": context.job_id,
-            "container_id": worker.container_id[:12],
-            "image": started.image,
-            "snapshot_reuse": started.image != config.base_image,
-        },
+        extra=log_ids(
+            worker, image=started.image, snapshot_reuse=started.image != config.base_image
+        ),
     )
     deps.listener.started(worker)
     deps.exits.watch(tracked)
@@ -362,21 +359,6 @@ def _discard(docker: EngineBackend, container_id: str, job_id: str) -> None:
 # -- the launch plan: who a worker is and how long it may run --
 
 
-class JobIdentity(Protocol):
-    """A job's resolved ids (`JobFields`, or the launcher's context)."""
-
-    @property
-    def job_id(self) -> str: ...
-    @property
-    def job_type(self) -> str: ...
-    @property
-    def project_id(self) -> str | None: ...
-    @property
-    def work_item_id(self) -> str | None: ...
-    @property
-    def agent_type(self) -> str | None: ...
-
-
 @dataclass(frozen=True)
 class LaunchPlan:
     """Built once per job (or read back from a running container's labels).
@@ -405,14 +387,10 @@ class LaunchPlan:
         """The plan of a job about to launch: no deadline until it starts."""
         identity = WorkerLabels(
             instance_id=instance_id,
-            job_id=job.job_id,
-            job_type=job.job_type,
-            project_id=job.project_id,
-            work_item_id=job.work_item_id,
-            agent_type=job.agent_type,
             snapshot_enabled=snapshot_enabled,
             deadline=None,
             base_image=base_image,
+            **job_ids(job),
         )
         return cls(identity, name, timeout_s)
 
@@ -440,17 +418,13 @@ class LaunchPlan:
     def worker(self, *, container_id: str, image: str, started_at: datetime) -> ActiveWorker:
         identity = self.identity
         return ActiveWorker(
-            job_id=identity.job_id,
             container_id=container_id,
             container_name=self.name,
             image=image,
             started_at=started_at,
             deadline=self.deadline,
-            project_id=identity.project_id,
-            work_item_id=identity.work_item_id,
-            agent_type=identity.agent_type,
-            job_type=identity.job_type,
             snapshot_enabled=identity.snapshot_enabled,
+            **job_ids(identity),
         )
 
     @classmethod
