@@ -18,14 +18,14 @@ from typing import Any, TypeVar
 import docker
 import requests
 import urllib3
-from docker.errors import APIError, DockerException, create_api_error_from_http_exception
+from docker.errors import DockerException, create_api_error_from_http_exception
 from requests.adapters import HTTPAdapter
 
+from ._docker_images import ImageCalls
 from ._environment import Secret, reveal
 from ._errors import (
     DockerUnavailableError,
     EngineError,
-    EngineTimeoutError,
     call_result,
     is_conflict,
     is_missing_image,
@@ -36,7 +36,6 @@ from ._errors import (
     translate,
 )
 from ._exit_monitor import ExitMonitor, ExitWait, StreamIdle, decode_event, server_time_of
-from ._registry_auth import RegistryAuth
 
 __all__ = [
     "CallObserver",
@@ -171,7 +170,7 @@ class _ResponseEvents:
         self._response.close()
 
 
-class DockerGateway(ObservedEngine):
+class DockerGateway(ObservedEngine, ImageCalls):
     """The Docker calls dockyard makes, over one API client with a timeout on every call."""
 
     def __init__(
@@ -271,6 +270,9 @@ class DockerGateway(ObservedEngine):
         if self._closed:
             raise DockerUnavailableError(f"Docker {operation}: the gateway is closed")
         return self.calls.run(operation, fn)
+
+    def _check(self, response: requests.Response) -> None:
+        _raise_for_status(response)
 
     def _endpoint(self, path: str) -> str:
         return f"{self.api.base_url}/v{self.api.api_version}{path}"
@@ -472,123 +474,6 @@ class DockerGateway(ObservedEngine):
         )
         return result
 
-    def commit(self, container_id: str, repository: str, tag: str, changes: Sequence[str]) -> str:
-        """`docker commit` with the long image-write timeout (docker-py's has none of its own)."""
-        params = {
-            "container": container_id,
-            "repo": repository or None,
-            "tag": tag or None,
-            "changes": list(changes) or None,
-            "pause": True,
-        }
-
-        def commit() -> str:
-            response = self.api.post(
-                self._endpoint("/commit"),
-                params=params,
-                json={},
-                timeout=self.image_write_timeout_s,
-            )
-            _raise_for_status(response)
-            return str(response.json()["Id"])
-
-        return self._run("commit", commit)
-
-    # -- images -------------------------------------------------------------------------
-
-    def tag(self, image: str, repository: str, tag: str, *, force: bool = True) -> None:
-        """Give `image` the name `repository:tag` (moving the name when `force`)."""
-        self._run("tag", lambda: self.api.tag(image, repository, tag, force=force))
-
-    def image_inspect(self, image: str) -> dict[str, Any]:
-        raw: Any = self.api  # untyped in the stubs
-        result: dict[str, Any] = self._run("image_inspect", lambda: raw.inspect_image(image))
-        return result
-
-    def list_images(self, name_filter: str | None = None) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._run("list_images", lambda: self.api.images(all=False))
-        if name_filter is None:
-            return result
-        return [
-            image
-            for image in result
-            if any(tag.startswith(name_filter) for tag in image.get("RepoTags") or [])
-        ]
-
-    def dangling_images(self, labels: Sequence[str]) -> list[dict[str, Any]]:
-        """Untagged images carrying every label in `labels` (the engine ANDs the filters)."""
-        filters = {"dangling": True, "label": list(labels)}
-        raw: Any = self.api  # untyped in the stubs
-        result: list[dict[str, Any]] = self._run("list_images", lambda: raw.images(filters=filters))
-        return result
-
-    def image_history(self, image: str) -> list[dict[str, Any]]:
-        raw: Any = self.api  # untyped in the stubs
-        return list(self._run("image_history", lambda: raw.history(image)))
-
-    def load_image_archive(self, archive: bytes, reference: str) -> None:
-        """`docker load` an image archive, raising on the stream's own error lines."""
-        self._run(
-            "load_image_archive",
-            lambda: self._drain(
-                f"load of {reference}",
-                "/images/load",
-                self.image_write_timeout_s,
-                data=archive,
-                params={"quiet": "1"},
-            ),
-        )
-
-    def remove_image(self, image: str) -> None:
-        self._run("remove_image", lambda: self.api.remove_image(image, force=False))
-
-    def pull(self, image: str, timeout_s: float, auth_config: RegistryAuth | None = None) -> None:
-        """Pull an image within `timeout_s`, raising on the stream's own error lines.
-
-        docker-py's `pull` has no timeout and does not raise on `{"error": ...}` lines.
-        `auth_config` goes to the engine as `X-Registry-Auth`. With it, a failure is
-        raised again as a fresh error without the frames and request that held the
-        encoded credentials (Sentry sends frame locals).
-        """
-        repository, tag = _split_reference(image)
-        params = {"fromImage": repository, "tag": tag}
-        try:
-            # The encoded header lives only in the frames that `from None` below drops.
-            self._run(
-                "pull",
-                lambda: self._drain(
-                    f"pull of {image}",
-                    "/images/create",
-                    timeout_s,
-                    params=params,
-                    headers={"X-Registry-Auth": auth_config.header()} if auth_config else None,
-                ),
-            )
-        except Exception as err:
-            if auth_config is None:
-                raise
-            raise _without_request(err, f"pull of {image} failed") from None
-
-    def _drain(self, what: str, path: str, timeout_s: float, **request: Any) -> None:
-        """POST `path` and read its JSON progress lines within `timeout_s`, raising on their
-        error lines (docker-py's own `pull`/`load_image` hide those)."""
-        deadline = time.monotonic() + timeout_s
-        response = self.api.post(self._endpoint(path), stream=True, timeout=timeout_s, **request)
-        try:
-            _raise_for_status(response)
-            for raw_line in response.iter_lines():
-                line = decode_event(raw_line)
-                if line is None:
-                    continue
-                if "error" in line or "errorDetail" in line:
-                    detail = line.get("errorDetail") or {}
-                    message = line.get("error") or detail.get("message")
-                    raise APIError(f"{what} failed: {message}", explanation=str(message))
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{what} exceeded {timeout_s:g}s")
-        finally:
-            response.close()
-
 
 def create_recovering(
     name: str,
@@ -640,19 +525,6 @@ def create_recovering(
         raise
 
 
-def _without_request(err: Exception, what: str) -> Exception:
-    """The same typed failure, as a new error holding only its message (no request)."""
-    detail = getattr(err, "explanation", None) or str(err)
-    message = detail if str(detail).startswith(what) else f"{what}: {detail}"
-    if isinstance(err, EngineError):
-        return type(err)("pull", err.status_code, message)
-    if isinstance(err, EngineTimeoutError):
-        return EngineTimeoutError(message)
-    if isinstance(err, DockerUnavailableError):
-        return DockerUnavailableError(message)
-    return EngineError("pull", None, message)
-
-
 def _raise_for_status(response: requests.Response) -> None:
     """Raise docker-py's typed `APIError` for an error status (its public converter)."""
     try:
@@ -669,13 +541,3 @@ def _size_tcp_pool(api: docker.APIClient, pool: int) -> None:
     base = str(api.base_url)
     if base.startswith(("http://", "https://")):
         api.mount(base, HTTPAdapter(pool_connections=1, pool_maxsize=pool))
-
-
-def _split_reference(image: str) -> tuple[str, str | None]:
-    if "@" in image:
-        return image, None
-    last = image.rsplit("/", 1)[-1]
-    if ":" in last:
-        repository, tag = image.rsplit(":", 1)
-        return repository, tag
-    return image, "latest"

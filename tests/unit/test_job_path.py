@@ -1,0 +1,84 @@
+"""How many dockyard modules one job's path runs through, from `spawn_worker` to its outcome.
+
+A worker's life spread over many modules is hard to follow and easy to break; this keeps the
+path short. Every call into a dockyard module, on every thread the job uses (the caller,
+the launch and wait pools, the exit stream, the timer), is recorded with a profiler; the
+fake engine itself (`dockyard.testing`) is not dockyard's path.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import dockyard
+from dockyard import ContainerManager, RouterConfig, WorkerJob
+from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, RecordingReporter
+
+PACKAGE = Path(dockyard.__file__).parent
+NOT_THE_PATH = {"testing.py"}
+MAX_MODULES_DEFAULT_JOB = 10
+# Plus the snapshot registry, the commit's mechanics, the gateway's image calls, and the
+# typed errors (looking up the previous snapshot of the work item answers 404 the first time).
+MAX_MODULES_SNAPSHOT_JOB = MAX_MODULES_DEFAULT_JOB + 4
+
+
+@contextmanager
+def modules_called() -> Iterator[set[str]]:
+    """The dockyard modules (paths relative to the package) whose code runs inside."""
+    seen: set[str] = set()
+    recording = threading.Event()
+    recording.set()
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        # Threads started inside keep the hook: they stop recording when the block ends.
+        if event == "call" and recording.is_set():
+            path = Path(frame.f_code.co_filename)
+            if path.is_relative_to(PACKAGE):
+                seen.add(str(path.relative_to(PACKAGE)))
+
+    hook: Callable[..., Any] = profile
+    threading.setprofile(hook)
+    sys.setprofile(hook)
+    try:
+        yield seen
+    finally:
+        recording.clear()
+        sys.setprofile(None)
+        threading.setprofile(None)  # type: ignore[arg-type]
+        seen -= NOT_THE_PATH
+
+
+def run_one_job(config: RouterConfig, job: WorkerJob) -> set[str]:
+    api = FakeDockerAPI(images={DEFAULT_IMAGE})
+    with ContainerManager(config, docker_client=api, reporter=RecordingReporter()) as manager:
+        with modules_called() as seen:
+            worker = manager.spawn_worker(job)
+            api.exit(worker.container_id, 0)
+            outcome = manager.wait_for_worker(job.id or "", timeout=10)
+        assert outcome.status == "succeeded"
+    return seen
+
+
+def test_a_job_runs_through_at_most_ten_modules() -> None:
+    config = RouterConfig(worker_image=DEFAULT_IMAGE, router_instance_id="path")
+    seen = run_one_job(config, WorkerJob("job-1", "build", {"x": 1}))
+
+    assert {"container_manager.py", "worker_container_launcher.py", "_docker.py"} <= seen
+    assert len(seen) <= MAX_MODULES_DEFAULT_JOB, sorted(seen)
+
+
+def test_a_snapshot_job_adds_only_the_snapshot_modules() -> None:
+    config = RouterConfig(
+        worker_image=DEFAULT_IMAGE, router_instance_id="path", snapshot_enabled=True
+    )
+    job = WorkerJob("job-1", "trello", {"projectId": "p", "workItemId": "c"})
+    seen = run_one_job(config, job)
+
+    assert {"_snapshots.py", "_snapshot_registry.py"} <= seen  # it did commit a snapshot
+    assert len(seen) <= MAX_MODULES_SNAPSHOT_JOB, sorted(seen)
