@@ -154,8 +154,9 @@ class SwarmGateway(ObservedEngine):
         return str(service["ID"]) if labels == dict(spec.labels) else None
 
     def _discard(self, service_id: str) -> None:
+        # The service may have started its task already: its container goes too (moby#42789).
         try:
-            self._call("service_remove", lambda: self._raw.remove_service(service_id))
+            self.remove(service_id, force=True)
         except Exception:
             log.warning(
                 "could not remove the service of a failed create; the orphan scan will",

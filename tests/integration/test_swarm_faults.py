@@ -27,7 +27,7 @@ from dockyard import (
     DockyardError,
     WorkerOutcome,
 )
-from faultproxy import FaultProxy, operation_of
+from faultproxy import FaultProxy, FaultRule, operation_of
 
 pytest_plugins = ("swarm_support",)  # its fixtures
 pytestmark = pytest.mark.swarm
@@ -164,4 +164,33 @@ def test_swarm_load_with_injected_faults(
         assert job_id not in started and job_id not in finished, job_id
     assert summary["faults_injected"] > 0
     assert not services, [(s["Spec"]["Name"]) for s in services]
+    assert not containers, [(c["Names"], c["State"]) for c in containers]
+
+
+def is_service_create(method: str, path: str) -> bool:
+    return method == "POST" and path.split("?", 1)[0].endswith("/services/create")
+
+
+def test_a_failed_launch_removes_the_service_its_lost_create_made_and_its_task_container(
+    swarm_proxy: FaultProxy,
+    swarm_client: docker.DockerClient,
+    swarm_instance: str,
+    make_swarm_manager: Callable[..., ContainerManager],
+    swarm_local_node: str,
+) -> None:
+    # The engine makes the service but its answer is lost; the retry's connection drops
+    # after the task has run: the launch fails, and neither the service nor the task's
+    # container may stay.
+    proxied = docker.APIClient(base_url=swarm_proxy.base_url, timeout=30)
+    manager = make_swarm_manager(docker_client=proxied)
+    swarm_proxy.add_rule(FaultRule(op="any", action="cut_after", match=is_service_create))
+    swarm_proxy.add_rule(FaultRule(op="any", action="cut", delay_s=3.0, match=is_service_create))
+
+    with pytest.raises(DockyardError):
+        manager.spawn_worker(load_job("lost-create", 0))
+
+    services, containers = leftovers(swarm_client, swarm_instance)
+    manager.close()
+    proxied.close()
+    assert not services, [s["Spec"]["Name"] for s in services]
     assert not containers, [(c["Names"], c["State"]) for c in containers]
