@@ -466,8 +466,6 @@ class SnapshotManager:
         self._remove_retired()
         return evicted
 
-    # -- start-up -----------------------------------------------------------------------
-
     def _take_discovered(self, evicted: Sequence[SnapshotMetadata]) -> list[SnapshotMetadata]:
         """The legacy images found at start-up that `evicted` does not hold yet."""
         with self._retired_lock:

@@ -144,14 +144,13 @@ def launch_worker_container(
         if typed is err:
             raise
         raise typed from typed.__cause__
-    # The start time is the moment the deadline was fixed (just before the create of the
-    # container that runs): the worker gets its whole timeout, and labels, timer and
-    # `ActiveWorker` agree on one deadline.
-    plan = started.plan
+    # The run starts now: the timer and `ActiveWorker` count its whole timeout from here.
+    # The deadline label, written at create and read only after a restart (adoption,
+    # orphan scans), is earlier by the create and start latency, never later.
+    started_at = deps.clock()
+    plan = started.plan.stamp(started_at)
     worker = plan.worker(
-        container_id=started.container_id,
-        image=started.image,
-        started_at=plan.deadline - timedelta(seconds=plan.timeout_s),
+        container_id=started.container_id, image=started.image, started_at=started_at
     )
     tracked = TrackedWorker(
         worker,
@@ -364,9 +363,9 @@ class LaunchPlan:
     """Built once per job (or read back from a running container's labels).
 
     The deadline is not part of the plan until the container starts: a job that waited
-    for a slot or an image pull still gets its whole timeout. `stamp` fixes it, once, just
-    before the create of the container that runs; labels, timer and `ActiveWorker` all use
-    that one value.
+    for a slot or an image pull still gets its whole timeout. `stamp` fixes it just before
+    the create of the container that runs (for its deadline label, which cannot change
+    later) and again once it has started: the timer and `ActiveWorker` count from the start.
     """
 
     identity: WorkerLabels
