@@ -235,6 +235,7 @@ def poller_calls_per_tick(
         remove_services(client, instance)
     return {
         "ticks": ticks,
+        "calls": sum(counted.values()),
         "calls_per_tick": sum(counted.values()) / ticks,
         "task_list_median_s": median(durations),
     }
@@ -274,4 +275,7 @@ def test_swarm_poller_calls_per_tick_stay_constant(
         "s",
         name="swarm poller: task_list call time at 200 workers / at 10 workers",
     )
-    assert results[200]["calls_per_tick"] == results[10]["calls_per_tick"] == 1.0
+    # One call a tick, whatever the worker count. A tick under way when the window opens or
+    # closes is counted on one side only: the counts may differ by that one.
+    for figures in results.values():
+        assert abs(figures["calls"] - figures["ticks"]) <= 1, figures
