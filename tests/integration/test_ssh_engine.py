@@ -122,11 +122,13 @@ def test_a_job_runs_on_an_ssh_engine_and_its_exit_arrives_by_the_events_stream(
     docker_client: docker.DockerClient,
 ) -> None:
     manager = over_ssh(auto_remove_workers=False)
-    worker = manager.spawn_worker(WorkerJob("ssh-1", "t", {}, command=["sh", "-c", "exit 3"]))
+    job = WorkerJob("ssh-1", "t", {}, command=["sh", "-c", "sleep 0.5; exit 3"])
+    worker = manager.spawn_worker(job)
     outcome = manager.wait_for_worker("ssh-1", timeout=60)
 
     assert (outcome.status, outcome.exit_code) == ("failed", 3)
     assert outcome.duration_s is not None  # inspected over ssh before the removal
+    assert outcome.duration_s >= 0.5
     with pytest.raises(docker.errors.NotFound):
         docker_client.api.inspect_container(worker.container_id)
 
