@@ -25,12 +25,12 @@ from ._docker_images import ImageCalls
 from ._environment import Secret, reveal
 from ._errors import (
     DockerUnavailableError,
-    EngineError,
     call_result,
     is_conflict,
     is_missing_image,
     is_not_found,
     is_timeout,
+    is_transient,
     is_unreachable,
     result_of,
     translate,
@@ -51,6 +51,7 @@ __all__ = [
     "is_missing_image",
     "is_not_found",
     "is_unreachable",
+    "look_up_made",
 ]
 
 log = logging.getLogger("dockyard.docker")
@@ -307,19 +308,9 @@ class DockerGateway(ObservedEngine, ImageCalls):
         look again for a while before concluding there is none. Only the labels dockyard
         set are compared: the engine adds the image's own labels to the container's.
         """
-        deadline = time.monotonic() + _CREATED_LOOKUP_S
-        while True:
-            try:
-                info = self.inspect(spec.name)
-                break
-            except Exception as err:
-                transient = is_not_found(err) or is_unreachable(err)
-                transient = transient or (
-                    isinstance(err, EngineError) and (err.status_code or 0) >= 500
-                )
-                if not transient or time.monotonic() >= deadline:
-                    return None  # unknown: the orphan scan deals with whatever is left
-                time.sleep(_CREATED_LOOKUP_PAUSE_S)
+        info = look_up_made(lambda: self.inspect(spec.name), not_yet_visible=True)
+        if info is None:
+            return None
         labels = (info.get("Config") or {}).get("Labels") or {}
         state = (info.get("State") or {}).get("Status")
         ours = all(labels.get(key) == value for key, value in spec.labels.items())
@@ -457,10 +448,7 @@ class DockerGateway(ObservedEngine, ImageCalls):
                 self._run("remove", lambda: self.api.remove_container(container_id, force=force))
                 return
             except Exception as err:
-                transient = is_unreachable(err) or (
-                    isinstance(err, EngineError) and (err.status_code or 0) >= 500
-                )
-                if not transient or attempt + 1 >= _REMOVE_ATTEMPTS or self._closed:
+                if not is_transient(err) or attempt + 1 >= _REMOVE_ATTEMPTS or self._closed:
                     raise
                 log.info(
                     "removing a container failed; retrying",
@@ -523,6 +511,26 @@ def create_recovering(
         if leftover is not None:
             discard(leftover)
         raise
+
+
+def look_up_made(
+    inspect: Callable[[], dict[str, Any]], *, not_yet_visible: bool = False
+) -> dict[str, Any] | None:
+    """What `inspect` says of an object a lost create may have made; None when unknown.
+
+    An engine blip is looked through for a while, and so is a 404 when `not_yet_visible`
+    (the engine reserves a container's name before it can be inspected). After that the
+    answer is unknown, and the orphan scan deals with whatever is left.
+    """
+    deadline = time.monotonic() + _CREATED_LOOKUP_S
+    while True:
+        try:
+            return inspect()
+        except Exception as err:
+            transient = is_transient(err) or (not_yet_visible and is_not_found(err))
+            if not transient or time.monotonic() >= deadline:
+                return None
+            time.sleep(_CREATED_LOOKUP_PAUSE_S)
 
 
 def _raise_for_status(response: requests.Response) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "is_missing_image",
     "is_not_found",
     "is_timeout",
+    "is_transient",
     "is_unreachable",
     "result_of",
     "translate",
@@ -222,6 +223,13 @@ def is_unreachable(err: BaseException) -> bool:
     if isinstance(err, (DockerUnavailableError, *TRANSPORT_ERRORS)):
         return True
     return _status(err) in _UNAVAILABLE_STATUSES
+
+
+def is_transient(err: BaseException) -> bool:
+    """True for an engine blip worth another try: no answer, or a 5xx answer."""
+    if is_unreachable(err):
+        return True
+    return isinstance(err, EngineError) and (err.status_code or 0) >= 500
 
 
 def is_timeout(err: BaseException) -> bool:

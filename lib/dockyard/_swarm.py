@@ -32,14 +32,20 @@ from docker.types import (
     TaskTemplate,
 )
 
-from ._docker import ContainerSpec, DockerGateway, ObservedEngine, create_recovering
+from ._docker import (
+    ContainerSpec,
+    DockerGateway,
+    ObservedEngine,
+    create_recovering,
+    look_up_made,
+)
 from ._environment import reveal
 from ._errors import (
     ConfigError,
     DockerUnavailableError,
-    EngineError,
     is_conflict,
     is_not_found,
+    is_transient,
     is_unreachable,
 )
 from ._exit_handling import parse_docker_time
@@ -146,10 +152,11 @@ class SwarmGateway(ObservedEngine):
 
     def _created_for(self, spec: ContainerSpec) -> str | None:
         """The id of a service of this name carrying exactly this spec's labels, if any."""
-        try:
-            service = self._call("service_inspect", lambda: self._raw.inspect_service(spec.name))
-        except Exception:
-            return None  # unknown: the orphan scan deals with whatever is left
+        service = look_up_made(
+            lambda: self._call("service_inspect", lambda: self._raw.inspect_service(spec.name))
+        )
+        if service is None:
+            return None
         labels = (service.get("Spec") or {}).get("Labels") or {}
         return str(service["ID"]) if labels == dict(spec.labels) else None
 
@@ -489,7 +496,7 @@ class SwarmGateway(ObservedEngine):
                 if is_not_found(err):
                     missing = err
                     break
-                if not _transient(err) or attempt + 1 >= _REMOVE_ATTEMPTS:
+                if not is_transient(err) or attempt + 1 >= _REMOVE_ATTEMPTS:
                     raise
                 time.sleep(_REMOVE_RETRY_PAUSE_S * (attempt + 1))  # removal is idempotent
         self.poller.gone(container_id)
@@ -498,7 +505,7 @@ class SwarmGateway(ObservedEngine):
                 removed = self._remove_local_containers(container_id)
                 break
             except Exception as err:
-                if not _transient(err) or attempt + 1 >= _REMOVE_ATTEMPTS:
+                if not is_transient(err) or attempt + 1 >= _REMOVE_ATTEMPTS:
                     raise
                 time.sleep(_REMOVE_RETRY_PAUSE_S * (attempt + 1))
         if missing is not None and not removed:
@@ -598,7 +605,3 @@ def _container_of(task: dict[str, Any] | None) -> str | None:
 def _is_container_id(value: str) -> bool:
     """A full container id (64 hex digits): never a prefix that could match another one."""
     return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
-
-
-def _transient(err: BaseException) -> bool:
-    return is_unreachable(err) or (isinstance(err, EngineError) and (err.status_code or 0) >= 500)

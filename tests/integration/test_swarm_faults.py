@@ -194,3 +194,34 @@ def test_a_failed_launch_removes_the_service_its_lost_create_made_and_its_task_c
     proxied.close()
     assert not services, [s["Spec"]["Name"] for s in services]
     assert not containers, [(c["Names"], c["State"]) for c in containers]
+
+
+def is_service_inspect(method: str, path: str) -> bool:
+    bare = path.split("?", 1)[0]
+    return method == "GET" and "/services/" in bare and bare.rsplit("/", 1)[-1] != "tasks"
+
+
+def test_a_lost_create_is_recognised_through_a_failing_inspect(
+    swarm_proxy: FaultProxy,
+    swarm_client: docker.DockerClient,
+    swarm_instance: str,
+    make_swarm_manager: Callable[..., ContainerManager],
+) -> None:
+    # The engine makes the service but its answer is lost; the retry meets the name (409),
+    # and the first look at the service fails too: looked at again, it is this launch's.
+    proxied = docker.APIClient(base_url=swarm_proxy.base_url, timeout=30)
+    manager = make_swarm_manager(docker_client=proxied)
+    lost = swarm_proxy.add_rule(FaultRule(op="any", action="cut_after", match=is_service_create))
+    blip = swarm_proxy.add_rule(
+        FaultRule(op="any", action="fail", status=500, match=is_service_inspect)
+    )
+
+    worker = manager.spawn_worker(load_job("lost-create", 1))
+    outcome = manager.wait_for_worker(worker.job_id, timeout=60)
+
+    assert outcome.status in {"succeeded", "failed"}  # the job ran, once
+    assert (lost.hits, blip.hits) == (1, 1)
+    services, _ = leftovers(swarm_client, swarm_instance)
+    manager.close()
+    proxied.close()
+    assert not services, [s["Spec"]["Name"] for s in services]
