@@ -296,7 +296,7 @@ class DockerGateway(ObservedEngine, ImageCalls):
             spec.name,
             lambda: self._create_once(spec),
             lambda: self._created_for(spec),
-            self._discard,
+            self.remove,
             retry_if=lambda err: isinstance(err, DockerUnavailableError),
         )
 
@@ -317,15 +317,6 @@ class DockerGateway(ObservedEngine, ImageCalls):
         if not ours or state != "created":
             return None
         return str(info["Id"])
-
-    def _discard(self, container_id: str) -> None:
-        try:
-            self.remove(container_id, force=True)
-        except Exception:
-            log.warning(
-                "could not remove the container of a failed create",
-                extra={"container_id": container_id[:12]},
-            )
 
     def _create_once(self, spec: ContainerSpec) -> str:
         def create() -> str:
@@ -467,7 +458,7 @@ def create_recovering(
     name: str,
     create_once: Callable[[], str],
     created_for: Callable[[], str | None],
-    discard: Callable[[str], None],
+    remove: Callable[[str], None],
     *,
     retry_if: Callable[[BaseException], bool],
 ) -> str:
@@ -477,7 +468,7 @@ def create_recovering(
     matches this launch's labels) and its id is the answer; there is no retry, the time
     budget is spent. A create that got no answer (`retry_if`) is retried once; the retry's
     409 with that object is resolved the same way. When the retry fails otherwise, an
-    object the first attempt made is discarded: it must not outlive the failed launch.
+    object the first attempt made is removed: it must not outlive the failed launch.
     """
     try:
         return create_once()
@@ -509,7 +500,13 @@ def create_recovering(
             )
             return leftover
         if leftover is not None:
-            discard(leftover)
+            try:
+                remove(leftover)
+            except Exception:
+                log.warning(
+                    "could not remove what a failed create made; the orphan scan will",
+                    extra={"container_name": name, "container_id": leftover[:12]},
+                )
         raise
 
 

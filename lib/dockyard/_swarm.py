@@ -146,7 +146,8 @@ class SwarmGateway(ObservedEngine):
             spec.name,
             lambda: self._create_once(spec),
             lambda: self._created_for(spec),
-            self._discard,
+            # The service may have run its task already: `remove` takes its container too.
+            self.remove,
             retry_if=is_unreachable,
         )
 
@@ -159,16 +160,6 @@ class SwarmGateway(ObservedEngine):
             return None
         labels = (service.get("Spec") or {}).get("Labels") or {}
         return str(service["ID"]) if labels == dict(spec.labels) else None
-
-    def _discard(self, service_id: str) -> None:
-        # The service may have started its task already: its container goes too (moby#42789).
-        try:
-            self.remove(service_id, force=True)
-        except Exception:
-            log.warning(
-                "could not remove the service of a failed create; the orphan scan will",
-                extra={"container_id": service_id[:12]},
-            )
 
     def _create_once(self, spec: ContainerSpec) -> str:
         resources = Resources(mem_limit=spec.memory_bytes, mem_reservation=spec.memory_bytes)
