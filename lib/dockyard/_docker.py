@@ -42,7 +42,6 @@ __all__ = [
     "ContainerSpec",
     "DockerGateway",
     "EngineCalls",
-    "EngineObserver",
     "ExitWait",
     "ObservedEngine",
     "call_result",
@@ -60,9 +59,6 @@ T = TypeVar("T")
 
 CallObserver = Callable[[str, str, float], None]
 """`(operation, result, seconds)`: told about every engine call once it ended."""
-
-EngineObserver = CallObserver
-"""Told of every engine call: `(operation, result, seconds)`; see `call_result`."""
 
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     DockerException,

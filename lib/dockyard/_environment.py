@@ -125,7 +125,6 @@ def build_worker_env(
     the job data store last, once every check has passed (a refused job leaves no key
     behind), so call it once per spawn.
     """
-    check_job_data(fields, sources)  # over the limit without a store: refused here
     env: dict[str, str | Secret] = {"JOB_ID": fields.job_id, "JOB_TYPE": fields.job_type}
     env["REDIS_URL"] = sources.config.redis_url
     for key, default in DEFAULTED_KEYS:
@@ -419,9 +418,6 @@ class SecretEnv(Mapping[str, Secret]):
 
     def __repr__(self) -> str:
         return f"SecretEnv(keys={list(self._items)!r})"
-
-    def with_items(self, **items: str | Secret) -> SecretEnv:
-        return SecretEnv({**self._items, **items})
 
     def reveal(self) -> dict[str, str]:
         return {key: value.reveal() for key, value in self._items.items()}

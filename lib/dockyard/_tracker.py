@@ -440,11 +440,6 @@ class SlotGate:
             self._waiters.remove(granted)
             return False
 
-    def acquire_over_capacity(self) -> None:
-        """Take a slot even when none is free (adopted workers already run)."""
-        with self._lock:
-            self._free -= 1
-
     def release(self) -> None:
         with self._lock:
             if self._waiters and self._free >= 0:
@@ -468,11 +463,6 @@ class SlotLease:
         self._gate = gate
         self._lock = threading.Lock()
         self._held = True
-
-    @property
-    def held(self) -> bool:
-        with self._lock:
-            return self._held
 
     def release(self) -> bool:
         """Give the slot back; True only for the call that did."""

@@ -258,10 +258,6 @@ class FakeDockerAPI:
         for stream in streams:
             stream.break_stream()
 
-    def break_waits(self, container_id: str | None = None) -> None:
-        """The exit waits break: with one events stream, that is every wait at once."""
-        self.break_event_streams()
-
     def vanish(self, container_id: str) -> None:
         """The container disappears behind dockyard's back (and the exit waits break)."""
         with self.lock:

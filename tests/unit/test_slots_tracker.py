@@ -129,7 +129,7 @@ def test_timeouts_racing_releases_never_lose_or_double_a_slot() -> None:
 def test_over_capacity_slots_drain_before_waiters_get_one() -> None:
     gate = SlotGate(1)
     assert gate.acquire(0)
-    gate.acquire_over_capacity()  # an adopted worker on top
+    gate.lease_over_capacity()  # an adopted worker on top
     assert gate.in_use == 2
     got: list[bool] = []
     waiter = threading.Thread(target=lambda: got.append(gate.acquire(10)))
