@@ -67,6 +67,10 @@ from dockyard import (
 from faultproxy import FaultProxy, FaultRule
 from images import TEST_IMAGE, ensure_test_images
 
+# Test modules import the swarm plugin's helpers before pytest loads it as their plugin:
+# registered here, it is assertion-rewritten on that first import all the same.
+pytest.register_assert_rewrite("swarm_support")
+
 LABEL_PREFIX = "cascade"
 """Default ``RouterConfig.label_prefix``; the leak detector looks for its labels."""
 
@@ -671,6 +675,46 @@ class LoadRecorder(WorkerLifecycleListener):
     def on_worker_finished(self, worker: Any, outcome: WorkerOutcome) -> None:
         with self.lock:
             self.finished[worker.job_id].append(outcome)
+
+
+LoadResult = WorkerOutcome | BaseException
+
+
+def split_load_results(
+    results: dict[str, LoadResult],
+) -> tuple[dict[str, WorkerOutcome], dict[str, BaseException]]:
+    """A load run's results as (outcomes, spawn errors), each by job id."""
+    outcomes = {j: r for j, r in results.items() if isinstance(r, WorkerOutcome)}
+    errors = {j: r for j, r in results.items() if not isinstance(r, WorkerOutcome)}
+    return outcomes, errors
+
+
+def assert_each_job_ended_once(
+    recorder: LoadRecorder,
+    outcomes: dict[str, WorkerOutcome],
+    errors: dict[str, BaseException],
+    typed_errors: tuple[type[BaseException], ...],
+    *,
+    failed_exit_code_known: bool,
+) -> None:
+    """A started job was started once and got one outcome, the one its kind allows (ids
+    ending in 9 overrun); a refused job raised a typed error and never started."""
+    with recorder.lock:
+        started = dict(recorder.started)
+        finished = {j: list(v) for j, v in recorder.finished.items()}
+    for job_id, outcome in outcomes.items():
+        assert started.get(job_id) == 1, job_id
+        assert finished.get(job_id) == [outcome], f"{job_id}: {finished.get(job_id)}"
+        overrun = job_id.endswith("9")
+        if outcome.status == "succeeded":
+            assert outcome.exit_code == 0 and not overrun, outcome
+        elif outcome.status == "failed" and failed_exit_code_known:
+            assert outcome.exit_code not in (None, 0) and not overrun, outcome
+        elif outcome.status == "timed_out":
+            assert overrun, outcome
+    for job_id, err in errors.items():
+        assert isinstance(err, typed_errors), f"{job_id}: {err!r}"
+        assert job_id not in started and job_id not in finished, job_id
 
 
 def load_job(prefix: str, index: int) -> WorkerJob:

@@ -25,11 +25,17 @@ from conftest import LABEL_PREFIX, ManagerFactory, docker_required
 from images import TEST_IMAGE, ensure_test_images
 
 DEFAULT_SWARM_HOST = "unix:///run/dyswarm/docker.sock"
+DEFAULT_WORKER_HOST = "unix:///run/dyswarm2/docker.sock"  # the second node, when started
 SERVICE_GONE_S = 10.0
 
 
 def swarm_host() -> str:
     return os.environ.get("DOCKYARD_SWARM_HOST", "").strip() or DEFAULT_SWARM_HOST
+
+
+def worker_host() -> str:
+    """The second swarm node's engine (`tests/swarm_engine.sh start-worker`)."""
+    return os.environ.get("DOCKYARD_SWARM_WORKER_HOST", "").strip() or DEFAULT_WORKER_HOST
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,15 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import LoadProjects, LoadRecorder, ThreadBaseline, add_load_faults, load_job
+from conftest import (
+    LoadProjects,
+    LoadRecorder,
+    ThreadBaseline,
+    add_load_faults,
+    assert_each_job_ended_once,
+    load_job,
+    split_load_results,
+)
 from dockyard import (
     ContainerManager,
     DockyardError,
@@ -118,8 +126,7 @@ def test_load_with_injected_faults(
     leftovers = settle_leftovers(docker_client, instance_id)
     extra_threads = baseline.new_threads()
 
-    outcomes = {j: r for j, r in results.items() if isinstance(r, WorkerOutcome)}
-    errors = {j: r for j, r in results.items() if not isinstance(r, WorkerOutcome)}
+    outcomes, errors = split_load_results(results)
     summary = {
         "jobs": JOBS,
         "concurrency": CONCURRENCY,
@@ -138,22 +145,9 @@ def test_load_with_injected_faults(
     record_property("load_summary", line)
 
     assert len(results) == JOBS
-    with recorder.lock:
-        started = dict(recorder.started)
-        finished = {j: list(v) for j, v in recorder.finished.items()}
-    for job_id, outcome in outcomes.items():
-        assert started.get(job_id) == 1, job_id
-        assert finished.get(job_id) == [outcome], f"{job_id}: {finished.get(job_id)}"
-        overrun = job_id.endswith("9")
-        if outcome.status == "succeeded":
-            assert outcome.exit_code == 0 and not overrun, outcome
-        elif outcome.status == "failed":
-            assert outcome.exit_code not in (None, 0) and not overrun, outcome
-        elif outcome.status == "timed_out":
-            assert overrun, outcome
-    for job_id, err in errors.items():
-        assert isinstance(err, TYPED_SPAWN_ERRORS), f"{job_id}: {err!r}"
-        assert job_id not in started and job_id not in finished, job_id
+    assert_each_job_ended_once(
+        recorder, outcomes, errors, TYPED_SPAWN_ERRORS, failed_exit_code_known=True
+    )
     assert summary["faults_injected"] > 0
     assert not leftovers, [(c["Names"], c["State"]) for c in leftovers]
     assert not extra_threads, [t.name for t in extra_threads]

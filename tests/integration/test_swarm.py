@@ -19,6 +19,7 @@ import pytest
 
 from conftest import CapturedEvents, Recorder, ThreadBaseline
 from dockyard import ConfigError, ContainerManager, RouterConfig, WorkerJob
+from swarm_support import instance_containers, instance_services
 
 pytest_plugins = ("swarm_support",)  # its fixtures
 # Tasks on the manager node only: these tests read what only a local container tells.
@@ -30,16 +31,6 @@ LONG = ["sh", "-c", "trap 'exit 143' TERM; sleep 60 & wait"]
 
 def job(job_id: str, command: list[str], **fields: Any) -> WorkerJob:
     return WorkerJob(id=job_id, type="swarm-test", data={}, command=command, **fields)
-
-
-def instance_services(client: docker.DockerClient, instance: str) -> list[dict[str, Any]]:
-    label = f"cascade.router.instance={instance}"
-    return list(client.api.services(filters={"label": [label]}))
-
-
-def instance_containers(client: docker.DockerClient, instance: str) -> list[Any]:
-    label = f"cascade.router.instance={instance}"
-    return list(client.containers.list(all=True, filters={"label": label}))
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 import docker
 import pytest
 
+from swarm_support import instance_services, swarm_host
 from test_cli import cli_env, dockyard_cli
 
 pytest_plugins = ("swarm_support",)  # its fixtures
@@ -24,8 +25,6 @@ def run_cli(*args: str, host: str) -> subprocess.CompletedProcess[str]:
 def test_run_with_the_swarm_backend(
     tmp_path: Path, swarm_client: docker.DockerClient, swarm_image: str, swarm_instance: str
 ) -> None:
-    from swarm_support import swarm_host  # noqa: PLC0415 - registered as a plugin above
-
     jobs: list[dict[str, Any]] = [
         {"id": "cli-ok", "type": "t", "command": ["sh", "-c", "echo fine"]},
         {"id": "cli-bad", "type": "t", "command": ["sh", "-c", "exit 4"]},
@@ -53,13 +52,10 @@ def test_run_with_the_swarm_backend(
     assert results["cli-ok"]["status"] == "succeeded"
     assert results["cli-bad"]["status"] == "failed"
     assert results["cli-bad"]["exit_code"] == 4
-    label = f"cascade.router.instance={swarm_instance}"
-    assert swarm_client.api.services(filters={"label": [label]}) == []
+    assert instance_services(swarm_client, swarm_instance) == []
 
 
 def test_run_refuses_snapshots_on_swarm(tmp_path: Path, swarm_image: str) -> None:
-    from swarm_support import swarm_host  # noqa: PLC0415
-
     path = tmp_path / "jobs.jsonl"
     path.write_text(json.dumps({"id": "x", "type": "t"}) + "\n", encoding="utf-8")
     proc = run_cli(

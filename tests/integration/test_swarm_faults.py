@@ -21,13 +21,21 @@ import docker.errors
 import pytest
 import requests
 
-from conftest import LoadProjects, LoadRecorder, add_load_faults, load_job
+from conftest import (
+    LoadProjects,
+    LoadRecorder,
+    add_load_faults,
+    assert_each_job_ended_once,
+    load_job,
+    split_load_results,
+)
 from dockyard import (
     ContainerManager,
     DockyardError,
     WorkerOutcome,
 )
 from faultproxy import FaultProxy, FaultRule, operation_of
+from swarm_support import swarm_host, worker_host
 
 pytest_plugins = ("swarm_support",)  # its fixtures
 pytestmark = pytest.mark.swarm
@@ -49,8 +57,6 @@ def faulted(method: str, path: str) -> bool:
 
 @pytest.fixture
 def swarm_proxy(swarm_client: docker.DockerClient) -> Iterator[FaultProxy]:
-    from swarm_support import swarm_host  # noqa: PLC0415 - registered as a plugin above
-
     host = swarm_host()
     assert host.startswith("unix://"), "the fault proxy relays to a unix socket"
     proxy = FaultProxy(upstream=host[len("unix://") :], seed=SEED).start()
@@ -81,9 +87,8 @@ def leftovers(client: docker.DockerClient, instance: str) -> tuple[list[Any], li
 
 def remove_remote_containers(instance: str) -> int | None:
     """Remove (and count) the run's task containers on the second node, when there is one."""
-    host = os.environ.get("DOCKYARD_SWARM_WORKER_HOST", "") or "unix:///run/dyswarm2/docker.sock"
     try:
-        worker = docker.APIClient(base_url=host, timeout=30)
+        worker = docker.APIClient(base_url=worker_host(), timeout=30)
         found = worker.containers(
             all=True, filters={"label": f"cascade.router.instance={instance}"}
         )
@@ -127,8 +132,7 @@ def test_swarm_load_with_injected_faults(
     services, containers = leftovers(swarm_client, swarm_instance)
     remote = remove_remote_containers(swarm_instance)
 
-    outcomes = {j: r for j, r in results.items() if isinstance(r, WorkerOutcome)}
-    errors = {j: r for j, r in results.items() if not isinstance(r, WorkerOutcome)}
+    outcomes, errors = split_load_results(results)
     summary = {
         "jobs": JOBS,
         "concurrency": CONCURRENCY,
@@ -148,20 +152,9 @@ def test_swarm_load_with_injected_faults(
     record_property("swarm_load_summary", line)
 
     assert len(results) == JOBS
-    with recorder.lock:
-        started = dict(recorder.started)
-        finished = {j: list(v) for j, v in recorder.finished.items()}
-    for job_id, outcome in outcomes.items():
-        assert started.get(job_id) == 1, job_id
-        assert finished.get(job_id) == [outcome], f"{job_id}: {finished.get(job_id)}"
-        overrun = job_id.endswith("9")
-        if outcome.status == "succeeded":
-            assert outcome.exit_code == 0 and not overrun, outcome
-        elif outcome.status == "timed_out":
-            assert overrun, outcome
-    for job_id, err in errors.items():
-        assert isinstance(err, TYPED_SPAWN_ERRORS), f"{job_id}: {err!r}"
-        assert job_id not in started and job_id not in finished, job_id
+    assert_each_job_ended_once(
+        recorder, outcomes, errors, TYPED_SPAWN_ERRORS, failed_exit_code_known=False
+    )
     assert summary["faults_injected"] > 0
     assert not services, [(s["Spec"]["Name"]) for s in services]
     assert not containers, [(c["Names"], c["State"]) for c in containers]

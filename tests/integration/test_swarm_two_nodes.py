@@ -10,27 +10,25 @@ task runs on the second node.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import docker
 import pytest
 
 from conftest import Recorder
 from dockyard import ContainerManager, WorkerJob
+from swarm_support import instance_containers, set_availability, worker_host
 
 pytest_plugins = ("swarm_support",)  # its fixtures
 pytestmark = pytest.mark.swarm
 
 MakeManager = Callable[..., ContainerManager]
-DEFAULT_WORKER_HOST = "unix:///run/dyswarm2/docker.sock"
 
 
 @pytest.fixture
 def second_node(swarm_client: docker.DockerClient) -> Iterator[docker.DockerClient]:
     """The second node's engine, with the manager node paused while the test runs."""
-    host = os.environ.get("DOCKYARD_SWARM_WORKER_HOST", "").strip() or DEFAULT_WORKER_HOST
+    host = worker_host()
     try:
         worker = docker.DockerClient(base_url=host, timeout=30)
         state = (worker.info().get("Swarm") or {}).get("LocalNodeState")
@@ -46,18 +44,6 @@ def second_node(swarm_client: docker.DockerClient) -> Iterator[docker.DockerClie
     finally:
         set_availability(swarm_client, manager_id, "active")
         worker.close()
-
-
-def set_availability(client: docker.DockerClient, node_id: str, availability: str) -> None:
-    node = client.api.inspect_node(node_id)
-    client.api.update_node(
-        node_id, node["Version"]["Index"], dict(node["Spec"], Availability=availability)
-    )
-
-
-def remote_containers(worker: docker.DockerClient, instance: str) -> list[Any]:
-    label = f"cascade.router.instance={instance}"
-    return list(worker.containers.list(all=True, filters={"label": label}))
 
 
 def test_task_on_another_node(
@@ -90,7 +76,7 @@ def test_task_on_another_node(
                 command=["sh", "-c", "trap 'exit 143' TERM; sleep 60 & wait"],
             )
         )
-        assert [c.status for c in remote_containers(second_node, swarm_instance)].count(
+        assert [c.status for c in instance_containers(second_node, swarm_instance)].count(
             "running"
         ) == 1
         assert manager.kill_worker("remote-2") is True
@@ -98,9 +84,9 @@ def test_task_on_another_node(
         assert killed.status == "timed_out"
         # The engine may drop the stopped task's record before dockyard reads its code.
         assert killed.exit_code in (143, None), killed
-        assert all(c.status != "running" for c in remote_containers(second_node, swarm_instance))
+        assert all(c.status != "running" for c in instance_containers(second_node, swarm_instance))
     finally:
         manager.close()
-        for container in remote_containers(second_node, swarm_instance):
+        for container in instance_containers(second_node, swarm_instance):
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)

@@ -324,6 +324,23 @@ def test_adoption_racing_close_leaves_no_worker_behind(
     thread_baseline.assert_no_new_threads(timeout=5.0)
 
 
+def close_while_held(manager: Any, api: FakeDockerAPI, release: threading.Event) -> list[int]:
+    """Close from another thread while a dockyard thread is held inside an engine call,
+    then let that call go on; the engine calls counted when `close()` returned."""
+    calls_when_closed: list[int] = []
+
+    def close() -> None:
+        manager.close()
+        calls_when_closed.append(len(api.calls))
+
+    closer = threading.Thread(target=close)
+    closer.start()
+    closer.join(0.3)
+    release.set()
+    closer.join(10)
+    return calls_when_closed
+
+
 def test_close_waits_for_an_orphan_scan_under_way(make: Any) -> None:
     api = ListingAPI()
     overdue = datetime.now(UTC) - timedelta(minutes=5)
@@ -343,17 +360,7 @@ def test_close_waits_for_an_orphan_scan_under_way(make: Any) -> None:
     scanner = threading.Thread(target=manager.scan_and_cleanup_orphans)
     scanner.start()
     assert in_stop.wait(10)
-    calls_when_closed: list[int] = []
-
-    def close() -> None:
-        manager.close()
-        calls_when_closed.append(len(api.calls))
-
-    closer = threading.Thread(target=close)
-    closer.start()
-    closer.join(0.3)
-    release.set()
-    closer.join(10)
+    calls_when_closed = close_while_held(manager, api, release)
     scanner.join(10)
 
     assert not scanner.is_alive()
@@ -374,17 +381,7 @@ def test_close_waits_for_a_timer_inside_its_expiry(
     api.failures["stop"] = [api_error(500, "stop failed")]  # next: SIGKILL, after close
     manager.spawn_worker(job())
     assert in_stop.wait(10)
-    calls_when_closed: list[int] = []
-
-    def close() -> None:
-        manager.close()
-        calls_when_closed.append(len(api.calls))
-
-    closer = threading.Thread(target=close)
-    closer.start()
-    closer.join(0.3)
-    release.set()
-    closer.join(10)
+    calls_when_closed = close_while_held(manager, api, release)
     thread_baseline.assert_no_new_threads(timeout=5.0)
 
     assert calls_when_closed == [len(api.calls)], "the timer called the engine after close()"
