@@ -213,28 +213,19 @@ class SafeListener:
         self._reporter = reporter or Reporter()
 
     def started(self, worker: ActiveWorker) -> None:
-        if self._listener is not None:
-            self._call("on_worker_started", worker.job_id, self._listener.on_worker_started, worker)
+        self._call("on_worker_started", worker.job_id, worker)
 
     def finished(self, worker: ActiveWorker, outcome: WorkerOutcome) -> None:
-        if self._listener is not None:
-            self._call(
-                "on_worker_finished",
-                worker.job_id,
-                self._listener.on_worker_finished,
-                worker,
-                outcome,
-            )
+        self._call("on_worker_finished", worker.job_id, worker, outcome)
 
     def orphan_stopped(self, container_id: str, labels: dict[str, str]) -> None:
-        if self._listener is not None:
-            self._call(
-                "on_orphan_stopped", None, self._listener.on_orphan_stopped, container_id, labels
-            )
+        self._call("on_orphan_stopped", None, container_id, labels)
 
-    def _call(self, hook: str, job_id: str | None, fn: Callable[..., None], *args: object) -> None:
+    def _call(self, hook: str, job_id: str | None, *args: object) -> None:
+        if self._listener is None:
+            return
         try:
-            fn(*args)
+            getattr(self._listener, hook)(*args)
         except Exception as err:
             # Not `log.exception`: a host's logging integration would turn it into an event
             # with the locals of every frame. The reporter's event drops them.
