@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from ._config import ProjectConfig, RouterConfig
+from ._container_settings import ContainerSettings, Mount, Ulimit
 from ._environment import CredentialProvider, JobDataOffloadError, JobDataStore
 from ._errors import (
     ConfigError,
@@ -39,6 +40,7 @@ __all__ = [
     "ActiveWorker",
     "ConfigError",
     "ContainerManager",
+    "ContainerSettings",
     "CredentialProvider",
     "DockerUnavailableError",
     "DockyardError",
@@ -46,6 +48,7 @@ __all__ = [
     "InvalidJobError",
     "JobDataOffloadError",
     "JobDataStore",
+    "Mount",
     "NoWorkerSlotError",
     "ProjectConfig",
     "ProjectDirectory",
@@ -54,6 +57,7 @@ __all__ = [
     "RouterConfig",
     "SnapshotMetadata",
     "SnapshotRegistry",
+    "Ulimit",
     "WorkerContainerLaunchConfig",
     "WorkerContainerLaunchContext",
     "WorkerContainerLauncherDependencies",

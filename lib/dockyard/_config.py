@@ -15,8 +15,24 @@ from typing import Any, ClassVar, Self
 
 from dataclasses_json import DataClassJsonMixin
 
+from ._container_checks import settings_from_json, validate_settings
+from ._container_settings import (
+    ROUTER,
+    ContainerSettings,
+    check_bind_roots,
+    check_bind_sources,
+    check_job_settings_allowed,
+    project_layer,
+)
+from ._container_syntax import (
+    bind_roots_from_env,
+    env_var_of,
+    job_settings_allowed_from_env,
+    settings_from_env,
+)
 from ._errors import ConfigError
 from ._jobs import is_valid_image_reference
+from ._swarm_settings import check_swarm_expressible
 
 __all__ = ["ProjectConfig", "RouterConfig"]
 
@@ -96,8 +112,18 @@ class RouterConfig(_StrictJson):
     # Swarm: a task not running after this long (no node can take it) ends the worker
     # `failed` with the scheduler's reason.
     swarm_pending_timeout_s: float = 300.0
+    # Container controls (the router layer; projects and jobs may override, see README).
+    container: ContainerSettings | None = None
+    # The `ContainerSettings` fields a job may set; any other one is an `InvalidJobError`.
+    job_settings_allowed: frozenset[str] = frozenset()
+    # Bind mount sources must resolve under one of these; none: every bind is refused.
+    allowed_bind_roots: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        # JSON gives lists: kept as the declared immutable collections.
+        allowed = check_job_settings_allowed(self.job_settings_allowed)
+        object.__setattr__(self, "job_settings_allowed", allowed)
+        object.__setattr__(self, "allowed_bind_roots", check_bind_roots(self.allowed_bind_roots))
         _validate_router(self)
 
     @classmethod
@@ -117,10 +143,13 @@ class RouterConfig(_StrictJson):
                 values[name] = parse(raw.strip())
             except ValueError:
                 raise ConfigError(var, f"malformed value {raw!r}") from None
+        container = settings_from_env(env)
+        if container is not None:
+            values["container"] = container
         try:
             return cls(**values)
         except ConfigError as err:
-            var = _VAR_OF_FIELD.get(err.name, err.name)
+            var = _VAR_OF_FIELD.get(err.name) or env_var_of(err.name) or err.name
             raise ConfigError(var, err.problem) from None
 
 
@@ -138,6 +167,8 @@ class ProjectConfig(_StrictJson):
     worker_image: str | None = None
     worker_image_status: str | None = None
     worker_image_digest: str | None = None
+    # Container controls of this project's workers (`None` fields: the router's).
+    container: ContainerSettings | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -150,6 +181,8 @@ class ProjectConfig(_StrictJson):
             raise ConfigError("ProjectConfig.snapshot_enabled", "must be a boolean or None")
         texts = ("repo_full_name", "worker_image", "worker_image_status", "worker_image_digest")
         _require_optional_texts(self, texts, prefix="ProjectConfig.")
+        if self.container is not None:
+            validate_settings(self.container, project_layer(self.id))
 
 
 def _check_json_types(cls: type, prefix: str, kvs: object) -> None:
@@ -165,8 +198,15 @@ def _check_json_types(cls: type, prefix: str, kvs: object) -> None:
         hint = hints[key]
         union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
         allowed = typing.get_args(hint) if union else (hint,)
+        if ContainerSettings in allowed and isinstance(value, Mapping):
+            layer = project_layer() if prefix else ROUTER
+            settings_from_json(value, layer)  # its own JSON type checks
+            continue
         if value is None:
             ok = type(None) in allowed
+        elif isinstance(value, list):
+            origins = {typing.get_origin(t) for t in allowed}
+            ok = bool(origins & {tuple, frozenset}) and all(isinstance(v, str) for v in value)
         elif isinstance(value, bool):
             ok = bool in allowed
         elif isinstance(value, int):
@@ -225,6 +265,9 @@ _ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WORKER_IMAGE_REGISTRY_SERVER": ("registry_server", _str),
     "DOCKYARD_BACKEND": ("backend", _str),
     "DOCKYARD_SWARM_PENDING_TIMEOUT_MS": ("swarm_pending_timeout_s", _ms),
+    # The container controls' `WORKER_*` variables are `_container_syntax.SETTING_ENV_VARS`.
+    "JOB_SETTINGS_ALLOWED": ("job_settings_allowed", job_settings_allowed_from_env),
+    "ALLOWED_BIND_ROOTS": ("allowed_bind_roots", bind_roots_from_env),
 }
 _VAR_OF_FIELD = {name: var for var, (name, _) in _ENV_VARS.items()}
 
@@ -307,6 +350,11 @@ def _validate_router(config: RouterConfig) -> None:
         )
     if config.backend == "swarm" and config.snapshot_enabled:
         raise ConfigError("backend", SWARM_SNAPSHOTS_REFUSED)
+    if config.container is not None:
+        validate_settings(config.container, ROUTER)
+        check_bind_sources(config.container, config.allowed_bind_roots, ROUTER)
+        if config.backend == "swarm":
+            check_swarm_expressible(config.container, ROUTER)
 
 
 BACKENDS = ("docker", "swarm")

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._container_checks import validate_settings
+from ._container_settings import JOB, ContainerSettings
 from ._errors import InvalidJobError, WorkerImageResolutionError
 
 if TYPE_CHECKING:
@@ -81,6 +83,8 @@ class WorkerJob:
     work_item_id: str | None = None
     agent_type: str | None = None
     command: Sequence[str] | None = None
+    # This job's container controls: only the fields `RouterConfig.job_settings_allowed` names.
+    container: ContainerSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,8 @@ def validate_job(job: object) -> WorkerJob:
             raise InvalidJobError("job.command must be a sequence of strings")
         for i, arg in enumerate(job.command):
             _check_text(f"job.command[{i}]", arg, allow_empty=True)
+    if job.container is not None:
+        validate_settings(job.container, JOB)
     return job
 
 

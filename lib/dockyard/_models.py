@@ -8,6 +8,8 @@ from typing import Literal
 
 from dataclasses_json import DataClassJsonMixin
 
+from ._container_settings import ContainerSettings
+
 __all__ = ["ActiveWorker", "OutcomeStatus", "WorkerLifecycleListener", "WorkerOutcome"]
 
 OutcomeStatus = Literal["succeeded", "failed", "timed_out", "lost"]
@@ -30,6 +32,9 @@ class ActiveWorker(DataClassJsonMixin):
     agent_type: str | None = None
     job_type: str = ""
     snapshot_enabled: bool = False
+    # The container controls this worker got: its three layers merged (None: unknown, as
+    # for a worker adopted after a restart).
+    settings: ContainerSettings | None = None
 
     @property
     def short_id(self) -> str:

@@ -34,6 +34,7 @@ DOCKYARD_ALL = [
     "ActiveWorker",
     "ConfigError",
     "ContainerManager",
+    "ContainerSettings",
     "CredentialProvider",
     "DockerUnavailableError",
     "DockyardError",
@@ -41,6 +42,7 @@ DOCKYARD_ALL = [
     "InvalidJobError",
     "JobDataOffloadError",
     "JobDataStore",
+    "Mount",
     "NoWorkerSlotError",
     "ProjectConfig",
     "ProjectDirectory",
@@ -49,6 +51,7 @@ DOCKYARD_ALL = [
     "RouterConfig",
     "SnapshotMetadata",
     "SnapshotRegistry",
+    "Ulimit",
     "WorkerContainerLaunchConfig",
     "WorkerContainerLaunchContext",
     "WorkerContainerLauncherDependencies",
@@ -100,6 +103,9 @@ DEFINED_IN = {
     "SnapshotMetadata": "dockyard._snapshot_registry",
     "SnapshotRegistry": "dockyard._snapshot_registry",
     "WorkerJob": "dockyard._jobs",
+    "ContainerSettings": "dockyard._container_settings",
+    "Mount": "dockyard._container_settings",
+    "Ulimit": "dockyard._container_settings",
     **{name: "dockyard.worker_container_launcher" for name in LAUNCHER_NAMES},
 }
 

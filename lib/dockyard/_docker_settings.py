@@ -1,0 +1,126 @@
+"""Container settings on the Docker engine: merged `ContainerSettings` plus the router's
+base limits, as the keyword arguments of docker-py's `create_host_config` and
+`create_container`. Pure: no engine call, so the mapping is unit-tested on its own.
+
+| setting | Docker |
+|---|---|
+| `cpus` | `HostConfig.NanoCpus` = cpus * 10^9 (as `docker run --cpus`) |
+| `cpu_shares`, `cpuset_cpus` | `CpuShares`, `CpusetCpus` |
+| `memory_mb` | `Memory` and `MemorySwap` (equal: no swap); else the router's `worker_memory_mb` |
+| `shm_size_bytes` | `ShmSize` |
+| `gpus` | `DeviceRequests`: one request, capability `gpu`, `Count` (-1 for all) or `DeviceIDs` |
+| `mounts` | `Mounts` (tmpfs `size_bytes` → `TmpfsOptions.SizeBytes`) |
+| `working_dir`, `user` | `Config.WorkingDir`, `Config.User` |
+| `ulimits` | `Ulimits` |
+| `cap_add`, `cap_drop` | `CapAdd`, `CapDrop` |
+| `read_only_rootfs` | `ReadonlyRootfs` |
+| `security_opt` | `SecurityOpt` (plus `no-new-privileges:true` when the router sets it) |
+| `extra_hosts`, `dns` | `ExtraHosts` (`name:ip`), `Dns` |
+| `init` | `Init` |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from docker.types import DeviceRequest, Mount, Ulimit
+
+from ._container_settings import ContainerSettings
+from ._container_settings import Mount as SettingsMount
+
+__all__ = ["GPU_CAPABILITY", "DockerCreateArgs", "docker_create_args", "gpu_request"]
+
+MIB = 1024 * 1024
+NANO = 1_000_000_000
+GPU_CAPABILITY = "gpu"
+NO_NEW_PRIVILEGES = "no-new-privileges:true"
+MountType = Literal["bind", "volume", "tmpfs"]
+
+
+@dataclass(frozen=True)
+class DockerCreateArgs:
+    """`host_config`: keyword arguments of `APIClient.create_host_config`; `container`:
+    the `create_container` keywords the settings decide (`working_dir`, `user`)."""
+
+    host_config: dict[str, Any]
+    container: dict[str, Any]
+
+
+def docker_create_args(
+    settings: ContainerSettings | None,
+    *,
+    memory_bytes: int,
+    network: str,
+    auto_remove: bool,
+    pids_limit: int | None = None,
+    no_new_privileges: bool = False,
+) -> DockerCreateArgs:
+    """The create arguments for a worker with `settings` (merged, validated) on top of the
+    router's base: memory (unless the settings set `memory_mb`), network, auto-removal,
+    pids limit and `no-new-privileges` (which no layer can turn off)."""
+    s = settings if settings is not None else ContainerSettings()
+    memory = s.memory_mb * MIB if s.memory_mb is not None else memory_bytes
+    host: dict[str, Any] = {
+        "mem_limit": memory,
+        "memswap_limit": memory,  # equal to memory: no swap
+        "network_mode": network,
+        "auto_remove": auto_remove,
+        "pids_limit": pids_limit,
+    }
+    security = _security_opt(s.security_opt or (), no_new_privileges)
+    if security:
+        host["security_opt"] = security
+    optional: dict[str, Any] = {
+        "nano_cpus": round(s.cpus * NANO) if s.cpus is not None else None,
+        "cpu_shares": s.cpu_shares,
+        "cpuset_cpus": s.cpuset_cpus,
+        "shm_size": s.shm_size_bytes,
+        "device_requests": [gpu_request(s.gpus)] if s.gpus is not None else None,
+        "mounts": [docker_mount(m) for m in s.mounts] if s.mounts else None,
+        "ulimits": [Ulimit(name=u.name, soft=u.soft, hard=u.hard) for u in s.ulimits]
+        if s.ulimits
+        else None,
+        "cap_add": list(s.cap_add) if s.cap_add else None,
+        "cap_drop": list(s.cap_drop) if s.cap_drop else None,
+        "read_only": s.read_only_rootfs,
+        "extra_hosts": dict(s.extra_hosts) if s.extra_hosts else None,
+        "dns": list(s.dns) if s.dns else None,
+        "init": s.init,
+    }
+    host.update({key: value for key, value in optional.items() if value is not None})
+    container: dict[str, Any] = {}
+    if s.working_dir is not None:
+        container["working_dir"] = s.working_dir
+    if s.user is not None:
+        container["user"] = s.user
+    return DockerCreateArgs(host_config=host, container=container)
+
+
+def gpu_request(gpus: int | str) -> DeviceRequest:
+    """`docker run --gpus`: a count, `all` (count -1) or `device=ID,ID`."""
+    if isinstance(gpus, int):
+        return DeviceRequest(count=gpus, capabilities=[[GPU_CAPABILITY]])
+    if gpus == "all":
+        return DeviceRequest(count=-1, capabilities=[[GPU_CAPABILITY]])
+    ids = gpus.removeprefix("device=").split(",")
+    return DeviceRequest(device_ids=ids, capabilities=[[GPU_CAPABILITY]])
+
+
+def docker_mount(mount: SettingsMount) -> Mount:
+    """A settings `Mount` as docker-py's (for containers and services alike)."""
+    return Mount(
+        target=mount.target,
+        source=mount.source,  # None for tmpfs and anonymous volumes
+        type=cast(MountType, mount.type),  # checked against MOUNT_TYPES by the validation
+        read_only=mount.read_only,
+        tmpfs_size=mount.size_bytes,
+    )
+
+
+def _security_opt(options: tuple[str, ...], no_new_privileges: bool) -> list[str]:
+    if not no_new_privileges:
+        return list(options)
+    # The router's hardening stands: a layer's `no-new-privileges[:false]` gives way to it.
+    kept = [o for o in options if not o.startswith("no-new-privileges")]
+    return [*kept, NO_NEW_PRIVILEGES]

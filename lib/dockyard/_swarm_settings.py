@@ -1,0 +1,133 @@
+"""Container settings on a swarm: merged `ContainerSettings` as the pieces of a service's
+task template (docker-py `ContainerSpec` keywords, extra `ContainerSpec` fields and
+`Resources`), and the check that refuses what the service API (1.41) cannot express.
+Pure: no engine call.
+
+| setting | service spec (API 1.41) |
+|---|---|
+| `cpus` | `Resources.Limits.NanoCPUs` and `Reservations.NanoCPUs` |
+| `memory_mb` | `Resources.Limits.MemoryBytes` and `Reservations.MemoryBytes` |
+| `gpus` (a count) | `Reservations.GenericResources`: `DiscreteResourceSpec` of kind `NVIDIA-GPU` |
+| `gpus` (`device=ID,…`) | `Reservations.GenericResources`: a `NamedResourceSpec` per id |
+| `mounts` | `ContainerSpec.Mounts` |
+| `working_dir`, `user` | `ContainerSpec.Dir`, `ContainerSpec.User` |
+| `ulimits` | `ContainerSpec.Ulimits` (docker-py 7 has no keyword: set on the spec) |
+| `cap_add`, `cap_drop` | `ContainerSpec.CapabilityAdd`, `CapabilityDrop` |
+| `read_only_rootfs` | `ContainerSpec.ReadOnly` |
+| `extra_hosts` | `ContainerSpec.Hosts` (`IP name`) |
+| `dns` | `ContainerSpec.DNSConfig.Nameservers` |
+| `init` | `ContainerSpec.Init` |
+
+Not expressible (`INEXPRESSIBLE`): `cpu_shares`, `cpuset_cpus`, `shm_size_bytes`,
+`security_opt` (a service's `Privileges` carries only credential spec and SELinux context
+in 1.41), and `gpus="all"` (generic resources are counted or named, never "all").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from docker.types import Resources
+
+from ._container_settings import ContainerSettings, Layer
+from ._docker_settings import docker_mount
+
+__all__ = [
+    "INEXPRESSIBLE",
+    "SWARM_GPU_KIND",
+    "SwarmTaskPieces",
+    "check_swarm_expressible",
+    "swarm_refusals",
+    "swarm_task_pieces",
+]
+
+MIB = 1024 * 1024
+NANO = 1_000_000_000
+# The generic resource kind GPU nodes advertise (`node-generic-resources` in daemon.json).
+SWARM_GPU_KIND = "NVIDIA-GPU"
+
+INEXPRESSIBLE: dict[str, str] = {
+    "cpu_shares": "a service has no CPU shares (only Resources NanoCPUs limits/reservations)",
+    "cpuset_cpus": "a service cannot pin CPUs",
+    "shm_size_bytes": "a service's container spec has no /dev/shm size",
+    "security_opt": "a service's Privileges in API 1.41 hold no seccomp, AppArmor or "
+    "no-new-privileges options",
+}
+
+
+def swarm_refusals(settings: ContainerSettings) -> list[tuple[str, str]]:
+    """`(field, reason)` for every set field a swarm service cannot carry."""
+    names = settings.set_fields()
+    refused = [(name, INEXPRESSIBLE[name]) for name in names if name in INEXPRESSIBLE]
+    if settings.gpus == "all":
+        refused.append(("gpus", "swarm generic resources are a count or named devices, not 'all'"))
+    return refused
+
+
+def check_swarm_expressible(settings: ContainerSettings | None, layer: Layer) -> None:
+    """Raise `layer.error` (a `ConfigError`, or `InvalidJobError` for a job) naming the
+    first field of `settings` the swarm backend cannot express: never silently dropped."""
+    if settings is None:
+        return
+    refused = swarm_refusals(settings)
+    if refused:
+        name, reason = refused[0]
+        raise layer.error(name, f"not available with backend 'swarm': {reason}")
+
+
+@dataclass(frozen=True)
+class SwarmTaskPieces:
+    """`container_kwargs` for docker-py's `ContainerSpec`, `container_fields` to set on it
+    afterwards (fields docker-py has no keyword for), and the task's `resources`."""
+
+    container_kwargs: dict[str, Any]
+    container_fields: dict[str, Any]
+    resources: Resources
+
+
+def swarm_task_pieces(
+    settings: ContainerSettings | None, *, memory_bytes: int, pids_limit: int | None = None
+) -> SwarmTaskPieces:
+    """The task template pieces for `settings` (merged; `check_swarm_expressible` passed)
+    on top of the router's memory (unless `memory_mb` is set) and pids limit."""
+    s = settings if settings is not None else ContainerSettings()
+    memory = s.memory_mb * MIB if s.memory_mb is not None else memory_bytes
+    nano_cpus = round(s.cpus * NANO) if s.cpus is not None else None
+    resources = Resources(
+        mem_limit=memory,
+        mem_reservation=memory,
+        cpu_limit=nano_cpus,
+        cpu_reservation=nano_cpus,
+        generic_resources=_gpu_resources(s.gpus),
+    )
+    if pids_limit is not None:
+        resources["Limits"]["Pids"] = pids_limit  # API 1.41; docker-py has no keyword
+    optional: dict[str, Any] = {
+        "user": s.user,
+        "workdir": s.working_dir,
+        "mounts": [docker_mount(m) for m in s.mounts] if s.mounts else None,
+        "read_only": s.read_only_rootfs,
+        "init": s.init,
+        "hosts": dict(s.extra_hosts) if s.extra_hosts else None,
+        "dns_config": {"Nameservers": list(s.dns)} if s.dns else None,  # no null Search/Options
+        "cap_add": list(s.cap_add) if s.cap_add else None,
+        "cap_drop": list(s.cap_drop) if s.cap_drop else None,
+    }
+    fields: dict[str, Any] = {}
+    if s.ulimits:
+        fields["Ulimits"] = [{"Name": u.name, "Soft": u.soft, "Hard": u.hard} for u in s.ulimits]
+    return SwarmTaskPieces(
+        container_kwargs={key: value for key, value in optional.items() if value is not None},
+        container_fields=fields,
+        resources=resources,
+    )
+
+
+def _gpu_resources(gpus: int | str | None) -> Any:
+    if gpus is None or gpus == "all":
+        return None
+    if isinstance(gpus, int):
+        return {SWARM_GPU_KIND: gpus}
+    ids = gpus.removeprefix("device=").split(",")
+    return [{"NamedResourceSpec": {"Kind": SWARM_GPU_KIND, "Value": device}} for device in ids]
