@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .._config import RouterConfig
+from .._container_checks import settings_from_json
+from .._container_settings import JOB, ContainerSettings, check_bind_sources, check_job_allowed
 from .._environment import JOB_DATA_INLINE_LIMIT
 from .._errors import InvalidJobError
 from .._jobs import WorkerJob, resolve_job_fields
+from .._swarm_settings import check_swarm_expressible
 from ._exits import UsageError
 
-_JOB_KEYS = ("id", "type", "data", "projectId", "workItemId", "agentType", "command")
+_JOB_KEYS = ("id", "type", "data", "projectId", "workItemId", "agentType", "command", "container")
 
 
-def load_jobs(path: Path) -> list[WorkerJob]:
-    """Read and validate every line of a JSONL job file; `UsageError` names file:line."""
+def check_job_for(config: RouterConfig, job: WorkerJob) -> None:
+    """A job's container settings against the router's rules: the fields a job may set,
+    the bind roots, and on the swarm backend what a service can express."""
+    check_job_allowed(job.container, config.job_settings_allowed)
+    if job.container is not None:
+        check_bind_sources(job.container, config.allowed_bind_roots, JOB)
+        if config.backend == "swarm":
+            check_swarm_expressible(job.container, JOB)
+
+
+def load_jobs(path: Path, check: Callable[[WorkerJob], None] | None = None) -> list[WorkerJob]:
+    """Read and validate every line of a JSONL job file (and `check` each job, which raises
+    `ValueError`); `UsageError` names file:line."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -34,6 +50,8 @@ def load_jobs(path: Path) -> list[WorkerJob]:
             continue
         try:
             job = parse_job(line)
+            if check is not None:
+                check(job)
         except ValueError as err:
             raise UsageError(f"{path}:{number}: {err}") from None
         assert job.id is not None  # parse_job requires it
@@ -50,7 +68,8 @@ def load_jobs(path: Path) -> list[WorkerJob]:
 
 def parse_job(line: str) -> WorkerJob:
     """One job line: `{"id", "type", "data"?, "projectId"?, "workItemId"?, "agentType"?,
-    "command"?}`. Raises `InvalidJobError` (a `ValueError`) naming the problem."""
+    "command"?, "container"?}` (`container`: the job's container settings, the fields of
+    `ContainerSettings`). Raises `InvalidJobError` (a `ValueError`) naming the problem."""
     try:
         obj = json.loads(line, parse_constant=_reject_constant)
     except json.JSONDecodeError as err:
@@ -87,6 +106,7 @@ def parse_job(line: str) -> WorkerJob:
         work_item_id=_id_value(obj, "workItemId"),
         agent_type=agent_type,
         command=tuple(command) if command is not None else None,
+        container=_container(obj.get("container")),
     )
     fields = resolve_job_fields(job, None)  # the library's own checks: NUL, bad Unicode
     size = len(fields.job_data_json.encode("utf-8"))
@@ -96,6 +116,10 @@ def parse_job(line: str) -> WorkerJob:
             f"up to {JOB_DATA_INLINE_LIMIT} bytes"
         )
     return job
+
+
+def _container(value: object) -> ContainerSettings | None:
+    return None if value is None else settings_from_json(value, JOB)
 
 
 def _id_value(obj: dict[str, Any], key: str) -> str | None:

@@ -6,6 +6,7 @@ import argparse
 import math
 from typing import NoReturn
 
+from ._container_flags import add_container_flags
 from ._containers import cmd_ps, cmd_reap
 from ._exits import EXIT_USAGE
 from ._run import cmd_run
@@ -82,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common, snapshot_prefix],
         help="run a JSONL batch of jobs, a container each",
         description="Run every job of a JSONL file (one JSON object per line: id, type, data, "
-        "and optionally projectId, workItemId, agentType, command) in its own container. All "
-        "lines are checked before anything starts. Exits 1 when any job did not succeed.",
+        "and optionally projectId, workItemId, agentType, command, container) in its own "
+        "container. All lines are checked before anything starts. Exits 1 when any job did "
+        "not succeed.",
     )
     run.add_argument("jobs", metavar="JOBS.jsonl", help="the job file")
     run.add_argument(
@@ -150,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics while the batch runs "
         "(needs dockyard[metrics])",
     )
+    add_container_flags(run)
     run.set_defaults(handler=cmd_run)
 
     ps = sub.add_parser("ps", parents=[common], help="list this instance's managed containers")

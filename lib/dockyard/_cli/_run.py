@@ -4,6 +4,7 @@ progress, print the results, and detach on Ctrl-C or SIGTERM."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import threading
@@ -17,11 +18,12 @@ from .._errors import DockerUnavailableError
 from .._jobs import WorkerJob
 from ..container_manager import ContainerManager
 from ._batch import BatchTracker, JobState
+from ._container_flags import container_overrides
 from ._engine import base_config, engine
 from ._exits import EXIT_INTERRUPTED, EXIT_JOBS_FAILED, EXIT_OK, EXIT_TERMINATED, UsageError, say
 from ._feeders import Feeders
 from ._format import count_of
-from ._jobfile import load_jobs
+from ._jobfile import check_job_for, load_jobs
 from ._logging import configure_logging
 from ._metrics_server import serving_metrics
 from ._progress import Display, PlainDisplay
@@ -51,7 +53,7 @@ def _raise_terminated(signum: int, frame: object) -> NoReturn:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _run_config(args)
-    jobs = load_jobs(Path(args.jobs))
+    jobs = load_jobs(Path(args.jobs), check=lambda job: check_job_for(config, job))
     if args.progress == "rich" and not HAVE_RICH:
         raise UsageError("--progress rich needs rich: pip install 'dockyard[cli]'")
     with engine(config) as gateway:
@@ -98,7 +100,9 @@ def _run_config(args: argparse.Namespace) -> RouterConfig:
         overrides["snapshot_enabled"] = True
     if args.no_auto_remove:
         overrides["auto_remove_workers"] = False
-    return base_config(args, **overrides)
+    config = base_config(args, **overrides)
+    container = container_overrides(args, config.container)
+    return dataclasses.replace(config, **container) if container else config
 
 
 def _check_image(gateway: DockerGateway, image: str) -> None:
