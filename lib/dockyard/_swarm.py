@@ -39,7 +39,6 @@ from ._docker import (
     create_recovering,
     look_up_made,
 )
-from ._environment import reveal
 from ._errors import (
     ConfigError,
     DockerUnavailableError,
@@ -51,6 +50,7 @@ from ._errors import (
 from ._exit_handling import parse_docker_time
 from ._exit_monitor import ExitWait
 from ._registry_auth import RegistryAuth
+from ._secrets import reveal
 from ._swarm_tasks import (
     PRE_RUNNING,
     TERMINAL,

@@ -23,9 +23,9 @@ from typing import Protocol
 from cachetools import LRUCache
 
 from ._backend import ExitTicket
-from ._environment import Masker
 from ._errors import DuplicateJobError
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
+from ._secrets import Masker
 from ._sentry import Reporter
 
 __all__ = [

@@ -30,19 +30,15 @@ from ._dangling import DEFAULT_DANGLING_INTERVAL_S, DanglingImageReaper
 from ._environment import (
     CredentialProvider,
     EnvSources,
-    JobDataStore,
-    Masker,
-    RedisOffloadStore,
-    SecretBook,
     build_worker_env,
     check_job_data,
     router_environ,
-    router_secret_values,
     worker_masker,
 )
 from ._errors import ConfigError, DuplicateJobError, NoWorkerSlotError
 from ._exit_handling import ExitWatcher, TimeoutController
 from ._images import ImagePuller
+from ._job_data import JobDataStore, RedisOffloadStore
 from ._jobs import (
     JobFields,
     LabelSchema,
@@ -60,6 +56,7 @@ from ._metrics import build_metrics, lifecycle_listener
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._orphans import OrphanReaper, WorkerAdopter
 from ._registry_auth import RegistryAuthResolver
+from ._secrets import Masker, SecretBook, router_secret_values
 from ._sentry import Reporter, SentryReporter, scrub_for_host
 from ._snapshot_registry import SnapshotRegistry
 from ._snapshots import SnapshotManager

@@ -22,8 +22,8 @@ import pytest
 
 import dockyard
 from dockyard._cli._jobfile import load_jobs, parse_job
-from dockyard._environment import JOB_DATA_INLINE_LIMIT
 from dockyard._errors import InvalidJobError
+from dockyard._job_data import JOB_DATA_INLINE_LIMIT
 
 LIB = str(Path(dockyard.__file__).resolve().parent.parent)
 RUN_TIMEOUT_S = 300  # only keeps a broken run from hanging the suite

@@ -25,7 +25,8 @@ import redis
 import dockyard
 from conftest import free_port, missing_tool, stop_process
 from dockyard import ConfigError, ContainerManager, RedisJobDataStore, RouterConfig, WorkerJob
-from dockyard._environment import JOB_DATA_INLINE_LIMIT, EnvSources, build_worker_env
+from dockyard._environment import EnvSources, build_worker_env
+from dockyard._job_data import JOB_DATA_INLINE_LIMIT
 from dockyard._jobs import resolve_job_fields
 from dockyard._sentry import Reporter
 
