@@ -41,25 +41,23 @@ from ._images import ImagePuller
 from ._job_data import JobDataStore, RedisOffloadStore
 from ._jobs import (
     JobFields,
-    LabelSchema,
     ProjectDirectory,
     WorkerJob,
-    container_name,
-    find_project,
     generated_job_id,
     job_ids,
     resolve_job_fields,
-    resolve_spawn_settings,
 )
 from ._loops import ManagedPool, PeriodicTask, RetryPolicy
 from ._metrics import build_metrics, lifecycle_listener
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
+from ._naming import LabelSchema, container_name
 from ._orphans import OrphanReaper, WorkerAdopter
 from ._registry_auth import RegistryAuthResolver
 from ._secrets import Masker, SecretBook, router_secret_values
 from ._sentry import Reporter, SentryReporter, scrub_for_host
 from ._snapshot_registry import SnapshotRegistry
 from ._snapshots import SnapshotManager
+from ._spawn_settings import find_project, resolve_spawn_settings
 from ._tracker import SlotGate, SlotLease, WorkerRegistry
 from .worker_container_launcher import (
     LaunchPlan,

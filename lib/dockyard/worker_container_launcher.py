@@ -26,9 +26,10 @@ from ._environment import with_snapshot_reuse
 from ._errors import DuplicateJobError, WorkerImageResolutionError, as_spawn_error
 from ._exit_handling import ExitWatcher, TimeoutController
 from ._images import ImagePuller
-from ._jobs import JobIdentity, LabelSchema, WorkerLabels, job_ids
+from ._jobs import JobIdentity, job_ids
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
+from ._naming import LabelSchema, WorkerLabels
 from ._secrets import Masker, Secret
 from ._sentry import ExtraValue, Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry

@@ -35,7 +35,7 @@ from dockyard import (
 )
 from dockyard._docker import DockerGateway
 from dockyard._images import ImagePuller, UnpullableImageError
-from dockyard._jobs import LabelSchema, snapshot_image_name
+from dockyard._naming import LabelSchema, snapshot_image_name
 from dockyard._sentry import Reporter
 from dockyard._snapshot_registry import SnapshotRegistry
 from dockyard._snapshots import SnapshotManager

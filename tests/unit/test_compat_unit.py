@@ -15,7 +15,7 @@ import requests
 from conftest import StaticProjects, snapshot_worker
 from dockyard import RouterConfig, WorkerImageResolutionError
 from dockyard._docker import DockerGateway, is_missing_image
-from dockyard._jobs import LabelSchema
+from dockyard._naming import LabelSchema
 from dockyard._registry_auth import DOCKER_HUB_SERVER, RegistryAuth, RegistryAuthResolver
 from dockyard._sentry import Reporter
 from dockyard._snapshot_registry import SnapshotRegistry

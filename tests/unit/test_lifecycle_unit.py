@@ -28,7 +28,7 @@ from dockyard import (
     WorkerOutcome,
 )
 from dockyard._docker import ExitWait
-from dockyard._jobs import parse_deadline
+from dockyard._naming import parse_deadline
 from dockyard.testing import FakeDockerAPI, RecordingReporter, api_error, not_found
 from test_launcher_unit import INSTANCE, fake_manager, job, wait_until
 
