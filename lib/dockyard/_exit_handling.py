@@ -26,11 +26,13 @@ from typing import Any
 
 from ._backend import EngineBackend
 from ._docker import is_conflict, is_not_found, is_unreachable
+from ._listener import log_ids
 from ._loops import Activity, RetryPolicy
 from ._models import OutcomeStatus, WorkerOutcome
+from ._registry import WorkerRegistry
 from ._sentry import Reporter, WorkerExitError, WorkerTimeoutError
 from ._snapshots import SnapshotManager
-from ._tracker import TrackedWorker, WorkerRegistry, log_ids
+from ._tracker import TrackedWorker
 
 __all__ = [
     "ExitFacts",

@@ -14,11 +14,14 @@ from ._docker import is_conflict, is_not_found
 from ._environment import worker_masker
 from ._errors import DuplicateJobError
 from ._exit_handling import ExitWatcher, TimeoutController, parse_docker_time
+from ._listener import SafeListener
 from ._loops import Activity
 from ._models import ActiveWorker
 from ._naming import LabelSchema, parse_deadline
+from ._registry import WorkerRegistry
 from ._sentry import Reporter
-from ._tracker import SafeListener, SlotGate, TrackedWorker, WorkerRegistry
+from ._slots import SlotGate
+from ._tracker import TrackedWorker
 from .worker_container_launcher import LaunchPlan
 
 __all__ = ["OrphanReaper", "WorkerAdopter"]

@@ -52,13 +52,14 @@ from ._metrics import build_metrics, lifecycle_listener
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._naming import LabelSchema, container_name
 from ._orphans import OrphanReaper, WorkerAdopter
+from ._registry import WorkerRegistry
 from ._registry_auth import RegistryAuthResolver
 from ._secrets import Masker, SecretBook, router_secret_values
 from ._sentry import Reporter, SentryReporter, scrub_for_host
+from ._slots import SlotGate, SlotLease
 from ._snapshot_registry import SnapshotRegistry
 from ._snapshots import SnapshotManager
 from ._spawn_settings import find_project, resolve_spawn_settings
-from ._tracker import SlotGate, SlotLease, WorkerRegistry
 from .worker_container_launcher import (
     LaunchPlan,
     WorkerContainerLaunchConfig,

@@ -27,13 +27,15 @@ from ._errors import DuplicateJobError, WorkerImageResolutionError, as_spawn_err
 from ._exit_handling import ExitWatcher, TimeoutController
 from ._images import ImagePuller
 from ._jobs import JobIdentity, job_ids
+from ._listener import SafeListener, log_ids
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
 from ._naming import LabelSchema, WorkerLabels
+from ._registry import WorkerRegistry
 from ._secrets import Masker, Secret
 from ._sentry import ExtraValue, Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
-from ._tracker import SafeListener, TrackedWorker, WorkerRegistry, log_ids
+from ._tracker import TrackedWorker
 
 __all__ = [
     "WorkerContainerLaunchConfig",

@@ -26,7 +26,8 @@ import dockyard.worker_container_launcher
 from dockyard import ContainerManager, RouterConfig, WorkerJob
 from dockyard._docker import DockerGateway
 from dockyard._images import ImagePuller
-from dockyard._tracker import SlotGate, WorkerRegistry
+from dockyard._registry import WorkerRegistry
+from dockyard._slots import SlotGate
 from dockyard.testing import DEFAULT_IMAGE as BASE_IMAGE
 from dockyard.testing import FakeDockerAPI
 

@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 
 from dockyard import ActiveWorker, DuplicateJobError, WorkerLifecycleListener, WorkerOutcome
-from dockyard._tracker import Phase, SafeListener, SlotGate, TrackedWorker, WorkerRegistry
+from dockyard._listener import SafeListener
+from dockyard._registry import WorkerRegistry
+from dockyard._slots import SlotGate
+from dockyard._tracker import Phase, TrackedWorker
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
