@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Self
 
 import docker
 
+from ._adoption import WorkerAdopter
 from ._backend_choice import check_backend_projects, open_backend
 from ._config import RouterConfig
 from ._dangling import DEFAULT_DANGLING_INTERVAL_S, DanglingImageReaper
@@ -51,7 +52,7 @@ from ._loops import ManagedPool, PeriodicTask, RetryPolicy
 from ._metrics import build_metrics, lifecycle_listener
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._naming import LabelSchema, container_name
-from ._orphans import OrphanReaper, WorkerAdopter
+from ._orphans import OrphanReaper
 from ._registry import WorkerRegistry
 from ._registry_auth import RegistryAuthResolver
 from ._secrets import Masker, SecretBook, router_secret_values
