@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import requests
 
-from conftest import ThreadBaseline
 from dockyard import (
     ActiveWorker,
     ContainerManager,
@@ -30,7 +29,8 @@ from dockyard import (
 from dockyard._docker import ExitWait
 from dockyard._naming import parse_deadline
 from dockyard.testing import FakeDockerAPI, RecordingReporter, api_error, not_found
-from test_launcher_unit import INSTANCE, fake_manager, job, wait_until
+from support.rig import INSTANCE, fake_manager, job, wait_until
+from support.threads import ThreadBaseline
 
 
 class ListingAPI(FakeDockerAPI):

@@ -11,7 +11,6 @@ import pytest
 import sentry_sdk
 from sentry_sdk.serializer import serialize
 
-from conftest import CapturedEvents
 from dockyard import WorkerJob
 from dockyard._docker import ContainerSpec
 from dockyard._environment import worker_masker
@@ -19,6 +18,7 @@ from dockyard._jobs import resolve_job_fields
 from dockyard._secrets import Masker, Secret, SecretBook, SecretEnv, router_secret_values
 from dockyard._sentry import SentryReporter, scrub_event, scrub_for_host
 from dockyard.worker_container_launcher import WorkerContainerLaunchConfig
+from support.sentry import CapturedEvents
 
 VALUE = 'p@ss/w+rd "q" ü'
 
