@@ -50,8 +50,10 @@ def remove_container(container: Any) -> None:
 
 
 def remove_images_with_prefix(client: docker.DockerClient, prefix: str) -> None:
-    for image in client.images.list():
-        for tag in image.tags:
+    # The plain list: `images.list()` inspects every image, and one that another user of a
+    # shared engine removes meanwhile fails the whole listing with a 404.
+    for image in client.api.images():
+        for tag in image.get("RepoTags") or ():
             if tag.startswith(prefix):
                 with contextlib.suppress(docker.errors.NotFound):
                     client.images.remove(tag, force=True)
