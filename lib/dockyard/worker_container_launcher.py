@@ -17,11 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ._backend import EngineBackend, ExitTicket
-from ._docker import (
-    ContainerSpec,
-    is_conflict,
-    is_missing_image,
-)
+from ._docker import ContainerSpec, is_conflict, is_missing_image
 from ._environment import with_snapshot_reuse
 from ._errors import DuplicateJobError, WorkerImageResolutionError, as_spawn_error
 from ._exit_handling import ExitWatcher, TimeoutController
