@@ -12,7 +12,7 @@ import logging
 
 from ._config import ProjectConfig, RouterConfig
 from ._container_settings import ContainerSettings, Mount, Ulimit
-from ._environment import CredentialProvider, JobDataOffloadError, JobDataStore
+from ._environment import CredentialProvider
 from ._errors import (
     ConfigError,
     DockerUnavailableError,
@@ -23,6 +23,7 @@ from ._errors import (
     WorkerImageResolutionError,
     WorkerSpawnError,
 )
+from ._job_data import JobDataOffloadError, JobDataStore
 from ._jobs import ProjectDirectory, WorkerJob
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._redis_store import RedisJobDataStore

@@ -31,7 +31,7 @@ from ._container_syntax import (
     settings_from_env,
 )
 from ._errors import ConfigError
-from ._jobs import is_valid_image_reference
+from ._naming import is_valid_image_reference
 from ._swarm_settings import check_swarm_expressible
 
 __all__ = ["ProjectConfig", "RouterConfig"]

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import requests
 
-from conftest import ThreadBaseline
 from dockyard import (
     ActiveWorker,
     ContainerManager,
@@ -28,9 +27,10 @@ from dockyard import (
     WorkerOutcome,
 )
 from dockyard._docker import ExitWait
-from dockyard._jobs import parse_deadline
+from dockyard._naming import parse_deadline
 from dockyard.testing import FakeDockerAPI, RecordingReporter, api_error, not_found
-from test_launcher_unit import INSTANCE, fake_manager, job, wait_until
+from support.rig import INSTANCE, fake_manager, job, wait_until
+from support.threads import ThreadBaseline
 
 
 class ListingAPI(FakeDockerAPI):

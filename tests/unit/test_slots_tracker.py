@@ -13,7 +13,11 @@ from typing import Any
 import pytest
 
 from dockyard import ActiveWorker, DuplicateJobError, WorkerLifecycleListener, WorkerOutcome
-from dockyard._tracker import Phase, SafeListener, SlotGate, TrackedWorker, WorkerRegistry
+from dockyard._listener import SafeListener
+from dockyard._registry import WorkerRegistry
+from dockyard._slots import SlotGate
+from dockyard._tracker import Phase, TrackedWorker
+from support.listeners import ListenerRecorder
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -146,14 +150,6 @@ def test_over_capacity_slots_drain_before_waiters_get_one() -> None:
 # --------------------------------------------------------------------------- registry
 
 
-class Listener(WorkerLifecycleListener):
-    def __init__(self) -> None:
-        self.finished: list[tuple[str, WorkerOutcome]] = []
-
-    def on_worker_finished(self, worker: ActiveWorker, outcome: WorkerOutcome) -> None:
-        self.finished.append((worker.job_id, outcome))
-
-
 class Releases:
     def __init__(self) -> None:
         self.count = 0
@@ -170,8 +166,8 @@ def tracked(job_id: str, release: Callable[[], None] | None = None) -> TrackedWo
     return TrackedWorker(worker=worker, release_slot=release or Releases())
 
 
-def registry(history: int = 100) -> tuple[WorkerRegistry, Listener]:
-    listener = Listener()
+def registry(history: int = 100) -> tuple[WorkerRegistry, ListenerRecorder]:
+    listener = ListenerRecorder()
     return WorkerRegistry(SafeListener(listener), history), listener
 
 

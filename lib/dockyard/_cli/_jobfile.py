@@ -10,8 +10,8 @@ from typing import Any, NoReturn
 from .._config import RouterConfig
 from .._container_checks import settings_from_json
 from .._container_settings import JOB, ContainerSettings, check_bind_sources, check_job_allowed
-from .._environment import JOB_DATA_INLINE_LIMIT
 from .._errors import InvalidJobError
+from .._job_data import JOB_DATA_INLINE_LIMIT
 from .._jobs import WorkerJob, resolve_job_fields
 from .._swarm_settings import check_swarm_expressible
 from ._exits import UsageError
