@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import docker
 
 from ._backend import EngineBackend
 from ._config import SWARM_SNAPSHOTS_REFUSED, ProjectConfig, RouterConfig
+from ._container_settings import ContainerSettings, Layer, project_layer
 from ._docker import DockerGateway
 from ._errors import ConfigError
 from ._swarm import SwarmGateway
+from ._swarm_settings import check_swarm_expressible
 
-__all__ = ["check_backend_projects", "open_backend"]
+__all__ = ["backend_settings_check", "check_backend_projects", "open_backend"]
 
 
 def open_backend(
@@ -50,11 +52,20 @@ def open_backend(
     )
 
 
+def backend_settings_check(
+    config: RouterConfig,
+) -> Callable[[ContainerSettings, Layer], None] | None:
+    """What refuses container settings the backend cannot express (None: it takes all)."""
+    return check_swarm_expressible if config.backend == "swarm" else None
+
+
 def check_backend_projects(config: RouterConfig, projects: Sequence[ProjectConfig]) -> None:
-    """Refuse per-project snapshots on a backend that cannot keep them (before any launch)."""
+    """Refuse per-project snapshots, and container settings, that the backend cannot
+    honour (before any launch)."""
     if config.backend != "swarm":
         return
     for project in projects:
+        check_swarm_expressible(project.container, project_layer(project.id))
         if project.snapshot_enabled:
             raise ConfigError(
                 f"ProjectConfig.snapshot_enabled ({project.id})", SWARM_SNAPSHOTS_REFUSED

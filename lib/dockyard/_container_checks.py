@@ -12,7 +12,7 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from ._container_settings import (
     FIELD_NAMES,
@@ -424,9 +424,11 @@ def resolve_container_settings(
     project_id: str | None,
     job_settings_allowed: Iterable[str],
     allowed_bind_roots: Iterable[str],
+    backend_check: Callable[[ContainerSettings, Layer], None] | None = None,
 ) -> ContainerSettings:
     """The settings one worker gets: the job's fields checked against what it may set,
-    every layer's bind sources against the roots, then the three merged."""
+    every layer's values and bind sources (and, given, what the backend can express,
+    `backend_check`), then the three merged."""
     roots = tuple(allowed_bind_roots)
     check_job_allowed(job, job_settings_allowed)
     layers = ((router, ROUTER), (project, project_layer(project_id)), (job, JOB))
@@ -434,4 +436,6 @@ def resolve_container_settings(
         if settings is not None:
             validate_settings(settings, layer)
             check_bind_sources(settings, roots, layer)
+            if backend_check is not None:
+                backend_check(settings, layer)
     return merge_settings(router, project, job)

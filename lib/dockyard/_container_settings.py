@@ -31,6 +31,7 @@ __all__ = [
     "FIELD_NAMES_ORDERED",
     "JOB",
     "MOUNT_TYPES",
+    "NO_SETTINGS",
     "ROUTER",
     "ContainerSettings",
     "Layer",
@@ -116,6 +117,7 @@ class ContainerSettings(DataClassJsonMixin):
 FIELD_NAMES_ORDERED: tuple[str, ...] = tuple(f.name for f in fields(ContainerSettings))
 FIELD_NAMES = frozenset(FIELD_NAMES_ORDERED)
 _TUPLE_FIELDS = ("mounts", "ulimits", "cap_add", "cap_drop", "security_opt", "dns")
+NO_SETTINGS = ContainerSettings()  # what a worker gets when no layer sets anything
 
 
 # -- layers ---------------------------------------------------------------------------

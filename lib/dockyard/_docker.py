@@ -21,7 +21,9 @@ import urllib3
 from docker.errors import DockerException, create_api_error_from_http_exception
 from requests.adapters import HTTPAdapter
 
+from ._container_settings import ContainerSettings
 from ._docker_images import ImageCalls
+from ._docker_settings import docker_create_args
 from ._errors import (
     DockerUnavailableError,
     call_result,
@@ -133,6 +135,7 @@ class ContainerSpec:
     command: Sequence[str] | None = None
     pids_limit: int | None = None
     no_new_privileges: bool = False
+    settings: ContainerSettings | None = None  # the merged container controls
 
 
 class _ResponseEvents:
@@ -316,14 +319,15 @@ class DockerGateway(ObservedEngine, ImageCalls):
 
     def _create_once(self, spec: ContainerSpec) -> str:
         def create() -> str:
-            host_config = self.api.create_host_config(
-                mem_limit=spec.memory_bytes,
-                memswap_limit=spec.memory_bytes,  # equal to memory: no swap
-                network_mode=spec.network,
+            args = docker_create_args(
+                spec.settings,
+                memory_bytes=spec.memory_bytes,  # unless the settings set memory_mb
+                network=spec.network,
                 auto_remove=spec.auto_remove,
                 pids_limit=spec.pids_limit,
-                security_opt=["no-new-privileges:true"] if spec.no_new_privileges else None,
+                no_new_privileges=spec.no_new_privileges,
             )
+            host_config = self.api.create_host_config(**args.host_config)
             created = self.api.create_container(
                 image=spec.image,
                 name=spec.name,
@@ -333,6 +337,7 @@ class DockerGateway(ObservedEngine, ImageCalls):
                 labels=dict(spec.labels),
                 host_config=host_config,
                 detach=True,
+                **args.container,  # working_dir, user
             )
             return str(created["Id"])
 

@@ -9,7 +9,7 @@ base limits, as the keyword arguments of docker-py's `create_host_config` and
 | `memory_mb` | `Memory` and `MemorySwap` (equal: no swap); else the router's `worker_memory_mb` |
 | `shm_size_bytes` | `ShmSize` |
 | `gpus` | `DeviceRequests`: one request, capability `gpu`, `Count` (-1 for all) or `DeviceIDs` |
-| `mounts` | `Mounts` (tmpfs `size_bytes` → `TmpfsOptions.SizeBytes`) |
+| `mounts` | `Mounts` (tmpfs `size_bytes` → `TmpfsOptions.SizeBytes`, mode 1777) |
 | `working_dir`, `user` | `Config.WorkingDir`, `Config.User` |
 | `ulimits` | `Ulimits` |
 | `cap_add`, `cap_drop` | `CapAdd`, `CapDrop` |
@@ -28,13 +28,22 @@ from docker.types import DeviceRequest, Mount, Ulimit
 
 from ._container_settings import ContainerSettings
 from ._container_settings import Mount as SettingsMount
+from ._errors import WorkerSpawnError
 
-__all__ = ["GPU_CAPABILITY", "DockerCreateArgs", "docker_create_args", "gpu_request"]
+__all__ = [
+    "GPU_CAPABILITY",
+    "DockerCreateArgs",
+    "docker_create_args",
+    "gpu_request",
+    "name_refused_control",
+    "refused_control",
+]
 
 MIB = 1024 * 1024
 NANO = 1_000_000_000
 GPU_CAPABILITY = "gpu"
 NO_NEW_PRIVILEGES = "no-new-privileges:true"
+TMPFS_MODE = 0o1777
 MountType = Literal["bind", "volume", "tmpfs"]
 
 
@@ -115,6 +124,8 @@ def docker_mount(mount: SettingsMount) -> Mount:
         type=cast(MountType, mount.type),  # checked against MOUNT_TYPES by the validation
         read_only=mount.read_only,
         tmpfs_size=mount.size_bytes,
+        # Writable by any user, as `docker run --tmpfs`: a swarm task's tmpfs is 0755 else.
+        tmpfs_mode=TMPFS_MODE if mount.type == "tmpfs" else None,
     )
 
 
@@ -124,3 +135,58 @@ def _security_opt(options: tuple[str, ...], no_new_privileges: bool) -> list[str
     # The router's hardening stands: a layer's `no-new-privileges[:false]` gives way to it.
     kept = [o for o in options if not o.startswith("no-new-privileges")]
     return [*kept, NO_NEW_PRIVILEGES]
+
+
+# What an engine refusal says, lower-cased, for each control it may be about: the message of
+# the spawn error then names the control (the engine's words follow).
+_REFUSALS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("gpus", ("could not select device driver", "nvidia", "device request")),
+    ("security_opt", ("seccomp", "apparmor", "security-opt", "security option")),
+    ("user", ("unable to find user", "no matching entries in passwd")),
+    ("mounts", ("mount", "bind source", "volume")),
+    ("cpus", ("range of cpus", "nanocpus")),
+    ("cpuset_cpus", ("cpuset",)),
+    ("cpu_shares", ("cpu shares", "cpu-shares")),
+    ("ulimits", ("ulimit", "rlimit")),
+    ("working_dir", ("working directory", "chdir")),
+    ("shm_size_bytes", ("shm",)),
+)
+_CONTROL_NAMES = {
+    "gpus": "the GPU request",
+    "security_opt": "the security options",
+    "user": "the user",
+    "mounts": "a mount",
+    "cpus": "the CPU limit",
+    "cpuset_cpus": "the CPU set",
+    "cpu_shares": "the CPU shares",
+    "ulimits": "a ulimit",
+    "working_dir": "the working directory",
+    "shm_size_bytes": "the /dev/shm size",
+}
+
+
+def refused_control(message: str, settings: ContainerSettings | None) -> str | None:
+    """Which of the set controls an engine refusal `message` is about, in words (`the GPU
+    request (gpus=1)`); None when it names none of them."""
+    if settings is None:
+        return None
+    text = message.lower()
+    for name, markers in _REFUSALS:
+        value = getattr(settings, name)
+        if value is not None and any(marker in text for marker in markers):
+            shown = [m.target for m in value] if name == "mounts" else value
+            return f"{_CONTROL_NAMES[name]} ({name}={shown!r})"  # no secret: settings only
+    return None
+
+
+def name_refused_control(err: BaseException, settings: ContainerSettings | None) -> BaseException:
+    """A `WorkerSpawnError` whose engine message is about one of the set controls, reworded
+    to say so first (`the engine refused the GPU request (gpus=1): …`); else `err`."""
+    if not isinstance(err, WorkerSpawnError):
+        return err
+    control = refused_control(str(err), settings)
+    if control is None:
+        return err
+    named = WorkerSpawnError(f"the engine refused {control}: {err}", err.status_code)
+    named.__cause__ = err.__cause__
+    return named

@@ -26,7 +26,6 @@ from docker.types import (
     ContainerSpec as SwarmContainerSpec,
 )
 from docker.types import (
-    Resources,
     RestartPolicy,
     ServiceMode,
     TaskTemplate,
@@ -50,6 +49,7 @@ from ._errors import (
 from ._exit_monitor import ExitWait
 from ._registry_auth import RegistryAuth
 from ._secrets import reveal
+from ._swarm_settings import swarm_task_pieces
 from ._swarm_tasks import (
     PRE_RUNNING,
     TERMINAL,
@@ -162,9 +162,9 @@ class SwarmGateway(ObservedEngine):
         return str(service["ID"]) if labels == dict(spec.labels) else None
 
     def _create_once(self, spec: ContainerSpec) -> str:
-        resources = Resources(mem_limit=spec.memory_bytes, mem_reservation=spec.memory_bytes)
-        if spec.pids_limit is not None:
-            resources["Limits"]["Pids"] = spec.pids_limit  # API 1.41; docker-py has no keyword
+        pieces = swarm_task_pieces(
+            spec.settings, memory_bytes=spec.memory_bytes, pids_limit=spec.pids_limit
+        )
         container = SwarmContainerSpec(
             image=spec.image,
             command=list(spec.command) if spec.command is not None else None,
@@ -172,10 +172,12 @@ class SwarmGateway(ObservedEngine):
             env={key: reveal(value) for key, value in spec.env.items()},
             labels=dict(spec.labels),
             stop_grace_period=int(self._stop_grace_s * _NANOS),
+            **pieces.container_kwargs,
         )
+        container.update(pieces.container_fields)  # fields docker-py has no keyword for
         template = TaskTemplate(
             container,
-            resources=resources,
+            resources=pieces.resources,
             restart_policy=RestartPolicy(condition="none"),
             networks=[spec.network] if spec.network not in ("", "bridge", "default") else None,
         )

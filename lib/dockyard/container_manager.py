@@ -25,8 +25,10 @@ from typing import TYPE_CHECKING, Self
 import docker
 
 from ._adoption import WorkerAdopter
-from ._backend_choice import check_backend_projects, open_backend
+from ._backend_choice import backend_settings_check, check_backend_projects, open_backend
 from ._config import RouterConfig
+from ._container_checks import resolve_container_settings
+from ._container_settings import NO_SETTINGS
 from ._dangling import DEFAULT_DANGLING_INTERVAL_S, DanglingImageReaper
 from ._environment import (
     CredentialProvider,
@@ -111,6 +113,7 @@ class ContainerManager:
         wait_pool = config.max_workers + _WAIT_POOL_HEADROOM
         if projects is not None:
             check_backend_projects(config, projects.list_projects())
+        self._settings_check = backend_settings_check(config)
         self._docker = open_backend(
             config,
             docker_client,
@@ -244,6 +247,16 @@ class ContainerManager:
         settings = resolve_spawn_settings(
             self.config, project, has_project_id=fields.project_id is not None
         )
+        layers = (self.config.container, project.container if project else None, job.container)
+        container = NO_SETTINGS
+        if any(layer is not None for layer in layers):
+            container = resolve_container_settings(
+                *layers,
+                project_id=fields.project_id,
+                job_settings_allowed=self.config.job_settings_allowed,
+                allowed_bind_roots=self.config.allowed_bind_roots,
+                backend_check=self._settings_check,
+            )
         check_job_data(fields, self._env_sources)
         name = container_name(self.config.container_name_prefix, fields.job_id)
         fields, name = self._reserve(fields, name)
@@ -290,6 +303,7 @@ class ContainerManager:
                 command=job.command,
                 pids_limit=self.config.pids_limit,
                 no_new_privileges=self.config.no_new_privileges,
+                container=container,
                 masker=masker,
             )
             del env  # from here on only inside `launch`, whose repr shows no value

@@ -17,7 +17,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ._backend import EngineBackend, ExitTicket
+from ._container_settings import ContainerSettings
 from ._docker import ContainerSpec, is_conflict, is_missing_image
+from ._docker_settings import name_refused_control
 from ._environment import with_snapshot_reuse
 from ._errors import DuplicateJobError, WorkerImageResolutionError, as_spawn_error
 from ._exit_handling import ExitWatcher, TimeoutController
@@ -74,6 +76,7 @@ class WorkerContainerLaunchConfig:
     command: Sequence[str] | None = None
     pids_limit: int | None = None
     no_new_privileges: bool = False
+    container: ContainerSettings | None = None  # the three layers merged
     masker: Masker = field(default_factory=lambda: Masker(frozenset()), repr=False)
 
 
@@ -140,7 +143,7 @@ def launch_worker_container(
     except Exception as err:
         if not reports.covers(err) and not isinstance(err, DuplicateJobError):
             reports.send(err, "worker_spawn")
-        typed = as_spawn_error(err)  # only DockyardErrors leave spawn_worker
+        typed = name_refused_control(as_spawn_error(err), config.container)
         if typed is err:
             raise
         raise typed from typed.__cause__
@@ -149,8 +152,9 @@ def launch_worker_container(
     # orphan scans), is earlier by the create and start latency, never later.
     started_at = deps.clock()
     plan = started.plan.stamp(started_at)
-    worker = plan.worker(
-        container_id=started.container_id, image=started.image, started_at=started_at
+    worker = replace(
+        plan.worker(container_id=started.container_id, image=started.image, started_at=started_at),
+        settings=config.container,
     )
     tracked = TrackedWorker(
         worker,
@@ -298,6 +302,7 @@ def _create_and_start(
         command=config.command,
         pids_limit=config.pids_limit,
         no_new_privileges=config.no_new_privileges,
+        settings=config.container,
     )
     container_id = _create(spec, plan.job_id, deps)
     exit_wait: ExitTicket | None = None

@@ -72,7 +72,8 @@ def test_docker_full_mapping() -> None:
         ("tmpfs", "/scratch", None, False),
         ("volume", "/cache", "pip-cache", True),
     ]
-    assert hc["Mounts"][0]["TmpfsOptions"] == {"SizeBytes": 8 * MIB}
+    assert hc["Mounts"][0]["TmpfsOptions"] == {"SizeBytes": 8 * MIB, "Mode": 0o1777}
+    assert "TmpfsOptions" not in hc["Mounts"][1]
     assert hc["Ulimits"] == [{"Name": "nofile", "Soft": 512, "Hard": 1024}]
     assert hc["CapAdd"] == ["NET_ADMIN"]
     assert hc["CapDrop"] == ["ALL"]
@@ -158,7 +159,7 @@ def test_swarm_full_mapping() -> None:
         ("tmpfs", "/scratch"),
         ("volume", "/cache"),
     ]
-    assert container["Mounts"][0]["TmpfsOptions"] == {"SizeBytes": 8 * MIB}
+    assert container["Mounts"][0]["TmpfsOptions"] == {"SizeBytes": 8 * MIB, "Mode": 0o1777}
     assert container["ReadOnly"] is True
     assert container["Init"] is True
     assert container["Hosts"] == ["10.0.0.5 db.internal"]

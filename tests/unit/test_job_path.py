@@ -25,8 +25,10 @@ NOT_THE_PATH = {"testing.py"}
 # Ten concerns (the facade, the launcher, jobs, environment, tracking, exit handling, the
 # gateway and its events stream, loops, metrics), split into modules of one concern each,
 # which adds eight: the job's names and labels, its spawn settings, its job data, its
-# secrets, the listener, the registry, the slots, Docker's timestamps.
-MAX_MODULES_DEFAULT_JOB = 18
+# secrets, the listener, the registry, the slots, Docker's timestamps. Plus one: the Docker
+# mapping of the container settings (`_docker_settings`, every create's arguments); a job
+# whose layers set no container control skips their checks and merge.
+MAX_MODULES_DEFAULT_JOB = 19
 # Plus the snapshot registry, the commit's mechanics, the gateway's image calls, and the
 # typed errors (looking up the previous snapshot of the work item answers 404 the first time).
 MAX_MODULES_SNAPSHOT_JOB = MAX_MODULES_DEFAULT_JOB + 4
