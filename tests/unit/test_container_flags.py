@@ -10,6 +10,7 @@ import pytest
 
 from dockyard import ConfigError, ContainerSettings, InvalidJobError, Mount, Ulimit
 from dockyard._cli._container_flags import settings_from_args
+from dockyard._cli._containers import format_limits
 from dockyard._cli._exits import UsageError
 from dockyard._cli._jobfile import check_job_for, load_jobs, parse_job
 from dockyard._cli._parser import build_parser
@@ -175,3 +176,9 @@ def test_docker_run_syntax_helpers() -> None:
     assert parse_tmpfs("/t:ro,size=2k") == Mount("tmpfs", "/t", read_only=True, size_bytes=2048)
     assert parse_add_host("h=10.0.0.1") == ("h", "10.0.0.1")
     assert parse_add_host("h:[::1]") == ("h", "::1")
+
+
+def test_ps_formats_cpu_and_memory_limits() -> None:
+    assert format_limits({"NanoCpus": 500_000_000, "Memory": 48 * MIB}) == ("0.5", "48MiB")
+    assert format_limits({"CpuQuota": 150_000, "CpuPeriod": 100_000}) == ("1.5", "-")
+    assert format_limits({}) == ("-", "-")

@@ -10,6 +10,7 @@ from typing import Any
 
 from .._config import RouterConfig
 from .._docker import DockerGateway
+from .._errors import DockyardError
 from .._models import WorkerLifecycleListener
 from .._naming import LabelSchema, parse_deadline
 from ..container_manager import ContainerManager
@@ -23,6 +24,9 @@ def cmd_ps(args: argparse.Namespace) -> int:
     labels = LabelSchema(config.label_prefix)
     with engine(config) as gateway:
         containers = _owned_containers(gateway, config, labels)
+        limits = {
+            str(c.get("Id", "")): _limits_of(gateway, str(c.get("Id", ""))) for c in containers
+        }
     if not containers:
         print(f"no managed containers for router instance {config.router_instance_id!r}")
         return EXIT_OK
@@ -34,11 +38,13 @@ def cmd_ps(args: argparse.Namespace) -> int:
             _job_id(container, labels),
             str(container.get("State", "")),
             str(container.get("Status", "")),
+            *limits[str(container.get("Id", ""))],
             _due(parse_deadline(_labels(container).get(labels.deadline)), now),
         ]
         for container in sorted(containers, key=lambda c: int(c.get("Created") or 0))
     ]
-    print_plain_table(["CONTAINER", "NAME", "JOB", "STATE", "STATUS", "DEADLINE"], rows, sys.stdout)
+    header = ["CONTAINER", "NAME", "JOB", "STATE", "STATUS", "CPUS", "MEMORY", "DEADLINE"]
+    print_plain_table(header, rows, sys.stdout)
     return EXIT_OK
 
 
@@ -90,6 +96,25 @@ def _owned_containers(
 ) -> list[dict[str, Any]]:
     """This instance's managed containers, running or not (as the engine lists them)."""
     return gateway.list_containers(labels.ownership_filter(config.router_instance_id), all=True)
+
+
+def _limits_of(gateway: DockerGateway, container_id: str) -> tuple[str, str]:
+    """The CPU and memory limits of a container, as `dockyard ps` shows them."""
+    try:
+        info = gateway.inspect(container_id)
+    except DockyardError:  # gone meanwhile, or the engine did not answer
+        return ("?", "?")
+    return format_limits(info.get("HostConfig") or {})
+
+
+def format_limits(host_config: dict[str, Any]) -> tuple[str, str]:
+    """`("0.5", "64MiB")` from a HostConfig; `-` for no limit."""
+    nano = host_config.get("NanoCpus") or 0
+    quota, period = host_config.get("CpuQuota") or 0, host_config.get("CpuPeriod") or 0
+    cpus = nano / 1e9 if nano else (quota / period if quota > 0 and period > 0 else 0)
+    memory = int(host_config.get("Memory") or 0)
+    mib = memory / (1024 * 1024)
+    return (f"{cpus:g}" if cpus else "-", f"{mib:g}MiB" if memory else "-")
 
 
 def _name(container: dict[str, Any]) -> str:

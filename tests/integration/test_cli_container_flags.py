@@ -1,0 +1,92 @@
+"""`dockyard run` with container flags and a job line's `container` object, on the real
+engine: the controls reach the container (it checks them itself and exits non-zero when one
+is missing), and a job setting what it may not is refused before anything starts."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import docker
+
+from dockyard import ContainerManager, ContainerSettings, WorkerJob
+from support.cli import dockyard_cli, run_jobs, write_jobs
+
+
+def _json_lines(stdout: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+CHECK = (
+    'test "$(id -u)" = 1000 && test "$(pwd)" = /work-dir && test "$(ulimit -n)" = 222 '
+    "&& ! touch /rootfs-file 2>/dev/null && touch /scratch/f "
+    '&& test "$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null '
+    '|| cut -d" " -f1 /sys/fs/cgroup/cpu.max)" = 25000'
+)
+
+
+def test_flags_and_job_settings_reach_the_container(
+    tmp_path: Path, instance_id: str, test_image: str
+) -> None:
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        {"id": "flags", "type": "t", "command": ["sh", "-c", CHECK]},
+        {
+            "id": "job-cpus",
+            "type": "t",
+            "command": ["sh", "-c", 'test "$(id -u)" = 1000'],
+            "container": {"cpus": 0.25},
+        },
+    )
+    flags = [
+        *("--user", "1000:1000", "--workdir", "/work-dir", "--read-only"),
+        *("--tmpfs", "/scratch:size=1m", "--ulimit", "nofile=222", "--cpus", "0.25"),
+        *("--allow-job-setting", "cpus", "--json"),
+    ]
+    result = run_jobs(jobs, test_image, instance_id, *flags)
+    assert result.returncode == 0, result.stderr
+    statuses = {r["job_id"]: r["status"] for r in _json_lines(result.stdout)}
+    assert statuses == {"flags": "succeeded", "job-cpus": "succeeded"}
+
+
+def test_a_job_setting_what_it_may_not_exits_2_before_anything_starts(
+    tmp_path: Path, instance_id: str, test_image: str, docker_client: docker.DockerClient
+) -> None:
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        {"id": "ok", "type": "t", "command": ["true"]},
+        {"id": "root", "type": "t", "command": ["true"], "container": {"user": "0"}},
+    )
+    result = run_jobs(jobs, test_image, instance_id, "--allow-job-setting", "cpus")
+    assert result.returncode == 2
+    assert "jobs.jsonl:2: job.container.user: a job may not set this" in result.stderr
+    label = f"cascade.router.instance={instance_id}"
+    assert docker_client.containers.list(all=True, filters={"label": label}) == []
+
+
+def test_a_bad_flag_value_exits_2_naming_the_field(
+    tmp_path: Path, instance_id: str, test_image: str
+) -> None:
+    jobs = write_jobs(tmp_path / "jobs.jsonl", {"id": "a", "type": "t", "command": ["true"]})
+    result = run_jobs(jobs, test_image, instance_id, "--mount", "type=bind,src=/etc,dst=/e")
+    assert result.returncode == 2
+    assert "container.mounts[0].source" in result.stderr
+    assert "outside the allowed bind roots" in result.stderr
+
+
+def test_ps_shows_cpu_and_memory_per_worker(
+    make_manager: Callable[..., ContainerManager], instance_id: str
+) -> None:
+    manager = make_manager(container=ContainerSettings(cpus=0.5), worker_memory_mb=48)
+    manager.spawn_worker(WorkerJob("ps-limits", "t", {}, command=["sleep", "30"]))
+    try:
+        ps = dockyard_cli("ps", "--instance", instance_id)
+        assert ps.returncode == 0, ps.stderr
+        header, row = ps.stdout.splitlines()[:2]
+        assert header.split()[5:7] == ["CPUS", "MEMORY"]
+        assert "cascade-worker-ps-limits" in row
+        assert re.search(r"\s0\.5\s+48MiB\s", row), row  # after STATUS ("Up 2 seconds")
+    finally:
+        manager.kill_worker("ps-limits")
