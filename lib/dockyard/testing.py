@@ -179,6 +179,7 @@ class FakeContainer:
     env: list[str]
     host_config: dict[str, Any]
     command: list[str] | None
+    config: dict[str, Any] = field(default_factory=dict)  # WorkingDir, User when set
     status: str = "created"
     exit_code: int = 0
     oom_killed: bool = False
@@ -377,6 +378,8 @@ class FakeDockerAPI:
         labels: dict[str, str] | None = None,
         host_config: dict[str, Any] | None = None,
         detach: bool = False,
+        working_dir: str | None = None,
+        user: str | None = None,
     ) -> dict[str, Any]:
         self._record("create_container", {"image": image, "name": name, "env": environment})
         if self.before_create is not None:
@@ -395,6 +398,7 @@ class FakeDockerAPI:
                 env=list(environment or []),
                 host_config=dict(host_config or {}),
                 command=command,
+                config={"WorkingDir": working_dir or "", "User": user or ""},
             )
             self.containers_by_id[container.id] = container
         return {"Id": container.id, "Warnings": []}
@@ -420,6 +424,7 @@ class FakeDockerAPI:
                     "Image": container.image,
                     "Labels": dict(container.labels),
                     "Env": list(container.env),
+                    **container.config,
                 },
                 "State": {
                     "Status": container.status,

@@ -12,6 +12,7 @@ import pytest
 
 from dockyard import (
     ConfigError,
+    ContainerManager,
     ContainerSettings,
     InvalidJobError,
     Mount,
@@ -31,6 +32,7 @@ from dockyard._container_settings import (
     project_layer,
 )
 from dockyard._jobs import validate_job
+from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, RecordingReporter
 
 FULL = ContainerSettings(
     cpus=1.5,
@@ -383,3 +385,62 @@ def test_os_path_realpath_is_what_the_roots_use(tmp_path: Path) -> None:
     (tmp_path / "alias").symlink_to(target)
     settings = ContainerSettings(mounts=(Mount("bind", "/x", source=str(tmp_path / "alias")),))
     check_bind_sources(settings, [os.path.realpath(target)], ROUTER)
+
+
+# --------------------------------------------------------------------------- through a manager
+
+
+class _Projects:
+    def __init__(self, *projects: ProjectConfig) -> None:
+        self.projects = list(projects)
+
+    def list_projects(self) -> list[ProjectConfig]:
+        return list(self.projects)
+
+    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None:
+        return None
+
+
+def test_a_spawn_merges_the_layers_into_the_create_and_the_worker() -> None:
+    api = FakeDockerAPI(images={DEFAULT_IMAGE})
+    config = RouterConfig(
+        worker_image=DEFAULT_IMAGE,
+        router_instance_id="settings-unit",
+        container=ContainerSettings(cpus=2.0, user="1000", cap_drop=("ALL",)),
+        job_settings_allowed=frozenset({"cpus"}),
+        no_new_privileges=True,
+    )
+    project = ProjectConfig(id="p", container=ContainerSettings(memory_mb=64, working_dir="/w"))
+    with ContainerManager(
+        config, docker_client=api, projects=_Projects(project), reporter=RecordingReporter()
+    ) as manager:
+        job = WorkerJob("j", "t", {"projectId": "p"}, container=ContainerSettings(cpus=0.5))
+        worker = manager.spawn_worker(job)
+        assert worker.settings == ContainerSettings(
+            cpus=0.5, user="1000", cap_drop=("ALL",), memory_mb=64, working_dir="/w"
+        )
+        container = api.containers_by_id[worker.container_id]
+        assert container.host_config["nano_cpus"] == 500_000_000
+        assert container.host_config["mem_limit"] == 64 * 1024 * 1024
+        assert container.host_config["cap_drop"] == ["ALL"]
+        assert container.host_config["security_opt"] == ["no-new-privileges:true"]
+        info = api.inspect_container(worker.container_id)["Config"]
+        assert (info["User"], info["WorkingDir"]) == ("1000", "/w")
+        # A job setting what it may not: refused before any create.
+        creates = len(api.calls_of("create_container"))
+        with pytest.raises(InvalidJobError, match=r"job\.container\.user"):
+            manager.spawn_worker(WorkerJob("k", "t", {}, container=ContainerSettings(user="0")))
+        assert len(api.calls_of("create_container")) == creates
+        api.exit(worker.container_id, 0)
+        assert manager.wait_for_worker("j", timeout=10).status == "succeeded"
+
+
+def test_without_any_layer_a_worker_gets_empty_settings() -> None:
+    api = FakeDockerAPI(images={DEFAULT_IMAGE})
+    config = RouterConfig(worker_image=DEFAULT_IMAGE, router_instance_id="settings-unit")
+    with ContainerManager(config, docker_client=api, reporter=RecordingReporter()) as manager:
+        worker = manager.spawn_worker(WorkerJob("j", "t", {}))
+        assert worker.settings == ContainerSettings()
+        assert "nano_cpus" not in api.containers_by_id[worker.container_id].host_config
+        api.exit(worker.container_id, 0)
+        manager.wait_for_worker("j", timeout=10)
