@@ -36,7 +36,7 @@ from dockyard import (
 from support.hosts import LogCapture, StaticProjects
 from support.listeners import ListenerRecorder
 from support.sentry import CapturedEvents
-from support.threads import ThreadBaseline
+from support.threads import ThreadBaseline, eventually
 
 MIB = 1024 * 1024
 SECRET = "s3cr3t-value-123"
@@ -79,13 +79,6 @@ def containers_of(
     """This instance's containers as the engine lists them (one call: no inspect races)."""
     labels = [f"cascade.router.instance={instance_id}", *filters.pop("labels", [])]
     return list(client.api.containers(all=True, filters={"label": labels, **filters}))
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what or predicate}"
-        time.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- exits
@@ -353,7 +346,7 @@ def test_slot_grants_are_first_come_first_served(make_manager: MakeManager) -> N
         thread.start()
         threads.append(thread)
         # Queue them one after the other: the gate's waiter count says when one is in line.
-        wait_until(lambda n=n: manager._slots.waiting == n, what=f"{n} waiters")
+        eventually(lambda n=n: manager._slots.waiting == n, what=f"{n} waiters")
     assert manager.kill_worker("holder")
     for thread in threads:
         thread.join(60)

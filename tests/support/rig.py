@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,13 +56,6 @@ def fake_manager(
 
 def job(job_id: str | None = "job-1", **data: Any) -> WorkerJob:
     return WorkerJob(job_id, "trello", data)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 def verified_project(**overrides: Any) -> ProjectConfig:

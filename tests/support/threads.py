@@ -31,10 +31,12 @@ class ThreadBaseline:
         )
 
 
-def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Poll ``predicate`` every 20 ms until it holds; AssertionError after ``timeout`` s."""
+def eventually(
+    predicate: Callable[[], bool], timeout: float = 15.0, *, interval: float = 0.02, what: str = ""
+) -> None:
+    """Poll ``predicate`` every ``interval`` s until it holds; AssertionError after ``timeout``."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
+            raise AssertionError(f"condition not reached in time: {what or predicate}")
+        time.sleep(interval)

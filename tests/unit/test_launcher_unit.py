@@ -37,9 +37,8 @@ from support.rig import (
     Rig,
     job,
     verified_project,
-    wait_until,
 )
-from support.threads import ThreadBaseline
+from support.threads import ThreadBaseline, eventually
 
 # --------------------------------------------------------------------------- launch
 
@@ -464,7 +463,7 @@ def resumed(api: FakeDockerAPI, container_id: str) -> bool:
 def test_broken_wait_on_a_running_worker_resumes(rig: Rig) -> None:
     worker = rig.manager.spawn_worker(job())
     rig.api.break_event_streams()
-    wait_until(lambda: resumed(rig.api, worker.container_id))
+    eventually(lambda: resumed(rig.api, worker.container_id))
     rig.api.exit(worker.container_id, 5)
 
     outcome = rig.manager.wait_for_worker("job-1", timeout=10)
@@ -586,7 +585,7 @@ def test_detach_during_a_resumed_wait_ends_the_watcher(
     rig = rig_factory()
     worker = rig.manager.spawn_worker(job())
     rig.api.break_event_streams()
-    wait_until(lambda: resumed(rig.api, worker.container_id))
+    eventually(lambda: resumed(rig.api, worker.container_id))
 
     rig.manager.close()
 

@@ -18,14 +18,7 @@ from dockyard._registry import WorkerRegistry
 from dockyard._slots import SlotGate
 from dockyard._tracker import Phase, TrackedWorker
 from support.listeners import ListenerRecorder
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
-
+from support.threads import eventually
 
 # --------------------------------------------------------------------------- slots
 
@@ -57,10 +50,10 @@ def test_release_hands_the_slot_to_the_oldest_waiter() -> None:
         thread = threading.Thread(target=take)
         thread.start()
         threads.append(thread)
-        wait_until(lambda n=n: gate.waiting == n)
+        eventually(lambda n=n: gate.waiting == n)
     for expected in range(1, 5):
         gate.release()
-        wait_until(lambda expected=expected: len(order) == expected)
+        eventually(lambda expected=expected: len(order) == expected)
         assert gate.in_use == 1
     for thread in threads:
         thread.join()
@@ -73,7 +66,7 @@ def test_a_late_arrival_cannot_overtake_a_waiter() -> None:
     got: list[bool] = []
     waiter = threading.Thread(target=lambda: got.append(gate.acquire(10)))
     waiter.start()
-    wait_until(lambda: gate.waiting == 1)
+    eventually(lambda: gate.waiting == 1)
     gate.release()
     # The freed slot already belongs to the waiter, even if it has not woken yet.
     assert not gate.acquire(0)
@@ -138,7 +131,7 @@ def test_over_capacity_slots_drain_before_waiters_get_one() -> None:
     got: list[bool] = []
     waiter = threading.Thread(target=lambda: got.append(gate.acquire(10)))
     waiter.start()
-    wait_until(lambda: gate.waiting == 1)
+    eventually(lambda: gate.waiting == 1)
     gate.release()
     assert gate.in_use == 1 and gate.waiting == 1  # still at capacity: nobody gets in
     gate.release()
