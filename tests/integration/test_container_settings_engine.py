@@ -203,10 +203,24 @@ def test_shm_size(manager: ContainerManager, dockyard_logs: LogCapture) -> None:
 def test_a_gpu_request_on_a_gpu_less_engine_is_a_clear_refusal(
     manager: ContainerManager, docker_client: docker.DockerClient, instance_id: str
 ) -> None:
+    # The request is on the created container (read from the engine just before its start).
+    requested: list[object] = []
+    gateway = manager._docker
+    start = gateway.start
+
+    def start_seen(container_id: str) -> None:
+        info = docker_client.api.inspect_container(container_id)
+        requested.append(info["HostConfig"]["DeviceRequests"])
+        start(container_id)
+
+    gateway.start = start_seen  # type: ignore[method-assign]
     job = WorkerJob("gpu", "t", {}, command=["true"], container=ContainerSettings(gpus=1))
     with pytest.raises(WorkerSpawnError) as err:
         manager.spawn_worker(job)
     assert "the engine refused the GPU request (gpus=1)" in str(err.value)
+    assert requested == [
+        [{"Driver": "", "Count": 1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}]
+    ]
     assert containers_of(docker_client, instance_id) == []
     assert manager.get_active_worker_count() == 0
 
