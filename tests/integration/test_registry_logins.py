@@ -17,6 +17,8 @@ import json
 import logging
 import os
 import stat
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -274,3 +276,52 @@ def test_never_refuses_a_missing_image_before_any_container_exists(
     assert not _present(docker_client, remote_image)  # no pull
     label = f"cascade.router.instance={instance_id}"
     assert docker_client.containers.list(all=True, filters={"label": label}) == []
+
+
+# --------------------------------------------------------------------------- the CLI
+
+LIB = str(Path(__file__).resolve().parents[2] / "lib")
+
+
+def _cli_run(
+    jobs: Path, image: str, instance: str, pull: str, docker_home: Path
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [LIB, os.environ.get("PYTHONPATH")])),
+        "DOCKER_CONFIG": str(docker_home / "docker"),
+        "DOCKER_NETWORK": "none",
+    }
+    code = "import sys\nfrom dockyard._cli import main\nsys.exit(main())"
+    args = ["run", str(jobs), "--image", image, "--instance", instance, "--pull", pull]
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_cli_pulls_a_missing_image_with_pull_if_not_present_and_refuses_with_never(
+    registry: Registry,
+    remote_image: str,
+    docker_home: Path,
+    docker_client: docker.DockerClient,
+    instance_id: str,
+) -> None:
+    login = base64.b64encode(f"{USER}:{FIRST_PASSWORD}".encode()).decode()
+    write_config(docker_home, {"auths": {registry.host: {"auth": login}}})
+    jobs = docker_home / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "cli-pull", "type": "t", "command": ["true"]}) + "\n")
+
+    refused = _cli_run(jobs, remote_image, instance_id, "never", docker_home)
+    assert refused.returncode == 2, refused.stderr
+    assert "not on the Docker engine" in refused.stderr
+    assert not _present(docker_client, remote_image)
+
+    pulled = _cli_run(jobs, remote_image, instance_id, "if-not-present", docker_home)
+    assert pulled.returncode == 0, pulled.stderr
+    assert _present(docker_client, remote_image)
+    assert FIRST_PASSWORD not in pulled.stdout + pulled.stderr
