@@ -54,6 +54,9 @@ _NOT_FOUND_MARKERS = (
     "no such image",
     "name unknown",
 )
+# The registry's name does not resolve (a typo, an offline host): a second try a moment
+# later meets the same answer. (A DNS server that does not answer is a timeout.)
+_FINAL_MARKERS = ("no such host",)
 _TRANSIENT_MARKERS = (
     "timeout",
     "timed out",
@@ -106,6 +109,8 @@ def is_retryable_pull_failure(err: BaseException) -> bool:
     if not isinstance(err, Exception) or isinstance(err, WorkerImageResolutionError):
         return False
     if is_auth_failure(err) or _is_missing(err):
+        return False
+    if any(marker in _text(err) for marker in _FINAL_MARKERS):
         return False
     if is_unreachable(err) or is_timeout(err):
         return True

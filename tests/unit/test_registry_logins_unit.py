@@ -534,6 +534,8 @@ def test_retries_are_bounded(manager_on: Callable[..., Any]) -> None:
         (requests.exceptions.ReadTimeout("read timed out"), "transient", True),
         (WorkerImageResolutionError("helper timed out"), "credentials_error", False),
         (api_error(400, "invalid reference format"), "error", False),
+        (api_error(500, 'Get "https://r/v2/": dial tcp: lookup r: no such host'), "error", 0),
+        (api_error(500, 'Get "https://r/v2/": dial tcp 10.0.0.1:443: i/o timeout'), "transient", 1),
     ],
 )
 def test_pull_failures_are_classified(err: Exception, result: str, retried: bool) -> None:
