@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,7 +35,9 @@ from dockyard import (
     WorkerJob,
     WorkerSpawnError,
 )
+from dockyard._cli._parser import build_parser
 from dockyard._docker_config import DockerConfigLogins, docker_config_file
+from dockyard._images import ImagePuller
 from dockyard._pull_policy import is_retryable_pull_failure, pull_result
 from dockyard._registry_auth import (
     DOCKER_HUB_SERVER,
@@ -541,3 +544,35 @@ def test_retries_are_bounded(manager_on: Callable[..., Any]) -> None:
 def test_pull_failures_are_classified(err: Exception, result: str, retried: bool) -> None:
     assert pull_result(err) == result
     assert is_retryable_pull_failure(err) is bool(retried)
+
+
+class _Unreachable:
+    """An engine whose pulls never get through."""
+
+    def __init__(self) -> None:
+        self.pulls = 0
+
+    def pull(self, image: str, timeout_s: float, auth_config: object = None) -> None:
+        self.pulls += 1
+        raise DockerUnavailableError("engine unreachable (connection reset)")
+
+
+def test_closing_ends_a_pull_back_off_at_once() -> None:
+    engine = _Unreachable()
+    puller = ImagePuller(engine, 60.0, retries=10)  # type: ignore[arg-type]
+    threading.Timer(0.3, puller.close).start()
+    began = time.monotonic()
+    with pytest.raises(DockerUnavailableError):
+        puller.pull(PULLED_IMAGE)
+    assert time.monotonic() - began < 2.5  # not the ten growing pauses
+    assert 1 <= engine.pulls < 10
+
+
+def test_the_cli_takes_a_pull_policy() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["run", "jobs.jsonl", "--image", "w:1", "--pull", "always"])
+    assert args.pull == "always"
+    assert parser.parse_args(["run", "jobs.jsonl", "--image", "w:1"]).pull is None
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["run", "jobs.jsonl", "--image", "w:1", "--pull", "sometimes"])
+    assert exited.value.code == 2
