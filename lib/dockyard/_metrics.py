@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ._errors import ConfigError, DockerUnavailableError, DockyardError, WorkerSpawnError
 from ._listener import SafeListener
 from ._models import BOOT_FAILURE_EXIT_CODE, ActiveWorker, WorkerLifecycleListener, WorkerOutcome
+from ._pull_policy import PULL_RESULTS
 from ._sentry import Reporter
 
 if TYPE_CHECKING:
@@ -122,8 +123,9 @@ class Metrics:
     def orphans_reaped(self, count: int) -> None:
         """An orphan scan stopped or removed `count` containers."""
 
-    def image_pull(self, *, ok: bool) -> None:
-        """A missing base image was pulled, or its pull failed."""
+    def image_pull(self, *, ok: bool, result: str | None = None) -> None:
+        """A base image was pulled, or its pull failed; `result` says how it ended
+        (`_pull_policy.PULL_RESULTS`; default `ok` or `error`)."""
 
     def dangling_images_removed(self, count: int) -> None:
         """A dangling-image cleanup removed `count` images."""
@@ -231,7 +233,11 @@ class PrometheusMetrics(Metrics):
         )
         self._snapshot_evictions = counter("dockyard_snapshot_evictions", "Snapshots evicted.")
         self._orphans = counter("dockyard_orphans_reaped", "Orphaned containers stopped/removed.")
-        self._pulls = counter("dockyard_image_pulls", "Missing base images pulled.")
+        self._pulls = counter(
+            "dockyard_image_pulls", "Base image pulls by how they ended.", ("result",)
+        )
+        for result in PULL_RESULTS:  # every series from zero: a first failure shows in rate()
+            self._pulls.labels(result)
         self._pull_failures = counter("dockyard_image_pull_failures", "Failed image pulls.")
         self._dangling = counter(
             "dockyard_dangling_images_removed", "Dangling dockyard images removed."
@@ -305,8 +311,10 @@ class PrometheusMetrics(Metrics):
     def orphans_reaped(self, count: int) -> None:
         self._orphans.inc(count)
 
-    def image_pull(self, *, ok: bool) -> None:
-        (self._pulls if ok else self._pull_failures).inc()
+    def image_pull(self, *, ok: bool, result: str | None = None) -> None:
+        self._pulls.labels(result or ("ok" if ok else "error")).inc()
+        if not ok:
+            self._pull_failures.inc()
 
     def dangling_images_removed(self, count: int) -> None:
         self._dangling.inc(count)

@@ -28,6 +28,7 @@ from ._adoption import WorkerAdopter
 from ._backend_choice import check_backend_projects, open_backend
 from ._config import RouterConfig
 from ._dangling import DEFAULT_DANGLING_INTERVAL_S, DanglingImageReaper
+from ._docker_config import DockerConfigLogins
 from ._environment import (
     CredentialProvider,
     EnvSources,
@@ -54,7 +55,7 @@ from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._naming import LabelSchema, container_name
 from ._orphans import OrphanReaper
 from ._registry import WorkerRegistry
-from ._registry_auth import RegistryAuthResolver
+from ._registry_auth import RegistryAuthResolver, RegistryCredentialProvider
 from ._secrets import Masker, SecretBook, router_secret_values
 from ._sentry import Reporter, SentryReporter, scrub_for_host
 from ._slots import SlotGate, SlotLease
@@ -103,6 +104,7 @@ class ContainerManager:
         job_data_store: JobDataStore | None = None,
         reporter: Reporter | None = None,
         metrics_registry: CollectorRegistry | None = None,
+        registry_credentials: RegistryCredentialProvider | None = None,
     ) -> None:
         self.config = config
         self._projects = projects
@@ -188,8 +190,14 @@ class ContainerManager:
             images=ImagePuller(
                 self._docker,
                 config.image_pull_timeout_s,
-                auth=RegistryAuthResolver(config).for_image,
+                auth=RegistryAuthResolver(
+                    config,
+                    registry_credentials,
+                    DockerConfigLogins(config.registry_helper_timeout_s),
+                ).for_image,
                 metrics=self._metrics,
+                retries=config.image_pull_retries,
+                reuse_s=config.image_pull_reuse_s,
             ),
             reporter=self._reporter,
             listener=self._listener,
@@ -267,6 +275,8 @@ class ContainerManager:
                     fields.project_id, fields.work_item_id, ttl=settings.snapshot_ttl_s
                 )
                 self._metrics.snapshot_lookup(hit=snapshot is not None)
+            project_policy = settings.project and settings.project.image_pull_policy
+            pull_policy = project_policy or self.config.image_pull_policy
             # The deadline is fixed at start, after the slot wait and any pull.
             plan = LaunchPlan.for_job(
                 fields,
@@ -291,6 +301,7 @@ class ContainerManager:
                 pids_limit=self.config.pids_limit,
                 no_new_privileges=self.config.no_new_privileges,
                 masker=masker,
+                pull_policy=pull_policy,
             )
             del env  # from here on only inside `launch`, whose repr shows no value
             context = WorkerContainerLaunchContext(
@@ -449,6 +460,7 @@ class ContainerManager:
                 return
             self._closed = True
         # Launches under way finish first, so that detaching also catches their workers.
+        self._launcher.images.close()  # a pull's retry back-off ends now
         self._launch_executor.shutdown()
         detached = self._registry.close()  # later registrations (an adoption) are refused
         if detached:

@@ -321,7 +321,8 @@ def test_missing_image_counts_a_pull_failure_and_a_spawn_failure(
         manager.spawn_worker(job("doomed", "true"))
     got = endpoint.scrape()
     assert got.value("dockyard_image_pull_failures_total") == 1
-    assert got.value("dockyard_image_pulls_total") == 0
+    assert got.value("dockyard_image_pulls_total", {"result": "ok"}) == 0
+    assert got.value("dockyard_image_pulls_total", {"result": "error"}) == 1  # no such host
     assert got.value("dockyard_spawn_failures_total", {"error": "engine"}) == 1
     assert got.value("dockyard_engine_calls_total", {"operation": "pull", "result": "error"}) == 1
     assert got.value("dockyard_workers_started_total") == 0
