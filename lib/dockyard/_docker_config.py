@@ -35,8 +35,8 @@ from typing import Any
 from docker.auth import INDEX_NAME, INDEX_URL, TOKEN_USERNAME, resolve_index_name
 from docker.credentials.constants import PROGRAM_PREFIX
 
-from ._environment import Secret
 from ._errors import WorkerImageResolutionError
+from ._secrets import Secret
 
 __all__ = [
     "DEFAULT_HELPER_TIMEOUT_S",

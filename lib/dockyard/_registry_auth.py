@@ -27,8 +27,8 @@ from docker.errors import InvalidRepository
 
 from ._config import RouterConfig
 from ._docker_config import DockerConfigLogins
-from ._environment import Secret, reveal
 from ._errors import WorkerImageResolutionError
+from ._secrets import Secret, reveal
 
 __all__ = [
     "DOCKER_HUB_SERVER",
