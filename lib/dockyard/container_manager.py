@@ -138,6 +138,7 @@ class ContainerManager:
                 max_workers=config.max_workers,
                 active=self.get_active_worker_count,
                 waiting=lambda: self._slots.waiting,
+                backend=config.backend,
             )
         except ConfigError:
             self._docker.close()
