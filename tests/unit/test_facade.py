@@ -105,7 +105,7 @@ DEFINED_IN = {
     **{name: "dockyard.worker_container_launcher" for name in LAUNCHER_NAMES},
 }
 
-PUBLIC_MODULES = {"container_manager", "testing", "worker", "worker_container_launcher"}
+PUBLIC_MODULES = {"aio", "container_manager", "testing", "worker", "worker_container_launcher"}
 
 
 def all_modules() -> list[ModuleType]:
