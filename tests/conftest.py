@@ -154,8 +154,10 @@ def _remove_container(container: Any) -> None:
 
 
 def _remove_images_with_prefix(client: docker.DockerClient, prefix: str) -> None:
-    for image in client.images.list():
-        for tag in image.tags:
+    # The plain list call: `images.list()` inspects each image, and one that another
+    # client of a shared engine removes meanwhile answers 404.
+    for image in client.api.images():
+        for tag in image.get("RepoTags") or []:
             if tag.startswith(prefix):
                 with contextlib.suppress(docker.errors.NotFound):
                     client.images.remove(tag, force=True)
