@@ -202,12 +202,14 @@ def test_a_real_prometheus_sees_saturation_queueing_and_a_failure_after_its_firs
         assert {reason for reason, rate in after.items() if rate > 0} == {"exit_error"}
         assert set(after) == NOT_SUCCEEDED_REASONS
 
-        # `queued` got the freed slot after waiting for it (the command polls every 0.5 s).
+        # `queued` got the freed slot after waiting for it: the command waits 0.5 s at a time,
+        # so its one observed wait is under that (a hand-over right at the edge: the next
+        # bucket, 1 s).
         p95 = prometheus.until(
             "a slot wait in the queueing quantile",
             lambda: (q := prometheus.scalar(QUEUEING)) is not None and not math.isnan(q) and q,
         )
-        assert 0 < p95 <= 0.5
+        assert 0 < p95 <= 1.0
         # Only `hold` still runs: one of the two slots.
         assert prometheus.until(
             "saturation at one half", lambda: prometheus.scalar(SATURATION) == 0.5
