@@ -39,6 +39,7 @@ from ._environment import (
 )
 from ._errors import ConfigError, DuplicateJobError, NoWorkerSlotError
 from ._exit_handling import ExitWatcher, TimeoutController
+from ._fork import fork_guarded
 from ._images import ImagePuller
 from ._job_data import JobDataStore, RedisOffloadStore
 from ._jobs import (
@@ -87,10 +88,13 @@ _WAIT_POOL_HEADROOM = 8  # adopted workers may briefly exceed max_workers
 _GENERATED_ID_ATTEMPTS = 1000
 
 
+@fork_guarded(quiet=("close",), also=("_outcome_future",), attributes=("snapshots",))
 class ContainerManager:
     """Runs each job in its own container; all state lives on the instance.
 
-    Create one per router, use it as a context manager or call `close()` when done.
+    Create one per router, use it as a context manager or call `close()` when done. It
+    belongs to the process that created it: in a child forked later, every method raises
+    `ForkedManagerError` (create a manager in the child) and `close()` does nothing.
     """
 
     def __init__(
@@ -133,6 +137,7 @@ class ContainerManager:
                 max_workers=config.max_workers,
                 active=self.get_active_worker_count,
                 waiting=lambda: self._slots.waiting,
+                backend=config.backend,
             )
         except ConfigError:
             self._docker.close()
@@ -368,7 +373,11 @@ class ContainerManager:
         Raises `TimeoutError` on timeout and `KeyError` for a job id this manager never
         started (or forgot: it keeps the last `config.outcome_history` outcomes).
         """
-        return self._registry.future(job_id).result(timeout)
+        return self._outcome_future(job_id).result(timeout)
+
+    def _outcome_future(self, job_id: str) -> Future[WorkerOutcome]:
+        """What `wait_for_worker` blocks on; `dockyard.aio` awaits it without a thread."""
+        return self._registry.future(job_id)
 
     def kill_worker(self, job_id: str) -> bool:
         """Stop a worker now (the timeout kill path); False when it is not tracked."""

@@ -39,6 +39,7 @@ DOCKYARD_ALL = [
     "DockerUnavailableError",
     "DockyardError",
     "DuplicateJobError",
+    "ForkedManagerError",
     "InvalidJobError",
     "JobDataOffloadError",
     "JobDataStore",
@@ -86,6 +87,7 @@ DEFINED_IN = {
     "DockerUnavailableError": "dockyard._errors",
     "DockyardError": "dockyard._errors",
     "DuplicateJobError": "dockyard._errors",
+    "ForkedManagerError": "dockyard._errors",
     "InvalidJobError": "dockyard._errors",
     "JobDataOffloadError": "dockyard._job_data",
     "NoWorkerSlotError": "dockyard._errors",
@@ -106,7 +108,7 @@ DEFINED_IN = {
     **{name: "dockyard.worker_container_launcher" for name in LAUNCHER_NAMES},
 }
 
-PUBLIC_MODULES = {"container_manager", "testing", "worker", "worker_container_launcher"}
+PUBLIC_MODULES = {"aio", "container_manager", "testing", "worker", "worker_container_launcher"}
 
 
 def all_modules() -> list[ModuleType]:
