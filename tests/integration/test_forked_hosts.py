@@ -25,7 +25,6 @@ import dockyard
 from dockyard import ContainerManager, ForkedManagerError, WorkerJob
 from forking import in_forked_child
 from rq_host import QUEUE
-from test_router_example import redis_url  # noqa: F401 - a private redis-server fixture
 
 TESTS = Path(__file__).resolve().parents[1]
 HOLD = ["sh", "-c", "while [ ! -e /go ]; do sleep 0.05; done"]
@@ -127,7 +126,7 @@ def test_a_multiprocessing_fork_pool_worker_gets_the_error(
 
 @pytest.mark.redis
 def test_a_real_rq_work_horse_gets_the_error_and_its_own_manager_works(
-    redis_url: str,  # noqa: F811 - the fixture imported above
+    redis_url: str,
     instance_id: str,
     test_image: str,
     tmp_path: Path,

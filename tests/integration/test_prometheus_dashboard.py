@@ -26,9 +26,9 @@ from typing import Any
 import docker
 import pytest
 
+from support.cli import run_env, write_jobs
+from support.scrape import HOLD, scrape_until
 from support.servers import free_port, missing_tool, stop_process
-from test_cli import _env, write_jobs
-from test_metrics_endpoints import HOLD, scrape_until
 
 WAIT_S = 60.0
 SCRAPE_INTERVAL = "1s"
@@ -153,7 +153,7 @@ def batch(
             *("--instance", instance_id, "--json", "--progress", "none", "--max-workers", "2"),
             *("--metrics-port", str(port)),
         ],
-        env=_env(),
+        env=run_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
