@@ -40,6 +40,7 @@ DOCKYARD_ALL = [
     "DockerUnavailableError",
     "DockyardError",
     "DuplicateJobError",
+    "ForkedManagerError",
     "InvalidJobError",
     "JobDataOffloadError",
     "JobDataStore",
@@ -48,6 +49,7 @@ DOCKYARD_ALL = [
     "ProjectConfig",
     "ProjectDirectory",
     "RedisJobDataStore",
+    "RegistryCredentialProvider",
     "Reporter",
     "RouterConfig",
     "SnapshotMetadata",
@@ -88,6 +90,7 @@ DEFINED_IN = {
     "DockerUnavailableError": "dockyard._errors",
     "DockyardError": "dockyard._errors",
     "DuplicateJobError": "dockyard._errors",
+    "ForkedManagerError": "dockyard._errors",
     "InvalidJobError": "dockyard._errors",
     "JobDataOffloadError": "dockyard._job_data",
     "NoWorkerSlotError": "dockyard._errors",
@@ -101,6 +104,7 @@ DEFINED_IN = {
     "ProjectConfig": "dockyard._config",
     "RouterConfig": "dockyard._config",
     "RedisJobDataStore": "dockyard._redis_store",
+    "RegistryCredentialProvider": "dockyard._registry_auth",
     "SnapshotMetadata": "dockyard._snapshot_registry",
     "SnapshotRegistry": "dockyard._snapshot_registry",
     "WorkerJob": "dockyard._jobs",
@@ -110,7 +114,7 @@ DEFINED_IN = {
     **{name: "dockyard.worker_container_launcher" for name in LAUNCHER_NAMES},
 }
 
-PUBLIC_MODULES = {"container_manager", "testing", "worker", "worker_container_launcher"}
+PUBLIC_MODULES = {"aio", "container_manager", "testing", "worker", "worker_container_launcher"}
 
 
 def all_modules() -> list[ModuleType]:
