@@ -425,7 +425,7 @@ class SnapshotManager:
     def _unname(self, image: str, image_id: str) -> None:
         """Take the snapshot name off `image_id` (now, even while a container holds it)."""
         try:
-            self.docker.remove_image(image)  # the only name of an unused image: removes it
+            self._remove_snapshot_image(image)  # the only name of an unused image: removes it
             return
         except Exception as err:
             if is_not_found(err):

@@ -628,7 +628,13 @@ class FakeDockerAPI:
         with self.lock:
             if image not in self.image_names:
                 raise api_error(404, f"No such image: {image}", docker.errors.ImageNotFound)
-            return dict(self.image_info.get(image, {"Id": image, "Config": {}}))
+            info = dict(self.image_info.get(image, {"Id": image, "Config": {}}))
+            if image in self.image_info:
+                info["RepoTags"] = [
+                    name for name, other in self.image_info.items()
+                    if not name.startswith("sha256:") and other.get("Id") == info.get("Id")
+                ]  # fmt: skip
+            return info
 
     def images(self, all: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
         self._record("images")
@@ -645,7 +651,8 @@ class FakeDockerAPI:
         with self.lock:
             image_id = self.image_info.get(image, {}).get("Id", image)
             names = [n for n, i in self.image_info.items() if i.get("Id") == image_id]
-            last = image.startswith("sha256:") or names == [image]
+            tags = [n for n in names if not n.startswith("sha256:")]
+            last = image.startswith("sha256:") or tags == [image]
             children = [
                 n for n, i in self.image_info.items() if n.startswith("sha256:")
                 and i.get("Parent") == image_id
