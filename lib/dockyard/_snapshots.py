@@ -546,7 +546,10 @@ class SnapshotManager:
             parent = str(grandparent) if grandparent else None
 
     def _remove_retired(self) -> None:
-        self._forget_gone_parents()
+        self._remove_pending()
+        self._forget_gone_parents()  # after the removals: they may have pruned some
+
+    def _remove_pending(self) -> None:
         with self._retired_lock:
             pending = dict(self._retired)
         if not pending:
