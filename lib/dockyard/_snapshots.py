@@ -370,9 +370,11 @@ class SnapshotManager:
     ) -> tuple[str, dict[str, Any]]:
         """Write the worker's filesystem as a one-layer image with the commit's config, in
         place of the commit, check it as a commit is checked, and name it."""
+        committed_id = created[-1]
         flat, info, seconds = flatten(self.docker, worker.container_id, committed)
         created.append(flat)
-        self._remove_now_or_later(created.pop(created.index(committed["Id"])))
+        created.remove(committed_id)
+        self._remove_now_or_later(committed_id)
         left = env_values_left(info, blanked) + self._worker_labels_left(info)
         if left:
             raise SnapshotScrubError(f"snapshot image still holds values of {', '.join(left)}")
@@ -430,7 +432,7 @@ class SnapshotManager:
         except Exception as err:
             if is_not_found(err):
                 return
-            if not is_conflict(err):
+            if not is_conflict(err) or is_image_with_children(err):
                 log.warning("could not remove a stale snapshot name", extra={"image": image})
                 return
         # In use (the container that just ended was made from it): a second name lets the
@@ -618,9 +620,7 @@ class SnapshotManager:
             self._remove_snapshot_image(meta.image_name)
         except Exception as err:
             if is_image_with_children(err) and image_id is not None:
-                # Its name is gone; the image goes with its child.
-                self._unname(meta.image_name, image_id)
-                self._keep_for_child(image_id)
+                self._keep_for_child(image_id)  # it goes with its child
             elif is_conflict(err) and image_id is not None:
                 # Still in use: retry by id later (a newer image under the name stays).
                 with self._retired_lock:

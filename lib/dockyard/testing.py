@@ -657,6 +657,11 @@ class FakeDockerAPI:
                 n for n, i in self.image_info.items() if n.startswith("sha256:")
                 and i.get("Parent") == image_id
             ]  # fmt: skip
+            if last and children and not image.startswith("sha256:"):
+                # The last name of a parent: the engine only untags it.
+                self.image_names.discard(image)
+                self.image_info.pop(image, None)
+                return
             if last and children:
                 raise api_error(
                     409,
