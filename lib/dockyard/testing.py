@@ -640,7 +640,13 @@ class FakeDockerAPI:
         self._record("images")
         with self.lock:
             return [
-                {"Id": info.get("Id", name), "RepoTags": [name], "Created": 0, "Size": 0}
+                {
+                    "Id": info.get("Id", name),
+                    "RepoTags": [name],
+                    "Created": 0,
+                    "Size": 0,
+                    "Labels": (info.get("Config") or {}).get("Labels") or {},
+                }
                 for name, info in self.image_info.items()
                 if not name.startswith("sha256:")
             ]

@@ -183,6 +183,41 @@ def test_a_failed_flatten_is_a_failed_commit(rig: type[Rig]) -> None:
     assert r.run() == DEFAULT_IMAGE
 
 
+def test_a_stale_snapshot_still_in_use_loses_its_name_at_once(rig: type[Rig]) -> None:
+    r = rig()
+    r.run()
+    stale = r.manager.snapshots.get(PROJECT, WORK_ITEM)
+    assert stale is not None
+    r.api.failures["commit"] = [api_error(500, "max depth exceeded")]
+    # The finished container still holds the stale image: the engine refuses to untag it.
+    r.api.failures["remove_image"] = [
+        api_error(409, "conflict: unable to remove repository reference (must force)")
+    ]
+    r.run()
+    assert stale.image_name not in r.api.image_names
+    repository = stale.image_name.rpartition(":")[0]
+    assert [t for t in r.api.calls_of("tag") if t[1] == repository and t[2].startswith("retired-")]
+    assert r.run() == DEFAULT_IMAGE
+
+
+def test_a_snapshot_under_a_retired_name_is_never_synced_for_reuse(rig: type[Rig]) -> None:
+    r = rig()
+    r.run()
+    meta = r.manager.snapshots.get(PROJECT, WORK_ITEM)
+    assert meta is not None
+    image_id = r.api.inspect_image(meta.image_name)["Id"]
+    repository = meta.image_name.rpartition(":")[0]
+    r.api.tag(image_id, repository, "retired-0123456789ab")
+    r.api.remove_image(meta.image_name)  # what a failed commit leaves if the router stops then
+
+    reporter = RecordingReporter()
+    with ContainerManager(r.manager.config, docker_client=r.api, reporter=reporter) as second:
+        second.sync_snapshots_from_docker()  # registers nothing for reuse, then cleans up
+        assert second.snapshots.get(PROJECT, WORK_ITEM) is None
+    assert image_id not in r.images()  # and the image is gone
+    assert reporter.sources() == []
+
+
 # --------------------------------------------------------------------------- parents
 
 
