@@ -31,9 +31,10 @@ NOT_THE_PATH = {"testing.py", "_fork.py"}
 # mapping of the container settings (`_docker_settings`, every create's arguments); a job
 # whose layers set no container control skips their checks and merge.
 MAX_MODULES_DEFAULT_JOB = 19
-# Plus the snapshot registry, the commit's mechanics, the gateway's image calls, and the
-# typed errors (looking up the previous snapshot of the work item answers 404 the first time).
-MAX_MODULES_SNAPSHOT_JOB = MAX_MODULES_DEFAULT_JOB + 4
+# Plus the snapshot registry, the commit's mechanics, the gateway's image calls, the
+# typed errors (looking up the previous snapshot of the work item answers 404 the first time),
+# and the flatten module's layer count that decides whether the commit is written flattened.
+MAX_MODULES_SNAPSHOT_JOB = MAX_MODULES_DEFAULT_JOB + 5
 
 
 @contextmanager
