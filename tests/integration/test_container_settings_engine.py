@@ -263,3 +263,28 @@ def test_binds_only_under_the_allowed_roots(
             container=ContainerSettings(mounts=(Mount("bind", "/etc-host", source="/etc"),))
         )
     assert [c for c in containers_of(docker_client, instance_id)] == []
+
+
+def test_a_snapshot_keeps_the_filesystem_not_a_mounts_content(
+    make_manager: MakeManager, dockyard_logs: LogCapture
+) -> None:
+    """The warm run gets the same tmpfs (empty again) while the root's file came along."""
+    manager = make_manager(
+        snapshot_enabled=True,
+        container=ContainerSettings(mounts=(Mount("tmpfs", "/scratch", size_bytes=MIB),)),
+    )
+    ids = {"project_id": "p-snap", "work_item_id": "w-1"}
+    first, _ = run(
+        manager, dockyard_logs, "snap-1", "echo kept > /kept && echo gone > /scratch/f", **ids
+    )
+    assert first.status == "succeeded", first
+    assert manager.snapshots.get("p-snap", "w-1") is not None
+    script = (
+        "cat /kept; test -e /scratch/f && echo scratch-kept || echo scratch-empty; "
+        "grep ' /scratch ' /proc/mounts | cut -d' ' -f3"
+    )
+    second, output = run(manager, dockyard_logs, "snap-2", script, **ids)
+    assert second.status == "succeeded", second
+    assert "kept" in output
+    assert "scratch-empty" in output and "scratch-kept" not in output
+    assert "tmpfs" in output
