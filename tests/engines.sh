@@ -294,6 +294,16 @@ stop_one() {
     pidfile="$(pidfile_of "${name}")"
     pid="$(cat "${pidfile}" 2>/dev/null || true)"
     if [[ -n "${pid}" ]] && kill -0 "${pid}" 2>/dev/null; then
+        if [[ "${name}" == podman5 ]]; then
+            # Podman's containers outlive its API service (conmon keeps them): stop them
+            # while the service still answers.
+            local running
+            running="$(DOCKER_HOST="$(host_of "${name}")" timeout 20 docker ps -q 2>/dev/null || true)"
+            if [[ -n "${running}" ]]; then
+                # shellcheck disable=SC2086
+                DOCKER_HOST="$(host_of "${name}")" timeout 60 docker kill ${running} >/dev/null 2>&1 || true
+            fi
+        fi
         kill -TERM "${pid}" 2>/dev/null || true
         local i
         for ((i = 0; i < 30; i++)); do
