@@ -374,9 +374,10 @@ case "${1:-}" in
         ;;
     run)
         # Like exec, for a test run against the engine: DOCKER_HOST is the engine's, and
-        # what belongs to the host's engines is dropped (the swarm engines, and the
-        # engine-restart test, which restarts the dockerd behind DOCKER_HOST as if it
-        # were the host's).
+        # the engine-restart test is not enabled (it restarts the dockerd behind
+        # DOCKER_HOST with the host's binaries, the way .ci/run starts the host's engine).
+        # The Swarm tests use the Swarm engines whatever DOCKER_HOST says: leave them out
+        # (-m "not swarm"), as the tox envs do.
         [[ $# -ge 3 ]] || die "usage: $0 run NAME CMD..."
         check_name "$2"
         name="$2"
@@ -384,7 +385,7 @@ case "${1:-}" in
         answers "${name}" || die "${name} does not answer at $(host_of "${name}"); start it first"
         export DOCKER_HOST
         DOCKER_HOST="$(host_of "${name}")"
-        unset DOCKYARD_SWARM_HOST DOCKYARD_SWARM_WORKER_HOST DOCKYARD_TEST_RESTART_ENGINE DOCKER_CONTEXT
+        unset DOCKYARD_TEST_RESTART_ENGINE DOCKER_CONTEXT
         exec nsenter --net="/var/run/netns/$(netns_of "${name}")" "$@"
         ;;
     *)
