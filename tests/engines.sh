@@ -18,11 +18,11 @@
 # in a private mount namespace that pivot_roots into the forky root (with a plain chroot,
 # `docker exec` and `docker top` see the host's filesystem and processes). The socket
 # directory /run/dyengine-NAME is bound from the host; the data root lives under
-# /var/lib/dockyard-engines/NAME. Everything the script creates or caches is under
-# /var/lib/dockyard-engines, /run/dyengine-* and /tmp/dyengine-*.log.
+# /var/lib/dockyard-engines/NAME (DOCKYARD_ENGINES_DIR moves both). Everything the script
+# creates or caches is under that directory, /run/dyengine-* and /tmp/dyengine-*.log.
 set -euo pipefail
 
-BASE=/var/lib/dockyard-engines
+BASE="${DOCKYARD_ENGINES_DIR:-/var/lib/dockyard-engines}"  # the root, data roots, build log
 ROOT="${BASE}/root-forky"
 ROOT_DONE="${ROOT}/.dockyard-engines-root-complete"
 SUITE=forky
@@ -113,8 +113,13 @@ any_engine_running() {
     return 1
 }
 
+# What a finished root records: the suite and the package list it was built with.
+root_recipe() {
+    echo "${SUITE} ${ROOT_PACKAGES[*]}"
+}
+
 build_root() {
-    if [[ -e "${ROOT_DONE}" ]]; then
+    if [[ -e "${ROOT_DONE}" && "$(head -1 "${ROOT_DONE}")" == "$(root_recipe)" ]]; then
         return 0
     fi
     local started=${SECONDS}
@@ -124,9 +129,10 @@ build_root() {
         apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
     }
     if [[ -e "${ROOT}" ]]; then
-        # A root without the completion mark is what an interrupted build left: start over.
-        any_engine_running && die "${ROOT} is incomplete but an engine still runs from it; stop-all first"
-        log "removing the incomplete root ${ROOT}"
+        # A root without the completion mark is what an interrupted build left, one with
+        # another recipe is out of date: start over.
+        any_engine_running && die "${ROOT} is incomplete or out of date but an engine still runs from it; stop-all first"
+        log "removing the incomplete or out-of-date root ${ROOT}"
         rm -rf --one-file-system "${ROOT}"
     fi
     mkdir -p "${BASE}"
@@ -155,7 +161,7 @@ build_root() {
         tail -40 "${BASE}/root-build.log" >&2
         die "building the root failed (log ${BASE}/root-build.log)"
     }
-    date -u +%FT%TZ >"${ROOT_DONE}"
+    { root_recipe; date -u +%FT%TZ; } >"${ROOT_DONE}"
     log "root built in $((SECONDS - started))s ($(du -sh --one-file-system "${ROOT}" | cut -f1))"
 }
 
