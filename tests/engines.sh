@@ -118,6 +118,33 @@ root_recipe() {
     echo "${SUITE} ${ROOT_PACKAGES[*]}"
 }
 
+# The root's build, step by step (its output goes to the build log).
+root_build_steps() {
+    local mirror="$1"
+    # 'sid' is the debootstrap script for forky (this debootstrap predates forky).
+    debootstrap --variant=minbase --include="${DEBOOTSTRAP_INCLUDE}" \
+        "${SUITE}" "${ROOT}" "${mirror}" sid || return 1
+    # No maintainer script may start a service in the root.
+    printf '#!/bin/sh\nexit 101\n' >"${ROOT}/usr/sbin/policy-rc.d" || return 1
+    chmod 755 "${ROOT}/usr/sbin/policy-rc.d" || return 1
+    # forky's InRelease carries an expired Valid-Until on this mirror.
+    printf '%s\n' 'APT::Install-Recommends "false";' 'APT::Install-Suggests "false";' \
+        'Acquire::Check-Valid-Until "false";' >"${ROOT}/etc/apt/apt.conf.d/90dockyard-engines" \
+        || return 1
+    cp /etc/resolv.conf "${ROOT}/etc/resolv.conf" || return 1
+    NET=1 in_root apt-get -qq update || return 1
+    # Download with the network, install (maintainer scripts) without it.
+    NET=1 in_root apt-get install -y -qq --download-only "${ROOT_PACKAGES[@]}" || return 1
+    in_root apt-get install -y -qq "${ROOT_PACKAGES[@]}" || return 1
+    in_root apt-get clean || return 1
+    # What the engines need from the root, checked before it is marked complete.
+    local binary
+    for binary in dockerd containerd runc podman conmon busybox nft iptables; do
+        [[ -x "${ROOT}/usr/bin/${binary}" || -x "${ROOT}/usr/sbin/${binary}" || -x "${ROOT}/bin/${binary}" ]] \
+            || { echo "the root has no ${binary}"; return 1; }
+    done
+}
+
 build_root() {
     if [[ -e "${ROOT_DONE}" && "$(head -1 "${ROOT_DONE}")" == "$(root_recipe)" ]]; then
         return 0
@@ -139,25 +166,8 @@ build_root() {
     local mirror
     mirror="$(host_mirror)"
     log "building the ${SUITE} root in ${ROOT} from ${mirror} (log ${BASE}/root-build.log)"
-    {
-        # 'sid' is the debootstrap script for forky (this debootstrap predates forky).
-        debootstrap --variant=minbase --include="${DEBOOTSTRAP_INCLUDE}" \
-            "${SUITE}" "${ROOT}" "${mirror}" sid
-        # No maintainer script may start a service in the root.
-        printf '#!/bin/sh\nexit 101\n' >"${ROOT}/usr/sbin/policy-rc.d"
-        chmod 755 "${ROOT}/usr/sbin/policy-rc.d"
-        printf 'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n' \
-            >"${ROOT}/etc/apt/apt.conf.d/90dockyard-engines"
-        # forky's InRelease carries an expired Valid-Until on this mirror.
-        printf 'Acquire::Check-Valid-Until "false";\n' \
-            >>"${ROOT}/etc/apt/apt.conf.d/90dockyard-engines"
-        cp /etc/resolv.conf "${ROOT}/etc/resolv.conf" 2>/dev/null || true
-        NET=1 in_root apt-get -qq update
-        # Download with the network, install (maintainer scripts) without it.
-        NET=1 in_root apt-get install -y -qq --download-only "${ROOT_PACKAGES[@]}"
-        in_root apt-get install -y -qq "${ROOT_PACKAGES[@]}"
-        in_root apt-get clean
-    } >"${BASE}/root-build.log" 2>&1 || {
+    # (errexit does not apply inside a command list that ends in ||: each step says so.)
+    root_build_steps "${mirror}" >"${BASE}/root-build.log" 2>&1 || {
         tail -40 "${BASE}/root-build.log" >&2
         die "building the root failed (log ${BASE}/root-build.log)"
     }
