@@ -24,7 +24,6 @@ import itertools
 import math
 import threading
 import time
-from dataclasses import dataclass, field
 
 from ._errors import NoWorkerSlotError, WorkerCancelledError
 
@@ -32,29 +31,34 @@ __all__ = ["SlotGate", "SlotLease"]
 
 
 _WAITING, _GRANTED, _GONE = 0, 1, 2
+_KEEP_PROJECTS = 256  # idle project records kept before a sweep forgets them
 
 
-@dataclass(eq=False)
 class _Waiter:
-    name: str | None
-    project: str | None
-    granted: threading.Event = field(default_factory=threading.Event)
-    state: int = _WAITING
-    cancelled: bool = False
+    __slots__ = ("cancelled", "granted", "name", "project", "state")
+
+    def __init__(self, name: str | None, project: str | None) -> None:
+        self.name = name
+        self.project = project
+        self.granted = threading.Event()
+        self.state = _WAITING
+        self.cancelled = False
 
 
 # (-priority, arrival number, waiter): a heap of these pops the best waiter first.
 _Entry = tuple[int, int, _Waiter]
 
 
-@dataclass(eq=False)
 class _Project:
     """One project's (or the project-less jobs') slots in use, cap, and waiters."""
 
-    cap: int | None = None
-    in_use: int = 0
-    queue: list[_Entry] = field(default_factory=list)
-    dead: int = 0  # entries in `queue` whose waiter left: dropped lazily
+    __slots__ = ("cap", "dead", "in_use", "queue")
+
+    def __init__(self) -> None:
+        self.cap: int | None = None
+        self.in_use = 0
+        self.queue: list[_Entry] = []
+        self.dead = 0  # entries in `queue` whose waiter left: dropped lazily
 
     def has_room(self) -> bool:
         return self.cap is None or self.in_use < self.cap
@@ -92,6 +96,7 @@ class SlotGate:
         self._queued: dict[str | None, _Project] = {}  # the projects with entries queued
         self._names: dict[str, _Waiter] = {}
         self._arrivals = itertools.count()
+        self._sweep_at = _KEEP_PROJECTS
 
     @property
     def capacity(self) -> int:
@@ -136,7 +141,6 @@ class SlotGate:
         first), `name` what `cancel` finds the waiter by (the job id) and the error names.
         Raises `NoWorkerSlotError` on timeout, `WorkerCancelledError` when cancelled.
         """
-        started = time.monotonic()
         with self._lock:
             record = self._project(project, cap)
             if self._in_use < self._capacity and record.has_room():
@@ -144,6 +148,7 @@ class SlotGate:
                 # dispatches on every change): nobody this arrival could overtake.
                 self._take(record)
                 return SlotLease(self, project)
+            started = time.monotonic()
             waiter = _Waiter(name, project)
             heapq.heappush(record.queue, (-priority, next(self._arrivals), waiter))
             self._queued[project] = record
@@ -179,7 +184,7 @@ class SlotGate:
                 return False
             waiter.cancelled = True
             self._drop(waiter)
-            self._forget_if_idle(waiter.project)
+            self._sweep()
         waiter.granted.set()
         return True
 
@@ -190,7 +195,7 @@ class SlotGate:
             record = self._projects[project]
             record.in_use -= 1
             self._dispatch()
-            self._forget_if_idle(project)
+            self._sweep()
 
     # -- internals, all under the lock --------------------------------------------------
 
@@ -203,8 +208,7 @@ class SlotGate:
             raised = cap is None or (record.cap is not None and cap > record.cap)
             record.cap = cap
             if raised:
-                self._dispatch()  # may forget an idle record: keep this one in place
-                return self._projects.setdefault(project, record)
+                self._dispatch()
         return record
 
     def _take(self, record: _Project) -> None:
@@ -221,7 +225,6 @@ class SlotGate:
                 if head is None:
                     del self._queued[project]
                     record.dead = 0
-                    self._forget_if_idle(project)
                 elif record.has_room() and (best is None or head < best):
                     best, best_record = head, record
             if best is None or best_record is None:
@@ -251,15 +254,19 @@ class SlotGate:
                 return True
             if waiter.state == _WAITING:
                 self._drop(waiter)
-            self._forget_if_idle(waiter.project)
+            self._sweep()
             return False
 
-    def _forget_if_idle(self, project: str | None) -> None:
-        """Drop the record of a project with nothing held or queued (ids come and go)."""
-        record = self._projects.get(project)
-        if record is not None and record.in_use <= 0 and record.head() is None:
-            del self._projects[project]
-            self._queued.pop(project, None)
+    def _sweep(self) -> None:
+        """Forget projects with nothing held or queued, once many are known (ids come and go)."""
+        if len(self._projects) <= self._sweep_at:
+            return
+        for project, record in list(self._projects.items()):
+            if record.in_use <= 0 and record.head() is None:
+                del self._projects[project]
+                self._queued.pop(project, None)
+        # Many busy projects: sweep again only once as many more came.
+        self._sweep_at = max(_KEEP_PROJECTS, 2 * len(self._projects))
 
     def _refusal(self, waiter: _Waiter, cap: int | None, waited_s: float) -> NoWorkerSlotError:
         with self._lock:
