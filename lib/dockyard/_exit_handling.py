@@ -147,7 +147,7 @@ class ExitWatcher:
         code = exited.status_code
         status: OutcomeStatus
         if _caused_by_kill(tracked, facts):
-            status = "timed_out"
+            status = tracked.kill_status  # timed_out, or cancelled
         elif code == 0:
             status = "succeeded"
         else:
@@ -494,6 +494,19 @@ class TimeoutController:
             return False
         if not self._stop_once(tracked):
             self._schedule(tracked, 0.0, "kill-retry", self._kill_until_stopped)
+        return True
+
+    def cancel(self, tracked: TrackedWorker) -> bool:
+        """The kill path, its exit ending `cancelled`, on a timer thread: returns at once.
+
+        False when the worker already exited or ended. A worker whose kill (or timeout)
+        began earlier keeps that kill's status and gets its stop again.
+        """
+        if tracked.begin_kill("cancelled"):
+            kill_log.info("cancelling worker", extra={"job_id": tracked.job_id})
+        elif not tracked.may_stop():
+            return False
+        self._schedule(tracked, 0.0, "cancel", self._kill_until_stopped)
         return True
 
     def _kill_until_stopped(self, tracked: TrackedWorker) -> None:

@@ -51,11 +51,14 @@ _SIGNAL_EXIT = 128  # a shell reports death by signal N as exit code 128 + N
 def outcome_reason(outcome: WorkerOutcome) -> str:
     """A low-cardinality reason for an outcome, for the `reason` label.
 
-    `completed`, `timeout`, `lost`, `oom`, `boot_failure` (exit 2), `exit_signal` (killed
-    by a signal, exit > 128), `exit_error` (any other non-zero exit) or `unknown`.
+    `completed`, `timeout`, `cancelled`, `lost`, `oom`, `boot_failure` (exit 2),
+    `exit_signal` (killed by a signal, exit > 128), `exit_error` (any other non-zero exit)
+    or `unknown`.
     """
     if outcome.status == "succeeded":
         return "completed"
+    if outcome.status == "cancelled":
+        return "cancelled"
     if outcome.status == "timed_out":
         return "timeout"
     if outcome.status == "lost":
