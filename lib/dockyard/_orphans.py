@@ -14,11 +14,12 @@ from ._docker import is_conflict, is_not_found
 from ._environment import worker_masker
 from ._errors import DuplicateJobError
 from ._exit_handling import ExitWatcher, TimeoutController, parse_docker_time
+from ._fair_slots import SlotGate
 from ._jobs import LabelSchema, parse_deadline
 from ._loops import Activity
 from ._models import ActiveWorker
 from ._sentry import Reporter
-from ._tracker import SafeListener, SlotGate, TrackedWorker, WorkerRegistry
+from ._tracker import SafeListener, TrackedWorker, WorkerRegistry
 from .worker_container_launcher import LaunchPlan
 
 __all__ = ["OrphanReaper", "WorkerAdopter"]
@@ -164,6 +165,7 @@ class WorkerAdopter:
     exits: ExitWatcher
     listener: SafeListener
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    project_cap: Callable[[str | None], int | None] = lambda _project_id: None
 
     def adopt(self) -> list[ActiveWorker]:
         containers = self.docker.list_containers(
@@ -219,8 +221,10 @@ class WorkerAdopter:
         # the container stopped since the inspect above.
         exit_wait = self.docker.open_wait(container_id)
         env = dict(item.partition("=")[::2] for item in config.get("Env") or [])
-        # It already runs: it takes a slot, even over capacity.
-        lease = self.slots.lease_over_capacity()
+        # It already runs: it takes a slot, even over capacity (its project's too).
+        lease = self.slots.lease_over_capacity(
+            worker.project_id, self.project_cap(worker.project_id)
+        )
         tracked = TrackedWorker(
             worker,
             lease.release,
