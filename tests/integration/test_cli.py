@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -371,6 +372,58 @@ def test_ctrl_c_detaches_then_ps_and_reap_deal_with_the_orphan(
 
 
 # ----------------------------------------------------------------------------- job files
+
+
+def test_ctrl_c_twice_cancels_the_running_jobs(tmp_path, instance_id, test_image, docker_client):
+    tag = uuid.uuid4().hex[:6]
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        # `sleep` as PID 1 ignores SIGTERM: the kill after the grace ends these.
+        {"id": f"one-{tag}", "type": "cli-test", "command": ["sleep", "300"]},
+        {"id": f"two-{tag}", "type": "cli-test", "command": ["sleep", "300"]},
+        job(f"later-{tag}", "true"),
+    )
+    stderr_path = tmp_path / "stderr.txt"
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "dockyard._cli", "run", str(jobs), "--image", test_image,
+                "--instance", instance_id, "--max-workers", "2", "--stop-grace", "1",
+            ],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )  # fmt: skip
+        try:
+            _wait_for(
+                "both long jobs to start",
+                lambda: all(
+                    f"started   {n}-{tag}" in stderr_path.read_text() for n in ("one", "two")
+                ),
+            )
+            proc.send_signal(signal.SIGINT)
+            _wait_for("the first Ctrl-C", lambda: "Ctrl-C again" in stderr_path.read_text())
+            proc.send_signal(signal.SIGINT)
+            started = time.monotonic()
+            stdout, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
+            took = time.monotonic() - started
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    err = stderr_path.read_text()
+    assert proc.returncode == 130, err
+    assert "interrupted; 2 running jobs cancelled" in err
+    assert "detached" not in err.split("cancelling the running jobs")[-1]
+    rows = {line.split()[0]: line.split() for line in stdout.splitlines() if line.strip()}
+    assert rows[f"one-{tag}"][1] == "cancelled" and rows[f"two-{tag}"][1] == "cancelled"
+    assert rows[f"later-{tag}"][1] == "not_started"
+    assert "2 cancelled" in stdout
+    assert took < 15, took  # one stop grace (1 s) and the engine's work, not a timeout
+    left = docker_client.containers.list(
+        all=True, filters={"label": f"cascade.router.instance={instance_id}"}
+    )
+    assert [c.name for c in left if tag in c.name] == []
 
 
 def test_parse_job_accepts_the_documented_shape():
