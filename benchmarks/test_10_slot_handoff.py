@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from dockyard._fair_slots import SlotGate
+from dockyard._slots import SlotGate
 
 from .harness import record
 

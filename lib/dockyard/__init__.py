@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from ._config import ProjectConfig, RouterConfig
-from ._environment import CredentialProvider, JobDataOffloadError, JobDataStore
+from ._environment import CredentialProvider
 from ._errors import (
     ConfigError,
     DockerUnavailableError,
@@ -22,6 +22,7 @@ from ._errors import (
     WorkerImageResolutionError,
     WorkerSpawnError,
 )
+from ._job_data import JobDataOffloadError, JobDataStore
 from ._jobs import ProjectDirectory, WorkerJob
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._redis_store import RedisJobDataStore

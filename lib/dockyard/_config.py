@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Self
 from dataclasses_json import DataClassJsonMixin
 
 from ._errors import ConfigError
-from ._jobs import is_valid_image_reference
+from ._naming import is_valid_image_reference
 
 __all__ = ["ProjectConfig", "RouterConfig"]
 

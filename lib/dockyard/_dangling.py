@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ._backend import EngineBackend
 from ._docker import is_conflict, is_not_found
-from ._jobs import LabelSchema
+from ._naming import LabelSchema
 from ._sentry import Reporter
 
 __all__ = ["DEFAULT_DANGLING_INTERVAL_S", "DanglingImageReaper"]

@@ -22,7 +22,6 @@ from docker.errors import DockerException, create_api_error_from_http_exception
 from requests.adapters import HTTPAdapter
 
 from ._docker_images import ImageCalls
-from ._environment import Secret, reveal
 from ._errors import (
     DockerUnavailableError,
     call_result,
@@ -36,6 +35,7 @@ from ._errors import (
     translate,
 )
 from ._exit_monitor import ExitMonitor, ExitWait, StreamIdle, decode_event, server_time_of
+from ._secrets import Secret, reveal
 
 __all__ = [
     "CallObserver",

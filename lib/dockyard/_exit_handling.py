@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -26,11 +25,14 @@ from typing import Any
 
 from ._backend import EngineBackend
 from ._docker import is_conflict, is_not_found, is_unreachable
+from ._listener import log_ids
 from ._loops import Activity, RetryPolicy
 from ._models import OutcomeStatus, WorkerOutcome
+from ._registry import WorkerRegistry
 from ._sentry import Reporter, WorkerExitError, WorkerTimeoutError
 from ._snapshots import SnapshotManager
-from ._tracker import TrackedWorker, WorkerRegistry, log_ids
+from ._times import parse_docker_time
+from ._tracker import TrackedWorker
 
 __all__ = [
     "ExitFacts",
@@ -39,7 +41,6 @@ __all__ = [
     "Lost",
     "TimeoutController",
     "await_exit",
-    "parse_docker_time",
 ]
 
 
@@ -56,22 +57,6 @@ class ExitFacts:
     error: str | None = None
     duration_s: float | None = None
     finished_at: datetime | None = None
-
-
-_FRACTION = re.compile(r"\.(\d+)")
-
-
-def parse_docker_time(value: object) -> datetime | None:
-    """Docker's RFC 3339 timestamps (nanoseconds, `Z`); None for the `0001-01-01` sentinel."""
-    if not isinstance(value, str) or not value or value.startswith("0001-01-01"):
-        return None
-    # Python takes at most microseconds: cut the nanoseconds, keep the zone after them.
-    text = _FRACTION.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), value.replace("Z", "+00:00"))
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def exit_facts(state: dict[str, Any]) -> ExitFacts:

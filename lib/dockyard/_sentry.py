@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import sentry_sdk
 
-from ._environment import Masker, SecretBook
+from ._secrets import Masker, SecretBook
 
 if TYPE_CHECKING:
     from sentry_sdk._types import Event

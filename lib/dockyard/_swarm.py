@@ -39,7 +39,6 @@ from ._docker import (
     create_recovering,
     look_up_made,
 )
-from ._environment import reveal
 from ._errors import (
     ConfigError,
     DockerUnavailableError,
@@ -48,9 +47,9 @@ from ._errors import (
     is_transient,
     is_unreachable,
 )
-from ._exit_handling import parse_docker_time
 from ._exit_monitor import ExitWait
 from ._registry_auth import RegistryAuth
+from ._secrets import reveal
 from ._swarm_tasks import (
     PRE_RUNNING,
     TERMINAL,
@@ -59,6 +58,7 @@ from ._swarm_tasks import (
     latest_task,
     task_state,
 )
+from ._times import parse_docker_time
 
 __all__ = ["SWARM_SERVICE_LABEL", "SwarmGateway"]
 

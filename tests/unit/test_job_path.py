@@ -22,7 +22,11 @@ from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, RecordingReporter
 
 PACKAGE = Path(dockyard.__file__).parent
 NOT_THE_PATH = {"testing.py"}
-MAX_MODULES_DEFAULT_JOB = 11  # the slot gate is a module of its own
+# Ten concerns (the facade, the launcher, jobs, environment, tracking, exit handling, the
+# gateway and its events stream, loops, metrics), split into modules of one concern each,
+# which adds eight: the job's names and labels, its spawn settings, its job data, its
+# secrets, the listener, the registry, the slots, Docker's timestamps.
+MAX_MODULES_DEFAULT_JOB = 18
 # Plus the snapshot registry, the commit's mechanics, the gateway's image calls, and the
 # typed errors (looking up the previous snapshot of the work item answers 404 the first time).
 MAX_MODULES_SNAPSHOT_JOB = MAX_MODULES_DEFAULT_JOB + 4
@@ -65,7 +69,7 @@ def run_one_job(config: RouterConfig, job: WorkerJob) -> set[str]:
     return seen
 
 
-def test_a_job_runs_through_at_most_eleven_modules() -> None:
+def test_a_job_runs_through_at_most_eighteen_modules() -> None:
     config = RouterConfig(worker_image=DEFAULT_IMAGE, router_instance_id="path")
     seen = run_one_job(config, WorkerJob("job-1", "build", {"x": 1}))
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from dockyard import NoWorkerSlotError
 from dockyard._errors import WorkerCancelledError
-from dockyard._fair_slots import SlotGate, SlotLease
+from dockyard._slots import SlotGate, SlotLease
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
