@@ -19,6 +19,7 @@ from ._errors import (
     DuplicateJobError,
     InvalidJobError,
     NoWorkerSlotError,
+    WorkerCancelledError,
     WorkerImageResolutionError,
     WorkerSpawnError,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "RouterConfig",
     "SnapshotMetadata",
     "SnapshotRegistry",
+    "WorkerCancelledError",
     "WorkerContainerLaunchConfig",
     "WorkerContainerLaunchContext",
     "WorkerContainerLauncherDependencies",

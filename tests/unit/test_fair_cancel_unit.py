@@ -15,11 +15,11 @@ from dockyard import (
     NoWorkerSlotError,
     ProjectConfig,
     RouterConfig,
+    WorkerCancelledError,
     WorkerJob,
     WorkerLifecycleListener,
     WorkerOutcome,
 )
-from dockyard._errors import WorkerCancelledError
 from dockyard._metrics import outcome_reason
 from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, RecordingReporter
 

@@ -11,8 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dockyard import NoWorkerSlotError
-from dockyard._errors import WorkerCancelledError
+from dockyard import NoWorkerSlotError, WorkerCancelledError
 from dockyard._slots import SlotGate, SlotLease
 
 
