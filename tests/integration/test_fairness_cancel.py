@@ -211,7 +211,11 @@ def test_many_running_workers_cancelled_from_one_thread(
 
     started_wall = time.time()
     started = time.monotonic()
-    assert all(manager.cancel_worker(job.id or "") for job in jobs)
+    slowest_call_s = 0.0
+    for job in jobs:
+        call_started = time.monotonic()
+        assert manager.cancel_worker(job.id or "") is True
+        slowest_call_s = max(slowest_call_s, time.monotonic() - call_started)
     cancel_calls_s = time.monotonic() - started
     listener.wait_for(lambda: len(listener.outcomes) == count, timeout=WAIT_S)
     ends = sorted(t - started for t in listener.finished_at.values())
@@ -221,13 +225,17 @@ def test_many_running_workers_cancelled_from_one_thread(
     dies, destroys = sorted(at["die"]), sorted(at["destroy"])
     print(
         f"\n{count} cancels from one thread, grace {grace:g}s: the calls took "
-        f"{cancel_calls_s:.3f}s; engine deaths {dies[0]:.2f}..{dies[-1]:.2f}s, removals "
+        f"{cancel_calls_s:.3f}s (slowest {slowest_call_s * 1000:.1f}ms); engine deaths "
+        f"{dies[0]:.2f}..{dies[-1]:.2f}s, removals "
         f"{destroys[0]:.2f}..{destroys[-1]:.2f}s; outcomes {ends[0]:.2f}s (first), "
         f"{ends[len(ends) // 2]:.2f}s (median), {ends[-1]:.2f}s (last)"
     )
     statuses = Counter(o.status for o in listener.outcomes.values())
     assert statuses == {"cancelled": count}
-    assert cancel_calls_s < 2.0, cancel_calls_s  # never a grace per call
+    # Never a grace per call: each returns as soon as its stop is handed to a timer thread
+    # (milliseconds, more on a loaded machine).
+    assert slowest_call_s < 0.5, slowest_call_s
+    assert cancel_calls_s < grace, cancel_calls_s
     assert len(dies) == count and len(destroys) == count
     # Every stop began at once: the engine's SIGKILLs all came after one grace, not one
     # grace after another; what follows the kill is the engine's teardown, and the last
