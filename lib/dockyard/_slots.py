@@ -192,10 +192,11 @@ class SlotGate:
         """Give back one slot held for `project`; the best waiter that can use one gets it."""
         with self._lock:
             self._in_use -= 1
-            record = self._projects[project]
-            record.in_use -= 1
-            self._dispatch()
-            self._sweep()
+            self._projects[project].in_use -= 1
+            if self._queued:
+                self._dispatch()
+            if len(self._projects) > self._sweep_at:
+                self._sweep()
 
     # -- internals, all under the lock --------------------------------------------------
 
