@@ -165,7 +165,7 @@ class SlotGate:
             return SlotLease(self, project)
         if waiter.cancelled:
             raise WorkerCancelledError(name or "", waiting=True)
-        raise self._refusal(waiter, cap, time.monotonic() - started)
+        raise self._refusal(waiter, time.monotonic() - started)
 
     def lease_over_capacity(self, project: str | None = None, cap: int | None = None) -> SlotLease:
         """A slot even when none is free, router- or project-wide (adopted workers already run)."""
@@ -269,18 +269,19 @@ class SlotGate:
         # Many busy projects: sweep again only once as many more came.
         self._sweep_at = max(_KEEP_PROJECTS, 2 * len(self._projects))
 
-    def _refusal(self, waiter: _Waiter, cap: int | None, waited_s: float) -> NoWorkerSlotError:
+    def _refusal(self, waiter: _Waiter, waited_s: float) -> NoWorkerSlotError:
+        """The timeout error: which limit kept the waiter out as it gave up."""
         with self._lock:
             record = self._projects.get(waiter.project)
-            project_full = record is not None and not record.has_room()
+            cap = record.cap if record is not None and not record.has_room() else None
             router_full = self._in_use >= self._capacity
         return NoWorkerSlotError(
             waiter.name or "",
             waited_s,
             self._capacity,
             project_id=waiter.project,
-            project_cap=cap if project_full else None,
-            router_full=router_full or not project_full,
+            project_cap=cap,
+            router_full=router_full or cap is None,
         )
 
 
