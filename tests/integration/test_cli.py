@@ -386,9 +386,11 @@ def test_parse_job_accepts_the_documented_shape():
                 "workItemId": 9,
                 "agentType": "a",
                 "command": ["sh", "-c", "true"],
+                "priority": -2,
             }
         )
     )
+    assert parsed.priority == -2
     assert parsed.id == "7" and parsed.work_item_id == "9" and parsed.project_id == "p"
     assert parsed.agent_type == "a" and list(parsed.command or []) == ["sh", "-c", "true"]
     assert parsed.data == {"k": [1]}
@@ -404,6 +406,8 @@ def test_parse_job_accepts_the_documented_shape():
         ('{"id": "a", "type": "t", "data": [1]}', '"data" must be a JSON object'),
         ('{"id": "a", "type": "t", "command": "true"}', '"command" must be a non-empty list'),
         ('{"id": "a", "type": "t", "command": []}', '"command" must be a non-empty list'),
+        ('{"id": "a", "type": "t", "priority": 1.5}', '"priority" must be an integer'),
+        ('{"id": "a", "type": "t", "priority": true}', '"priority" must be an integer'),
         ('{"id": "a", "type": "t", "data": {"x": NaN}}', "NaN is not a JSON number"),
         ('{"id": "a\\u0000", "type": "t"}', "NUL"),
         ('{"id": "\\ud800", "type": "t"}', "not valid Unicode"),
