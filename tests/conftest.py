@@ -55,7 +55,6 @@ import pytest
 from faultproxy import FaultProxy
 from images import TEST_IMAGE, ensure_test_images
 from support.engine import (
-    LABEL_PREFIX,
     LEAK_GRACE_S,
     ManagerFactory,
     docker_required,
@@ -271,9 +270,7 @@ def other_instance(instance_id: str, docker_client: docker.DockerClient) -> Iter
     """A second router instance id on the same engine; its containers are removed after."""
     other = f"{instance_id}-b"
     yield other
-    for container in docker_client.containers.list(
-        all=True, filters={"label": f"{LABEL_PREFIX}.router.instance={other}"}
-    ):
+    for container in instance_containers(docker_client, other):
         remove_container(container)  # 409 (auto-removal under way) and 404 are fine
 
 

@@ -21,12 +21,13 @@ from ._docker import ContainerSpec, is_conflict, is_missing_image
 from ._environment import with_snapshot_reuse
 from ._errors import DuplicateJobError, WorkerImageResolutionError, as_spawn_error
 from ._exit_handling import ExitWatcher, TimeoutController
-from ._images import ImagePuller
+from ._images import ImagePuller, is_image_id
 from ._jobs import JobIdentity, job_ids
 from ._listener import SafeListener, log_ids
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
 from ._naming import LabelSchema, WorkerLabels
+from ._pull_policy import ALWAYS, IF_NOT_PRESENT, NEVER
 from ._registry import WorkerRegistry
 from ._secrets import Masker, Secret
 from ._sentry import ExtraValue, Reporter
@@ -58,7 +59,8 @@ class WorkerContainerLaunchConfig:
     that snapshot image with `CASCADE_SNAPSHOT_REUSE=true` added, falling back to
     `base_image` (and `env` as is) if the snapshot image has vanished. `env` values are
     `Secret`s (plain strings are accepted too); neither `env` nor `masker` (what the log
-    tail hides) shows in a repr.
+    tail hides) shows in a repr. `pull_policy` says when the base image is pulled
+    (`if-not-present`, `always`, `never`; snapshot images are never pulled).
     """
 
     name: str
@@ -75,6 +77,7 @@ class WorkerContainerLaunchConfig:
     pids_limit: int | None = None
     no_new_privileges: bool = False
     masker: Masker = field(default_factory=lambda: Masker(frozenset()), repr=False)
+    pull_policy: str = IF_NOT_PRESENT
 
 
 @dataclass(frozen=True)
@@ -243,28 +246,19 @@ def _with_base_image_pull(
     reports: _SpawnReports,
 ) -> _Started:
     image = config.base_image
-    try:
-        return _create_and_start(config, context, image, config.env, deps)
-    except Exception as err:
-        if not is_missing_image(err):
-            raise
-    try:
-        deps.images.pull(image)
-    except Exception as pull_err:
-        reports.send(
-            pull_err,
-            "worker_image_pull_fallback",
-            imageName=image,
-            isCustomBase=config.project_image,
-        )
-        if config.project_image:
-            # Never run a project that configured its own image on another one.
-            failure = WorkerImageResolutionError(
-                f"project image {image!r} is missing and could not be pulled: {pull_err}"
-            )
-            reports.covered.append(failure)  # its cause is reported already
-            raise failure from pull_err
-        raise
+    if config.pull_policy == ALWAYS and not is_image_id(image):
+        _pull_base_image(config, deps, reports, always=True)
+    else:
+        try:
+            return _create_and_start(config, context, image, config.env, deps)
+        except Exception as err:
+            if not is_missing_image(err):
+                raise
+        if config.pull_policy == NEVER:
+            raise WorkerImageResolutionError(
+                f"image {image!r} is not on the engine and the image pull policy is 'never'"
+            ) from None
+        _pull_base_image(config, deps, reports, always=False)
     try:
         return _create_and_start(config, context, image, config.env, deps)
     except Exception as err:
@@ -274,6 +268,35 @@ def _with_base_image_pull(
         raise WorkerImageResolutionError(
             f"project image {image!r} is still missing after it was pulled"
         ) from err
+
+
+def _pull_base_image(
+    config: WorkerContainerLaunchConfig,
+    deps: WorkerContainerLauncherDependencies,
+    reports: _SpawnReports,
+    *,
+    always: bool,
+) -> None:
+    image = config.base_image
+    try:
+        if always:
+            deps.images.refresh(image)
+        else:
+            deps.images.pull(image)
+    except Exception as pull_err:
+        reports.send(
+            pull_err,
+            "worker_image_pull_fallback",
+            imageName=image,
+            isCustomBase=config.project_image,
+        )
+        if config.project_image:
+            # Never run a project that configured its own image on another one.
+            state = "could not be pulled" if always else "is missing and could not be pulled"
+            failure = WorkerImageResolutionError(f"project image {image!r} {state}: {pull_err}")
+            reports.covered.append(failure)  # its cause is reported already
+            raise failure from pull_err
+        raise
 
 
 def _create_and_start(
