@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from dataclasses import replace
 from types import TracebackType
@@ -147,8 +148,10 @@ class ContainerManager:
         self._listener = lifecycle_listener(listener, self._metrics, self._reporter)
         self._labels = LabelSchema(config.label_prefix)
         self._slots = SlotGate(config.max_workers)
-        # Job ids whose spawn was cancelled after it had its slot: cancelled once started.
-        self._cancels: set[str] = set()
+        # The runs (by their outcome future) cancelled while they spawned, out of the slot
+        # line: a run's spawn cancels its worker once it runs. Weak: a run that never
+        # looks (an adoption's) leaves nothing behind.
+        self._cancels: weakref.WeakSet[Future[WorkerOutcome]] = weakref.WeakSet()
         self._registry = WorkerRegistry(self._listener, config.outcome_history)
         self._offload = RedisOffloadStore(config.redis_url)
         self._env_sources = EnvSources(
@@ -267,6 +270,7 @@ class ContainerManager:
         check_job_data(fields, self._env_sources)
         name = container_name(self.config.container_name_prefix, fields.job_id)
         fields, name = self._reserve(fields, name)
+        run = self._registry.future(fields.job_id)  # this run's: what a cancel marks
         lease: SlotLease | None = None
         try:
             timeout = self.config.slot_wait_timeout_s if slot_timeout is None else slot_timeout
@@ -283,7 +287,7 @@ class ContainerManager:
                 self._metrics.slot_wait(time.perf_counter() - waited, acquired=False)
                 raise
             self._metrics.slot_wait(time.perf_counter() - waited, acquired=True)
-            if fields.job_id in self._cancels:  # cancelled just as the slot came
+            if run in self._cancels:  # cancelled just as the slot came
                 raise WorkerCancelledError(fields.job_id, waiting=True)
             env = build_worker_env(
                 fields, self._env_sources, snapshot_enabled=settings.snapshot_enabled
@@ -337,13 +341,13 @@ class ContainerManager:
                 launch_worker_container, launch, context, self._launcher
             )
         except BaseException:
-            self._cancels.discard(fields.job_id)
+            self._cancels.discard(run)
             self._abandon_spawn(fields.job_id, lease)
             raise
         try:
             worker = future.result()
         except BaseException as err:
-            self._cancels.discard(fields.job_id)
+            self._cancels.discard(run)
             if isinstance(err, Exception):
                 self._metrics.spawn_failed(err)
             # Failed, or interrupted (the launch may still succeed): the slot goes back only
@@ -353,8 +357,8 @@ class ContainerManager:
             )
             raise
         self._metrics.spawn_latency(time.perf_counter() - submitted)
-        if fields.job_id in self._cancels:  # cancelled while it launched
-            self._cancels.discard(fields.job_id)
+        if run in self._cancels:  # cancelled while it launched
+            self._cancels.discard(run)
             self._cancel_started(fields.job_id)
         return worker
 
@@ -432,16 +436,22 @@ class ContainerManager:
         if tracked is None:
             if job_id not in self._registry.tracked_job_ids():
                 return False
+            try:
+                run = self._registry.future(job_id)
+            except KeyError:
+                return False
+            if run.done():
+                return False  # ended just now
             # Spawning, not in the slot line: the spawn looks at this mark once it has its
             # slot and once its worker runs. It may have joined the line or registered just
             # now: then the line or the worker is cancelled here (twice does no harm).
-            self._cancels.add(job_id)
+            self._cancels.add(run)
             if self._slots.cancel(job_id):
                 return True
             tracked = self._registry.get(job_id)
             if tracked is None:
                 return True
-            self._cancels.discard(job_id)
+            self._cancels.discard(run)
         return self._timeouts.cancel(tracked)
 
     def _cancel_started(self, job_id: str) -> None:
