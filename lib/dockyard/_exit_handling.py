@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -413,6 +414,13 @@ class TimeoutController:
     kill_policy: RetryPolicy
     _closing: threading.Event = field(default_factory=threading.Event, init=False)
     _busy: Activity = field(default_factory=Activity, init=False)  # timers inside their function
+    # Cancels queued for one thread that starts their timers: a caller never waits for a
+    # thread to start (slow on a loaded machine), only for a queue put.
+    _cancels: queue.SimpleQueue[TrackedWorker | None] = field(
+        default_factory=queue.SimpleQueue, init=False
+    )
+    _canceller: threading.Thread | None = field(default=None, init=False)
+    _canceller_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def arm(self, tracked: TrackedWorker, delay_s: float) -> None:
         self._schedule(tracked, delay_s, "timeout", self._expire)
@@ -420,6 +428,11 @@ class TimeoutController:
     def close(self) -> None:
         """No timer acts any more; waits for those already inside their function."""
         self._closing.set()
+        with self._canceller_lock:
+            canceller = self._canceller
+        if canceller is not None:
+            self._cancels.put(None)
+            canceller.join()
         self._busy.close()
 
     def _schedule(
@@ -491,8 +504,20 @@ class TimeoutController:
             kill_log.info("cancelling worker", extra={"job_id": tracked.job_id})
         elif not tracked.may_stop():
             return False
-        self._schedule(tracked, 0.0, "cancel", self._kill_until_stopped)
+        with self._canceller_lock:
+            if self._closing.is_set():
+                return True  # closing: the worker is detached, its container left running
+            if self._canceller is None:
+                self._canceller = threading.Thread(
+                    target=self._start_cancels, name="dockyard-cancel", daemon=True
+                )
+                self._canceller.start()
+        self._cancels.put(tracked)
         return True
+
+    def _start_cancels(self) -> None:
+        while (tracked := self._cancels.get()) is not None:
+            self._schedule(tracked, 0.0, "cancel", self._kill_until_stopped)
 
     def _kill_until_stopped(self, tracked: TrackedWorker) -> None:
         """Stop, else kill; again after each back-off while the worker runs."""
