@@ -403,7 +403,8 @@ class TimeoutController:
     """Arms per-worker timers; on expiry reports and stops the container.
 
     The kill path only marks the worker and stops its container: the exit that follows is
-    handled by the exit watcher, which turns it into the single `timed_out` outcome. A
+    handled by the exit watcher, which turns it into the single `timed_out` outcome (or
+    `cancelled`, for `cancel`). A
     failing stop is retried under `kill_policy` (at least as long as a broken wait is), its
     back-offs end as soon as the worker exits or is detached.
     """
@@ -517,7 +518,13 @@ class TimeoutController:
 
     def _start_cancels(self) -> None:
         while (tracked := self._cancels.get()) is not None:
-            self._schedule(tracked, 0.0, "cancel", self._kill_until_stopped)
+            try:
+                self._schedule(tracked, 0.0, "cancel", self._kill_until_stopped)
+            except Exception as err:  # no thread to be had: the next cancel may get one
+                kill_log.warning(
+                    "could not start stopping a cancelled worker (no thread); cancel it again",
+                    extra=log_ids(tracked.worker, error=str(err)),
+                )
 
     def _kill_until_stopped(self, tracked: TrackedWorker) -> None:
         """Stop, else kill; again after each back-off while the worker runs."""
