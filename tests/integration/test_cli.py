@@ -375,6 +375,31 @@ def test_ctrl_c_twice_cancels_the_running_jobs(tmp_path, instance_id, test_image
     assert [c.name for c in left if tag in c.name] == []
 
 
+def test_a_full_project_does_not_hold_up_the_batch(tmp_path, instance_id, test_image):
+    tag = uuid.uuid4().hex[:6]
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        job(f"a1-{tag}", "sleep 4", projectId="A"),
+        job(f"a2-{tag}", "true", projectId="A"),
+        job(f"a3-{tag}", "true", projectId="A"),
+        job(f"b1-{tag}", "true", projectId="B"),
+    )
+    result = run_jobs(
+        jobs,
+        test_image,
+        instance_id,
+        "--max-workers",
+        "2",
+        env=run_env(MAX_WORKERS_PER_PROJECT="1"),
+    )
+    assert result.returncode == 0, result.stderr
+    words = [line.split() for line in result.stderr.splitlines()]
+    names = [w[w.index("started") + 1] for w in words if "started" in w]
+    assert len(names) == 4, result.stderr
+    # b1 comes after A's three in the file, yet starts while a1 holds A's only slot.
+    assert names.index(f"b1-{tag}") < names.index(f"a2-{tag}"), result.stderr
+
+
 def test_parse_job_accepts_the_documented_shape():
     parsed = parse_job(
         json.dumps(
