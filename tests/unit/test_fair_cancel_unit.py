@@ -244,6 +244,26 @@ def test_a_worker_that_exited_first_keeps_its_outcome(rigs: Callable[..., Rig]) 
     assert outcome.status == "failed"
 
 
+def test_an_exit_while_the_cancel_is_under_way_stays_cancelled(rigs: Callable[..., Rig]) -> None:
+    rig = rigs()
+    rig.api.stop_exits = False
+    exited = threading.Event()
+
+    def exit_during_stop(container_id: str) -> None:
+        rig.api.exit(container_id, 1)  # a failure exit that lands inside the stop
+        exited.set()
+
+    rig.api.before_stop = exit_during_stop
+    rig.manager.spawn_worker(job("j"))
+    assert rig.manager.cancel_worker("j") is True
+    outcome = rig.manager.wait_for_worker("j", timeout=5)
+    assert exited.is_set()
+    assert (outcome.status, outcome.exit_code) == ("cancelled", 1)
+    assert rig.reporter.reports == []  # not a worker_exit failure either
+    time.sleep(0.1)
+    assert [o.status for o in rig.listener.outcomes] == ["cancelled"]
+
+
 def test_cancel_after_a_timeout_kill_stays_timed_out(rigs: Callable[..., Rig]) -> None:
     rig = rigs()
     rig.api.stop_exits = False
