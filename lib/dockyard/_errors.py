@@ -2,7 +2,8 @@
 
 `translate` turns what escapes a docker-py call into a typed error: an engine that does not
 answer becomes `DockerUnavailableError`, an engine that says no an `EngineError` (with
-`EngineNotFoundError` and `EngineConflictError` for the answers callers branch on). The
+`EngineNotFoundError` and `EngineConflictError` for the answers callers branch on, and
+`EngineImageHasChildrenError` for the conflict of removing an image that is another's parent). The
 gateway's `EngineCalls.run` applies it to every call. The predicates below understand both
 these and the raw docker-py errors.
 """
@@ -19,6 +20,7 @@ __all__ = [
     "DuplicateJobError",
     "EngineConflictError",
     "EngineError",
+    "EngineImageHasChildrenError",
     "EngineNotFoundError",
     "EngineTimeoutError",
     "ForkedManagerError",
@@ -30,6 +32,7 @@ __all__ = [
     "as_spawn_error",
     "call_result",
     "is_conflict",
+    "is_image_with_children",
     "is_missing_image",
     "is_not_found",
     "is_timeout",
@@ -203,6 +206,17 @@ class EngineConflictError(EngineError):
     """409: a name in use, or a removal already under way."""
 
 
+class EngineImageHasChildrenError(EngineConflictError):
+    """409 on an image removal: the image is the parent of another image, so it cannot be
+    removed (not even forced) before its children are. Not "in use": no container holds it,
+    and retrying changes nothing while the children stay."""
+
+
+# The engine's words for an image that is another image's parent (Docker: "conflict:
+# unable to delete ... (cannot be forced) - image has dependent child images").
+_IMAGE_HAS_CHILDREN = "dependent child images"
+
+
 class EngineTimeoutError(DockerUnavailableError, TimeoutError):
     """The engine took longer than the call's timeout to answer."""
 
@@ -217,6 +231,8 @@ def translate(operation: str, err: BaseException) -> BaseException:
         if status in _UNAVAILABLE_STATUSES:
             return DockerUnavailableError(f"Docker {operation}: engine unavailable ({status})")
         cls = {404: EngineNotFoundError, 409: EngineConflictError}.get(status or 0, EngineError)
+        if status == 409 and _IMAGE_HAS_CHILDREN in explanation.lower():
+            cls = EngineImageHasChildrenError
         return cls(operation, status, explanation)
     if isinstance(err, _TIMEOUT_ERRORS):
         return EngineTimeoutError(f"Docker {operation}: no answer in time")
@@ -300,6 +316,11 @@ def is_not_found(err: BaseException) -> bool:
 
 def is_conflict(err: BaseException) -> bool:
     return _status(err) == 409
+
+
+def is_image_with_children(err: BaseException) -> bool:
+    """True when an image removal was refused because other images have it as parent."""
+    return isinstance(translate("call", err), EngineImageHasChildrenError)
 
 
 def is_missing_image(err: BaseException) -> bool:

@@ -87,7 +87,7 @@ DOCKER_OPERATIONS: tuple[str, ...] = (
     "create", "start", "open_wait", "events", "inspect", "logs_tail", "stop", "kill",
     "remove", "wait_removed", "list_containers",
     "pull", "commit", "tag", "image_inspect", "list_images", "image_history",
-    "load_image_archive", "remove_image",
+    "load_image_archive", "remove_image", "import_container_filesystem",
 )  # fmt: skip
 """`operation` of the engine-call series on the Docker backend (containers and images)."""
 

@@ -558,6 +558,9 @@ class SwarmGateway(ObservedEngine):
     def load_image_archive(self, archive: bytes, reference: str) -> None:
         self.engine.load_image_archive(archive, reference)
 
+    def import_container_filesystem(self, container_id: str, changes: Sequence[str]) -> str:
+        raise ConfigError("backend", "snapshots are not available with backend 'swarm'")
+
     def remove_image(self, image: str) -> None:
         self.engine.remove_image(image)
 

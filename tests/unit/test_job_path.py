@@ -29,9 +29,10 @@ NOT_THE_PATH = {"testing.py", "_fork.py"}
 # which adds eight: the job's names and labels, its spawn settings, its job data, its
 # secrets, the listener, the registry, the slots, Docker's timestamps.
 MAX_MODULES_DEFAULT_JOB = 18
-# Plus the snapshot registry, the commit's mechanics, the gateway's image calls, and the
-# typed errors (looking up the previous snapshot of the work item answers 404 the first time).
-MAX_MODULES_SNAPSHOT_JOB = MAX_MODULES_DEFAULT_JOB + 4
+# Plus the snapshot registry, the commit's mechanics, the gateway's image calls, the
+# typed errors (looking up the previous snapshot of the work item answers 404 the first time),
+# and the flatten module's layer count that decides whether the commit is written flattened.
+MAX_MODULES_SNAPSHOT_JOB = MAX_MODULES_DEFAULT_JOB + 5
 
 
 @contextmanager
