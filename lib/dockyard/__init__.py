@@ -21,6 +21,7 @@ from ._errors import (
     ForkedManagerError,
     InvalidJobError,
     NoWorkerSlotError,
+    WorkerCancelledError,
     WorkerImageResolutionError,
     WorkerSpawnError,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "RouterConfig",
     "SnapshotMetadata",
     "SnapshotRegistry",
+    "WorkerCancelledError",
     "WorkerContainerLaunchConfig",
     "WorkerContainerLaunchContext",
     "WorkerContainerLauncherDependencies",
