@@ -22,6 +22,7 @@ from ._errors import (
     ForkedManagerError,
     InvalidJobError,
     NoWorkerSlotError,
+    WorkerCancelledError,
     WorkerImageResolutionError,
     WorkerSpawnError,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "SnapshotMetadata",
     "SnapshotRegistry",
     "Ulimit",
+    "WorkerCancelledError",
     "WorkerContainerLaunchConfig",
     "WorkerContainerLaunchContext",
     "WorkerContainerLauncherDependencies",

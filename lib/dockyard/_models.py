@@ -12,7 +12,7 @@ from ._container_settings import ContainerSettings
 
 __all__ = ["ActiveWorker", "OutcomeStatus", "WorkerLifecycleListener", "WorkerOutcome"]
 
-OutcomeStatus = Literal["succeeded", "failed", "timed_out", "lost"]
+OutcomeStatus = Literal["succeeded", "failed", "timed_out", "lost", "cancelled"]
 
 BOOT_FAILURE_EXIT_CODE = 2
 
@@ -47,8 +47,9 @@ class WorkerOutcome(DataClassJsonMixin):
     """How a started worker ended; every started worker gets exactly one.
 
     `status` is ``"succeeded"`` (exit 0), ``"failed"`` (non-zero exit), ``"timed_out"``
-    (killed at its deadline or by `kill_worker`) or ``"lost"`` (the container vanished or the
-    engine stayed unreachable). Fields the engine could not tell are ``None``.
+    (killed at its deadline or by `kill_worker`), ``"cancelled"`` (stopped by
+    `cancel_worker`) or ``"lost"`` (the container vanished or the engine stayed
+    unreachable). Fields the engine could not tell are ``None``.
     """
 
     job_id: str
@@ -70,6 +71,9 @@ class WorkerOutcome(DataClassJsonMixin):
             head = "Worker lost" + (f": {self.error}" if self.error else "")
         elif self.status == "timed_out" and self.exit_code is None:
             head = "Worker timed out"
+        elif self.status == "cancelled":
+            code = "" if self.exit_code is None else f" (exit code {self.exit_code})"
+            head = f"Worker cancelled{code}"
         elif self.exit_code is None:
             head = "Worker exited"
         elif self.status == "timed_out":

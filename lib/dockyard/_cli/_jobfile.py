@@ -16,7 +16,17 @@ from .._jobs import WorkerJob, resolve_job_fields
 from .._swarm_settings import check_swarm_expressible
 from ._exits import UsageError
 
-_JOB_KEYS = ("id", "type", "data", "projectId", "workItemId", "agentType", "command", "container")
+_JOB_KEYS = (
+    "id",
+    "type",
+    "data",
+    "projectId",
+    "workItemId",
+    "agentType",
+    "command",
+    "priority",
+    "container",
+)
 
 
 def check_job_for(config: RouterConfig, job: WorkerJob) -> None:
@@ -68,8 +78,9 @@ def load_jobs(path: Path, check: Callable[[WorkerJob], None] | None = None) -> l
 
 def parse_job(line: str) -> WorkerJob:
     """One job line: `{"id", "type", "data"?, "projectId"?, "workItemId"?, "agentType"?,
-    "command"?, "container"?}` (`container`: the job's container settings, the fields of
-    `ContainerSettings`). Raises `InvalidJobError` (a `ValueError`) naming the problem."""
+    "command"?, "priority"?, "container"?}` (`container`: the job's container settings, the
+    fields of `ContainerSettings`). Raises `InvalidJobError` (a `ValueError`) naming the
+    problem."""
     try:
         obj = json.loads(line, parse_constant=_reject_constant)
     except json.JSONDecodeError as err:
@@ -98,6 +109,9 @@ def parse_job(line: str) -> WorkerJob:
         or not all(isinstance(arg, str) for arg in command)
     ):
         raise InvalidJobError('"command" must be a non-empty list of strings')
+    priority = obj.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidJobError('"priority" must be an integer')
     job = WorkerJob(
         id=job_id,
         type=job_type,
@@ -106,6 +120,7 @@ def parse_job(line: str) -> WorkerJob:
         work_item_id=_id_value(obj, "workItemId"),
         agent_type=agent_type,
         command=tuple(command) if command is not None else None,
+        priority=priority,
         container=_container(obj.get("container")),
     )
     fields = resolve_job_fields(job, None)  # the library's own checks: NUL, bad Unicode
