@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 
 from ._config import ProjectConfig, RouterConfig
-from ._environment import CredentialProvider, JobDataOffloadError, JobDataStore
+from ._environment import CredentialProvider, JobDataStore
 from ._errors import (
     ConfigError,
     DockerUnavailableError,
     DockyardError,
     DuplicateJobError,
     InvalidJobError,
+    JobDataOffloadError,
     NoWorkerSlotError,
     WorkerImageResolutionError,
     WorkerSpawnError,

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from ._backend import EngineBackend
-from ._docker import is_conflict, is_not_found
+from ._errors import EngineConflictError, EngineNotFoundError
 from ._jobs import LabelSchema
 from ._sentry import Reporter
 
@@ -57,11 +57,11 @@ class DanglingImageReaper:
         for image_id in images:
             try:
                 self.docker.remove_image(image_id)
-            except Exception as err:
-                if is_conflict(err) or is_not_found(err):
-                    # In use (a container still runs from it) or gone already: next pass.
-                    log.debug("dangling image left for now", extra={"image_id": image_id})
-                    continue
+            except (EngineConflictError, EngineNotFoundError):
+                # In use (a container still runs from it) or gone already: next pass.
+                log.debug("dangling image left for now", extra={"image_id": image_id})
+                continue
+            except Exception as err:  # a background pass never raises: report, move on
                 log.warning(
                     "could not remove a dangling image",
                     extra={"image_id": image_id, "error": str(err)},

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import docker
@@ -24,18 +25,20 @@ from requests.adapters import HTTPAdapter
 from ._docker_images import ImageCalls
 from ._environment import Secret, reveal
 from ._errors import (
+    TRANSIENT_ERRORS,
     DockerUnavailableError,
-    call_result,
-    is_conflict,
-    is_missing_image,
-    is_not_found,
-    is_timeout,
-    is_transient,
-    is_unreachable,
+    DockyardError,
+    EngineConflictError,
+    EngineNotFoundError,
+    EngineTimeoutError,
+    EngineUnreachableError,
+    RetriesExhaustedError,
+    StreamIdle,
     result_of,
     translate,
 )
-from ._exit_monitor import ExitMonitor, ExitWait, StreamIdle, decode_event, server_time_of
+from ._exit_monitor import ExitMonitor, ExitWait, decode_event, server_time_of
+from ._retry import RetryPolicy, RetryState, call_with_retry
 
 __all__ = [
     "CallObserver",
@@ -44,12 +47,7 @@ __all__ = [
     "EngineCalls",
     "ExitWait",
     "ObservedEngine",
-    "call_result",
     "create_recovering",
-    "is_conflict",
-    "is_missing_image",
-    "is_not_found",
-    "is_unreachable",
     "look_up_made",
 ]
 
@@ -68,11 +66,14 @@ _CONNECT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 DEFAULT_HEARTBEAT_S = 2.0  # idle read timeout of the events stream; bounds `close()`
-_CREATE_RETRY_PAUSE_S = 0.2
-_CREATED_LOOKUP_S = 3.0  # how long a create in progress may take to become visible
-_CREATED_LOOKUP_PAUSE_S = 0.1
-_REMOVE_ATTEMPTS = 3
-_REMOVE_RETRY_PAUSE_S = 0.2
+# A create that got no answer: once more, after a pause that lets one that went through finish.
+CREATE_RETRY = RetryPolicy(retry_on=(EngineUnreachableError,), attempts=1, first_delay_s=0.2)
+# A create in progress may take this long to become visible; blips are looked through.
+LOOK_UP_RETRY = RetryPolicy(
+    retry_on=TRANSIENT_ERRORS, window_s=3.0, first_delay_s=0.1, max_delay_s=0.1
+)
+# Removal is idempotent: two more tries after 0.2 s and 0.4 s.
+REMOVE_RETRY = RetryPolicy(retry_on=TRANSIENT_ERRORS, attempts=2, first_delay_s=0.2)
 _STOPPED = {"StatusCode": None, "Error": None}
 
 
@@ -151,7 +152,10 @@ class _ResponseEvents:
         except requests.exceptions.ConnectionError as err:
             if err.args and isinstance(err.args[0], urllib3.exceptions.ReadTimeoutError):
                 raise StreamIdle() from err
-            raise
+            raise translate("events", err) from err
+        except (requests.exceptions.RequestException, DockerException) as err:
+            # Read outside `EngineCalls.run`: the same table types what breaks the stream.
+            raise translate("events", err) from err
 
     def interrupt(self) -> None:
         # urllib3's public `shutdown()` wakes a read blocked in another thread; where the
@@ -189,6 +193,7 @@ class DockerGateway(ObservedEngine, ImageCalls):
         self._event_labels = list(event_labels)
         self.calls = EngineCalls(observer)
         self._closed = False
+        self._stopping = threading.Event()  # set by close(): retries stop waiting
         self._exits = ExitMonitor(self._open_events, connect_timeout_s=max(1.0, timeout_s))
 
     @classmethod
@@ -259,6 +264,7 @@ class DockerGateway(ObservedEngine, ImageCalls):
         if self._closed:
             return
         self._closed = True
+        self._stopping.set()
         self._exits.close(join_s=self._heartbeat_s + max(1.0, self._timeout_s / 10))
         if self.owns_clients:
             self.api.close()
@@ -289,11 +295,7 @@ class DockerGateway(ObservedEngine, ImageCalls):
         removed on the way out.
         """
         return create_recovering(
-            spec.name,
-            lambda: self._create_once(spec),
-            lambda: self._created_for(spec),
-            self.remove,
-            retry_if=lambda err: isinstance(err, DockerUnavailableError),
+            spec.name, lambda: self._create_once(spec), lambda: self._created_for(spec), self.remove
         )
 
     def _created_for(self, spec: ContainerSpec) -> str | None:
@@ -425,23 +427,25 @@ class DockerGateway(ObservedEngine, ImageCalls):
         self._run("kill", lambda: self.api.kill(container_id))
 
     def remove(self, container_id: str, *, force: bool = True) -> None:
-        """Remove a container, retrying briefly on engine errors (removal is idempotent).
+        """Remove a container, retrying briefly on engine blips (removal is idempotent).
 
         404 (already gone) and 409 (removal under way) are raised at once for the caller
         to judge; a container left behind by a blip would otherwise leak until a scan.
+        Running out raises the last blip's error.
         """
-        for attempt in range(_REMOVE_ATTEMPTS):
-            try:
-                self._run("remove", lambda: self.api.remove_container(container_id, force=force))
-                return
-            except Exception as err:
-                if not is_transient(err) or attempt + 1 >= _REMOVE_ATTEMPTS or self._closed:
-                    raise
-                log.info(
-                    "removing a container failed; retrying",
-                    extra={"container_id": container_id[:12], "error": str(err)},
-                )
-                time.sleep(_REMOVE_RETRY_PAUSE_S * (attempt + 1))
+
+        def remove() -> None:
+            self._run("remove", lambda: self.api.remove_container(container_id, force=force))
+
+        def retrying(err: BaseException, _: RetryState) -> None:
+            log.info(
+                "removing a container failed; retrying",
+                extra={"container_id": container_id[:12], "error": str(err)},
+            )
+
+        call_with_retry(
+            REMOVE_RETRY, remove, stop=self._stopping, on_retry=retrying, raise_last=True
+        )
 
     def list_containers(self, labels: Sequence[str], *, all: bool = True) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._run(
@@ -455,41 +459,38 @@ def create_recovering(
     create_once: Callable[[], str],
     created_for: Callable[[], str | None],
     remove: Callable[[str], None],
-    *,
-    retry_if: Callable[[BaseException], bool],
 ) -> str:
     """Create, recovering from a create whose answer got lost; the id of what was made.
 
     A create that timed out may still have made its object: `created_for` finds it (it
     matches this launch's labels) and its id is the answer; there is no retry, the time
-    budget is spent. A create that got no answer (`retry_if`) is retried once; the retry's
-    409 with that object is resolved the same way. When the retry fails otherwise, an
-    object the first attempt made is removed: it must not outlive the failed launch.
+    budget is spent. A create that got no answer at all is retried once (`CREATE_RETRY`);
+    the retry's 409 with that object is resolved the same way. When the retry fails
+    otherwise, an object the first attempt made is removed: it must not outlive the
+    failed launch.
     """
     try:
         return create_once()
-    except Exception as err:
-        if is_timeout(err):
-            found = created_for()
-            if found is None:
-                raise
-            log.info(
-                "a create that timed out went through; using what it made",
-                extra={"container_name": name, "container_id": found[:12]},
-            )
-            return found
-        if not retry_if(err):
+    except EngineTimeoutError:
+        found = created_for()
+        if found is None:
             raise
+        log.info(
+            "a create that timed out went through; using what it made",
+            extra={"container_name": name, "container_id": found[:12]},
+        )
+        return found
+    except CREATE_RETRY.retry_on as err:
         log.warning(
             "create got no answer; retrying once",
             extra={"container_name": name, "error": str(err)},
         )
-        time.sleep(_CREATE_RETRY_PAUSE_S)  # let a create that went through finish
+        CREATE_RETRY.begin().increment(err).sleep()  # let a create that went through finish
     try:
         return create_once()
-    except Exception as err:
+    except DockyardError as err:
         leftover = created_for()
-        if leftover is not None and is_conflict(err):
+        if leftover is not None and isinstance(err, EngineConflictError):
             log.info(
                 "the unanswered create went through; using what it made",
                 extra={"container_name": name, "container_id": leftover[:12]},
@@ -498,7 +499,7 @@ def create_recovering(
         if leftover is not None:
             try:
                 remove(leftover)
-            except Exception:
+            except DockyardError:
                 log.warning(
                     "could not remove what a failed create made; the orphan scan will",
                     extra={"container_name": name, "container_id": leftover[:12]},
@@ -511,19 +512,18 @@ def look_up_made(
 ) -> dict[str, Any] | None:
     """What `inspect` says of an object a lost create may have made; None when unknown.
 
-    An engine blip is looked through for a while, and so is a 404 when `not_yet_visible`
-    (the engine reserves a container's name before it can be inspected). After that the
-    answer is unknown, and the orphan scan deals with whatever is left.
+    An engine blip is looked through for a while (`LOOK_UP_RETRY`), and so is a 404 when
+    `not_yet_visible` (the engine reserves a container's name before it can be
+    inspected). After that the answer is unknown, and the orphan scan deals with whatever
+    is left.
     """
-    deadline = time.monotonic() + _CREATED_LOOKUP_S
-    while True:
-        try:
-            return inspect()
-        except Exception as err:
-            transient = is_transient(err) or (not_yet_visible and is_not_found(err))
-            if not transient or time.monotonic() >= deadline:
-                return None
-            time.sleep(_CREATED_LOOKUP_PAUSE_S)
+    policy = LOOK_UP_RETRY
+    if not_yet_visible:
+        policy = replace(policy, retry_on=(*policy.retry_on, EngineNotFoundError))
+    try:
+        return call_with_retry(policy, inspect)
+    except (RetriesExhaustedError, DockyardError):
+        return None
 
 
 def _raise_for_status(response: requests.Response) -> None:

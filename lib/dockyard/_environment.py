@@ -24,7 +24,7 @@ from urllib.parse import quote, quote_plus
 from cachetools import LRUCache
 
 from ._config import RouterConfig
-from ._errors import DockyardError, InvalidJobError
+from ._errors import InvalidJobError, JobDataOffloadError
 from ._jobs import JobFields
 from ._redis_store import DEFAULT_KEY_PREFIX, DEFAULT_TTL_S, RedisJobDataStore
 
@@ -36,7 +36,6 @@ __all__ = [
     "MASK",
     "SCRUBBED_ENV_KEYS",
     "CredentialProvider",
-    "JobDataOffloadError",
     "JobDataStore",
     "Masker",
     "RedisOffloadStore",
@@ -229,10 +228,6 @@ class JobDataStore(Protocol):
     def put(self, job_id: str, payload: bytes) -> str:
         """Store a job's payload; returns the key the worker reads it back with."""
         ...
-
-
-class JobDataOffloadError(DockyardError):
-    """The job data could not be written to the job data store; no container was made."""
 
 
 class RedisOffloadStore:

@@ -25,10 +25,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ._backend import EngineBackend
-from ._docker import is_conflict, is_not_found, is_unreachable
-from ._loops import Activity, RetryPolicy
+from ._errors import (
+    DockerUnavailableError,
+    DockyardError,
+    EngineConflictError,
+    EngineNotFoundError,
+    RetriesExhaustedError,
+    WaitFailedError,
+    WorkerExitError,
+    WorkerTimeoutError,
+)
+from ._loops import Activity
 from ._models import OutcomeStatus, WorkerOutcome
-from ._sentry import Reporter, WorkerExitError, WorkerTimeoutError
+from ._retry import RetryPolicy, RetryState, call_with_retry
+from ._sentry import Reporter
 from ._snapshots import SnapshotManager
 from ._tracker import TrackedWorker, WorkerRegistry, log_ids
 
@@ -228,17 +238,15 @@ class ExitWatcher:
         """The exited container's inspect data; None (with a warning) when it failed."""
         try:
             return self.docker.inspect(tracked.worker.container_id)
-        except Exception as err:
-            worker_id = tracked.job_id
-            if is_not_found(err):  # expected with AutoRemove: the engine was quicker
-                log.debug("container gone before the exit inspect", extra={"job_id": worker_id})
-            else:
-                log.warning(
-                    "could not inspect an exited worker; its outcome lacks OOM and duration "
-                    "details (check that the Docker engine is healthy)",
-                    extra={"job_id": tracked.job_id, "error": str(err)},
-                )
-            return None
+        except EngineNotFoundError:  # expected with AutoRemove: the engine was quicker
+            log.debug("container gone before the exit inspect", extra={"job_id": tracked.job_id})
+        except DockyardError as err:
+            log.warning(
+                "could not inspect an exited worker; its outcome lacks OOM and duration "
+                "details (check that the Docker engine is healthy)",
+                extra={"job_id": tracked.job_id, "error": str(err)},
+            )
+        return None
 
     def _log_tail(self, tracked: TrackedWorker) -> None:
         # The engine refuses the logs of a container it is auto-removing (409/404), and a
@@ -247,7 +255,7 @@ class ExitWatcher:
             return
         try:
             tail = self.docker.logs_tail(tracked.worker.container_id, self.log_tail_lines)
-        except Exception:
+        except DockyardError:  # a tail is best effort: a gone container has none
             log.debug("no logs for worker", extra={"job_id": tracked.job_id}, exc_info=True)
             return
         tail = tracked.masker.mask(tail)
@@ -266,35 +274,35 @@ class ExitWatcher:
         # meet 409/404. Removing it ourselves is the fallback when that does not happen.
         if tracked.auto_remove and self._await_removal(tracked):
             return
+
         # An engine restarting must not leave the container behind: retry as long as a
         # broken wait would be retried.
-        retry = self.wait_policy.begin(tracked.ended)
-        while True:
-            try:
-                self.docker.remove(container_id, force=True)
-                return
-            except Exception as err:
-                if is_not_found(err):
-                    return
-                if is_conflict(err):  # 409: the engine's own auto-removal is under way
-                    break
-                if is_unreachable(err) and retry.sleep():
-                    continue
-                log.warning(
-                    "could not remove a finished worker container; the orphan scan removes "
-                    "it later (check that the Docker engine is healthy)",
-                    extra=log_ids(tracked.worker),
-                )
-                return
+        policy = replace(self.wait_policy, retry_on=(DockerUnavailableError,))
+        try:
+            call_with_retry(
+                policy, lambda: self.docker.remove(container_id, force=True), stop=tracked.ended
+            )
+            return
+        except EngineNotFoundError:
+            return
+        except EngineConflictError:  # 409: the engine's own auto-removal is under way
+            pass
+        except (RetriesExhaustedError, DockyardError):
+            log.warning(
+                "could not remove a finished worker container; the orphan scan removes "
+                "it later (check that the Docker engine is healthy)",
+                extra=log_ids(tracked.worker),
+            )
+            return
         self._await_removal(tracked)
 
     def _await_removal(self, tracked: TrackedWorker) -> bool:
         """Wait until the engine has removed the container; False when that is not known."""
         try:
             self.docker.wait_removed(tracked.worker.container_id, _REMOVAL_WAIT_S)
-        except Exception as err:
-            if is_not_found(err):
-                return True  # gone already
+        except EngineNotFoundError:
+            return True  # gone already
+        except DockyardError:
             log.debug(
                 "waiting for auto-removal ended", extra={"job_id": tracked.job_id}, exc_info=True
             )
@@ -340,10 +348,6 @@ class Lost:
     error: BaseException
 
 
-class _WaitFailed(Exception):
-    """The engine answered a wait with an error instead of an exit."""
-
-
 def await_exit(docker: EngineBackend, tracked: TrackedWorker, policy: RetryPolicy) -> Exited | Lost:
     """Wait, riding out broken streams and engine blips; see the spec's wait-error rule.
 
@@ -353,8 +357,9 @@ def await_exit(docker: EngineBackend, tracked: TrackedWorker, policy: RetryPolic
     at once (`_MAX_WAIT_RESUMES` times in a row) writes the worker off as lost.
     """
     container_id = tracked.worker.container_id
-    unreachable = policy.begin(tracked.ended)
-    broken = replace(policy, window_s=None, attempts=_MAX_WAIT_RESUMES).begin(tracked.ended)
+    # Begun when the wait first breaks: a wait that just ends costs nothing here.
+    unreachable: RetryState | None = None
+    broken: RetryState | None = None
     while True:
         if tracked.is_over:
             return Lost("detached", RuntimeError("detached"))
@@ -370,37 +375,45 @@ def await_exit(docker: EngineBackend, tracked: TrackedWorker, policy: RetryPolic
             error = body.get("Error")
             failure = error.get("Message") if isinstance(error, dict) else None
             if failure:  # the wait itself failed: its status code means nothing
-                raise _WaitFailed(str(failure))
+                raise WaitFailedError(str(failure))
             return Exited(int(code) if isinstance(code, int) else None)
-        except Exception as err:
+        except DockyardError as err:  # the wait broke (typed, as every engine failure)
             if exit_wait is not None:
                 tracked.drop_exit_wait(exit_wait)
             if tracked.is_over:
                 return Lost("detached", err)
             wait_error = err
-        if time.monotonic() - opened_at >= _STABLE_WAIT_S:
-            broken.reset()  # that wait held: not part of a streak of failures
+        if broken is None or time.monotonic() - opened_at >= _STABLE_WAIT_S:
+            # The first break, or that wait held: not part of a streak of failures.
+            streak = replace(policy, window_s=None, attempts=_MAX_WAIT_RESUMES)
+            broken = streak.begin(tracked.ended)
         # The wait broke: find out whether the worker is still there.
         try:
             info = docker.inspect(container_id)
-        except Exception as err:
-            if is_not_found(err):
-                return Lost("container is gone", wait_error)
+        except EngineNotFoundError:
+            return Lost("container is gone", wait_error)
+        except DockyardError as err:
             log.info(
                 "wait interrupted and the engine does not answer; retrying",
                 extra={"job_id": tracked.job_id, "error": str(err)},
             )
-            if not unreachable.sleep():
+            try:
+                unreachable = (unreachable or policy.begin(tracked.ended)).increment(err)
+                unreachable.sleep()
+            except RetriesExhaustedError:
                 return Lost("engine unreachable", err)
             continue
-        unreachable.reset()
+        unreachable = None  # it answered: the window starts over
         state = info.get("State") or {}
         if state.get("Running") or state.get("Restarting") or state.get("Paused"):
             log.info(
                 "wait interrupted; worker still running, resuming",
                 extra={"job_id": tracked.job_id, "attempt": broken.attempt + 1},
             )
-            if not broken.sleep():
+            try:
+                broken = broken.increment(wait_error)
+                broken.sleep()
+            except RetriesExhaustedError:
                 return Lost("wait kept failing", wait_error)
             continue
         code = state.get("ExitCode")
@@ -492,18 +505,19 @@ class TimeoutController:
             )
         else:
             return False
-        if not self._stop_once(tracked):
+        try:
+            self._stop_once(tracked)
+        except DockyardError:
             self._schedule(tracked, 0.0, "kill-retry", self._kill_until_stopped)
         return True
 
     def _kill_until_stopped(self, tracked: TrackedWorker) -> None:
         """Stop, else kill; again after each back-off while the worker runs."""
-        run = self.kill_policy.begin(tracked.exited)
-        while tracked.may_stop() and not self._closing.is_set():
-            if self._stop_once(tracked):
-                return
-            if not run.sleep():
-                break
+        try:
+            call_with_retry(self.kill_policy, lambda: self._stop_once(tracked), stop=tracked.exited)
+            return
+        except (RetriesExhaustedError, DockyardError):
+            pass
         if tracked.may_stop() and not self._closing.is_set():
             kill_log.error(
                 "could not stop an overdue worker; the engine refuses stop and kill "
@@ -511,29 +525,31 @@ class TimeoutController:
                 extra=log_ids(tracked.worker),
             )
 
-    def _stop_once(self, tracked: TrackedWorker) -> bool:
-        """One round of stop-then-kill; True when the container is stopping or gone."""
+    def _stop_once(self, tracked: TrackedWorker) -> None:
+        """One round of stop-then-kill; returns once the container is stopping or gone (or
+        no longer this path's to stop), raises the kill's error otherwise."""
         worker = tracked.worker
+        if self._closing.is_set() or not tracked.may_stop():
+            return
         try:
             self.docker.stop(worker.container_id, self.grace_s)  # SIGTERM, then SIGKILL
-            return True
-        except Exception as err:
-            if is_not_found(err):
-                return True  # already gone: the exit watcher reports it
+            return
+        except EngineNotFoundError:
+            return  # already gone: the exit watcher reports it
+        except DockyardError as err:
             kill_log.warning(
                 "stopping a worker failed; sending SIGKILL",
                 extra=log_ids(worker, error=str(err)),
             )
         if self._closing.is_set() or not tracked.may_stop():
-            return True
+            return
         try:
             self.docker.kill(worker.container_id)
-            return True
-        except Exception as err:
-            if is_not_found(err):
-                return True
+        except EngineNotFoundError:
+            return
+        except DockyardError as err:
             kill_log.warning(
                 "killing a worker failed; retrying",
                 extra=log_ids(worker, error=str(err)),
             )
-        return False
+            raise

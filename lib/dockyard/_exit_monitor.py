@@ -20,24 +20,23 @@ from typing import Any, Protocol
 
 from cachetools import TTLCache
 
-from ._errors import DockerUnavailableError, EngineError
+from ._errors import (
+    DockerUnavailableError,
+    ExitWaitClosedError,
+    RetriesExhaustedError,
+    StreamIdle,
+    copy_error,
+)
+from ._retry import RetryPolicy, RetryState
 
-__all__ = ["EventStream", "ExitMonitor", "ExitWait", "ExitWaitClosedError", "StreamIdle"]
+__all__ = ["EventStream", "ExitMonitor", "ExitWait"]
 
 log = logging.getLogger("dockyard.docker")
 
-_BACKOFF_FIRST_S = 0.1
-_BACKOFF_MAX_S = 5.0
+# Reconnecting the stream: every failure is retried, for as long as the monitor lives.
+RECONNECT_RETRY = RetryPolicy(retry_on=(Exception,), first_delay_s=0.1, max_delay_s=5.0)
 _REMEMBERED_EXITS = 4096
 _EXIT_MEMORY_S = 120.0
-
-
-class ExitWaitClosedError(DockerUnavailableError):
-    """The exit wait was closed (or its gateway shut down) before the container exited."""
-
-
-class StreamIdle(Exception):
-    """The events stream was quiet for a whole heartbeat: reconnect, keep the tickets."""
 
 
 class EventStream(Protocol):
@@ -187,11 +186,12 @@ class ExitMonitor:
         if healthy and not ticket.done():
             return ticket
         ticket.close()
-        if ticket._error is None and error is None:
+        failure = ticket._error or error
+        if failure is None:
             raise DockerUnavailableError(
                 f"the engine's events stream did not connect within {self._connect_timeout_s:g}s"
             )
-        raise _fresh(ticket._error or error)
+        raise copy_error(failure)  # shared: each raiser gets its own
 
     def _forget(self, ticket: ExitWait) -> None:
         with self._cond:
@@ -239,15 +239,18 @@ class ExitMonitor:
     # -- the reader ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        attempt = 0
+        retry: RetryState | None = None  # begun at the first failure to connect
         while not self._stopping.is_set():
             since = _since_param(self._since_ns)
             try:
                 stream = self._open_stream(since)
-            except Exception as err:
+            except Exception as err:  # whatever the failure, the reader reconnects
                 self._broken(err)
-                self._back_off(min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2**attempt))
-                attempt += 1
+                try:
+                    retry = (retry or RECONNECT_RETRY.begin(self._stopping)).increment(err)
+                except RetriesExhaustedError:
+                    break  # closed meanwhile
+                self._back_off(retry.delay)
                 continue
             with self._cond:
                 self._attempts += 1
@@ -261,14 +264,14 @@ class ExitMonitor:
             if self._stopping.is_set():  # closed while connecting: `close` saw no stream
                 stream.close()
                 break
-            attempt = 0
+            retry = None  # connected: back-offs start over
             error = self._read(stream)
             with self._cond:
                 self._stream = None
             stream.close()
             if error is not None and not self._stopping.is_set():
                 self._broken(error)
-                self._back_off(_BACKOFF_FIRST_S)
+                self._back_off(RECONNECT_RETRY.delay(0))
 
     def _back_off(self, delay_s: float) -> None:
         """Wait before reconnecting; a new ticket (or `close`) ends the wait early."""
@@ -285,7 +288,7 @@ class ExitMonitor:
                     log.debug("ignoring an unreadable engine event", exc_info=True)
         except StreamIdle:
             return None
-        except Exception as err:
+        except Exception as err:  # any failure of the stream breaks it: reconnect
             return err
         return DockerUnavailableError("the engine ended the events stream")
 
@@ -366,15 +369,3 @@ def decode_event(line: bytes | str) -> dict[str, Any] | None:
         log.debug("ignoring a line that is not JSON", extra={"line": text[:200]})
         return None
     return event if isinstance(event, dict) else None
-
-
-def _fresh(error: BaseException | None) -> BaseException:
-    """A new exception like `error` for one more raiser (shared objects grow tracebacks)."""
-    if isinstance(error, EngineError):
-        fresh: BaseException = type(error)(error.operation, error.status_code, error.explanation)
-    elif isinstance(error, DockerUnavailableError):
-        fresh = type(error)(str(error))
-    else:
-        fresh = DockerUnavailableError(f"no exit events stream: {error}")
-    fresh.__cause__ = error.__cause__ if error is not None and error.__cause__ else error
-    return fresh

@@ -7,7 +7,6 @@ pull returns within milliseconds, long before the burst is over).
 
 from __future__ import annotations
 
-import copy
 import logging
 import re
 import threading
@@ -19,12 +18,12 @@ from dataclasses import KW_ONLY, dataclass, field
 from cachetools import TTLCache
 
 from ._backend import EngineBackend
+from ._errors import UnpullableImageError, copy_error
 from ._metrics import NO_METRICS, Metrics
 from ._registry_auth import RegistryAuth
 
 __all__ = [
     "ImagePuller",
-    "UnpullableImageError",
     "is_image_id",
 ]
 
@@ -35,30 +34,9 @@ _REMEMBERED_FAILURES = 1024  # distinct images; more only forgets the oldest fai
 _IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}|[0-9a-f]{64}")
 
 
-class UnpullableImageError(LookupError):
-    """The image is a bare image id: absent locally, and no registry can serve it by id."""
-
-
 def is_image_id(image: str) -> bool:
     """True for a full image id (`sha256:<64 hex>` or the bare 64 hex digits)."""
     return bool(_IMAGE_ID.fullmatch(image))
-
-
-def _fresh_copy(err: BaseException) -> BaseException:
-    """A copy of a shared error with an empty traceback.
-
-    Re-raising one exception object from many threads would keep appending every raiser's
-    frames to its traceback; each caller raises its own copy instead.
-    """
-    try:
-        clone = copy.copy(err)
-    except Exception:
-        return err
-    if type(clone) is not type(err):
-        return err
-    clone.__cause__ = err.__cause__
-    clone.__suppress_context__ = err.__suppress_context__
-    return clone.with_traceback(None)
 
 
 @dataclass(eq=False)  # one puller per manager: identity, no field-wise ==
@@ -95,7 +73,7 @@ class ImagePuller:
         with self._lock:
             remembered = self._failures.get(image)
             if remembered is not None:
-                raise _fresh_copy(remembered)
+                raise copy_error(remembered)  # each raiser its own traceback
             shared = self._in_flight.get(image)
             leader = shared is None
             if shared is None:
@@ -103,7 +81,7 @@ class ImagePuller:
         if not leader:
             error = shared.exception()
             if error is not None:
-                raise _fresh_copy(error)
+                raise copy_error(error)
             return
         log.info("pulling missing image", extra={"image": image})
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -10,9 +11,14 @@ from typing import Any
 
 from ._backend import EngineBackend
 from ._config import RouterConfig
-from ._docker import is_conflict, is_not_found
 from ._environment import worker_masker
-from ._errors import DuplicateJobError
+from ._errors import (
+    DockyardError,
+    DuplicateJobError,
+    EngineConflictError,
+    EngineNotFoundError,
+    ManagerClosedError,
+)
 from ._exit_handling import ExitWatcher, TimeoutController, parse_docker_time
 from ._jobs import LabelSchema, parse_deadline
 from ._loops import Activity
@@ -110,13 +116,14 @@ class OrphanReaper:
             )
             try:
                 self.docker.stop(container_id, self.config.stop_grace_s)
-            except Exception as err:
-                if not is_not_found(err):
-                    # The forced removal below kills it anyway; only a failure there counts.
-                    log.warning(
-                        "stopping an orphaned worker failed; removing it by force",
-                        extra={"container_id": container_id[:12], "error": str(err)},
-                    )
+            except EngineNotFoundError:
+                pass  # gone already; the removal below finds nothing either
+            except DockyardError as err:
+                # The forced removal below kills it anyway; only a failure there counts.
+                log.warning(
+                    "stopping an orphaned worker failed; removing it by force",
+                    extra={"container_id": container_id[:12], "error": str(err)},
+                )
             if not self.activity.closed:  # else the next scan removes it as exited
                 self._remove(container_id)
             self.listener.orphan_stopped(container_id, labels)
@@ -128,12 +135,9 @@ class OrphanReaper:
         return True
 
     def _remove(self, container_id: str) -> None:
-        try:
+        # Gone already, or the engine is removing it (AutoRemove after the stop).
+        with contextlib.suppress(EngineNotFoundError, EngineConflictError):
             self.docker.remove(container_id, force=True)
-        except Exception as err:
-            # 404: gone already; 409: the engine is removing it (AutoRemove after the stop).
-            if not (is_not_found(err) or is_conflict(err)):
-                raise
 
     def _overdue(
         self,
@@ -182,7 +186,7 @@ class WorkerAdopter:
                 continue
             try:
                 worker = self._adopt_one(container_id, job_id, labels)
-            except _Closed:
+            except ManagerClosedError:
                 break
             except Exception as err:
                 self.registry.unreserve(job_id)
@@ -233,7 +237,7 @@ class WorkerAdopter:
         self.timeouts.arm(tracked, remaining)
         if not self.registry.register(tracked):
             tracked.to_detached()  # closed meanwhile: leave it running, as close() does
-            raise _Closed
+            raise ManagerClosedError
         log.info(
             "adopted running worker",
             extra={"job_id": job_id, "container_id": container_id[:12], "remaining_s": remaining},
@@ -241,7 +245,3 @@ class WorkerAdopter:
         self.listener.started(worker)
         self.exits.watch(tracked)
         return worker
-
-
-class _Closed(Exception):
-    """The manager closed while adopting."""

@@ -28,8 +28,8 @@ from typing import Any
 
 from ._backend import EngineBackend
 from ._config import RouterConfig
-from ._docker import is_conflict, is_not_found
 from ._environment import SCRUBBED_ENV_KEYS
+from ._errors import DockyardError, EngineConflictError, EngineNotFoundError, SnapshotScrubError
 from ._image_rewrite import record_without_container_config
 from ._jobs import LabelSchema, format_deadline, snapshot_image_name
 from ._metrics import NO_METRICS, Metrics
@@ -41,7 +41,6 @@ from ._tracker import log_ids
 __all__ = [
     "DISCOVERED_PROJECT",
     "SnapshotManager",
-    "SnapshotScrubError",
     "blanked_keys",
     "label_changes",
     "scrub_changes",
@@ -94,10 +93,6 @@ def snapshot_owner(labels: LabelSchema, image_labels: Mapping[str, str]) -> str 
     if any(image_labels.get(key) for key in (labels.managed, labels.instance)):
         return None
     return ""
-
-
-class SnapshotScrubError(RuntimeError):
-    """A committed image still holds an environment value that had to be blanked."""
 
 
 def blanked_keys(env_keys: Iterable[str], credential_keys: Iterable[str]) -> list[str]:
@@ -364,9 +359,9 @@ class SnapshotManager:
     def _remove_now_or_later(self, image_id: str) -> None:
         try:
             self.docker.remove_image(image_id)
-        except Exception as err:
-            if is_not_found(err):
-                return
+        except EngineNotFoundError:
+            return
+        except DockyardError as err:
             log.warning("image removal deferred", extra={"image": image_id, "error": str(err)})
             with self._retired_lock:
                 self._retired.setdefault(image_id, 0)
@@ -379,12 +374,12 @@ class SnapshotManager:
         """
         try:
             self.docker.remove_image(image_id)
-        except Exception as err:
-            if is_not_found(err):
-                return
+        except EngineNotFoundError:
+            return
+        except DockyardError as err:
             with self._retired_lock:
                 self._retired.setdefault(image_id, 0)
-            if not is_conflict(err):
+            if not isinstance(err, EngineConflictError):
                 log.warning("image removal deferred", extra={"image": image_id, "error": str(err)})
             return
         log.debug("superseded snapshot image removed", extra={"image": image_id})
@@ -404,16 +399,15 @@ class SnapshotManager:
                 continue
             try:
                 self.docker.remove_image(image_id)
-            except Exception as err:
-                if not is_not_found(err):
-                    keep = attempts + 1 < _MAX_RETIRE_ATTEMPTS
-                    if not is_conflict(err):
-                        self.reporter.report(
-                            err,
-                            "snapshot_image_remove",
-                            level="warning",
-                            extras={"imageName": image_id},
-                        )
+            except EngineNotFoundError:
+                pass  # gone already
+            except EngineConflictError:
+                keep = attempts + 1 < _MAX_RETIRE_ATTEMPTS  # still in use
+            except DockyardError as err:
+                keep = attempts + 1 < _MAX_RETIRE_ATTEMPTS
+                self.reporter.report(
+                    err, "snapshot_image_remove", level="warning", extras={"imageName": image_id}
+                )
             with self._retired_lock:
                 if keep:
                     self._retired[image_id] = attempts + 1
@@ -438,18 +432,18 @@ class SnapshotManager:
         image_id = self._image_id(meta.image_name)
         try:
             self.docker.remove_image(meta.image_name)
-        except Exception as err:
-            if is_conflict(err) and image_id is not None:
+        except EngineNotFoundError:
+            return False
+        except EngineConflictError:
+            if image_id is not None:
                 # Still in use: retry by id later (a newer image under the name stays).
                 with self._retired_lock:
                     self._retired.setdefault(image_id, 0)
-            elif not is_not_found(err) and not is_conflict(err):
-                self.reporter.report(
-                    err,
-                    "snapshot_image_remove",
-                    level="warning",
-                    extras={"imageName": meta.image_name},
-                )
+            return False
+        except DockyardError as err:
+            self.reporter.report(
+                err, "snapshot_image_remove", level="warning", extras={"imageName": meta.image_name}
+            )
             return False
         return True
 

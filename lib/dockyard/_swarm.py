@@ -14,9 +14,10 @@ node's engine. Every call runs through `EngineCalls`: typed errors, the observer
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ from docker.types import (
 )
 
 from ._docker import (
+    REMOVE_RETRY,
     ContainerSpec,
     DockerGateway,
     ObservedEngine,
@@ -43,14 +45,17 @@ from ._environment import reveal
 from ._errors import (
     ConfigError,
     DockerUnavailableError,
-    is_conflict,
-    is_not_found,
-    is_transient,
-    is_unreachable,
+    DockyardError,
+    EngineConflictError,
+    EngineNotFoundError,
+    EngineServerError,
+    RetriesExhaustedError,
+    StillRunningError,
 )
 from ._exit_handling import parse_docker_time
 from ._exit_monitor import ExitWait
 from ._registry_auth import RegistryAuth
+from ._retry import RetryPolicy, call_with_retry
 from ._swarm_tasks import (
     PRE_RUNNING,
     TERMINAL,
@@ -71,9 +76,18 @@ DEFAULT_POLL_INTERVAL_S = 0.25
 _START_WAIT_MAX_S = 30.0
 _STOP_MARGIN_S = 10.0
 _STOP_POLL_S = 0.05
-_REMOVE_ATTEMPTS = 3
-_UPDATE_ATTEMPTS = 3
-_REMOVE_RETRY_PAUSE_S = 0.2
+# "update out of sequence": the service changed since it was read; read it again, retry.
+_UPDATE_RETRY = RetryPolicy(
+    retry_on=(EngineServerError, EngineConflictError, DockerUnavailableError),
+    attempts=2,
+    first_delay_s=_STOP_POLL_S,
+)
+# Waiting for a stopped task to end: a poll every 50 ms (the window is the caller's).
+_TASK_END_POLL = RetryPolicy(
+    retry_on=(StillRunningError, DockyardError),
+    first_delay_s=_STOP_POLL_S,
+    max_delay_s=_STOP_POLL_S,
+)
 _NANOS = 1_000_000_000
 _NOWHERE = "node.id==dockyard-stopped"  # a placement no node satisfies (ids are random)
 
@@ -148,7 +162,6 @@ class SwarmGateway(ObservedEngine):
             lambda: self._created_for(spec),
             # The service may have run its task already: `remove` takes its container too.
             self.remove,
-            retry_if=is_unreachable,
         )
 
     def _created_for(self, spec: ContainerSpec) -> str | None:
@@ -233,9 +246,7 @@ class SwarmGateway(ObservedEngine):
         """
         try:
             service = self._call("service_inspect", lambda: self._raw.inspect_service(container_id))
-        except Exception as err:
-            if not is_not_found(err):
-                raise
+        except EngineNotFoundError:
             ending = self.poller.ending(container_id)
             if ending is None:
                 raise
@@ -302,7 +313,7 @@ class SwarmGateway(ObservedEngine):
             return None
         try:
             info = self.engine.inspect(str(container_id))
-        except Exception:
+        except DockyardError:  # the facts are a bonus: without them they read as unknown
             log.debug("task container not inspectable", exc_info=True)
             return None
         state: dict[str, Any] = info.get("State") or {}
@@ -331,9 +342,7 @@ class SwarmGateway(ObservedEngine):
         if ids:
             try:
                 tasks = self._poll_tasks(ids)
-            except Exception as err:
-                if not is_not_found(err):
-                    raise
+            except EngineNotFoundError:
                 tasks = []  # one vanished meanwhile; each then reads as `created`
             for found in tasks:
                 by_service.setdefault(str(found.get("ServiceID")), []).append(found)
@@ -387,9 +396,7 @@ class SwarmGateway(ObservedEngine):
         """
         try:
             service = self._call("service_inspect", lambda: self._raw.inspect_service(container_id))
-        except Exception as err:
-            if not is_not_found(err):
-                raise
+        except EngineNotFoundError as err:
             self._stop_stray(container_id, grace_s, err)
             return
         task = latest_task(self._service_tasks(container_id))
@@ -403,21 +410,25 @@ class SwarmGateway(ObservedEngine):
             self.engine.stop(local, grace_s)
             return
         if task is not None and task_state(task) not in TERMINAL:
-            for attempt in range(_UPDATE_ATTEMPTS):
-                try:
-                    self._unplace(service)
-                    break
-                except Exception as err:
-                    # "update out of sequence": the service changed since it was read.
-                    if is_not_found(err) or attempt + 1 >= _UPDATE_ATTEMPTS:
-                        raise
-                    service = self._call(
-                        "service_inspect", lambda: self._raw.inspect_service(container_id)
-                    )
+            self._unplace_current(container_id, service)
             ended = self._await_task_end(str(task["ID"]), grace_s + _STOP_MARGIN_S)
             task = ended if ended is not None else task
         self.remove(container_id, force=True)
         self.poller.ended(container_id, task)
+
+    def _unplace_current(self, service_id: str, service: dict[str, Any]) -> None:
+        """`_unplace`, reading the service again before each retry (`_UPDATE_RETRY`)."""
+        current = [service]
+
+        def unplace() -> None:
+            self._unplace(current[0])
+
+        def read_again(_: BaseException, __: object) -> None:
+            current[0] = self._call(
+                "service_inspect", lambda: self._raw.inspect_service(service_id)
+            )
+
+        call_with_retry(_UPDATE_RETRY, unplace, on_retry=read_again, raise_last=True)
 
     def _unplace(self, service: dict[str, Any]) -> None:
         """Update the service to a placement no node satisfies (its own spec otherwise).
@@ -450,22 +461,23 @@ class SwarmGateway(ObservedEngine):
         self._call("service_update", update)
 
     def _await_task_end(self, task_id: str, timeout_s: float) -> dict[str, Any] | None:
-        deadline = time.monotonic() + timeout_s
-        last: dict[str, Any] | None = None
-        while time.monotonic() < deadline:
-            try:
-                found = self._call("task_list", lambda: self._raw.tasks(filters={"id": [task_id]}))
-            except Exception:
-                log.debug("task poll after a stop failed", exc_info=True)
-                found = None
-            if found is not None:
-                if not found:
-                    return last
-                last = found[0]
-                if task_state(last) in TERMINAL:
-                    return last
-            time.sleep(_STOP_POLL_S)
-        return last
+        """The task's state once it ended (or is gone), polled for up to `timeout_s`;
+        the last state seen when it did not end in time."""
+        last: list[dict[str, Any] | None] = [None]
+
+        def ended() -> dict[str, Any] | None:
+            found = self._call("task_list", lambda: self._raw.tasks(filters={"id": [task_id]}))
+            if not found:
+                return last[0]
+            last[0] = found[0]
+            if task_state(found[0]) not in TERMINAL:
+                raise StillRunningError(task_id)
+            return last[0]
+
+        try:
+            return call_with_retry(replace(_TASK_END_POLL, window_s=timeout_s), ended)
+        except RetriesExhaustedError:
+            return last[0]
 
     def kill(self, container_id: str) -> None:
         """Remove the service and force-remove its task containers on this node."""
@@ -476,38 +488,30 @@ class SwarmGateway(ObservedEngine):
 
         Engine 20.10 keeps a removed job service's tasks and their containers (moby#42789):
         the containers on this node are removed here. Raises not-found only when neither
-        the service nor a container of it was there.
+        the service nor a container of it was there. Blips are retried (`REMOVE_RETRY`).
         """
-        missing: BaseException | None = None
-        for attempt in range(_REMOVE_ATTEMPTS):
-            try:
-                self._call("service_remove", lambda: self._raw.remove_service(container_id))
-                break
-            except Exception as err:
-                if is_not_found(err):
-                    missing = err
-                    break
-                if not is_transient(err) or attempt + 1 >= _REMOVE_ATTEMPTS:
-                    raise
-                time.sleep(_REMOVE_RETRY_PAUSE_S * (attempt + 1))  # removal is idempotent
+        missing: EngineNotFoundError | None = None
+        try:
+            call_with_retry(
+                REMOVE_RETRY,
+                lambda: self._call(
+                    "service_remove", lambda: self._raw.remove_service(container_id)
+                ),
+                raise_last=True,
+            )
+        except EngineNotFoundError as err:
+            missing = err
         self.poller.gone(container_id)
-        for attempt in range(_REMOVE_ATTEMPTS):
-            try:
-                removed = self._remove_local_containers(container_id)
-                break
-            except Exception as err:
-                if not is_transient(err) or attempt + 1 >= _REMOVE_ATTEMPTS:
-                    raise
-                time.sleep(_REMOVE_RETRY_PAUSE_S * (attempt + 1))
+        removed = call_with_retry(
+            REMOVE_RETRY, lambda: self._remove_local_containers(container_id), raise_last=True
+        )
         if missing is not None and not removed:
             if not _is_container_id(container_id):
                 raise missing
             try:
                 self.engine.remove(container_id, force=True)  # a stray task container?
-            except Exception as err:
-                if is_not_found(err):
-                    raise missing from None
-                raise
+            except EngineNotFoundError:
+                raise missing from None
 
     def _stop_stray(self, container_id: str, grace_s: float, missing: BaseException) -> None:
         """No service of that id: stop a stray task container of that id, if there is one."""
@@ -516,19 +520,15 @@ class SwarmGateway(ObservedEngine):
             raise missing
         try:
             self.engine.stop(container_id, grace_s)
-        except Exception as err:
-            if is_not_found(err):
-                raise missing from None
-            raise
+        except EngineNotFoundError:
+            raise missing from None
 
     def _remove_local_containers(self, service_id: str) -> int:
         found = self.engine.list_containers([f"{SWARM_SERVICE_LABEL}={service_id}"], all=True)
         for container in found:
-            try:
+            # Gone already, or the engine is removing it.
+            with contextlib.suppress(EngineNotFoundError, EngineConflictError):
                 self.engine.remove(str(container["Id"]), force=True)
-            except Exception as err:
-                if not (is_not_found(err) or is_conflict(err)):
-                    raise
         return len(found)
 
     def wait_removed(self, container_id: str, timeout_s: float) -> None:

@@ -40,7 +40,7 @@ from ._environment import (
     router_secret_values,
     worker_masker,
 )
-from ._errors import ConfigError, DuplicateJobError, NoWorkerSlotError
+from ._errors import ConfigError, DockyardError, DuplicateJobError, NoWorkerSlotError
 from ._exit_handling import ExitWatcher, TimeoutController
 from ._images import ImagePuller
 from ._jobs import (
@@ -55,11 +55,12 @@ from ._jobs import (
     resolve_job_fields,
     resolve_spawn_settings,
 )
-from ._loops import ManagedPool, PeriodicTask, RetryPolicy
+from ._loops import ManagedPool, PeriodicTask
 from ._metrics import build_metrics, lifecycle_listener
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._orphans import OrphanReaper, WorkerAdopter
 from ._registry_auth import RegistryAuthResolver
+from ._retry import RetryPolicy
 from ._sentry import Reporter, SentryReporter, scrub_for_host
 from ._snapshot_registry import SnapshotRegistry
 from ._snapshots import SnapshotManager
@@ -166,6 +167,7 @@ class ContainerManager:
         )
         # A stop keeps being retried at least as long as a broken wait is.
         kill_policy = RetryPolicy(
+            retry_on=(DockyardError,),
             first_delay_s=1.0,
             max_delay_s=5.0,
             window_s=config.wait_retry_window_s + config.stop_grace_s,
@@ -180,7 +182,8 @@ class ContainerManager:
             snapshots=self._snapshot_manager,
             submit=self._wait_executor.submit,
             log_tail_lines=config.log_tail_lines,
-            wait_policy=RetryPolicy(window_s=config.wait_retry_window_s),
+            # Any engine failure but a 404 is ridden out for the window (the spec's rule).
+            wait_policy=RetryPolicy(retry_on=(DockyardError,), window_s=config.wait_retry_window_s),
         )
         self._launcher = WorkerContainerLauncherDependencies(
             docker=self._docker,

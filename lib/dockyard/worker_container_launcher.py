@@ -17,13 +17,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ._backend import EngineBackend, ExitTicket
-from ._docker import (
-    ContainerSpec,
-    is_conflict,
-    is_missing_image,
-)
+from ._docker import ContainerSpec
 from ._environment import Masker, Secret, with_snapshot_reuse
-from ._errors import DuplicateJobError, WorkerImageResolutionError, as_spawn_error
+from ._errors import (
+    DockyardError,
+    DuplicateJobError,
+    EngineConflictError,
+    ImageNotFoundError,
+    WorkerImageResolutionError,
+    as_spawn_error,
+)
 from ._exit_handling import ExitWatcher, TimeoutController
 from ._images import ImagePuller
 from ._jobs import JobIdentity, LabelSchema, WorkerLabels, job_ids
@@ -137,7 +140,7 @@ def launch_worker_container(
     reports = _SpawnReports(deps.reporter, context)
     try:
         started = _start_container(config, context, deps, reports)
-    except Exception as err:
+    except Exception as err:  # every failure is reported and leaves as a DockyardError
         if not reports.covers(err) and not isinstance(err, DuplicateJobError):
             reports.send(err, "worker_spawn")
         typed = as_spawn_error(err)  # only DockyardErrors leave spawn_worker
@@ -217,9 +220,7 @@ def _start_container(
     reuse_env = with_snapshot_reuse(config.env)
     try:
         return _create_and_start(config, context, config.snapshot.image_name, reuse_env, deps)
-    except Exception as err:
-        if not is_missing_image(err):
-            raise
+    except ImageNotFoundError:
         stale = config.snapshot.image_name
     # The snapshot image vanished: forget it and start cold, once.
     deps.metrics.snapshot_fallback()
@@ -231,7 +232,7 @@ def _start_container(
     )
     try:
         return _with_base_image_pull(replace(config, snapshot=None), context, deps, reports)
-    except Exception as err:
+    except Exception as err:  # whatever ends the fallback is reported under its source
         reports.send(err, "worker_spawn_fallback", staleImage=stale)
         raise
 
@@ -245,12 +246,11 @@ def _with_base_image_pull(
     image = config.base_image
     try:
         return _create_and_start(config, context, image, config.env, deps)
-    except Exception as err:
-        if not is_missing_image(err):
-            raise
+    except ImageNotFoundError:
+        pass  # pull it, once
     try:
         deps.images.pull(image)
-    except Exception as pull_err:
+    except Exception as pull_err:  # whatever ends the pull is reported under its source
         reports.send(
             pull_err,
             "worker_image_pull_fallback",
@@ -267,8 +267,8 @@ def _with_base_image_pull(
         raise
     try:
         return _create_and_start(config, context, image, config.env, deps)
-    except Exception as err:
-        if not (config.project_image and is_missing_image(err)):
+    except ImageNotFoundError as err:
+        if not config.project_image:
             raise
         # Pulled, yet still absent (say a digest the registry no longer serves): terminal.
         raise WorkerImageResolutionError(
@@ -316,14 +316,12 @@ def _create_and_start(
 def _create(spec: ContainerSpec, job_id: str, deps: WorkerContainerLauncherDependencies) -> str:
     try:
         return deps.docker.create(spec)
-    except Exception as err:
-        if not is_conflict(err):
-            raise
+    except EngineConflictError as err:
         conflict = err
     # A container already has this name: a stopped leftover of this very job goes.
     try:
         leftover = deps.docker.inspect(spec.name)
-    except Exception:
+    except DockyardError:
         raise conflict from None
     labels = (leftover.get("Config") or {}).get("Labels") or {}
     state = leftover.get("State") or {}
@@ -348,7 +346,7 @@ def _create(spec: ContainerSpec, job_id: str, deps: WorkerContainerLauncherDepen
 def _discard(docker: EngineBackend, container_id: str, job_id: str) -> None:
     try:
         docker.remove(container_id, force=True)
-    except Exception:
+    except DockyardError:
         log.warning(
             "could not remove a container that failed to start",
             extra={"job_id": job_id, "container_id": container_id[:12]},

@@ -34,7 +34,8 @@ from dockyard import (
     WorkerSpawnError,
 )
 from dockyard._docker import DockerGateway
-from dockyard._images import ImagePuller, UnpullableImageError
+from dockyard._errors import UnpullableImageError
+from dockyard._images import ImagePuller
 from dockyard._jobs import LabelSchema, snapshot_image_name
 from dockyard._sentry import Reporter
 from dockyard._snapshot_registry import SnapshotRegistry

@@ -14,7 +14,8 @@ import requests
 
 from conftest import StaticProjects, snapshot_worker
 from dockyard import RouterConfig, WorkerImageResolutionError
-from dockyard._docker import DockerGateway, is_missing_image
+from dockyard._docker import DockerGateway
+from dockyard._errors import ImageNotFoundError, translate
 from dockyard._jobs import LabelSchema
 from dockyard._registry_auth import DOCKER_HUB_SERVER, RegistryAuth, RegistryAuthResolver
 from dockyard._sentry import Reporter
@@ -224,7 +225,7 @@ def test_a_project_image_still_missing_after_its_pull_is_a_resolution_error(
     rig.api.failures["create_container"] = [missing, missing]
     with pytest.raises(WorkerImageResolutionError, match="still missing") as raised:
         rig.manager.spawn_worker(job(projectId="proj"))
-    assert is_missing_image(raised.value.__cause__)
+    assert isinstance(translate("create", raised.value.__cause__), ImageNotFoundError)
     assert isinstance(raised.value.__cause__.__cause__, docker.errors.ImageNotFound)
     assert rig.api.calls_of("pull") == [PROJECT_DIGEST]
     assert rig.manager.get_active_worker_count() == 0

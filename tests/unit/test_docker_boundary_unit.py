@@ -26,10 +26,8 @@ from dockyard._docker import ContainerSpec, DockerGateway, _size_tcp_pool
 from dockyard._errors import (
     EngineConflictError,
     EngineNotFoundError,
-    is_conflict,
-    is_missing_image,
-    is_not_found,
-    is_unreachable,
+    ImageNotFoundError,
+    translate,
 )
 from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, RecordingReporter, api_error
 
@@ -167,7 +165,7 @@ def test_open_wait_answers_at_once_for_a_stopped_container(
 def test_open_wait_on_a_missing_container_raises_not_found(gateway: DockerGateway) -> None:
     with pytest.raises(EngineNotFoundError) as info:
         gateway.open_wait("no-such-container")
-    assert is_not_found(info.value)
+    assert isinstance(info.value, EngineNotFoundError)
 
 
 def test_oom_is_passed_along_with_the_exit(gateway: DockerGateway, api: FakeDockerAPI) -> None:
@@ -220,7 +218,7 @@ def test_every_call_is_observed_with_its_result(api: FakeDockerAPI) -> None:
         api.failures["remove_container"] = [api_error(409, "removal in progress")]
         with pytest.raises(EngineConflictError) as info:
             gateway.remove(container_id)
-        assert is_conflict(info.value)
+        assert isinstance(info.value, EngineConflictError)
     finally:
         gateway.close()
     results = [(operation, result) for operation, result, _ in seen]
@@ -245,13 +243,17 @@ def test_a_failing_observer_never_breaks_a_call(api: FakeDockerAPI) -> None:
         gateway.close()
 
 
-def test_predicates_understand_raw_and_translated_errors() -> None:
+def test_the_table_types_raw_errors_and_passes_typed_ones() -> None:
     missing_image = api_error(404, "No such image: x", docker.errors.ImageNotFound)
-    assert is_missing_image(missing_image)
-    assert is_unreachable(requests.exceptions.ConnectionError("x"))
-    assert is_unreachable(DockerUnavailableError("x"))
-    assert not is_missing_image(EngineNotFoundError("create", 404, "network x not found"))
-    assert is_missing_image(EngineNotFoundError("create", 404, "No such image: x"))
+    assert isinstance(translate("create", missing_image), ImageNotFoundError)
+    assert isinstance(
+        translate("x", requests.exceptions.ConnectionError("x")), DockerUnavailableError
+    )
+    unavailable = DockerUnavailableError("x")
+    assert translate("x", unavailable) is unavailable
+    network = api_error(404, "network x not found", docker.errors.NotFound)
+    assert not isinstance(translate("create", network), ImageNotFoundError)
+    assert isinstance(translate("create", api_error(404, "No such image: x")), ImageNotFoundError)
 
 
 def test_spawn_raises_only_dockyard_errors() -> None:

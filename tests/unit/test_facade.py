@@ -85,7 +85,7 @@ DEFINED_IN = {
     "DockyardError": "dockyard._errors",
     "DuplicateJobError": "dockyard._errors",
     "InvalidJobError": "dockyard._errors",
-    "JobDataOffloadError": "dockyard._environment",
+    "JobDataOffloadError": "dockyard._errors",
     "NoWorkerSlotError": "dockyard._errors",
     "WorkerImageResolutionError": "dockyard._errors",
     "WorkerSpawnError": "dockyard._errors",

@@ -23,9 +23,10 @@ from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, RecordingReporter
 PACKAGE = Path(dockyard.__file__).parent
 NOT_THE_PATH = {"testing.py"}
 MAX_MODULES_DEFAULT_JOB = 10
-# Plus the snapshot registry, the commit's mechanics, the gateway's image calls, and the
-# typed errors (looking up the previous snapshot of the work item answers 404 the first time).
-MAX_MODULES_SNAPSHOT_JOB = MAX_MODULES_DEFAULT_JOB + 4
+# Plus the snapshot registry, the commit's mechanics, the gateway's image calls, the typed
+# errors (looking up the previous snapshot of the work item answers 404 the first time), and
+# the retry policy of the container's removal (an auto-removed container needs none).
+MAX_MODULES_SNAPSHOT_JOB = MAX_MODULES_DEFAULT_JOB + 5
 
 
 @contextmanager

@@ -28,7 +28,8 @@ from dockyard import (
     WorkerLifecycleListener,
     WorkerOutcome,
 )
-from dockyard._docker import DockerGateway, call_result
+from dockyard._docker import DockerGateway
+from dockyard._errors import result_of, translate
 from dockyard._metrics import (
     NO_METRICS,
     MeteredListener,
@@ -304,10 +305,10 @@ def test_a_failing_observer_never_breaks_the_call() -> None:
 
 
 def test_call_results() -> None:
-    assert call_result(None) == "ok"
-    assert call_result(api_error(409, "conflict")) == "conflict"
-    assert call_result(api_error(503, "unavailable")) == "unreachable"
-    assert call_result(api_error(500, "boom")) == "error"
+    assert result_of(None) == "ok"
+    assert result_of(translate("call", api_error(409, "conflict"))) == "conflict"
+    assert result_of(translate("call", api_error(503, "unavailable"))) == "unreachable"
+    assert result_of(translate("call", api_error(500, "boom"))) == "error"
 
 
 # --------------------------------------------------------------------------- listener

@@ -6,11 +6,10 @@ import threading
 from typing import Any
 
 import pytest
-from docker.errors import NotFound
-
 from dockyard import ConfigError, ProjectConfig, RouterConfig
 from dockyard._backend_choice import check_backend_projects
-from dockyard._swarm_tasks import ExitWaitClosedError, TaskPoller, exit_code_of
+from dockyard._errors import EngineNotFoundError, ExitWaitClosedError
+from dockyard._swarm_tasks import TaskPoller, exit_code_of
 
 
 def test_backend_defaults_to_docker_and_takes_swarm() -> None:
@@ -66,7 +65,7 @@ class FakeSwarm:
     def list_tasks(self, ids: list[str]) -> list[dict[str, Any]]:
         self.task_calls += 1
         if any(i not in self.services for i in ids):
-            raise NotFound("service not found")
+            raise EngineNotFoundError("task_list", 404, "service not found")  # as translated
         return [self.tasks[i] for i in ids if i in self.tasks]
 
     def list_services(self) -> set[str]:
