@@ -46,7 +46,7 @@ class DanglingImageReaper:
         for labels in self.filters():
             try:
                 listed = self.docker.dangling_images(labels)
-            except Exception as err:
+            except Exception as err:  # a background pass never raises: report, stop
                 log.warning("dangling image scan could not list images", extra={"error": str(err)})
                 self.reporter.report(err, "dangling_image_cleanup_scan", level="error")
                 return []

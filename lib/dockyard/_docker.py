@@ -164,7 +164,7 @@ class _ResponseEvents:
         if callable(shutdown):
             try:
                 shutdown()
-            except Exception:
+            except Exception:  # best effort: the heartbeat ends the read anyway
                 log.debug("events stream shutdown failed", exc_info=True)
 
     def close(self) -> None:

@@ -178,7 +178,7 @@ def _credentials(fields: JobFields, sources: EnvSources) -> dict[str, str | Secr
         return {}
     try:
         raw = dict(sources.credentials.get_project_credentials(fields.project_id))
-    except Exception as err:
+    except Exception as err:  # a host hook: any failure
         # Without credentials the worker can still run (and report its own failure).
         log.warning(
             "credential resolution failed; starting without credentials",
@@ -306,7 +306,7 @@ def job_data_env(
         return {"JOB_DATA": Secret(fields.job_data_json)}
     try:
         return {"JOB_DATA_REDIS_KEY": store.put(fields.job_id, payload)}
-    except Exception as err:
+    except Exception as err:  # a host hook (the store): any failure
         message = f"could not offload the job data of job {fields.job_id!r}: {_describe(err)}"
     # Reported and raised as fresh errors: the failed call's frames hold the payload, and
     # Sentry sends frame locals.

@@ -78,7 +78,7 @@ class OrphanReaper:
             containers = self.docker.list_containers(
                 self.labels.ownership_filter(self.config.router_instance_id), all=True
             )
-        except Exception as err:
+        except Exception as err:  # a background scan: reported, never raised
             log.warning("orphan scan could not list containers", extra={"error": str(err)})
             self.reporter.report(err, "orphan_cleanup_scan", level="error")  # the original's
             return []
@@ -95,7 +95,7 @@ class OrphanReaper:
             try:
                 if self._reap_one(container, labels, now):
                     handled.append(container_id)
-            except Exception as err:
+            except Exception as err:  # one container's failure must not end the scan
                 log.warning(
                     "orphan cleanup of one container failed",
                     extra={"container_id": container_id[:12], "error": str(err)},
@@ -188,7 +188,7 @@ class WorkerAdopter:
                 worker = self._adopt_one(container_id, job_id, labels)
             except ManagerClosedError:
                 break
-            except Exception as err:
+            except Exception as err:  # one worker's failure must not end the adoption
                 self.registry.unreserve(job_id)
                 log.warning(
                     "could not adopt a worker",

@@ -211,7 +211,7 @@ class SnapshotManager:
             # crash half-way never leaves one for `sync_from_docker` to pick up.
             created.append(self.docker.commit(worker.container_id, "", "", changes))
             final, info = self._scrubbed_and_named(created, image, blanked)
-        except Exception as err:
+        except Exception as err:  # a snapshot is best effort: any failure is reported, never raised
             log.warning(
                 "snapshot commit failed",
                 extra=log_ids(worker),
@@ -343,14 +343,14 @@ class SnapshotManager:
         repository, _, tag = image.rpartition(":")
         try:
             self.docker.tag(previous, repository, tag, force=True)
-        except Exception:
+        except Exception:  # best effort: the old image is retired instead
             log.warning("could not restore the previous snapshot", extra={"image": image})
             self._retire(previous)
 
     def _image_id(self, image: str) -> str | None:
         try:
             image_id = self.docker.image_inspect(image).get("Id")
-        except Exception:
+        except Exception:  # unknown: treated as no image
             return None
         return str(image_id) if image_id else None
 
@@ -451,7 +451,9 @@ class SnapshotManager:
         """Evict by TTL, count and size, and remove the evicted images from Docker."""
         try:
             evicted = self.registry.evict()
-        except Exception as err:
+        except (
+            Exception
+        ) as err:  # a host hook (the project TTL) or a bug: reported, the loop goes on
             self.reporter.report(err, "snapshot_cleanup_scan")
             return []
         evicted += self._take_discovered(evicted)
@@ -486,7 +488,7 @@ class SnapshotManager:
         registered: list[SnapshotMetadata] = []
         try:
             images = self.docker.list_images(self.config.snapshot_image_prefix)
-        except Exception as err:
+        except Exception as err:  # a start-up step: reported, never raised
             self.reporter.report(err, "snapshot_startup_sync", level="warning")
             return registered
         mine = self.config.router_instance_id
