@@ -1,7 +1,8 @@
-"""The low-level Docker gateway: one sized API client and the handful of calls dockyard makes.
+"""The Docker client: one sized API client and the handful of calls the drivers make.
 
-Everything above this module speaks in container ids, plain dicts and typed errors; nothing
-above it builds URLs or knows about connection pools. Every call runs through one wrapper
+It answers in Docker's own dicts and typed errors; the drivers above it (`_docker_driver`,
+`_swarm`) turn those into the core's models, and nothing above it builds URLs or knows
+about connection pools. Every call runs through one wrapper
 (`EngineCalls`) that times it and translates its errors, and every call has a timeout. Exit
 waits are tickets on one events stream per gateway (`_exit_monitor`), not a connection each.
 """
@@ -13,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import docker
@@ -23,7 +24,8 @@ from docker.errors import DockerException, create_api_error_from_http_exception
 from requests.adapters import HTTPAdapter
 
 from ._docker_images import ImageCalls
-from ._environment import Secret, reveal
+from ._driver import CallObserver, ContainerSpec, ExitResult
+from ._environment import reveal
 from ._errors import (
     TRANSIENT_ERRORS,
     DockerUnavailableError,
@@ -41,8 +43,7 @@ from ._exit_monitor import ExitMonitor, ExitWait, decode_event, server_time_of
 from ._retry import RetryPolicy, RetryState, call_with_retry
 
 __all__ = [
-    "CallObserver",
-    "ContainerSpec",
+    "REMOVE_RETRY",
     "DockerGateway",
     "EngineCalls",
     "ExitWait",
@@ -54,9 +55,6 @@ __all__ = [
 log = logging.getLogger("dockyard.docker")
 
 T = TypeVar("T")
-
-CallObserver = Callable[[str, str, float], None]
-"""`(operation, result, seconds)`: told about every engine call once it ended."""
 
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     DockerException,
@@ -74,7 +72,6 @@ LOOK_UP_RETRY = RetryPolicy(
 )
 # Removal is idempotent: two more tries after 0.2 s and 0.4 s.
 REMOVE_RETRY = RetryPolicy(retry_on=TRANSIENT_ERRORS, attempts=2, first_delay_s=0.2)
-_STOPPED = {"StatusCode": None, "Error": None}
 
 
 class EngineCalls:
@@ -118,22 +115,6 @@ class ObservedEngine:
     @observer.setter
     def observer(self, observer: CallObserver | None) -> None:
         self.calls.observer = observer
-
-
-@dataclass(frozen=True)
-class ContainerSpec:
-    """Everything one `create` call needs; built by the launcher, sent as-is."""
-
-    image: str
-    name: str
-    env: Mapping[str, str | Secret] = field(repr=False)  # revealed only in `_create_once`
-    labels: Mapping[str, str]
-    memory_bytes: int
-    network: str
-    auto_remove: bool
-    command: Sequence[str] | None = None
-    pids_limit: int | None = None
-    no_new_privileges: bool = False
 
 
 class _ResponseEvents:
@@ -370,8 +351,7 @@ class DockerGateway(ObservedEngine, ImageCalls):
         state = info.get("State") or {}
         if not state.get("Running"):
             code = state.get("ExitCode")
-            body = dict(_STOPPED, StatusCode=code if isinstance(code, int) else None)
-            self._exits.resolve(container_id, body)
+            self._exits.resolve(container_id, ExitResult(code if isinstance(code, int) else None))
         return ticket
 
     def _open_events(self, since: str | None) -> _ResponseEvents:

@@ -47,7 +47,6 @@ __all__ = [
     "StreamIdle",
     "UnpullableImageError",
     "UsageError",
-    "WaitFailedError",
     "WorkerExitError",
     "WorkerImageResolutionError",
     "WorkerSpawnError",
@@ -208,10 +207,6 @@ class StreamIdle(Exception):
 
 class StillRunningError(Exception):
     """A polled task has not ended yet: a poll under a retry policy looks again."""
-
-
-class WaitFailedError(DockyardError):
-    """The engine answered a wait with an error instead of an exit."""
 
 
 class UnpullableImageError(LookupError):

@@ -14,8 +14,6 @@ removal; the outcome last, so that a caller who sees it finds the container gone
 from __future__ import annotations
 
 import logging
-import math
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -24,14 +22,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from ._backend import EngineBackend
+from ._driver import Driver, ExitResult, WorkerState
 from ._errors import (
     DockerUnavailableError,
     DockyardError,
     EngineConflictError,
     EngineNotFoundError,
     RetriesExhaustedError,
-    WaitFailedError,
     WorkerExitError,
     WorkerTimeoutError,
 )
@@ -43,13 +40,11 @@ from ._snapshots import SnapshotManager
 from ._tracker import TrackedWorker, WorkerRegistry, log_ids
 
 __all__ = [
-    "ExitFacts",
     "ExitWatcher",
     "Exited",
     "Lost",
     "TimeoutController",
     "await_exit",
-    "parse_docker_time",
 ]
 
 
@@ -58,53 +53,11 @@ log = logging.getLogger("dockyard.exits")
 _REMOVAL_WAIT_S = 10.0
 
 
-@dataclass(frozen=True)
-class ExitFacts:
-    """What inspect told about an exit; every field None when inspect failed."""
-
-    oom_killed: bool | None = None
-    error: str | None = None
-    duration_s: float | None = None
-    finished_at: datetime | None = None
-
-
-_FRACTION = re.compile(r"\.(\d+)")
-
-
-def parse_docker_time(value: object) -> datetime | None:
-    """Docker's RFC 3339 timestamps (nanoseconds, `Z`); None for the `0001-01-01` sentinel."""
-    if not isinstance(value, str) or not value or value.startswith("0001-01-01"):
-        return None
-    # Python takes at most microseconds: cut the nanoseconds, keep the zone after them.
-    text = _FRACTION.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), value.replace("Z", "+00:00"))
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-def exit_facts(state: dict[str, Any]) -> ExitFacts:
-    started = parse_docker_time(state.get("StartedAt"))
-    finished = parse_docker_time(state.get("FinishedAt"))
-    duration = None
-    if started is not None and finished is not None:
-        seconds = (finished - started).total_seconds()
-        duration = seconds if math.isfinite(seconds) and seconds >= 0 else None
-    oom = state.get("OOMKilled")
-    return ExitFacts(
-        oom_killed=oom if isinstance(oom, bool) else None,
-        error=state.get("Error") or None,
-        duration_s=duration,
-        finished_at=finished,
-    )
-
-
 @dataclass(kw_only=True, eq=False)  # one watcher per manager: identity, no field-wise ==
 class ExitWatcher:
     """Runs each worker's wait on the wait executor and turns its exit into one outcome."""
 
-    docker: EngineBackend
+    driver: Driver
     registry: WorkerRegistry
     reporter: Reporter
     snapshots: SnapshotManager | None
@@ -121,7 +74,7 @@ class ExitWatcher:
 
     def _run(self, tracked: TrackedWorker) -> None:
         try:
-            ended = await_exit(self.docker, tracked, self.wait_policy)
+            ended = await_exit(self.driver, tracked, self.wait_policy)
             if isinstance(ended, Exited) and not tracked.record_exit():
                 return  # detached meanwhile
             if tracked.is_over:
@@ -151,8 +104,8 @@ class ExitWatcher:
 
     def _handle_exit(self, tracked: TrackedWorker, exited: Exited) -> None:
         worker = tracked.worker
-        info = exited.info or self._inspect(tracked)
-        facts = exit_facts(info.get("State") or {}) if info is not None else ExitFacts()
+        state = exited.state or self._inspect(tracked)
+        facts = state.exit if state is not None else ExitResult(None)
         self._log_tail(tracked)
         code = exited.status_code
         status: OutcomeStatus
@@ -188,14 +141,14 @@ class ExitWatcher:
             and worker.work_item_id
         ):
             # The exit inspect already holds the env to scrub: no second round-trip.
-            config = (info.get("Config") or {}) if info is not None else {}
-            labels = config.get("Labels") or {}
             try:
                 self.snapshots.commit(
                     worker,
                     tracked.env_keys,
-                    container_env=config.get("Env") if info is not None else None,
-                    base_image=labels.get(self.snapshots.labels.base_image),
+                    container_env=state.env if state is not None else None,
+                    base_image=(state.labels if state is not None else {}).get(
+                        self.snapshots.labels.base_image
+                    ),
                 )
             except Exception as err:  # a snapshot only saves warmth: never the outcome
                 log.warning(
@@ -234,10 +187,10 @@ class ExitWatcher:
         outcome = WorkerOutcome(worker.job_id, "lost", error=f"{lost.reason}: {lost.error}")
         self.registry.settle(tracked, outcome)
 
-    def _inspect(self, tracked: TrackedWorker) -> dict[str, Any] | None:
-        """The exited container's inspect data; None (with a warning) when it failed."""
+    def _inspect(self, tracked: TrackedWorker) -> WorkerState | None:
+        """The exited worker's state; None (with a warning) when the inspect failed."""
         try:
-            return self.docker.inspect(tracked.worker.container_id)
+            return self.driver.inspect(tracked.worker.container_id)
         except EngineNotFoundError:  # expected with AutoRemove: the engine was quicker
             log.debug("container gone before the exit inspect", extra={"job_id": tracked.job_id})
         except DockyardError as err:
@@ -254,7 +207,7 @@ class ExitWatcher:
         if self.log_tail_lines <= 0 or tracked.auto_remove or not log.isEnabledFor(logging.INFO):
             return
         try:
-            tail = self.docker.logs_tail(tracked.worker.container_id, self.log_tail_lines)
+            tail = self.driver.log_tail(tracked.worker.container_id, self.log_tail_lines)
         except DockyardError:  # a tail is best effort: a gone container has none
             log.debug("no logs for worker", extra={"job_id": tracked.job_id}, exc_info=True)
             return
@@ -280,7 +233,7 @@ class ExitWatcher:
         policy = replace(self.wait_policy, retry_on=(DockerUnavailableError,))
         try:
             call_with_retry(
-                policy, lambda: self.docker.remove(container_id, force=True), stop=tracked.ended
+                policy, lambda: self.driver.remove(container_id, force=True), stop=tracked.ended
             )
             return
         except EngineNotFoundError:
@@ -299,7 +252,7 @@ class ExitWatcher:
     def _await_removal(self, tracked: TrackedWorker) -> bool:
         """Wait until the engine has removed the container; False when that is not known."""
         try:
-            self.docker.wait_removed(tracked.worker.container_id, _REMOVAL_WAIT_S)
+            self.driver.wait_removed(tracked.worker.container_id, _REMOVAL_WAIT_S)
         except EngineNotFoundError:
             return True  # gone already
         except DockyardError:
@@ -310,7 +263,7 @@ class ExitWatcher:
         return True
 
 
-def _caused_by_kill(tracked: TrackedWorker, facts: ExitFacts) -> bool:
+def _caused_by_kill(tracked: TrackedWorker, facts: ExitResult) -> bool:
     """The kill began before the exit: a natural exit the kill only raced stays natural.
 
     Natural only when the engine says so by both measures: the exit's time is before the
@@ -337,7 +290,7 @@ class Exited:
     """The worker exited (status None when unknown)."""
 
     status_code: int | None
-    info: dict[str, Any] | None = None  # the container already inspected while recovering
+    state: WorkerState | None = None  # the worker already inspected while recovering
 
 
 @dataclass(frozen=True)
@@ -348,7 +301,7 @@ class Lost:
     error: BaseException
 
 
-def await_exit(docker: EngineBackend, tracked: TrackedWorker, policy: RetryPolicy) -> Exited | Lost:
+def await_exit(driver: Driver, tracked: TrackedWorker, policy: RetryPolicy) -> Exited | Lost:
     """Wait, riding out broken streams and engine blips; see the spec's wait-error rule.
 
     A broken wait is followed by an inspect: a running container gets a new wait, an
@@ -367,16 +320,10 @@ def await_exit(docker: EngineBackend, tracked: TrackedWorker, policy: RetryPolic
         exit_wait = tracked.current_exit_wait()
         try:
             if exit_wait is None:
-                exit_wait = docker.open_wait(container_id)
+                exit_wait = driver.open_wait(container_id)
                 if not tracked.set_exit_wait(exit_wait):
                     return Lost("detached", RuntimeError("detached"))
-            body = exit_wait.result()
-            code = body.get("StatusCode")
-            error = body.get("Error")
-            failure = error.get("Message") if isinstance(error, dict) else None
-            if failure:  # the wait itself failed: its status code means nothing
-                raise WaitFailedError(str(failure))
-            return Exited(int(code) if isinstance(code, int) else None)
+            return Exited(exit_wait.result().exit_code)
         except DockyardError as err:  # the wait broke (typed, as every engine failure)
             if exit_wait is not None:
                 tracked.drop_exit_wait(exit_wait)
@@ -389,7 +336,7 @@ def await_exit(docker: EngineBackend, tracked: TrackedWorker, policy: RetryPolic
             broken = streak.begin(tracked.ended)
         # The wait broke: find out whether the worker is still there.
         try:
-            info = docker.inspect(container_id)
+            state = driver.inspect(container_id)
         except EngineNotFoundError:
             return Lost("container is gone", wait_error)
         except DockyardError as err:
@@ -404,8 +351,7 @@ def await_exit(docker: EngineBackend, tracked: TrackedWorker, policy: RetryPolic
                 return Lost("engine unreachable", err)
             continue
         unreachable = None  # it answered: the window starts over
-        state = info.get("State") or {}
-        if state.get("Running") or state.get("Restarting") or state.get("Paused"):
+        if state.running:
             log.info(
                 "wait interrupted; worker still running, resuming",
                 extra={"job_id": tracked.job_id, "attempt": broken.attempt + 1},
@@ -416,8 +362,7 @@ def await_exit(docker: EngineBackend, tracked: TrackedWorker, policy: RetryPolic
             except RetriesExhaustedError:
                 return Lost("wait kept failing", wait_error)
             continue
-        code = state.get("ExitCode")
-        return Exited(int(code) if isinstance(code, int) else None, info)
+        return Exited(state.exit.exit_code, state)
 
 
 # -- timeouts: the deadline kill --
@@ -435,7 +380,7 @@ class TimeoutController:
     back-offs end as soon as the worker exits or is detached.
     """
 
-    docker: EngineBackend
+    driver: Driver
     reporter: Reporter
     grace_s: float
     kill_policy: RetryPolicy
@@ -532,7 +477,7 @@ class TimeoutController:
         if self._closing.is_set() or not tracked.may_stop():
             return
         try:
-            self.docker.stop(worker.container_id, self.grace_s)  # SIGTERM, then SIGKILL
+            self.driver.stop(worker.container_id, self.grace_s)  # SIGTERM, then SIGKILL
             return
         except EngineNotFoundError:
             return  # already gone: the exit watcher reports it
@@ -544,7 +489,7 @@ class TimeoutController:
         if self._closing.is_set() or not tracked.may_stop():
             return
         try:
-            self.docker.kill(worker.container_id)
+            self.driver.kill(worker.container_id)
         except EngineNotFoundError:
             return
         except DockyardError as err:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from cachetools import TTLCache
 
+from ._driver import ExitResult
 from ._errors import (
     DockerUnavailableError,
     ExitWaitClosedError,
@@ -58,8 +59,8 @@ class EventStream(Protocol):
 class ExitWait:
     """A ticket for one container's next exit (a small future).
 
-    `result()` blocks until the exit and returns `{"StatusCode": n, "Error": None}` (plus
-    `"OOMKilled": True` when the engine reported an OOM kill first); it raises when the
+    `result()` blocks until the exit and returns its `ExitResult` (`oom_killed` True when
+    the engine reported an OOM kill first, else unknown); it raises when the
     wait broke (the caller re-inspects and waits again) or was closed. `close()` wakes a
     blocked `result()` at once, from any thread.
     """
@@ -69,12 +70,12 @@ class ExitWait:
         self._on_close = on_close
         self._lock = threading.Lock()
         self._done = threading.Event()
-        self._body: dict[str, Any] | None = None
+        self._exit: ExitResult | None = None
         self._error: BaseException | None = None
         self._closed = False
 
-    def result(self) -> dict[str, Any]:
-        """Block until the container exits; the exit's status body."""
+    def result(self) -> ExitResult:
+        """Block until the container exits; what the engine said of the exit."""
         self._done.wait()
         with self._lock:
             if self._closed:
@@ -83,7 +84,7 @@ class ExitWait:
                 raise DockerUnavailableError(
                     f"exit wait of {self.container_id[:12]} broke: {self._error}"
                 ) from self._error
-            return dict(self._body or {})
+            return self._exit or ExitResult(None)
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -101,11 +102,11 @@ class ExitWait:
         self._done.set()
         self._on_close(self)
 
-    def _resolve(self, body: dict[str, Any]) -> None:
+    def _resolve(self, result: ExitResult) -> None:
         with self._lock:
             if self._done.is_set():
                 return
-            self._body = body
+            self._exit = result
             self._done.set()
 
     def _fail(self, error: BaseException) -> None:
@@ -133,7 +134,7 @@ class ExitMonitor:
         self._clock = clock
         self._cond = threading.Condition()
         self._tickets: dict[str, list[ExitWait]] = {}
-        self._exits: TTLCache[str, dict[str, Any]] = TTLCache(_REMEMBERED_EXITS, _EXIT_MEMORY_S)
+        self._exits: TTLCache[str, ExitResult] = TTLCache(_REMEMBERED_EXITS, _EXIT_MEMORY_S)
         self._oom: TTLCache[str, bool] = TTLCache(_REMEMBERED_EXITS, _EXIT_MEMORY_S)
         self._healthy = False  # a stream is connected, or an idle reconnect replays the gap
         self._last_error: BaseException | None = None
@@ -160,7 +161,7 @@ class ExitMonitor:
                 raise DockerUnavailableError("the Docker gateway is closed")
             remembered = self._exits.get(container_id)
             if remembered is not None:
-                ticket._resolve(dict(remembered))
+                ticket._resolve(remembered)
                 return ticket
             self._tickets.setdefault(container_id, []).append(ticket)
             self._ensure_thread()
@@ -201,17 +202,16 @@ class ExitMonitor:
                 if not waiting:
                     del self._tickets[ticket.container_id]
 
-    def resolve(self, container_id: str, body: dict[str, Any]) -> None:
+    def resolve(self, container_id: str, result: ExitResult) -> None:
         """Answer the container's tickets (from an inspect that found it stopped)."""
         with self._cond:
             tickets = self._tickets.pop(container_id, [])
         for ticket in tickets:
-            ticket._resolve(dict(body))
+            ticket._resolve(result)
 
-    def remembered_exit(self, container_id: str) -> dict[str, Any] | None:
+    def remembered_exit(self, container_id: str) -> ExitResult | None:
         with self._cond:
-            body = self._exits.get(container_id)
-        return dict(body) if body is not None else None
+            return self._exits.get(container_id)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -309,14 +309,14 @@ class ExitMonitor:
         if action != "die":
             return
         code = _exit_code((actor.get("Attributes") or {}).get("exitCode"))
-        body: dict[str, Any] = {"StatusCode": code, "Error": None}
         with self._cond:
-            if self._oom.pop(container_id, False):
-                body["OOMKilled"] = True
-            self._exits[container_id] = body
+            result = ExitResult(
+                code, oom_killed=True if self._oom.pop(container_id, False) else None
+            )
+            self._exits[container_id] = result
             tickets = self._tickets.pop(container_id, [])
         for ticket in tickets:
-            ticket._resolve(dict(body))
+            ticket._resolve(result)
 
     def _broken(self, error: BaseException) -> None:
         """A real stream failure: every outstanding ticket fails, its owner re-inspects."""

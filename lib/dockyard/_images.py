@@ -17,7 +17,7 @@ from dataclasses import KW_ONLY, dataclass, field
 
 from cachetools import TTLCache
 
-from ._backend import EngineBackend
+from ._driver import ImageStore
 from ._errors import UnpullableImageError, copy_error
 from ._metrics import NO_METRICS, Metrics
 from ._registry_auth import RegistryAuth
@@ -49,7 +49,7 @@ class ImagePuller:
     credentials for an image (None: anonymous).
     """
 
-    docker: EngineBackend
+    images: ImageStore
     timeout_s: float
     _: KW_ONLY
     failure_ttl_s: float = DEFAULT_FAILURE_TTL_S
@@ -87,9 +87,9 @@ class ImagePuller:
         try:
             credentials = self.auth(image) if self.auth is not None else None
             if credentials is None:
-                self.docker.pull(image, self.timeout_s)
+                self.images.pull(image, self.timeout_s)
             else:
-                self.docker.pull(image, self.timeout_s, auth_config=credentials)
+                self.images.pull(image, self.timeout_s, auth_config=credentials)
         except BaseException as err:
             with self._lock:
                 if isinstance(err, Exception) and self.failure_ttl_s > 0:

@@ -7,10 +7,9 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from ._backend import EngineBackend
 from ._config import RouterConfig
+from ._driver import Driver, WorkerEntry
 from ._environment import worker_masker
 from ._errors import (
     DockyardError,
@@ -19,7 +18,7 @@ from ._errors import (
     EngineNotFoundError,
     ManagerClosedError,
 )
-from ._exit_handling import ExitWatcher, TimeoutController, parse_docker_time
+from ._exit_handling import ExitWatcher, TimeoutController
 from ._jobs import LabelSchema, parse_deadline
 from ._loops import Activity
 from ._models import ActiveWorker
@@ -35,27 +34,26 @@ _RUNNING_STATES = frozenset({"running", "restarting", "paused"})
 
 
 def _untracked(
-    containers: Iterable[dict[str, Any]],
+    entries: Iterable[WorkerEntry],
     schema: LabelSchema,
     instance_id: str,
     registry: WorkerRegistry,
-) -> Iterator[tuple[dict[str, Any], str, dict[str, str]]]:
-    """The listed containers that `instance_id` owns by their labels and no worker tracks.
+) -> Iterator[tuple[WorkerEntry, str, dict[str, str]]]:
+    """The listed workers that `instance_id` owns by their labels and no worker tracks.
 
     Ownership is checked again: a list filter is not a guarantee to bet containers on.
     """
-    for container in containers:
-        container_id = str(container.get("Id", ""))
-        labels = dict(container.get("Labels") or {})
-        if schema.owned_by(labels, instance_id) and not registry.is_tracked_container(container_id):
-            yield container, container_id, labels
+    for entry in entries:
+        labels = dict(entry.labels)
+        if schema.owned_by(labels, instance_id) and not registry.is_tracked_container(entry.id):
+            yield entry, entry.id, labels
 
 
 @dataclass
 class OrphanReaper:
     """Stops and removes this instance's containers that no manager tracks any more."""
 
-    docker: EngineBackend
+    driver: Driver
     registry: WorkerRegistry
     labels: LabelSchema
     config: RouterConfig
@@ -75,7 +73,7 @@ class OrphanReaper:
 
     def _scan(self) -> list[str]:
         try:
-            containers = self.docker.list_containers(
+            containers = self.driver.list_workers(
                 self.labels.ownership_filter(self.config.router_instance_id), all=True
             )
         except Exception as err:  # a background scan: reported, never raised
@@ -102,9 +100,9 @@ class OrphanReaper:
                 )
         return handled
 
-    def _reap_one(self, container: dict[str, Any], labels: dict[str, str], now: datetime) -> bool:
-        container_id = str(container["Id"])
-        state = str(container.get("State", "")).lower()
+    def _reap_one(self, container: WorkerEntry, labels: dict[str, str], now: datetime) -> bool:
+        container_id = container.id
+        state = container.status
         if state == "removing":
             return False  # the engine is removing it already (AutoRemove)
         if state in _RUNNING_STATES:
@@ -115,7 +113,7 @@ class OrphanReaper:
                 extra={"container_id": container_id[:12], "job_id": labels.get(self.labels.job_id)},
             )
             try:
-                self.docker.stop(container_id, self.config.stop_grace_s)
+                self.driver.stop(container_id, self.config.stop_grace_s)
             except EngineNotFoundError:
                 pass  # gone already; the removal below finds nothing either
             except DockyardError as err:
@@ -137,11 +135,11 @@ class OrphanReaper:
     def _remove(self, container_id: str) -> None:
         # Gone already, or the engine is removing it (AutoRemove after the stop).
         with contextlib.suppress(EngineNotFoundError, EngineConflictError):
-            self.docker.remove(container_id, force=True)
+            self.driver.remove(container_id, force=True)
 
     def _overdue(
         self,
-        container: dict[str, Any],
+        container: WorkerEntry,
         labels: dict[str, str],
         now: datetime,
         *,
@@ -149,7 +147,7 @@ class OrphanReaper:
     ) -> bool:
         deadline = parse_deadline(labels.get(self.labels.deadline))
         if deadline is None or created_only:
-            created = datetime.fromtimestamp(int(container.get("Created") or 0), UTC)
+            created = container.created_at or datetime.fromtimestamp(0, UTC)
             limit = 60.0 if created_only else self.config.worker_timeout_s
             deadline = created + timedelta(seconds=limit)
         return now >= deadline
@@ -159,7 +157,7 @@ class OrphanReaper:
 class WorkerAdopter:
     """Re-attaches to this instance's running workers after a router restart."""
 
-    docker: EngineBackend
+    driver: Driver
     registry: WorkerRegistry
     labels: LabelSchema
     config: RouterConfig
@@ -170,7 +168,7 @@ class WorkerAdopter:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def adopt(self) -> list[ActiveWorker]:
-        containers = self.docker.list_containers(
+        containers = self.driver.list_workers(
             self.labels.ownership_filter(self.config.router_instance_id), all=False
         )
         adopted: list[ActiveWorker] = []
@@ -204,25 +202,21 @@ class WorkerAdopter:
     def _adopt_one(
         self, container_id: str, job_id: str, labels: dict[str, str]
     ) -> ActiveWorker | None:
-        info = self.docker.inspect(container_id)
-        state = info.get("State") or {}
-        if not state.get("Running"):
+        state = self.driver.inspect(container_id)
+        if not state.running:
             return None  # exited meanwhile: the orphan scan removes it
-        started_at = parse_docker_time(state.get("StartedAt")) or self.clock()
+        started_at = state.exit.started_at or self.clock()
         plan = LaunchPlan.from_container(
-            self.labels, info, started_at, self.config.worker_timeout_s
+            self.labels, state, started_at, self.config.worker_timeout_s
         )
         if plan is None or plan.job_id != job_id:
             return None
-        config = info.get("Config") or {}
-        worker = plan.worker(
-            container_id=container_id, image=str(config.get("Image", "")), started_at=started_at
-        )
+        worker = plan.worker(container_id=container_id, image=state.image, started_at=started_at)
         # The wait is in place before the timer can fire, so the exit a kill causes (and
         # the engine's auto-removal after it) is never missed; it answers at once when
         # the container stopped since the inspect above.
-        exit_wait = self.docker.open_wait(container_id)
-        env = dict(item.partition("=")[::2] for item in config.get("Env") or [])
+        exit_wait = self.driver.open_wait(container_id)
+        env = dict(item.partition("=")[::2] for item in state.env)
         # It already runs: it takes a slot, even over capacity.
         lease = self.slots.lease_over_capacity()
         tracked = TrackedWorker(
@@ -231,7 +225,7 @@ class WorkerAdopter:
             exit_wait=exit_wait,
             env_keys=tuple(env),
             masker=worker_masker(env),
-            auto_remove=bool((info.get("HostConfig") or {}).get("AutoRemove")),
+            auto_remove=state.auto_remove,
         )
         remaining = (worker.deadline - self.clock()).total_seconds()
         self.timeouts.arm(tracked, remaining)

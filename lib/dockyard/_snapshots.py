@@ -21,13 +21,13 @@ import json
 import logging
 import threading
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ._backend import EngineBackend
 from ._config import RouterConfig
+from ._driver import ImageStore
 from ._environment import SCRUBBED_ENV_KEYS
 from ._errors import DockyardError, EngineConflictError, EngineNotFoundError, SnapshotScrubError
 from ._image_rewrite import record_without_container_config
@@ -137,12 +137,15 @@ def env_values_left(info: Mapping[str, Any], keys: Iterable[str]) -> list[str]:
 class SnapshotManager:
     """Commits, registers, syncs and removes snapshot images for one manager."""
 
-    docker: EngineBackend
+    images: ImageStore
     registry: SnapshotRegistry
     reporter: Reporter
     config: RouterConfig
     labels: LabelSchema
     metrics: Metrics = NO_METRICS
+    # A worker's `KEY=value` env by its id (the driver's inspect), for a commit whose exit
+    # inspect failed; None: unknown, every key dockyard set is blanked.
+    worker_env: Callable[[str], Sequence[str]] | None = None
     _locks: tuple[threading.Lock, ...] = field(
         init=False, default_factory=lambda: tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
     )
@@ -209,7 +212,7 @@ class SnapshotManager:
             changes += label_changes(self.labels, self._snapshot_labels(worker, base_image))
             # Untagged until checked: the name only ever points at a scrubbed image, so a
             # crash half-way never leaves one for `sync_from_docker` to pick up.
-            created.append(self.docker.commit(worker.container_id, "", "", changes))
+            created.append(self.images.commit(worker.container_id, "", "", changes))
             final, info = self._scrubbed_and_named(created, image, blanked)
         except Exception as err:  # a snapshot is best effort: any failure is reported, never raised
             log.warning(
@@ -281,10 +284,11 @@ class SnapshotManager:
         launched = list(launch_env_keys)
         try:
             if container_env is None:
-                info = self.docker.inspect(worker.container_id)
-                container_env = (info.get("Config") or {}).get("Env") or []
+                if self.worker_env is None:
+                    raise LookupError("no way to read the worker's environment")
+                container_env = self.worker_env(worker.container_id)
             env = _env_pairs(container_env)
-        except Exception as err:
+        except Exception as err:  # a failed inspect (or a bug): blank the most, report
             # Still blank every key dockyard itself set: no secret may reach an image.
             log.warning("snapshot env inspect failed", extra={"job_id": worker.job_id})
             self.reporter.report(
@@ -309,16 +313,16 @@ class SnapshotManager:
         a blanked key still has a value. `created` collects every image id made here.
         """
         committed = created[-1]
-        info = self.docker.image_inspect(committed)
+        info = self.images.image_inspect(committed)
         if not env_values_left(info, blanked) and not self._worker_labels_left(info):
             repository, _, tag = image.rpartition(":")
-            self.docker.tag(committed, repository, tag, force=True)
+            self.images.tag(committed, repository, tag, force=True)
             return committed, info
-        rewritten = record_without_container_config(self.docker, committed, image)
+        rewritten = record_without_container_config(self.images, committed, image)
         created.append(rewritten)
         self._remove_now_or_later(committed)  # holds the container's whole environment
         created.remove(committed)
-        info = self.docker.image_inspect(rewritten)
+        info = self.images.image_inspect(rewritten)
         left = env_values_left(info, blanked) + self._worker_labels_left(info)
         if left:
             raise SnapshotScrubError(f"snapshot image still holds values of {', '.join(left)}")
@@ -342,14 +346,14 @@ class SnapshotManager:
             return
         repository, _, tag = image.rpartition(":")
         try:
-            self.docker.tag(previous, repository, tag, force=True)
+            self.images.tag(previous, repository, tag, force=True)
         except Exception:  # best effort: the old image is retired instead
             log.warning("could not restore the previous snapshot", extra={"image": image})
             self._retire(previous)
 
     def _image_id(self, image: str) -> str | None:
         try:
-            image_id = self.docker.image_inspect(image).get("Id")
+            image_id = self.images.image_inspect(image).get("Id")
         except Exception:  # unknown: treated as no image
             return None
         return str(image_id) if image_id else None
@@ -358,7 +362,7 @@ class SnapshotManager:
 
     def _remove_now_or_later(self, image_id: str) -> None:
         try:
-            self.docker.remove_image(image_id)
+            self.images.remove_image(image_id)
         except EngineNotFoundError:
             return
         except DockyardError as err:
@@ -373,7 +377,7 @@ class SnapshotManager:
         and its container is removed only after the commit): 409 keeps it for later.
         """
         try:
-            self.docker.remove_image(image_id)
+            self.images.remove_image(image_id)
         except EngineNotFoundError:
             return
         except DockyardError as err:
@@ -398,7 +402,7 @@ class SnapshotManager:
                     self._retired.pop(image_id, None)
                 continue
             try:
-                self.docker.remove_image(image_id)
+                self.images.remove_image(image_id)
             except EngineNotFoundError:
                 pass  # gone already
             except EngineConflictError:
@@ -431,7 +435,7 @@ class SnapshotManager:
             return False  # committed anew since the eviction: the name is live again
         image_id = self._image_id(meta.image_name)
         try:
-            self.docker.remove_image(meta.image_name)
+            self.images.remove_image(meta.image_name)
         except EngineNotFoundError:
             return False
         except EngineConflictError:
@@ -487,7 +491,7 @@ class SnapshotManager:
         """
         registered: list[SnapshotMetadata] = []
         try:
-            images = self.docker.list_images(self.config.snapshot_image_prefix)
+            images = self.images.list_images(self.config.snapshot_image_prefix)
         except Exception as err:  # a start-up step: reported, never raised
             self.reporter.report(err, "snapshot_startup_sync", level="warning")
             return registered

@@ -22,6 +22,7 @@ from typing import Any
 
 from cachetools import TTLCache
 
+from ._driver import ExitResult
 from ._errors import DockerUnavailableError, EngineNotFoundError, RetriesExhaustedError
 from ._exit_monitor import ExitWait
 from ._retry import RetryPolicy, RetryState
@@ -328,8 +329,8 @@ class TaskPoller:
             ticket._resolve(_body(ending))
 
 
-def _body(ending: Ending) -> dict[str, Any]:
-    return {"StatusCode": exit_code_of(ending.task), "Error": None}
+def _body(ending: Ending) -> ExitResult:
+    return ExitResult(exit_code_of(ending.task))
 
 
 def _unplaced_reason(task: dict[str, Any] | None, timeout_s: float) -> str:

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from cachetools import LRUCache
 
-from ._backend import ExitTicket
+from ._driver import ExitTicket
 from ._environment import Masker
 from ._errors import DuplicateJobError
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome

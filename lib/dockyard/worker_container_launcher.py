@@ -14,10 +14,8 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from ._backend import EngineBackend, ExitTicket
-from ._docker import ContainerSpec
+from ._driver import ContainerSpec, Driver, ExitTicket, WorkerState
 from ._environment import Masker, Secret, with_snapshot_reuse
 from ._errors import (
     DockyardError,
@@ -102,12 +100,12 @@ class WorkerContainerLaunchContext:
 class WorkerContainerLauncherDependencies:
     """The launcher's collaborators, all owned by one `ContainerManager`."""
 
-    docker: EngineBackend
+    driver: Driver
     registry: WorkerRegistry
     timeouts: TimeoutController
     exits: ExitWatcher
     snapshots: SnapshotRegistry
-    images: ImagePuller
+    images: ImagePuller | None  # None: the driver has no images to pull into
     reporter: Reporter
     listener: SafeListener
     labels: LabelSchema
@@ -247,9 +245,11 @@ def _with_base_image_pull(
     try:
         return _create_and_start(config, context, image, config.env, deps)
     except ImageNotFoundError:
-        pass  # pull it, once
+        if deps.images is None:
+            raise
+        puller = deps.images  # pull it, once
     try:
-        deps.images.pull(image)
+        puller.pull(image)
     except Exception as pull_err:  # whatever ends the pull is reported under its source
         reports.send(
             pull_err,
@@ -303,28 +303,27 @@ def _create_and_start(
     exit_wait: ExitTicket | None = None
     try:
         # Registered before start: an instant exit (and auto-removal) cannot be missed.
-        exit_wait = deps.docker.open_exit_wait(container_id)
-        deps.docker.start(container_id)
+        exit_wait = deps.driver.open_exit_wait(container_id)
+        deps.driver.start(container_id)
     except BaseException:
         if exit_wait is not None:
             exit_wait.close()
-        _discard(deps.docker, container_id, plan.job_id)
+        _discard(deps.driver, container_id, plan.job_id)
         raise
     return _Started(image, env, container_id, exit_wait, plan)
 
 
 def _create(spec: ContainerSpec, job_id: str, deps: WorkerContainerLauncherDependencies) -> str:
     try:
-        return deps.docker.create(spec)
+        return deps.driver.create(spec)
     except EngineConflictError as err:
         conflict = err
     # A container already has this name: a stopped leftover of this very job goes.
     try:
-        leftover = deps.docker.inspect(spec.name)
+        leftover = deps.driver.inspect(spec.name)
     except DockyardError:
         raise conflict from None
-    labels = (leftover.get("Config") or {}).get("Labels") or {}
-    state = leftover.get("State") or {}
+    labels = leftover.labels
     holder = labels.get(deps.labels.job_id)
     same_job = deps.labels.owned_by(labels, deps.instance_id) and holder == job_id
     if not same_job:
@@ -333,19 +332,19 @@ def _create(spec: ContainerSpec, job_id: str, deps: WorkerContainerLauncherDepen
             # manager or router: a clear refusal, not the engine's bare 409.
             raise DuplicateJobError(job_id, other_job_id=holder, container_name=spec.name) from None
         raise conflict
-    if state.get("Running") or state.get("Restarting"):
+    if leftover.status in ("running", "restarting"):  # a paused leftover goes, as ever
         raise DuplicateJobError(job_id)
     log.info(
         "removing a stopped leftover container of the same job",
-        extra={"job_id": job_id, "container_id": str(leftover.get("Id", ""))[:12]},
+        extra={"job_id": job_id, "container_id": leftover.id[:12]},
     )
-    deps.docker.remove(str(leftover["Id"]), force=True)
-    return deps.docker.create(spec)
+    deps.driver.remove(leftover.id, force=True)
+    return deps.driver.create(spec)
 
 
-def _discard(docker: EngineBackend, container_id: str, job_id: str) -> None:
+def _discard(driver: Driver, container_id: str, job_id: str) -> None:
     try:
-        docker.remove(container_id, force=True)
+        driver.remove(container_id, force=True)
     except DockyardError:
         log.warning(
             "could not remove a container that failed to start",
@@ -428,7 +427,7 @@ class LaunchPlan:
     def from_container(
         cls,
         schema: LabelSchema,
-        info: dict[str, Any],
+        state: WorkerState,
         started_at: datetime,
         default_timeout_s: float,
     ) -> LaunchPlan | None:
@@ -436,11 +435,10 @@ class LaunchPlan:
 
         An unlabelled deadline counts the global timeout from the container's start.
         """
-        config = info.get("Config") or {}
-        identity = schema.parse(config.get("Labels") or {})
+        identity = schema.parse(dict(state.labels))
         if identity is None:
             return None
-        plan = cls(identity, str(info.get("Name", "")).lstrip("/"), default_timeout_s)
+        plan = cls(identity, state.name, default_timeout_s)
         if identity.deadline is None:
             plan = plan.stamp(started_at)
         return plan

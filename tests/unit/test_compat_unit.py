@@ -190,7 +190,7 @@ def test_the_manager_gives_the_gateway_the_configured_write_timeout(
     rig_factory: Callable[..., Rig],  # noqa: F811
 ) -> None:
     rig = rig_factory(image_write_timeout_s=3600)
-    assert rig.manager._docker.image_write_timeout_s == 3600
+    assert rig.manager._driver.images.image_write_timeout_s == 3600
     assert RouterConfig().image_write_timeout_s > RouterConfig().docker_timeout_s
 
 
@@ -275,12 +275,14 @@ def test_a_failed_snapshot_commit_reports_the_originals_extras() -> None:
     )
     config = RouterConfig(router_instance_id="unit", snapshot_image_prefix="unit-snap-")
     reporter = ExtrasReporter()
+    gateway = RefusingCommitGateway()
     manager = SnapshotManager(
-        RefusingCommitGateway(),  # type: ignore[arg-type]
+        gateway,  # type: ignore[arg-type]
         registry,
         reporter,
         config,
         LabelSchema("cascade"),
+        worker_env=lambda worker_id: gateway.inspect(worker_id)["Config"]["Env"],
     )
     worker = snapshot_worker()
     assert manager.commit(worker, ["JOB_ID"]) is None

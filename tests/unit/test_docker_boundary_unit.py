@@ -22,7 +22,8 @@ from dockyard import (
     WorkerJob,
     WorkerSpawnError,
 )
-from dockyard._docker import ContainerSpec, DockerGateway, _size_tcp_pool
+from dockyard._docker import DockerGateway, _size_tcp_pool
+from dockyard._driver import ContainerSpec, ExitResult
 from dockyard._errors import (
     EngineConflictError,
     EngineNotFoundError,
@@ -92,7 +93,7 @@ def test_exit_reaches_the_ticket_registered_before_start(
     ticket = gateway.open_exit_wait(container_id)
     api.exit_on_start = 7  # exits during `start`, before anyone waits in `result()`
     gateway.start(container_id)
-    assert ticket.result() == {"StatusCode": 7, "Error": None}
+    assert ticket.result() == ExitResult(exit_code=7)
 
 
 def test_close_wakes_a_blocked_result_at_once(gateway: DockerGateway) -> None:
@@ -126,7 +127,7 @@ def test_a_broken_stream_fails_every_ticket_and_reconnects(
     # The owner re-inspects and waits again on the reconnected stream.
     again = gateway.open_wait(first)
     api.exit(first, 3)
-    assert again.result()["StatusCode"] == 3
+    assert again.result().exit_code == 3
     since = api.calls_of("events")[1:]
     assert since and all(value is not None for value in since)  # replays the gap
 
@@ -137,7 +138,7 @@ def test_idle_reconnects_keep_the_tickets(gateway: DockerGateway, api: FakeDocke
     wait_until(lambda: len(api.calls_of("events")) >= 3)  # a few quiet heartbeats
     assert not ticket.done()
     api.exit(container_id, 0)
-    assert ticket.result()["StatusCode"] == 0
+    assert ticket.result().exit_code == 0
 
 
 def test_an_exit_just_before_the_wait_is_remembered(
@@ -149,7 +150,7 @@ def test_an_exit_just_before_the_wait_is_remembered(
     wait_until(lambda: gateway._exits.remembered_exit(container_id) is not None)
     api.vanish(container_id)  # auto-removed: no inspect could tell the code any more
     ticket = gateway.open_wait(container_id)
-    assert ticket.result()["StatusCode"] == 4
+    assert ticket.result().exit_code == 4
 
 
 def test_open_wait_answers_at_once_for_a_stopped_container(
@@ -159,7 +160,7 @@ def test_open_wait_answers_at_once_for_a_stopped_container(
     with api.lock:
         container = api.containers_by_id[container_id]
         container.status, container.exit_code = "exited", 9  # no event: only inspect knows
-    assert gateway.open_wait(container_id).result()["StatusCode"] == 9
+    assert gateway.open_wait(container_id).result().exit_code == 9
 
 
 def test_open_wait_on_a_missing_container_raises_not_found(gateway: DockerGateway) -> None:
@@ -172,7 +173,7 @@ def test_oom_is_passed_along_with_the_exit(gateway: DockerGateway, api: FakeDock
     container_id = running(gateway)
     ticket = gateway.open_exit_wait(container_id)
     api.exit(container_id, 137, oom=True)
-    assert ticket.result() == {"StatusCode": 137, "Error": None, "OOMKilled": True}
+    assert ticket.result() == ExitResult(exit_code=137, oom_killed=True)
 
 
 def test_a_stream_that_cannot_connect_fails_the_wait_with_a_typed_error(

@@ -22,7 +22,8 @@ from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, RecordingReporter
 
 PACKAGE = Path(dockyard.__file__).parent
 NOT_THE_PATH = {"testing.py"}
-MAX_MODULES_DEFAULT_JOB = 10
+# The driver interface and the Docker driver sit between the core and the Docker client.
+MAX_MODULES_DEFAULT_JOB = 12
 # Plus the snapshot registry, the commit's mechanics, the gateway's image calls, the typed
 # errors (looking up the previous snapshot of the work item answers 404 the first time), and
 # the retry policy of the container's removal (an auto-removed container needs none).
@@ -66,7 +67,7 @@ def run_one_job(config: RouterConfig, job: WorkerJob) -> set[str]:
     return seen
 
 
-def test_a_job_runs_through_at_most_ten_modules() -> None:
+def test_a_job_runs_through_at_most_twelve_modules() -> None:
     config = RouterConfig(worker_image=DEFAULT_IMAGE, router_instance_id="path")
     seen = run_one_job(config, WorkerJob("job-1", "build", {"x": 1}))
 

@@ -295,7 +295,7 @@ def test_close_from_a_listener_callback_completes(
     assert listener.closed.wait(10), "close() from the callback did not return"
 
     assert [r.getMessage() for r in caplog.records] == []  # no "cannot join current thread"
-    assert manager._docker._closed  # it went all the way through
+    assert manager._driver.client._closed  # it went all the way through
     with pytest.raises(RuntimeError):
         manager.spawn_worker(job("after"))
     thread_baseline.assert_no_new_threads(timeout=5.0)

@@ -13,7 +13,7 @@ from sentry_sdk.serializer import serialize
 
 from conftest import CapturedEvents
 from dockyard import WorkerJob
-from dockyard._docker import ContainerSpec
+from dockyard._driver import ContainerSpec
 from dockyard._environment import (
     Masker,
     Secret,
