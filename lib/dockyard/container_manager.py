@@ -110,6 +110,7 @@ class ContainerManager:
         job_data_store: JobDataStore | None = None,
         reporter: Reporter | None = None,
         metrics_registry: CollectorRegistry | None = None,
+        driver: Driver | None = None,
     ) -> None:
         self.config = config
         self._projects = projects
@@ -118,12 +119,16 @@ class ContainerManager:
         wait_pool = config.max_workers + _WAIT_POOL_HEADROOM
         if projects is not None:
             check_projects(config.backend, projects.list_projects())
-        driver: Driver = driver_factory(config.backend)(
-            config,
-            docker_client,
-            short_pool=config.launch_concurrency + 4,
-            wait_pool=wait_pool + config.launch_concurrency,
-        )
+        if driver is None:
+            driver = driver_factory(config.backend)(
+                config,
+                docker_client,
+                short_pool=config.launch_concurrency + 4,
+                wait_pool=wait_pool + config.launch_concurrency,
+            )
+        elif config.snapshot_enabled and not driver.capabilities.snapshots:
+            # A host's own driver (a test's fake, say): its capabilities decide.
+            raise ConfigError("snapshot_enabled", "the driver given declares no snapshots")
         self._driver = driver
         images = driver.images
         self._auto_remove = config.auto_remove_workers and driver.capabilities.auto_remove

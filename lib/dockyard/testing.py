@@ -23,6 +23,15 @@ Exits reach dockyard as the real engine sends them: as `die` events on the event
 APIClient method name, or `"events"` for connecting the events stream); `calls` records
 every call as `(method, detail)`. Images live in `image_names`; a pull adds the image unless
 `pull_error` is set. `RecordingReporter` collects what dockyard reports instead of Sentry.
+
+A level up, `FakeDriver` fakes the engine at the driver interface, passed as `driver=`:
+typed answers and errors, and the capabilities the test picks (`DOCKER_LIKE`, the default,
+or `SWARM_LIKE`: no auto-removal, images or snapshots)::
+
+    driver = FakeDriver(capabilities=SWARM_LIKE)
+    with ContainerManager(config, driver=driver) as manager:
+        worker = manager.spawn_worker(WorkerJob("job-1", "build", {}))
+        driver.exit(worker.container_id, 0)
 """
 
 from __future__ import annotations
@@ -42,13 +51,18 @@ import docker.errors
 import requests
 import urllib3
 
+from ._fake_driver import DOCKER_LIKE, SWARM_LIKE, FakeDriver, FakeImageStore
 from ._sentry import Report, Reporter
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "DOCKER_LIKE",
+    "SWARM_LIKE",
     "FakeContainer",
     "FakeDockerAPI",
+    "FakeDriver",
     "FakeEventStream",
+    "FakeImageStore",
     "RecordingReporter",
     "Report",
     "api_error",
