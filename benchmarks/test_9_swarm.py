@@ -1,9 +1,9 @@
 """The Swarm backend: spawn against the `docker service create` CLI, throughput against the
 local backend, and the task poller's engine calls per tick as the worker count grows.
 
-Runs on the swarm manager engine of `tests/swarm_engine.sh` (fixtures from
-`tests/swarm_support.py`); the local-backend side of the throughput figure runs on the main
-engine. Every figure is a ratio against a baseline measured in the same run.
+Runs on the swarm manager engine of `tests/swarm_engine.sh` (fixtures in `tests/conftest.py`,
+helpers in `tests/support/swarm.py`); the local-backend side of the throughput figure runs on
+the main engine. Every figure is a ratio against a baseline measured in the same run.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import pytest
 from dockyard import ContainerManager, WorkerJob
 
 from .harness import bench_config, job_id, median, raw_name, record
-
-pytest_plugins = ("swarm_support",)  # its fixtures
 
 SPAWN_ROUNDS = 10
 THROUGHPUT_JOBS = 100
@@ -75,7 +73,7 @@ def test_swarm_spawn_against_the_cli(
     benchmark: Any, swarm_client: docker.DockerClient, swarm_image: str, swarm_instance: str
 ) -> None:
     """`spawn_worker` (service create -> task running) paired with the CLI doing the same."""
-    from swarm_support import swarm_host  # noqa: PLC0415 - registered as a plugin above
+    from support.swarm import swarm_host  # noqa: PLC0415
 
     cli = shutil.which("docker")
     if cli is None:

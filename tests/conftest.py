@@ -31,63 +31,51 @@ Logs and a second router
     ``other_instance`` (function) is a second router instance id, its containers removed
     after the test.
 
-Test modules also import plain helpers from here: ``ManagerFactory``, ``StaticProjects``,
-``RecordingStore``, ``free_port``/``stop_process``/``missing_tool`` for helper servers,
-``eventually``, and the load run's ``load_job``/``LoadProjects``/``LoadRecorder``.
+Swarm
+    ``swarm_client`` (session), ``swarm_image`` (session), ``swarm_instance``,
+    ``swarm_local_node`` and ``make_swarm_manager`` run on the swarm engine of
+    ``tests/swarm_engine.sh`` (see ``support.swarm``).
+
+Only fixtures live here: the helpers the test modules share are in the ``support`` package.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
-import os
-import socket
-import subprocess
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import docker
 import docker.errors
 import pytest
-import sentry_sdk
-import sentry_sdk.transport
 
-from dockyard import (
-    ActiveWorker,
-    ProjectConfig,
-    WorkerJob,
-    WorkerLifecycleListener,
-    WorkerOutcome,
-)
-from faultproxy import FaultProxy, FaultRule
+from faultproxy import FaultProxy
 from images import TEST_IMAGE, ensure_test_images
-
-# Test modules import the swarm plugin's helpers before pytest loads it as their plugin:
-# registered here, it is assertion-rewritten on that first import all the same.
-pytest.register_assert_rewrite("swarm_support")
-
-LABEL_PREFIX = "cascade"
-"""Default ``RouterConfig.label_prefix``; the leak detector looks for its labels."""
-
-LEAK_GRACE_S = 5.0
-"""How long teardown waits for non-running containers to go away by themselves
-(AutoRemove is asynchronous: the daemon removes the container shortly *after* ``wait``
-returns)."""
-
+from support.engine import (
+    LEAK_GRACE_S,
+    ManagerFactory,
+    docker_required,
+    engine_socket,
+    instance_containers,
+    remove_container,
+    remove_images_with_prefix,
+    snapshot_prefix_for,
+)
+from support.hosts import LogCapture
+from support.sentry import CAPTURED_EVENTS, CapturedEvents, init_test_sentry
+from support.swarm import (
+    SERVICE_GONE_S,
+    instance_services,
+    missing_swarm,
+    set_availability,
+    swarm_host,
+)
+from support.threads import ThreadBaseline
 
 # --------------------------------------------------------------------------- docker
-
-
-def docker_required() -> bool:
-    """True when a missing Docker engine must fail the run instead of skipping."""
-    require = os.environ.get("DOCKYARD_REQUIRE_DOCKER", "").strip().lower()
-    ci = os.environ.get("CI", "").strip().lower()
-    return require in {"1", "true", "yes"} or ci in {"1", "true", "yes"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -135,32 +123,6 @@ def test_image(docker_client: docker.DockerClient) -> str:
     return TEST_IMAGE
 
 
-def _instance_containers(client: docker.DockerClient, instance: str) -> list[Any]:
-    return list(
-        client.containers.list(
-            all=True, filters={"label": f"{LABEL_PREFIX}.router.instance={instance}"}
-        )
-    )
-
-
-def _remove_container(container: Any) -> None:
-    try:
-        container.remove(force=True)
-    except docker.errors.NotFound:
-        pass
-    except docker.errors.APIError as exc:
-        if exc.status_code != 409:  # 409: removal already in progress
-            raise
-
-
-def _remove_images_with_prefix(client: docker.DockerClient, prefix: str) -> None:
-    for image in client.images.list():
-        for tag in image.tags:
-            if tag.startswith(prefix):
-                with contextlib.suppress(docker.errors.NotFound):
-                    client.images.remove(tag, force=True)
-
-
 @pytest.fixture
 def instance_id(
     request: pytest.FixtureRequest, docker_client: docker.DockerClient
@@ -179,32 +141,28 @@ def instance_id(
     yield instance
 
     allow = request.node.get_closest_marker("allow_leftovers") is not None
-    leftovers = _instance_containers(docker_client, instance)
+    leftovers = instance_containers(docker_client, instance)
     if leftovers and not allow:
         deadline = time.monotonic() + LEAK_GRACE_S
         # Only containers that are going away by themselves (exited, being removed)
         # are worth waiting for; a running one is a leak straight away.
         while any(c.status != "running" for c in leftovers) and time.monotonic() < deadline:
             time.sleep(0.1)
-            leftovers = _instance_containers(docker_client, instance)
+            leftovers = instance_containers(docker_client, instance)
     described = []
     for container in leftovers:
         try:
             described.append(f"{container.name} ({container.short_id}, {container.status})")
         except Exception:
             described.append(str(container.id)[:12])
-        _remove_container(container)
-    _remove_images_with_prefix(docker_client, _snapshot_prefix_for(instance))
+        remove_container(container)
+    remove_images_with_prefix(docker_client, snapshot_prefix_for(instance))
     if described and not allow:
         pytest.fail(
             f"leaked {len(described)} container(s) of router instance {instance}: "
             + ", ".join(described),
             pytrace=False,
         )
-
-
-def _snapshot_prefix_for(instance: str) -> str:
-    return "dockyard-test-snap-" + instance.rsplit("-", 1)[-1] + "-"
 
 
 @pytest.fixture
@@ -214,85 +172,10 @@ def snapshot_image_prefix(instance_id: str) -> str:
     Pass it as ``RouterConfig(snapshot_image_prefix=...)``; ``instance_id`` removes the
     images at teardown.
     """
-    return _snapshot_prefix_for(instance_id)
+    return snapshot_prefix_for(instance_id)
 
 
 # --------------------------------------------------------------------------- sentry
-
-
-class CapturedEvents(list[dict[str, Any]]):
-    """The events captured by the test transport (a plain list of event dicts)."""
-
-    def with_source(self, source: str) -> list[dict[str, Any]]:
-        """Events whose ``source`` tag equals ``source``."""
-        return [e for e in list(self) if (e.get("tags") or {}).get("source") == source]
-
-    def wait_for(
-        self,
-        source: str | None = None,
-        *,
-        count: int = 1,
-        timeout: float = 5.0,
-        predicate: Callable[[dict[str, Any]], bool] | None = None,
-    ) -> list[dict[str, Any]]:
-        """Wait until ``count`` matching events arrived (from any thread); return them.
-
-        Raises ``AssertionError`` on timeout.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            events = list(self) if source is None else self.with_source(source)
-            if predicate is not None:
-                events = [e for e in events if predicate(e)]
-            if len(events) >= count:
-                return events
-            if time.monotonic() >= deadline:
-                raise AssertionError(
-                    f"expected {count} Sentry event(s) with source={source!r} within "
-                    f"{timeout}s, got {len(events)}; all events: {list(self)!r}"
-                )
-            time.sleep(0.02)
-
-
-CAPTURED_EVENTS = CapturedEvents()
-_sentry_lock = threading.Lock()
-
-
-class CapturingTransport(sentry_sdk.transport.Transport):
-    """A sentry-sdk transport that keeps events in :data:`CAPTURED_EVENTS`; no network."""
-
-    def capture_envelope(self, envelope: Any) -> None:
-        event = envelope.get_event()
-        if event is not None:
-            CAPTURED_EVENTS.append(event)
-
-    def flush(self, timeout: float, callback: Any | None = None) -> None:
-        return None
-
-    def kill(self) -> None:
-        return None
-
-
-def init_test_sentry() -> None:
-    """Initialise the real sentry-sdk once per process with :class:`CapturingTransport`."""
-    with _sentry_lock:
-        if isinstance(sentry_sdk.get_client().transport, CapturingTransport):
-            return
-        sentry_sdk.init(
-            dsn="https://public@example.invalid/1",
-            transport=CapturingTransport,
-            default_integrations=False,
-            auto_enabling_integrations=False,
-            auto_session_tracking=False,
-            send_client_reports=False,
-            enable_backpressure_handling=False,
-            traces_sample_rate=None,
-            release="dockyard-tests",
-            environment="test",
-            server_name="dockyard-test",
-            sample_rate=1.0,
-            debug=False,
-        )
 
 
 @pytest.fixture
@@ -313,30 +196,6 @@ def sentry_events() -> Iterator[CapturedEvents]:
 # --------------------------------------------------------------------------- threads
 
 
-class ThreadBaseline:
-    """The threads alive at set-up, to find threads a test left behind."""
-
-    def __init__(self) -> None:
-        self.before: frozenset[threading.Thread] = frozenset(threading.enumerate())
-
-    def new_threads(self, timeout: float = 2.0) -> list[threading.Thread]:
-        """Threads started since set-up that are still alive after up to ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        while True:
-            extra = [t for t in threading.enumerate() if t not in self.before and t.is_alive()]
-            if not extra or time.monotonic() >= deadline:
-                return extra
-            for thread in extra:
-                thread.join(max(0.0, min(0.05, deadline - time.monotonic())))
-
-    def assert_no_new_threads(self, timeout: float = 2.0) -> None:
-        """Fail when threads started since set-up are still alive after ``timeout`` s."""
-        extra = self.new_threads(timeout)
-        assert not extra, "threads left behind: " + ", ".join(
-            f"{t.name} (daemon={t.daemon})" for t in extra
-        )
-
-
 @pytest.fixture
 def thread_baseline() -> ThreadBaseline:
     """A :class:`ThreadBaseline` taken at set-up (before the test's own fixtures).
@@ -348,36 +207,6 @@ def thread_baseline() -> ThreadBaseline:
 
 
 # --------------------------------------------------------------------------- managers
-
-
-class ManagerFactory:
-    """``factory(**overrides) -> ContainerManager`` from base settings; `close_all` at teardown.
-
-    The keyword arguments named in ``manager_kwargs`` go to the manager itself (``defaults``
-    fill the ones not given); every other one overrides a ``RouterConfig`` field.
-    """
-
-    def __init__(
-        self, settings: dict[str, Any], manager_kwargs: tuple[str, ...], **defaults: Any
-    ) -> None:
-        self.settings = settings
-        self.manager_kwargs = manager_kwargs
-        self.defaults = defaults
-        self.made: list[Any] = []
-
-    def __call__(self, **overrides: Any) -> Any:
-        from dockyard import ContainerManager, RouterConfig  # noqa: PLC0415 - only managers need it
-
-        kwargs = {name: overrides.pop(name) for name in self.manager_kwargs if name in overrides}
-        for name, value in self.defaults.items():
-            kwargs.setdefault(name, value)
-        manager = ContainerManager(RouterConfig(**{**self.settings, **overrides}), **kwargs)
-        self.made.append(manager)
-        return manager
-
-    def close_all(self) -> None:
-        for manager in reversed(self.made):
-            manager.close()
 
 
 @pytest.fixture
@@ -411,12 +240,6 @@ def make_manager(
 # -- the fault-injection proxy between docker-py and the engine ----------------------------
 
 
-def engine_socket() -> str:
-    """The engine's unix socket path (DOCKER_HOST when it names one)."""
-    host = os.environ.get("DOCKER_HOST", "")
-    return host[len("unix://") :] if host.startswith("unix://") else "/var/run/docker.sock"
-
-
 @pytest.fixture
 def proxy_seed() -> int:
     """Seed of the proxy's random faults; a test module overrides it to vary them."""
@@ -439,41 +262,7 @@ def proxied(proxy: FaultProxy) -> Iterator[docker.APIClient]:
     api.close()
 
 
-# -- helper servers (redis-server, docker-registry, metrics endpoints) -------------------------
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """Terminate a helper server, killing it when it does not stop within 10 s."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-def missing_tool(message: str, installs: str) -> NoReturn:
-    """Skip for a helper tool that is not installed; fail where the run requires it (CI)."""
-    if docker_required():
-        pytest.fail(f"{message} (required on CI: .ci/run installs {installs})", pytrace=False)
-    pytest.skip(message)
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Poll ``predicate`` every 20 ms until it holds; AssertionError after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
+# -- a second router, and what dockyard logs ---------------------------------------------
 
 
 @pytest.fixture
@@ -481,82 +270,8 @@ def other_instance(instance_id: str, docker_client: docker.DockerClient) -> Iter
     """A second router instance id on the same engine; its containers are removed after."""
     other = f"{instance_id}-b"
     yield other
-    for container in docker_client.containers.list(
-        all=True, filters={"label": f"{LABEL_PREFIX}.router.instance={other}"}
-    ):
-        _remove_container(container)  # 409 (auto-removal under way) and 404 are fine
-
-
-# -- a fixed project directory -------------------------------------------------------------
-
-
-class StaticProjects:
-    """A project directory holding exactly the projects it was given."""
-
-    def __init__(self, *projects: ProjectConfig) -> None:
-        self.projects = list(projects)
-
-    def list_projects(self) -> list[ProjectConfig]:
-        return list(self.projects)
-
-    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None:
-        return next((p for p in self.projects if p.repo_full_name == repo_full_name), None)
-
-
-class RecordingStore:
-    """A job-data store that keeps the ids it was given and answers ``jobdata:<id>``."""
-
-    def __init__(self) -> None:
-        self.puts: list[str] = []
-
-    def put(self, job_id: str, payload: bytes) -> str:
-        self.puts.append(job_id)
-        return f"jobdata:{job_id}"
-
-
-def snapshot_worker() -> ActiveWorker:
-    """A snapshot-enabled worker record for project ``p``, work item ``w`` (no container)."""
-    now = datetime.now(UTC)
-    return ActiveWorker(
-        job_id="j",
-        container_id="c" * 64,
-        container_name="n",
-        image="base",
-        started_at=now,
-        deadline=now,
-        project_id="p",
-        work_item_id="w",
-        job_type="trello",
-        snapshot_enabled=True,
-    )
-
-
-# -- what dockyard logs ----------------------------------------------------------------------
-
-
-class LogCapture(logging.Handler):
-    """Keeps every record a ``dockyard`` logger emits, at any level."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def texts(self) -> list[str]:
-        """Everything a formatter or a structured log shipper could see of each record."""
-        formatter = logging.Formatter()
-        out = []
-        for record in list(self.records):
-            parts = [record.getMessage()]
-            parts += [f"{key}={value!r}" for key, value in vars(record).items()]
-            if record.exc_info:
-                parts.append(formatter.formatException(record.exc_info))
-            if record.stack_info:
-                parts.append(record.stack_info)
-            out.append("\n".join(parts))
-        return out
+    for container in instance_containers(docker_client, other):
+        remove_container(container)  # 409 (auto-removal under way) and 404 are fine
 
 
 @pytest.fixture
@@ -574,179 +289,103 @@ def dockyard_logs() -> Iterator[LogCapture]:
         logger.setLevel(old_level)
 
 
-# -- lifecycle listeners that record what they are told ------------------------------------
+# --------------------------------------------------------------------------- swarm
 
 
-class RecordingListener(WorkerLifecycleListener):
-    """Keeps every lifecycle call, in order, from whatever thread it arrives."""
-
-    def __init__(self, on_started: Callable[[ActiveWorker], None] | None = None) -> None:
-        self.events: list[tuple[str, str, Any]] = []
-        self._on_started = on_started
-        self._cond = threading.Condition()
-
-    def on_worker_started(self, worker: ActiveWorker) -> None:
-        if self._on_started is not None:
-            self._on_started(worker)
-        with self._cond:
-            self.events.append(("started", worker.job_id, worker))
-            self._cond.notify_all()
-
-    def on_worker_finished(self, worker: ActiveWorker, outcome: WorkerOutcome) -> None:
-        with self._cond:
-            self.events.append(("finished", worker.job_id, outcome))
-            self._cond.notify_all()
-
-    def of(self, job_id: str) -> list[str]:
-        with self._cond:
-            return [kind for kind, jid, _ in self.events if jid == job_id]
-
-    def started_order(self) -> list[str]:
-        with self._cond:
-            return [jid for kind, jid, _ in self.events if kind == "started"]
-
-    def finished(self, job_id: str) -> list[WorkerOutcome]:
-        with self._cond:
-            return [o for kind, jid, o in self.events if kind == "finished" and jid == job_id]
-
-    def wait_finished(self, job_id: str, timeout: float = 30.0) -> WorkerOutcome:
-        with self._cond:
-            ok = self._cond.wait_for(lambda: self.finished(job_id), timeout)
-            assert ok, f"no on_worker_finished for {job_id} within {timeout}s: {self.events!r}"
-            return self.finished(job_id)[0]
+@pytest.fixture(scope="session")
+def swarm_client() -> Iterator[docker.DockerClient]:
+    """A client of the swarm manager engine; skip (or fail when required) without one."""
+    host = swarm_host()
+    try:
+        client = docker.DockerClient(base_url=host, timeout=60, max_pool_size=64)
+        swarm = client.info().get("Swarm") or {}
+    except Exception as exc:
+        missing_swarm(f"no swarm engine at {host}: {type(exc).__name__}: {exc}")
+    if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
+        client.close()
+        missing_swarm(f"the engine at {host} is not a swarm manager")
+    try:
+        yield client
+    finally:
+        client.close()
 
 
-class Recorder(WorkerLifecycleListener):
-    """Lifecycle calls per job id, and orphans stopped, from any thread."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.started: list[str] = []
-        self.finished: list[tuple[str, WorkerOutcome]] = []
-        self.orphans: list[tuple[str, dict[str, str]]] = []
-
-    def on_worker_started(self, worker: Any) -> None:
-        with self.lock:
-            self.started.append(worker.job_id)
-
-    def on_worker_finished(self, worker: Any, outcome: WorkerOutcome) -> None:
-        with self.lock:
-            self.finished.append((worker.job_id, outcome))
-
-    def on_orphan_stopped(self, container_id: str, labels: dict[str, str]) -> None:
-        with self.lock:
-            self.orphans.append((container_id, labels))
-
-    def outcomes(self, job_id: str) -> list[WorkerOutcome]:
-        with self.lock:
-            return [outcome for jid, outcome in self.finished if jid == job_id]
+@pytest.fixture(scope="session")
+def swarm_image(swarm_client: docker.DockerClient) -> str:
+    ensure_test_images(swarm_client)
+    return TEST_IMAGE
 
 
-# -- a load run under injected faults (the engine's and the swarm's) -------------------------
+@pytest.fixture
+def swarm_instance(
+    request: pytest.FixtureRequest, swarm_client: docker.DockerClient
+) -> Iterator[str]:
+    """A fresh router instance id; at teardown the test fails if a service of it is left.
 
-LOAD_TIMEOUT_EVERY = 10  # every tenth job overruns its project's 1 s watchdog
-LOAD_SLOW_PROJECT = ProjectConfig(id="slow", watchdog_timeout_s=1.0)
-LOAD_QUICK = ["sh", "-c", "sleep 0.$((RANDOM % 5)); exit $((RANDOM % 2))"]
-LOAD_OVERRUN = ["sh", "-c", "trap 'exit 143' TERM; sleep 60 & wait"]
-
-
-class LoadProjects:
-    """Projects of a load run: only the slow one its overrunning jobs belong to."""
-
-    def list_projects(self) -> Sequence[ProjectConfig]:
-        return [LOAD_SLOW_PROJECT]
-
-    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None:
-        return None
-
-
-class LoadRecorder(WorkerLifecycleListener):
-    """How often each job was started, and every outcome it was given, from any thread."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.started: collections.Counter[str] = collections.Counter()
-        self.finished: dict[str, list[WorkerOutcome]] = collections.defaultdict(list)
-
-    def on_worker_started(self, worker: Any) -> None:
-        with self.lock:
-            self.started[worker.job_id] += 1
-
-    def on_worker_finished(self, worker: Any, outcome: WorkerOutcome) -> None:
-        with self.lock:
-            self.finished[worker.job_id].append(outcome)
+    Services (and their task containers) of the instance are removed either way.
+    """
+    instance = f"dockyard-swarm-test-{uuid.uuid4().hex[:8]}"
+    yield instance
+    leftovers = instance_services(swarm_client, instance)
+    for service in leftovers:
+        with contextlib.suppress(docker.errors.NotFound):
+            swarm_client.api.remove_service(service["ID"])
+    deadline = time.monotonic() + SERVICE_GONE_S
+    while time.monotonic() < deadline:
+        containers = instance_containers(swarm_client, instance)
+        if not any(c.status == "running" for c in containers):
+            break
+        time.sleep(0.2)
+    for container in instance_containers(swarm_client, instance):
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            container.remove(force=True)
+    allow = request.node.get_closest_marker("allow_leftovers") is not None
+    if leftovers and not allow:
+        names = ", ".join(str((s.get("Spec") or {}).get("Name")) for s in leftovers)
+        pytest.fail(f"leaked {len(leftovers)} service(s) of {instance}: {names}", pytrace=False)
 
 
-LoadResult = WorkerOutcome | BaseException
+@pytest.fixture
+def swarm_local_node(swarm_client: docker.DockerClient) -> Iterator[str]:
+    """Every task of the test lands on the manager node: other nodes are paused meanwhile.
+
+    For tests of what only a local task container tells (OOMKilled, its labels, ...)."""
+    own = swarm_client.info()["Swarm"]["NodeID"]
+    others = [n["ID"] for n in swarm_client.api.nodes() if n["ID"] != own]
+    paused = []
+    try:
+        for node_id in others:
+            if swarm_client.api.inspect_node(node_id)["Spec"].get("Availability") == "active":
+                set_availability(swarm_client, node_id, "pause")
+                paused.append(node_id)
+        yield own
+    finally:
+        for node_id in paused:
+            set_availability(swarm_client, node_id, "active")
 
 
-def split_load_results(
-    results: dict[str, LoadResult],
-) -> tuple[dict[str, WorkerOutcome], dict[str, BaseException]]:
-    """A load run's results as (outcomes, spawn errors), each by job id."""
-    outcomes = {j: r for j, r in results.items() if isinstance(r, WorkerOutcome)}
-    errors = {j: r for j, r in results.items() if not isinstance(r, WorkerOutcome)}
-    return outcomes, errors
+@pytest.fixture
+def make_swarm_manager(
+    swarm_client: docker.DockerClient, swarm_image: str, swarm_instance: str
+) -> Iterator[Callable[..., Any]]:
+    """`make_swarm_manager(**config_overrides)`: a swarm-backed manager, closed at teardown.
 
-
-def assert_each_job_ended_once(
-    recorder: LoadRecorder,
-    outcomes: dict[str, WorkerOutcome],
-    errors: dict[str, BaseException],
-    typed_errors: tuple[type[BaseException], ...],
-    *,
-    failed_exit_code_known: bool,
-) -> None:
-    """A started job was started once and got one outcome, the one its kind allows (ids
-    ending in 9 overrun); a refused job raised a typed error and never started."""
-    with recorder.lock:
-        started = dict(recorder.started)
-        finished = {j: list(v) for j, v in recorder.finished.items()}
-    for job_id, outcome in outcomes.items():
-        assert started.get(job_id) == 1, job_id
-        assert finished.get(job_id) == [outcome], f"{job_id}: {finished.get(job_id)}"
-        overrun = job_id.endswith("9")
-        if outcome.status == "succeeded":
-            assert outcome.exit_code == 0 and not overrun, outcome
-        elif outcome.status == "failed" and failed_exit_code_known:
-            assert outcome.exit_code not in (None, 0) and not overrun, outcome
-        elif outcome.status == "timed_out":
-            assert overrun, outcome
-    for job_id, err in errors.items():
-        assert isinstance(err, typed_errors), f"{job_id}: {err!r}"
-        assert job_id not in started and job_id not in finished, job_id
-
-
-def load_job(prefix: str, index: int) -> WorkerJob:
-    """The load run's job ``index``: every tenth (ids ending in 9) overruns its watchdog."""
-    overrun = index % LOAD_TIMEOUT_EVERY == LOAD_TIMEOUT_EVERY - 1
-    return WorkerJob(
-        id=f"{prefix}-{index:03d}",
-        type="load",
-        project_id=LOAD_SLOW_PROJECT.id if overrun else None,
-        command=LOAD_OVERRUN if overrun else LOAD_QUICK,
+    Defaults: the test image, this test's instance id, `stop_grace_s=1`,
+    `worker_memory_mb=64`, `swarm_pending_timeout_s=10`; `listener`, `projects`,
+    `reporter` and `docker_client` go to the manager.
+    """
+    make = ManagerFactory(
+        {
+            "backend": "swarm",
+            "worker_image": swarm_image,
+            "router_instance_id": swarm_instance,
+            "stop_grace_s": 1,
+            "worker_memory_mb": 64,
+            "slot_wait_timeout_s": 30,
+            "swarm_pending_timeout_s": 10,
+        },
+        ("listener", "projects", "reporter", "docker_client", "credentials"),
+        docker_client=swarm_client,
     )
-
-
-def add_load_faults(
-    proxy: FaultProxy,
-    faults: Sequence[tuple[str, float, float]],
-    match: Callable[[str, str], bool],
-    message: str,
-) -> list[FaultRule]:
-    """One random 500/cut rule per ``(action, probability, delay_s)``, on every matching call."""
-    return [
-        proxy.add_rule(
-            FaultRule(
-                op="any",
-                action=action,
-                status=500,
-                message=message,
-                delay_s=delay_s,
-                times=None,
-                match=match,
-                probability=probability,
-            )
-        )
-        for action, probability, delay_s in faults
-    ]
+    yield make
+    make.close_all()

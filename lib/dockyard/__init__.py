@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from ._config import ProjectConfig, RouterConfig
-from ._environment import CredentialProvider, JobDataStore
+from ._environment import CredentialProvider
 from ._errors import (
     ConfigError,
     DockerUnavailableError,
@@ -23,6 +23,7 @@ from ._errors import (
     WorkerImageResolutionError,
     WorkerSpawnError,
 )
+from ._job_data import JobDataStore
 from ._jobs import ProjectDirectory, WorkerJob
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._redis_store import RedisJobDataStore

@@ -17,7 +17,7 @@ from dataclasses_json import DataClassJsonMixin
 
 from ._drivers import DRIVERS, refuse_snapshots
 from ._errors import ConfigError
-from ._jobs import is_valid_image_reference
+from ._naming import is_valid_image_reference
 
 __all__ = ["ProjectConfig", "RouterConfig"]
 

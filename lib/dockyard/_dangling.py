@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ._driver import ImageStore
 from ._errors import EngineConflictError, EngineNotFoundError
-from ._jobs import LabelSchema
+from ._naming import LabelSchema
 from ._sentry import Reporter
 
 __all__ = ["DEFAULT_DANGLING_INTERVAL_S", "DanglingImageReaper"]

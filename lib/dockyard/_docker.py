@@ -25,7 +25,6 @@ from requests.adapters import HTTPAdapter
 
 from ._docker_images import ImageCalls
 from ._driver import CallObserver, ContainerSpec, ExitResult
-from ._environment import reveal
 from ._errors import (
     TRANSIENT_ERRORS,
     DockerUnavailableError,
@@ -41,6 +40,7 @@ from ._errors import (
 )
 from ._exit_monitor import ExitMonitor, ExitWait, decode_event, server_time_of
 from ._retry import RetryPolicy, RetryState, call_with_retry
+from ._secrets import reveal
 
 __all__ = [
     "REMOVE_RETRY",

@@ -23,9 +23,9 @@ from ._driver import (
     ImageStore,
     WorkerEntry,
     WorkerState,
-    parse_engine_time,
 )
 from ._drivers import DRIVERS, Capabilities
+from ._times import parse_docker_time
 
 __all__ = ["DockerDriver", "connect", "open_driver", "worker_entry", "worker_state"]
 
@@ -103,8 +103,8 @@ def worker_state(info: dict[str, Any]) -> WorkerState:
             exit_code=code if isinstance(code, int) else None,
             oom_killed=oom if isinstance(oom, bool) else None,
             error=state.get("Error") or None,
-            started_at=parse_engine_time(state.get("StartedAt")),
-            finished_at=parse_engine_time(state.get("FinishedAt")),
+            started_at=parse_docker_time(state.get("StartedAt")),
+            finished_at=parse_docker_time(state.get("FinishedAt")),
         ),
         auto_remove=bool((info.get("HostConfig") or {}).get("AutoRemove")),
     )

@@ -13,15 +13,14 @@ which only a driver whose workers run from the connected engine's local images p
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 from ._drivers import Capabilities
-from ._environment import Secret
 from ._registry_auth import RegistryAuth
+from ._secrets import Secret
 
 __all__ = [
     "CallObserver",
@@ -32,7 +31,6 @@ __all__ = [
     "ImageStore",
     "WorkerEntry",
     "WorkerState",
-    "parse_engine_time",
 ]
 
 CallObserver = Callable[[str, str, float], None]
@@ -174,19 +172,3 @@ class Driver(Protocol):
     def wait_removed(self, worker_id: str, timeout_s: float) -> None:
         """Return once the worker is gone (an auto-removed one, say)."""
         ...
-
-
-_FRACTION = re.compile(r"\.(\d+)")
-
-
-def parse_engine_time(value: object) -> datetime | None:
-    """An engine's RFC 3339 time (nanoseconds, `Z`); None for Go's `0001-01-01` zero time."""
-    if not isinstance(value, str) or not value or value.startswith("0001-01-01"):
-        return None
-    # Python takes at most microseconds: cut the nanoseconds, keep the zone after them.
-    text = _FRACTION.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), value.replace("Z", "+00:00"))
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

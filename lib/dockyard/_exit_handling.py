@@ -32,12 +32,14 @@ from ._errors import (
     WorkerExitError,
     WorkerTimeoutError,
 )
+from ._listener import log_ids
 from ._loops import Activity
 from ._models import OutcomeStatus, WorkerOutcome
+from ._registry import WorkerRegistry
 from ._retry import RetryPolicy, RetryState, call_with_retry
 from ._sentry import Reporter
 from ._snapshots import SnapshotManager
-from ._tracker import TrackedWorker, WorkerRegistry, log_ids
+from ._tracker import TrackedWorker
 
 __all__ = [
     "ExitWatcher",

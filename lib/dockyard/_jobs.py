@@ -1,47 +1,33 @@
-"""Jobs: what the router hands over, and who its worker is before any Docker call.
+"""Jobs: what the router hands over, validated, with the ids derived from its payload.
 
-From a `WorkerJob` to the identity of its worker, in the order a spawn needs it:
-- its fields and the ids derived from its payload (`resolve_job_fields`);
-- its project's spawn settings: effective image, timeout and snapshot policy
-  (`resolve_spawn_settings`);
-- its names and labels: the container name, the label schema that reads back what it
-  writes, and snapshot image names.
+A `WorkerJob` becomes its `JobFields` (`resolve_job_fields`); its project's spawn settings
+are `_spawn_settings`, its names and labels `_naming`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._errors import InvalidJobError, WorkerImageResolutionError
+from ._errors import InvalidJobError
 
 if TYPE_CHECKING:
-    from ._config import ProjectConfig, RouterConfig
+    from ._config import ProjectConfig
 
 __all__ = [
     "JobFields",
     "JobIdentity",
-    "LabelSchema",
     "ProjectDirectory",
-    "SpawnSettings",
     "WorkerJob",
-    "WorkerLabels",
-    "container_name",
-    "find_project",
     "generated_job_id",
-    "is_valid_image_reference",
     "job_ids",
     "project_id_of",
     "resolve_job_fields",
-    "resolve_spawn_settings",
-    "snapshot_image_name",
     "validate_job",
     "work_item_id_of",
 ]
@@ -269,290 +255,3 @@ _JOB_IDS = ("job_id", "job_type", "project_id", "work_item_id", "agent_type")
 def job_ids(job: JobIdentity) -> dict[str, Any]:
     """A job's ids as keyword arguments: every record of a worker carries these five."""
     return {name: getattr(job, name) for name in _JOB_IDS}
-
-
-# -- spawn settings: the effective image, timeout and snapshot policy of a job's project --
-
-VERIFIED = "verified"
-
-
-@dataclass(frozen=True)
-class SpawnSettings:
-    """What a job's project (or the global config) decides about its container."""
-
-    base_image: str
-    project_image: bool  # the base image is the project's own: never replace it
-    snapshot_enabled: bool
-    snapshot_ttl_s: float
-    timeout_s: float
-    project: ProjectConfig | None
-
-
-def find_project(projects: ProjectDirectory | None, project_id: str | None) -> ProjectConfig | None:
-    if projects is None or project_id is None:
-        return None
-    found: Sequence[ProjectConfig] = projects.list_projects()
-    return next((p for p in found if p.id == project_id), None)
-
-
-def resolve_spawn_settings(
-    config: RouterConfig, project: ProjectConfig | None, *, has_project_id: bool = True
-) -> SpawnSettings:
-    """Per-project settings override the globals; raises before any Docker call.
-
-    A project's own image is usable only once verified with a digest, and the digest is
-    then the image: a job must never silently run on the global image instead. A job
-    without a project id never runs in snapshot mode (as the original): its snapshot
-    could not be keyed, and its container would only skip auto-removal for nothing.
-    """
-    base_image = config.worker_image
-    project_image = False
-    if project is not None and project.worker_image:
-        if project.worker_image_status != VERIFIED or not project.worker_image_digest:
-            raise WorkerImageResolutionError(
-                f"project {project.id} image {project.worker_image!r} is not usable "
-                f"(status {project.worker_image_status!r}, "
-                f"digest {'set' if project.worker_image_digest else 'missing'})"
-            )
-        base_image = project.worker_image_digest
-        project_image = True
-    if not base_image.strip():
-        raise InvalidJobError("the worker image is empty")
-    if not is_valid_image_reference(base_image):
-        raise InvalidJobError(f"the worker image reference {base_image!r} is malformed")
-    snapshot_enabled = config.snapshot_enabled and (project is not None or has_project_id)
-    ttl = config.snapshot_default_ttl_s
-    timeout = config.worker_timeout_s
-    if project is not None:
-        if project.snapshot_enabled is not None:
-            snapshot_enabled = project.snapshot_enabled
-        if project.snapshot_ttl_s is not None:
-            ttl = project.snapshot_ttl_s
-        if project.watchdog_timeout_s is not None:
-            timeout = project.watchdog_timeout_s + config.kill_buffer_s
-    return SpawnSettings(
-        base_image=base_image,
-        project_image=project_image,
-        snapshot_enabled=snapshot_enabled,
-        snapshot_ttl_s=ttl,
-        timeout_s=timeout,
-        project=project,
-    )
-
-
-# -- names and labels: container names, the label schema, snapshot image names --
-
-MAX_NAME_LENGTH = 128
-_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
-_UNSAFE_IMAGE_CHARS = re.compile(r"[^a-z0-9]+")
-_HASH_LENGTH = 12
-MAX_IMAGE_PART = 40
-
-
-def _short_hash(*parts: str) -> str:
-    digest = hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass"))
-    return digest.hexdigest()[:_HASH_LENGTH]
-
-
-def container_name(prefix: str, job_id: str) -> str:
-    """`prefix` + the job id with every character outside `[A-Za-z0-9_.-]` replaced by `_`.
-
-    An id too long for a name is cut and given a hash of the full id, so the name stays
-    valid and two long ids never share it.
-    """
-    name = prefix + _UNSAFE_NAME_CHARS.sub("_", job_id)
-    if len(name) <= MAX_NAME_LENGTH:
-        return name
-    keep = MAX_NAME_LENGTH - _HASH_LENGTH - 1
-    return f"{name[:keep]}-{_short_hash(job_id)}"
-
-
-def _image_part(value: str) -> str:
-    part = _UNSAFE_IMAGE_CHARS.sub("-", value.lower()).strip("-")
-    return part[:MAX_IMAGE_PART].strip("-") or "x"
-
-
-def snapshot_image_name(prefix: str, project_id: str, work_item_id: str) -> str:
-    """The snapshot repository for one (project, work item) pair, without tag.
-
-    Sanitising alone could map two pairs to one name, so a hash of the raw pair follows.
-    """
-    return (
-        f"{prefix}{_image_part(project_id)}-{_image_part(work_item_id)}"
-        f"-{_short_hash(project_id, work_item_id)}"
-    )
-
-
-@dataclass(frozen=True)
-class WorkerLabels:
-    """What a worker container's labels say about it: `LabelSchema.parse` of `for_worker`."""
-
-    instance_id: str
-    job_id: str
-    job_type: str
-    project_id: str | None
-    work_item_id: str | None
-    agent_type: str | None
-    base_image: str | None
-    snapshot_enabled: bool
-    deadline: datetime | None
-
-
-@dataclass(frozen=True)
-class LabelSchema:
-    """The labels dockyard puts on its containers, under one prefix (default `cascade`)."""
-
-    prefix: str
-
-    def key(self, suffix: str) -> str:
-        return f"{self.prefix}.{suffix}"
-
-    @property
-    def managed(self) -> str:
-        return self.key("managed")
-
-    @property
-    def instance(self) -> str:
-        return self.key("router.instance")
-
-    @property
-    def job_id(self) -> str:
-        return self.key("job.id")
-
-    @property
-    def job_type(self) -> str:
-        return self.key("job.type")
-
-    @property
-    def project_id(self) -> str:
-        return self.key("project.id")
-
-    @property
-    def work_item_id(self) -> str:
-        return self.key("work.item.id")
-
-    @property
-    def agent_type(self) -> str:
-        return self.key("agent.type")
-
-    @property
-    def snapshot_enabled(self) -> str:
-        return self.key("snapshot.enabled")
-
-    @property
-    def deadline(self) -> str:
-        return self.key("deadline")
-
-    @property
-    def base_image(self) -> str:
-        return self.key("base.image")
-
-    # Snapshot images own no worker: they carry labels of their own, never the ones above.
-    @property
-    def snapshot_instance(self) -> str:
-        return self.key("snapshot.instance")
-
-    @property
-    def snapshot_project_id(self) -> str:
-        return self.key("snapshot.project.id")
-
-    @property
-    def snapshot_work_item_id(self) -> str:
-        return self.key("snapshot.work.item.id")
-
-    @property
-    def snapshot_base_image(self) -> str:
-        return self.key("snapshot.base.image")
-
-    @property
-    def snapshot_created(self) -> str:
-        return self.key("snapshot.created")
-
-    def ownership_filter(self, instance_id: str) -> list[str]:
-        """Docker label filters matching exactly this router instance's managed containers."""
-        return [f"{self.managed}=true", f"{self.instance}={instance_id}"]
-
-    def for_worker(
-        self,
-        *,
-        instance_id: str,
-        job_id: str,
-        job_type: str,
-        project_id: str | None,
-        work_item_id: str | None,
-        agent_type: str | None,
-        snapshot_enabled: bool,
-        deadline: datetime | None,
-        base_image: str,
-    ) -> dict[str, str]:
-        """The labels of a worker; without a deadline, `with_deadline` adds it at create."""
-        labels = {
-            self.job_id: job_id,
-            self.job_type: job_type,
-            self.managed: "true",
-            self.instance: instance_id,
-            self.project_id: project_id or "",
-            self.work_item_id: work_item_id or "",
-            self.agent_type: agent_type or "",
-            self.snapshot_enabled: "true" if snapshot_enabled else "false",
-            self.base_image: base_image,
-        }
-        return labels if deadline is None else self.with_deadline(labels, deadline)
-
-    def with_deadline(self, labels: Mapping[str, str], deadline: datetime) -> dict[str, str]:
-        return {**labels, self.deadline: format_deadline(deadline)}
-
-    def parse(self, labels: Mapping[str, str]) -> WorkerLabels | None:
-        """Read back what `for_worker` wrote; None when the labels name no managed job."""
-        job_id = labels.get(self.job_id)
-        if labels.get(self.managed) != "true" or not job_id:
-            return None
-        return WorkerLabels(
-            instance_id=labels.get(self.instance, ""),
-            job_id=job_id,
-            job_type=labels.get(self.job_type, ""),
-            project_id=labels.get(self.project_id) or None,
-            work_item_id=labels.get(self.work_item_id) or None,
-            agent_type=labels.get(self.agent_type) or None,
-            snapshot_enabled=labels.get(self.snapshot_enabled) == "true",
-            deadline=parse_deadline(labels.get(self.deadline)),
-            base_image=labels.get(self.base_image) or None,
-        )
-
-    def owned_by(self, labels: Mapping[str, str], instance_id: str) -> bool:
-        return labels.get(self.managed) == "true" and labels.get(self.instance) == instance_id
-
-
-def format_deadline(deadline: datetime) -> str:
-    return deadline.astimezone(UTC).isoformat(timespec="milliseconds")
-
-
-def parse_deadline(value: str | None) -> datetime | None:
-    """The deadline label back as an aware datetime; None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-# The distribution reference grammar (name[:tag][@digest]), or a bare image id.
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"  # noqa: E501
-_REFERENCE = re.compile(
-    rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
-    r"(?::[\w][\w.-]{0,127})?"
-    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?",
-    re.ASCII,  # tags are ASCII: a Unicode `\w` would let "tag-é" through
-)
-_IMAGE_ID = re.compile(r"(?:sha256:)?[0-9a-f]{12,64}")
-MAX_REFERENCE_LENGTH = 255 + 128 + 80
-
-
-def is_valid_image_reference(image: str) -> bool:
-    """True for `name[:tag][@digest]` references and image ids Docker would accept."""
-    if not image or len(image) > MAX_REFERENCE_LENGTH:
-        return False
-    return bool(_REFERENCE.fullmatch(image) or _IMAGE_ID.fullmatch(image))

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError, DockerUnavailableError, DockyardError, WorkerSpawnError
+from ._listener import SafeListener
 from ._models import BOOT_FAILURE_EXIT_CODE, ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._sentry import Reporter
-from ._tracker import SafeListener
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

@@ -1,4 +1,4 @@
-"""Orphans and restarts: reap this instance's untracked containers, or adopt running ones."""
+"""Orphans: stop and remove this instance's containers that no worker tracks any more."""
 
 from __future__ import annotations
 
@@ -10,30 +10,21 @@ from datetime import UTC, datetime, timedelta
 
 from ._config import RouterConfig
 from ._driver import Driver, WorkerEntry
-from ._environment import worker_masker
-from ._errors import (
-    DockyardError,
-    DuplicateJobError,
-    EngineConflictError,
-    EngineNotFoundError,
-    ManagerClosedError,
-)
-from ._exit_handling import ExitWatcher, TimeoutController
-from ._jobs import LabelSchema, parse_deadline
+from ._errors import DockyardError, EngineConflictError, EngineNotFoundError
+from ._listener import SafeListener
 from ._loops import Activity
-from ._models import ActiveWorker
+from ._naming import LabelSchema, parse_deadline
+from ._registry import WorkerRegistry
 from ._sentry import Reporter
-from ._tracker import SafeListener, SlotGate, TrackedWorker, WorkerRegistry
-from .worker_container_launcher import LaunchPlan
 
-__all__ = ["OrphanReaper", "WorkerAdopter"]
+__all__ = ["OrphanReaper", "untracked"]
 
 log = logging.getLogger("dockyard.orphans")
 
 _RUNNING_STATES = frozenset({"running", "restarting", "paused"})
 
 
-def _untracked(
+def untracked(
     entries: Iterable[WorkerEntry],
     schema: LabelSchema,
     instance_id: str,
@@ -82,7 +73,7 @@ class OrphanReaper:
             return []
         handled: list[str] = []
         now = self.clock()
-        owned = _untracked(containers, self.labels, self.config.router_instance_id, self.registry)
+        owned = untracked(containers, self.labels, self.config.router_instance_id, self.registry)
         for container, container_id, labels in owned:
             if self.activity.closed:
                 break  # the manager is closing: no engine call after close() returns
@@ -151,91 +142,3 @@ class OrphanReaper:
             limit = 60.0 if created_only else self.config.worker_timeout_s
             deadline = created + timedelta(seconds=limit)
         return now >= deadline
-
-
-@dataclass
-class WorkerAdopter:
-    """Re-attaches to this instance's running workers after a router restart."""
-
-    driver: Driver
-    registry: WorkerRegistry
-    labels: LabelSchema
-    config: RouterConfig
-    slots: SlotGate
-    timeouts: TimeoutController
-    exits: ExitWatcher
-    listener: SafeListener
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-
-    def adopt(self) -> list[ActiveWorker]:
-        containers = self.driver.list_workers(
-            self.labels.ownership_filter(self.config.router_instance_id), all=False
-        )
-        adopted: list[ActiveWorker] = []
-        owned = _untracked(containers, self.labels, self.config.router_instance_id, self.registry)
-        for _container, container_id, labels in owned:
-            job_id = labels.get(self.labels.job_id)
-            if not job_id:
-                continue
-            try:
-                self.registry.reserve(job_id)
-            except DuplicateJobError:
-                log.info("not adopting: job already tracked", extra={"job_id": job_id})
-                continue
-            try:
-                worker = self._adopt_one(container_id, job_id, labels)
-            except ManagerClosedError:
-                break
-            except Exception as err:  # one worker's failure must not end the adoption
-                self.registry.unreserve(job_id)
-                log.warning(
-                    "could not adopt a worker",
-                    extra={"container_id": container_id[:12], "job_id": job_id, "error": str(err)},
-                )
-                continue
-            if worker is not None:
-                adopted.append(worker)
-            else:
-                self.registry.unreserve(job_id)
-        return adopted
-
-    def _adopt_one(
-        self, container_id: str, job_id: str, labels: dict[str, str]
-    ) -> ActiveWorker | None:
-        state = self.driver.inspect(container_id)
-        if not state.running:
-            return None  # exited meanwhile: the orphan scan removes it
-        started_at = state.exit.started_at or self.clock()
-        plan = LaunchPlan.from_container(
-            self.labels, state, started_at, self.config.worker_timeout_s
-        )
-        if plan is None or plan.job_id != job_id:
-            return None
-        worker = plan.worker(container_id=container_id, image=state.image, started_at=started_at)
-        # The wait is in place before the timer can fire, so the exit a kill causes (and
-        # the engine's auto-removal after it) is never missed; it answers at once when
-        # the container stopped since the inspect above.
-        exit_wait = self.driver.open_wait(container_id)
-        env = dict(item.partition("=")[::2] for item in state.env)
-        # It already runs: it takes a slot, even over capacity.
-        lease = self.slots.lease_over_capacity()
-        tracked = TrackedWorker(
-            worker,
-            lease.release,
-            exit_wait=exit_wait,
-            env_keys=tuple(env),
-            masker=worker_masker(env),
-            auto_remove=state.auto_remove,
-        )
-        remaining = (worker.deadline - self.clock()).total_seconds()
-        self.timeouts.arm(tracked, remaining)
-        if not self.registry.register(tracked):
-            tracked.to_detached()  # closed meanwhile: leave it running, as close() does
-            raise ManagerClosedError
-        log.info(
-            "adopted running worker",
-            extra={"job_id": job_id, "container_id": container_id[:12], "remaining_s": remaining},
-        )
-        self.listener.started(worker)
-        self.exits.watch(tracked)
-        return worker

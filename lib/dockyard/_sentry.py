@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import sentry_sdk
 
-from ._environment import Masker, SecretBook
 from ._errors import copy_error
+from ._secrets import Masker, SecretBook
 
 if TYPE_CHECKING:
     from sentry_sdk._types import Event

@@ -31,12 +31,12 @@ from ._driver import ImageStore
 from ._environment import SCRUBBED_ENV_KEYS
 from ._errors import DockyardError, EngineConflictError, EngineNotFoundError, SnapshotScrubError
 from ._image_rewrite import record_without_container_config
-from ._jobs import LabelSchema, format_deadline, snapshot_image_name
+from ._listener import log_ids
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
+from ._naming import LabelSchema, format_deadline, snapshot_image_name
 from ._sentry import Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
-from ._tracker import log_ids
 
 __all__ = [
     "DISCOVERED_PROJECT",

@@ -49,10 +49,8 @@ from ._driver import (
     ImageStore,
     WorkerEntry,
     WorkerState,
-    parse_engine_time,
 )
 from ._drivers import DRIVERS, Capabilities
-from ._environment import reveal
 from ._errors import (
     ConfigError,
     DockerUnavailableError,
@@ -65,6 +63,7 @@ from ._errors import (
 )
 from ._exit_monitor import ExitWait
 from ._retry import RetryPolicy, call_with_retry
+from ._secrets import reveal
 from ._swarm_tasks import (
     PRE_RUNNING,
     TERMINAL,
@@ -73,6 +72,7 @@ from ._swarm_tasks import (
     latest_task,
     task_state,
 )
+from ._times import parse_docker_time
 
 __all__ = ["SWARM_SERVICE_LABEL", "SwarmDriver", "open_driver"]
 
@@ -363,7 +363,7 @@ class SwarmDriver(ObservedEngine):
                     name=str(spec.get("Name") or ""),
                     labels=dict(spec.get("Labels") or {}),
                     status=shown,
-                    created_at=parse_engine_time(service.get("CreatedAt")),
+                    created_at=parse_docker_time(service.get("CreatedAt")),
                 )
             )
         if all:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Self
 
 import docker
 
+from ._adoption import WorkerAdopter
 from ._config import RouterConfig
 from ._dangling import DEFAULT_DANGLING_INTERVAL_S, DanglingImageReaper
 from ._driver import Driver
@@ -33,41 +34,37 @@ from ._drivers import check_projects, driver_factory
 from ._environment import (
     CredentialProvider,
     EnvSources,
-    JobDataStore,
-    Masker,
-    RedisOffloadStore,
-    SecretBook,
     build_worker_env,
     check_job_data,
     router_environ,
-    router_secret_values,
     worker_masker,
 )
 from ._errors import ConfigError, DockyardError, DuplicateJobError, NoWorkerSlotError
 from ._exit_handling import ExitWatcher, TimeoutController
 from ._images import ImagePuller
+from ._job_data import JobDataStore, RedisOffloadStore
 from ._jobs import (
     JobFields,
-    LabelSchema,
     ProjectDirectory,
     WorkerJob,
-    container_name,
-    find_project,
     generated_job_id,
     job_ids,
     resolve_job_fields,
-    resolve_spawn_settings,
 )
 from ._loops import ManagedPool, PeriodicTask
 from ._metrics import build_metrics, lifecycle_listener
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
-from ._orphans import OrphanReaper, WorkerAdopter
+from ._naming import LabelSchema, container_name
+from ._orphans import OrphanReaper
+from ._registry import WorkerRegistry
 from ._registry_auth import RegistryAuthResolver
 from ._retry import RetryPolicy
+from ._secrets import Masker, SecretBook, router_secret_values
 from ._sentry import Reporter, SentryReporter, scrub_for_host
+from ._slots import SlotGate, SlotLease
 from ._snapshot_registry import SnapshotRegistry
 from ._snapshots import SnapshotManager
-from ._tracker import SlotGate, SlotLease, WorkerRegistry
+from ._spawn_settings import find_project, resolve_spawn_settings
 from .worker_container_launcher import (
     LaunchPlan,
     WorkerContainerLaunchConfig,

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from ._driver import ContainerSpec, Driver, ExitTicket, WorkerState
-from ._environment import Masker, Secret, with_snapshot_reuse
+from ._environment import with_snapshot_reuse
 from ._errors import (
     DockyardError,
     DuplicateJobError,
@@ -27,12 +27,16 @@ from ._errors import (
 )
 from ._exit_handling import ExitWatcher, TimeoutController
 from ._images import ImagePuller
-from ._jobs import JobIdentity, LabelSchema, WorkerLabels, job_ids
+from ._jobs import JobIdentity, job_ids
+from ._listener import SafeListener, log_ids
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
+from ._naming import LabelSchema, WorkerLabels
+from ._registry import WorkerRegistry
+from ._secrets import Masker, Secret
 from ._sentry import ExtraValue, Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
-from ._tracker import SafeListener, TrackedWorker, WorkerRegistry, log_ids
+from ._tracker import TrackedWorker
 
 __all__ = [
     "WorkerContainerLaunchConfig",

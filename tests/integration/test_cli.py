@@ -8,71 +8,20 @@ fixture's leak check covers every container it starts.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-import dockyard
 from dockyard._cli._jobfile import load_jobs, parse_job
-from dockyard._environment import JOB_DATA_INLINE_LIMIT
 from dockyard._errors import InvalidJobError
-
-LIB = str(Path(dockyard.__file__).resolve().parent.parent)
-RUN_TIMEOUT_S = 300  # only keeps a broken run from hanging the suite
-
-
-def cli_env(drop: tuple[str, ...] = ("CASCADE_ROUTER_INSTANCE",), **extra: str) -> dict[str, str]:
-    """This process's environment with the dockyard under test first on PYTHONPATH."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [LIB, env.get("PYTHONPATH")]))
-    for name in drop:
-        env.pop(name, None)
-    env.update(extra)
-    return env
-
-
-def _env(**extra: str) -> dict[str, str]:
-    # The jobs need no network; spares the engine a veth each.
-    return cli_env(**{"DOCKER_NETWORK": "none", **extra})
-
-
-def dockyard_cli(
-    *args: str,
-    env: dict[str, str] | None = None,
-    prelude: str = "",
-    timeout: float = RUN_TIMEOUT_S,
-) -> subprocess.CompletedProcess[str]:
-    """Run the command; `prelude` is Python run first (e.g. to hide rich)."""
-    code = f"{prelude}\nimport sys\nfrom dockyard._cli import main\nsys.exit(main())"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        env=env or _env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def run_jobs(
-    jobs: Path, image: str, instance: str, *args: str, **kwargs: Any
-) -> subprocess.CompletedProcess[str]:
-    """`dockyard run JOBS --image IMAGE --instance INSTANCE ARGS...` (see `dockyard_cli`)."""
-    return dockyard_cli("run", str(jobs), "--image", image, "--instance", instance, *args, **kwargs)
-
-
-def write_jobs(path: Path, *jobs: dict[str, Any] | str) -> Path:
-    lines = [job if isinstance(job, str) else json.dumps(job) for job in jobs]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+from dockyard._job_data import JOB_DATA_INLINE_LIMIT
+from support.cli import RUN_TIMEOUT_S, dockyard_cli, run_env, run_jobs, write_jobs
 
 
 def job(job_id: str, script: str, **extra: Any) -> dict[str, Any]:
@@ -196,7 +145,7 @@ def test_run_all_succeeded_exits_0_and_snapshot_is_reused(
     assert listed.returncode == 0, listed.stderr
     assert record["image"] in listed.stdout and "ITEM-7" in listed.stdout
 
-    evicted = dockyard_cli("snapshots", "--evict", *scope, env=_env(SNAPSHOT_MAX_COUNT="0"))
+    evicted = dockyard_cli("snapshots", "--evict", *scope, env=run_env(SNAPSHOT_MAX_COUNT="0"))
     assert evicted.returncode == 0, evicted.stderr
     assert f"removed {record['image']}" in evicted.stdout
     after = dockyard_cli("snapshots", *scope)
@@ -273,7 +222,7 @@ def test_missing_image_exits_2_and_starts_nothing(tmp_path, instance_id, docker_
 
 def test_unreachable_engine_exits_2_with_one_line(tmp_path):
     jobs = write_jobs(tmp_path / "jobs.jsonl", job("a", "true"))
-    env = _env(DOCKER_HOST=f"unix://{tmp_path}/nonexistent.sock")
+    env = run_env(DOCKER_HOST=f"unix://{tmp_path}/nonexistent.sock")
     for args in (["run", str(jobs), "--image", "busybox:latest"], ["ps"], ["reap"]):
         result = dockyard_cli(*args, "--instance", "dockyard-test-unreachable", env=env)
         assert result.returncode == 2, (args, result.stderr)
@@ -336,7 +285,7 @@ def test_ctrl_c_detaches_then_ps_and_reap_deal_with_the_orphan(
                 "--stop-grace",
                 "1",
             ],
-            env=_env(),
+            env=run_env(),
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,

@@ -21,7 +21,6 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import CapturedEvents, LogCapture, RecordingListener, StaticProjects, ThreadBaseline
 from dockyard import (
     ActiveWorker,
     ContainerManager,
@@ -34,6 +33,10 @@ from dockyard import (
     WorkerLifecycleListener,
     WorkerOutcome,
 )
+from support.hosts import LogCapture, StaticProjects
+from support.listeners import ListenerRecorder
+from support.sentry import CapturedEvents
+from support.threads import ThreadBaseline, eventually
 
 MIB = 1024 * 1024
 SECRET = "s3cr3t-value-123"
@@ -78,18 +81,11 @@ def containers_of(
     return list(client.api.containers(all=True, filters={"label": labels, **filters}))
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what or predicate}"
-        time.sleep(0.02)
-
-
 # --------------------------------------------------------------------------- exits
 
 
 def test_success_delivers_one_outcome(make_manager: MakeManager) -> None:
-    listener = RecordingListener()
+    listener = ListenerRecorder()
     # dockyard removes the container itself here: with AutoRemove the engine may delete it
     # before the inspect that reads OOMKilled (a documented engine race).
     manager = make_manager(listener=listener, auto_remove_workers=False)
@@ -117,7 +113,7 @@ def test_success_delivers_one_outcome(make_manager: MakeManager) -> None:
 def test_nonzero_exit_is_failed_and_reported(
     make_manager: MakeManager, sentry_events: CapturedEvents
 ) -> None:
-    listener = RecordingListener()
+    listener = ListenerRecorder()
     # Inspect facts are only certain when dockyard removes the container itself (with
     # AutoRemove the engine may delete it first; that case is covered with fakes).
     manager = make_manager(listener=listener, auto_remove_workers=False)
@@ -196,7 +192,7 @@ def test_timeout_gives_exactly_one_timed_out_outcome(
     instance_id: str,
     sentry_events: CapturedEvents,
 ) -> None:
-    listener = RecordingListener()
+    listener = ListenerRecorder()
     manager = make_manager(listener=listener, worker_timeout_s=2)
 
     worker = manager.spawn_worker(job("slow-1", ["sleep", "30"], job_type="github"))
@@ -225,7 +221,7 @@ def test_timeout_gives_exactly_one_timed_out_outcome(
 
 
 def test_kill_worker(make_manager: MakeManager, sentry_events: CapturedEvents) -> None:
-    listener = RecordingListener()
+    listener = ListenerRecorder()
     manager = make_manager(listener=listener)
 
     assert manager.kill_worker("never-spawned") is False
@@ -264,7 +260,7 @@ def test_listener_errors_never_break_the_lifecycle(make_manager: MakeManager) ->
 def test_slot_cap_holds_under_concurrent_spawns(
     make_manager: MakeManager, docker_client: docker.DockerClient, instance_id: str
 ) -> None:
-    listener = RecordingListener()
+    listener = ListenerRecorder()
     manager = make_manager(listener=listener, max_workers=2)
     jobs = [f"cap-{n}" for n in range(8)]
     outcomes: dict[str, WorkerOutcome] = {}
@@ -331,7 +327,7 @@ def test_no_worker_slot_error_when_full(
 
 
 def test_slot_grants_are_first_come_first_served(make_manager: MakeManager) -> None:
-    listener = RecordingListener()
+    listener = ListenerRecorder()
     manager = make_manager(listener=listener, max_workers=1)
     manager.spawn_worker(job("holder", ["sleep", "30"]))
     errors: list[BaseException] = []
@@ -350,13 +346,13 @@ def test_slot_grants_are_first_come_first_served(make_manager: MakeManager) -> N
         thread.start()
         threads.append(thread)
         # Queue them one after the other: the gate's waiter count says when one is in line.
-        wait_until(lambda n=n: manager._slots.waiting == n, what=f"{n} waiters")
+        eventually(lambda n=n: manager._slots.waiting == n, what=f"{n} waiters")
     assert manager.kill_worker("holder")
     for thread in threads:
         thread.join(60)
 
     assert errors == []
-    assert listener.started_order() == ["holder", *order]
+    assert listener.started == ["holder", *order]
     assert manager.wait_for_worker("holder", timeout=30).status == "timed_out"
 
 
@@ -706,7 +702,7 @@ def test_detach_all_keeps_the_container_and_delivers_nothing(
     docker_client: docker.DockerClient,
     sentry_events: CapturedEvents,
 ) -> None:
-    listener = RecordingListener()
+    listener = ListenerRecorder()
     manager = make_manager(listener=listener, worker_timeout_s=1)
     worker = manager.spawn_worker(job("det-1", ["sleep", "30"]))
 
@@ -735,7 +731,7 @@ def test_detach_all_keeps_the_container_and_delivers_nothing(
 
 
 def test_two_managers_share_no_state(make_manager: MakeManager) -> None:
-    first_listener, second_listener = RecordingListener(), RecordingListener()
+    first_listener, second_listener = ListenerRecorder(), ListenerRecorder()
     first = make_manager(max_workers=1, listener=first_listener)
     second = make_manager(
         max_workers=1, listener=second_listener, container_name_prefix="cascade-worker-b-"
@@ -761,5 +757,5 @@ def test_two_managers_share_no_state(make_manager: MakeManager) -> None:
     first.close()
     second.spawn_worker(job("after-close", ["true"]))
     assert second.wait_for_worker("after-close", timeout=30).status == "succeeded"
-    assert first_listener.started_order() == ["shared"]
-    assert second_listener.started_order() == ["shared", "after-close"]
+    assert first_listener.started == ["shared"]
+    assert second_listener.started == ["shared", "after-close"]

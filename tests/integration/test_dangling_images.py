@@ -20,8 +20,9 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import CapturedEvents, ThreadBaseline
 from dockyard._cli import main as cli_main
+from support.sentry import CapturedEvents
+from support.threads import ThreadBaseline
 
 
 class Images:

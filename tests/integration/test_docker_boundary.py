@@ -25,7 +25,6 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import Recorder, ThreadBaseline, engine_socket
 from dockyard import (
     ContainerManager,
     DockerUnavailableError,
@@ -36,6 +35,9 @@ from dockyard import (
 )
 from dockyard._docker import DockerGateway
 from faultproxy import FaultProxy, FaultRule
+from support.engine import engine_socket
+from support.listeners import ListenerRecorder
+from support.threads import ThreadBaseline
 
 pytestmark = pytest.mark.docker
 
@@ -170,7 +172,7 @@ def test_a_hung_engine_does_not_hang_close(
     docker_client: docker.DockerClient,
 ) -> None:
     api = docker.APIClient(base_url=proxy.base_url, timeout=3, max_pool_size=32)
-    recorder = Recorder()
+    recorder = ListenerRecorder()
     manager = make_manager(docker_client=api, listener=recorder, docker_network="none")
     worker = manager.spawn_worker(WorkerJob(id="hung", type="t", command=["sleep", "60"]))
     # From now on the engine takes a minute to answer any wait; the open one breaks, so

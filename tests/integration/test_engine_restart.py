@@ -18,7 +18,6 @@ import os
 import shlex
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ from typing import Any
 import docker
 import pytest
 
-from dockyard import ContainerManager, WorkerJob, WorkerLifecycleListener, WorkerOutcome
+from dockyard import ContainerManager, WorkerJob
+from support.listeners import ListenerRecorder
 
 pytestmark = [
     pytest.mark.docker,
@@ -144,23 +144,13 @@ def wait_for_engine(socket_path: str) -> None:
         time.sleep(0.5)
 
 
-class Recorder(WorkerLifecycleListener):
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.finished: list[tuple[str, WorkerOutcome]] = []
-
-    def on_worker_finished(self, worker: Any, outcome: WorkerOutcome) -> None:
-        with self.lock:
-            self.finished.append((worker.job_id, outcome))
-
-
 def test_workers_survive_an_engine_restart_with_one_outcome_each(
     make_manager: Callable[..., ContainerManager], docker_client: docker.DockerClient
 ) -> None:
     socket_path = engine_socket()
     live_restore = bool(docker_client.info().get("LiveRestoreEnabled"))
     dockerd = Dockerd.serving(socket_path)
-    recorder = Recorder()
+    recorder = ListenerRecorder()
     settings: dict[str, Any] = {
         "listener": recorder,
         "docker_network": "none",

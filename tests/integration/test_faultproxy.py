@@ -17,6 +17,8 @@ import docker
 import pytest
 import requests
 
+from support.threads import eventually
+
 try:
     from faultproxy import FaultProxy, FaultRule, operation_of
 except ImportError:  # tests/ imported as a package
@@ -116,14 +118,6 @@ def _unique_name() -> str:
 
 def _running(real, cid: str) -> bool:
     return bool(real.inspect_container(cid)["State"]["Running"])
-
-
-def _wait_until(pred, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 # -- mapping and validation (no engine traffic) ------------------------------------------
@@ -392,7 +386,7 @@ def test_cut_active_cuts_blocked_wait(proxy, real, sleeper):
     thread = threading.Thread(target=run)
     thread.start()
     try:
-        _wait_until(lambda: proxy.active("wait") == 1)
+        eventually(lambda: proxy.active("wait") == 1)
         time.sleep(0.3)  # let the request reach the engine
         assert proxy.cut_active("inspect") == 0
         assert proxy.cut_active("wait") == 1
@@ -447,7 +441,7 @@ def test_stop_leaves_no_threads_and_no_socket(real, sleeper):
     try:
         assert waiter.inspect_container(sleeper)["Id"] == sleeper
         thread.start()
-        _wait_until(lambda: p.active("wait") == 1)
+        eventually(lambda: p.active("wait") == 1)
         assert any(t.name.startswith("faultproxy-") for t in threading.enumerate())
     finally:
         t0 = time.monotonic()

@@ -16,7 +16,6 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import Recorder, ThreadBaseline, eventually
 from dockyard import (
     ContainerManager,
     DockerUnavailableError,
@@ -24,6 +23,8 @@ from dockyard import (
     WorkerSpawnError,
 )
 from faultproxy import FaultProxy, FaultRule
+from support.listeners import ListenerRecorder
+from support.threads import ThreadBaseline, eventually
 
 pytestmark = pytest.mark.docker
 
@@ -51,9 +52,9 @@ def rig(
     proxied: docker.APIClient,
     baseline: ThreadBaseline,
     make_manager: Callable[..., ContainerManager],
-) -> Callable[..., tuple[ContainerManager, Recorder]]:
-    def make(**overrides: Any) -> tuple[ContainerManager, Recorder]:
-        recorder = Recorder()
+) -> Callable[..., tuple[ContainerManager, ListenerRecorder]]:
+    def make(**overrides: Any) -> tuple[ContainerManager, ListenerRecorder]:
+        recorder = ListenerRecorder()
         settings: dict[str, Any] = {"max_workers": 1, "docker_network": "none"}
         settings.update(overrides)
         manager = make_manager(docker_client=proxied, listener=recorder, **settings)
@@ -78,7 +79,7 @@ def timer_threads() -> list[threading.Thread]:
 
 def assert_clean(
     manager: ContainerManager,
-    recorder: Recorder,
+    recorder: ListenerRecorder,
     proxy: FaultProxy,
     docker_client: docker.DockerClient,
     instance_id: str,

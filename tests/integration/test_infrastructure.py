@@ -8,8 +8,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from conftest import ThreadBaseline, docker_required
 from images import TEST_IMAGE, find_static_busybox, is_static_elf
+from support.engine import docker_required
+from support.threads import ThreadBaseline
 
 
 def test_test_image_runs_a_shell(docker_client: docker.DockerClient, test_image: str) -> None:

@@ -18,10 +18,9 @@ import docker
 import pytest
 import redis
 
-from conftest import CapturedEvents
 from dockyard import InvalidJobError, JobDataOffloadError, WorkerJob
 from dockyard.worker import read_job_data
-from test_redis_store import redis_client, redis_url  # noqa: F401  (fixtures)
+from support.sentry import CapturedEvents
 
 pytestmark = pytest.mark.redis
 
@@ -46,8 +45,8 @@ def _containers(client: docker.DockerClient, instance: str) -> list[Any]:
 
 def test_a_200_kib_payload_is_offloaded_with_the_originals_key_and_ttl(
     make_manager: Callable[..., Any],
-    redis_url: str,  # noqa: F811
-    redis_client: redis.Redis,  # noqa: F811
+    redis_url: str,
+    redis_client: redis.Redis,
     instance_id: str,
 ) -> None:
     job_id = f"{instance_id}-off"
@@ -66,8 +65,8 @@ def test_a_200_kib_payload_is_offloaded_with_the_originals_key_and_ttl(
 
 
 def test_the_worker_helper_reads_the_key_once_and_deletes_it(
-    redis_url: str,  # noqa: F811
-    redis_client: redis.Redis,  # noqa: F811
+    redis_url: str,
+    redis_client: redis.Redis,
 ) -> None:
     data = _payload(150 * KIB, "helper")
     redis_client.set("cascade:jobdata:j-helper", json.dumps(data), ex=3600)
@@ -92,8 +91,8 @@ def test_the_worker_helper_names_the_extra_without_redis(monkeypatch: pytest.Mon
 
 def test_small_payloads_stay_inline(
     make_manager: Callable[..., Any],
-    redis_url: str,  # noqa: F811
-    redis_client: redis.Redis,  # noqa: F811
+    redis_url: str,
+    redis_client: redis.Redis,
 ) -> None:
     manager = make_manager(redis_url=redis_url)
     check = 'test -n "$JOB_DATA" && test -z "${JOB_DATA_REDIS_KEY+set}"'
@@ -138,8 +137,8 @@ def test_without_the_redis_package_a_large_payload_names_the_extra(
 
 def test_the_worker_reads_the_offloaded_payload_through_the_key(
     make_manager: Callable[..., Any],
-    redis_url: str,  # noqa: F811
-    redis_client: redis.Redis,  # noqa: F811
+    redis_url: str,
+    redis_client: redis.Redis,
     instance_id: str,
 ) -> None:
     """The test image speaks RESP with busybox `nc`: GET the key, check the marker, DEL it."""

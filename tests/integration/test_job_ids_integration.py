@@ -9,9 +9,9 @@ from collections.abc import Callable, Mapping
 import docker
 import pytest
 
-from conftest import RecordingStore
 from dockyard import ContainerManager, DuplicateJobError, InvalidJobError, WorkerJob
 from faultproxy import FaultProxy
+from support.hosts import RecordingStore
 
 WAIT_S = 60.0
 MakeManager = Callable[..., ContainerManager]

@@ -8,8 +8,9 @@ from typing import Any
 
 import docker
 
-from conftest import RecordingListener, ThreadBaseline
 from dockyard import ContainerManager, ProjectConfig, WorkerJob
+from support.listeners import ListenerRecorder
+from support.threads import ThreadBaseline
 
 WAIT_S = 60.0
 
@@ -65,7 +66,7 @@ def test_close_from_the_finished_callback_on_the_real_engine(
     errors: list[BaseException] = []
     manager_box: list[ContainerManager] = []
 
-    class Closing(RecordingListener):
+    class Closing(ListenerRecorder):
         def on_worker_finished(self, worker: Any, outcome: Any) -> None:
             super().on_worker_finished(worker, outcome)
             try:

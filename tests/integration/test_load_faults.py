@@ -22,21 +22,21 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import (
-    LoadProjects,
-    LoadRecorder,
-    ThreadBaseline,
-    add_load_faults,
-    assert_each_job_ended_once,
-    load_job,
-    split_load_results,
-)
 from dockyard import (
     ContainerManager,
     DockyardError,
     WorkerOutcome,
 )
 from faultproxy import FaultProxy, operation_of
+from support.listeners import ListenerRecorder
+from support.load import (
+    LoadProjects,
+    add_load_faults,
+    assert_each_job_ended_once,
+    load_job,
+    split_load_results,
+)
+from support.threads import ThreadBaseline
 
 pytestmark = pytest.mark.docker
 
@@ -102,7 +102,7 @@ def test_load_with_injected_faults(
     record_property: Callable[[str, object], None],
 ) -> None:
     baseline = ThreadBaseline()  # after the proxy started: its threads are not ours
-    recorder = LoadRecorder()
+    recorder = ListenerRecorder()
     manager = make_manager(
         docker_client=proxied,
         listener=recorder,

@@ -3,7 +3,7 @@
 Each test serves a fresh `CollectorRegistry` with `prometheus_client.start_http_server` on
 127.0.0.1 (a free port, shut down at teardown), gives it to a manager, runs containers, and
 reads the series back with `prometheus_client.parser`. Counters are compared after the
-test's own `RecordingListener` heard of the outcome: the metrics are updated before the
+test's own `ListenerRecorder` heard of the outcome: the metrics are updated before the
 host's listener is called.
 """
 
@@ -21,9 +21,10 @@ import docker.errors
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 
-from conftest import RecordingListener, free_port
 from dockyard import ContainerManager, NoWorkerSlotError, RouterConfig, WorkerJob, WorkerSpawnError
 from promscrape import Scrape, scrape
+from support.listeners import ListenerRecorder
+from support.servers import free_port
 
 WAIT_S = 60.0
 HOLD = "while [ ! -e /go ]; do sleep 0.05; done"  # runs until the test creates /go
@@ -71,11 +72,11 @@ def endpoint() -> Iterator[Endpoint]:
 @pytest.fixture
 def metered(
     endpoint: Endpoint, instance_id: str, test_image: str, snapshot_image_prefix: str
-) -> Iterator[Callable[..., tuple[ContainerManager, RecordingListener]]]:
+) -> Iterator[Callable[..., tuple[ContainerManager, ListenerRecorder]]]:
     """`make(**config)`: a manager on the test image, metered into `endpoint`'s registry."""
     made: list[ContainerManager] = []
 
-    def make(**overrides: Any) -> tuple[ContainerManager, RecordingListener]:
+    def make(**overrides: Any) -> tuple[ContainerManager, ListenerRecorder]:
         settings: dict[str, Any] = {
             "worker_image": test_image,
             "router_instance_id": instance_id,
@@ -87,7 +88,7 @@ def metered(
             "docker_network": "none",
         }
         settings.update(overrides)
-        listener = RecordingListener()
+        listener = ListenerRecorder()
         manager = ContainerManager(
             RouterConfig(**settings), listener=listener, metrics_registry=endpoint.registry
         )
@@ -126,7 +127,7 @@ def assert_no_ids_in_labels(got: Scrape) -> None:
 
 
 def test_success_and_crash_show_in_a_live_scrape(
-    metered: Callable[..., tuple[ContainerManager, RecordingListener]],
+    metered: Callable[..., tuple[ContainerManager, ListenerRecorder]],
     endpoint: Endpoint,
     docker_client: docker.DockerClient,
 ) -> None:
@@ -179,7 +180,7 @@ def test_success_and_crash_show_in_a_live_scrape(
 
 
 def test_oom_kill_counts_as_oom(
-    metered: Callable[..., tuple[ContainerManager, RecordingListener]], endpoint: Endpoint
+    metered: Callable[..., tuple[ContainerManager, ListenerRecorder]], endpoint: Endpoint
 ) -> None:
     """See test_core_integration: the engine now and then records a real OOM kill as
     OOMKilled=false, so a few attempts are allowed; those count as killed by a signal."""
@@ -202,7 +203,7 @@ def test_oom_kill_counts_as_oom(
 
 
 def test_timeout_counts_as_timed_out_with_its_duration(
-    metered: Callable[..., tuple[ContainerManager, RecordingListener]], endpoint: Endpoint
+    metered: Callable[..., tuple[ContainerManager, ListenerRecorder]], endpoint: Endpoint
 ) -> None:
     manager, listener = metered(worker_timeout_s=1.5)
     manager.spawn_worker(job("slow", "sleep 60"))
@@ -225,7 +226,7 @@ def test_timeout_counts_as_timed_out_with_its_duration(
 
 
 def test_slot_wait_and_slot_timeout(
-    metered: Callable[..., tuple[ContainerManager, RecordingListener]],
+    metered: Callable[..., tuple[ContainerManager, ListenerRecorder]],
     endpoint: Endpoint,
     docker_client: docker.DockerClient,
 ) -> None:
@@ -264,7 +265,7 @@ def test_slot_wait_and_slot_timeout(
 
 
 def test_snapshot_miss_commit_hit_fallback_and_eviction(
-    metered: Callable[..., tuple[ContainerManager, RecordingListener]],
+    metered: Callable[..., tuple[ContainerManager, ListenerRecorder]],
     endpoint: Endpoint,
     docker_client: docker.DockerClient,
 ) -> None:
@@ -312,7 +313,7 @@ def test_snapshot_miss_commit_hit_fallback_and_eviction(
 
 
 def test_missing_image_counts_a_pull_failure_and_a_spawn_failure(
-    metered: Callable[..., tuple[ContainerManager, RecordingListener]], endpoint: Endpoint
+    metered: Callable[..., tuple[ContainerManager, ListenerRecorder]], endpoint: Endpoint
 ) -> None:
     missing = f"dockyard-test-missing-{uuid.uuid4().hex[:10]}:latest"
     manager, _ = metered(worker_image=missing)
@@ -328,7 +329,7 @@ def test_missing_image_counts_a_pull_failure_and_a_spawn_failure(
 
 
 def test_orphan_scan_counts_reaped_containers(
-    metered: Callable[..., tuple[ContainerManager, RecordingListener]],
+    metered: Callable[..., tuple[ContainerManager, ListenerRecorder]],
     endpoint: Endpoint,
     docker_client: docker.DockerClient,
 ) -> None:

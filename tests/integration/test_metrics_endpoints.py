@@ -17,10 +17,10 @@ from typing import Any
 import docker
 import redis
 
-from conftest import free_port
 from promscrape import Scrape, scrape
-from test_cli import _env, dockyard_cli, write_jobs
-from test_router_example import ROUTER, RouterProcess, _push, redis_url  # noqa: F401
+from support.cli import dockyard_cli, run_env, write_jobs
+from support.router import ROUTER, RouterProcess, push_job
+from support.servers import free_port
 
 WAIT_S = 90.0
 HOLD = "while [ ! -e /go ]; do sleep 0.05; done"
@@ -86,7 +86,7 @@ def test_run_serves_metrics_while_the_batch_runs(
             "--metrics-port",
             str(port),
         ],
-        env=_env(),
+        env=run_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -142,13 +142,13 @@ def test_metrics_port_in_use_or_invalid_is_refused_before_anything_starts(
 
 
 def test_router_example_serves_metrics(
-    redis_url: str,  # noqa: F811 - the fixture imported above
+    redis_url: str,
     instance_id: str,
     test_image: str,
     tmp_path: Path,
 ) -> None:
     port = free_port()
-    env: dict[str, Any] = dict(_env())
+    env: dict[str, Any] = dict(run_env())
     env.update(
         CASCADE_ROUTER_INSTANCE=instance_id,
         WORKER_IMAGE=test_image,
@@ -160,8 +160,8 @@ def test_router_example_serves_metrics(
     router = RouterProcess(env, redis_url, tmp_path / "router.log")
     client = redis.Redis.from_url(redis_url)
     try:
-        _push(client, "r-ok", ["true"])
-        _push(client, "r-fail", ["sh", "-c", "exit 4"])
+        push_job(client, "r-ok", ["true"])
+        push_job(client, "r-fail", ["sh", "-c", "exit 4"])
         got = scrape_until(
             f"http://127.0.0.1:{port}/metrics",
             "both outcomes",

@@ -17,13 +17,14 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import Recorder, eventually
 from dockyard import (
     ContainerManager,
     NoWorkerSlotError,
     WorkerJob,
 )
 from faultproxy import FaultRule
+from support.listeners import ListenerRecorder
+from support.threads import eventually
 
 pytestmark = pytest.mark.docker
 
@@ -121,9 +122,9 @@ def containers(
 @pytest.fixture
 def manager_with(
     make_manager: Callable[..., ContainerManager],
-) -> Callable[..., tuple[ContainerManager, Recorder]]:
-    def make(**overrides: Any) -> tuple[ContainerManager, Recorder]:
-        recorder = Recorder()
+) -> Callable[..., tuple[ContainerManager, ListenerRecorder]]:
+    def make(**overrides: Any) -> tuple[ContainerManager, ListenerRecorder]:
+        recorder = ListenerRecorder()
         settings: dict[str, Any] = {"docker_network": "none"}
         settings.update(overrides)
         return make_manager(listener=recorder, **settings), recorder

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,73 +20,13 @@ import pytest
 import redis
 
 import dockyard
-from conftest import free_port, missing_tool, stop_process
 from dockyard import ConfigError, ContainerManager, RedisJobDataStore, RouterConfig, WorkerJob
-from dockyard._environment import JOB_DATA_INLINE_LIMIT, EnvSources, build_worker_env
+from dockyard._environment import EnvSources, build_worker_env
+from dockyard._job_data import JOB_DATA_INLINE_LIMIT
 from dockyard._jobs import resolve_job_fields
 from dockyard._sentry import Reporter
 
 pytestmark = pytest.mark.redis
-
-START_TIMEOUT_S = 10.0
-
-
-def _start_redis(binary: str, directory: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """Start redis-server on a free port; a port taken meanwhile is retried on another."""
-    for _ in range(3):
-        port = free_port()
-        log = (directory / f"redis-{port}.log").open("wb")
-        process = subprocess.Popen(
-            [
-                binary,
-                "--port", str(port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(directory),
-                "--daemonize", "no",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
-                try:
-                    if client.ping():
-                        return process, port
-                finally:
-                    client.close()
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.05)
-        stop_process(process)
-    raise RuntimeError(f"redis-server did not start; see the logs in {directory}")
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fresh redis-server (no persistence) for this module; its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        missing_tool("redis-server is not installed", "it")
-    process, port = _start_redis(binary, tmp_path_factory.mktemp("redis"))
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        stop_process(process)
-
-
-@pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    try:
-        yield client
-    finally:
-        client.close()
-
 
 # --------------------------------------------------------------------------- the store
 

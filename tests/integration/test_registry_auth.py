@@ -27,9 +27,10 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import CapturedEvents, free_port, missing_tool, stop_process
 from dockyard import WorkerJob
 from dockyard._registry_auth import RegistryAuth
+from support.sentry import CapturedEvents
+from support.servers import free_port, missing_tool, stop_process
 
 START_TIMEOUT_S = 15.0
 USER = "dockyard-ci"

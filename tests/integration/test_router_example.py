@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,19 +18,9 @@ import pytest
 import redis
 
 import dockyard
-from conftest import free_port
-
-REPO = Path(__file__).resolve().parents[2]
-ROUTER = REPO / "examples" / "router.py"
-QUEUE, OUTCOMES, RUNNING = "dockyard:jobs", "dockyard:outcomes", "dockyard:running"
-# Generous bounds that only keep a broken run from hanging; nothing here measures speed.
-WAIT_S = 90.0
+from support.router import OUTCOMES, QUEUE, RUNNING, WAIT_S, RouterProcess, push_job
 
 pytestmark = [pytest.mark.redis, pytest.mark.docker]
-
-
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
 def _wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT_S) -> Any:
@@ -46,73 +32,6 @@ def _wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT_S) -> A
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting for {what}")
         time.sleep(0.1)
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    """A private redis-server on a free port, without persistence."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        if _ci():
-            pytest.fail("redis-server is not installed (required when CI=true)")
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    log = (tmp_path / "redis.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            exe,
-            *("--port", str(port), "--bind", "127.0.0.1"),
-            *("--save", "", "--appendonly", "no", "--dir", str(tmp_path)),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    client = redis.Redis(port=port, socket_connect_timeout=1)
-
-    def answers() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"redis-server exited: {(tmp_path / 'redis.log').read_text()}")
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    try:
-        _wait_for("redis-server to answer", answers, timeout=20)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
-
-
-class RouterProcess:
-    def __init__(self, env: dict[str, str], url: str, log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROUTER), "--redis-url", url],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=WAIT_S)
-        finally:
-            self._log.close()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
 
 
 @pytest.fixture
@@ -146,11 +65,6 @@ def _outcomes(client: redis.Redis) -> dict[str, dict[str, Any]]:
     return {key.decode(): json.loads(value) for key, value in client.hgetall(OUTCOMES).items()}
 
 
-def _push(client: redis.Redis, job_id: str, command: list[str], **extra: Any) -> None:
-    job = {"id": job_id, "type": "router-test", "command": command, **extra}
-    client.rpush(QUEUE, json.dumps(job))
-
-
 def test_router_runs_jobs_records_outcomes_and_hands_over_on_restart(
     start_router: Callable[[str], RouterProcess],
     redis_url: str,
@@ -159,16 +73,16 @@ def test_router_runs_jobs_records_outcomes_and_hands_over_on_restart(
     client = redis.Redis.from_url(redis_url)
     try:
         first = start_router("first")
-        _push(client, "ok-1", ["sh", "-c", "echo one"])
-        _push(
+        push_job(client, "ok-1", ["sh", "-c", "echo one"])
+        push_job(
             client,
             "ok-2",
             ["sh", "-c", 'test "$JOB_ID" = ok-2 && test "$JOB_TYPE" = router-test'],
             data={"n": 2},
         )
-        _push(client, "fail-1", ["sh", "-c", "exit 4"])
+        push_job(client, "fail-1", ["sh", "-c", "exit 4"])
         # Runs until the test creates /go inside it (docker exec), across a restart.
-        _push(client, "hold-1", ["sh", "-c", "while [ ! -e /go ]; do sleep 0.1; done"])
+        push_job(client, "hold-1", ["sh", "-c", "while [ ! -e /go ]; do sleep 0.1; done"])
         client.rpush(QUEUE, "{not json")
 
         def first_three() -> dict[str, dict[str, Any]] | None:

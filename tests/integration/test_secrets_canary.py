@@ -23,7 +23,6 @@ import pytest
 import sentry_sdk
 import sentry_sdk.transport
 
-from conftest import LogCapture, RecordingStore
 from dockyard import (
     ContainerManager,
     DockyardError,
@@ -33,6 +32,7 @@ from dockyard import (
     WorkerLifecycleListener,
 )
 from faultproxy import FaultProxy, FaultRule
+from support.hosts import LogCapture, RecordingStore
 
 OUTCOME_TIMEOUT_S = 60.0
 UNPULLABLE = "127.0.0.1:9/dockyard-canary-missing:latest"  # refused at once: no registry there

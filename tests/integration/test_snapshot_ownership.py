@@ -17,7 +17,7 @@ import docker
 import docker.errors
 
 from dockyard import ContainerManager, WorkerJob
-from test_cli import cli_env, dockyard_cli
+from support.cli import cli_env, dockyard_cli
 
 WAIT_S = 60.0
 OWNERSHIP = (

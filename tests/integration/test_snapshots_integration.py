@@ -22,7 +22,6 @@ import docker
 import docker.errors
 import pytest
 
-from conftest import CapturedEvents, ManagerFactory, StaticProjects, snapshot_worker
 from dockyard import (
     ActiveWorker,
     ContainerManager,
@@ -36,10 +35,13 @@ from dockyard import (
 from dockyard._docker import DockerGateway
 from dockyard._errors import UnpullableImageError
 from dockyard._images import ImagePuller
-from dockyard._jobs import LabelSchema, snapshot_image_name
+from dockyard._naming import LabelSchema, snapshot_image_name
 from dockyard._sentry import Reporter
 from dockyard._snapshot_registry import SnapshotRegistry
 from dockyard._snapshots import SnapshotManager
+from support.engine import ManagerFactory
+from support.hosts import StaticProjects, snapshot_worker
+from support.sentry import CapturedEvents
 
 WAIT_S = 60.0
 

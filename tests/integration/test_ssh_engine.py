@@ -23,8 +23,9 @@ from typing import Any
 import docker
 import pytest
 
-from conftest import ThreadBaseline, free_port, missing_tool
 from dockyard import ContainerManager, WorkerJob
+from support.servers import free_port, missing_tool
+from support.threads import ThreadBaseline
 
 SSHD = "/usr/sbin/sshd"
 CLOSE_BOUND_S = 30.0  # a hang, not a speed target: close() returns within the heartbeat

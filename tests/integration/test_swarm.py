@@ -1,6 +1,6 @@
 """The Swarm backend on a real single-node swarm: each job a `replicated-job` service.
 
-Runs on the swarm manager engine of `tests/swarm_engine.sh` (see `swarm_support`). Every
+Runs on the swarm manager engine of `tests/swarm_engine.sh` (see `support.swarm`). Every
 test leaves no service of its router instance behind (the `swarm_instance` fixture fails
 the test otherwise).
 """
@@ -17,11 +17,13 @@ from typing import Any
 import docker
 import pytest
 
-from conftest import CapturedEvents, Recorder, ThreadBaseline
 from dockyard import ConfigError, ContainerManager, RouterConfig, WorkerJob
-from swarm_support import instance_containers, instance_services
+from support.engine import instance_containers
+from support.listeners import ListenerRecorder
+from support.sentry import CapturedEvents
+from support.swarm import instance_services
+from support.threads import ThreadBaseline
 
-pytest_plugins = ("swarm_support",)  # its fixtures
 # Tasks on the manager node only: these tests read what only a local container tells.
 pytestmark = [pytest.mark.swarm, pytest.mark.usefixtures("swarm_local_node")]
 
@@ -45,7 +47,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
 def test_success_is_one_outcome_and_leaves_no_service(
     make_swarm_manager: MakeManager, swarm_client: docker.DockerClient, swarm_instance: str
 ) -> None:
-    recorder = Recorder()
+    recorder = ListenerRecorder()
     manager = make_swarm_manager(listener=recorder)
     worker = manager.spawn_worker(job("ok-1", ["sh", "-c", "sleep 0.5; exit 0"]))
     assert worker.container_name == "cascade-worker-ok-1"
@@ -132,7 +134,7 @@ def test_timeout_removes_the_service_and_ends_timed_out_once(
     swarm_instance: str,
     sentry_events: CapturedEvents,
 ) -> None:
-    recorder = Recorder()
+    recorder = ListenerRecorder()
     manager = make_swarm_manager(listener=recorder, worker_timeout_s=2)
     started = time.monotonic()
     manager.spawn_worker(job("slow-1", LONG))
@@ -148,7 +150,7 @@ def test_timeout_removes_the_service_and_ends_timed_out_once(
 
 
 def test_kill_worker_on_request(make_swarm_manager: MakeManager) -> None:
-    recorder = Recorder()
+    recorder = ListenerRecorder()
     manager = make_swarm_manager(listener=recorder)
     manager.spawn_worker(job("kill-1", LONG))
     assert manager.get_active_worker_count() == 1
@@ -203,7 +205,7 @@ def test_orphans_of_a_dead_router_are_reaped(
     # The finished one is an exited leftover; the running one passes its deadline.
     assert wait_until(lambda: task_state(done.container_id) == "complete")
     assert wait_until(lambda: datetime.now(UTC) > overdue.deadline, timeout=10)
-    recorder = Recorder()
+    recorder = ListenerRecorder()
     heir = make_swarm_manager(listener=recorder)
     reaped = heir.scan_and_cleanup_orphans()
     assert overdue.container_id in reaped
@@ -239,7 +241,7 @@ def test_adoption_after_restart_gets_exactly_one_outcome(
     first = make_swarm_manager()
     original = first.spawn_worker(job("adopt-1", ["sh", "-c", "sleep 3; exit 5"]))
     first.close()
-    recorder = Recorder()
+    recorder = ListenerRecorder()
     second = make_swarm_manager(listener=recorder)
     adopted = second.adopt_workers()
     assert [w.job_id for w in adopted] == ["adopt-1"]

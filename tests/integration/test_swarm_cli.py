@@ -10,10 +10,9 @@ from typing import Any
 import docker
 import pytest
 
-from swarm_support import instance_services, swarm_host
-from test_cli import cli_env, dockyard_cli
+from support.cli import cli_env, dockyard_cli
+from support.swarm import instance_services, swarm_host
 
-pytest_plugins = ("swarm_support",)  # its fixtures
 pytestmark = pytest.mark.swarm
 
 

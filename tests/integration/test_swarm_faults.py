@@ -21,23 +21,22 @@ import docker.errors
 import pytest
 import requests
 
-from conftest import (
-    LoadProjects,
-    LoadRecorder,
-    add_load_faults,
-    assert_each_job_ended_once,
-    load_job,
-    split_load_results,
-)
 from dockyard import (
     ContainerManager,
     DockyardError,
     WorkerOutcome,
 )
 from faultproxy import FaultProxy, FaultRule, operation_of
-from swarm_support import swarm_host, worker_host
+from support.listeners import ListenerRecorder
+from support.load import (
+    LoadProjects,
+    add_load_faults,
+    assert_each_job_ended_once,
+    load_job,
+    split_load_results,
+)
+from support.swarm import swarm_host, worker_host
 
-pytest_plugins = ("swarm_support",)  # its fixtures
 pytestmark = pytest.mark.swarm
 
 JOBS = int(os.environ.get("DOCKYARD_SWARM_LOAD_JOBS", "200"))
@@ -109,7 +108,7 @@ def test_swarm_load_with_injected_faults(
     record_property: Callable[[str, object], None],
 ) -> None:
     proxied = docker.APIClient(base_url=swarm_proxy.base_url, timeout=30, max_pool_size=64)
-    recorder = LoadRecorder()
+    recorder = ListenerRecorder()
     manager = make_swarm_manager(
         docker_client=proxied,
         listener=recorder,

@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterator
 import docker
 import pytest
 
-from conftest import Recorder
 from dockyard import ContainerManager, WorkerJob
-from swarm_support import instance_containers, set_availability, worker_host
+from support.engine import instance_containers
+from support.listeners import ListenerRecorder
+from support.swarm import set_availability, worker_host
 
-pytest_plugins = ("swarm_support",)  # its fixtures
 pytestmark = pytest.mark.swarm
 
 MakeManager = Callable[..., ContainerManager]
@@ -52,7 +52,7 @@ def test_task_on_another_node(
     swarm_instance: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    recorder = Recorder()
+    recorder = ListenerRecorder()
     manager = make_swarm_manager(listener=recorder)
     caplog.set_level("INFO", logger="dockyard")
     try:

@@ -12,16 +12,16 @@ import docker.errors
 import pytest
 import requests
 
-from conftest import StaticProjects, snapshot_worker
 from dockyard import RouterConfig, WorkerImageResolutionError
 from dockyard._docker import DockerGateway
 from dockyard._errors import ImageNotFoundError, translate
-from dockyard._jobs import LabelSchema
+from dockyard._naming import LabelSchema
 from dockyard._registry_auth import DOCKER_HUB_SERVER, RegistryAuth, RegistryAuthResolver
 from dockyard._sentry import Reporter
 from dockyard._snapshot_registry import SnapshotRegistry
 from dockyard._snapshots import SnapshotManager
-from test_launcher_unit import PROJECT_DIGEST, Rig, _project, job, rig_factory  # noqa: F401
+from support.hosts import StaticProjects, snapshot_worker
+from support.rig import PROJECT_DIGEST, Rig, job, verified_project
 
 # --------------------------------------------------------------------------- registry
 
@@ -187,7 +187,7 @@ def test_commits_use_the_long_image_write_timeout() -> None:
 
 
 def test_the_manager_gives_the_gateway_the_configured_write_timeout(
-    rig_factory: Callable[..., Rig],  # noqa: F811
+    rig_factory: Callable[..., Rig],
 ) -> None:
     rig = rig_factory(image_write_timeout_s=3600)
     assert rig.manager._driver.images.image_write_timeout_s == 3600
@@ -198,7 +198,7 @@ def test_the_manager_gives_the_gateway_the_configured_write_timeout(
 
 
 def test_snapshot_mode_stays_off_for_a_job_without_a_project(
-    rig_factory: Callable[..., Rig],  # noqa: F811
+    rig_factory: Callable[..., Rig],
 ) -> None:
     rig = rig_factory(snapshot_enabled=True)
     worker = rig.manager.spawn_worker(job(workItemId="w-1"))  # no projectId
@@ -210,7 +210,7 @@ def test_snapshot_mode_stays_off_for_a_job_without_a_project(
 
 
 def test_snapshot_mode_uses_the_global_setting_for_an_unconfigured_project(
-    rig_factory: Callable[..., Rig],  # noqa: F811
+    rig_factory: Callable[..., Rig],
 ) -> None:
     rig = rig_factory(snapshot_enabled=True)
     worker = rig.manager.spawn_worker(job(projectId="not-configured", workItemId="w-1"))
@@ -218,9 +218,9 @@ def test_snapshot_mode_uses_the_global_setting_for_an_unconfigured_project(
 
 
 def test_a_project_image_still_missing_after_its_pull_is_a_resolution_error(
-    rig_factory: Callable[..., Rig],  # noqa: F811
+    rig_factory: Callable[..., Rig],
 ) -> None:
-    rig = rig_factory(images=set(), projects=StaticProjects(_project()))
+    rig = rig_factory(images=set(), projects=StaticProjects(verified_project()))
     missing = docker.errors.ImageNotFound("No such image: " + PROJECT_DIGEST)
     rig.api.failures["create_container"] = [missing, missing]
     with pytest.raises(WorkerImageResolutionError, match="still missing") as raised:
@@ -232,9 +232,9 @@ def test_a_project_image_still_missing_after_its_pull_is_a_resolution_error(
 
 
 def test_pull_fallback_extras_keep_the_originals_names(
-    rig_factory: Callable[..., Rig],  # noqa: F811
+    rig_factory: Callable[..., Rig],
 ) -> None:
-    rig = rig_factory(images={"other:1"}, projects=StaticProjects(_project()))
+    rig = rig_factory(images={"other:1"}, projects=StaticProjects(verified_project()))
     rig.api.pull_error = "manifest unknown"
     with pytest.raises(WorkerImageResolutionError):
         rig.manager.spawn_worker(job(projectId="proj"))

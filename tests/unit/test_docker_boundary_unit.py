@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -31,13 +31,7 @@ from dockyard._errors import (
     translate,
 )
 from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, RecordingReporter, api_error
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
+from support.threads import eventually
 
 
 @pytest.fixture
@@ -135,7 +129,7 @@ def test_a_broken_stream_fails_every_ticket_and_reconnects(
 def test_idle_reconnects_keep_the_tickets(gateway: DockerGateway, api: FakeDockerAPI) -> None:
     container_id = running(gateway)
     ticket = gateway.open_exit_wait(container_id)
-    wait_until(lambda: len(api.calls_of("events")) >= 3)  # a few quiet heartbeats
+    eventually(lambda: len(api.calls_of("events")) >= 3)  # a few quiet heartbeats
     assert not ticket.done()
     api.exit(container_id, 0)
     assert ticket.result().exit_code == 0
@@ -147,7 +141,7 @@ def test_an_exit_just_before_the_wait_is_remembered(
     container_id = running(gateway)
     gateway.open_exit_wait(running(gateway, "other")).close()  # the stream is connected
     api.exit(container_id, 4)
-    wait_until(lambda: gateway._exits.remembered_exit(container_id) is not None)
+    eventually(lambda: gateway._exits.remembered_exit(container_id) is not None)
     api.vanish(container_id)  # auto-removed: no inspect could tell the code any more
     ticket = gateway.open_wait(container_id)
     assert ticket.result().exit_code == 4

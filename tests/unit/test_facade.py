@@ -26,7 +26,8 @@ import dockyard.worker_container_launcher
 from dockyard import ContainerManager, RouterConfig, WorkerJob
 from dockyard._docker import DockerGateway
 from dockyard._images import ImagePuller
-from dockyard._tracker import SlotGate, WorkerRegistry
+from dockyard._registry import WorkerRegistry
+from dockyard._slots import SlotGate
 from dockyard.testing import DEFAULT_IMAGE as BASE_IMAGE
 from dockyard.testing import FakeDockerAPI
 
@@ -90,7 +91,7 @@ DEFINED_IN = {
     "WorkerImageResolutionError": "dockyard._errors",
     "WorkerSpawnError": "dockyard._errors",
     "CredentialProvider": "dockyard._environment",
-    "JobDataStore": "dockyard._environment",
+    "JobDataStore": "dockyard._job_data",
     "ProjectDirectory": "dockyard._jobs",
     "Reporter": "dockyard._sentry",
     "ContainerManager": "dockyard.container_manager",

@@ -22,8 +22,12 @@ from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, RecordingReporter
 
 PACKAGE = Path(dockyard.__file__).parent
 NOT_THE_PATH = {"testing.py"}
-# The driver interface and the Docker driver sit between the core and the Docker client.
-MAX_MODULES_DEFAULT_JOB = 12
+# Ten concerns (the facade, the launcher, jobs, environment, tracking, exit handling, the
+# gateway and its events stream, loops, metrics), split into modules of one concern each,
+# which adds eight: the job's names and labels, its spawn settings, its job data, its
+# secrets, the listener, the registry, the slots, Docker's timestamps. The driver interface
+# and the Docker driver, between the core and the Docker client, add two.
+MAX_MODULES_DEFAULT_JOB = 20
 # Plus the snapshot registry, the commit's mechanics, the gateway's image calls, the typed
 # errors (looking up the previous snapshot of the work item answers 404 the first time), and
 # the retry policy of the container's removal (an auto-removed container needs none).
@@ -67,7 +71,7 @@ def run_one_job(config: RouterConfig, job: WorkerJob) -> set[str]:
     return seen
 
 
-def test_a_job_runs_through_at_most_twelve_modules() -> None:
+def test_a_job_runs_through_at_most_twenty_modules() -> None:
     config = RouterConfig(worker_image=DEFAULT_IMAGE, router_instance_id="path")
     seen = run_one_job(config, WorkerJob("job-1", "build", {"x": 1}))
 

@@ -10,112 +10,35 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import docker.errors
 import pytest
 import requests
 
-from conftest import RecordingListener, StaticProjects, ThreadBaseline
 from dockyard import (
     ActiveWorker,
-    ContainerManager,
     DockerUnavailableError,
     DuplicateJobError,
     ProjectConfig,
-    RouterConfig,
     WorkerImageResolutionError,
-    WorkerJob,
-    WorkerLifecycleListener,
     WorkerSpawnError,
 )
 from dockyard.testing import (
-    DEFAULT_IMAGE,
     FakeDockerAPI,
-    RecordingReporter,
     api_error,
 )
-
-BASE_IMAGE = DEFAULT_IMAGE
-PROJECT_DIGEST = "registry.example/team/worker@sha256:" + "ab" * 32
-INSTANCE = "unit-router"
-
-# --------------------------------------------------------------------------- recorders
-
-
-@dataclass
-class Rig:
-    api: FakeDockerAPI
-    reporter: RecordingReporter
-    listener: RecordingListener
-    manager: ContainerManager
-
-
-def fake_manager(
-    api: FakeDockerAPI,
-    reporter: RecordingReporter,
-    listener: WorkerLifecycleListener | None,
-    projects: StaticProjects | None = None,
-    **overrides: Any,
-) -> ContainerManager:
-    """A manager on the fake engine: quick grace, slot wait and retry window unless overridden."""
-    settings: dict[str, Any] = {
-        "worker_image": BASE_IMAGE,
-        "router_instance_id": INSTANCE,
-        "stop_grace_s": 1,
-        "slot_wait_timeout_s": 5,
-        "wait_retry_window_s": 0.5,
-    }
-    settings.update(overrides)
-    return ContainerManager(
-        RouterConfig(**settings),
-        docker_client=api,  # type: ignore[arg-type]
-        reporter=reporter,
-        listener=listener,
-        projects=projects,
-    )
-
-
-@pytest.fixture
-def rig_factory() -> Iterator[Callable[..., Rig]]:
-    made: list[ContainerManager] = []
-
-    def make(
-        *,
-        images: set[str] | None = None,
-        projects: StaticProjects | None = None,
-        listener: RecordingListener | None = None,
-        **overrides: Any,
-    ) -> Rig:
-        api = FakeDockerAPI(images)
-        reporter = RecordingReporter()
-        listener = listener or RecordingListener()
-        manager = fake_manager(api, reporter, listener, projects=projects, **overrides)
-        made.append(manager)
-        return Rig(api, reporter, listener, manager)
-
-    yield make
-    for manager in made:
-        manager.close()
-
-
-@pytest.fixture
-def rig(rig_factory: Callable[..., Rig]) -> Rig:
-    return rig_factory()
-
-
-def job(job_id: str | None = "job-1", **data: Any) -> WorkerJob:
-    return WorkerJob(job_id, "trello", data)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
-
+from support.hosts import StaticProjects
+from support.rig import (
+    BASE_IMAGE,
+    INSTANCE,
+    PROJECT_DIGEST,
+    Rig,
+    job,
+    verified_project,
+)
+from support.threads import ThreadBaseline, eventually
 
 # --------------------------------------------------------------------------- launch
 
@@ -416,18 +339,8 @@ def test_pull_failure_of_the_global_image_raises_the_pull_error(
     assert rig.manager.get_active_worker_count() == 0
 
 
-def _project(**overrides: Any) -> ProjectConfig:
-    settings: dict[str, Any] = {
-        "worker_image": "registry.example/team/worker:2",
-        "worker_image_status": "verified",
-        "worker_image_digest": PROJECT_DIGEST,
-    }
-    settings.update(overrides)
-    return ProjectConfig("proj", **settings)
-
-
 def test_verified_project_image_runs_on_its_digest(rig_factory: Callable[..., Rig]) -> None:
-    rig = rig_factory(images={PROJECT_DIGEST}, projects=StaticProjects(_project()))
+    rig = rig_factory(images={PROJECT_DIGEST}, projects=StaticProjects(verified_project()))
     worker = rig.manager.spawn_worker(job(projectId="proj"))
     assert worker.image == PROJECT_DIGEST
     assert [c["image"] for c in rig.api.calls_of("create_container")] == [PROJECT_DIGEST]
@@ -436,7 +349,7 @@ def test_verified_project_image_runs_on_its_digest(rig_factory: Callable[..., Ri
 def test_pull_failure_of_a_project_image_is_a_resolution_error(
     rig_factory: Callable[..., Rig],
 ) -> None:
-    rig = rig_factory(images={BASE_IMAGE}, projects=StaticProjects(_project()))
+    rig = rig_factory(images={BASE_IMAGE}, projects=StaticProjects(verified_project()))
     rig.api.pull_error = "manifest unknown"
 
     with pytest.raises(WorkerImageResolutionError):
@@ -451,10 +364,10 @@ def test_pull_failure_of_a_project_image_is_a_resolution_error(
 @pytest.mark.parametrize(
     "project",
     [
-        _project(worker_image_status="pending"),
-        _project(worker_image_status=None),
-        _project(worker_image_digest=None),
-        _project(worker_image_digest=""),
+        verified_project(worker_image_status="pending"),
+        verified_project(worker_image_status=None),
+        verified_project(worker_image_digest=None),
+        verified_project(worker_image_digest=""),
     ],
     ids=["pending", "no-status", "no-digest", "empty-digest"],
 )
@@ -489,7 +402,7 @@ def test_timer_fires_reports_and_gives_one_timed_out_outcome(
     assert report.extras["durationMs"] >= 200
     assert rig.listener.wait_finished("job-1") == outcome
     time.sleep(0.2)
-    assert len(rig.listener.finished("job-1")) == 1
+    assert len(rig.listener.outcomes("job-1")) == 1
 
 
 def test_exit_while_the_kill_is_under_way_stays_timed_out(rig: Rig) -> None:
@@ -513,7 +426,7 @@ def test_exit_while_the_kill_is_under_way_stays_timed_out(rig: Rig) -> None:
     assert rig.reporter.of("worker_exit") == []
     rig.listener.wait_finished("job-1")
     time.sleep(0.2)
-    assert len(rig.listener.finished("job-1")) == 1
+    assert len(rig.listener.outcomes("job-1")) == 1
     assert rig.manager.kill_worker("job-1") is False
 
 
@@ -550,7 +463,7 @@ def resumed(api: FakeDockerAPI, container_id: str) -> bool:
 def test_broken_wait_on_a_running_worker_resumes(rig: Rig) -> None:
     worker = rig.manager.spawn_worker(job())
     rig.api.break_event_streams()
-    wait_until(lambda: resumed(rig.api, worker.container_id))
+    eventually(lambda: resumed(rig.api, worker.container_id))
     rig.api.exit(worker.container_id, 5)
 
     outcome = rig.manager.wait_for_worker("job-1", timeout=10)
@@ -672,12 +585,12 @@ def test_detach_during_a_resumed_wait_ends_the_watcher(
     rig = rig_factory()
     worker = rig.manager.spawn_worker(job())
     rig.api.break_event_streams()
-    wait_until(lambda: resumed(rig.api, worker.container_id))
+    eventually(lambda: resumed(rig.api, worker.container_id))
 
     rig.manager.close()
 
     thread_baseline.assert_no_new_threads(timeout=5.0)
-    assert rig.listener.finished("job-1") == []
+    assert rig.listener.outcomes("job-1") == []
     assert worker.container_id in rig.api.containers_by_id  # detached, still running
 
 

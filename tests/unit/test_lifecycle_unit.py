@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 import requests
 
-from conftest import ThreadBaseline
 from dockyard import (
     ActiveWorker,
     ContainerManager,
@@ -29,10 +28,11 @@ from dockyard import (
     WorkerOutcome,
 )
 from dockyard._docker import ExitWait
-from dockyard._jobs import parse_deadline
+from dockyard._naming import parse_deadline
 from dockyard._retry import RetryPolicy
 from dockyard.testing import FakeDockerAPI, RecordingReporter, api_error, not_found
-from test_launcher_unit import INSTANCE, fake_manager, job, wait_until
+from support.rig import INSTANCE, fake_manager, job
+from support.threads import ThreadBaseline, eventually
 
 
 class ListingAPI(FakeDockerAPI):
@@ -153,7 +153,7 @@ def test_an_infinite_slot_timeout_waits_for_the_slot(make: Any) -> None:
 
     spawner = threading.Thread(target=spawn)
     spawner.start()
-    wait_until(lambda: manager._slots.waiting == 1 or bool(results))
+    eventually(lambda: manager._slots.waiting == 1 or bool(results))
     api.exit(first.container_id, 0)
     spawner.join(10)
     assert len(results) == 1 and isinstance(results[0], ActiveWorker), results
@@ -428,7 +428,7 @@ def test_waiting_on_a_job_being_rerun_does_not_return_the_last_run(make: Any) ->
     results: list[ActiveWorker] = []
     spawner = threading.Thread(target=lambda: results.append(manager.spawn_worker(job("again"))))
     spawner.start()
-    wait_until(lambda: manager._slots.waiting == 1)
+    eventually(lambda: manager._slots.waiting == 1)
 
     with pytest.raises(TimeoutError):  # the re-run has no outcome yet
         manager.wait_for_worker("again", timeout=0.2)

@@ -16,7 +16,6 @@ import pytest
 import requests
 from prometheus_client import CollectorRegistry
 
-from conftest import RecordingListener
 from dockyard import (
     ActiveWorker,
     ConfigError,
@@ -40,6 +39,7 @@ from dockyard._metrics import (
     outcome_reason,
 )
 from promscrape import Scrape
+from support.listeners import ListenerRecorder
 
 LIB = Path(__file__).resolve().parents[2] / "lib"
 
@@ -335,7 +335,7 @@ def test_the_metered_listener_counts_before_the_host_and_survives_it() -> None:
 
 def test_the_metered_listener_passes_every_event_on() -> None:
     registry = CollectorRegistry()
-    recording = RecordingListener()
+    recording = ListenerRecorder()
     listener = MeteredListener(recording, metrics_on(registry))
     listener.started(worker())
     listener.finished(worker(), WorkerOutcome("job-1", "succeeded", exit_code=0, duration_s=1.5))

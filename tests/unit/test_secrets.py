@@ -11,20 +11,14 @@ import pytest
 import sentry_sdk
 from sentry_sdk.serializer import serialize
 
-from conftest import CapturedEvents
 from dockyard import WorkerJob
 from dockyard._driver import ContainerSpec
-from dockyard._environment import (
-    Masker,
-    Secret,
-    SecretBook,
-    SecretEnv,
-    router_secret_values,
-    worker_masker,
-)
+from dockyard._environment import worker_masker
 from dockyard._jobs import resolve_job_fields
+from dockyard._secrets import Masker, Secret, SecretBook, SecretEnv, router_secret_values
 from dockyard._sentry import SentryReporter, scrub_event, scrub_for_host
 from dockyard.worker_container_launcher import WorkerContainerLaunchConfig
+from support.sentry import CapturedEvents
 
 VALUE = 'p@ss/w+rd "q" ü'
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import sentry_sdk
 
-from conftest import CapturedEvents
+from support.sentry import CapturedEvents
 
 
 def _no_network(*args: Any, **kwargs: Any) -> Any:

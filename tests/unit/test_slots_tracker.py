@@ -13,15 +13,12 @@ from typing import Any
 import pytest
 
 from dockyard import ActiveWorker, DuplicateJobError, WorkerLifecycleListener, WorkerOutcome
-from dockyard._tracker import Phase, SafeListener, SlotGate, TrackedWorker, WorkerRegistry
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
-
+from dockyard._listener import SafeListener
+from dockyard._registry import WorkerRegistry
+from dockyard._slots import SlotGate
+from dockyard._tracker import Phase, TrackedWorker
+from support.listeners import ListenerRecorder
+from support.threads import eventually
 
 # --------------------------------------------------------------------------- slots
 
@@ -53,10 +50,10 @@ def test_release_hands_the_slot_to_the_oldest_waiter() -> None:
         thread = threading.Thread(target=take)
         thread.start()
         threads.append(thread)
-        wait_until(lambda n=n: gate.waiting == n)
+        eventually(lambda n=n: gate.waiting == n)
     for expected in range(1, 5):
         gate.release()
-        wait_until(lambda expected=expected: len(order) == expected)
+        eventually(lambda expected=expected: len(order) == expected)
         assert gate.in_use == 1
     for thread in threads:
         thread.join()
@@ -69,7 +66,7 @@ def test_a_late_arrival_cannot_overtake_a_waiter() -> None:
     got: list[bool] = []
     waiter = threading.Thread(target=lambda: got.append(gate.acquire(10)))
     waiter.start()
-    wait_until(lambda: gate.waiting == 1)
+    eventually(lambda: gate.waiting == 1)
     gate.release()
     # The freed slot already belongs to the waiter, even if it has not woken yet.
     assert not gate.acquire(0)
@@ -134,7 +131,7 @@ def test_over_capacity_slots_drain_before_waiters_get_one() -> None:
     got: list[bool] = []
     waiter = threading.Thread(target=lambda: got.append(gate.acquire(10)))
     waiter.start()
-    wait_until(lambda: gate.waiting == 1)
+    eventually(lambda: gate.waiting == 1)
     gate.release()
     assert gate.in_use == 1 and gate.waiting == 1  # still at capacity: nobody gets in
     gate.release()
@@ -144,14 +141,6 @@ def test_over_capacity_slots_drain_before_waiters_get_one() -> None:
 
 
 # --------------------------------------------------------------------------- registry
-
-
-class Listener(WorkerLifecycleListener):
-    def __init__(self) -> None:
-        self.finished: list[tuple[str, WorkerOutcome]] = []
-
-    def on_worker_finished(self, worker: ActiveWorker, outcome: WorkerOutcome) -> None:
-        self.finished.append((worker.job_id, outcome))
 
 
 class Releases:
@@ -170,8 +159,8 @@ def tracked(job_id: str, release: Callable[[], None] | None = None) -> TrackedWo
     return TrackedWorker(worker=worker, release_slot=release or Releases())
 
 
-def registry(history: int = 100) -> tuple[WorkerRegistry, Listener]:
-    listener = Listener()
+def registry(history: int = 100) -> tuple[WorkerRegistry, ListenerRecorder]:
+    listener = ListenerRecorder()
     return WorkerRegistry(SafeListener(listener), history), listener
 
 

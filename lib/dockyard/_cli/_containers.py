@@ -10,8 +10,8 @@ from typing import Any
 
 from .._config import RouterConfig
 from .._docker import DockerGateway
-from .._jobs import LabelSchema, parse_deadline
 from .._models import WorkerLifecycleListener
+from .._naming import LabelSchema, parse_deadline
 from ..container_manager import ContainerManager
 from ._engine import base_config, engine
 from ._exits import EXIT_OK

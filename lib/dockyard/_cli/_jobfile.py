@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .._environment import JOB_DATA_INLINE_LIMIT
 from .._errors import InvalidJobError
+from .._job_data import JOB_DATA_INLINE_LIMIT
 from .._jobs import WorkerJob, resolve_job_fields
 from ._exits import UsageError
 

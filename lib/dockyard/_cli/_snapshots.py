@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from .._config import RouterConfig
 from .._docker import DockerGateway
-from .._jobs import LabelSchema
+from .._naming import LabelSchema
 from .._snapshot_registry import SnapshotRegistry
 from .._snapshots import snapshot_owner
 from ..container_manager import ContainerManager

@@ -1,0 +1,57 @@
+"""Notifications: the host's lifecycle listener, called so that it can never break a worker."""
+
+from __future__ import annotations
+
+import logging
+
+from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
+from ._sentry import Reporter
+
+__all__ = ["SafeListener", "log_ids"]
+
+
+log = logging.getLogger("dockyard.tracker")
+
+
+def log_ids(worker: ActiveWorker, **more: object) -> dict[str, object]:
+    """A log record's `extra` about `worker`: its job id, short container id, and `more`."""
+    return {"job_id": worker.job_id, "container_id": worker.container_id[:12], **more}
+
+
+class SafeListener:
+    """Calls the host's listener; an exception there is logged, never propagated."""
+
+    def __init__(
+        self, listener: WorkerLifecycleListener | None, reporter: Reporter | None = None
+    ) -> None:
+        self._listener = listener  # None: nobody to tell
+        self._reporter = reporter or Reporter()
+
+    def started(self, worker: ActiveWorker) -> None:
+        self._call("on_worker_started", worker.job_id, worker)
+
+    def finished(self, worker: ActiveWorker, outcome: WorkerOutcome) -> None:
+        self._call("on_worker_finished", worker.job_id, worker, outcome)
+
+    def orphan_stopped(self, container_id: str, labels: dict[str, str]) -> None:
+        self._call("on_orphan_stopped", None, container_id, labels)
+
+    def _call(self, hook: str, job_id: str | None, *args: object) -> None:
+        if self._listener is None:
+            return
+        try:
+            getattr(self._listener, hook)(*args)
+        except Exception as err:
+            # Not `log.exception`: a host's logging integration would turn it into an event
+            # with the locals of every frame. The reporter's event drops them.
+            log.warning(
+                "lifecycle listener failed",
+                extra={"hook": hook, "job_id": job_id, "error_type": type(err).__name__},
+            )
+            self._reporter.report(
+                err,
+                "lifecycle_listener",
+                level="warning",
+                tags={"hook": hook},
+                extras={"jobId": job_id},
+            )
