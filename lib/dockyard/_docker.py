@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from typing import Any, TypeVar
 
 import docker
@@ -23,17 +22,12 @@ import urllib3
 from docker.errors import DockerException, create_api_error_from_http_exception
 from requests.adapters import HTTPAdapter
 
+from ._create_recovery import LOST_ANSWERS, look_up_made, recover_lost_create
 from ._docker_images import ImageCalls
 from ._driver import CallObserver, ContainerSpec, ExitResult
 from ._errors import (
     TRANSIENT_ERRORS,
     DockerUnavailableError,
-    DockyardError,
-    EngineConflictError,
-    EngineNotFoundError,
-    EngineTimeoutError,
-    EngineUnreachableError,
-    RetriesExhaustedError,
     StreamIdle,
     result_of,
     translate,
@@ -48,8 +42,6 @@ __all__ = [
     "EngineCalls",
     "ExitWait",
     "ObservedEngine",
-    "create_recovering",
-    "look_up_made",
 ]
 
 log = logging.getLogger("dockyard.docker")
@@ -64,12 +56,6 @@ _CONNECT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 DEFAULT_HEARTBEAT_S = 2.0  # idle read timeout of the events stream; bounds `close()`
-# A create that got no answer: once more, after a pause that lets one that went through finish.
-CREATE_RETRY = RetryPolicy(retry_on=(EngineUnreachableError,), attempts=1, first_delay_s=0.2)
-# A create in progress may take this long to become visible; blips are looked through.
-LOOK_UP_RETRY = RetryPolicy(
-    retry_on=TRANSIENT_ERRORS, window_s=3.0, first_delay_s=0.1, max_delay_s=0.1
-)
 # Removal is idempotent: two more tries after 0.2 s and 0.4 s.
 REMOVE_RETRY = RetryPolicy(retry_on=TRANSIENT_ERRORS, attempts=2, first_delay_s=0.2)
 
@@ -275,9 +261,16 @@ class DockerGateway(ObservedEngine, ImageCalls):
         job). When the retry fails otherwise, a container the first attempt left is
         removed on the way out.
         """
-        return create_recovering(
-            spec.name, lambda: self._create_once(spec), lambda: self._created_for(spec), self.remove
-        )
+        try:
+            return self._create_once(spec)
+        except LOST_ANSWERS as lost:
+            return recover_lost_create(
+                spec.name,
+                lost,
+                lambda: self._create_once(spec),
+                lambda: self._created_for(spec),
+                self.remove,
+            )
 
     def _created_for(self, spec: ContainerSpec) -> str | None:
         """The id of a not yet started container made from `spec`, if one exists.
@@ -432,78 +425,6 @@ class DockerGateway(ObservedEngine, ImageCalls):
             "list_containers", lambda: self.api.containers(all=all, filters={"label": list(labels)})
         )
         return result
-
-
-def create_recovering(
-    name: str,
-    create_once: Callable[[], str],
-    created_for: Callable[[], str | None],
-    remove: Callable[[str], None],
-) -> str:
-    """Create, recovering from a create whose answer got lost; the id of what was made.
-
-    A create that timed out may still have made its object: `created_for` finds it (it
-    matches this launch's labels) and its id is the answer; there is no retry, the time
-    budget is spent. A create that got no answer at all is retried once (`CREATE_RETRY`);
-    the retry's 409 with that object is resolved the same way. When the retry fails
-    otherwise, an object the first attempt made is removed: it must not outlive the
-    failed launch.
-    """
-    try:
-        return create_once()
-    except EngineTimeoutError:
-        found = created_for()
-        if found is None:
-            raise
-        log.info(
-            "a create that timed out went through; using what it made",
-            extra={"container_name": name, "container_id": found[:12]},
-        )
-        return found
-    except CREATE_RETRY.retry_on as err:
-        log.warning(
-            "create got no answer; retrying once",
-            extra={"container_name": name, "error": str(err)},
-        )
-        CREATE_RETRY.begin().increment(err).sleep()  # let a create that went through finish
-    try:
-        return create_once()
-    except DockyardError as err:
-        leftover = created_for()
-        if leftover is not None and isinstance(err, EngineConflictError):
-            log.info(
-                "the unanswered create went through; using what it made",
-                extra={"container_name": name, "container_id": leftover[:12]},
-            )
-            return leftover
-        if leftover is not None:
-            try:
-                remove(leftover)
-            except DockyardError:
-                log.warning(
-                    "could not remove what a failed create made; the orphan scan will",
-                    extra={"container_name": name, "container_id": leftover[:12]},
-                )
-        raise
-
-
-def look_up_made(
-    inspect: Callable[[], dict[str, Any]], *, not_yet_visible: bool = False
-) -> dict[str, Any] | None:
-    """What `inspect` says of an object a lost create may have made; None when unknown.
-
-    An engine blip is looked through for a while (`LOOK_UP_RETRY`), and so is a 404 when
-    `not_yet_visible` (the engine reserves a container's name before it can be
-    inspected). After that the answer is unknown, and the orphan scan deals with whatever
-    is left.
-    """
-    policy = LOOK_UP_RETRY
-    if not_yet_visible:
-        policy = replace(policy, retry_on=(*policy.retry_on, EngineNotFoundError))
-    try:
-        return call_with_retry(policy, inspect)
-    except (RetriesExhaustedError, DockyardError):
-        return None
 
 
 def _raise_for_status(response: requests.Response) -> None:

@@ -15,15 +15,12 @@ runs through the node client's `EngineCalls`: typed errors, the observer.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
 import docker
-import requests
-from docker.errors import create_api_error_from_http_exception
 from docker.types import (
     ContainerSpec as SwarmContainerSpec,
 )
@@ -35,13 +32,8 @@ from docker.types import (
 )
 
 from ._config import RouterConfig
-from ._docker import (
-    REMOVE_RETRY,
-    DockerGateway,
-    ObservedEngine,
-    create_recovering,
-    look_up_made,
-)
+from ._create_recovery import LOST_ANSWERS, look_up_made, recover_lost_create
+from ._docker import DockerGateway, ObservedEngine
 from ._docker_driver import connect, worker_entry, worker_state
 from ._driver import (
     ContainerSpec,
@@ -55,15 +47,11 @@ from ._errors import (
     ConfigError,
     DockerUnavailableError,
     DockyardError,
-    EngineConflictError,
     EngineNotFoundError,
-    EngineServerError,
-    RetriesExhaustedError,
-    StillRunningError,
 )
 from ._exit_monitor import ExitWait
-from ._retry import RetryPolicy, call_with_retry
 from ._secrets import reveal
+from ._swarm_ending import SWARM_SERVICE_LABEL, ServiceEnding, container_of
 from ._swarm_tasks import (
     PRE_RUNNING,
     TERMINAL,
@@ -80,28 +68,12 @@ log = logging.getLogger("dockyard.swarm")
 
 T = TypeVar("T")
 
-SWARM_SERVICE_LABEL = "com.docker.swarm.service.id"  # the engine's label on task containers
 DEFAULT_POLL_INTERVAL_S = 0.25
 _START_WAIT_MAX_S = 30.0
-_STOP_MARGIN_S = 10.0
-_STOP_POLL_S = 0.05
-# "update out of sequence": the service changed since it was read; read it again, retry.
-_UPDATE_RETRY = RetryPolicy(
-    retry_on=(EngineServerError, EngineConflictError, DockerUnavailableError),
-    attempts=2,
-    first_delay_s=_STOP_POLL_S,
-)
-# Waiting for a stopped task to end: a poll every 50 ms (the window is the caller's).
-_TASK_END_POLL = RetryPolicy(
-    retry_on=(StillRunningError, DockyardError),
-    first_delay_s=_STOP_POLL_S,
-    max_delay_s=_STOP_POLL_S,
-)
 _NANOS = 1_000_000_000
-_NOWHERE = "node.id==dockyard-stopped"  # a placement no node satisfies (ids are random)
 
 
-class SwarmDriver(ObservedEngine):
+class SwarmDriver(ServiceEnding, ObservedEngine):
     """Workers as swarm job services (see `_driver.Driver` for the verbs)."""
 
     capabilities: Capabilities = DRIVERS["swarm"].capabilities
@@ -168,13 +140,17 @@ class SwarmDriver(ObservedEngine):
         A retry meeting a 409 with a service of this name carrying exactly this spec's
         labels (the deadline label makes them unique to this launch) takes its id.
         """
-        return create_recovering(
-            spec.name,
-            lambda: self._create_once(spec),
-            lambda: self._created_for(spec),
-            # The service may have run its task already: `remove` takes its container too.
-            self.remove,
-        )
+        try:
+            return self._create_once(spec)
+        except LOST_ANSWERS as lost:
+            return recover_lost_create(
+                spec.name,
+                lost,
+                lambda: self._create_once(spec),
+                lambda: self._created_for(spec),
+                # The service may have run its task already: `remove` takes its container too.
+                self.remove,
+            )
 
     def _created_for(self, spec: ContainerSpec) -> str | None:
         """The id of a service of this name carrying exactly this spec's labels, if any."""
@@ -312,7 +288,7 @@ class SwarmDriver(ObservedEngine):
         """The task container's exit facts when it is on this node and has ended."""
         if task is None or task.get("NodeID") != self.node_id or task_state(task) not in TERMINAL:
             return None
-        container_id = _container_of(task)
+        container_id = container_of(task)
         if container_id is None:
             return None
         try:
@@ -383,160 +359,6 @@ class SwarmDriver(ObservedEngine):
                 stray.append(worker_entry(container))
         return stray
 
-    # -- ending -------------------------------------------------------------------------
-
-    def stop(self, container_id: str, grace_s: float) -> None:
-        """Stop the task with the stop grace (SIGTERM, then SIGKILL) and wait for that.
-
-        A task on this node: its container is stopped directly; the task ends `failed`
-        with the exit code, and the exit handling inspects and removes the service. A task
-        on another node: engine 20.10 leaves the running task of a removed job service
-        running (moby#44312), so the service is first updated to a placement no node
-        satisfies (the engine shuts the task down with the service's stop grace and starts
-        no replacement), then removed once the task ended (or after the grace plus a
-        margin); its exit code is known only when the engine kept the task's record.
-        """
-        try:
-            service = self._call("service_inspect", lambda: self._raw.inspect_service(container_id))
-        except EngineNotFoundError as err:
-            self._stop_stray(container_id, grace_s, err)
-            return
-        task = latest_task(self._service_tasks(container_id))
-        local = (
-            _container_of(task) if task is not None and task.get("NodeID") == self.node_id else None
-        )
-        if local is not None and task_state(task) not in TERMINAL:
-            # On this node: stop the container itself (SIGTERM, SIGKILL after the grace).
-            # The task then ends `failed` with its exit code and keeps its container for
-            # the exit's inspect; the exit handling removes the service afterwards.
-            self.engine.stop(local, grace_s)
-            return
-        if task is not None and task_state(task) not in TERMINAL:
-            self._unplace_current(container_id, service)
-            ended = self._await_task_end(str(task["ID"]), grace_s + _STOP_MARGIN_S)
-            task = ended if ended is not None else task
-        self.remove(container_id, force=True)
-        self.poller.ended(container_id, task)
-
-    def _unplace_current(self, service_id: str, service: dict[str, Any]) -> None:
-        """`_unplace`, reading the service again before each retry (`_UPDATE_RETRY`)."""
-        current = [service]
-
-        def unplace() -> None:
-            self._unplace(current[0])
-
-        def read_again(_: BaseException, __: object) -> None:
-            current[0] = self._call(
-                "service_inspect", lambda: self._raw.inspect_service(service_id)
-            )
-
-        call_with_retry(_UPDATE_RETRY, unplace, on_retry=read_again, raise_last=True)
-
-    def _unplace(self, service: dict[str, Any]) -> None:
-        """Update the service to a placement no node satisfies (its own spec otherwise).
-
-        The spec goes back exactly as read: docker-py's `update_service` adds a null
-        `UpdateConfig`, which the engine refuses for jobs.
-        """
-        spec = dict(service.get("Spec") or {})
-        template = dict(spec.get("TaskTemplate") or {})
-        placement = dict(template.get("Placement") or {})
-        constraints = list(placement.get("Constraints") or [])
-        if _NOWHERE not in constraints:
-            constraints.append(_NOWHERE)
-        placement["Constraints"] = constraints
-        template["Placement"] = placement
-        spec["TaskTemplate"] = template
-        version = int((service.get("Version") or {}).get("Index") or 0)
-        api = self.api
-        url = f"{api.base_url}/v{api.api_version}/services/{service['ID']}/update"
-
-        def update() -> None:
-            response = api.post(url, params={"version": version}, json=spec, timeout=api.timeout)
-            try:
-                response.raise_for_status()
-            except requests.exceptions.HTTPError as err:
-                create_api_error_from_http_exception(err)  # raises docker-py's typed error
-            finally:
-                response.close()
-
-        self._call("service_update", update)
-
-    def _await_task_end(self, task_id: str, timeout_s: float) -> dict[str, Any] | None:
-        """The task's state once it ended (or is gone), polled for up to `timeout_s`;
-        the last state seen when it did not end in time."""
-        last: list[dict[str, Any] | None] = [None]
-
-        def ended() -> dict[str, Any] | None:
-            found = self._call("task_list", lambda: self._raw.tasks(filters={"id": [task_id]}))
-            if not found:
-                return last[0]
-            last[0] = found[0]
-            if task_state(found[0]) not in TERMINAL:
-                raise StillRunningError(task_id)
-            return last[0]
-
-        try:
-            return call_with_retry(replace(_TASK_END_POLL, window_s=timeout_s), ended)
-        except RetriesExhaustedError:
-            return last[0]
-
-    def kill(self, container_id: str) -> None:
-        """Remove the service and force-remove its task containers on this node."""
-        self.remove(container_id, force=True)
-
-    def remove(self, container_id: str, *, force: bool = True) -> None:
-        """Remove the service and its task containers on this node (idempotent).
-
-        Engine 20.10 keeps a removed job service's tasks and their containers (moby#42789):
-        the containers on this node are removed here. Raises not-found only when neither
-        the service nor a container of it was there. Blips are retried (`REMOVE_RETRY`).
-        """
-        missing: EngineNotFoundError | None = None
-        try:
-            call_with_retry(
-                REMOVE_RETRY,
-                lambda: self._call(
-                    "service_remove", lambda: self._raw.remove_service(container_id)
-                ),
-                raise_last=True,
-            )
-        except EngineNotFoundError as err:
-            missing = err
-        self.poller.gone(container_id)
-        removed = call_with_retry(
-            REMOVE_RETRY, lambda: self._remove_local_containers(container_id), raise_last=True
-        )
-        if missing is not None and not removed:
-            if not _is_container_id(container_id):
-                raise missing
-            try:
-                self.engine.remove(container_id, force=True)  # a stray task container?
-            except EngineNotFoundError:
-                raise missing from None
-
-    def _stop_stray(self, container_id: str, grace_s: float, missing: BaseException) -> None:
-        """No service of that id: stop a stray task container of that id, if there is one."""
-        self.poller.gone(container_id)
-        if not _is_container_id(container_id):
-            raise missing
-        try:
-            self.engine.stop(container_id, grace_s)
-        except EngineNotFoundError:
-            raise missing from None
-
-    def _remove_local_containers(self, service_id: str) -> int:
-        found = self.engine.list_containers([f"{SWARM_SERVICE_LABEL}={service_id}"], all=True)
-        for container in found:
-            # Gone already, or the engine is removing it.
-            with contextlib.suppress(EngineNotFoundError, EngineConflictError):
-                self.engine.remove(str(container["Id"]), force=True)
-        return len(found)
-
-    def wait_removed(self, container_id: str, timeout_s: float) -> None:
-        """Remove the service (nothing removes it by itself) and return once it is gone."""
-        self.remove(container_id, force=True)
-
     @classmethod
     def over(
         cls,
@@ -559,16 +381,6 @@ class SwarmDriver(ObservedEngine):
         except BaseException:
             engine.close()
             raise
-
-
-def _container_of(task: dict[str, Any] | None) -> str | None:
-    container = ((task or {}).get("Status") or {}).get("ContainerStatus") or {}
-    return str(container["ContainerID"]) if container.get("ContainerID") else None
-
-
-def _is_container_id(value: str) -> bool:
-    """A full container id (64 hex digits): never a prefix that could match another one."""
-    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def open_driver(
