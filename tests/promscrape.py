@@ -43,8 +43,13 @@ class Scrape:
     def type_of(self, family: str) -> str:
         return self.families[family].type
 
-    def label_values(self, family: str, label: str) -> set[str]:
-        return {s.labels[label] for s in self.families[family].samples if label in s.labels}
+    def label_values(self, family: str, label: str, *, nonzero: bool = False) -> set[str]:
+        """The values `label` has in `family`'s samples (only those of non-zero samples)."""
+        return {
+            s.labels[label]
+            for s in self.families[family].samples
+            if label in s.labels and (s.value or not nonzero)
+        }
 
     def bucket(self, histogram: str, le: str, labels: Mapping[str, str] | None = None) -> float:
         return self.value(f"{histogram}_bucket", {**(labels or {}), "le": le})

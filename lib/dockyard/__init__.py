@@ -3,7 +3,8 @@
 `ContainerManager` launches a container per job, watches it, kills it when it overruns,
 snapshots clean finishes for warm reuse, reaps orphans and reports failures to Sentry.
 The host hooks are small protocols (`ProjectDirectory`, `CredentialProvider`,
-`JobDataStore`, `Reporter`); `dockyard.testing` has a fake engine for a router's own tests.
+`JobDataStore`, `Reporter`, `RegistryCredentialProvider`); `dockyard.testing` has a fake
+engine for a router's own tests.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ._errors import (
     DockerUnavailableError,
     DockyardError,
     DuplicateJobError,
+    ForkedManagerError,
     InvalidJobError,
     JobDataOffloadError,
     NoWorkerSlotError,
@@ -27,6 +29,7 @@ from ._job_data import JobDataStore
 from ._jobs import ProjectDirectory, WorkerJob
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._redis_store import RedisJobDataStore
+from ._registry_auth import RegistryCredentialProvider
 from ._sentry import Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
 from .container_manager import ContainerManager
@@ -45,6 +48,7 @@ __all__ = [
     "DockerUnavailableError",
     "DockyardError",
     "DuplicateJobError",
+    "ForkedManagerError",
     "InvalidJobError",
     "JobDataOffloadError",
     "JobDataStore",
@@ -52,6 +56,7 @@ __all__ = [
     "ProjectConfig",
     "ProjectDirectory",
     "RedisJobDataStore",
+    "RegistryCredentialProvider",
     "Reporter",
     "RouterConfig",
     "SnapshotMetadata",

@@ -18,6 +18,7 @@ from dataclasses_json import DataClassJsonMixin
 from ._drivers import DRIVERS, refuse_snapshots
 from ._errors import ConfigError
 from ._naming import is_valid_image_reference
+from ._pull_policy import IF_NOT_PRESENT, PULL_POLICIES
 
 __all__ = ["ProjectConfig", "RouterConfig"]
 
@@ -79,6 +80,14 @@ class RouterConfig(_StrictJson):
     registry_username: str | None = None
     registry_password: str | None = field(default=None, repr=False)
     registry_server: str | None = None
+    # When the worker image is pulled: "if-not-present", "always" or "never"; with "always",
+    # spawns within `image_pull_reuse_s` of a pull share it. Transient pull failures are
+    # tried again `image_pull_retries` times within `image_pull_timeout_s`.
+    image_pull_policy: str = IF_NOT_PRESENT
+    image_pull_reuse_s: float = 5.0
+    image_pull_retries: int = 3
+    # A Docker credential helper (`docker-credential-<name> get`) must answer within this.
+    registry_helper_timeout_s: float = 15.0
     # Beyond the original: hardening and operational bounds.
     # False: dockyard removes finished containers itself, after reading their log tail
     # (the engine refuses logs of a container it is auto-removing).
@@ -139,6 +148,7 @@ class ProjectConfig(_StrictJson):
     worker_image: str | None = None
     worker_image_status: str | None = None
     worker_image_digest: str | None = None
+    image_pull_policy: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -151,6 +161,8 @@ class ProjectConfig(_StrictJson):
             raise ConfigError("ProjectConfig.snapshot_enabled", "must be a boolean or None")
         texts = ("repo_full_name", "worker_image", "worker_image_status", "worker_image_digest")
         _require_optional_texts(self, texts, prefix="ProjectConfig.")
+        if self.image_pull_policy is not None:
+            _require_pull_policy("ProjectConfig.image_pull_policy", self.image_pull_policy)
 
 
 def _check_json_types(cls: type, prefix: str, kvs: object) -> None:
@@ -224,6 +236,10 @@ _ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WORKER_IMAGE_REGISTRY_USERNAME": ("registry_username", _str),
     "WORKER_IMAGE_REGISTRY_PASSWORD": ("registry_password", _str),
     "WORKER_IMAGE_REGISTRY_SERVER": ("registry_server", _str),
+    "WORKER_IMAGE_PULL_POLICY": ("image_pull_policy", _str),
+    "WORKER_IMAGE_PULL_REUSE_MS": ("image_pull_reuse_s", _ms),
+    "WORKER_IMAGE_PULL_RETRIES": ("image_pull_retries", _int),
+    "WORKER_IMAGE_CREDENTIAL_HELPER_TIMEOUT_MS": ("registry_helper_timeout_s", _ms),
     "DOCKYARD_BACKEND": ("backend", _str),
     "DOCKYARD_SWARM_PENDING_TIMEOUT_MS": ("swarm_pending_timeout_s", _ms),
 }
@@ -265,11 +281,19 @@ def _require_optional_texts(obj: object, names: tuple[str, ...], *, prefix: str 
             _require_text(f"{prefix}{name}", value, allow_empty=True)
 
 
+_MAY_BE_ZERO = ("kill_buffer_s", "image_pull_reuse_s")
+
+
+def _require_pull_policy(name: str, value: object) -> None:
+    if value not in PULL_POLICIES:
+        raise ConfigError(name, f"must be one of {', '.join(PULL_POLICIES)}, got {value!r}")
+
+
 def _validate_router(config: RouterConfig) -> None:
     for f in fields(config):
         value = getattr(config, f.name)
         if f.name.endswith("_s"):
-            _require_positive(f.name, value, allow_zero=f.name == "kill_buffer_s")
+            _require_positive(f.name, value, allow_zero=f.name in _MAY_BE_ZERO)
     _require_int("max_workers", config.max_workers, 1)
     _require_int("worker_memory_mb", config.worker_memory_mb, DOCKER_MIN_MEMORY_MB)
     _require_int("snapshot_max_count", config.snapshot_max_count, 0)
@@ -277,6 +301,8 @@ def _validate_router(config: RouterConfig) -> None:
     _require_int("log_tail_lines", config.log_tail_lines, 0)
     _require_int("launch_concurrency", config.launch_concurrency, 1)
     _require_int("outcome_history", config.outcome_history, 1)
+    _require_int("image_pull_retries", config.image_pull_retries, 0)
+    _require_pull_policy("image_pull_policy", config.image_pull_policy)
     if config.pids_limit is not None:
         _require_int("pids_limit", config.pids_limit, 1)
     for name in ("worker_image", "docker_network", "router_instance_id", "label_prefix"):

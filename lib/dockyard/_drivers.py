@@ -38,11 +38,27 @@ class Capabilities:
 
 @dataclass(frozen=True)
 class DriverEntry:
-    """One driver: its capabilities, its factory, and why it cannot snapshot (if so)."""
+    """One driver: its capabilities, its factory, the engine calls it makes (the
+    `operation` label of the engine-call series), and why it cannot snapshot (if so)."""
 
     capabilities: Capabilities
     factory: str  # `module:function`, imported on first use
+    operations: tuple[str, ...]
     no_snapshots_because: str = ""
+
+
+_DOCKER_OPERATIONS = (
+    "create", "start", "open_wait", "events", "inspect", "logs_tail", "stop", "kill",
+    "remove", "wait_removed", "list_containers",
+    "pull", "commit", "tag", "image_inspect", "list_images", "image_history",
+    "load_image_archive", "remove_image",
+)  # fmt: skip
+# The Swarm driver's: its service and task calls, and the node engine's own.
+_SWARM_OPERATIONS = (
+    *_DOCKER_OPERATIONS,
+    "info", "service_create", "service_inspect", "service_list", "service_logs",
+    "service_update", "service_remove", "task_list",
+)  # fmt: skip
 
 
 DRIVERS: Mapping[str, DriverEntry] = MappingProxyType(
@@ -50,11 +66,13 @@ DRIVERS: Mapping[str, DriverEntry] = MappingProxyType(
         "docker": DriverEntry(
             Capabilities(snapshots=True, auto_remove=True, local_exit_facts=True, images=True),
             "dockyard._docker_driver:open_driver",
+            _DOCKER_OPERATIONS,
         ),
         # Each job a `replicated-job` service: it may run on any node of the swarm.
         "swarm": DriverEntry(
             Capabilities(snapshots=False, auto_remove=False, local_exit_facts=False, images=False),
             "dockyard._swarm:open_driver",
+            _SWARM_OPERATIONS,
             no_snapshots_because="a snapshot image is committed on the node that ran the job "
             "and the next run may land on another node",
         ),

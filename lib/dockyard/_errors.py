@@ -32,6 +32,7 @@ __all__ = [
     "EngineTimeoutError",
     "EngineUnreachableError",
     "ExitWaitClosedError",
+    "ForkedManagerError",
     "ImageNotFoundError",
     "InvalidJobError",
     "InvalidReferenceError",
@@ -133,6 +134,29 @@ class WorkerSpawnError(DockyardError):
 
 class JobDataOffloadError(DockyardError):
     """The job data could not be written to the job data store; no container was made."""
+
+
+class ForkedManagerError(DockyardError, RuntimeError):
+    """A `ContainerManager` was used in a process forked after it was created.
+
+    Its threads, pools and engine connections stayed with the parent; the child must create
+    a manager of its own, after the fork. `owner_pid` created it, `pid` tried to use it.
+    """
+
+    def __init__(self, owner_pid: int, pid: int) -> None:
+        super().__init__(
+            f"this ContainerManager was created in process {owner_pid} and cannot be used in "
+            f"process {pid}, forked from it: its threads, pools and engine connections stay "
+            "with the parent. Create the ContainerManager in the child, after the fork "
+            "(gunicorn: in post_fork or the app factory, not at import under --preload; "
+            "Celery prefork: on worker_process_init; RQ: inside the job)"
+        )
+        self.owner_pid = owner_pid
+        self.pid = pid
+
+    def __reduce__(self) -> tuple[type[ForkedManagerError], tuple[int, int]]:
+        # multiprocessing pickles a pool worker's exception back to the parent.
+        return type(self), (self.owner_pid, self.pid)
 
 
 # -- engine errors: what the table below produces --

@@ -13,9 +13,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ._drivers import DRIVERS
 from ._errors import ConfigError, DockerUnavailableError, DockyardError, WorkerSpawnError
 from ._listener import SafeListener
 from ._models import BOOT_FAILURE_EXIT_CODE, ActiveWorker, WorkerLifecycleListener, WorkerOutcome
+from ._pull_policy import PULL_RESULTS
 from ._sentry import Reporter
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ __all__ = [
     "Metrics",
     "PrometheusMetrics",
     "build_metrics",
+    "engine_operations",
     "error_kind",
     "lifecycle_listener",
     "outcome_reason",
@@ -46,6 +49,50 @@ ENGINE_CALL_BUCKETS = (
 )  # fmt: skip
 
 _SIGNAL_EXIT = 128  # a shell reports death by signal N as exit code 128 + N
+
+# -- every value a label of a labelled series can take, in one place --
+# The series exist at zero from the manager's start: Prometheus's rate() and increase()
+# miss the first increment of a series that appears with value 1, and prometheus-client
+# makes a labelled child only on first use. Unit tests hold these lists to the code that
+# picks the values (`outcome_reason`, `error_kind`, the gateways' operation names).
+
+OUTCOME_LABELS: tuple[tuple[str, str], ...] = (
+    ("succeeded", "completed"),
+    ("failed", "exit_error"),
+    ("failed", "boot_failure"),
+    ("failed", "exit_signal"),
+    ("failed", "oom"),
+    ("failed", "unknown"),
+    ("timed_out", "timeout"),
+    ("lost", "lost"),
+)
+"""(status, reason) of `dockyard_worker_outcomes_total`: the pairs `outcome_reason` makes."""
+
+OUTCOME_STATUSES: tuple[str, ...] = tuple(dict.fromkeys(status for status, _ in OUTCOME_LABELS))
+
+SPAWN_FAILURE_KINDS: tuple[str, ...] = (
+    "engine",
+    "docker_unavailable",
+    "worker_image_resolution",
+    "duplicate_job",
+    "invalid_job",
+    "job_data_offload",
+    "other",
+)
+"""`error` of `dockyard_spawn_failures_total`; a kind outside this list is counted as `other`."""
+
+ENGINE_CALL_RESULTS: tuple[str, ...] = ("ok", "not_found", "conflict", "unreachable", "error")
+
+DOCKER_OPERATIONS: tuple[str, ...] = DRIVERS["docker"].operations
+"""`operation` of the engine-call series on the Docker backend (containers and images)."""
+
+SWARM_OPERATIONS: tuple[str, ...] = DRIVERS["swarm"].operations
+"""On the Swarm backend: its service and task calls, and the node engine's own."""
+
+
+def engine_operations(backend: str) -> tuple[str, ...]:
+    """The engine call operations a manager on `backend` can report (the driver table's)."""
+    return DRIVERS[backend].operations
 
 
 def outcome_reason(outcome: WorkerOutcome) -> str:
@@ -122,8 +169,9 @@ class Metrics:
     def orphans_reaped(self, count: int) -> None:
         """An orphan scan stopped or removed `count` containers."""
 
-    def image_pull(self, *, ok: bool) -> None:
-        """A missing base image was pulled, or its pull failed."""
+    def image_pull(self, *, ok: bool, result: str | None = None) -> None:
+        """A base image was pulled, or its pull failed; `result` says how it ended
+        (`_pull_policy.PULL_RESULTS`; default `ok` or `error`)."""
 
     def dangling_images_removed(self, count: int) -> None:
         """A dangling-image cleanup removed `count` images."""
@@ -147,6 +195,7 @@ class PrometheusMetrics(Metrics):
         max_workers: int,
         active: Callable[[], int],
         waiting: Callable[[], int],
+        backend: str = "docker",
     ) -> None:
         from prometheus_client import Counter, Gauge, Histogram  # noqa: PLC0415  (opt-in)
 
@@ -231,13 +280,33 @@ class PrometheusMetrics(Metrics):
         )
         self._snapshot_evictions = counter("dockyard_snapshot_evictions", "Snapshots evicted.")
         self._orphans = counter("dockyard_orphans_reaped", "Orphaned containers stopped/removed.")
-        self._pulls = counter("dockyard_image_pulls", "Missing base images pulled.")
+        self._pulls = counter(
+            "dockyard_image_pulls", "Base image pulls by how they ended.", ("result",)
+        )
+        for result in PULL_RESULTS:  # every series from zero: a first failure shows in rate()
+            self._pulls.labels(result)
         self._pull_failures = counter("dockyard_image_pull_failures", "Failed image pulls.")
         self._dangling = counter(
             "dockyard_dangling_images_removed", "Dangling dockyard images removed."
         )
         self._call_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._create_known_series(engine_operations(backend))
         self._register()
+
+    def _create_known_series(self, operations: tuple[str, ...]) -> None:
+        """Every label set of the labelled series, at zero (see `OUTCOME_LABELS`)."""
+        for status, reason in OUTCOME_LABELS:
+            self._outcomes.labels(status, reason)
+        for status in OUTCOME_STATUSES:
+            self._duration.labels(status)
+        for kind in SPAWN_FAILURE_KINDS:
+            self._spawn_failures.labels(kind)
+        for operation in operations:
+            for result in ENGINE_CALL_RESULTS:
+                self._call_children[(operation, result)] = (
+                    self._engine_calls.labels(operation, result),
+                    self._engine_latency.labels(operation),
+                )
 
     def _register(self) -> None:
         done = []
@@ -276,7 +345,8 @@ class PrometheusMetrics(Metrics):
         self._spawn.observe(seconds)
 
     def spawn_failed(self, err: BaseException) -> None:
-        self._spawn_failures.labels(error_kind(err)).inc()
+        kind = error_kind(err)
+        self._spawn_failures.labels(kind if kind in SPAWN_FAILURE_KINDS else "other").inc()
 
     def engine_call(self, operation: str, result: str, seconds: float) -> None:
         # The hottest path: the labelled children are looked up once per (operation, result).
@@ -305,8 +375,10 @@ class PrometheusMetrics(Metrics):
     def orphans_reaped(self, count: int) -> None:
         self._orphans.inc(count)
 
-    def image_pull(self, *, ok: bool) -> None:
-        (self._pulls if ok else self._pull_failures).inc()
+    def image_pull(self, *, ok: bool, result: str | None = None) -> None:
+        self._pulls.labels(result or ("ok" if ok else "error")).inc()
+        if not ok:
+            self._pull_failures.inc()
 
     def dangling_images_removed(self, count: int) -> None:
         self._dangling.inc(count)
@@ -318,10 +390,12 @@ def build_metrics(
     max_workers: int,
     active: Callable[[], int],
     waiting: Callable[[], int],
+    backend: str = "docker",
 ) -> Metrics:
     """`NO_METRICS` without a registry (prometheus-client stays unimported), else the series.
 
-    `active` and `waiting` are read at scrape time: the gauges can never drift.
+    `active` and `waiting` are read at scrape time: the gauges can never drift. `backend`
+    picks the engine operations whose series exist from the start.
     """
     if registry is None:
         return NO_METRICS
@@ -336,7 +410,9 @@ def build_metrics(
             "metrics_registry",
             f"expected a prometheus_client.CollectorRegistry, got {type(registry).__name__}",
         )
-    return PrometheusMetrics(registry, max_workers=max_workers, active=active, waiting=waiting)
+    return PrometheusMetrics(
+        registry, max_workers=max_workers, active=active, waiting=waiting, backend=backend
+    )
 
 
 class MeteredListener(SafeListener):

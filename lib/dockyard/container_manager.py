@@ -29,6 +29,7 @@ import docker
 from ._adoption import WorkerAdopter
 from ._config import RouterConfig
 from ._dangling import DEFAULT_DANGLING_INTERVAL_S, DanglingImageReaper
+from ._docker_config import DockerConfigLogins
 from ._driver import Driver
 from ._drivers import check_projects, driver_factory
 from ._environment import (
@@ -41,6 +42,7 @@ from ._environment import (
 )
 from ._errors import ConfigError, DockyardError, DuplicateJobError, NoWorkerSlotError
 from ._exit_handling import ExitWatcher, TimeoutController
+from ._fork import fork_guarded
 from ._images import ImagePuller
 from ._job_data import JobDataStore, RedisOffloadStore
 from ._jobs import (
@@ -57,7 +59,7 @@ from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._naming import LabelSchema, container_name
 from ._orphans import OrphanReaper
 from ._registry import WorkerRegistry
-from ._registry_auth import RegistryAuthResolver
+from ._registry_auth import RegistryAuthResolver, RegistryCredentialProvider
 from ._retry import RetryPolicy
 from ._secrets import Masker, SecretBook, router_secret_values
 from ._sentry import Reporter, SentryReporter, scrub_for_host
@@ -90,10 +92,13 @@ _WAIT_POOL_HEADROOM = 8  # adopted workers may briefly exceed max_workers
 _GENERATED_ID_ATTEMPTS = 1000
 
 
+@fork_guarded(quiet=("close",), also=("_outcome_future",), attributes=("snapshots",))
 class ContainerManager:
     """Runs each job in its own container; all state lives on the instance.
 
-    Create one per router, use it as a context manager or call `close()` when done.
+    Create one per router, use it as a context manager or call `close()` when done. It
+    belongs to the process that created it: in a child forked later, every method raises
+    `ForkedManagerError` (create a manager in the child) and `close()` does nothing.
     """
 
     def __init__(
@@ -107,6 +112,7 @@ class ContainerManager:
         job_data_store: JobDataStore | None = None,
         reporter: Reporter | None = None,
         metrics_registry: CollectorRegistry | None = None,
+        registry_credentials: RegistryCredentialProvider | None = None,
         driver: Driver | None = None,
     ) -> None:
         self.config = config
@@ -141,6 +147,7 @@ class ContainerManager:
                 max_workers=config.max_workers,
                 active=self.get_active_worker_count,
                 waiting=lambda: self._slots.waiting,
+                backend=config.backend,
             )
         except ConfigError:
             driver.close()
@@ -211,8 +218,14 @@ class ContainerManager:
             else ImagePuller(
                 images,
                 config.image_pull_timeout_s,
-                auth=RegistryAuthResolver(config).for_image,
+                auth=RegistryAuthResolver(
+                    config,
+                    registry_credentials,
+                    DockerConfigLogins(config.registry_helper_timeout_s),
+                ).for_image,
                 metrics=self._metrics,
+                retries=config.image_pull_retries,
+                reuse_s=config.image_pull_reuse_s,
             ),
             reporter=self._reporter,
             listener=self._listener,
@@ -294,6 +307,8 @@ class ContainerManager:
                     fields.project_id, fields.work_item_id, ttl=settings.snapshot_ttl_s
                 )
                 self._metrics.snapshot_lookup(hit=snapshot is not None)
+            project_policy = settings.project and settings.project.image_pull_policy
+            pull_policy = project_policy or self.config.image_pull_policy
             # The deadline is fixed at start, after the slot wait and any pull.
             plan = LaunchPlan.for_job(
                 fields,
@@ -318,6 +333,7 @@ class ContainerManager:
                 pids_limit=self.config.pids_limit,
                 no_new_privileges=self.config.no_new_privileges,
                 masker=masker,
+                pull_policy=pull_policy,
             )
             del env  # from here on only inside `launch`, whose repr shows no value
             context = WorkerContainerLaunchContext(
@@ -384,7 +400,11 @@ class ContainerManager:
         Raises `TimeoutError` on timeout and `KeyError` for a job id this manager never
         started (or forgot: it keeps the last `config.outcome_history` outcomes).
         """
-        return self._registry.future(job_id).result(timeout)
+        return self._outcome_future(job_id).result(timeout)
+
+    def _outcome_future(self, job_id: str) -> Future[WorkerOutcome]:
+        """What `wait_for_worker` blocks on; `dockyard.aio` awaits it without a thread."""
+        return self._registry.future(job_id)
 
     def kill_worker(self, job_id: str) -> bool:
         """Stop a worker now (the timeout kill path); False when it is not tracked."""
@@ -480,6 +500,8 @@ class ContainerManager:
                 return
             self._closed = True
         # Launches under way finish first, so that detaching also catches their workers.
+        if self._launcher.images is not None:
+            self._launcher.images.close()  # a pull's retry back-off ends now
         self._launch_executor.shutdown()
         detached = self._registry.close()  # later registrations (an adoption) are refused
         if detached:

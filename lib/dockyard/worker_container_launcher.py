@@ -26,12 +26,13 @@ from ._errors import (
     as_spawn_error,
 )
 from ._exit_handling import ExitWatcher, TimeoutController
-from ._images import ImagePuller
+from ._images import ImagePuller, is_image_id
 from ._jobs import JobIdentity, job_ids
 from ._listener import SafeListener, log_ids
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
 from ._naming import LabelSchema, WorkerLabels
+from ._pull_policy import ALWAYS, IF_NOT_PRESENT, NEVER
 from ._registry import WorkerRegistry
 from ._secrets import Masker, Secret
 from ._sentry import ExtraValue, Reporter
@@ -63,7 +64,8 @@ class WorkerContainerLaunchConfig:
     that snapshot image with `CASCADE_SNAPSHOT_REUSE=true` added, falling back to
     `base_image` (and `env` as is) if the snapshot image has vanished. `env` values are
     `Secret`s (plain strings are accepted too); neither `env` nor `masker` (what the log
-    tail hides) shows in a repr.
+    tail hides) shows in a repr. `pull_policy` says when the base image is pulled
+    (`if-not-present`, `always`, `never`; snapshot images are never pulled).
     """
 
     name: str
@@ -80,6 +82,7 @@ class WorkerContainerLaunchConfig:
     pids_limit: int | None = None
     no_new_privileges: bool = False
     masker: Masker = field(default_factory=lambda: Masker(frozenset()), repr=False)
+    pull_policy: str = IF_NOT_PRESENT
 
 
 @dataclass(frozen=True)
@@ -246,29 +249,20 @@ def _with_base_image_pull(
     reports: _SpawnReports,
 ) -> _Started:
     image = config.base_image
-    try:
-        return _create_and_start(config, context, image, config.env, deps)
-    except ImageNotFoundError:
+    if config.pull_policy == ALWAYS and not is_image_id(image) and deps.images is not None:
+        _pull_base_image(config, deps.images, reports, always=True)
+    else:
+        try:
+            return _create_and_start(config, context, image, config.env, deps)
+        except ImageNotFoundError as err:
+            missing = err
+        if config.pull_policy == NEVER:
+            raise WorkerImageResolutionError(
+                f"image {image!r} is not on the engine and the image pull policy is 'never'"
+            ) from None
         if deps.images is None:
-            raise
-        puller = deps.images  # pull it, once
-    try:
-        puller.pull(image)
-    except Exception as pull_err:  # whatever ends the pull is reported under its source
-        reports.send(
-            pull_err,
-            "worker_image_pull_fallback",
-            imageName=image,
-            isCustomBase=config.project_image,
-        )
-        if config.project_image:
-            # Never run a project that configured its own image on another one.
-            failure = WorkerImageResolutionError(
-                f"project image {image!r} is missing and could not be pulled: {pull_err}"
-            )
-            reports.covered.append(failure)  # its cause is reported already
-            raise failure from pull_err
-        raise
+            raise missing  # the driver has no images dockyard could pull into
+        _pull_base_image(config, deps.images, reports, always=False)
     try:
         return _create_and_start(config, context, image, config.env, deps)
     except ImageNotFoundError as err:
@@ -278,6 +272,35 @@ def _with_base_image_pull(
         raise WorkerImageResolutionError(
             f"project image {image!r} is still missing after it was pulled"
         ) from err
+
+
+def _pull_base_image(
+    config: WorkerContainerLaunchConfig,
+    puller: ImagePuller,
+    reports: _SpawnReports,
+    *,
+    always: bool,
+) -> None:
+    image = config.base_image
+    try:
+        if always:
+            puller.refresh(image)
+        else:
+            puller.pull(image)
+    except Exception as pull_err:  # whatever ends the pull is reported under its source
+        reports.send(
+            pull_err,
+            "worker_image_pull_fallback",
+            imageName=image,
+            isCustomBase=config.project_image,
+        )
+        if config.project_image:
+            # Never run a project that configured its own image on another one.
+            state = "could not be pulled" if always else "is missing and could not be pulled"
+            failure = WorkerImageResolutionError(f"project image {image!r} {state}: {pull_err}")
+            reports.covered.append(failure)  # its cause is reported already
+            raise failure from pull_err
+        raise
 
 
 def _create_and_start(

@@ -159,7 +159,11 @@ def test_success_and_crash_show_in_a_live_scrape(
     assert outcomes(got, "succeeded", "completed") == 1
     assert outcomes(got, "failed", "exit_error") == 1
     assert outcomes(got, "failed", "boot_failure") == 1
-    assert got.label_values("dockyard_worker_outcomes", "status") == {"succeeded", "failed"}
+    counted = got.label_values("dockyard_worker_outcomes", "status", nonzero=True)
+    assert counted == {"succeeded", "failed"}
+    # Every status exists from the start, at zero until it happens.
+    statuses = {"succeeded", "failed", "timed_out", "lost"}
+    assert got.label_values("dockyard_worker_outcomes", "status") == statuses
     duration = "dockyard_job_duration_seconds"
     assert got.value(f"{duration}_count", {"status": "succeeded"}) == 1
     assert got.value(f"{duration}_count", {"status": "failed"}) == 2
@@ -169,7 +173,7 @@ def test_success_and_crash_show_in_a_live_scrape(
     assert got.value("dockyard_slot_wait_seconds_count") == 3
     assert got.value("dockyard_slot_wait_timeouts_total") == 0
     # The exits were handled through the gateway (inspect after each exit).
-    calls = got.label_values("dockyard_engine_calls", "operation")
+    calls = got.label_values("dockyard_engine_calls", "operation", nonzero=True)
     assert {"create", "open_wait", "start", "inspect"} <= calls
     assert got.value("dockyard_engine_calls_total", {"operation": "create", "result": "ok"}) == 3
     assert got.value("dockyard_engine_call_duration_seconds_count", {"operation": "start"}) == 3
@@ -321,7 +325,8 @@ def test_missing_image_counts_a_pull_failure_and_a_spawn_failure(
         manager.spawn_worker(job("doomed", "true"))
     got = endpoint.scrape()
     assert got.value("dockyard_image_pull_failures_total") == 1
-    assert got.value("dockyard_image_pulls_total") == 0
+    assert got.value("dockyard_image_pulls_total", {"result": "ok"}) == 0
+    assert got.value("dockyard_image_pulls_total", {"result": "error"}) == 1  # no such host
     assert got.value("dockyard_spawn_failures_total", {"error": "engine"}) == 1
     assert got.value("dockyard_engine_calls_total", {"operation": "pull", "result": "error"}) == 1
     assert got.value("dockyard_workers_started_total") == 0

@@ -8,39 +8,17 @@ import json
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import docker
 import redis
 
-from promscrape import Scrape, scrape
+from promscrape import Scrape
 from support.cli import dockyard_cli, run_env, write_jobs
 from support.router import ROUTER, RouterProcess, push_job
+from support.scrape import HOLD, WAIT_S, scrape_until
 from support.servers import free_port
-
-WAIT_S = 90.0
-HOLD = "while [ ! -e /go ]; do sleep 0.05; done"
-
-
-def scrape_until(url: str, what: str, check: Callable[[Scrape], bool]) -> Scrape:
-    """Scrape until the endpoint answers and `check` holds."""
-    deadline = time.monotonic() + WAIT_S
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            got = scrape(url)
-        except (urllib.error.URLError, ConnectionError) as err:
-            last = err
-        else:
-            if check(got):
-                return got
-            last = got.samples
-        time.sleep(0.1)
-    raise AssertionError(f"{url} never showed {what}; last: {last}")
 
 
 def outcomes(got: Scrape, status: str, reason: str) -> float:

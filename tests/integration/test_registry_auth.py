@@ -11,16 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import shutil
-import subprocess
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import docker
@@ -29,78 +21,18 @@ import pytest
 
 from dockyard import WorkerJob
 from dockyard._registry_auth import RegistryAuth
+from support.registry import Registry, push, running_registry
 from support.sentry import CapturedEvents
-from support.servers import free_port, missing_tool, stop_process
 
-START_TIMEOUT_S = 15.0
 USER = "dockyard-ci"
 PASSWORD = "s3cret-registry-pw-" + uuid.uuid4().hex[:8]
-
-
-@dataclass(frozen=True)
-class Registry:
-    host: str  # 127.0.0.1:PORT
-    username: str
-    password: str
-
-
-def _answers(host: str) -> bool:
-    try:
-        urllib.request.urlopen(f"http://{host}/v2/", timeout=1)
-    except urllib.error.HTTPError as err:
-        return err.code == 401  # up, and asking for credentials
-    except OSError:
-        return False
-    return False
-
-
-def _binaries() -> tuple[str, str] | None:
-    registry = shutil.which("docker-registry") or (
-        "/usr/bin/docker-registry" if os.path.exists("/usr/bin/docker-registry") else None
-    )
-    htpasswd = shutil.which("htpasswd")
-    return (registry, htpasswd) if registry and htpasswd else None
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     """A docker-registry with htpasswd auth on a free 127.0.0.1 port; stopped by pid."""
-    found = _binaries()
-    if found is None:
-        missing_tool("docker-registry or htpasswd (apache2-utils) is not installed", "them")
-    binary, htpasswd = found
-    directory: Path = tmp_path_factory.mktemp("registry")
-    entry = subprocess.run(
-        [htpasswd, "-Bbn", USER, PASSWORD], check=True, capture_output=True, text=True
-    ).stdout
-    (directory / "htpasswd").write_text(entry)
-    for _ in range(3):
-        host = f"127.0.0.1:{free_port()}"
-        config = directory / "config.yml"
-        config.write_text(
-            "version: 0.1\n"
-            "log:\n  level: warn\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {directory / 'data'}\n"
-            f"http:\n  addr: {host}\n"
-            "auth:\n  htpasswd:\n    realm: dockyard-test\n"
-            f"    path: {directory / 'htpasswd'}\n"
-        )
-        with (directory / "registry.log").open("ab") as log:
-            process = subprocess.Popen(
-                [binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while process.poll() is None and time.monotonic() < deadline and not _answers(host):
-            time.sleep(0.05)
-        if process.poll() is None and _answers(host):
-            break
-        stop_process(process)
-    else:
-        raise RuntimeError(f"docker-registry did not start; see {directory / 'registry.log'}")
-    try:
-        yield Registry(host, USER, PASSWORD)
-    finally:
-        stop_process(process)
+    with running_registry(tmp_path_factory.mktemp("registry"), USER, PASSWORD) as running:
+        yield running
 
 
 @pytest.fixture
@@ -110,17 +42,8 @@ def pushed_image(
     """The test image pushed to the registry under a fresh name, then removed locally."""
     repository = f"{registry.host}/dockyard-test/worker-{uuid.uuid4().hex[:8]}"
     reference = f"{repository}:v1"
-    docker_client.images.get(test_image).tag(repository, "v1")
     try:
-        lines = docker_client.api.push(
-            repository,
-            tag="v1",
-            auth_config={"username": registry.username, "password": registry.password},
-            stream=True,
-            decode=True,
-        )
-        errors = [line for line in lines if "error" in line or "errorDetail" in line]
-        assert not errors, f"push failed: {errors}"
+        push(docker_client, registry, test_image, repository, "v1")
     finally:
         docker_client.images.remove(reference)  # only the tag; the test image stays
     with pytest.raises(docker.errors.ImageNotFound):

@@ -6,6 +6,8 @@
 - `listeners`: `ListenerRecorder`, the one lifecycle listener that records what it is told;
 - `hosts`: the host's side of the hooks: `StaticProjects`, `RecordingStore`, `LogCapture`;
 - `servers`: helper servers (a free port, stopping a process, redis-server, a missing tool);
+- `scrape`: scraping a /metrics endpoint until it shows something, and the `HOLD` worker;
+- `registry`: a real `docker-registry` with htpasswd logins, and pushing a test image to it;
 - `load`: a load run under injected faults;
 - `swarm`: the swarm engines of `tests/swarm_engine.sh`;
 - `cli`, `router`: running the CLI and the example router as a host does;

@@ -39,6 +39,7 @@ DOCKYARD_ALL = [
     "DockerUnavailableError",
     "DockyardError",
     "DuplicateJobError",
+    "ForkedManagerError",
     "InvalidJobError",
     "JobDataOffloadError",
     "JobDataStore",
@@ -46,6 +47,7 @@ DOCKYARD_ALL = [
     "ProjectConfig",
     "ProjectDirectory",
     "RedisJobDataStore",
+    "RegistryCredentialProvider",
     "Reporter",
     "RouterConfig",
     "SnapshotMetadata",
@@ -85,6 +87,7 @@ DEFINED_IN = {
     "DockerUnavailableError": "dockyard._errors",
     "DockyardError": "dockyard._errors",
     "DuplicateJobError": "dockyard._errors",
+    "ForkedManagerError": "dockyard._errors",
     "InvalidJobError": "dockyard._errors",
     "JobDataOffloadError": "dockyard._errors",
     "NoWorkerSlotError": "dockyard._errors",
@@ -98,13 +101,14 @@ DEFINED_IN = {
     "ProjectConfig": "dockyard._config",
     "RouterConfig": "dockyard._config",
     "RedisJobDataStore": "dockyard._redis_store",
+    "RegistryCredentialProvider": "dockyard._registry_auth",
     "SnapshotMetadata": "dockyard._snapshot_registry",
     "SnapshotRegistry": "dockyard._snapshot_registry",
     "WorkerJob": "dockyard._jobs",
     **{name: "dockyard.worker_container_launcher" for name in LAUNCHER_NAMES},
 }
 
-PUBLIC_MODULES = {"container_manager", "testing", "worker", "worker_container_launcher"}
+PUBLIC_MODULES = {"aio", "container_manager", "testing", "worker", "worker_container_launcher"}
 
 
 def all_modules() -> list[ModuleType]:

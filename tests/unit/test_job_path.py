@@ -21,7 +21,9 @@ from dockyard import ContainerManager, RouterConfig, WorkerJob
 from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, RecordingReporter
 
 PACKAGE = Path(dockyard.__file__).parent
-NOT_THE_PATH = {"testing.py"}
+# The fake engine is no part of dockyard's path; the fork guard is one comparison in front
+# of each public method of the manager (`_fork`), no step of a worker's life.
+NOT_THE_PATH = {"testing.py", "_fork.py"}
 # Ten concerns (the facade, the launcher, jobs, environment, tracking, exit handling, the
 # gateway and its events stream, loops, metrics), split into modules of one concern each,
 # which adds eight: the job's names and labels, its spawn settings, its job data, its

@@ -38,6 +38,7 @@ from dockyard._metrics import (
     error_kind,
     outcome_reason,
 )
+from dockyard._pull_policy import PULL_RESULTS
 from promscrape import Scrape
 from support.listeners import ListenerRecorder
 
@@ -218,6 +219,14 @@ def test_every_series_is_registered_with_its_type() -> None:
     assert got.value("dockyard_orphans_reaped_total") == 3
     assert got.value("dockyard_dangling_images_removed_total") == 4
     assert got.value("dockyard_image_pull_failures_total") == 1
+    assert got.value("dockyard_image_pulls_total", {"result": "ok"}) == 1
+    assert got.value("dockyard_image_pulls_total", {"result": "error"}) == 1
+    metrics.image_pull(ok=False, result="auth_failed")
+    got = Scrape.of(registry)
+    assert got.value("dockyard_image_pulls_total", {"result": "auth_failed"}) == 1
+    # Every result's series exists from the start (at zero), so a first failure shows in rate().
+    assert got.label_values("dockyard_image_pulls", "result") == set(PULL_RESULTS)
+    assert got.value("dockyard_image_pull_failures_total") == 2
 
 
 def test_not_a_registry_is_a_config_error() -> None:

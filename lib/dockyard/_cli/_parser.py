@@ -6,6 +6,7 @@ import argparse
 import math
 from typing import NoReturn
 
+from .._pull_policy import PULL_POLICIES
 from ._containers import cmd_ps, cmd_reap
 from ._exits import EXIT_USAGE
 from ._run import cmd_run
@@ -92,7 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="docker: a container per job on the engine; swarm: a replicated-job service per "
         "job on the swarm whose manager the engine is (default: $DOCKYARD_BACKEND or docker)",
     )
-    run.add_argument("--image", required=True, help="worker image (must exist on the engine)")
+    run.add_argument(
+        "--image",
+        required=True,
+        help="worker image (must exist on the engine unless --pull if-not-present or always)",
+    )
+    run.add_argument(
+        "--pull",
+        choices=PULL_POLICIES,
+        help="when to pull the worker image: if-not-present (only when missing), always "
+        "(before each job; a burst shares one pull) or never (default: "
+        "$WORKER_IMAGE_PULL_POLICY or if-not-present; without this flag a missing image "
+        "is refused up front). Registry logins come from WORKER_IMAGE_REGISTRY_* and the "
+        "Docker config",
+    )
     run.add_argument(
         "--max-workers",
         type=_positive_int,

@@ -15,6 +15,7 @@ from .._config import RouterConfig
 from .._docker import DockerGateway
 from .._errors import DockerUnavailableError, DockyardError, EngineNotFoundError
 from .._jobs import WorkerJob
+from .._pull_policy import NEVER
 from ..container_manager import ContainerManager
 from ._batch import BatchTracker, JobState
 from ._engine import base_config, engine
@@ -54,8 +55,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     jobs = load_jobs(Path(args.jobs))
     if args.progress == "rich" and not HAVE_RICH:
         raise UsageError("--progress rich needs rich: pip install 'dockyard[cli]'")
-    with engine(config) as gateway:
-        _check_image(gateway, config.worker_image)
+    if args.pull in (None, NEVER):  # else the manager pulls a missing image
+        with engine(config) as gateway:
+            _check_image(gateway, config.worker_image)
     if threading.current_thread() is threading.main_thread():
         # Explicitly, since a shell starts background commands with SIGINT ignored.
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -90,6 +92,7 @@ def _run_config(args: argparse.Namespace) -> RouterConfig:
         ("network", "docker_network"),
         ("stop_grace", "stop_grace_s"),
         ("backend", "backend"),
+        ("pull", "image_pull_policy"),
     ):
         value = getattr(args, flag)
         if value is not None:
