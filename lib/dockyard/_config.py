@@ -26,6 +26,9 @@ GIB = 1024**3
 DOCKER_MIN_MEMORY_MB = 6  # the engine refuses a memory limit below 6 MiB
 # Durations become `threading.Timer`s and deadlines: beyond this they overflow.
 MAX_DURATION_S = threading.TIMEOUT_MAX
+# overlay2 refuses a commit past about 125 layers; the commit a flatten starts from has
+# `snapshot_max_layers` + 1.
+MAX_SNAPSHOT_LAYERS = 120
 _CONTAINER_NAME_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
@@ -76,6 +79,10 @@ class RouterConfig(_StrictJson):
     label_prefix: str = "cascade"
     container_name_prefix: str = "cascade-worker-"
     snapshot_image_prefix: str = "cascade-snapshot-"
+    # A snapshot image never holds more layers than this: each run of a work item commits
+    # one more, and a commit that would pass it is written flattened (one layer) instead,
+    # well before the storage driver's own limit (overlay2: about 125).
+    snapshot_max_layers: int = 100
     # Credentials sent with every image pull (the engine has no login of its own).
     registry_username: str | None = None
     registry_password: str | None = field(default=None, repr=False)
@@ -232,6 +239,7 @@ _ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SNAPSHOT_DEFAULT_TTL_MS": ("snapshot_default_ttl_s", _ms),
     "SNAPSHOT_MAX_COUNT": ("snapshot_max_count", _int),
     "SNAPSHOT_MAX_SIZE_BYTES": ("snapshot_max_size_bytes", _int),
+    "SNAPSHOT_MAX_LAYERS": ("snapshot_max_layers", _int),
     "CASCADE_ROUTER_INSTANCE": ("router_instance_id", _str),
     "WORKER_IMAGE_REGISTRY_USERNAME": ("registry_username", _str),
     "WORKER_IMAGE_REGISTRY_PASSWORD": ("registry_password", _str),
@@ -298,6 +306,13 @@ def _validate_router(config: RouterConfig) -> None:
     _require_int("worker_memory_mb", config.worker_memory_mb, DOCKER_MIN_MEMORY_MB)
     _require_int("snapshot_max_count", config.snapshot_max_count, 0)
     _require_int("snapshot_max_size_bytes", config.snapshot_max_size_bytes, 0)
+    _require_int("snapshot_max_layers", config.snapshot_max_layers, 1)
+    if config.snapshot_max_layers > MAX_SNAPSHOT_LAYERS:
+        raise ConfigError(
+            "snapshot_max_layers",
+            f"must be at most {MAX_SNAPSHOT_LAYERS} (the commit that is flattened must still "
+            f"fit the storage driver's layer limit), got {config.snapshot_max_layers}",
+        )
     _require_int("log_tail_lines", config.log_tail_lines, 0)
     _require_int("launch_concurrency", config.launch_concurrency, 1)
     _require_int("outcome_history", config.outcome_history, 1)

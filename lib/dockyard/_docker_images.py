@@ -1,4 +1,4 @@
-"""The gateway's image calls: commit, tag, inspect, list, load, remove and pull.
+"""The gateway's image calls: commit, tag, inspect, list, load, import, remove and pull.
 
 A mixin of `DockerGateway` (as docker-py's `APIClient` is made of per-resource mixins): it
 uses the gateway's one choke point, `_run`, so its errors are translated like every other
@@ -22,6 +22,7 @@ from ._registry_auth import RegistryAuth
 __all__ = ["ImageCalls"]
 
 T = TypeVar("T")
+_EXPORT_CHUNK_BYTES = 1024 * 1024
 
 
 class ImageCalls:
@@ -103,6 +104,59 @@ class ImageCalls:
                 params={"quiet": "1"},
             ),
         )
+
+    def import_container_filesystem(self, container_id: str, changes: Sequence[str]) -> str:
+        """A new, untagged one-layer image holding the container's whole filesystem.
+
+        `docker export` of the container streamed into `docker import` (`POST
+        /images/create?fromSrc=-`), never held in memory whole. The import starts from an
+        empty config: `changes` (Dockerfile instructions: ENV, CMD, ENTRYPOINT, WORKDIR,
+        USER, LABEL, EXPOSE, VOLUME, HEALTHCHECK, ONBUILD; the engine refuses the others)
+        make all of it. The image has no parent. Returns its id.
+        """
+        timeout = self.image_write_timeout_s
+
+        def flatten() -> str:
+            export = self.api.get(
+                self._endpoint(f"/containers/{container_id}/export"), stream=True, timeout=timeout
+            )
+            try:
+                self._check(export)
+                response = self.api.post(
+                    self._endpoint("/images/create"),
+                    params={"fromSrc": "-", "changes": list(changes)},
+                    data=export.iter_content(_EXPORT_CHUNK_BYTES),
+                    headers={"Content-Type": "application/x-tar"},
+                    stream=True,
+                    timeout=timeout,
+                )
+            finally:
+                export.close()
+            return self._imported_id(f"import of {container_id}'s filesystem", response)
+
+        return self._run("import_container_filesystem", flatten)
+
+    def _imported_id(self, what: str, response: requests.Response) -> str:
+        """The image id an import's progress stream ends with; raises on its error lines."""
+        image_id = None
+        try:
+            self._check(response)
+            for raw_line in response.iter_lines():
+                line = decode_event(raw_line)
+                if line is None:
+                    continue
+                if "error" in line or "errorDetail" in line:
+                    detail = line.get("errorDetail") or {}
+                    message = line.get("error") or detail.get("message")
+                    raise APIError(f"{what} failed: {message}", explanation=str(message))
+                status = str(line.get("status") or "")
+                if status.startswith("sha256:"):
+                    image_id = status
+        finally:
+            response.close()
+        if image_id is None:
+            raise APIError(f"{what} failed: no image id in the answer")
+        return image_id
 
     def remove_image(self, image: str) -> None:
         self._run("remove_image", lambda: self.api.remove_image(image, force=False))

@@ -51,7 +51,7 @@ _DOCKER_OPERATIONS = (
     "create", "start", "open_wait", "events", "inspect", "logs_tail", "stop", "kill",
     "remove", "wait_removed", "list_containers",
     "pull", "commit", "tag", "image_inspect", "list_images", "image_history",
-    "load_image_archive", "remove_image",
+    "load_image_archive", "remove_image", "import_container_filesystem",
 )  # fmt: skip
 # The Swarm driver's: its service and task calls, and the node engine's own.
 _SWARM_OPERATIONS = (

@@ -27,6 +27,7 @@ __all__ = [
     "DuplicateJobError",
     "EngineConflictError",
     "EngineError",
+    "EngineImageHasChildrenError",
     "EngineNotFoundError",
     "EngineServerError",
     "EngineTimeoutError",
@@ -213,6 +214,12 @@ class EngineServerError(EngineError):
     """The engine failed on its side (5xx): worth another try."""
 
 
+class EngineImageHasChildrenError(EngineConflictError):
+    """409 on an image removal: the image is the parent of another image, so it cannot be
+    removed (not even forced) before its children are. Not "in use": no container holds it,
+    and retrying changes nothing while the children stay."""
+
+
 class EngineTimeoutError(DockerUnavailableError, TimeoutError):
     """The engine took longer than the call's timeout to answer."""
 
@@ -302,6 +309,9 @@ ENGINE_ANSWERS: tuple[_Row, ...] = (
         pattern=_says(r"no such container", r"no container with (?:name or )?id .* found"),
     ),
     _Row(RemovalInProgressError, pattern=_says(r"removal of container .* already in progress")),
+    # Docker: "conflict: unable to delete ... (cannot be forced) - image has dependent child
+    # images": the image is another image's parent.
+    _Row(EngineImageHasChildrenError, pattern=_says(r"dependent child images")),
     _Row(NameInUseError, pattern=_says(r"name .* is already in use")),
     _Row(InvalidReferenceError, pattern=_says(r"invalid reference format")),
     _Row(EngineNotFoundError, frozenset({404})),

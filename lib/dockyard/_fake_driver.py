@@ -111,6 +111,11 @@ class FakeImageStore:
     def load_image_archive(self, archive: bytes, reference: str) -> None:
         self.names.add(reference)
 
+    def import_container_filesystem(self, container_id: str, changes: Sequence[str]) -> str:
+        image_id = "sha256:" + hashlib.sha256(f"flat{container_id}{changes}".encode()).hexdigest()
+        self.names.add(image_id)
+        return image_id
+
     def remove_image(self, image: str) -> None:
         self._need(image)
         self.names.discard(image)

@@ -8,6 +8,20 @@ included, into the image. Such an image is written again without it (see
 `_image_rewrite.record_without_container_config`) and checked before it is registered; an image
 that still carries a value is removed and nothing is registered.
 
+A snapshot chain stays within the storage driver's layer limit: each commit adds a layer
+on top of the previous snapshot, and a commit that holds more than
+`RouterConfig.snapshot_max_layers` is written flattened instead (`_flatten`: one layer with
+the container's whole filesystem, the same config, no parent), so every run starts from the
+previous run's filesystem however long a work item lives. A commit that still fails
+invalidates the pair's snapshot: the registry entry is dropped and the image retired, so the
+next run starts from the base image, never from an older snapshot.
+
+An image that is another image's parent cannot be removed before its children (the
+engine's 409 "dependent child images", `EngineImageHasChildrenError`; Docker 25 and later
+record the previous snapshot as the parent of a commit). Such a retired snapshot is not
+retried: it is removed when its child is (the engine prunes untagged parents with their
+child; dockyard walks up the chain after every removal for engines or moments that do not).
+
 A snapshot owns no worker: Docker copies an image's labels into every container made from
 it, so the commit blanks every worker label (`managed`, `router.instance`, `job.id`,
 `deadline`, ...) and records the pair, the instance and the base image under snapshot
@@ -29,7 +43,14 @@ from typing import Any
 from ._config import RouterConfig
 from ._driver import ImageStore
 from ._environment import SCRUBBED_ENV_KEYS
-from ._errors import DockyardError, EngineConflictError, EngineNotFoundError, SnapshotScrubError
+from ._errors import (
+    DockyardError,
+    EngineConflictError,
+    EngineImageHasChildrenError,
+    EngineNotFoundError,
+    SnapshotScrubError,
+)
+from ._flatten import flatten, layer_count
 from ._image_rewrite import record_without_container_config
 from ._listener import log_ids
 from ._metrics import NO_METRICS, Metrics
@@ -55,6 +76,12 @@ EXTRA_SCRUBBED_KEYS = ("SENTRY_DSN",)
 _LOCK_STRIPES = 16
 # Cleanup rounds in which a superseded image may still be in use before it is given up on.
 _MAX_RETIRE_ATTEMPTS = 12
+# The tag a snapshot's name is moved to when it must stop naming the snapshot while a
+# container still holds the image (an untag of an image in use needs force otherwise).
+_RETIRED_TAG = "retired-"
+# How far up a chain of parents one removal walks (a chain never gets longer than
+# `snapshot_max_layers` commits).
+_MAX_CHAIN_WALK = 256
 
 
 # The project id of legacy images found at start-up: no job has an empty project id, so
@@ -111,6 +138,10 @@ def scrub_changes(env_keys: Iterable[str], credential_keys: Iterable[str]) -> li
     return [f"ENV {key}=" for key in blanked_keys(env_keys, credential_keys)]
 
 
+def _short(image_id: str) -> str:
+    return image_id.removeprefix("sha256:")[:12]
+
+
 def _env_pairs(env: Iterable[str]) -> dict[str, str]:
     pairs = (item.partition("=") for item in env)
     return {key: value for key, _, value in pairs}
@@ -152,6 +183,8 @@ class SnapshotManager:
     _retired_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
     # Image ids that lost their name (or registry entry) but were still in use: id -> attempts.
     _retired: dict[str, int] = field(init=False, default_factory=dict)
+    # Retired image ids that are another image's parent: removed when their child goes.
+    _parents: set[str] = field(init=False, default_factory=set)
     # Legacy images registered by the start-up sync, evicted by the next cleanup: name -> entry.
     _discovered: dict[str, SnapshotMetadata] = field(init=False, default_factory=dict)
 
@@ -213,7 +246,7 @@ class SnapshotManager:
             # Untagged until checked: the name only ever points at a scrubbed image, so a
             # crash half-way never leaves one for `sync_from_docker` to pick up.
             created.append(self.images.commit(worker.container_id, "", "", changes))
-            final, info = self._scrubbed_and_named(created, image, blanked)
+            final, info = self._scrubbed_and_named(worker, created, image, blanked)
         except Exception as err:  # a snapshot is best effort: any failure is reported, never raised
             log.warning(
                 "snapshot commit failed",
@@ -232,7 +265,7 @@ class SnapshotManager:
                     "workItemId": pair[1],
                 },
             )
-            self._undo(created, image, previous)
+            self._invalidate(created, pair, image, previous)
             self.metrics.snapshot_commit(ok=False)
             return None
         size = info.get("Size")
@@ -304,16 +337,19 @@ class SnapshotManager:
         return [f"ENV {key}=" for key in keys], keys
 
     def _scrubbed_and_named(
-        self, created: list[str], image: str, blanked: list[str]
+        self, worker: ActiveWorker, created: list[str], image: str, blanked: list[str]
     ) -> tuple[str, dict[str, Any]]:
-        """Check the committed image, write it again when the engine kept the container's
-        config, and give the result the snapshot name.
+        """Check the committed image, write it again flattened when it has more layers than
+        allowed or when the engine kept the container's config, and give the result the
+        snapshot name.
 
         Returns the final image id and its inspect data; raises `SnapshotScrubError` when
         a blanked key still has a value. `created` collects every image id made here.
         """
         committed = created[-1]
         info = self.images.image_inspect(committed)
+        if layer_count(info) > self.config.snapshot_max_layers:
+            return self._flattened_and_named(worker, created, info, image, blanked)
         if not env_values_left(info, blanked) and not self._worker_labels_left(info):
             repository, _, tag = image.rpartition(":")
             self.images.tag(committed, repository, tag, force=True)
@@ -328,6 +364,37 @@ class SnapshotManager:
             raise SnapshotScrubError(f"snapshot image still holds values of {', '.join(left)}")
         return rewritten, info
 
+    def _flattened_and_named(
+        self,
+        worker: ActiveWorker,
+        created: list[str],
+        committed: dict[str, Any],
+        image: str,
+        blanked: list[str],
+    ) -> tuple[str, dict[str, Any]]:
+        """Write the worker's filesystem as a one-layer image with the commit's config, in
+        place of the commit, check it as a commit is checked, and name it."""
+        committed_id = created[-1]
+        flat, info, seconds = flatten(self.images, worker.container_id, committed)
+        created.append(flat)
+        created.remove(committed_id)
+        self._remove_now_or_later(committed_id)
+        left = env_values_left(info, blanked) + self._worker_labels_left(info)
+        if left:
+            raise SnapshotScrubError(f"snapshot image still holds values of {', '.join(left)}")
+        repository, _, tag = image.rpartition(":")
+        self.images.tag(flat, repository, tag, force=True)
+        log.info(
+            "snapshot flattened",
+            extra={
+                "job_id": worker.job_id,
+                "image": image,
+                "layers_before": layer_count(committed),
+                "duration_ms": round(seconds * 1000),
+            },
+        )
+        return flat, info
+
     def _worker_labels_left(self, info: Mapping[str, Any]) -> list[str]:
         """Ownership labels that still have a value anywhere in an inspected image (the
         legacy `container_config` keeps the container's labels, as it keeps its env)."""
@@ -338,18 +405,54 @@ class SnapshotManager:
             left.update(key for key in owning if labels.get(key))
         return sorted(left)
 
-    def _undo(self, created: list[str], image: str, previous: str | None) -> None:
-        """After a failed commit: remove what was made and give the name back if it moved."""
+    def _invalidate(
+        self, created: list[str], pair: tuple[str, str], image: str, previous: str | None
+    ) -> None:
+        """After a failed commit: remove what was made, and drop the pair's snapshot.
+
+        The previous snapshot holds an older filesystem than the run that just ended: the
+        next run must start from the base image, so its entry goes, its name goes (a
+        start-up sync would register it again otherwise) and the image is retired.
+        """
         for image_id in created:
             self._remove_now_or_later(image_id)
-        if previous is None or self._image_id(image) == previous:
-            return
-        repository, _, tag = image.rpartition(":")
         try:
-            self.images.tag(previous, repository, tag, force=True)
-        except Exception:  # best effort: the old image is retired instead
-            log.warning("could not restore the previous snapshot", extra={"image": image})
+            self.registry.invalidate(*pair)
+        except Exception:  # a host hook (the project TTL) or a bug: the entry stays
+            log.warning("could not drop the snapshot entry", extra={"image": image})
+        current = self._image_id(image)
+        if current is not None:
+            self._unname(image, current)
+        if previous is not None:
             self._retire(previous)
+        if current is not None and current != previous:
+            self._retire(current)
+
+    def _unname(self, image: str, image_id: str) -> None:
+        """Take the snapshot name off `image_id` (now, even while a container holds it)."""
+        try:
+            self._remove_snapshot_image(image)  # the only name of an unused image: removes it
+            return
+        except EngineNotFoundError:
+            return
+        except EngineImageHasChildrenError:
+            log.warning("could not remove a stale snapshot name", extra={"image": image})
+            return
+        except EngineConflictError:
+            pass  # in use: see below
+        except DockyardError:
+            log.warning("could not remove a stale snapshot name", extra={"image": image})
+            return
+        # In use (the container that just ended was made from it): a second name lets the
+        # snapshot name go without force; the retired name goes with the image.
+        repository, _, _ = image.rpartition(":")
+        try:
+            self.images.tag(image_id, repository, _RETIRED_TAG + _short(image_id), force=True)
+            self.images.remove_image(image)
+        except EngineNotFoundError:
+            pass
+        except DockyardError:
+            log.warning("could not remove a stale snapshot name", extra={"image": image})
 
     def _image_id(self, image: str) -> str | None:
         try:
@@ -362,9 +465,11 @@ class SnapshotManager:
 
     def _remove_now_or_later(self, image_id: str) -> None:
         try:
-            self.images.remove_image(image_id)
+            self._remove_snapshot_image(image_id)
         except EngineNotFoundError:
             return
+        except EngineImageHasChildrenError:
+            self._keep_for_child(image_id)
         except DockyardError as err:
             log.warning("image removal deferred", extra={"image": image_id, "error": str(err)})
             with self._retired_lock:
@@ -374,11 +479,15 @@ class SnapshotManager:
         """Remove an image nothing refers to any more, now or in a later cleanup round.
 
         It may still be in use (the worker that was just committed was created from it,
-        and its container is removed only after the commit): 409 keeps it for later.
+        and its container is removed only after the commit): 409 keeps it for later. An
+        image that is another image's parent is kept until that child goes.
         """
         try:
-            self.images.remove_image(image_id)
+            self._remove_snapshot_image(image_id)
         except EngineNotFoundError:
+            return
+        except EngineImageHasChildrenError:
+            self._keep_for_child(image_id)
             return
         except DockyardError as err:
             with self._retired_lock:
@@ -388,7 +497,71 @@ class SnapshotManager:
             return
         log.debug("superseded snapshot image removed", extra={"image": image_id})
 
+    def _keep_for_child(self, image_id: str) -> None:
+        with self._retired_lock:
+            self._retired.pop(image_id, None)
+            self._parents.add(image_id)
+        log.debug(
+            "superseded snapshot image kept until its child image goes", extra={"image": image_id}
+        )
+
+    def _remove_snapshot_image(self, image: str) -> None:
+        """Remove `image` (force=False), then the retired snapshots up its parent chain.
+
+        Raises what the removal of `image` itself raised.
+        """
+        try:
+            parent = self.images.image_inspect(image).get("Parent") or None
+        except DockyardError:
+            parent = None  # the removal below says what is wrong
+        self.images.remove_image(image)
+        with self._retired_lock:
+            self._parents.discard(image)
+        self._remove_parents(str(parent) if parent else None)
+
+    def _remove_parents(self, parent: str | None) -> None:
+        """Remove the untagged snapshots of this instance up a chain of parents, from
+        `parent` on, stopping at the first that is named, not ours, or still has a child.
+
+        The engine usually pruned them already with their child (404 then ends the walk).
+        """
+        for _ in range(_MAX_CHAIN_WALK):
+            if parent is None:
+                return
+            try:
+                info = self.images.image_inspect(parent)
+            except DockyardError:
+                with self._retired_lock:
+                    self._parents.discard(parent)
+                return  # gone (pruned with its child, and its own parents with it)
+            named = [tag for tag in info.get("RepoTags") or [] if tag != "<none>:<none>"]
+            labels = (info.get("Config") or {}).get("Labels") or {}
+            mine = snapshot_owner(self.labels, labels) == self.config.router_instance_id
+            if named or not mine:
+                return
+            grandparent = info.get("Parent") or None
+            try:
+                self.images.remove_image(parent)
+            except EngineImageHasChildrenError:
+                self._keep_for_child(parent)  # another child still holds it
+                return
+            except EngineNotFoundError:
+                return
+            except DockyardError:
+                with self._retired_lock:
+                    self._parents.discard(parent)
+                    self._retired.setdefault(parent, 0)
+                return
+            with self._retired_lock:
+                self._parents.discard(parent)
+            log.debug("snapshot image removed with its child", extra={"image": parent})
+            parent = str(grandparent) if grandparent else None
+
     def _remove_retired(self) -> None:
+        self._remove_pending()
+        self._forget_gone_parents()  # after the removals: they may have pruned some
+
+    def _remove_pending(self) -> None:
         with self._retired_lock:
             pending = dict(self._retired)
         if not pending:
@@ -402,7 +575,10 @@ class SnapshotManager:
                     self._retired.pop(image_id, None)
                 continue
             try:
-                self.images.remove_image(image_id)
+                self._remove_snapshot_image(image_id)
+            except EngineImageHasChildrenError:
+                self._keep_for_child(image_id)  # no more attempts: its child decides
+                continue
             except EngineNotFoundError:
                 pass  # gone already
             except EngineConflictError:
@@ -417,6 +593,21 @@ class SnapshotManager:
                     self._retired[image_id] = attempts + 1
                 else:
                     self._retired.pop(image_id, None)
+
+    def _forget_gone_parents(self) -> None:
+        """Drop the kept parents that are gone (removed with a child outside dockyard's
+        sight); the others wait for their child, with no removal attempt."""
+        with self._retired_lock:
+            parents = list(self._parents)
+        for image_id in parents:
+            if self._image_id(image_id) is None:
+                with self._retired_lock:
+                    self._parents.discard(image_id)
+
+    def kept_parents(self) -> set[str]:
+        """The retired snapshot image ids kept until their child image goes."""
+        with self._retired_lock:
+            return set(self._parents)
 
     def remove_images(self, evicted: Iterable[SnapshotMetadata]) -> list[SnapshotMetadata]:
         """Remove evicted images; 404 (gone) is skipped, 409 (in use) retried in later rounds."""
@@ -435,14 +626,18 @@ class SnapshotManager:
             return False  # committed anew since the eviction: the name is live again
         image_id = self._image_id(meta.image_name)
         try:
-            self.images.remove_image(meta.image_name)
-        except EngineNotFoundError:
+            self._remove_snapshot_image(meta.image_name)
+        except EngineImageHasChildrenError:
+            if image_id is not None:
+                self._keep_for_child(image_id)  # it goes with its child
             return False
         except EngineConflictError:
             if image_id is not None:
                 # Still in use: retry by id later (a newer image under the name stays).
                 with self._retired_lock:
                     self._retired.setdefault(image_id, 0)
+            return False
+        except EngineNotFoundError:
             return False
         except DockyardError as err:
             self.reporter.report(
@@ -522,7 +717,9 @@ class SnapshotManager:
             return None
         name = self.image_for(project_id, work_item_id)
         if name not in (image.get("RepoTags") or []):
-            return None
+            # Only a retired name left (a failed commit took the snapshot name off it while
+            # a container held it): never reused, removed by the next cleanup.
+            return self._register_discovered(image, created, size)
         existing = self.registry.get(project_id, work_item_id)
         if existing is not None and existing.created_at >= created:
             return None

@@ -22,7 +22,11 @@ Exits reach dockyard as the real engine sends them: as `die` events on the event
 `failures[method]` holds exceptions raised, in order, by the next calls of `method` (the
 APIClient method name, or `"events"` for connecting the events stream); `calls` records
 every call as `(method, detail)`. Images live in `image_names`; a pull adds the image unless
-`pull_error` is set. `RecordingReporter` collects what dockyard reports instead of Sentry.
+`pull_error` is set. A commit records one more layer than its container's image and that
+image as its `Parent`; removing an image that is another's `Parent` is refused with the
+engine's 409 "image has dependent child images"; an export piped into an import
+(`POST /images/create?fromSrc=-`) makes a one-layer image with no parent whose config is
+what its `changes` say. `RecordingReporter` collects what dockyard reports instead of Sentry.
 
 A level up, `FakeDriver` fakes the engine at the driver interface, passed as `driver=`:
 typed answers and errors, and the capabilities the test picks (`DOCKER_LIKE`, the default,
@@ -166,6 +170,50 @@ class _FakeResponse:
 
     def close(self) -> None:
         self.closed = True
+
+
+@dataclass
+class _FakeExport:
+    """A container export: a byte stream."""
+
+    chunks: list[bytes]
+    status_code: int = 200
+
+    def raise_for_status(self) -> None:
+        return None
+
+    def iter_content(self, chunk_size: int = 1) -> Iterator[bytes]:
+        yield from self.chunks
+
+    def close(self) -> None:
+        return None
+
+
+def _unquoted(word: str) -> str:
+    """A double-quoted Dockerfile word read back (the form `_flatten` writes)."""
+    if not word.startswith('"'):
+        return word
+    out, chars = [], iter(word[1:-1])
+    for char in chars:
+        out.append(next(chars, "") if char == "\\" else char)
+    return "".join(out)
+
+
+def _apply_change(config: dict[str, Any], change: str) -> None:
+    """One import `changes` instruction applied to an image config (the forms dockyard sends)."""
+    instruction, _, rest = change.partition(" ")
+    if instruction == "ENV":
+        key, _, value = rest.partition("=")
+        config["Env"].append(f"{key}={_unquoted(value)}")
+    elif instruction == "LABEL":
+        key, _, value = rest.partition("=")
+        config["Labels"][_unquoted(key)] = _unquoted(value)
+    elif instruction in ("CMD", "ENTRYPOINT"):
+        config[instruction.title() if instruction == "CMD" else "Entrypoint"] = json.loads(rest)
+    elif instruction in ("WORKDIR", "USER"):
+        config["WorkingDir" if instruction == "WORKDIR" else "User"] = _unquoted(rest)
+    else:
+        raise api_error(400, f"{instruction.lower()} is not a valid change command")
 
 
 @dataclass
@@ -322,7 +370,14 @@ class FakeDockerAPI:
     # -- the HTTP surface (requests.Session) ---------------------------------------------
 
     def get(self, url: str, params: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
-        """`GET /events`: a stream of the engine's container events."""
+        """`GET /events`: a stream of the engine's container events; `GET
+        /containers/{id}/export`: the container's filesystem (a few bytes)."""
+        if url.endswith("/export"):
+            container_id = url.rsplit("/", 2)[-2]
+            self._record("export", container_id)
+            self._fail("export")
+            self._find(container_id)
+            return _FakeExport([b"fake-tar:", container_id.encode()])
         if not url.endswith("/events"):
             raise AssertionError(f"unexpected GET {url}")
         params = dict(params or {})
@@ -346,6 +401,8 @@ class FakeDockerAPI:
     def post(self, url: str, params: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         """`POST /images/create` (pull), `POST /commit` and `POST /images/load`."""
         params = dict(params or {})
+        if url.endswith("/images/create") and params.get("fromSrc") == "-":
+            return self._import(list(params.get("changes") or []), kwargs.get("data") or [])
         if url.endswith("/images/create"):
             image = f"{params['fromImage']}:{params['tag']}" if params.get("tag") else None
             image = image or params["fromImage"]
@@ -370,6 +427,27 @@ class FakeDockerAPI:
             self._fail("load_image")
             return _FakeResponse([{"stream": "Loaded"}])
         raise AssertionError(f"unexpected POST {url}")
+
+    def _import(self, changes: list[str], data: Any) -> Any:
+        self._record("import", changes)
+        for _ in data:  # read the body, as the engine does
+            pass
+        self._fail("import")
+        config: dict[str, Any] = {"Env": [], "Labels": {}}
+        for change in changes:
+            _apply_change(config, change)
+        image_id = "sha256:" + self._new_id()
+        info = {
+            "Id": image_id,
+            "Parent": "",
+            "Config": config,
+            "RootFS": {"Type": "layers", "Layers": ["sha256:" + self._new_id()]},
+            "Size": 2048,
+        }
+        with self.lock:
+            self.image_info[image_id] = info
+            self.image_names.add(image_id)
+        return _FakeResponse([{"status": image_id}])
 
     def close(self) -> None:
         self._record("close")
@@ -520,13 +598,23 @@ class FakeDockerAPI:
         self._fail("commit")
         source = self._find(container)
         env = source.env_map()
+        labels = dict(source.labels)
+        with self.lock:
+            base = self.image_info.get(source.image) or {"Id": source.image}
         for change in kwargs.get("changes") or []:
-            key, _, value = str(change).removeprefix("ENV ").partition("=")
-            env[key] = value
+            if str(change).startswith("LABEL "):
+                key, _, value = str(change).removeprefix("LABEL ").partition("=")
+                labels[json.loads(key)] = json.loads(value)
+            else:
+                key, _, value = str(change).removeprefix("ENV ").partition("=")
+                env[key] = value
         image_id = "sha256:" + self._new_id()
+        layers = list((base.get("RootFS") or {}).get("Layers") or ["sha256:base"])
         info: dict[str, Any] = {
             "Id": image_id,
-            "Config": {"Env": [f"{k}={v}" for k, v in env.items()]},
+            "Parent": base["Id"],
+            "Config": {"Env": [f"{k}={v}" for k, v in env.items()], "Labels": labels},
+            "RootFS": {"Type": "layers", "Layers": [*layers, "sha256:" + self._new_id()]},
             "Size": 1024,
         }
         with self.lock:
@@ -554,13 +642,25 @@ class FakeDockerAPI:
         with self.lock:
             if image not in self.image_names:
                 raise api_error(404, f"No such image: {image}", docker.errors.ImageNotFound)
-            return dict(self.image_info.get(image, {"Id": image, "Config": {}}))
+            info = dict(self.image_info.get(image, {"Id": image, "Config": {}}))
+            if image in self.image_info:
+                info["RepoTags"] = [
+                    name for name, other in self.image_info.items()
+                    if not name.startswith("sha256:") and other.get("Id") == info.get("Id")
+                ]  # fmt: skip
+            return info
 
     def images(self, all: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
         self._record("images")
         with self.lock:
             return [
-                {"Id": info.get("Id", name), "RepoTags": [name], "Created": 0, "Size": 0}
+                {
+                    "Id": info.get("Id", name),
+                    "RepoTags": [name],
+                    "Created": 0,
+                    "Size": 0,
+                    "Labels": (info.get("Config") or {}).get("Labels") or {},
+                }
                 for name, info in self.image_info.items()
                 if not name.startswith("sha256:")
             ]
@@ -569,8 +669,31 @@ class FakeDockerAPI:
         self._record("remove_image", image)
         self._fail("remove_image")
         with self.lock:
+            image_id = self.image_info.get(image, {}).get("Id", image)
+            names = [n for n, i in self.image_info.items() if i.get("Id") == image_id]
+            tags = [n for n in names if not n.startswith("sha256:")]
+            last = image.startswith("sha256:") or tags == [image]
+            children = [
+                n for n, i in self.image_info.items() if n.startswith("sha256:")
+                and i.get("Parent") == image_id
+            ]  # fmt: skip
+            if last and children and not image.startswith("sha256:"):
+                # The last name of a parent: the engine only untags it.
+                self.image_names.discard(image)
+                self.image_info.pop(image, None)
+                return
+            if last and children:
+                raise api_error(
+                    409,
+                    f"conflict: unable to delete {image_id[7:19]} (cannot be forced) - image "
+                    "has dependent child images",
+                )
             self.image_names.discard(image)
             self.image_info.pop(image, None)
+            if last:  # the image goes with its last name, as on the engine
+                for name in names:
+                    self.image_names.discard(name)
+                    self.image_info.pop(name, None)
 
     def history(self, image: str) -> list[dict[str, Any]]:
         return []

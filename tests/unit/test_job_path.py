@@ -31,9 +31,10 @@ NOT_THE_PATH = {"testing.py", "_fork.py"}
 # and the Docker driver, between the core and the Docker client, add two.
 MAX_MODULES_DEFAULT_JOB = 20
 # Plus the snapshot registry, the commit's mechanics, the gateway's image calls, the typed
-# errors (looking up the previous snapshot of the work item answers 404 the first time), and
-# the retry policy of the container's removal (an auto-removed container needs none).
-MAX_MODULES_SNAPSHOT_JOB = MAX_MODULES_DEFAULT_JOB + 5
+# errors (looking up the previous snapshot of the work item answers 404 the first time), the
+# flatten module's layer count that decides whether the commit is written flattened, and the
+# retry policy of the container's removal (an auto-removed container needs none).
+MAX_MODULES_SNAPSHOT_JOB = MAX_MODULES_DEFAULT_JOB + 6
 
 
 @contextmanager
