@@ -67,8 +67,13 @@ def ssh_engine(
     _keygen(directory / "host_key")
     _keygen(home / ".ssh" / "id_ed25519")
     port = free_port()
+    # `docker system dial-stdio` on the far side reaches the engine under test, not the
+    # machine's default socket: sshd hands the session the same unix:// DOCKER_HOST.
+    host = os.environ.get("DOCKER_HOST", "")
+    set_env = f"SetEnv DOCKER_HOST={host}\n" if host.startswith("unix://") else ""
     (directory / "sshd_config").write_text(
         f"Port {port}\n"
+        f"{set_env}"
         "ListenAddress 127.0.0.1\n"
         f"HostKey {directory / 'host_key'}\n"
         f"AuthorizedKeysFile {home / '.ssh' / 'id_ed25519.pub'}\n"
