@@ -22,6 +22,7 @@ from ._errors import (
     InvalidJobError,
     JobDataOffloadError,
     NoWorkerSlotError,
+    WorkerCancelledError,
     WorkerImageResolutionError,
     WorkerSpawnError,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "RouterConfig",
     "SnapshotMetadata",
     "SnapshotRegistry",
+    "WorkerCancelledError",
     "WorkerContainerLaunchConfig",
     "WorkerContainerLaunchContext",
     "WorkerContainerLauncherDependencies",

@@ -39,6 +39,7 @@ class WorkerAdopter:
     exits: ExitWatcher
     listener: SafeListener
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    project_cap: Callable[[str | None], int | None] = lambda _project_id: None
 
     def adopt(self) -> list[ActiveWorker]:
         containers = self.driver.list_workers(
@@ -91,7 +92,9 @@ class WorkerAdopter:
         exit_wait = self.driver.open_wait(container_id)
         env = dict(item.partition("=")[::2] for item in state.env)
         # It already runs: it takes a slot, even over capacity.
-        lease = self.slots.lease_over_capacity()
+        lease = self.slots.lease_over_capacity(
+            worker.project_id, self.project_cap(worker.project_id)
+        )
         tracked = TrackedWorker(
             worker,
             lease.release,

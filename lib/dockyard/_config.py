@@ -113,6 +113,9 @@ class RouterConfig(_StrictJson):
     # Swarm: a task not running after this long (no node can take it) ends the worker
     # `failed` with the scheduler's reason.
     swarm_pending_timeout_s: float = 300.0
+    # The most workers one project runs at once (None: no cap but max_workers); a
+    # project's own `ProjectConfig.max_workers` wins.
+    max_workers_per_project: int | None = None
 
     def __post_init__(self) -> None:
         _validate_router(self)
@@ -156,10 +159,15 @@ class ProjectConfig(_StrictJson):
     worker_image_status: str | None = None
     worker_image_digest: str | None = None
     image_pull_policy: str | None = None
+    # The most workers this project runs at once (None: the router's
+    # `max_workers_per_project`).
+    max_workers: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
             raise ConfigError("ProjectConfig.id", "must be a non-empty string")
+        if self.max_workers is not None:
+            _require_int("ProjectConfig.max_workers", self.max_workers, 1)
         for name in ("snapshot_ttl_s", "watchdog_timeout_s"):
             value = getattr(self, name)
             if value is not None:
@@ -230,6 +238,7 @@ def _str(raw: str) -> str:
 _ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WORKER_IMAGE": ("worker_image", _str),
     "MAX_WORKERS": ("max_workers", _int),
+    "MAX_WORKERS_PER_PROJECT": ("max_workers_per_project", _int),
     "WORKER_MEMORY_MB": ("worker_memory_mb", _int),
     "WORKER_TIMEOUT_MS": ("worker_timeout_s", _ms),
     "SLOT_WAIT_TIMEOUT_MS": ("slot_wait_timeout_s", _ms),
@@ -303,6 +312,8 @@ def _validate_router(config: RouterConfig) -> None:
         if f.name.endswith("_s"):
             _require_positive(f.name, value, allow_zero=f.name in _MAY_BE_ZERO)
     _require_int("max_workers", config.max_workers, 1)
+    if config.max_workers_per_project is not None:
+        _require_int("max_workers_per_project", config.max_workers_per_project, 1)
     _require_int("worker_memory_mb", config.worker_memory_mb, DOCKER_MIN_MEMORY_MB)
     _require_int("snapshot_max_count", config.snapshot_max_count, 0)
     _require_int("snapshot_max_size_bytes", config.snapshot_max_size_bytes, 0)

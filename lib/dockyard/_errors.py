@@ -49,6 +49,7 @@ __all__ = [
     "StreamIdle",
     "UnpullableImageError",
     "UsageError",
+    "WorkerCancelledError",
     "WorkerExitError",
     "WorkerImageResolutionError",
     "WorkerSpawnError",
@@ -103,14 +104,46 @@ class DuplicateJobError(DockyardError):
 
 
 class NoWorkerSlotError(DockyardError, TimeoutError):
-    """No worker slot became free within the slot wait timeout."""
+    """No worker slot became free within the slot wait timeout.
 
-    def __init__(self, job_id: str, waited_s: float, max_workers: int) -> None:
+    `limit` says what was full: ``"router"`` (all `max_workers` slots busy) or
+    ``"project"`` (the job's project at its cap, `project_cap`).
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        waited_s: float,
+        max_workers: int,
+        *,
+        project_id: str | None = None,
+        project_cap: int | None = None,
+        router_full: bool = True,
+    ) -> None:
+        busy = []
+        if project_cap is not None:
+            busy.append(f"project {project_id!r} at its cap of {project_cap}")
+        if router_full or project_cap is None:
+            busy.append(f"all {max_workers} slots busy")
         super().__init__(
-            f"no worker slot for job {job_id!r} after {waited_s:g}s (all {max_workers} slots busy)"
+            f"no worker slot for job {job_id!r} after {waited_s:g}s ({'; '.join(busy)})"
         )
         self.job_id = job_id
         self.waited_s = waited_s
+        self.max_workers = max_workers
+        self.project_id = project_id
+        self.project_cap = project_cap
+        self.limit = "project" if project_cap is not None else "router"
+
+
+class WorkerCancelledError(DockyardError):
+    """`cancel_worker` ended a spawn before its worker ran (`waiting`: in the slot line)."""
+
+    def __init__(self, job_id: str, *, waiting: bool = True) -> None:
+        where = "while waiting for a worker slot" if waiting else "before its worker started"
+        super().__init__(f"job {job_id!r} was cancelled {where}")
+        self.job_id = job_id
+        self.waiting = waiting
 
 
 class WorkerImageResolutionError(DockyardError):

@@ -14,6 +14,7 @@ removal; the outcome last, so that a caller who sees it finds the container gone
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -112,7 +113,7 @@ class ExitWatcher:
         code = exited.status_code
         status: OutcomeStatus
         if _caused_by_kill(tracked, facts):
-            status = "timed_out"
+            status = tracked.kill_status  # timed_out, or cancelled
         elif code == 0:
             status = "succeeded"
         else:
@@ -377,7 +378,8 @@ class TimeoutController:
     """Arms per-worker timers; on expiry reports and stops the container.
 
     The kill path only marks the worker and stops its container: the exit that follows is
-    handled by the exit watcher, which turns it into the single `timed_out` outcome. A
+    handled by the exit watcher, which turns it into the single `timed_out` outcome (or
+    `cancelled`, for `cancel`). A
     failing stop is retried under `kill_policy` (at least as long as a broken wait is), its
     back-offs end as soon as the worker exits or is detached.
     """
@@ -388,6 +390,13 @@ class TimeoutController:
     kill_policy: RetryPolicy
     _closing: threading.Event = field(default_factory=threading.Event, init=False)
     _busy: Activity = field(default_factory=Activity, init=False)  # timers inside their function
+    # Cancels queued for one thread that starts their timers: a caller never waits for a
+    # thread to start (slow on a loaded machine), only for a queue put.
+    _cancels: queue.SimpleQueue[TrackedWorker | None] = field(
+        default_factory=queue.SimpleQueue, init=False
+    )
+    _canceller: threading.Thread | None = field(default=None, init=False)
+    _canceller_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def arm(self, tracked: TrackedWorker, delay_s: float) -> None:
         self._schedule(tracked, delay_s, "timeout", self._expire)
@@ -395,6 +404,11 @@ class TimeoutController:
     def close(self) -> None:
         """No timer acts any more; waits for those already inside their function."""
         self._closing.set()
+        with self._canceller_lock:
+            canceller = self._canceller
+        if canceller is not None:
+            self._cancels.put(None)
+            canceller.join()
         self._busy.close()
 
     def _schedule(
@@ -457,6 +471,37 @@ class TimeoutController:
         except DockyardError:
             self._schedule(tracked, 0.0, "kill-retry", self._kill_until_stopped)
         return True
+
+    def cancel(self, tracked: TrackedWorker) -> bool:
+        """The kill path, its exit ending `cancelled`, on a timer thread: returns at once.
+
+        False when the worker already exited or ended. A worker whose kill (or timeout)
+        began earlier keeps that kill's status and gets its stop again.
+        """
+        if tracked.begin_kill("cancelled"):
+            kill_log.info("cancelling worker", extra={"job_id": tracked.job_id})
+        elif not tracked.may_stop():
+            return False
+        with self._canceller_lock:
+            if self._closing.is_set():
+                return True  # closing: the worker is detached, its container left running
+            if self._canceller is None:
+                self._canceller = threading.Thread(
+                    target=self._start_cancels, name="dockyard-cancel", daemon=True
+                )
+                self._canceller.start()
+        self._cancels.put(tracked)
+        return True
+
+    def _start_cancels(self) -> None:
+        while (tracked := self._cancels.get()) is not None:
+            try:
+                self._schedule(tracked, 0.0, "cancel", self._kill_until_stopped)
+            except Exception as err:  # no thread to be had: the next cancel may get one
+                kill_log.warning(
+                    "could not start stopping a cancelled worker (no thread); cancel it again",
+                    extra=log_ids(tracked.worker, error=str(err)),
+                )
 
     def _kill_until_stopped(self, tracked: TrackedWorker) -> None:
         """Stop, else kill; again after each back-off while the worker runs."""

@@ -67,6 +67,9 @@ class WorkerJob:
     work_item_id: str | None = None
     agent_type: str | None = None
     command: Sequence[str] | None = None
+    # A freed worker slot goes to the highest priority first, first come first served
+    # within one priority.
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,8 @@ def validate_job(job: object) -> WorkerJob:
         value = getattr(job, name)
         if value is not None:
             _check_text(f"job.{name}", value, allow_empty=False)
+    if isinstance(job.priority, bool) or not isinstance(job.priority, int):
+        raise InvalidJobError(f"job.priority must be an integer, got {type(job.priority).__name__}")
     if job.command is not None:
         if isinstance(job.command, str | bytes) or not isinstance(job.command, Sequence):
             raise InvalidJobError("job.command must be a sequence of strings")

@@ -64,6 +64,7 @@ OUTCOME_LABELS: tuple[tuple[str, str], ...] = (
     ("failed", "oom"),
     ("failed", "unknown"),
     ("timed_out", "timeout"),
+    ("cancelled", "cancelled"),
     ("lost", "lost"),
 )
 """(status, reason) of `dockyard_worker_outcomes_total`: the pairs `outcome_reason` makes."""
@@ -98,11 +99,14 @@ def engine_operations(backend: str) -> tuple[str, ...]:
 def outcome_reason(outcome: WorkerOutcome) -> str:
     """A low-cardinality reason for an outcome, for the `reason` label.
 
-    `completed`, `timeout`, `lost`, `oom`, `boot_failure` (exit 2), `exit_signal` (killed
-    by a signal, exit > 128), `exit_error` (any other non-zero exit) or `unknown`.
+    `completed`, `timeout`, `cancelled`, `lost`, `oom`, `boot_failure` (exit 2),
+    `exit_signal` (killed by a signal, exit > 128), `exit_error` (any other non-zero exit)
+    or `unknown`.
     """
     if outcome.status == "succeeded":
         return "completed"
+    if outcome.status == "cancelled":
+        return "cancelled"
     if outcome.status == "timed_out":
         return "timeout"
     if outcome.status == "lost":

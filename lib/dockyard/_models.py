@@ -10,7 +10,7 @@ from dataclasses_json import DataClassJsonMixin
 
 __all__ = ["ActiveWorker", "OutcomeStatus", "WorkerLifecycleListener", "WorkerOutcome"]
 
-OutcomeStatus = Literal["succeeded", "failed", "timed_out", "lost"]
+OutcomeStatus = Literal["succeeded", "failed", "timed_out", "lost", "cancelled"]
 
 BOOT_FAILURE_EXIT_CODE = 2
 
@@ -42,8 +42,9 @@ class WorkerOutcome(DataClassJsonMixin):
     """How a started worker ended; every started worker gets exactly one.
 
     `status` is ``"succeeded"`` (exit 0), ``"failed"`` (non-zero exit), ``"timed_out"``
-    (killed at its deadline or by `kill_worker`) or ``"lost"`` (the container vanished or the
-    engine stayed unreachable). Fields the engine could not tell are ``None``.
+    (killed at its deadline or by `kill_worker`), ``"cancelled"`` (stopped by
+    `cancel_worker`) or ``"lost"`` (the container vanished or the engine stayed
+    unreachable). Fields the engine could not tell are ``None``.
     """
 
     job_id: str
@@ -65,6 +66,9 @@ class WorkerOutcome(DataClassJsonMixin):
             head = "Worker lost" + (f": {self.error}" if self.error else "")
         elif self.status == "timed_out" and self.exit_code is None:
             head = "Worker timed out"
+        elif self.status == "cancelled":
+            code = "" if self.exit_code is None else f" (exit code {self.exit_code})"
+            head = f"Worker cancelled{code}"
         elif self.exit_code is None:
             head = "Worker exited"
         elif self.status == "timed_out":

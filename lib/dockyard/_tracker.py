@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from ._driver import ExitTicket
-from ._models import ActiveWorker, WorkerOutcome
+from ._models import ActiveWorker, OutcomeStatus, WorkerOutcome
 from ._secrets import Masker
 
 __all__ = ["Phase", "TrackedWorker"]
@@ -25,7 +25,7 @@ __all__ = ["Phase", "TrackedWorker"]
 
 class Phase(enum.Enum):
     RUNNING = "running"
-    STOPPING = "stopping"  # the kill path began: the exit that follows is a timeout
+    STOPPING = "stopping"  # the kill path began: the exit that follows is its status
     EXITED = "exited"  # the engine reported the exit; exit handling is under way
     SETTLED = "settled"  # the one outcome was delivered
     DETACHED = "detached"  # forgotten without an outcome; the container keeps running
@@ -62,6 +62,7 @@ class TrackedWorker:
         self._timer: Timer | None = None
         self._exit_wait = exit_wait
         self._kill_began: datetime | None = None
+        self._kill_status: OutcomeStatus = "timed_out"  # what the kill's exit ends as
         # Set when the worker ends (or exits, for the kill): every back-off waits on these.
         self.ended = threading.Event()
         self.exited = threading.Event()
@@ -92,15 +93,22 @@ class TrackedWorker:
         with self._lock:
             return self._kill_began
 
+    @property
+    def kill_status(self) -> OutcomeStatus:
+        """The status of an exit the kill caused: `timed_out`, or `cancelled`."""
+        with self._lock:
+            return self._kill_status
+
     # -- transitions --------------------------------------------------------------------
 
-    def begin_kill(self) -> bool:
-        """running → stopping; False in any other phase."""
+    def begin_kill(self, status: OutcomeStatus = "timed_out") -> bool:
+        """running → stopping, the exit to end as `status`; False in any other phase."""
         with self._lock:
             if self._phase is not Phase.RUNNING:
                 return False
             self._phase = Phase.STOPPING
             self._kill_began = datetime.now(UTC)
+            self._kill_status = status
             return True
 
     def may_stop(self) -> bool:

@@ -140,6 +140,10 @@ class AsyncContainerManager:
         source.add_done_callback(relay)
         return await asyncio.wait_for(waiter, timeout)
 
+    async def cancel_worker(self, job_id: str) -> bool:
+        """`ContainerManager.cancel_worker`: it never blocks, so it runs on the loop."""
+        return self._manager.cancel_worker(job_id)
+
     async def aclose(self) -> None:
         """`ContainerManager.close()` on a thread: detach, stop loops, shut pools down."""
         await _on_thread("close", self._manager.close)

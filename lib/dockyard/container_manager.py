@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from dataclasses import replace
 from types import TracebackType
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Self
 import docker
 
 from ._adoption import WorkerAdopter
-from ._config import RouterConfig
+from ._config import ProjectConfig, RouterConfig
 from ._dangling import DEFAULT_DANGLING_INTERVAL_S, DanglingImageReaper
 from ._docker_config import DockerConfigLogins
 from ._driver import Driver
@@ -40,7 +41,13 @@ from ._environment import (
     router_environ,
     worker_masker,
 )
-from ._errors import ConfigError, DockyardError, DuplicateJobError, NoWorkerSlotError
+from ._errors import (
+    ConfigError,
+    DockyardError,
+    DuplicateJobError,
+    NoWorkerSlotError,
+    WorkerCancelledError,
+)
 from ._exit_handling import ExitWatcher, TimeoutController
 from ._fork import fork_guarded
 from ._images import ImagePuller
@@ -157,6 +164,10 @@ class ContainerManager:
         self._listener = lifecycle_listener(listener, self._metrics, self._reporter)
         self._labels = LabelSchema(config.label_prefix)
         self._slots = SlotGate(config.max_workers)
+        # The runs (by their outcome future) cancelled while they spawned, out of the slot
+        # line: a run's spawn cancels its worker once it runs. Weak: a run that never
+        # looks (an adoption's) leaves nothing behind.
+        self._cancels: weakref.WeakSet[Future[WorkerOutcome]] = weakref.WeakSet()
         self._registry = WorkerRegistry(self._listener, config.outcome_history)
         self._offload = RedisOffloadStore(config.redis_url)
         self._env_sources = EnvSources(
@@ -245,6 +256,9 @@ class ContainerManager:
             self._timeouts,
             self._exits,
             self._listener,
+            project_cap=lambda project_id: self._project_cap(
+                find_project(self._projects, project_id), project_id
+            ),
         )
         self._snapshot_loop = PeriodicTask("dockyard-snapshot-cleanup", self.run_snapshot_cleanup)
         self._orphan_loop = PeriodicTask("dockyard-orphan-cleanup", self.scan_and_cleanup_orphans)
@@ -264,10 +278,12 @@ class ContainerManager:
     def spawn_worker(self, job: WorkerJob, *, slot_timeout: float | None = None) -> ActiveWorker:
         """Start a container for `job` and return once it runs; its exit is watched.
 
-        Waits first come, first served for a free slot up to `slot_timeout` seconds
-        (default `config.slot_wait_timeout_s`). Raises `InvalidJobError`,
+        Waits for a free slot up to `slot_timeout` seconds (default
+        `config.slot_wait_timeout_s`): highest `job.priority` first, first come first served
+        within one, within the cap of the job's project. Raises `InvalidJobError`,
         `WorkerImageResolutionError` or `DuplicateJobError` before any Docker call,
-        `NoWorkerSlotError` when no slot frees up, and Docker errors from create/start.
+        `NoWorkerSlotError` when no slot frees up, `WorkerCancelledError` when
+        `cancel_worker` ended the wait, and Docker errors from create/start.
         """
         try:
             return self._spawn(job, slot_timeout)
@@ -287,14 +303,25 @@ class ContainerManager:
         check_job_data(fields, self._env_sources)
         name = container_name(self.config.container_name_prefix, fields.job_id)
         fields, name = self._reserve(fields, name)
+        run = self._registry.future(fields.job_id)  # this run's: what a cancel marks
         lease: SlotLease | None = None
         try:
             timeout = self.config.slot_wait_timeout_s if slot_timeout is None else slot_timeout
             waited = time.perf_counter()
-            lease = self._slots.lease(timeout)
-            self._metrics.slot_wait(time.perf_counter() - waited, acquired=lease is not None)
-            if lease is None:
-                raise NoWorkerSlotError(fields.job_id, timeout, self.config.max_workers)
+            try:
+                lease = self._slots.lease(
+                    timeout,
+                    project=fields.project_id,
+                    cap=self._project_cap(project, fields.project_id),
+                    priority=job.priority,
+                    name=fields.job_id,
+                )
+            except NoWorkerSlotError:
+                self._metrics.slot_wait(time.perf_counter() - waited, acquired=False)
+                raise
+            self._metrics.slot_wait(time.perf_counter() - waited, acquired=True)
+            if run in self._cancels:  # cancelled just as the slot came
+                raise WorkerCancelledError(fields.job_id, waiting=True)
             env = build_worker_env(
                 fields, self._env_sources, snapshot_enabled=settings.snapshot_enabled
             )
@@ -347,11 +374,13 @@ class ContainerManager:
                 launch_worker_container, launch, context, self._launcher
             )
         except BaseException:
+            self._cancels.discard(run)
             self._abandon_spawn(fields.job_id, lease)
             raise
         try:
             worker = future.result()
         except BaseException as err:
+            self._cancels.discard(run)
             if isinstance(err, Exception):
                 self._metrics.spawn_failed(err)
             # Failed, or interrupted (the launch may still succeed): the slot goes back only
@@ -361,7 +390,18 @@ class ContainerManager:
             )
             raise
         self._metrics.spawn_latency(time.perf_counter() - submitted)
+        if run in self._cancels:  # cancelled while it launched
+            self._cancels.discard(run)
+            self._cancel_started(fields.job_id)
         return worker
+
+    def _project_cap(self, project: ProjectConfig | None, project_id: str | None) -> int | None:
+        """The most workers of `project_id` at once: its own cap, else the router's."""
+        if project_id is None:
+            return None
+        if project is not None and project.max_workers is not None:
+            return project.max_workers
+        return self.config.max_workers_per_project
 
     def _abandon_unless_started(
         self, done: Future[ActiveWorker], job_id: str, lease: SlotLease
@@ -412,6 +452,45 @@ class ContainerManager:
         if tracked is None:
             return False
         return self._timeouts.kill(tracked)
+
+    def cancel_worker(self, job_id: str) -> bool:
+        """Cancel a job: stop its worker, or end its spawn's wait for a slot; never blocks.
+
+        A running worker is stopped as a timeout would (SIGTERM, SIGKILL after
+        `stop_grace_s`) on dockyard's threads; its one outcome is `cancelled`, unless it
+        exited on its own first (or its timeout kill began first). A spawn still waiting
+        for a slot raises `WorkerCancelledError`; one that is launching has its worker
+        cancelled as soon as it runs. False when the worker already exited (its outcome is
+        its own), or the job is neither running nor spawning.
+        """
+        if self._slots.cancel(job_id):
+            return True
+        tracked = self._registry.get(job_id)
+        if tracked is None:
+            if job_id not in self._registry.tracked_job_ids():
+                return False
+            try:
+                run = self._registry.future(job_id)
+            except KeyError:
+                return False
+            if run.done():
+                return False  # ended just now
+            # Spawning, not in the slot line: the spawn looks at this mark once it has its
+            # slot and once its worker runs. It may have joined the line or registered just
+            # now: then the line or the worker is cancelled here (twice does no harm).
+            self._cancels.add(run)
+            if self._slots.cancel(job_id):
+                return True
+            tracked = self._registry.get(job_id)
+            if tracked is None:
+                return True
+            self._cancels.discard(run)
+        return self._timeouts.cancel(tracked)
+
+    def _cancel_started(self, job_id: str) -> None:
+        tracked = self._registry.get(job_id)
+        if tracked is not None:
+            self._timeouts.cancel(tracked)
 
     def get_active_worker_count(self) -> int:
         """How many started workers are tracked right now."""

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -322,6 +323,83 @@ def test_ctrl_c_detaches_then_ps_and_reap_deal_with_the_orphan(
 # ----------------------------------------------------------------------------- job files
 
 
+def test_ctrl_c_twice_cancels_the_running_jobs(tmp_path, instance_id, test_image, docker_client):
+    tag = uuid.uuid4().hex[:6]
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        # `sleep` as PID 1 ignores SIGTERM: the kill after the grace ends these.
+        {"id": f"one-{tag}", "type": "cli-test", "command": ["sleep", "300"]},
+        {"id": f"two-{tag}", "type": "cli-test", "command": ["sleep", "300"]},
+        job(f"later-{tag}", "true"),
+    )
+    stderr_path = tmp_path / "stderr.txt"
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "dockyard._cli", "run", str(jobs), "--image", test_image,
+                "--instance", instance_id, "--max-workers", "2", "--stop-grace", "1",
+            ],
+            env=run_env(),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )  # fmt: skip
+        try:
+            _wait_for(
+                "both long jobs to start",
+                lambda: all(
+                    f"started   {n}-{tag}" in stderr_path.read_text() for n in ("one", "two")
+                ),
+            )
+            proc.send_signal(signal.SIGINT)
+            _wait_for("the first Ctrl-C", lambda: "Ctrl-C again" in stderr_path.read_text())
+            proc.send_signal(signal.SIGINT)
+            started = time.monotonic()
+            stdout, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
+            took = time.monotonic() - started
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    err = stderr_path.read_text()
+    assert proc.returncode == 130, err
+    assert "interrupted; 2 running jobs cancelled" in err
+    assert "detached" not in err.split("cancelling the running jobs")[-1]
+    rows = {line.split()[0]: line.split() for line in stdout.splitlines() if line.strip()}
+    assert rows[f"one-{tag}"][1] == "cancelled" and rows[f"two-{tag}"][1] == "cancelled"
+    assert rows[f"later-{tag}"][1] == "not_started"
+    assert "2 cancelled" in stdout
+    assert took < 15, took  # one stop grace (1 s) and the engine's work, not a timeout
+    left = docker_client.containers.list(
+        all=True, filters={"label": f"cascade.router.instance={instance_id}"}
+    )
+    assert [c.name for c in left if tag in c.name] == []
+
+
+def test_a_full_project_does_not_hold_up_the_batch(tmp_path, instance_id, test_image):
+    tag = uuid.uuid4().hex[:6]
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        job(f"a1-{tag}", "sleep 4", projectId="A"),
+        job(f"a2-{tag}", "true", projectId="A"),
+        job(f"a3-{tag}", "true", projectId="A"),
+        job(f"b1-{tag}", "true", projectId="B"),
+    )
+    result = run_jobs(
+        jobs,
+        test_image,
+        instance_id,
+        "--max-workers",
+        "2",
+        env=run_env(MAX_WORKERS_PER_PROJECT="1"),
+    )
+    assert result.returncode == 0, result.stderr
+    words = [line.split() for line in result.stderr.splitlines()]
+    names = [w[w.index("started") + 1] for w in words if "started" in w]
+    assert len(names) == 4, result.stderr
+    # b1 comes after A's three in the file, yet starts while a1 holds A's only slot.
+    assert names.index(f"b1-{tag}") < names.index(f"a2-{tag}"), result.stderr
+
+
 def test_parse_job_accepts_the_documented_shape():
     parsed = parse_job(
         json.dumps(
@@ -333,9 +411,11 @@ def test_parse_job_accepts_the_documented_shape():
                 "workItemId": 9,
                 "agentType": "a",
                 "command": ["sh", "-c", "true"],
+                "priority": -2,
             }
         )
     )
+    assert parsed.priority == -2
     assert parsed.id == "7" and parsed.work_item_id == "9" and parsed.project_id == "p"
     assert parsed.agent_type == "a" and list(parsed.command or []) == ["sh", "-c", "true"]
     assert parsed.data == {"k": [1]}
@@ -351,6 +431,8 @@ def test_parse_job_accepts_the_documented_shape():
         ('{"id": "a", "type": "t", "data": [1]}', '"data" must be a JSON object'),
         ('{"id": "a", "type": "t", "command": "true"}', '"command" must be a non-empty list'),
         ('{"id": "a", "type": "t", "command": []}', '"command" must be a non-empty list'),
+        ('{"id": "a", "type": "t", "priority": 1.5}', '"priority" must be an integer'),
+        ('{"id": "a", "type": "t", "priority": true}', '"priority" must be an integer'),
         ('{"id": "a", "type": "t", "data": {"x": NaN}}', "NaN is not a JSON number"),
         ('{"id": "a\\u0000", "type": "t"}', "NUL"),
         ('{"id": "\\ud800", "type": "t"}', "not valid Unicode"),

@@ -162,7 +162,7 @@ def test_success_and_crash_show_in_a_live_scrape(
     counted = got.label_values("dockyard_worker_outcomes", "status", nonzero=True)
     assert counted == {"succeeded", "failed"}
     # Every status exists from the start, at zero until it happens.
-    statuses = {"succeeded", "failed", "timed_out", "lost"}
+    statuses = {"succeeded", "failed", "timed_out", "cancelled", "lost"}
     assert got.label_values("dockyard_worker_outcomes", "status") == statuses
     duration = "dockyard_job_duration_seconds"
     assert got.value(f"{duration}_count", {"status": "succeeded"}) == 1

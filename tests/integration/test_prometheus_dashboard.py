@@ -44,6 +44,7 @@ NOT_SUCCEEDED_REASONS = {
     "oom",
     "unknown",
     "timeout",
+    "cancelled",
     "lost",
 }
 

@@ -68,6 +68,18 @@ def test_spawn_and_wait_bridge_the_manager(api: FakeDockerAPI, make: Make) -> No
     assert (outcome.status, outcome.exit_code) == ("failed", 3)
 
 
+def test_cancel_worker_is_awaited_on_the_loop(api: FakeDockerAPI, make: Make) -> None:
+    async def main() -> tuple[bool, bool, WorkerOutcome]:
+        async with AsyncContainerManager(make()) as workers:
+            await workers.spawn_worker(WorkerJob("c1", "build", {}))
+            cancelled = await workers.cancel_worker("c1")
+            outcome = await workers.wait_for_worker("c1", timeout=5)
+            return cancelled, await workers.cancel_worker("never"), outcome
+
+    cancelled, unknown, outcome = run(main())
+    assert (cancelled, unknown, outcome.status) == (True, False, "cancelled")
+
+
 def test_waiting_for_outcomes_holds_no_thread(api: FakeDockerAPI, make: Make) -> None:
     manager = make()
     workers = [manager.spawn_worker(WorkerJob(f"w{i}", "build", {})) for i in range(5)]

@@ -84,6 +84,7 @@ def test_durations_are_seconds_as_floats() -> None:
         ("WORKER_IMAGE", "registry.local:5000/team/worker:2", "worker_image", None),
         ("MAX_WORKERS", "7", "max_workers", 7),
         ("MAX_WORKERS", " 4 ", "max_workers", 4),
+        ("MAX_WORKERS_PER_PROJECT", "2", "max_workers_per_project", 2),
         ("WORKER_MEMORY_MB", "512", "worker_memory_mb", 512),
         ("WORKER_MEMORY_MB", "6", "worker_memory_mb", 6),
         ("WORKER_TIMEOUT_MS", "60000", "worker_timeout_s", 60.0),
@@ -139,6 +140,8 @@ def test_blank_variables_mean_the_default() -> None:
         ("MAX_WORKERS", "abc"),
         ("MAX_WORKERS", "2.5"),
         ("MAX_WORKERS", "1_000"),
+        ("MAX_WORKERS_PER_PROJECT", "0"),
+        ("MAX_WORKERS_PER_PROJECT", "two"),
         ("WORKER_MEMORY_MB", "5"),
         ("WORKER_MEMORY_MB", "lots"),
         ("WORKER_TIMEOUT_MS", "-1"),
@@ -169,6 +172,9 @@ def test_invalid_variable_raises_config_error_naming_it(var: str, raw: str) -> N
         ("max_workers", 0),
         ("max_workers", True),
         ("max_workers", "3"),
+        ("max_workers_per_project", 0),
+        ("max_workers_per_project", True),
+        ("max_workers_per_project", 1.5),
         ("worker_memory_mb", 5),
         ("worker_timeout_s", 0),
         ("worker_timeout_s", -1.0),
@@ -227,6 +233,13 @@ def test_worker_image_reference_check(image: str, valid: bool) -> None:
         assert info.value.name == "worker_image"
 
 
+def test_per_project_caps_default_to_none() -> None:
+    assert RouterConfig().max_workers_per_project is None
+    assert ProjectConfig("p").max_workers is None
+    assert ProjectConfig.from_dict({"id": "p", "max_workers": 2}).max_workers == 2
+    assert RouterConfig.from_dict({"max_workers_per_project": 3}).max_workers_per_project == 3
+
+
 def test_zero_kill_buffer_and_no_pids_limit_are_allowed() -> None:
     config = RouterConfig(kill_buffer_s=0, pids_limit=None)
     assert config.kill_buffer_s == 0
@@ -242,6 +255,9 @@ def test_zero_kill_buffer_and_no_pids_limit_are_allowed() -> None:
         ({"id": "p", "watchdog_timeout_s": float("nan")}, "ProjectConfig.watchdog_timeout_s"),
         ({"id": "p", "snapshot_enabled": "yes"}, "ProjectConfig.snapshot_enabled"),
         ({"id": "p", "worker_image_digest": 42}, "ProjectConfig.worker_image_digest"),
+        ({"id": "p", "max_workers": 0}, "ProjectConfig.max_workers"),
+        ({"id": "p", "max_workers": "2"}, "ProjectConfig.max_workers"),
+        ({"id": "p", "max_workers": False}, "ProjectConfig.max_workers"),
     ],
 )
 def test_project_config_validation(kwargs: dict[str, Any], field: str) -> None:

@@ -219,6 +219,9 @@ def test_payload_is_serialised_once_as_compact_unicode_json() -> None:
         WorkerJob("j", "trello", {"agentType": "a\x00"}),
         WorkerJob("j", "trello", {}, command="echo hi"),
         WorkerJob("j", "trello", {}, command=["ok", "n\x00ul"]),
+        WorkerJob("j", "trello", {}, priority=1.5),  # type: ignore[arg-type]
+        WorkerJob("j", "trello", {}, priority=True),
+        WorkerJob("j", "trello", {}, priority="9"),  # type: ignore[arg-type]
     ],
     ids=lambda job: repr(job)[:60],
 )

@@ -1,10 +1,12 @@
-"""The slot gate (a FIFO counting semaphore) and the worker registry (one outcome each)."""
+"""The worker registry (one outcome each) and the worker's state machine.
+
+The slot gate has its tests in test_slots.py.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError
 from datetime import UTC, datetime
@@ -15,130 +17,8 @@ import pytest
 from dockyard import ActiveWorker, DuplicateJobError, WorkerLifecycleListener, WorkerOutcome
 from dockyard._listener import SafeListener
 from dockyard._registry import WorkerRegistry
-from dockyard._slots import SlotGate
 from dockyard._tracker import Phase, TrackedWorker
 from support.listeners import ListenerRecorder
-from support.threads import eventually
-
-# --------------------------------------------------------------------------- slots
-
-
-def test_capacity_and_timeout() -> None:
-    gate = SlotGate(2)
-    assert gate.acquire(0)
-    assert gate.acquire(0)
-    assert gate.in_use == 2
-    assert not gate.acquire(0)
-    assert not gate.acquire(0.05)
-    assert gate.waiting == 0  # a timed-out waiter leaves the line
-    gate.release()
-    assert gate.in_use == 1
-    assert gate.acquire(0)
-
-
-def test_release_hands_the_slot_to_the_oldest_waiter() -> None:
-    gate = SlotGate(1)
-    assert gate.acquire(0)
-    order: list[str] = []
-    threads = []
-    for n, name in enumerate(["a", "b", "c", "d"], start=1):
-
-        def take(name: str = name) -> None:
-            assert gate.acquire(10)
-            order.append(name)
-
-        thread = threading.Thread(target=take)
-        thread.start()
-        threads.append(thread)
-        eventually(lambda n=n: gate.waiting == n)
-    for expected in range(1, 5):
-        gate.release()
-        eventually(lambda expected=expected: len(order) == expected)
-        assert gate.in_use == 1
-    for thread in threads:
-        thread.join()
-    assert order == ["a", "b", "c", "d"]
-
-
-def test_a_late_arrival_cannot_overtake_a_waiter() -> None:
-    gate = SlotGate(1)
-    assert gate.acquire(0)
-    got: list[bool] = []
-    waiter = threading.Thread(target=lambda: got.append(gate.acquire(10)))
-    waiter.start()
-    eventually(lambda: gate.waiting == 1)
-    gate.release()
-    # The freed slot already belongs to the waiter, even if it has not woken yet.
-    assert not gate.acquire(0)
-    waiter.join()
-    assert got == [True]
-
-
-def test_the_cap_is_never_exceeded_under_contention() -> None:
-    gate = SlotGate(3)
-    holders = 0
-    peak = 0
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        nonlocal holders, peak
-        try:
-            for _ in range(50):
-                if not gate.acquire(5):
-                    continue
-                with lock:
-                    holders += 1
-                    peak = max(peak, holders)
-                time.sleep(0.0005)
-                with lock:
-                    holders -= 1
-                gate.release()
-        except BaseException as err:
-            errors.append(err)
-
-    threads = [threading.Thread(target=worker) for _ in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    assert peak == 3
-    assert gate.in_use == 0
-    assert gate.waiting == 0
-
-
-def test_timeouts_racing_releases_never_lose_or_double_a_slot() -> None:
-    gate = SlotGate(1)
-    for _ in range(200):
-        assert gate.acquire(0)
-        result: list[bool] = []
-        waiter = threading.Thread(target=lambda: result.append(gate.acquire(0.001)))
-        waiter.start()
-        gate.release()  # may land just as the waiter times out
-        waiter.join()
-        if result == [True]:
-            gate.release()
-        assert gate.in_use == 0, result
-        assert gate.waiting == 0
-
-
-def test_over_capacity_slots_drain_before_waiters_get_one() -> None:
-    gate = SlotGate(1)
-    assert gate.acquire(0)
-    gate.lease_over_capacity()  # an adopted worker on top
-    assert gate.in_use == 2
-    got: list[bool] = []
-    waiter = threading.Thread(target=lambda: got.append(gate.acquire(10)))
-    waiter.start()
-    eventually(lambda: gate.waiting == 1)
-    gate.release()
-    assert gate.in_use == 1 and gate.waiting == 1  # still at capacity: nobody gets in
-    gate.release()
-    waiter.join()
-    assert got == [True]
-    assert gate.in_use == 1
-
 
 # --------------------------------------------------------------------------- registry
 

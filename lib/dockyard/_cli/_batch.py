@@ -20,12 +20,15 @@ JobStatus = Literal[
     "succeeded",
     "failed",
     "timed_out",
+    "cancelled",
     "lost",
     "error",
     "not_started",
     "detached",
 ]
-FINAL: frozenset[str] = frozenset({"succeeded", "failed", "timed_out", "lost", "error"})
+FINAL: frozenset[str] = frozenset(
+    {"succeeded", "failed", "timed_out", "cancelled", "lost", "error"}
+)
 
 
 def status_label(status: str) -> str:

@@ -4,6 +4,7 @@ the manager's slot gate queues them."""
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Sequence
 
 from .._errors import NoWorkerSlotError
@@ -25,6 +26,9 @@ class Feeders:
         self._tracker = tracker
         self._jobs = list(jobs)
         self._next = 0
+        # Jobs whose project was at its cap: put aside so that the feeding threads are not
+        # all held by one project's jobs, tried again in turn.
+        self._deferred: deque[WorkerJob] = deque()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         config = manager.config
@@ -48,11 +52,13 @@ class Feeders:
 
     def _take(self) -> WorkerJob | None:
         with self._lock:
-            if self._stop.is_set() or self._next >= len(self._jobs):
+            if self._stop.is_set():
                 return None
-            job = self._jobs[self._next]
-            self._next += 1
-            return job
+            if self._next < len(self._jobs):
+                job = self._jobs[self._next]
+                self._next += 1
+                return job
+            return self._deferred.popleft() if self._deferred else None
 
     def _feed(self) -> None:
         while (job := self._take()) is not None:
@@ -63,8 +69,18 @@ class Feeders:
         while not self._stop.is_set():
             try:
                 self._manager.spawn_worker(job, slot_timeout=_SLOT_POLL_S)
-            except NoWorkerSlotError:
+            except NoWorkerSlotError as err:
+                if err.limit == "project" and self._defer(job):
+                    return  # its project is full: feed other jobs meanwhile
                 continue  # all slots busy: look at the stop flag, then queue again
             except Exception as err:
                 self._tracker.spawn_failed(job.id, err)
             return
+
+    def _defer(self, job: WorkerJob) -> bool:
+        """Put a job of a full project aside; False when nothing else is left to feed."""
+        with self._lock:
+            if self._next >= len(self._jobs) and not self._deferred:
+                return False
+            self._deferred.append(job)
+            return True

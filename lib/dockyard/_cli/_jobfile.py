@@ -11,7 +11,7 @@ from .._job_data import JOB_DATA_INLINE_LIMIT
 from .._jobs import WorkerJob, resolve_job_fields
 from ._exits import UsageError
 
-_JOB_KEYS = ("id", "type", "data", "projectId", "workItemId", "agentType", "command")
+_JOB_KEYS = ("id", "type", "data", "projectId", "workItemId", "agentType", "command", "priority")
 
 
 def load_jobs(path: Path) -> list[WorkerJob]:
@@ -50,7 +50,7 @@ def load_jobs(path: Path) -> list[WorkerJob]:
 
 def parse_job(line: str) -> WorkerJob:
     """One job line: `{"id", "type", "data"?, "projectId"?, "workItemId"?, "agentType"?,
-    "command"?}`. Raises `InvalidJobError` (a `ValueError`) naming the problem."""
+    "command"?, "priority"?}`. Raises `InvalidJobError` (a `ValueError`) naming the problem."""
     try:
         obj = json.loads(line, parse_constant=_reject_constant)
     except json.JSONDecodeError as err:
@@ -79,6 +79,9 @@ def parse_job(line: str) -> WorkerJob:
         or not all(isinstance(arg, str) for arg in command)
     ):
         raise InvalidJobError('"command" must be a non-empty list of strings')
+    priority = obj.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidJobError('"priority" must be an integer')
     job = WorkerJob(
         id=job_id,
         type=job_type,
@@ -87,6 +90,7 @@ def parse_job(line: str) -> WorkerJob:
         work_item_id=_id_value(obj, "workItemId"),
         agent_type=agent_type,
         command=tuple(command) if command is not None else None,
+        priority=priority,
     )
     fields = resolve_job_fields(job, None)  # the library's own checks: NUL, bad Unicode
     size = len(fields.job_data_json.encode("utf-8"))

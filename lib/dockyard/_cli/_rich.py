@@ -29,6 +29,7 @@ _STYLE = {
     "succeeded": "green",
     "failed": "red",
     "timed_out": "yellow",
+    "cancelled": "yellow",
     "lost": "magenta",
     "error": "red",
     "not_started": "dim",
@@ -39,6 +40,7 @@ _SYMBOL = {
     "succeeded": "✔",
     "failed": "✖",
     "timed_out": "⏱",
+    "cancelled": "⊘",
     "lost": "?",
     "error": "!",
     "not_started": "·",
@@ -106,7 +108,16 @@ class RichDisplay(JobLines):
         head.append(self._title, style="bold")
         head.append(f"  {fmt_s(self._elapsed_s())}", style="dim")
         tally = Text()
-        for status in ("running", "succeeded", "failed", "timed_out", "lost", "error", "queued"):
+        for status in (
+            "running",
+            "succeeded",
+            "failed",
+            "timed_out",
+            "cancelled",
+            "lost",
+            "error",
+            "queued",
+        ):
             if counts[status] or status in ("running", "succeeded", "failed", "timed_out"):
                 symbol = _SYMBOL.get(status, "…")
                 tally.append(

@@ -1,5 +1,5 @@
 """`dockyard run`: check the job file, the options and the image, run the batch with
-progress, print the results, and detach on Ctrl-C or SIGTERM."""
+progress, print the results; on Ctrl-C or SIGTERM detach, on Ctrl-C twice cancel."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
 
 # How often the progress view looks for news when no job changes state.
 _REFRESH_S = 0.1
+# After a first Ctrl-C, a second one within this long cancels the running jobs.
+_SECOND_CTRL_C_S = 2.0
+# Cancelled jobs end within their stop grace; this much more is waited for, then detached.
+_CANCEL_SLACK_S = 30.0
 
 
 class _Terminated(KeyboardInterrupt):
@@ -70,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         interrupt = _run_batch(config, jobs, tracker, display, registry)
     states = tracker.states
     if interrupt is not None:
-        _say_detached(config, [s for s in states if s.status == "detached"])
+        _say_interrupted(config, states)
     if args.json:
         print_json_lines(states, sys.stdout)
     elif sys.stdout.isatty() and HAVE_RICH:
@@ -150,9 +155,11 @@ def _run_batch(
             except KeyboardInterrupt as err:
                 interrupt = err
                 display.events(tracker.wait(0))
-                display.message("interrupted: no new jobs start; detaching from running ones…")
-                feeders.stop()
-                manager.detach_all()
+                if _second_interrupt(err, feeders, tracker, display):
+                    _cancel_running(manager, tracker, display)
+                else:
+                    display.message("detaching from running jobs…")
+                    manager.detach_all()
             # close() joins the exit watchers, so every outcome that raced the interrupt
             # has reached the tracker before the unfinished jobs are counted.
             manager.close()
@@ -164,9 +171,63 @@ def _run_batch(
     return interrupt
 
 
-def _say_detached(config: RouterConfig, detached: Sequence[JobState]) -> None:
+def _second_interrupt(
+    first: KeyboardInterrupt, feeders: Feeders, tracker: BatchTracker, display: Display
+) -> bool:
+    """Stop feeding; True when a second Ctrl-C came soon after the first (not SIGTERM)."""
+    if isinstance(first, _Terminated):
+        display.message("terminated: no new jobs start")
+        feeders.stop()
+        return False
+    display.message(
+        f"interrupted: no new jobs start; Ctrl-C again within {_SECOND_CTRL_C_S:g}s "
+        "cancels the running jobs, else they keep running, detached"
+    )
+    until = time.monotonic() + _SECOND_CTRL_C_S
+    try:
+        feeders.stop()
+        while (left := until - time.monotonic()) > 0:
+            display.events(tracker.wait(min(left, _REFRESH_S)))
+    except KeyboardInterrupt as second:
+        feeders.stop()
+        return not isinstance(second, _Terminated)
+    return False
+
+
+def _cancel_running(manager: ContainerManager, tracker: BatchTracker, display: Display) -> None:
+    """Cancel every running job and wait for their outcomes; a further Ctrl-C detaches."""
+    display.message("cancelling the running jobs…")
+    cancelled: set[str] = set()
+    until = time.monotonic() + manager.config.stop_grace_s + _CANCEL_SLACK_S
+    try:
+        while time.monotonic() < until:
+            # A launch under way when the feeding stopped may still start a worker.
+            running = [w.job_id for w in manager.get_active_workers()]
+            for job_id in running:
+                if job_id not in cancelled:
+                    manager.cancel_worker(job_id)
+                    cancelled.add(job_id)
+            if not running:
+                break
+            display.events(tracker.wait(_REFRESH_S))
+    except KeyboardInterrupt:
+        pass
+    if manager.get_active_worker_count():
+        display.message("detaching from the jobs still running…")
+        manager.detach_all()
+
+
+def _say_interrupted(config: RouterConfig, states: Sequence[JobState]) -> None:
+    cancelled = sum(1 for s in states if s.status == "cancelled")
+    if cancelled:
+        say(f"interrupted; {count_of(cancelled, 'running job')} cancelled")
+    _say_detached(config, [s for s in states if s.status == "detached"], quiet=cancelled > 0)
+
+
+def _say_detached(config: RouterConfig, detached: Sequence[JobState], *, quiet: bool) -> None:
     if not detached:
-        say("interrupted; no job was running")
+        if not quiet:
+            say("interrupted; no job was running")
         return
     names = ", ".join(f"{s.worker.container_name} (job {s.job_id})" for s in detached if s.worker)
     say(f"interrupted; {len(detached)} job(s) still running, detached: {names}")

@@ -41,6 +41,7 @@ def tally_line(states: Sequence[JobState]) -> str:
             "succeeded",
             "failed",
             "timed_out",
+            "cancelled",
             "lost",
             "error",
             "detached",
