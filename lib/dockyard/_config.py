@@ -30,10 +30,10 @@ from ._container_syntax import (
     job_settings_allowed_from_env,
     settings_from_env,
 )
+from ._drivers import DRIVERS, refuse_settings, refuse_snapshots
 from ._errors import ConfigError
 from ._naming import is_valid_image_reference
 from ._pull_policy import IF_NOT_PRESENT, PULL_POLICIES
-from ._swarm_settings import check_swarm_expressible
 
 __all__ = ["ProjectConfig", "RouterConfig"]
 
@@ -396,22 +396,11 @@ def _validate_router(config: RouterConfig) -> None:
     _require_optional_texts(config, ("registry_username", "registry_password", "registry_server"))
     if not isinstance(config.snapshot_enabled, bool):
         raise ConfigError("snapshot_enabled", "must be a boolean")
-    if config.backend not in BACKENDS:
-        raise ConfigError(
-            "backend", f"must be one of {', '.join(BACKENDS)}, got {config.backend!r}"
-        )
-    if config.backend == "swarm" and config.snapshot_enabled:
-        raise ConfigError("backend", SWARM_SNAPSHOTS_REFUSED)
+    if config.backend not in DRIVERS:
+        raise ConfigError("backend", f"must be one of {', '.join(DRIVERS)}, got {config.backend!r}")
+    if config.snapshot_enabled:
+        refuse_snapshots(config.backend, "backend")
     if config.container is not None:
         validate_settings(config.container, ROUTER)
         check_bind_sources(config.container, config.allowed_bind_roots, ROUTER)
-        if config.backend == "swarm":
-            check_swarm_expressible(config.container, ROUTER)
-
-
-BACKENDS = ("docker", "swarm")
-SWARM_SNAPSHOTS_REFUSED = (
-    "snapshots are not available with backend 'swarm': a snapshot image is committed on "
-    "the node that ran the job and the next run may land on another node; turn "
-    "snapshot_enabled off (globally and per project) or use backend 'docker'"
-)
+        refuse_settings(config.backend, config.container, ROUTER)

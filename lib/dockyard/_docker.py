@@ -1,7 +1,8 @@
-"""The low-level Docker gateway: one sized API client and the handful of calls dockyard makes.
+"""The Docker client: one sized API client and the handful of calls the drivers make.
 
-Everything above this module speaks in container ids, plain dicts and typed errors; nothing
-above it builds URLs or knows about connection pools. Every call runs through one wrapper
+It answers in Docker's own dicts and typed errors; the drivers above it (`_docker_driver`,
+`_swarm`) turn those into the core's models, and nothing above it builds URLs or knows
+about connection pools. Every call runs through one wrapper
 (`EngineCalls`) that times it and translates its errors, and every call has a timeout. Exit
 waits are tickets on one events stream per gateway (`_exit_monitor`), not a connection each.
 """
@@ -10,9 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import docker
@@ -21,46 +22,32 @@ import urllib3
 from docker.errors import DockerException, create_api_error_from_http_exception
 from requests.adapters import HTTPAdapter
 
-from ._container_settings import ContainerSettings
+from ._create_recovery import LOST_ANSWERS, look_up_made, recover_lost_create
 from ._docker_images import ImageCalls
 from ._docker_settings import docker_create_args
+from ._driver import CallObserver, ContainerSpec, ExitResult
 from ._errors import (
+    TRANSIENT_ERRORS,
     DockerUnavailableError,
-    call_result,
-    is_conflict,
-    is_missing_image,
-    is_not_found,
-    is_timeout,
-    is_transient,
-    is_unreachable,
+    StreamIdle,
     result_of,
     translate,
 )
-from ._exit_monitor import ExitMonitor, ExitWait, StreamIdle, decode_event, server_time_of
-from ._secrets import Secret, reveal
+from ._exit_monitor import ExitMonitor, ExitWait, decode_event, server_time_of
+from ._retry import RetryPolicy, RetryState, call_with_retry
+from ._secrets import reveal
 
 __all__ = [
-    "CallObserver",
-    "ContainerSpec",
+    "REMOVE_RETRY",
     "DockerGateway",
     "EngineCalls",
     "ExitWait",
     "ObservedEngine",
-    "call_result",
-    "create_recovering",
-    "is_conflict",
-    "is_missing_image",
-    "is_not_found",
-    "is_unreachable",
-    "look_up_made",
 ]
 
 log = logging.getLogger("dockyard.docker")
 
 T = TypeVar("T")
-
-CallObserver = Callable[[str, str, float], None]
-"""`(operation, result, seconds)`: told about every engine call once it ended."""
 
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     DockerException,
@@ -70,12 +57,8 @@ _CONNECT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 DEFAULT_HEARTBEAT_S = 2.0  # idle read timeout of the events stream; bounds `close()`
-_CREATE_RETRY_PAUSE_S = 0.2
-_CREATED_LOOKUP_S = 3.0  # how long a create in progress may take to become visible
-_CREATED_LOOKUP_PAUSE_S = 0.1
-_REMOVE_ATTEMPTS = 3
-_REMOVE_RETRY_PAUSE_S = 0.2
-_STOPPED = {"StatusCode": None, "Error": None}
+# Removal is idempotent: two more tries after 0.2 s and 0.4 s.
+REMOVE_RETRY = RetryPolicy(retry_on=TRANSIENT_ERRORS, attempts=2, first_delay_s=0.2)
 
 
 class EngineCalls:
@@ -121,23 +104,6 @@ class ObservedEngine:
         self.calls.observer = observer
 
 
-@dataclass(frozen=True)
-class ContainerSpec:
-    """Everything one `create` call needs; built by the launcher, sent as-is."""
-
-    image: str
-    name: str
-    env: Mapping[str, str | Secret] = field(repr=False)  # revealed only in `_create_once`
-    labels: Mapping[str, str]
-    memory_bytes: int
-    network: str
-    auto_remove: bool
-    command: Sequence[str] | None = None
-    pids_limit: int | None = None
-    no_new_privileges: bool = False
-    settings: ContainerSettings | None = None  # the merged container controls
-
-
 class _ResponseEvents:
     """An events stream over a streaming `requests` response (public API only)."""
 
@@ -154,7 +120,10 @@ class _ResponseEvents:
         except requests.exceptions.ConnectionError as err:
             if err.args and isinstance(err.args[0], urllib3.exceptions.ReadTimeoutError):
                 raise StreamIdle() from err
-            raise
+            raise translate("events", err) from err
+        except (requests.exceptions.RequestException, DockerException) as err:
+            # Read outside `EngineCalls.run`: the same table types what breaks the stream.
+            raise translate("events", err) from err
 
     def interrupt(self) -> None:
         # urllib3's public `shutdown()` wakes a read blocked in another thread; where the
@@ -163,7 +132,7 @@ class _ResponseEvents:
         if callable(shutdown):
             try:
                 shutdown()
-            except Exception:
+            except Exception:  # best effort: the heartbeat ends the read anyway
                 log.debug("events stream shutdown failed", exc_info=True)
 
     def close(self) -> None:
@@ -192,6 +161,7 @@ class DockerGateway(ObservedEngine, ImageCalls):
         self._event_labels = list(event_labels)
         self.calls = EngineCalls(observer)
         self._closed = False
+        self._stopping = threading.Event()  # set by close(): retries stop waiting
         self._exits = ExitMonitor(self._open_events, connect_timeout_s=max(1.0, timeout_s))
 
     @classmethod
@@ -262,6 +232,7 @@ class DockerGateway(ObservedEngine, ImageCalls):
         if self._closed:
             return
         self._closed = True
+        self._stopping.set()
         self._exits.close(join_s=self._heartbeat_s + max(1.0, self._timeout_s / 10))
         if self.owns_clients:
             self.api.close()
@@ -291,13 +262,16 @@ class DockerGateway(ObservedEngine, ImageCalls):
         job). When the retry fails otherwise, a container the first attempt left is
         removed on the way out.
         """
-        return create_recovering(
-            spec.name,
-            lambda: self._create_once(spec),
-            lambda: self._created_for(spec),
-            self.remove,
-            retry_if=lambda err: isinstance(err, DockerUnavailableError),
-        )
+        try:
+            return self._create_once(spec)
+        except LOST_ANSWERS as lost:
+            return recover_lost_create(
+                spec.name,
+                lost,
+                lambda: self._create_once(spec),
+                lambda: self._created_for(spec),
+                self.remove,
+            )
 
     def _created_for(self, spec: ContainerSpec) -> str | None:
         """The id of a not yet started container made from `spec`, if one exists.
@@ -373,8 +347,7 @@ class DockerGateway(ObservedEngine, ImageCalls):
         state = info.get("State") or {}
         if not state.get("Running"):
             code = state.get("ExitCode")
-            body = dict(_STOPPED, StatusCode=code if isinstance(code, int) else None)
-            self._exits.resolve(container_id, body)
+            self._exits.resolve(container_id, ExitResult(code if isinstance(code, int) else None))
         return ticket
 
     def _open_events(self, since: str | None) -> _ResponseEvents:
@@ -430,105 +403,31 @@ class DockerGateway(ObservedEngine, ImageCalls):
         self._run("kill", lambda: self.api.kill(container_id))
 
     def remove(self, container_id: str, *, force: bool = True) -> None:
-        """Remove a container, retrying briefly on engine errors (removal is idempotent).
+        """Remove a container, retrying briefly on engine blips (removal is idempotent).
 
         404 (already gone) and 409 (removal under way) are raised at once for the caller
         to judge; a container left behind by a blip would otherwise leak until a scan.
+        Running out raises the last blip's error.
         """
-        for attempt in range(_REMOVE_ATTEMPTS):
-            try:
-                self._run("remove", lambda: self.api.remove_container(container_id, force=force))
-                return
-            except Exception as err:
-                if not is_transient(err) or attempt + 1 >= _REMOVE_ATTEMPTS or self._closed:
-                    raise
-                log.info(
-                    "removing a container failed; retrying",
-                    extra={"container_id": container_id[:12], "error": str(err)},
-                )
-                time.sleep(_REMOVE_RETRY_PAUSE_S * (attempt + 1))
+
+        def remove() -> None:
+            self._run("remove", lambda: self.api.remove_container(container_id, force=force))
+
+        def retrying(err: BaseException, _: RetryState) -> None:
+            log.info(
+                "removing a container failed; retrying",
+                extra={"container_id": container_id[:12], "error": str(err)},
+            )
+
+        call_with_retry(
+            REMOVE_RETRY, remove, stop=self._stopping, on_retry=retrying, raise_last=True
+        )
 
     def list_containers(self, labels: Sequence[str], *, all: bool = True) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._run(
             "list_containers", lambda: self.api.containers(all=all, filters={"label": list(labels)})
         )
         return result
-
-
-def create_recovering(
-    name: str,
-    create_once: Callable[[], str],
-    created_for: Callable[[], str | None],
-    remove: Callable[[str], None],
-    *,
-    retry_if: Callable[[BaseException], bool],
-) -> str:
-    """Create, recovering from a create whose answer got lost; the id of what was made.
-
-    A create that timed out may still have made its object: `created_for` finds it (it
-    matches this launch's labels) and its id is the answer; there is no retry, the time
-    budget is spent. A create that got no answer (`retry_if`) is retried once; the retry's
-    409 with that object is resolved the same way. When the retry fails otherwise, an
-    object the first attempt made is removed: it must not outlive the failed launch.
-    """
-    try:
-        return create_once()
-    except Exception as err:
-        if is_timeout(err):
-            found = created_for()
-            if found is None:
-                raise
-            log.info(
-                "a create that timed out went through; using what it made",
-                extra={"container_name": name, "container_id": found[:12]},
-            )
-            return found
-        if not retry_if(err):
-            raise
-        log.warning(
-            "create got no answer; retrying once",
-            extra={"container_name": name, "error": str(err)},
-        )
-        time.sleep(_CREATE_RETRY_PAUSE_S)  # let a create that went through finish
-    try:
-        return create_once()
-    except Exception as err:
-        leftover = created_for()
-        if leftover is not None and is_conflict(err):
-            log.info(
-                "the unanswered create went through; using what it made",
-                extra={"container_name": name, "container_id": leftover[:12]},
-            )
-            return leftover
-        if leftover is not None:
-            try:
-                remove(leftover)
-            except Exception:
-                log.warning(
-                    "could not remove what a failed create made; the orphan scan will",
-                    extra={"container_name": name, "container_id": leftover[:12]},
-                )
-        raise
-
-
-def look_up_made(
-    inspect: Callable[[], dict[str, Any]], *, not_yet_visible: bool = False
-) -> dict[str, Any] | None:
-    """What `inspect` says of an object a lost create may have made; None when unknown.
-
-    An engine blip is looked through for a while, and so is a 404 when `not_yet_visible`
-    (the engine reserves a container's name before it can be inspected). After that the
-    answer is unknown, and the orphan scan deals with whatever is left.
-    """
-    deadline = time.monotonic() + _CREATED_LOOKUP_S
-    while True:
-        try:
-            return inspect()
-        except Exception as err:
-            transient = is_transient(err) or (not_yet_visible and is_not_found(err))
-            if not transient or time.monotonic() >= deadline:
-                return None
-            time.sleep(_CREATED_LOOKUP_PAUSE_S)
 
 
 def _raise_for_status(response: requests.Response) -> None:
