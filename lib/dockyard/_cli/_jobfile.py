@@ -10,10 +10,10 @@ from typing import Any, NoReturn
 from .._config import RouterConfig
 from .._container_checks import settings_from_json
 from .._container_settings import JOB, ContainerSettings, check_bind_sources, check_job_allowed
+from .._drivers import refuse_settings
 from .._errors import InvalidJobError
 from .._job_data import JOB_DATA_INLINE_LIMIT
 from .._jobs import WorkerJob, resolve_job_fields
-from .._swarm_settings import check_swarm_expressible
 from ._exits import UsageError
 
 _JOB_KEYS = (
@@ -31,12 +31,11 @@ _JOB_KEYS = (
 
 def check_job_for(config: RouterConfig, job: WorkerJob) -> None:
     """A job's container settings against the router's rules: the fields a job may set,
-    the bind roots, and on the swarm backend what a service can express."""
+    the bind roots, and what the backend's driver can express."""
     check_job_allowed(job.container, config.job_settings_allowed)
     if job.container is not None:
         check_bind_sources(job.container, config.allowed_bind_roots, JOB)
-        if config.backend == "swarm":
-            check_swarm_expressible(job.container, JOB)
+        refuse_settings(config.backend, job.container, JOB)
 
 
 def load_jobs(path: Path, check: Callable[[WorkerJob], None] | None = None) -> list[WorkerJob]:
