@@ -11,6 +11,7 @@ from docker.types import ContainerSpec, HostConfig, TaskTemplate
 from dockyard import ConfigError, ContainerSettings, InvalidJobError, Mount, Ulimit
 from dockyard._container_settings import JOB, ROUTER, project_layer
 from dockyard._docker_settings import docker_create_args
+from dockyard._drivers import refuse_settings, settings_check
 from dockyard._swarm_settings import (
     INEXPRESSIBLE,
     SWARM_GPU_KIND,
@@ -211,3 +212,12 @@ def test_swarm_refuses_what_a_service_cannot_express() -> None:
             check_swarm_expressible(settings, project_layer("p"))
         with pytest.raises(InvalidJobError, match=rf"job\.container\.{name}.*job layer"):
             check_swarm_expressible(settings, JOB)
+
+
+def test_the_driver_table_names_each_drivers_settings_check() -> None:
+    assert settings_check("docker") is None
+    assert settings_check("swarm") is check_swarm_expressible
+    refuse_settings("docker", ContainerSettings(cpu_shares=512), ROUTER)  # Docker takes it
+    with pytest.raises(ConfigError, match=r"container\.cpu_shares: not available"):
+        refuse_settings("swarm", ContainerSettings(cpu_shares=512), ROUTER)
+    refuse_settings("swarm", None, JOB)
