@@ -411,7 +411,10 @@ class DockerGateway(ObservedEngine, ImageCalls):
         """
 
         def remove() -> None:
-            self._run("remove", lambda: self.api.remove_container(container_id, force=force))
+            # v: its anonymous volumes go with it, as with AutoRemove (named ones stay).
+            self._run(
+                "remove", lambda: self.api.remove_container(container_id, force=force, v=True)
+            )
 
         def retrying(err: BaseException, _: RetryState) -> None:
             log.info(

@@ -554,7 +554,7 @@ class FakeDockerAPI:
         self._fail("kill")
         self.exit(container_id, 137)
 
-    def remove_container(self, container_id: str, force: bool = False) -> None:
+    def remove_container(self, container_id: str, force: bool = False, v: bool = False) -> None:
         self._record("remove_container", container_id)
         self._fail("remove_container")
         container = self._find(container_id)

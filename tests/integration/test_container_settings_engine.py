@@ -288,3 +288,18 @@ def test_a_snapshot_keeps_the_filesystem_not_a_mounts_content(
     assert "kept" in output
     assert "scratch-empty" in output and "scratch-kept" not in output
     assert "tmpfs" in output
+
+
+def test_an_anonymous_volume_goes_with_its_container(
+    manager: ContainerManager, docker_client: docker.DockerClient
+) -> None:
+    """dockyard removes the container itself here (no auto-removal): its anonymous volume
+    goes too, as with AutoRemove."""
+    settings = ContainerSettings(mounts=(Mount("volume", "/anon"),))
+    job = WorkerJob("anon", "t", {}, command=sh("sleep 1"), container=settings)
+    worker = manager.spawn_worker(job)
+    info = docker_client.api.inspect_container(worker.container_id)
+    (mount,) = [m for m in info["Mounts"] if m["Destination"] == "/anon"]
+    assert manager.wait_for_worker("anon", timeout=30).status == "succeeded"
+    names = {v.name for v in docker_client.volumes.list()}
+    assert mount["Name"] not in names
