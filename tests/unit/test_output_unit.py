@@ -15,15 +15,13 @@ from hypothesis import strategies as st
 
 from dockyard import ActiveWorker, ConfigError, RouterConfig, WorkerLifecycleListener
 from dockyard._listener import SafeListener
-from dockyard._output import (
+from dockyard._output import OutputPipe, tail_extra, wants_output
+from dockyard._output_lines import (
     MAX_LINE_BYTES,
     FrameDecoder,
     LineMasker,
     LineSplitter,
-    OutputPipe,
     lines_of_frames,
-    tail_extra,
-    wants_output,
 )
 from dockyard._secrets import Masker
 from dockyard.testing import RecordingReporter
