@@ -16,19 +16,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from ._models import ActiveWorker, WorkerLifecycleListener
 from ._output_lines import STREAMS, LineAssembler, Stream
 from ._secrets import Masker
 
 __all__ = [
+    "AttachedOutput",
     "OutputCounters",
+    "OutputHub",
     "OutputPipe",
     "OutputSink",
-    "start_reader",
     "tail_extra",
     "wants_output",
 ]
@@ -236,8 +237,102 @@ class OutputPipe:
                 log.debug("closing an output stream failed", exc_info=True)
 
 
-def start_reader(pipe: OutputPipe, frames: Iterable[tuple[int, bytes]], name: str) -> Any:
-    """Run `pipe.run_reader(frames)` on a daemon thread of its own; the thread."""
-    thread = threading.Thread(target=pipe.run_reader, args=(frames,), name=name, daemon=True)
-    thread.start()
-    return thread
+@dataclass(frozen=True)
+class AttachedOutput:
+    """A worker's output stream as a driver opened it: `(stream type, bytes)` pieces until
+    the end of the output, and how to end the stream from another thread."""
+
+    frames: Iterable[tuple[int, bytes]]
+    close: Callable[[], None]
+
+
+class OutputHub:
+    """One manager's output machinery: opens each worker's pipe (its reader started), owns
+    the delivery threads, and ends every reader on `close`.
+
+    Output is best effort: a stream that cannot be opened leaves the worker without live
+    output (a warning), never without its launch.
+    """
+
+    def __init__(
+        self,
+        *,
+        enabled: bool,
+        listener: WorkerLifecycleListener | None,
+        sink: OutputSink,
+        counters: OutputCounters,
+        tail_lines: int,
+        delivery_threads: int,
+        buffer_lines: int = DEFAULT_BUFFER_LINES,
+    ) -> None:
+        self.enabled = enabled
+        self._sink = sink if wants_output(listener) else None
+        self._counters = counters
+        self._tail_lines = tail_lines
+        self._buffer_lines = buffer_lines
+        self._lock = threading.Lock()
+        self._pipes: dict[int, tuple[OutputPipe, threading.Thread]] = {}
+        self._closed = False
+        self._executor: ThreadPoolExecutor | None = None
+        if enabled and self._sink is not None:
+            self._executor = ThreadPoolExecutor(
+                max(1, delivery_threads), thread_name_prefix="dockyard-output"
+            )
+
+    def open(
+        self, job_id: str, masker: Masker, attach: Callable[[], AttachedOutput]
+    ) -> OutputPipe | None:
+        """Attach to a worker's output (before its start) and start reading it."""
+        if not self.enabled or self._closed:
+            return None
+        try:
+            attached = attach()
+        except Exception as err:
+            log.warning(
+                "could not attach to a worker's output; it runs without live output",
+                extra={"job_id": job_id, "error_type": type(err).__name__, "error": str(err)},
+            )
+            return None
+        pipe = OutputPipe(
+            masker,
+            self._tail_lines,
+            self._sink,
+            self._executor,
+            self._counters,
+            buffer_lines=self._buffer_lines,
+            job_id=job_id,
+            close_source=attached.close,
+        )
+        thread = threading.Thread(
+            target=self._read,
+            args=(pipe, attached.frames),
+            name=f"dockyard-output-{job_id[:40]}",
+            daemon=True,
+        )
+        with self._lock:
+            if self._closed:
+                pipe.cancel()
+                return None
+            self._pipes[id(pipe)] = (pipe, thread)
+        thread.start()
+        return pipe
+
+    def _read(self, pipe: OutputPipe, frames: Iterable[tuple[int, bytes]]) -> None:
+        try:
+            pipe.run_reader(frames)
+        finally:
+            with self._lock:
+                self._pipes.pop(id(pipe), None)
+
+    def close(self, join_s: float = 2.0) -> None:
+        """End every reader (their streams closed) and the delivery threads."""
+        with self._lock:
+            self._closed = True
+            open_pipes = list(self._pipes.values())
+        for pipe, _ in open_pipes:
+            pipe.cancel()
+        deadline = time.monotonic() + join_s
+        for _, thread in open_pipes:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from dockyard import ActiveWorker, ConfigError, RouterConfig, WorkerLifecycleListener
 from dockyard._listener import SafeListener
-from dockyard._output import OutputPipe, tail_extra, wants_output
+from dockyard._output import AttachedOutput, OutputHub, OutputPipe, tail_extra, wants_output
 from dockyard._output_lines import (
     MAX_LINE_BYTES,
     FrameDecoder,
@@ -387,3 +387,67 @@ def test_stream_output_is_on_by_default_and_read_from_the_environment() -> None:
         RouterConfig.from_env({**env, "WORKER_STREAM_OUTPUT": "maybe"})
     with pytest.raises(ConfigError, match="stream_output"):
         RouterConfig(router_instance_id="r", stream_output="yes")  # type: ignore[arg-type]
+
+
+# -- the hub --------------------------------------------------------------------------
+
+
+def hub(listener: WorkerLifecycleListener | None, *, enabled: bool = True) -> OutputHub:
+    return OutputHub(
+        enabled=enabled,
+        listener=listener,
+        sink=SafeListener(listener),
+        counters=Counters(),
+        tail_lines=3,
+        delivery_threads=2,
+    )
+
+
+def test_the_hub_reads_each_opened_worker_and_delivers_after_it_is_bound() -> None:
+    recorder = Recorder()
+    outputs = hub(recorder)
+    pipe = outputs.open(
+        "job-1", NO_SECRETS, lambda: AttachedOutput(iter(numbered(4)), lambda: None)
+    )
+    assert pipe is not None
+    pipe.bind(worker())
+    assert pipe.finish(5.0) == ("line 1", "line 2", "line 3")
+    assert [line for _, _, line in recorder.lines] == [f"line {i}" for i in range(4)]
+    outputs.close()
+
+
+def test_a_stream_that_cannot_be_opened_leaves_the_worker_without_output(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def refuse() -> AttachedOutput:
+        raise ConnectionError("engine said no")
+
+    outputs = hub(Recorder())
+    assert outputs.open("job-1", NO_SECRETS, refuse) is None
+    assert "could not attach" in caplog.text
+    outputs.close()
+
+
+def test_streaming_off_opens_nothing() -> None:
+    def never() -> AttachedOutput:
+        raise AssertionError("attached although streaming is off")
+
+    assert hub(Recorder(), enabled=False).open("job-1", NO_SECRETS, never) is None
+
+
+def test_close_ends_a_reader_blocked_on_a_quiet_stream() -> None:
+    woken = threading.Event()
+
+    def quiet() -> Iterator[tuple[int, bytes]]:
+        yield (1, b"hello\n")
+        woken.wait(10)
+
+    outputs = hub(None)
+    pipe = outputs.open("job-1", NO_SECRETS, lambda: AttachedOutput(quiet(), woken.set))
+    assert pipe is not None
+    started = time.monotonic()
+    outputs.close()
+    assert time.monotonic() - started < 2.0
+    assert pipe.ended
+    assert pipe.tail() == ("hello",)
+    assert outputs.open("job-2", NO_SECRETS, lambda: AttachedOutput(iter([]), woken.set)) is None
