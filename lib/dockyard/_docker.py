@@ -8,8 +8,10 @@ waits are tickets on one events stream per gateway (`_exit_monitor`), not a conn
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ import docker
 import requests
 import urllib3
 from docker.errors import DockerException, create_api_error_from_http_exception
+from docker.utils.socket import frames_iter
 from requests.adapters import HTTPAdapter
 
 from ._docker_images import ImageCalls
@@ -35,6 +38,7 @@ from ._errors import (
     translate,
 )
 from ._exit_monitor import ExitMonitor, ExitWait, StreamIdle, decode_event, server_time_of
+from ._output import AttachedOutput
 from ._secrets import Secret, reveal
 
 __all__ = [
@@ -44,6 +48,7 @@ __all__ = [
     "EngineCalls",
     "ExitWait",
     "ObservedEngine",
+    "attach_output",
     "call_result",
     "create_recovering",
     "is_conflict",
@@ -403,6 +408,10 @@ class DockerGateway(ObservedEngine, ImageCalls):
     def start(self, container_id: str) -> None:
         self._run("start", lambda: self.api.start(container_id))
 
+    def attach_output(self, container_id: str) -> AttachedOutput:
+        """The container's stdout and stderr from its first byte (attach before `start`)."""
+        return self._run("attach", lambda: attach_output(self.api, container_id))
+
     def inspect(self, container_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._run(
             "inspect", lambda: self.api.inspect_container(container_id)
@@ -542,3 +551,53 @@ def _size_tcp_pool(api: docker.APIClient, pool: int) -> None:
     base = str(api.base_url)
     if base.startswith(("http://", "https://")):
         api.mount(base, HTTPAdapter(pool_connections=1, pool_maxsize=pool))
+
+
+# -- a container's output stream --
+
+_ATTACH_PARAMS = {"stdout": 1, "stderr": 1, "stream": 1, "logs": 1}
+
+
+def attach_output(api: docker.APIClient, container_id: str) -> AttachedOutput:
+    """Attach to the container's stdout and stderr; raises the client's error on refusal.
+
+    `POST /containers/{id}/attach?stream=1&logs=1&stdout=1&stderr=1` on a created container
+    not started yet, as `docker run` does: the engine sends every byte from the first one and
+    ends the stream (EOF) at the exit, also when it removes the container after (AutoRemove).
+    Workers run without a TTY: the stream is in frames, read by docker-py's `frames_iter`.
+    """
+    sock: Any = api.attach_socket(container_id, params=_ATTACH_PARAMS)
+    return AttachedOutput(frames=_frames(sock), close=lambda: _shut(sock))
+
+
+def _frames(sock: Any) -> Iterator[tuple[int, bytes]]:
+    try:
+        for stream, data in frames_iter(sock, tty=False):  # type: ignore[no-untyped-call]
+            yield stream, bytes(data)
+    finally:
+        _close(sock)
+
+
+def _raw(sock: Any) -> Any:
+    """The OS socket under docker-py's answer (a `SocketIO` on a unix socket)."""
+    return getattr(sock, "_sock", sock)
+
+
+def _shut(sock: Any) -> None:
+    """Wake a read blocked on the stream (from another thread): the reader then ends."""
+    raw = _raw(sock)
+    shutdown = getattr(raw, "shutdown", None)
+    if callable(shutdown):
+        with contextlib.suppress(OSError):
+            shutdown(socket.SHUT_RDWR)
+    else:  # a transport without shutdown (ssh channel): closing is all there is
+        _close(sock)
+
+
+def _close(sock: Any) -> None:
+    response = getattr(sock, "_response", None)
+    with contextlib.suppress(Exception):
+        sock.close()
+    if response is not None:
+        with contextlib.suppress(Exception):
+            response.close()

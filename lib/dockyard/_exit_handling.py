@@ -29,6 +29,7 @@ from ._docker import is_conflict, is_not_found, is_unreachable
 from ._listener import log_ids
 from ._loops import Activity, RetryPolicy
 from ._models import OutcomeStatus, WorkerOutcome
+from ._output import tail_extra
 from ._registry import WorkerRegistry
 from ._sentry import Reporter, WorkerExitError, WorkerTimeoutError
 from ._snapshots import SnapshotManager
@@ -48,6 +49,9 @@ __all__ = [
 log = logging.getLogger("dockyard.exits")
 
 _REMOVAL_WAIT_S = 10.0
+# After the exit, how long the output may take to reach its end (the engine ends the stream
+# at the exit) and its queued lines to reach the listener, before the outcome goes out.
+_OUTPUT_DRAIN_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -119,9 +123,13 @@ class ExitWatcher:
                 tags={"jobType": tracked.worker.job_type},
                 extras={"jobId": tracked.job_id},
             )
-            self.registry.settle(
-                tracked, WorkerOutcome(tracked.job_id, "lost", error=f"exit handling failed: {err}")
+            outcome = WorkerOutcome(
+                tracked.job_id,
+                "lost",
+                error=f"exit handling failed: {err}",
+                log_tail=self._output_so_far(tracked),
             )
+            self.registry.settle(tracked, outcome)
 
     # -- after the exit -----------------------------------------------------------------
 
@@ -129,7 +137,7 @@ class ExitWatcher:
         worker = tracked.worker
         info = exited.info or self._inspect(tracked)
         facts = exit_facts(info.get("State") or {}) if info is not None else ExitFacts()
-        self._log_tail(tracked)
+        tail = self._log_tail(tracked)
         code = exited.status_code
         status: OutcomeStatus
         if _caused_by_kill(tracked, facts):
@@ -154,6 +162,7 @@ class ExitWatcher:
                     "oomKilled": facts.oom_killed,
                     "exitReason": facts.error,
                     "durationMs": duration_ms,
+                    **({"logTail": tail_extra(tail)} if tail else {}),
                 },
             )
         if (
@@ -186,6 +195,7 @@ class ExitWatcher:
             oom_killed=facts.oom_killed,
             exit_reason=facts.error,
             duration_s=facts.duration_s,
+            log_tail=tail,
         )
         log.info(
             "worker finished",
@@ -207,7 +217,12 @@ class ExitWatcher:
         )
         if worker.snapshot_enabled:
             self._remove(tracked)
-        outcome = WorkerOutcome(worker.job_id, "lost", error=f"{lost.reason}: {lost.error}")
+        outcome = WorkerOutcome(
+            worker.job_id,
+            "lost",
+            error=f"{lost.reason}: {lost.error}",
+            log_tail=self._output_so_far(tracked),
+        )
         self.registry.settle(tracked, outcome)
 
     def _inspect(self, tracked: TrackedWorker) -> dict[str, Any] | None:
@@ -226,24 +241,45 @@ class ExitWatcher:
                 )
             return None
 
-    def _log_tail(self, tracked: TrackedWorker) -> None:
-        # The engine refuses the logs of a container it is auto-removing (409/404), and a
-        # tail that no handler would log is not worth a round-trip either.
-        if self.log_tail_lines <= 0 or tracked.auto_remove or not log.isEnabledFor(logging.INFO):
-            return
-        try:
-            tail = self.docker.logs_tail(tracked.worker.container_id, self.log_tail_lines)
-        except Exception:
-            log.debug("no logs for worker", extra={"job_id": tracked.job_id}, exc_info=True)
-            return
-        tail = tracked.masker.mask(tail)
-        if tail.strip():
+    def _log_tail(self, tracked: TrackedWorker) -> tuple[str, ...]:
+        """The worker's last lines (masked), logged; the outcome's `log_tail`.
+
+        Read live since before the start when streaming; else asked of the engine, which
+        refuses the logs of a container it is auto-removing (409/404): no tail then.
+        """
+        if self.log_tail_lines <= 0:
+            return ()
+        output = tracked.output
+        if output is not None:
+            tail = output.finish(_OUTPUT_DRAIN_S)
+            if not output.ended:  # the stream outlived the exit: stop reading it
+                output.cancel()
+        elif tracked.auto_remove:
+            return ()
+        else:
+            try:
+                text = self.docker.logs_tail(tracked.worker.container_id, self.log_tail_lines)
+            except Exception:
+                log.debug("no logs for worker", extra={"job_id": tracked.job_id}, exc_info=True)
+                return ()
+            tail = tuple(tracked.masker.mask(text).splitlines()[-self.log_tail_lines :])
+        if any(line.strip() for line in tail):
             log.info(
                 "worker output (last %d lines):\n%s",
                 self.log_tail_lines,
-                tail.rstrip(),
+                "\n".join(tail).rstrip(),
                 extra=log_ids(tracked.worker),
             )
+        return tail
+
+    @staticmethod
+    def _output_so_far(tracked: TrackedWorker) -> tuple[str, ...]:
+        """The tail read so far, the reading ended (an outcome without a normal exit)."""
+        output = tracked.output
+        if output is None:
+            return ()
+        output.cancel()
+        return output.tail()
 
     def _remove(self, tracked: TrackedWorker) -> None:
         """Remove the container; for auto-removed ones, make sure the engine finished it."""
@@ -395,6 +431,13 @@ def await_exit(docker: EngineBackend, tracked: TrackedWorker, policy: RetryPolic
 
 # -- timeouts: the deadline kill --
 
+
+def _tail_extras(tracked: TrackedWorker) -> dict[str, str]:
+    """`logTail`: the output so far (masked), when there is any."""
+    tail = tracked.output.tail() if tracked.output is not None else ()
+    return {"logTail": tail_extra(tail)} if tail else {}
+
+
 kill_log = logging.getLogger("dockyard.timeouts")
 
 
@@ -475,7 +518,7 @@ class TimeoutController:
             "worker_timeout",
             level="warning",
             tags={"jobType": worker.job_type},
-            extras={"jobId": worker.job_id, "durationMs": elapsed_ms},
+            extras={"jobId": worker.job_id, "durationMs": elapsed_ms, **_tail_extras(tracked)},
         )
 
     def kill(self, tracked: TrackedWorker) -> bool:

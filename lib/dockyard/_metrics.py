@@ -87,7 +87,7 @@ LOG_STREAMS: tuple[str, ...] = ("stdout", "stderr")
 ENGINE_CALL_RESULTS: tuple[str, ...] = ("ok", "not_found", "conflict", "unreachable", "error")
 
 DOCKER_OPERATIONS: tuple[str, ...] = (
-    "create", "start", "open_wait", "events", "inspect", "logs_tail", "stop", "kill",
+    "create", "start", "attach", "open_wait", "events", "inspect", "logs_tail", "stop", "kill",
     "remove", "wait_removed", "list_containers",
     "pull", "commit", "tag", "image_inspect", "list_images", "image_history",
     "load_image_archive", "remove_image", "import_container_filesystem",

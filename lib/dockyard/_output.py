@@ -257,6 +257,7 @@ class OutputHub:
     def __init__(
         self,
         *,
+        attach: Callable[[str], AttachedOutput] | None,
         enabled: bool,
         listener: WorkerLifecycleListener | None,
         sink: OutputSink,
@@ -265,7 +266,8 @@ class OutputHub:
         delivery_threads: int,
         buffer_lines: int = DEFAULT_BUFFER_LINES,
     ) -> None:
-        self.enabled = enabled
+        self.enabled = enabled and attach is not None
+        self._attach = attach
         self._sink = sink if wants_output(listener) else None
         self._counters = counters
         self._tail_lines = tail_lines
@@ -274,19 +276,17 @@ class OutputHub:
         self._pipes: dict[int, tuple[OutputPipe, threading.Thread]] = {}
         self._closed = False
         self._executor: ThreadPoolExecutor | None = None
-        if enabled and self._sink is not None:
+        if self.enabled and self._sink is not None:
             self._executor = ThreadPoolExecutor(
                 max(1, delivery_threads), thread_name_prefix="dockyard-output"
             )
 
-    def open(
-        self, job_id: str, masker: Masker, attach: Callable[[], AttachedOutput]
-    ) -> OutputPipe | None:
+    def open(self, worker_id: str, job_id: str, masker: Masker) -> OutputPipe | None:
         """Attach to a worker's output (before its start) and start reading it."""
-        if not self.enabled or self._closed:
+        if self._attach is None or not self.enabled or self._closed:
             return None
         try:
-            attached = attach()
+            attached = self._attach(worker_id)
         except Exception as err:
             log.warning(
                 "could not attach to a worker's output; it runs without live output",

@@ -29,6 +29,7 @@ from ._adoption import WorkerAdopter
 from ._backend_choice import check_backend_projects, open_backend
 from ._config import ProjectConfig, RouterConfig
 from ._dangling import DEFAULT_DANGLING_INTERVAL_S, DanglingImageReaper
+from ._docker import DockerGateway
 from ._docker_config import DockerConfigLogins
 from ._environment import (
     CredentialProvider,
@@ -56,6 +57,7 @@ from ._metrics import build_metrics, lifecycle_listener
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._naming import LabelSchema, container_name
 from ._orphans import OrphanReaper
+from ._output import OutputHub
 from ._registry import WorkerRegistry
 from ._registry_auth import RegistryAuthResolver, RegistryCredentialProvider
 from ._secrets import Masker, SecretBook, router_secret_values
@@ -146,6 +148,16 @@ class ContainerManager:
         if self._metrics.enabled:
             self._docker.observer = self._metrics.engine_call
         self._listener = lifecycle_listener(listener, self._metrics, self._reporter)
+        # Each worker's output, attached before its start (only a Docker engine attaches).
+        self._outputs = OutputHub(
+            attach=self._docker.attach_output if isinstance(self._docker, DockerGateway) else None,
+            enabled=config.stream_output,
+            listener=listener,
+            sink=self._listener,
+            counters=self._metrics,
+            tail_lines=config.log_tail_lines,
+            delivery_threads=config.max_workers,
+        )
         self._labels = LabelSchema(config.label_prefix)
         self._slots = SlotGate(config.max_workers)
         # The runs (by their outcome future) cancelled while they spawned, out of the slot
@@ -214,6 +226,7 @@ class ContainerManager:
             labels=self._labels,
             instance_id=config.router_instance_id,
             metrics=self._metrics,
+            outputs=self._outputs,
         )
         self._reaper = OrphanReaper(
             self._docker, self._registry, self._labels, config, self._reporter, self._listener
@@ -551,6 +564,7 @@ class ContainerManager:
         self._stop_loops()
         self._timeouts.close()
         self._wait_executor.shutdown()
+        self._outputs.close()  # the detached workers' readers end; their containers run on
         self._offload.close()
         self._docker.close()
         self._metrics.close()

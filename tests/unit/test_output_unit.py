@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -392,8 +392,14 @@ def test_stream_output_is_on_by_default_and_read_from_the_environment() -> None:
 # -- the hub --------------------------------------------------------------------------
 
 
-def hub(listener: WorkerLifecycleListener | None, *, enabled: bool = True) -> OutputHub:
+def hub(
+    listener: WorkerLifecycleListener | None,
+    attach: Callable[[str], AttachedOutput],
+    *,
+    enabled: bool = True,
+) -> OutputHub:
     return OutputHub(
+        attach=attach,
         enabled=enabled,
         listener=listener,
         sink=SafeListener(listener),
@@ -405,10 +411,8 @@ def hub(listener: WorkerLifecycleListener | None, *, enabled: bool = True) -> Ou
 
 def test_the_hub_reads_each_opened_worker_and_delivers_after_it_is_bound() -> None:
     recorder = Recorder()
-    outputs = hub(recorder)
-    pipe = outputs.open(
-        "job-1", NO_SECRETS, lambda: AttachedOutput(iter(numbered(4)), lambda: None)
-    )
+    outputs = hub(recorder, lambda worker_id: AttachedOutput(iter(numbered(4)), lambda: None))
+    pipe = outputs.open("c1", "job-1", NO_SECRETS)
     assert pipe is not None
     pipe.bind(worker())
     assert pipe.finish(5.0) == ("line 1", "line 2", "line 3")
@@ -419,20 +423,20 @@ def test_the_hub_reads_each_opened_worker_and_delivers_after_it_is_bound() -> No
 def test_a_stream_that_cannot_be_opened_leaves_the_worker_without_output(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    def refuse() -> AttachedOutput:
+    def refuse(worker_id: str) -> AttachedOutput:
         raise ConnectionError("engine said no")
 
-    outputs = hub(Recorder())
-    assert outputs.open("job-1", NO_SECRETS, refuse) is None
+    outputs = hub(Recorder(), refuse)
+    assert outputs.open("c1", "job-1", NO_SECRETS) is None
     assert "could not attach" in caplog.text
     outputs.close()
 
 
 def test_streaming_off_opens_nothing() -> None:
-    def never() -> AttachedOutput:
+    def never(worker_id: str) -> AttachedOutput:
         raise AssertionError("attached although streaming is off")
 
-    assert hub(Recorder(), enabled=False).open("job-1", NO_SECRETS, never) is None
+    assert hub(Recorder(), never, enabled=False).open("c1", "job-1", NO_SECRETS) is None
 
 
 def test_close_ends_a_reader_blocked_on_a_quiet_stream() -> None:
@@ -442,12 +446,12 @@ def test_close_ends_a_reader_blocked_on_a_quiet_stream() -> None:
         yield (1, b"hello\n")
         woken.wait(10)
 
-    outputs = hub(None)
-    pipe = outputs.open("job-1", NO_SECRETS, lambda: AttachedOutput(quiet(), woken.set))
+    outputs = hub(None, lambda worker_id: AttachedOutput(quiet(), woken.set))
+    pipe = outputs.open("c1", "job-1", NO_SECRETS)
     assert pipe is not None
     started = time.monotonic()
     outputs.close()
     assert time.monotonic() - started < 2.0
     assert pipe.ended
     assert pipe.tail() == ("hello",)
-    assert outputs.open("job-2", NO_SECRETS, lambda: AttachedOutput(iter([]), woken.set)) is None
+    assert outputs.open("c2", "job-2", NO_SECRETS) is None
