@@ -567,37 +567,33 @@ def attach_output(api: docker.APIClient, container_id: str) -> AttachedOutput:
     Workers run without a TTY: the stream is in frames, read by docker-py's `frames_iter`.
     """
     sock: Any = api.attach_socket(container_id, params=_ATTACH_PARAMS)
-    return AttachedOutput(frames=_frames(sock), close=lambda: _shut(sock))
+    # The OS socket under docker-py's answer (a `SocketIO` on a unix socket): closing the
+    # `SocketIO` alone leaves it open, held by the HTTP connection.
+    raw: Any = getattr(sock, "_sock", sock)
+    return AttachedOutput(frames=_frames(sock, raw), close=lambda: _shut(sock, raw))
 
 
-def _frames(sock: Any) -> Iterator[tuple[int, bytes]]:
+def _frames(sock: Any, raw: Any) -> Iterator[tuple[int, bytes]]:
     try:
         for stream, data in frames_iter(sock, tty=False):  # type: ignore[no-untyped-call]
             yield stream, bytes(data)
     finally:
-        _close(sock)
+        _close(sock, raw)
 
 
-def _raw(sock: Any) -> Any:
-    """The OS socket under docker-py's answer (a `SocketIO` on a unix socket)."""
-    return getattr(sock, "_sock", sock)
-
-
-def _shut(sock: Any) -> None:
+def _shut(sock: Any, raw: Any) -> None:
     """Wake a read blocked on the stream (from another thread): the reader then ends."""
-    raw = _raw(sock)
     shutdown = getattr(raw, "shutdown", None)
     if callable(shutdown):
         with contextlib.suppress(OSError):
             shutdown(socket.SHUT_RDWR)
     else:  # a transport without shutdown (ssh channel): closing is all there is
-        _close(sock)
+        _close(sock, raw)
 
 
-def _close(sock: Any) -> None:
+def _close(sock: Any, raw: Any) -> None:
     response = getattr(sock, "_response", None)
-    with contextlib.suppress(Exception):
-        sock.close()
-    if response is not None:
-        with contextlib.suppress(Exception):
-            response.close()
+    for closable in (sock, raw, response):
+        if closable is not None:
+            with contextlib.suppress(Exception):
+                closable.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -204,10 +205,12 @@ class OutputPipe:
 
     # -- the end ------------------------------------------------------------------------
 
-    def finish(self, timeout_s: float) -> tuple[str, ...]:
-        """Wait up to `timeout_s` for the output's end and its delivery; the tail so far."""
-        deadline = time.monotonic() + max(0.0, timeout_s)
-        self._ended.wait(timeout_s)
+    def finish(self, timeout_s: float, delivery_s: float = 1.0) -> tuple[str, ...]:
+        """The tail, once the output ended (waiting up to `timeout_s`) and the lines queued
+        went out (up to `delivery_s` more: a slow listener only loses them, it never holds
+        the outcome up for long)."""
+        self._ended.wait(max(0.0, timeout_s))
+        deadline = time.monotonic() + max(0.0, delivery_s)
         with self._lock:
             while (self._queue or self._draining) and not self._cancelled:
                 left = deadline - time.monotonic()
@@ -273,7 +276,9 @@ class OutputHub:
         self._tail_lines = tail_lines
         self._buffer_lines = buffer_lines
         self._lock = threading.Lock()
-        self._pipes: dict[int, tuple[OutputPipe, threading.Thread]] = {}
+        self._readers: dict[int, tuple[OutputPipe, threading.Thread]] = {}
+        # Every pipe not yet collected: one whose reader ended may still have lines queued.
+        self._pipes: weakref.WeakSet[OutputPipe] = weakref.WeakSet()
         self._closed = False
         self._executor: ThreadPoolExecutor | None = None
         if self.enabled and self._sink is not None:
@@ -313,7 +318,8 @@ class OutputHub:
             if self._closed:
                 pipe.cancel()
                 return None
-            self._pipes[id(pipe)] = (pipe, thread)
+            self._readers[id(pipe)] = (pipe, thread)
+            self._pipes.add(pipe)
         thread.start()
         return pipe
 
@@ -322,17 +328,19 @@ class OutputHub:
             pipe.run_reader(frames)
         finally:
             with self._lock:
-                self._pipes.pop(id(pipe), None)
+                self._readers.pop(id(pipe), None)
 
     def close(self, join_s: float = 2.0) -> None:
-        """End every reader (their streams closed) and the delivery threads."""
+        """End every reader (their streams closed) and the delivery threads; lines still
+        queued are dropped (a slow listener never holds `close` up)."""
         with self._lock:
             self._closed = True
-            open_pipes = list(self._pipes.values())
-        for pipe, _ in open_pipes:
+            readers = list(self._readers.values())
+            pipes = list(self._pipes)
+        for pipe in pipes:
             pipe.cancel()
         deadline = time.monotonic() + join_s
-        for _, thread in open_pipes:
+        for _, thread in readers:
             thread.join(max(0.0, deadline - time.monotonic()))
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
