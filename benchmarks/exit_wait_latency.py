@@ -19,7 +19,8 @@ import uuid
 
 import docker
 
-from dockyard._docker import ContainerSpec, DockerGateway
+from dockyard._docker import DockerGateway
+from dockyard._driver import ContainerSpec
 
 IMAGE = "dockyard-test-busybox:latest"
 

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from dockyard import ActiveWorker, ContainerManager, WorkerJob
+from dockyard._driver import ExitResult
 
 from .harness import (
     BASELINES,
@@ -138,9 +139,9 @@ class _Wait:
     def exit(self) -> None:
         self._exited.set()
 
-    def result(self) -> dict:
+    def result(self) -> ExitResult:
         self._exited.wait()
-        return {"StatusCode": 0, "Error": None}
+        return ExitResult(0)
 
     def close(self) -> None:
         self.closed = True
@@ -158,7 +159,7 @@ class _InstantEngine:
 
     def install(self, manager: ContainerManager) -> None:
         for name in self.CALLS:
-            setattr(manager._docker, name, getattr(self, name))
+            setattr(manager._driver.client, name, getattr(self, name))
 
     def create(self, spec):
         return f"{next(self._ids):064x}"

@@ -20,12 +20,13 @@ from ._errors import (
     DuplicateJobError,
     ForkedManagerError,
     InvalidJobError,
+    JobDataOffloadError,
     NoWorkerSlotError,
     WorkerCancelledError,
     WorkerImageResolutionError,
     WorkerSpawnError,
 )
-from ._job_data import JobDataOffloadError, JobDataStore
+from ._job_data import JobDataStore
 from ._jobs import ProjectDirectory, WorkerJob
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._redis_store import RedisJobDataStore

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ._backend import EngineBackend
 from ._config import RouterConfig
+from ._driver import Driver
 from ._environment import worker_masker
-from ._errors import DuplicateJobError
+from ._errors import DuplicateJobError, ManagerClosedError
 from ._exit_handling import ExitWatcher, TimeoutController
 from ._listener import SafeListener
 from ._models import ActiveWorker
@@ -18,7 +18,6 @@ from ._naming import LabelSchema
 from ._orphans import untracked
 from ._registry import WorkerRegistry
 from ._slots import SlotGate
-from ._times import parse_docker_time
 from ._tracker import TrackedWorker
 from .worker_container_launcher import LaunchPlan
 
@@ -31,7 +30,7 @@ log = logging.getLogger("dockyard.orphans")
 class WorkerAdopter:
     """Re-attaches to this instance's running workers after a router restart."""
 
-    docker: EngineBackend
+    driver: Driver
     registry: WorkerRegistry
     labels: LabelSchema
     config: RouterConfig
@@ -43,7 +42,7 @@ class WorkerAdopter:
     project_cap: Callable[[str | None], int | None] = lambda _project_id: None
 
     def adopt(self) -> list[ActiveWorker]:
-        containers = self.docker.list_containers(
+        containers = self.driver.list_workers(
             self.labels.ownership_filter(self.config.router_instance_id), all=False
         )
         adopted: list[ActiveWorker] = []
@@ -59,9 +58,9 @@ class WorkerAdopter:
                 continue
             try:
                 worker = self._adopt_one(container_id, job_id, labels)
-            except _Closed:
+            except ManagerClosedError:
                 break
-            except Exception as err:
+            except Exception as err:  # one worker's failure must not end the adoption
                 self.registry.unreserve(job_id)
                 log.warning(
                     "could not adopt a worker",
@@ -77,25 +76,21 @@ class WorkerAdopter:
     def _adopt_one(
         self, container_id: str, job_id: str, labels: dict[str, str]
     ) -> ActiveWorker | None:
-        info = self.docker.inspect(container_id)
-        state = info.get("State") or {}
-        if not state.get("Running"):
+        state = self.driver.inspect(container_id)
+        if not state.running:
             return None  # exited meanwhile: the orphan scan removes it
-        started_at = parse_docker_time(state.get("StartedAt")) or self.clock()
+        started_at = state.exit.started_at or self.clock()
         plan = LaunchPlan.from_container(
-            self.labels, info, started_at, self.config.worker_timeout_s
+            self.labels, state, started_at, self.config.worker_timeout_s
         )
         if plan is None or plan.job_id != job_id:
             return None
-        config = info.get("Config") or {}
-        worker = plan.worker(
-            container_id=container_id, image=str(config.get("Image", "")), started_at=started_at
-        )
+        worker = plan.worker(container_id=container_id, image=state.image, started_at=started_at)
         # The wait is in place before the timer can fire, so the exit a kill causes (and
         # the engine's auto-removal after it) is never missed; it answers at once when
         # the container stopped since the inspect above.
-        exit_wait = self.docker.open_wait(container_id)
-        env = dict(item.partition("=")[::2] for item in config.get("Env") or [])
+        exit_wait = self.driver.open_wait(container_id)
+        env = dict(item.partition("=")[::2] for item in state.env)
         # It already runs: it takes a slot, even over capacity.
         lease = self.slots.lease_over_capacity(
             worker.project_id, self.project_cap(worker.project_id)
@@ -106,13 +101,13 @@ class WorkerAdopter:
             exit_wait=exit_wait,
             env_keys=tuple(env),
             masker=worker_masker(env),
-            auto_remove=bool((info.get("HostConfig") or {}).get("AutoRemove")),
+            auto_remove=state.auto_remove,
         )
         remaining = (worker.deadline - self.clock()).total_seconds()
         self.timeouts.arm(tracked, remaining)
         if not self.registry.register(tracked):
             tracked.to_detached()  # closed meanwhile: leave it running, as close() does
-            raise _Closed
+            raise ManagerClosedError
         log.info(
             "adopted running worker",
             extra={"job_id": job_id, "container_id": container_id[:12], "remaining_s": remaining},
@@ -120,7 +115,3 @@ class WorkerAdopter:
         self.listener.started(worker)
         self.exits.watch(tracked)
         return worker
-
-
-class _Closed(Exception):
-    """The manager closed while adopting."""

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Self
 
 from dataclasses_json import DataClassJsonMixin
 
+from ._drivers import DRIVERS, refuse_snapshots
 from ._errors import ConfigError
 from ._naming import is_valid_image_reference
 from ._pull_policy import IF_NOT_PRESENT, PULL_POLICIES
@@ -368,17 +369,7 @@ def _validate_router(config: RouterConfig) -> None:
         raise ConfigError("snapshot_enabled", "must be a boolean")
     if not isinstance(config.stream_output, bool):
         raise ConfigError("stream_output", "must be a boolean")
-    if config.backend not in BACKENDS:
-        raise ConfigError(
-            "backend", f"must be one of {', '.join(BACKENDS)}, got {config.backend!r}"
-        )
-    if config.backend == "swarm" and config.snapshot_enabled:
-        raise ConfigError("backend", SWARM_SNAPSHOTS_REFUSED)
-
-
-BACKENDS = ("docker", "swarm")
-SWARM_SNAPSHOTS_REFUSED = (
-    "snapshots are not available with backend 'swarm': a snapshot image is committed on "
-    "the node that ran the job and the next run may land on another node; turn "
-    "snapshot_enabled off (globally and per project) or use backend 'docker'"
-)
+    if config.backend not in DRIVERS:
+        raise ConfigError("backend", f"must be one of {', '.join(DRIVERS)}, got {config.backend!r}")
+    if config.snapshot_enabled:
+        refuse_snapshots(config.backend, "backend")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ._backend import EngineBackend
-from ._docker import is_conflict, is_not_found
+from ._driver import ImageStore
+from ._errors import EngineConflictError, EngineNotFoundError
 from ._naming import LabelSchema
 from ._sentry import Reporter
 
@@ -28,7 +28,7 @@ DEFAULT_DANGLING_INTERVAL_S = 1800.0  # accumulation is slow; a force=False rmi 
 class DanglingImageReaper:
     """Removes dangling images labelled as dockyard's (force=False; 404/409 left quietly)."""
 
-    docker: EngineBackend
+    images: ImageStore
     labels: LabelSchema
     instance_id: str
     reporter: Reporter
@@ -45,8 +45,8 @@ class DanglingImageReaper:
         images: dict[str, int] = {}
         for labels in self.filters():
             try:
-                listed = self.docker.dangling_images(labels)
-            except Exception as err:
+                listed = self.images.dangling_images(labels)
+            except Exception as err:  # a background pass never raises: report, stop
                 log.warning("dangling image scan could not list images", extra={"error": str(err)})
                 self.reporter.report(err, "dangling_image_cleanup_scan", level="error")
                 return []
@@ -56,12 +56,12 @@ class DanglingImageReaper:
         removed: list[str] = []
         for image_id in images:
             try:
-                self.docker.remove_image(image_id)
-            except Exception as err:
-                if is_conflict(err) or is_not_found(err):
-                    # In use (a container still runs from it) or gone already: next pass.
-                    log.debug("dangling image left for now", extra={"image_id": image_id})
-                    continue
+                self.images.remove_image(image_id)
+            except (EngineConflictError, EngineNotFoundError):
+                # In use (a container still runs from it) or gone already: next pass.
+                log.debug("dangling image left for now", extra={"image_id": image_id})
+                continue
+            except Exception as err:  # a background pass never raises: report, move on
                 log.warning(
                     "could not remove a dangling image",
                     extra={"image_id": image_id, "error": str(err)},

@@ -1,69 +1,52 @@
-"""The low-level Docker gateway: one sized API client and the handful of calls dockyard makes.
+"""The Docker client: one sized API client and the handful of calls the drivers make.
 
-Everything above this module speaks in container ids, plain dicts and typed errors; nothing
-above it builds URLs or knows about connection pools. Every call runs through one wrapper
+It answers in Docker's own dicts and typed errors; the drivers above it (`_docker_driver`,
+`_swarm`) turn those into the core's models, and nothing above it builds URLs or knows
+about connection pools. Every call runs through one wrapper
 (`EngineCalls`) that times it and translates its errors, and every call has a timeout. Exit
 waits are tickets on one events stream per gateway (`_exit_monitor`), not a connection each.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import docker
 import requests
 import urllib3
 from docker.errors import DockerException, create_api_error_from_http_exception
-from docker.utils.socket import frames_iter
 from requests.adapters import HTTPAdapter
 
+from ._create_recovery import LOST_ANSWERS, look_up_made, recover_lost_create
 from ._docker_images import ImageCalls
+from ._driver import CallObserver, ContainerSpec, ExitResult
 from ._errors import (
+    TRANSIENT_ERRORS,
     DockerUnavailableError,
-    call_result,
-    is_conflict,
-    is_missing_image,
-    is_not_found,
-    is_timeout,
-    is_transient,
-    is_unreachable,
+    StreamIdle,
     result_of,
     translate,
 )
-from ._exit_monitor import ExitMonitor, ExitWait, StreamIdle, decode_event, server_time_of
-from ._output import AttachedOutput
-from ._secrets import Secret, reveal
+from ._exit_monitor import ExitMonitor, ExitWait, decode_event, server_time_of
+from ._retry import RetryPolicy, RetryState, call_with_retry
+from ._secrets import reveal
 
 __all__ = [
-    "CallObserver",
-    "ContainerSpec",
+    "REMOVE_RETRY",
     "DockerGateway",
     "EngineCalls",
     "ExitWait",
     "ObservedEngine",
-    "attach_output",
-    "call_result",
-    "create_recovering",
-    "is_conflict",
-    "is_missing_image",
-    "is_not_found",
-    "is_unreachable",
-    "look_up_made",
 ]
 
 log = logging.getLogger("dockyard.docker")
 
 T = TypeVar("T")
-
-CallObserver = Callable[[str, str, float], None]
-"""`(operation, result, seconds)`: told about every engine call once it ended."""
 
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     DockerException,
@@ -73,12 +56,8 @@ _CONNECT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 DEFAULT_HEARTBEAT_S = 2.0  # idle read timeout of the events stream; bounds `close()`
-_CREATE_RETRY_PAUSE_S = 0.2
-_CREATED_LOOKUP_S = 3.0  # how long a create in progress may take to become visible
-_CREATED_LOOKUP_PAUSE_S = 0.1
-_REMOVE_ATTEMPTS = 3
-_REMOVE_RETRY_PAUSE_S = 0.2
-_STOPPED = {"StatusCode": None, "Error": None}
+# Removal is idempotent: two more tries after 0.2 s and 0.4 s.
+REMOVE_RETRY = RetryPolicy(retry_on=TRANSIENT_ERRORS, attempts=2, first_delay_s=0.2)
 
 
 class EngineCalls:
@@ -124,22 +103,6 @@ class ObservedEngine:
         self.calls.observer = observer
 
 
-@dataclass(frozen=True)
-class ContainerSpec:
-    """Everything one `create` call needs; built by the launcher, sent as-is."""
-
-    image: str
-    name: str
-    env: Mapping[str, str | Secret] = field(repr=False)  # revealed only in `_create_once`
-    labels: Mapping[str, str]
-    memory_bytes: int
-    network: str
-    auto_remove: bool
-    command: Sequence[str] | None = None
-    pids_limit: int | None = None
-    no_new_privileges: bool = False
-
-
 class _ResponseEvents:
     """An events stream over a streaming `requests` response (public API only)."""
 
@@ -156,7 +119,10 @@ class _ResponseEvents:
         except requests.exceptions.ConnectionError as err:
             if err.args and isinstance(err.args[0], urllib3.exceptions.ReadTimeoutError):
                 raise StreamIdle() from err
-            raise
+            raise translate("events", err) from err
+        except (requests.exceptions.RequestException, DockerException) as err:
+            # Read outside `EngineCalls.run`: the same table types what breaks the stream.
+            raise translate("events", err) from err
 
     def interrupt(self) -> None:
         # urllib3's public `shutdown()` wakes a read blocked in another thread; where the
@@ -165,7 +131,7 @@ class _ResponseEvents:
         if callable(shutdown):
             try:
                 shutdown()
-            except Exception:
+            except Exception:  # best effort: the heartbeat ends the read anyway
                 log.debug("events stream shutdown failed", exc_info=True)
 
     def close(self) -> None:
@@ -194,6 +160,7 @@ class DockerGateway(ObservedEngine, ImageCalls):
         self._event_labels = list(event_labels)
         self.calls = EngineCalls(observer)
         self._closed = False
+        self._stopping = threading.Event()  # set by close(): retries stop waiting
         self._exits = ExitMonitor(self._open_events, connect_timeout_s=max(1.0, timeout_s))
 
     @classmethod
@@ -264,6 +231,7 @@ class DockerGateway(ObservedEngine, ImageCalls):
         if self._closed:
             return
         self._closed = True
+        self._stopping.set()
         self._exits.close(join_s=self._heartbeat_s + max(1.0, self._timeout_s / 10))
         if self.owns_clients:
             self.api.close()
@@ -293,13 +261,16 @@ class DockerGateway(ObservedEngine, ImageCalls):
         job). When the retry fails otherwise, a container the first attempt left is
         removed on the way out.
         """
-        return create_recovering(
-            spec.name,
-            lambda: self._create_once(spec),
-            lambda: self._created_for(spec),
-            self.remove,
-            retry_if=lambda err: isinstance(err, DockerUnavailableError),
-        )
+        try:
+            return self._create_once(spec)
+        except LOST_ANSWERS as lost:
+            return recover_lost_create(
+                spec.name,
+                lost,
+                lambda: self._create_once(spec),
+                lambda: self._created_for(spec),
+                self.remove,
+            )
 
     def _created_for(self, spec: ContainerSpec) -> str | None:
         """The id of a not yet started container made from `spec`, if one exists.
@@ -373,8 +344,7 @@ class DockerGateway(ObservedEngine, ImageCalls):
         state = info.get("State") or {}
         if not state.get("Running"):
             code = state.get("ExitCode")
-            body = dict(_STOPPED, StatusCode=code if isinstance(code, int) else None)
-            self._exits.resolve(container_id, body)
+            self._exits.resolve(container_id, ExitResult(code if isinstance(code, int) else None))
         return ticket
 
     def _open_events(self, since: str | None) -> _ResponseEvents:
@@ -408,10 +378,6 @@ class DockerGateway(ObservedEngine, ImageCalls):
     def start(self, container_id: str) -> None:
         self._run("start", lambda: self.api.start(container_id))
 
-    def attach_output(self, container_id: str) -> AttachedOutput:
-        """The container's stdout and stderr from its first byte (attach before `start`)."""
-        return self._run("attach", lambda: attach_output(self.api, container_id))
-
     def inspect(self, container_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._run(
             "inspect", lambda: self.api.inspect_container(container_id)
@@ -434,105 +400,31 @@ class DockerGateway(ObservedEngine, ImageCalls):
         self._run("kill", lambda: self.api.kill(container_id))
 
     def remove(self, container_id: str, *, force: bool = True) -> None:
-        """Remove a container, retrying briefly on engine errors (removal is idempotent).
+        """Remove a container, retrying briefly on engine blips (removal is idempotent).
 
         404 (already gone) and 409 (removal under way) are raised at once for the caller
         to judge; a container left behind by a blip would otherwise leak until a scan.
+        Running out raises the last blip's error.
         """
-        for attempt in range(_REMOVE_ATTEMPTS):
-            try:
-                self._run("remove", lambda: self.api.remove_container(container_id, force=force))
-                return
-            except Exception as err:
-                if not is_transient(err) or attempt + 1 >= _REMOVE_ATTEMPTS or self._closed:
-                    raise
-                log.info(
-                    "removing a container failed; retrying",
-                    extra={"container_id": container_id[:12], "error": str(err)},
-                )
-                time.sleep(_REMOVE_RETRY_PAUSE_S * (attempt + 1))
+
+        def remove() -> None:
+            self._run("remove", lambda: self.api.remove_container(container_id, force=force))
+
+        def retrying(err: BaseException, _: RetryState) -> None:
+            log.info(
+                "removing a container failed; retrying",
+                extra={"container_id": container_id[:12], "error": str(err)},
+            )
+
+        call_with_retry(
+            REMOVE_RETRY, remove, stop=self._stopping, on_retry=retrying, raise_last=True
+        )
 
     def list_containers(self, labels: Sequence[str], *, all: bool = True) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._run(
             "list_containers", lambda: self.api.containers(all=all, filters={"label": list(labels)})
         )
         return result
-
-
-def create_recovering(
-    name: str,
-    create_once: Callable[[], str],
-    created_for: Callable[[], str | None],
-    remove: Callable[[str], None],
-    *,
-    retry_if: Callable[[BaseException], bool],
-) -> str:
-    """Create, recovering from a create whose answer got lost; the id of what was made.
-
-    A create that timed out may still have made its object: `created_for` finds it (it
-    matches this launch's labels) and its id is the answer; there is no retry, the time
-    budget is spent. A create that got no answer (`retry_if`) is retried once; the retry's
-    409 with that object is resolved the same way. When the retry fails otherwise, an
-    object the first attempt made is removed: it must not outlive the failed launch.
-    """
-    try:
-        return create_once()
-    except Exception as err:
-        if is_timeout(err):
-            found = created_for()
-            if found is None:
-                raise
-            log.info(
-                "a create that timed out went through; using what it made",
-                extra={"container_name": name, "container_id": found[:12]},
-            )
-            return found
-        if not retry_if(err):
-            raise
-        log.warning(
-            "create got no answer; retrying once",
-            extra={"container_name": name, "error": str(err)},
-        )
-        time.sleep(_CREATE_RETRY_PAUSE_S)  # let a create that went through finish
-    try:
-        return create_once()
-    except Exception as err:
-        leftover = created_for()
-        if leftover is not None and is_conflict(err):
-            log.info(
-                "the unanswered create went through; using what it made",
-                extra={"container_name": name, "container_id": leftover[:12]},
-            )
-            return leftover
-        if leftover is not None:
-            try:
-                remove(leftover)
-            except Exception:
-                log.warning(
-                    "could not remove what a failed create made; the orphan scan will",
-                    extra={"container_name": name, "container_id": leftover[:12]},
-                )
-        raise
-
-
-def look_up_made(
-    inspect: Callable[[], dict[str, Any]], *, not_yet_visible: bool = False
-) -> dict[str, Any] | None:
-    """What `inspect` says of an object a lost create may have made; None when unknown.
-
-    An engine blip is looked through for a while, and so is a 404 when `not_yet_visible`
-    (the engine reserves a container's name before it can be inspected). After that the
-    answer is unknown, and the orphan scan deals with whatever is left.
-    """
-    deadline = time.monotonic() + _CREATED_LOOKUP_S
-    while True:
-        try:
-            return inspect()
-        except Exception as err:
-            transient = is_transient(err) or (not_yet_visible and is_not_found(err))
-            if not transient or time.monotonic() >= deadline:
-                return None
-            time.sleep(_CREATED_LOOKUP_PAUSE_S)
 
 
 def _raise_for_status(response: requests.Response) -> None:
@@ -551,49 +443,3 @@ def _size_tcp_pool(api: docker.APIClient, pool: int) -> None:
     base = str(api.base_url)
     if base.startswith(("http://", "https://")):
         api.mount(base, HTTPAdapter(pool_connections=1, pool_maxsize=pool))
-
-
-# -- a container's output stream --
-
-_ATTACH_PARAMS = {"stdout": 1, "stderr": 1, "stream": 1, "logs": 1}
-
-
-def attach_output(api: docker.APIClient, container_id: str) -> AttachedOutput:
-    """Attach to the container's stdout and stderr; raises the client's error on refusal.
-
-    `POST /containers/{id}/attach?stream=1&logs=1&stdout=1&stderr=1` on a created container
-    not started yet, as `docker run` does: the engine sends every byte from the first one and
-    ends the stream (EOF) at the exit, also when it removes the container after (AutoRemove).
-    Workers run without a TTY: the stream is in frames, read by docker-py's `frames_iter`.
-    """
-    sock: Any = api.attach_socket(container_id, params=_ATTACH_PARAMS)
-    # The OS socket under docker-py's answer (a `SocketIO` on a unix socket): closing the
-    # `SocketIO` alone leaves it open, held by the HTTP connection.
-    raw: Any = getattr(sock, "_sock", sock)
-    return AttachedOutput(frames=_frames(sock, raw), close=lambda: _shut(sock, raw))
-
-
-def _frames(sock: Any, raw: Any) -> Iterator[tuple[int, bytes]]:
-    try:
-        for stream, data in frames_iter(sock, tty=False):  # type: ignore[no-untyped-call]
-            yield stream, bytes(data)
-    finally:
-        _close(sock, raw)
-
-
-def _shut(sock: Any, raw: Any) -> None:
-    """Wake a read blocked on the stream (from another thread): the reader then ends."""
-    shutdown = getattr(raw, "shutdown", None)
-    if callable(shutdown):
-        with contextlib.suppress(OSError):
-            shutdown(socket.SHUT_RDWR)
-    else:  # a transport without shutdown (ssh channel): closing is all there is
-        _close(sock, raw)
-
-
-def _close(sock: Any, raw: Any) -> None:
-    response = getattr(sock, "_response", None)
-    for closable in (sock, raw, response):
-        if closable is not None:
-            with contextlib.suppress(Exception):
-                closable.close()

@@ -15,7 +15,7 @@ import docker
 import requests
 from docker.errors import APIError
 
-from ._errors import DockerUnavailableError, EngineError, EngineTimeoutError
+from ._errors import DockyardError, copy_error
 from ._exit_monitor import decode_event
 from ._registry_auth import RegistryAuth
 
@@ -183,10 +183,13 @@ class ImageCalls:
                     headers={"X-Registry-Auth": auth_config.header()} if auth_config else None,
                 ),
             )
-        except Exception as err:
+        except DockyardError as err:
             if auth_config is None:
                 raise
-            raise _without_request(err, f"pull of {image} failed") from None
+            what = f"pull of {image} failed"
+            detail = getattr(err, "explanation", None) or str(err)
+            message = detail if str(detail).startswith(what) else f"{what}: {detail}"
+            raise copy_error(err, message=message) from None
 
     def _drain(self, what: str, path: str, timeout_s: float, **request: Any) -> None:
         """POST `path` and read its JSON progress lines within `timeout_s`, raising on their
@@ -207,19 +210,6 @@ class ImageCalls:
                     raise TimeoutError(f"{what} exceeded {timeout_s:g}s")
         finally:
             response.close()
-
-
-def _without_request(err: Exception, what: str) -> Exception:
-    """The same typed failure, as a new error holding only its message (no request)."""
-    detail = getattr(err, "explanation", None) or str(err)
-    message = detail if str(detail).startswith(what) else f"{what}: {detail}"
-    if isinstance(err, EngineError):
-        return type(err)("pull", err.status_code, message)
-    if isinstance(err, EngineTimeoutError):
-        return EngineTimeoutError(message)
-    if isinstance(err, DockerUnavailableError):
-        return DockerUnavailableError(message)
-    return EngineError("pull", None, message)
 
 
 def _split_reference(image: str) -> tuple[str, str | None]:

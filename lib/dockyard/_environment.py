@@ -156,7 +156,7 @@ def _credentials(fields: JobFields, sources: EnvSources) -> dict[str, str | Secr
         return {}
     try:
         raw = dict(sources.credentials.get_project_credentials(fields.project_id))
-    except Exception as err:
+    except Exception as err:  # a host hook: any failure
         # Without credentials the worker can still run (and report its own failure).
         log.warning(
             "credential resolution failed; starting without credentials",

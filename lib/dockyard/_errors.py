@@ -1,20 +1,27 @@
-"""Errors: every typed error dockyard raises, and the one place engine errors become them.
+"""Errors: every error class dockyard defines, and the one table that maps engine failures.
 
-`translate` turns what escapes a docker-py call into a typed error: an engine that does not
-answer becomes `DockerUnavailableError`, an engine that says no an `EngineError` (with
-`EngineNotFoundError` and `EngineConflictError` for the answers callers branch on, and
-`EngineImageHasChildrenError` for the conflict of removing an image that is another's parent). The
-gateway's `EngineCalls.run` applies it to every call. The predicates below understand both
-these and the raw docker-py errors.
+`translate` turns what escapes a call to the layer below (docker-py, requests) into a typed
+error, as httpx's `_exceptions` maps httpcore's: an engine that does not answer becomes
+`DockerUnavailableError` (`EngineTimeoutError` when it was too slow), an engine that says no
+an `EngineError` subclass chosen by the table below from the HTTP status and the engine's
+message. Podman answers several refusals with 500 and a message where Docker has its own
+status: the message rows recognise both, so no caller ever sniffs a message. Callers catch
+the types (`except ImageNotFoundError:`).
 """
 
 from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
 
 import requests
 from docker.errors import APIError, DockerException, NotFound
 
 __all__ = [
+    "TRANSIENT_ERRORS",
     "ConfigError",
+    "ContainerNotFoundError",
     "DockerUnavailableError",
     "DockyardError",
     "DuplicateJobError",
@@ -22,25 +29,39 @@ __all__ = [
     "EngineError",
     "EngineImageHasChildrenError",
     "EngineNotFoundError",
+    "EngineServerError",
     "EngineTimeoutError",
+    "EngineUnreachableError",
+    "ExitWaitClosedError",
     "ForkedManagerError",
+    "ImageNotFoundError",
     "InvalidJobError",
+    "InvalidReferenceError",
+    "JobDataOffloadError",
+    "ManagerClosedError",
+    "NameInUseError",
+    "NetworkNotFoundError",
     "NoWorkerSlotError",
+    "RemovalInProgressError",
+    "RetriesExhaustedError",
+    "SnapshotScrubError",
+    "StillRunningError",
+    "StreamIdle",
+    "UnpullableImageError",
+    "UsageError",
     "WorkerCancelledError",
+    "WorkerExitError",
     "WorkerImageResolutionError",
     "WorkerSpawnError",
+    "WorkerTimeoutError",
     "as_spawn_error",
-    "call_result",
-    "is_conflict",
-    "is_image_with_children",
-    "is_missing_image",
-    "is_not_found",
-    "is_timeout",
-    "is_transient",
-    "is_unreachable",
+    "copy_error",
     "result_of",
     "translate",
 ]
+
+
+# -- public errors --
 
 
 class DockyardError(Exception):
@@ -145,6 +166,10 @@ class WorkerSpawnError(DockyardError):
         self.status_code = status_code
 
 
+class JobDataOffloadError(DockyardError):
+    """The job data could not be written to the job data store; no container was made."""
+
+
 class ForkedManagerError(DockyardError, RuntimeError):
     """A `ContainerManager` was used in a process forked after it was created.
 
@@ -168,23 +193,11 @@ class ForkedManagerError(DockyardError, RuntimeError):
         return type(self), (self.owner_pid, self.pid)
 
 
-# -- engine errors, translated at one boundary --
-
-
-# Errors that mean "the engine did not answer" rather than "the engine said no".
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
-    requests.exceptions.ConnectionError,
-    requests.exceptions.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    ConnectionError,
-    TimeoutError,
-)
-_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (requests.exceptions.Timeout, TimeoutError)
-_UNAVAILABLE_STATUSES = (502, 503, 504)
+# -- engine errors: what the table below produces --
 
 
 class EngineError(DockyardError):
-    """The engine answered a call with an error status; the docker-py error is the cause."""
+    """The engine answered a call with an error; the layer below's error is the cause."""
 
     def __init__(self, operation: str, status_code: int | None, explanation: str) -> None:
         status = f" ({status_code})" if status_code is not None else ""
@@ -194,16 +207,44 @@ class EngineError(DockyardError):
         self.explanation = explanation
 
     def __reduce__(self) -> tuple[type[EngineError], tuple[str, int | None, str]]:
-        # `copy.copy` (the image puller hands each caller its own copy) rebuilds from these.
+        # `copy.copy` (`copy_error`) rebuilds from these.
         return type(self), (self.operation, self.status_code, self.explanation)
 
 
 class EngineNotFoundError(EngineError, LookupError):
-    """404: no such container, image or network (`explanation` says which)."""
+    """No such object (container, image, network, service); a subclass says which when known."""
+
+
+class ContainerNotFoundError(EngineNotFoundError):
+    """No such container (or worker): gone, or never made."""
+
+
+class ImageNotFoundError(EngineNotFoundError):
+    """No such image on the engine (a create never pulls by itself)."""
+
+
+class NetworkNotFoundError(EngineNotFoundError):
+    """No such network."""
 
 
 class EngineConflictError(EngineError):
-    """409: a name in use, or a removal already under way."""
+    """The object's state forbids the call: a name in use, a removal under way."""
+
+
+class NameInUseError(EngineConflictError):
+    """Another object already has this name."""
+
+
+class RemovalInProgressError(EngineConflictError):
+    """The engine is already removing this container (its own auto-removal, say)."""
+
+
+class InvalidReferenceError(EngineError, ValueError):
+    """The engine refused an image reference as malformed."""
+
+
+class EngineServerError(EngineError):
+    """The engine failed on its side (5xx): worth another try."""
 
 
 class EngineImageHasChildrenError(EngineConflictError):
@@ -212,47 +253,160 @@ class EngineImageHasChildrenError(EngineConflictError):
     and retrying changes nothing while the children stay."""
 
 
-# The engine's words for an image that is another image's parent (Docker: "conflict:
-# unable to delete ... (cannot be forced) - image has dependent child images").
-_IMAGE_HAS_CHILDREN = "dependent child images"
-
-
 class EngineTimeoutError(DockerUnavailableError, TimeoutError):
     """The engine took longer than the call's timeout to answer."""
 
 
+class EngineUnreachableError(DockerUnavailableError):
+    """No answer at all: the connection failed or broke, or a proxy said the engine is down."""
+
+
+class ExitWaitClosedError(DockerUnavailableError):
+    """The exit wait was closed (or its gateway shut down) before the container exited."""
+
+
+class StreamIdle(Exception):
+    """The events stream was quiet for a whole heartbeat: reconnect, keep the tickets."""
+
+
+class StillRunningError(Exception):
+    """A polled task has not ended yet: a poll under a retry policy looks again."""
+
+
+class UnpullableImageError(LookupError):
+    """The image is a bare image id: absent locally, and no registry can serve it by id."""
+
+
+class SnapshotScrubError(RuntimeError):
+    """A committed image still holds an environment value that had to be blanked."""
+
+
+class RetriesExhaustedError(DockyardError):
+    """A retry policy ran out (count, window, or stopped); `last_error` is also the cause."""
+
+    def __init__(self, message: str, last_error: BaseException | None) -> None:
+        super().__init__(message)
+        self.last_error = last_error
+
+
+class ManagerClosedError(Exception):
+    """The manager closed while a background step (adoption) was under way."""
+
+
+class UsageError(Exception):
+    """Something to say on one stderr line before exiting with status 2; nothing was started."""
+
+
+# Reported to Sentry, never raised to callers.
+
+
+class WorkerExitError(RuntimeError):
+    """Reported when a worker exits non-zero (never raised to callers)."""
+
+
+class WorkerTimeoutError(TimeoutError):
+    """Reported when a worker overruns its deadline (never raised to callers)."""
+
+
+# -- the mapping table --
+
+
+@dataclass(frozen=True)
+class _Row:
+    """Engine answers with one of `statuses` (empty: any) whose message matches `pattern`."""
+
+    error: type[EngineError]
+    statuses: frozenset[int] = frozenset()
+    pattern: re.Pattern[str] | None = None
+
+    def matches(self, status: int | None, message: str) -> bool:
+        if self.statuses and status not in self.statuses:
+            return False
+        return self.pattern is None or self.pattern.search(message) is not None
+
+
+def _says(*phrases: str) -> re.Pattern[str]:
+    return re.compile("|".join(phrases), re.IGNORECASE)
+
+
+# First match wins: the message rows (Docker's and Podman's wording, whatever the status)
+# come before the bare status rows.
+ENGINE_ANSWERS: tuple[_Row, ...] = (
+    _Row(ImageNotFoundError, pattern=_says(r"no such image", r"image not known")),
+    _Row(
+        NetworkNotFoundError,
+        pattern=_says(r"network \S+ not found", r"no such network", r"unable to find network"),
+    ),
+    _Row(
+        ContainerNotFoundError,
+        pattern=_says(r"no such container", r"no container with (?:name or )?id .* found"),
+    ),
+    _Row(RemovalInProgressError, pattern=_says(r"removal of container .* already in progress")),
+    # Docker: "conflict: unable to delete ... (cannot be forced) - image has dependent child
+    # images": the image is another image's parent.
+    _Row(EngineImageHasChildrenError, pattern=_says(r"dependent child images")),
+    _Row(NameInUseError, pattern=_says(r"name .* is already in use")),
+    _Row(InvalidReferenceError, pattern=_says(r"invalid reference format")),
+    _Row(EngineNotFoundError, frozenset({404})),
+    _Row(EngineConflictError, frozenset({409})),
+    _Row(EngineServerError, frozenset(range(500, 600))),
+)
+
+# The engine did not answer: (error types, what they become, the message), first match wins.
+_UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
+_NoAnswer = tuple[tuple[type[BaseException], ...], type[DockerUnavailableError], str]
+_NO_ANSWER: tuple[_NoAnswer, ...] = (
+    ((requests.exceptions.Timeout, TimeoutError), EngineTimeoutError, "no answer in time"),
+    (
+        (
+            requests.exceptions.ConnectionError,
+            requests.exceptions.ChunkedEncodingError,
+            ConnectionError,
+        ),
+        EngineUnreachableError,
+        "engine unreachable ({err})",
+    ),
+)
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (DockerUnavailableError, EngineServerError)
+"""What an engine blip raises: no answer, or a 5xx answer. Retry policies retry these."""
+
+
 def translate(operation: str, err: BaseException) -> BaseException:
-    """The typed error for what escaped an engine call (typed errors pass through)."""
+    """The typed error for what escaped an engine call (typed errors pass through).
+
+    Anything that is not an engine failure (a bug, an interrupt) is returned unchanged.
+    """
     if isinstance(err, DockyardError):
         return err
     if isinstance(err, APIError):
         status = _status(err)
         explanation = str(err.explanation or err)
         if status in _UNAVAILABLE_STATUSES:
-            return DockerUnavailableError(f"Docker {operation}: engine unavailable ({status})")
-        cls = {404: EngineNotFoundError, 409: EngineConflictError}.get(status or 0, EngineError)
-        if status == 409 and _IMAGE_HAS_CHILDREN in explanation.lower():
-            cls = EngineImageHasChildrenError
-        return cls(operation, status, explanation)
-    if isinstance(err, _TIMEOUT_ERRORS):
-        return EngineTimeoutError(f"Docker {operation}: no answer in time")
-    if isinstance(err, TRANSPORT_ERRORS):
-        return DockerUnavailableError(f"Docker {operation}: engine unreachable ({err})")
+            return EngineUnreachableError(f"Docker {operation}: engine unavailable ({status})")
+        for row in ENGINE_ANSWERS:
+            if row.matches(status, explanation):
+                return row.error(operation, status, explanation)
+        return EngineError(operation, status, explanation)
+    for kinds, error, message in _NO_ANSWER:
+        if isinstance(err, kinds):
+            return error(f"Docker {operation}: " + message.format(err=err))
     if isinstance(err, DockerException | requests.exceptions.RequestException):
         return EngineError(operation, None, str(err))
-    return err  # not an engine error (a bug, an interrupt): unchanged
+    return err
 
 
-def call_result(err: BaseException | None) -> str:
+def _status(err: APIError) -> int | None:
+    if err.status_code is None and isinstance(err, NotFound):
+        return 404  # docker-py's NotFound made without a response
+    return err.status_code
+
+
+def result_of(err: BaseException | None) -> str:
     """How an engine call ended, for metrics: `ok`, `not_found`, `conflict`, `unreachable`,
-    `error`."""
+    `error` (`err` is the translated error, None for success)."""
     if err is None:
         return "ok"
-    return result_of(translate("call", err))
-
-
-def result_of(err: BaseException) -> str:
-    """How a call that raised the translated `err` ended, for metrics."""
     results = (
         (DockerUnavailableError, "unreachable"),
         (EngineNotFoundError, "not_found"),
@@ -262,70 +416,49 @@ def result_of(err: BaseException) -> str:
 
 
 def as_spawn_error(err: BaseException) -> BaseException:
-    """What `spawn_worker` raises for `err`: public `DockyardError`s only.
+    """What `spawn_worker` raises for `err` (already translated): public `DockyardError`s only.
 
-    Engine refusals become `WorkerSpawnError` with the engine's status and the docker-py
-    error as the cause; public typed errors stay as they are.
+    Engine refusals become `WorkerSpawnError` with the engine's status and the layer
+    below's error as the cause; public typed errors stay as they are.
     """
-    typed = translate("launch", err)
-    if isinstance(typed, EngineError):
-        spawn = WorkerSpawnError(str(typed), typed.status_code)
-        spawn.__cause__ = typed.__cause__ if typed.__cause__ is not None else err
+    if isinstance(err, EngineError):
+        spawn = WorkerSpawnError(str(err), err.status_code)
+        spawn.__cause__ = err.__cause__ if err.__cause__ is not None else err
         return spawn
-    if isinstance(typed, DockyardError):
-        if typed is not err:
-            typed.__cause__ = err
-        return typed
-    if isinstance(typed, Exception):
-        spawn = WorkerSpawnError(f"launch failed: {typed}")
-        spawn.__cause__ = typed
+    if isinstance(err, DockyardError):
+        return err
+    if isinstance(err, Exception):
+        spawn = WorkerSpawnError(f"launch failed: {err}")
+        spawn.__cause__ = err
         return spawn
-    return typed  # KeyboardInterrupt, SystemExit: never disguised
+    return err  # KeyboardInterrupt, SystemExit: never disguised
 
 
-def _status(err: BaseException) -> int | None:
-    if isinstance(err, EngineError | APIError):
-        if err.status_code is None and isinstance(err, NotFound):
-            return 404  # docker-py's NotFound made without a response
-        return err.status_code
-    return None
+def copy_error(
+    err: BaseException, *, message: str | None = None, keep_traceback: bool = False
+) -> BaseException:
+    """A copy of a shared error for one more raiser or report.
 
-
-def is_unreachable(err: BaseException) -> bool:
-    """True when the engine could not be reached or dropped the connection."""
-    if isinstance(err, (DockerUnavailableError, *TRANSPORT_ERRORS)):
-        return True
-    return _status(err) in _UNAVAILABLE_STATUSES
-
-
-def is_transient(err: BaseException) -> bool:
-    """True for an engine blip worth another try: no answer, or a 5xx answer."""
-    if is_unreachable(err):
-        return True
-    return isinstance(err, EngineError) and (err.status_code or 0) >= 500
-
-
-def is_timeout(err: BaseException) -> bool:
-    """True when the engine did not answer within the call's timeout."""
-    return isinstance(err, (EngineTimeoutError, *_TIMEOUT_ERRORS))
-
-
-def is_not_found(err: BaseException) -> bool:
-    return _status(err) == 404
-
-
-def is_conflict(err: BaseException) -> bool:
-    return _status(err) == 409
-
-
-def is_image_with_children(err: BaseException) -> bool:
-    """True when an image removal was refused because other images have it as parent."""
-    return isinstance(translate("call", err), EngineImageHasChildrenError)
-
-
-def is_missing_image(err: BaseException) -> bool:
-    """A 404 whose text says the image does not exist (not a missing container or network)."""
-    if not is_not_found(err):
-        return False
-    text = f"{getattr(err, 'explanation', '') or ''} {err}".lower()
-    return "no such image" in text
+    Re-raising one object from many threads keeps appending every raiser's frames to its
+    traceback, and Sentry's dedupe drops a second report of the same object: each gets
+    its own copy, with the same chain (and traceback when `keep_traceback`). With
+    `message`, the copy holds only that message and no chain: nothing of the request
+    that failed (a pull's credentials) survives. An error that cannot be copied is
+    returned as it is.
+    """
+    if message is not None:
+        if isinstance(err, EngineError):
+            return type(err)(err.operation, err.status_code, message)
+        if isinstance(err, DockerUnavailableError):
+            return type(err)(message)
+        return EngineError("call", None, message)
+    try:
+        clone = copy.copy(err)
+    except Exception:  # any copy protocol failure: the original serves
+        return err
+    if type(clone) is not type(err) or clone is err:
+        return err
+    clone.__cause__ = err.__cause__
+    clone.__context__ = err.__context__
+    clone.__suppress_context__ = err.__suppress_context__
+    return clone.with_traceback(err.__traceback__ if keep_traceback else None)

@@ -14,7 +14,6 @@ removal; the outcome last, so that a caller who sees it finds the container gone
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import threading
 import time
@@ -24,20 +23,27 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from ._backend import EngineBackend
-from ._docker import is_conflict, is_not_found, is_unreachable
+from ._driver import Driver, ExitResult, WorkerState
+from ._errors import (
+    DockerUnavailableError,
+    DockyardError,
+    EngineConflictError,
+    EngineNotFoundError,
+    RetriesExhaustedError,
+    WorkerExitError,
+    WorkerTimeoutError,
+)
 from ._listener import log_ids
-from ._loops import Activity, RetryPolicy
+from ._loops import Activity
 from ._models import OutcomeStatus, WorkerOutcome
 from ._output import tail_extra
 from ._registry import WorkerRegistry
-from ._sentry import Reporter, WorkerExitError, WorkerTimeoutError
+from ._retry import RetryPolicy, RetryState, call_with_retry
+from ._sentry import Reporter
 from ._snapshots import SnapshotManager
-from ._times import parse_docker_time
 from ._tracker import TrackedWorker
 
 __all__ = [
-    "ExitFacts",
     "ExitWatcher",
     "Exited",
     "Lost",
@@ -54,37 +60,11 @@ _REMOVAL_WAIT_S = 10.0
 _OUTPUT_DRAIN_S = 5.0
 
 
-@dataclass(frozen=True)
-class ExitFacts:
-    """What inspect told about an exit; every field None when inspect failed."""
-
-    oom_killed: bool | None = None
-    error: str | None = None
-    duration_s: float | None = None
-    finished_at: datetime | None = None
-
-
-def exit_facts(state: dict[str, Any]) -> ExitFacts:
-    started = parse_docker_time(state.get("StartedAt"))
-    finished = parse_docker_time(state.get("FinishedAt"))
-    duration = None
-    if started is not None and finished is not None:
-        seconds = (finished - started).total_seconds()
-        duration = seconds if math.isfinite(seconds) and seconds >= 0 else None
-    oom = state.get("OOMKilled")
-    return ExitFacts(
-        oom_killed=oom if isinstance(oom, bool) else None,
-        error=state.get("Error") or None,
-        duration_s=duration,
-        finished_at=finished,
-    )
-
-
 @dataclass(kw_only=True, eq=False)  # one watcher per manager: identity, no field-wise ==
 class ExitWatcher:
     """Runs each worker's wait on the wait executor and turns its exit into one outcome."""
 
-    docker: EngineBackend
+    driver: Driver
     registry: WorkerRegistry
     reporter: Reporter
     snapshots: SnapshotManager | None
@@ -101,7 +81,7 @@ class ExitWatcher:
 
     def _run(self, tracked: TrackedWorker) -> None:
         try:
-            ended = await_exit(self.docker, tracked, self.wait_policy)
+            ended = await_exit(self.driver, tracked, self.wait_policy)
             if isinstance(ended, Exited) and not tracked.record_exit():
                 return  # detached meanwhile
             if tracked.is_over:
@@ -135,8 +115,8 @@ class ExitWatcher:
 
     def _handle_exit(self, tracked: TrackedWorker, exited: Exited) -> None:
         worker = tracked.worker
-        info = exited.info or self._inspect(tracked)
-        facts = exit_facts(info.get("State") or {}) if info is not None else ExitFacts()
+        state = exited.state or self._inspect(tracked)
+        facts = state.exit if state is not None else ExitResult(None)
         tail = self._log_tail(tracked)
         code = exited.status_code
         status: OutcomeStatus
@@ -173,14 +153,14 @@ class ExitWatcher:
             and worker.work_item_id
         ):
             # The exit inspect already holds the env to scrub: no second round-trip.
-            config = (info.get("Config") or {}) if info is not None else {}
-            labels = config.get("Labels") or {}
             try:
                 self.snapshots.commit(
                     worker,
                     tracked.env_keys,
-                    container_env=config.get("Env") if info is not None else None,
-                    base_image=labels.get(self.snapshots.labels.base_image),
+                    container_env=state.env if state is not None else None,
+                    base_image=(state.labels if state is not None else {}).get(
+                        self.snapshots.labels.base_image
+                    ),
                 )
             except Exception as err:  # a snapshot only saves warmth: never the outcome
                 log.warning(
@@ -225,21 +205,19 @@ class ExitWatcher:
         )
         self.registry.settle(tracked, outcome)
 
-    def _inspect(self, tracked: TrackedWorker) -> dict[str, Any] | None:
-        """The exited container's inspect data; None (with a warning) when it failed."""
+    def _inspect(self, tracked: TrackedWorker) -> WorkerState | None:
+        """The exited worker's state; None (with a warning) when the inspect failed."""
         try:
-            return self.docker.inspect(tracked.worker.container_id)
-        except Exception as err:
-            worker_id = tracked.job_id
-            if is_not_found(err):  # expected with AutoRemove: the engine was quicker
-                log.debug("container gone before the exit inspect", extra={"job_id": worker_id})
-            else:
-                log.warning(
-                    "could not inspect an exited worker; its outcome lacks OOM and duration "
-                    "details (check that the Docker engine is healthy)",
-                    extra={"job_id": tracked.job_id, "error": str(err)},
-                )
-            return None
+            return self.driver.inspect(tracked.worker.container_id)
+        except EngineNotFoundError:  # expected with AutoRemove: the engine was quicker
+            log.debug("container gone before the exit inspect", extra={"job_id": tracked.job_id})
+        except DockyardError as err:
+            log.warning(
+                "could not inspect an exited worker; its outcome lacks OOM and duration "
+                "details (check that the Docker engine is healthy)",
+                extra={"job_id": tracked.job_id, "error": str(err)},
+            )
+        return None
 
     def _log_tail(self, tracked: TrackedWorker) -> tuple[str, ...]:
         """The worker's last lines (masked), logged; the outcome's `log_tail`.
@@ -258,8 +236,8 @@ class ExitWatcher:
             return ()
         else:
             try:
-                text = self.docker.logs_tail(tracked.worker.container_id, self.log_tail_lines)
-            except Exception:
+                text = self.driver.log_tail(tracked.worker.container_id, self.log_tail_lines)
+            except DockyardError:  # a tail is best effort: a gone container has none
                 log.debug("no logs for worker", extra={"job_id": tracked.job_id}, exc_info=True)
                 return ()
             tail = tuple(tracked.masker.mask(text).splitlines()[-self.log_tail_lines :])
@@ -288,35 +266,35 @@ class ExitWatcher:
         # meet 409/404. Removing it ourselves is the fallback when that does not happen.
         if tracked.auto_remove and self._await_removal(tracked):
             return
+
         # An engine restarting must not leave the container behind: retry as long as a
         # broken wait would be retried.
-        retry = self.wait_policy.begin(tracked.ended)
-        while True:
-            try:
-                self.docker.remove(container_id, force=True)
-                return
-            except Exception as err:
-                if is_not_found(err):
-                    return
-                if is_conflict(err):  # 409: the engine's own auto-removal is under way
-                    break
-                if is_unreachable(err) and retry.sleep():
-                    continue
-                log.warning(
-                    "could not remove a finished worker container; the orphan scan removes "
-                    "it later (check that the Docker engine is healthy)",
-                    extra=log_ids(tracked.worker),
-                )
-                return
+        policy = replace(self.wait_policy, retry_on=(DockerUnavailableError,))
+        try:
+            call_with_retry(
+                policy, lambda: self.driver.remove(container_id, force=True), stop=tracked.ended
+            )
+            return
+        except EngineNotFoundError:
+            return
+        except EngineConflictError:  # 409: the engine's own auto-removal is under way
+            pass
+        except (RetriesExhaustedError, DockyardError):
+            log.warning(
+                "could not remove a finished worker container; the orphan scan removes "
+                "it later (check that the Docker engine is healthy)",
+                extra=log_ids(tracked.worker),
+            )
+            return
         self._await_removal(tracked)
 
     def _await_removal(self, tracked: TrackedWorker) -> bool:
         """Wait until the engine has removed the container; False when that is not known."""
         try:
-            self.docker.wait_removed(tracked.worker.container_id, _REMOVAL_WAIT_S)
-        except Exception as err:
-            if is_not_found(err):
-                return True  # gone already
+            self.driver.wait_removed(tracked.worker.container_id, _REMOVAL_WAIT_S)
+        except EngineNotFoundError:
+            return True  # gone already
+        except DockyardError:
             log.debug(
                 "waiting for auto-removal ended", extra={"job_id": tracked.job_id}, exc_info=True
             )
@@ -324,7 +302,7 @@ class ExitWatcher:
         return True
 
 
-def _caused_by_kill(tracked: TrackedWorker, facts: ExitFacts) -> bool:
+def _caused_by_kill(tracked: TrackedWorker, facts: ExitResult) -> bool:
     """The kill began before the exit: a natural exit the kill only raced stays natural.
 
     Natural only when the engine says so by both measures: the exit's time is before the
@@ -351,7 +329,7 @@ class Exited:
     """The worker exited (status None when unknown)."""
 
     status_code: int | None
-    info: dict[str, Any] | None = None  # the container already inspected while recovering
+    state: WorkerState | None = None  # the worker already inspected while recovering
 
 
 @dataclass(frozen=True)
@@ -362,11 +340,7 @@ class Lost:
     error: BaseException
 
 
-class _WaitFailed(Exception):
-    """The engine answered a wait with an error instead of an exit."""
-
-
-def await_exit(docker: EngineBackend, tracked: TrackedWorker, policy: RetryPolicy) -> Exited | Lost:
+def await_exit(driver: Driver, tracked: TrackedWorker, policy: RetryPolicy) -> Exited | Lost:
     """Wait, riding out broken streams and engine blips; see the spec's wait-error rule.
 
     A broken wait is followed by an inspect: a running container gets a new wait, an
@@ -375,8 +349,9 @@ def await_exit(docker: EngineBackend, tracked: TrackedWorker, policy: RetryPolic
     at once (`_MAX_WAIT_RESUMES` times in a row) writes the worker off as lost.
     """
     container_id = tracked.worker.container_id
-    unreachable = policy.begin(tracked.ended)
-    broken = replace(policy, window_s=None, attempts=_MAX_WAIT_RESUMES).begin(tracked.ended)
+    # Begun when the wait first breaks: a wait that just ends costs nothing here.
+    unreachable: RetryState | None = None
+    broken: RetryState | None = None
     while True:
         if tracked.is_over:
             return Lost("detached", RuntimeError("detached"))
@@ -384,49 +359,49 @@ def await_exit(docker: EngineBackend, tracked: TrackedWorker, policy: RetryPolic
         exit_wait = tracked.current_exit_wait()
         try:
             if exit_wait is None:
-                exit_wait = docker.open_wait(container_id)
+                exit_wait = driver.open_wait(container_id)
                 if not tracked.set_exit_wait(exit_wait):
                     return Lost("detached", RuntimeError("detached"))
-            body = exit_wait.result()
-            code = body.get("StatusCode")
-            error = body.get("Error")
-            failure = error.get("Message") if isinstance(error, dict) else None
-            if failure:  # the wait itself failed: its status code means nothing
-                raise _WaitFailed(str(failure))
-            return Exited(int(code) if isinstance(code, int) else None)
-        except Exception as err:
+            return Exited(exit_wait.result().exit_code)
+        except DockyardError as err:  # the wait broke (typed, as every engine failure)
             if exit_wait is not None:
                 tracked.drop_exit_wait(exit_wait)
             if tracked.is_over:
                 return Lost("detached", err)
             wait_error = err
-        if time.monotonic() - opened_at >= _STABLE_WAIT_S:
-            broken.reset()  # that wait held: not part of a streak of failures
+        if broken is None or time.monotonic() - opened_at >= _STABLE_WAIT_S:
+            # The first break, or that wait held: not part of a streak of failures.
+            streak = replace(policy, window_s=None, attempts=_MAX_WAIT_RESUMES)
+            broken = streak.begin(tracked.ended)
         # The wait broke: find out whether the worker is still there.
         try:
-            info = docker.inspect(container_id)
-        except Exception as err:
-            if is_not_found(err):
-                return Lost("container is gone", wait_error)
+            state = driver.inspect(container_id)
+        except EngineNotFoundError:
+            return Lost("container is gone", wait_error)
+        except DockyardError as err:
             log.info(
                 "wait interrupted and the engine does not answer; retrying",
                 extra={"job_id": tracked.job_id, "error": str(err)},
             )
-            if not unreachable.sleep():
+            try:
+                unreachable = (unreachable or policy.begin(tracked.ended)).increment(err)
+                unreachable.sleep()
+            except RetriesExhaustedError:
                 return Lost("engine unreachable", err)
             continue
-        unreachable.reset()
-        state = info.get("State") or {}
-        if state.get("Running") or state.get("Restarting") or state.get("Paused"):
+        unreachable = None  # it answered: the window starts over
+        if state.running:
             log.info(
                 "wait interrupted; worker still running, resuming",
                 extra={"job_id": tracked.job_id, "attempt": broken.attempt + 1},
             )
-            if not broken.sleep():
+            try:
+                broken = broken.increment(wait_error)
+                broken.sleep()
+            except RetriesExhaustedError:
                 return Lost("wait kept failing", wait_error)
             continue
-        code = state.get("ExitCode")
-        return Exited(int(code) if isinstance(code, int) else None, info)
+        return Exited(state.exit.exit_code, state)
 
 
 # -- timeouts: the deadline kill --
@@ -452,7 +427,7 @@ class TimeoutController:
     back-offs end as soon as the worker exits or is detached.
     """
 
-    docker: EngineBackend
+    driver: Driver
     reporter: Reporter
     grace_s: float
     kill_policy: RetryPolicy
@@ -534,7 +509,9 @@ class TimeoutController:
             )
         else:
             return False
-        if not self._stop_once(tracked):
+        try:
+            self._stop_once(tracked)
+        except DockyardError:
             self._schedule(tracked, 0.0, "kill-retry", self._kill_until_stopped)
         return True
 
@@ -571,12 +548,11 @@ class TimeoutController:
 
     def _kill_until_stopped(self, tracked: TrackedWorker) -> None:
         """Stop, else kill; again after each back-off while the worker runs."""
-        run = self.kill_policy.begin(tracked.exited)
-        while tracked.may_stop() and not self._closing.is_set():
-            if self._stop_once(tracked):
-                return
-            if not run.sleep():
-                break
+        try:
+            call_with_retry(self.kill_policy, lambda: self._stop_once(tracked), stop=tracked.exited)
+            return
+        except (RetriesExhaustedError, DockyardError):
+            pass
         if tracked.may_stop() and not self._closing.is_set():
             kill_log.error(
                 "could not stop an overdue worker; the engine refuses stop and kill "
@@ -584,29 +560,31 @@ class TimeoutController:
                 extra=log_ids(tracked.worker),
             )
 
-    def _stop_once(self, tracked: TrackedWorker) -> bool:
-        """One round of stop-then-kill; True when the container is stopping or gone."""
+    def _stop_once(self, tracked: TrackedWorker) -> None:
+        """One round of stop-then-kill; returns once the container is stopping or gone (or
+        no longer this path's to stop), raises the kill's error otherwise."""
         worker = tracked.worker
+        if self._closing.is_set() or not tracked.may_stop():
+            return
         try:
-            self.docker.stop(worker.container_id, self.grace_s)  # SIGTERM, then SIGKILL
-            return True
-        except Exception as err:
-            if is_not_found(err):
-                return True  # already gone: the exit watcher reports it
+            self.driver.stop(worker.container_id, self.grace_s)  # SIGTERM, then SIGKILL
+            return
+        except EngineNotFoundError:
+            return  # already gone: the exit watcher reports it
+        except DockyardError as err:
             kill_log.warning(
                 "stopping a worker failed; sending SIGKILL",
                 extra=log_ids(worker, error=str(err)),
             )
         if self._closing.is_set() or not tracked.may_stop():
-            return True
+            return
         try:
-            self.docker.kill(worker.container_id)
-            return True
-        except Exception as err:
-            if is_not_found(err):
-                return True
+            self.driver.kill(worker.container_id)
+        except EngineNotFoundError:
+            return
+        except DockyardError as err:
             kill_log.warning(
                 "killing a worker failed; retrying",
                 extra=log_ids(worker, error=str(err)),
             )
-        return False
+            raise

@@ -20,24 +20,24 @@ from typing import Any, Protocol
 
 from cachetools import TTLCache
 
-from ._errors import DockerUnavailableError, EngineError
+from ._driver import ExitResult
+from ._errors import (
+    DockerUnavailableError,
+    ExitWaitClosedError,
+    RetriesExhaustedError,
+    StreamIdle,
+    copy_error,
+)
+from ._retry import RetryPolicy, RetryState
 
-__all__ = ["EventStream", "ExitMonitor", "ExitWait", "ExitWaitClosedError", "StreamIdle"]
+__all__ = ["EventStream", "ExitMonitor", "ExitWait"]
 
 log = logging.getLogger("dockyard.docker")
 
-_BACKOFF_FIRST_S = 0.1
-_BACKOFF_MAX_S = 5.0
+# Reconnecting the stream: every failure is retried, for as long as the monitor lives.
+RECONNECT_RETRY = RetryPolicy(retry_on=(Exception,), first_delay_s=0.1, max_delay_s=5.0)
 _REMEMBERED_EXITS = 4096
 _EXIT_MEMORY_S = 120.0
-
-
-class ExitWaitClosedError(DockerUnavailableError):
-    """The exit wait was closed (or its gateway shut down) before the container exited."""
-
-
-class StreamIdle(Exception):
-    """The events stream was quiet for a whole heartbeat: reconnect, keep the tickets."""
 
 
 class EventStream(Protocol):
@@ -59,8 +59,8 @@ class EventStream(Protocol):
 class ExitWait:
     """A ticket for one container's next exit (a small future).
 
-    `result()` blocks until the exit and returns `{"StatusCode": n, "Error": None}` (plus
-    `"OOMKilled": True` when the engine reported an OOM kill first); it raises when the
+    `result()` blocks until the exit and returns its `ExitResult` (`oom_killed` True when
+    the engine reported an OOM kill first, else unknown); it raises when the
     wait broke (the caller re-inspects and waits again) or was closed. `close()` wakes a
     blocked `result()` at once, from any thread.
     """
@@ -70,12 +70,12 @@ class ExitWait:
         self._on_close = on_close
         self._lock = threading.Lock()
         self._done = threading.Event()
-        self._body: dict[str, Any] | None = None
+        self._exit: ExitResult | None = None
         self._error: BaseException | None = None
         self._closed = False
 
-    def result(self) -> dict[str, Any]:
-        """Block until the container exits; the exit's status body."""
+    def result(self) -> ExitResult:
+        """Block until the container exits; what the engine said of the exit."""
         self._done.wait()
         with self._lock:
             if self._closed:
@@ -84,7 +84,7 @@ class ExitWait:
                 raise DockerUnavailableError(
                     f"exit wait of {self.container_id[:12]} broke: {self._error}"
                 ) from self._error
-            return dict(self._body or {})
+            return self._exit or ExitResult(None)
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -102,11 +102,11 @@ class ExitWait:
         self._done.set()
         self._on_close(self)
 
-    def _resolve(self, body: dict[str, Any]) -> None:
+    def _resolve(self, result: ExitResult) -> None:
         with self._lock:
             if self._done.is_set():
                 return
-            self._body = body
+            self._exit = result
             self._done.set()
 
     def _fail(self, error: BaseException) -> None:
@@ -134,7 +134,7 @@ class ExitMonitor:
         self._clock = clock
         self._cond = threading.Condition()
         self._tickets: dict[str, list[ExitWait]] = {}
-        self._exits: TTLCache[str, dict[str, Any]] = TTLCache(_REMEMBERED_EXITS, _EXIT_MEMORY_S)
+        self._exits: TTLCache[str, ExitResult] = TTLCache(_REMEMBERED_EXITS, _EXIT_MEMORY_S)
         self._oom: TTLCache[str, bool] = TTLCache(_REMEMBERED_EXITS, _EXIT_MEMORY_S)
         self._healthy = False  # a stream is connected, or an idle reconnect replays the gap
         self._last_error: BaseException | None = None
@@ -161,7 +161,7 @@ class ExitMonitor:
                 raise DockerUnavailableError("the Docker gateway is closed")
             remembered = self._exits.get(container_id)
             if remembered is not None:
-                ticket._resolve(dict(remembered))
+                ticket._resolve(remembered)
                 return ticket
             self._tickets.setdefault(container_id, []).append(ticket)
             self._ensure_thread()
@@ -187,11 +187,12 @@ class ExitMonitor:
         if healthy and not ticket.done():
             return ticket
         ticket.close()
-        if ticket._error is None and error is None:
+        failure = ticket._error or error
+        if failure is None:
             raise DockerUnavailableError(
                 f"the engine's events stream did not connect within {self._connect_timeout_s:g}s"
             )
-        raise _fresh(ticket._error or error)
+        raise copy_error(failure)  # shared: each raiser gets its own
 
     def _forget(self, ticket: ExitWait) -> None:
         with self._cond:
@@ -201,17 +202,16 @@ class ExitMonitor:
                 if not waiting:
                     del self._tickets[ticket.container_id]
 
-    def resolve(self, container_id: str, body: dict[str, Any]) -> None:
+    def resolve(self, container_id: str, result: ExitResult) -> None:
         """Answer the container's tickets (from an inspect that found it stopped)."""
         with self._cond:
             tickets = self._tickets.pop(container_id, [])
         for ticket in tickets:
-            ticket._resolve(dict(body))
+            ticket._resolve(result)
 
-    def remembered_exit(self, container_id: str) -> dict[str, Any] | None:
+    def remembered_exit(self, container_id: str) -> ExitResult | None:
         with self._cond:
-            body = self._exits.get(container_id)
-        return dict(body) if body is not None else None
+            return self._exits.get(container_id)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -239,15 +239,18 @@ class ExitMonitor:
     # -- the reader ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        attempt = 0
+        retry: RetryState | None = None  # begun at the first failure to connect
         while not self._stopping.is_set():
             since = _since_param(self._since_ns)
             try:
                 stream = self._open_stream(since)
-            except Exception as err:
+            except Exception as err:  # whatever the failure, the reader reconnects
                 self._broken(err)
-                self._back_off(min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2**attempt))
-                attempt += 1
+                try:
+                    retry = (retry or RECONNECT_RETRY.begin(self._stopping)).increment(err)
+                except RetriesExhaustedError:
+                    break  # closed meanwhile
+                self._back_off(retry.delay)
                 continue
             with self._cond:
                 self._attempts += 1
@@ -261,14 +264,14 @@ class ExitMonitor:
             if self._stopping.is_set():  # closed while connecting: `close` saw no stream
                 stream.close()
                 break
-            attempt = 0
+            retry = None  # connected: back-offs start over
             error = self._read(stream)
             with self._cond:
                 self._stream = None
             stream.close()
             if error is not None and not self._stopping.is_set():
                 self._broken(error)
-                self._back_off(_BACKOFF_FIRST_S)
+                self._back_off(RECONNECT_RETRY.delay(0))
 
     def _back_off(self, delay_s: float) -> None:
         """Wait before reconnecting; a new ticket (or `close`) ends the wait early."""
@@ -285,7 +288,7 @@ class ExitMonitor:
                     log.debug("ignoring an unreadable engine event", exc_info=True)
         except StreamIdle:
             return None
-        except Exception as err:
+        except Exception as err:  # any failure of the stream breaks it: reconnect
             return err
         return DockerUnavailableError("the engine ended the events stream")
 
@@ -306,14 +309,14 @@ class ExitMonitor:
         if action != "die":
             return
         code = _exit_code((actor.get("Attributes") or {}).get("exitCode"))
-        body: dict[str, Any] = {"StatusCode": code, "Error": None}
         with self._cond:
-            if self._oom.pop(container_id, False):
-                body["OOMKilled"] = True
-            self._exits[container_id] = body
+            result = ExitResult(
+                code, oom_killed=True if self._oom.pop(container_id, False) else None
+            )
+            self._exits[container_id] = result
             tickets = self._tickets.pop(container_id, [])
         for ticket in tickets:
-            ticket._resolve(dict(body))
+            ticket._resolve(result)
 
     def _broken(self, error: BaseException) -> None:
         """A real stream failure: every outstanding ticket fails, its owner re-inspects."""
@@ -366,15 +369,3 @@ def decode_event(line: bytes | str) -> dict[str, Any] | None:
         log.debug("ignoring a line that is not JSON", extra={"line": text[:200]})
         return None
     return event if isinstance(event, dict) else None
-
-
-def _fresh(error: BaseException | None) -> BaseException:
-    """A new exception like `error` for one more raiser (shared objects grow tracebacks)."""
-    if isinstance(error, EngineError):
-        fresh: BaseException = type(error)(error.operation, error.status_code, error.explanation)
-    elif isinstance(error, DockerUnavailableError):
-        fresh = type(error)(str(error))
-    else:
-        fresh = DockerUnavailableError(f"no exit events stream: {error}")
-    fresh.__cause__ = error.__cause__ if error is not None and error.__cause__ else error
-    return fresh

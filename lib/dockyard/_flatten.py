@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ._backend import EngineBackend
+from ._driver import ImageStore
 
 __all__ = ["FlattenError", "differences", "flatten", "import_changes", "layer_count"]
 
@@ -146,7 +146,7 @@ def differences(wanted: Mapping[str, Any], got: Mapping[str, Any]) -> list[str]:
 
 
 def flatten(
-    docker: EngineBackend, container_id: str, committed: Mapping[str, Any]
+    images: ImageStore, container_id: str, committed: Mapping[str, Any]
 ) -> tuple[str, dict[str, Any], float]:
     """Write the container's filesystem as a new one-layer image with `committed`'s config.
 
@@ -156,9 +156,9 @@ def flatten(
     """
     started = time.monotonic()
     config = committed.get("Config") or {}
-    image_id = docker.import_container_filesystem(container_id, import_changes(config))
+    image_id = images.import_container_filesystem(container_id, import_changes(config))
     try:
-        info = docker.image_inspect(image_id)
+        info = images.image_inspect(image_id)
         differ = differences(config, info.get("Config") or {})
         if differ:
             raise FlattenError(f"the flattened image's {', '.join(differ)} differ from the commit")
@@ -166,6 +166,6 @@ def flatten(
             raise FlattenError(f"the flattened image has {layer_count(info)} layers, not 1")
     except BaseException:
         with contextlib.suppress(Exception):
-            docker.remove_image(image_id)
+            images.remove_image(image_id)
         raise
     return image_id, info, time.monotonic() - started

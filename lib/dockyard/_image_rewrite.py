@@ -20,31 +20,31 @@ import tarfile
 from datetime import UTC, datetime
 from typing import Any
 
-from ._backend import EngineBackend
+from ._driver import ImageStore
 
 __all__ = ["record_without_container_config"]
 
 log = logging.getLogger("dockyard.snapshots")
 
 
-def record_without_container_config(docker: EngineBackend, image_id: str, reference: str) -> str:
+def record_without_container_config(images: ImageStore, image_id: str, reference: str) -> str:
     """Write `image_id` again as `reference`, keeping its `Config`, layers and history.
 
     Returns the new image id. The old image is left in place (the caller removes it) and
     `reference` now names the new one.
     """
-    info = docker.image_inspect(image_id)
-    history = docker.image_history(image_id)
+    info = images.image_inspect(image_id)
+    history = images.image_history(image_id)
     config = _image_config(info, history)
     body = json.dumps(config, separators=(",", ":")).encode("utf-8")
     digest = hashlib.sha256(body).hexdigest()
     archive = _config_only_archive(body, digest, reference, len(config["rootfs"]["diff_ids"]))
-    docker.load_image_archive(archive, reference)
+    images.load_image_archive(archive, reference)
     new_id = f"sha256:{digest}"
-    named = docker.image_inspect(reference).get("Id")
+    named = images.image_inspect(reference).get("Id")
     if named != new_id:
         with contextlib.suppress(Exception):
-            docker.remove_image(new_id)
+            images.remove_image(new_id)
         raise RuntimeError(f"{reference} is {named}, not the image just loaded ({new_id})")
     return new_id
 

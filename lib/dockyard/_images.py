@@ -9,7 +9,6 @@ registry login afresh and tries transient failures again (`_pull_policy`).
 
 from __future__ import annotations
 
-import copy
 import logging
 import re
 import threading
@@ -20,14 +19,14 @@ from dataclasses import KW_ONLY, dataclass, field
 
 from cachetools import TTLCache
 
-from ._backend import EngineBackend
+from ._driver import ImageStore
+from ._errors import UnpullableImageError, copy_error
 from ._metrics import NO_METRICS, Metrics
 from ._pull_policy import pull_result, retry_transient_pulls
 from ._registry_auth import RegistryAuth
 
 __all__ = [
     "ImagePuller",
-    "UnpullableImageError",
     "is_image_id",
 ]
 
@@ -38,30 +37,9 @@ _REMEMBERED_FAILURES = 1024  # distinct images; more only forgets the oldest fai
 _IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}|[0-9a-f]{64}")
 
 
-class UnpullableImageError(LookupError):
-    """The image is a bare image id: absent locally, and no registry can serve it by id."""
-
-
 def is_image_id(image: str) -> bool:
     """True for a full image id (`sha256:<64 hex>` or the bare 64 hex digits)."""
     return bool(_IMAGE_ID.fullmatch(image))
-
-
-def _fresh_copy(err: BaseException) -> BaseException:
-    """A copy of a shared error with an empty traceback.
-
-    Re-raising one exception object from many threads would keep appending every raiser's
-    frames to its traceback; each caller raises its own copy instead.
-    """
-    try:
-        clone = copy.copy(err)
-    except Exception:
-        return err
-    if type(clone) is not type(err):
-        return err
-    clone.__cause__ = err.__cause__
-    clone.__suppress_context__ = err.__suppress_context__
-    return clone.with_traceback(None)
 
 
 @dataclass(eq=False)  # one puller per manager: identity, no field-wise ==
@@ -76,7 +54,7 @@ class ImagePuller:
     within the one `timeout_s`; `close()` ends a back-off under way.
     """
 
-    docker: EngineBackend
+    images: ImageStore
     timeout_s: float
     _: KW_ONLY
     failure_ttl_s: float = DEFAULT_FAILURE_TTL_S
@@ -120,7 +98,7 @@ class ImagePuller:
         with self._lock:
             remembered = self._failures.get(image)
             if remembered is not None:
-                raise _fresh_copy(remembered)
+                raise copy_error(remembered)  # each raiser its own traceback
             shared = self._in_flight.get(image)
             leader = shared is None
             if shared is None:
@@ -128,7 +106,7 @@ class ImagePuller:
         if not leader:
             error = shared.exception()
             if error is not None:
-                raise _fresh_copy(error)
+                raise copy_error(error)
             return
         log.info("pulling image", extra={"image": image, "reason": reason})
         try:
@@ -162,9 +140,9 @@ class ImagePuller:
 
         def attempt(time_left_s: float) -> None:
             if credentials is None:
-                self.docker.pull(image, time_left_s)
+                self.images.pull(image, time_left_s)
             else:
-                self.docker.pull(image, time_left_s, auth_config=credentials)
+                self.images.pull(image, time_left_s, auth_config=credentials)
 
         retry_transient_pulls(
             attempt,

@@ -9,7 +9,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Protocol
 
-from ._errors import DockyardError, InvalidJobError
+from ._errors import InvalidJobError, JobDataOffloadError
 from ._jobs import JobFields
 from ._redis_store import DEFAULT_KEY_PREFIX, DEFAULT_TTL_S, RedisJobDataStore
 from ._secrets import Secret
@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "JOB_DATA_INLINE_LIMIT",
-    "JobDataOffloadError",
     "JobDataStore",
     "RedisOffloadStore",
     "check_job_data_size",
@@ -38,10 +37,6 @@ class JobDataStore(Protocol):
     def put(self, job_id: str, payload: bytes) -> str:
         """Store a job's payload; returns the key the worker reads it back with."""
         ...
-
-
-class JobDataOffloadError(DockyardError):
-    """The job data could not be written to the job data store; no container was made."""
 
 
 class RedisOffloadStore:
@@ -120,7 +115,7 @@ def job_data_env(
         return {"JOB_DATA": Secret(fields.job_data_json)}
     try:
         return {"JOB_DATA_REDIS_KEY": store.put(fields.job_id, payload)}
-    except Exception as err:
+    except Exception as err:  # a host hook (the store): any failure
         message = f"could not offload the job data of job {fields.job_id!r}: {_describe(err)}"
     # Reported and raised as fresh errors: the failed call's frames hold the payload, and
     # Sentry sends frame locals.

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ._drivers import DRIVERS
 from ._errors import ConfigError, DockerUnavailableError, DockyardError, WorkerSpawnError
 from ._listener import SafeListener
 from ._models import BOOT_FAILURE_EXIT_CODE, ActiveWorker, WorkerLifecycleListener, WorkerOutcome
@@ -86,25 +87,16 @@ LOG_STREAMS: tuple[str, ...] = ("stdout", "stderr")
 
 ENGINE_CALL_RESULTS: tuple[str, ...] = ("ok", "not_found", "conflict", "unreachable", "error")
 
-DOCKER_OPERATIONS: tuple[str, ...] = (
-    "create", "start", "attach", "open_wait", "events", "inspect", "logs_tail", "stop", "kill",
-    "remove", "wait_removed", "list_containers",
-    "pull", "commit", "tag", "image_inspect", "list_images", "image_history",
-    "load_image_archive", "remove_image", "import_container_filesystem",
-)  # fmt: skip
+DOCKER_OPERATIONS: tuple[str, ...] = DRIVERS["docker"].operations
 """`operation` of the engine-call series on the Docker backend (containers and images)."""
 
-SWARM_OPERATIONS: tuple[str, ...] = (
-    *DOCKER_OPERATIONS,
-    "info", "service_create", "service_inspect", "service_list", "service_logs",
-    "service_update", "service_remove", "task_list",
-)  # fmt: skip
+SWARM_OPERATIONS: tuple[str, ...] = DRIVERS["swarm"].operations
 """On the Swarm backend: its service and task calls, and the node engine's own."""
 
 
 def engine_operations(backend: str) -> tuple[str, ...]:
-    """The engine call operations a manager on `backend` can report."""
-    return SWARM_OPERATIONS if backend == "swarm" else DOCKER_OPERATIONS
+    """The engine call operations a manager on `backend` can report (the driver table's)."""
+    return DRIVERS[backend].operations
 
 
 def outcome_reason(outcome: WorkerOutcome) -> str:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from ._backend import EngineBackend
 from ._config import RouterConfig
-from ._docker import is_conflict, is_not_found
+from ._driver import Driver, WorkerEntry
+from ._errors import DockyardError, EngineConflictError, EngineNotFoundError
 from ._listener import SafeListener
 from ._loops import Activity
 from ._naming import LabelSchema, parse_deadline
@@ -25,27 +25,26 @@ _RUNNING_STATES = frozenset({"running", "restarting", "paused"})
 
 
 def untracked(
-    containers: Iterable[dict[str, Any]],
+    entries: Iterable[WorkerEntry],
     schema: LabelSchema,
     instance_id: str,
     registry: WorkerRegistry,
-) -> Iterator[tuple[dict[str, Any], str, dict[str, str]]]:
-    """The listed containers that `instance_id` owns by their labels and no worker tracks.
+) -> Iterator[tuple[WorkerEntry, str, dict[str, str]]]:
+    """The listed workers that `instance_id` owns by their labels and no worker tracks.
 
     Ownership is checked again: a list filter is not a guarantee to bet containers on.
     """
-    for container in containers:
-        container_id = str(container.get("Id", ""))
-        labels = dict(container.get("Labels") or {})
-        if schema.owned_by(labels, instance_id) and not registry.is_tracked_container(container_id):
-            yield container, container_id, labels
+    for entry in entries:
+        labels = dict(entry.labels)
+        if schema.owned_by(labels, instance_id) and not registry.is_tracked_container(entry.id):
+            yield entry, entry.id, labels
 
 
 @dataclass
 class OrphanReaper:
     """Stops and removes this instance's containers that no manager tracks any more."""
 
-    docker: EngineBackend
+    driver: Driver
     registry: WorkerRegistry
     labels: LabelSchema
     config: RouterConfig
@@ -65,10 +64,10 @@ class OrphanReaper:
 
     def _scan(self) -> list[str]:
         try:
-            containers = self.docker.list_containers(
+            containers = self.driver.list_workers(
                 self.labels.ownership_filter(self.config.router_instance_id), all=True
             )
-        except Exception as err:
+        except Exception as err:  # a background scan: reported, never raised
             log.warning("orphan scan could not list containers", extra={"error": str(err)})
             self.reporter.report(err, "orphan_cleanup_scan", level="error")  # the original's
             return []
@@ -85,16 +84,16 @@ class OrphanReaper:
             try:
                 if self._reap_one(container, labels, now):
                     handled.append(container_id)
-            except Exception as err:
+            except Exception as err:  # one container's failure must not end the scan
                 log.warning(
                     "orphan cleanup of one container failed",
                     extra={"container_id": container_id[:12], "error": str(err)},
                 )
         return handled
 
-    def _reap_one(self, container: dict[str, Any], labels: dict[str, str], now: datetime) -> bool:
-        container_id = str(container["Id"])
-        state = str(container.get("State", "")).lower()
+    def _reap_one(self, container: WorkerEntry, labels: dict[str, str], now: datetime) -> bool:
+        container_id = container.id
+        state = container.status
         if state == "removing":
             return False  # the engine is removing it already (AutoRemove)
         if state in _RUNNING_STATES:
@@ -105,14 +104,15 @@ class OrphanReaper:
                 extra={"container_id": container_id[:12], "job_id": labels.get(self.labels.job_id)},
             )
             try:
-                self.docker.stop(container_id, self.config.stop_grace_s)
-            except Exception as err:
-                if not is_not_found(err):
-                    # The forced removal below kills it anyway; only a failure there counts.
-                    log.warning(
-                        "stopping an orphaned worker failed; removing it by force",
-                        extra={"container_id": container_id[:12], "error": str(err)},
-                    )
+                self.driver.stop(container_id, self.config.stop_grace_s)
+            except EngineNotFoundError:
+                pass  # gone already; the removal below finds nothing either
+            except DockyardError as err:
+                # The forced removal below kills it anyway; only a failure there counts.
+                log.warning(
+                    "stopping an orphaned worker failed; removing it by force",
+                    extra={"container_id": container_id[:12], "error": str(err)},
+                )
             if not self.activity.closed:  # else the next scan removes it as exited
                 self._remove(container_id)
             self.listener.orphan_stopped(container_id, labels)
@@ -124,16 +124,13 @@ class OrphanReaper:
         return True
 
     def _remove(self, container_id: str) -> None:
-        try:
-            self.docker.remove(container_id, force=True)
-        except Exception as err:
-            # 404: gone already; 409: the engine is removing it (AutoRemove after the stop).
-            if not (is_not_found(err) or is_conflict(err)):
-                raise
+        # Gone already, or the engine is removing it (AutoRemove after the stop).
+        with contextlib.suppress(EngineNotFoundError, EngineConflictError):
+            self.driver.remove(container_id, force=True)
 
     def _overdue(
         self,
-        container: dict[str, Any],
+        container: WorkerEntry,
         labels: dict[str, str],
         now: datetime,
         *,
@@ -141,7 +138,7 @@ class OrphanReaper:
     ) -> bool:
         deadline = parse_deadline(labels.get(self.labels.deadline))
         if deadline is None or created_only:
-            created = datetime.fromtimestamp(int(container.get("Created") or 0), UTC)
+            created = container.created_at or datetime.fromtimestamp(0, UTC)
             limit = 60.0 if created_only else self.config.worker_timeout_s
             deadline = created + timedelta(seconds=limit)
         return now >= deadline

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TypeVar
 
-from ._errors import WorkerImageResolutionError, is_timeout, is_unreachable
-from ._loops import RetryPolicy
+from ._errors import DockerUnavailableError, RetriesExhaustedError, WorkerImageResolutionError
+from ._retry import RetryPolicy
 
 __all__ = [
     "ALWAYS",
@@ -80,6 +81,10 @@ PULL_RESULTS = ("ok", "auth_failed", "not_found", "credentials_error", "transien
 
 T = TypeVar("T")
 
+# Transient pull failures: which ones is `is_retryable_pull_failure`'s call (registry
+# answers arrive as messages inside the pull's stream), the back-off is this.
+PULL_RETRY = RetryPolicy(retry_on=(Exception,), first_delay_s=0.5, max_delay_s=5.0)
+
 
 def _text(err: BaseException) -> str:
     return f" {getattr(err, 'explanation', '') or ''} {err} ".lower()
@@ -112,7 +117,7 @@ def is_retryable_pull_failure(err: BaseException) -> bool:
         return False
     if any(marker in _text(err) for marker in _FINAL_MARKERS):
         return False
-    if is_unreachable(err) or is_timeout(err):
+    if isinstance(err, DockerUnavailableError):  # no answer, or none in time
         return True
     status = getattr(err, "status_code", None)
     if isinstance(status, int) and status >= 500:
@@ -149,18 +154,18 @@ def retry_transient_pulls(
     All attempts share the one pull timeout: a retry gets the time the earlier ones left,
     and none starts once it is spent. The back-off is the library's retry policy (this is
     the one place pulls use it); `stop` ends a back-off early (the manager is closing).
+    Running out raises the last failure itself.
     """
-    policy = policy or RetryPolicy(first_delay_s=0.5, max_delay_s=5.0)
-    run = RetryPolicy(
-        first_delay_s=policy.first_delay_s,
-        max_delay_s=policy.max_delay_s,
-        window_s=timeout_s,
-        attempts=retries,
-    ).begin(stop, clock)
+    run = replace(policy or PULL_RETRY, window_s=timeout_s, attempts=retries).begin(stop, clock)
     deadline = clock() + timeout_s
     while True:
         try:
             return pull(max(deadline - clock(), 0.001))
-        except Exception as err:
-            if not is_retryable_pull_failure(err) or deadline - clock() <= 0 or not run.sleep():
+        except Exception as err:  # judged by what the registry said, not only by type
+            if not is_retryable_pull_failure(err) or deadline - clock() <= 0:
                 raise
+            try:
+                run = run.increment(err)
+                run.sleep()
+            except RetriesExhaustedError:
+                raise err from None

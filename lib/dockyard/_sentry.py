@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import sentry_sdk
 
+from ._errors import copy_error
 from ._secrets import Masker, SecretBook
 
 if TYPE_CHECKING:
@@ -19,8 +19,6 @@ __all__ = [
     "Report",
     "Reporter",
     "SentryReporter",
-    "WorkerExitError",
-    "WorkerTimeoutError",
     "scrub_event",
     "scrub_for_host",
 ]
@@ -29,14 +27,6 @@ log = logging.getLogger("dockyard.sentry")
 
 Level = Literal["fatal", "error", "warning", "info", "debug"]
 ExtraValue = str | int | float | bool | None
-
-
-class WorkerExitError(RuntimeError):
-    """Reported when a worker exits non-zero (never raised to callers)."""
-
-
-class WorkerTimeoutError(TimeoutError):
-    """Reported when a worker overruns its deadline (never raised to callers)."""
 
 
 @dataclass
@@ -100,7 +90,9 @@ class SentryReporter(Reporter):
                     lambda event, _hint: cast("Event", scrub_event(dict(event), masker))
                 )
                 sentry_sdk.capture_exception(
-                    _distinct(report.err),
+                    # A copy: the SDK's dedupe drops a second report of one object (a pull
+                    # failure is `worker_image_pull_fallback`, then `worker_spawn_fallback`).
+                    copy_error(report.err, keep_traceback=True),
                     tags={"source": report.source, **report.tags},
                     extras=report.extras,  # `extras`, plural: `extra=` drops the event
                     level=report.level,
@@ -110,26 +102,6 @@ class SentryReporter(Reporter):
                 "sentry capture failed",
                 extra={"source": report.source, "error_type": type(failure).__name__},
             )
-
-
-def _distinct(err: BaseException) -> BaseException:
-    """A copy of `err` with the same traceback and chain, for one report.
-
-    The SDK's default dedupe integration drops an event whose exception object is the one
-    captured last: one failure reported under two sources (a pull failure is
-    `worker_image_pull_fallback` and then `worker_spawn_fallback`) would lose its second
-    report. An exception that cannot be copied is reported as it is.
-    """
-    try:
-        clone = copy.copy(err)
-    except Exception:
-        return err
-    if type(clone) is not type(err) or clone is err:
-        return err
-    clone.__cause__ = err.__cause__
-    clone.__context__ = err.__context__
-    clone.__suppress_context__ = err.__suppress_context__
-    return clone.with_traceback(err.__traceback__)
 
 
 def scrub_event(event: dict[str, Any], masker: Masker) -> dict[str, Any]:

@@ -35,16 +35,21 @@ import json
 import logging
 import threading
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ._backend import EngineBackend
 from ._config import RouterConfig
-from ._docker import is_conflict, is_not_found
+from ._driver import ImageStore
 from ._environment import SCRUBBED_ENV_KEYS
-from ._errors import is_image_with_children
+from ._errors import (
+    DockyardError,
+    EngineConflictError,
+    EngineImageHasChildrenError,
+    EngineNotFoundError,
+    SnapshotScrubError,
+)
 from ._flatten import flatten, layer_count
 from ._image_rewrite import record_without_container_config
 from ._listener import log_ids
@@ -57,7 +62,6 @@ from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
 __all__ = [
     "DISCOVERED_PROJECT",
     "SnapshotManager",
-    "SnapshotScrubError",
     "blanked_keys",
     "label_changes",
     "scrub_changes",
@@ -118,10 +122,6 @@ def snapshot_owner(labels: LabelSchema, image_labels: Mapping[str, str]) -> str 
     return ""
 
 
-class SnapshotScrubError(RuntimeError):
-    """A committed image still holds an environment value that had to be blanked."""
-
-
 def blanked_keys(env_keys: Iterable[str], credential_keys: Iterable[str]) -> list[str]:
     """The deny-listed and credential keys among `env_keys`, deny-list order first."""
     present = set(env_keys)
@@ -168,12 +168,15 @@ def env_values_left(info: Mapping[str, Any], keys: Iterable[str]) -> list[str]:
 class SnapshotManager:
     """Commits, registers, syncs and removes snapshot images for one manager."""
 
-    docker: EngineBackend
+    images: ImageStore
     registry: SnapshotRegistry
     reporter: Reporter
     config: RouterConfig
     labels: LabelSchema
     metrics: Metrics = NO_METRICS
+    # A worker's `KEY=value` env by its id (the driver's inspect), for a commit whose exit
+    # inspect failed; None: unknown, every key dockyard set is blanked.
+    worker_env: Callable[[str], Sequence[str]] | None = None
     _locks: tuple[threading.Lock, ...] = field(
         init=False, default_factory=lambda: tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
     )
@@ -242,9 +245,9 @@ class SnapshotManager:
             changes += label_changes(self.labels, self._snapshot_labels(worker, base_image))
             # Untagged until checked: the name only ever points at a scrubbed image, so a
             # crash half-way never leaves one for `sync_from_docker` to pick up.
-            created.append(self.docker.commit(worker.container_id, "", "", changes))
+            created.append(self.images.commit(worker.container_id, "", "", changes))
             final, info = self._scrubbed_and_named(worker, created, image, blanked)
-        except Exception as err:
+        except Exception as err:  # a snapshot is best effort: any failure is reported, never raised
             log.warning(
                 "snapshot commit failed",
                 extra=log_ids(worker),
@@ -314,10 +317,11 @@ class SnapshotManager:
         launched = list(launch_env_keys)
         try:
             if container_env is None:
-                info = self.docker.inspect(worker.container_id)
-                container_env = (info.get("Config") or {}).get("Env") or []
+                if self.worker_env is None:
+                    raise LookupError("no way to read the worker's environment")
+                container_env = self.worker_env(worker.container_id)
             env = _env_pairs(container_env)
-        except Exception as err:
+        except Exception as err:  # a failed inspect (or a bug): blank the most, report
             # Still blank every key dockyard itself set: no secret may reach an image.
             log.warning("snapshot env inspect failed", extra={"job_id": worker.job_id})
             self.reporter.report(
@@ -343,18 +347,18 @@ class SnapshotManager:
         a blanked key still has a value. `created` collects every image id made here.
         """
         committed = created[-1]
-        info = self.docker.image_inspect(committed)
+        info = self.images.image_inspect(committed)
         if layer_count(info) > self.config.snapshot_max_layers:
             return self._flattened_and_named(worker, created, info, image, blanked)
         if not env_values_left(info, blanked) and not self._worker_labels_left(info):
             repository, _, tag = image.rpartition(":")
-            self.docker.tag(committed, repository, tag, force=True)
+            self.images.tag(committed, repository, tag, force=True)
             return committed, info
-        rewritten = record_without_container_config(self.docker, committed, image)
+        rewritten = record_without_container_config(self.images, committed, image)
         created.append(rewritten)
         self._remove_now_or_later(committed)  # holds the container's whole environment
         created.remove(committed)
-        info = self.docker.image_inspect(rewritten)
+        info = self.images.image_inspect(rewritten)
         left = env_values_left(info, blanked) + self._worker_labels_left(info)
         if left:
             raise SnapshotScrubError(f"snapshot image still holds values of {', '.join(left)}")
@@ -371,7 +375,7 @@ class SnapshotManager:
         """Write the worker's filesystem as a one-layer image with the commit's config, in
         place of the commit, check it as a commit is checked, and name it."""
         committed_id = created[-1]
-        flat, info, seconds = flatten(self.docker, worker.container_id, committed)
+        flat, info, seconds = flatten(self.images, worker.container_id, committed)
         created.append(flat)
         created.remove(committed_id)
         self._remove_now_or_later(committed_id)
@@ -379,7 +383,7 @@ class SnapshotManager:
         if left:
             raise SnapshotScrubError(f"snapshot image still holds values of {', '.join(left)}")
         repository, _, tag = image.rpartition(":")
-        self.docker.tag(flat, repository, tag, force=True)
+        self.images.tag(flat, repository, tag, force=True)
         log.info(
             "snapshot flattened",
             extra={
@@ -414,7 +418,7 @@ class SnapshotManager:
             self._remove_now_or_later(image_id)
         try:
             self.registry.invalidate(*pair)
-        except Exception:
+        except Exception:  # a host hook (the project TTL) or a bug: the entry stays
             log.warning("could not drop the snapshot entry", extra={"image": image})
         current = self._image_id(image)
         if current is not None:
@@ -429,26 +433,31 @@ class SnapshotManager:
         try:
             self._remove_snapshot_image(image)  # the only name of an unused image: removes it
             return
-        except Exception as err:
-            if is_not_found(err):
-                return
-            if not is_conflict(err) or is_image_with_children(err):
-                log.warning("could not remove a stale snapshot name", extra={"image": image})
-                return
+        except EngineNotFoundError:
+            return
+        except EngineImageHasChildrenError:
+            log.warning("could not remove a stale snapshot name", extra={"image": image})
+            return
+        except EngineConflictError:
+            pass  # in use: see below
+        except DockyardError:
+            log.warning("could not remove a stale snapshot name", extra={"image": image})
+            return
         # In use (the container that just ended was made from it): a second name lets the
         # snapshot name go without force; the retired name goes with the image.
         repository, _, _ = image.rpartition(":")
         try:
-            self.docker.tag(image_id, repository, _RETIRED_TAG + _short(image_id), force=True)
-            self.docker.remove_image(image)
-        except Exception as err:
-            if not is_not_found(err):
-                log.warning("could not remove a stale snapshot name", extra={"image": image})
+            self.images.tag(image_id, repository, _RETIRED_TAG + _short(image_id), force=True)
+            self.images.remove_image(image)
+        except EngineNotFoundError:
+            pass
+        except DockyardError:
+            log.warning("could not remove a stale snapshot name", extra={"image": image})
 
     def _image_id(self, image: str) -> str | None:
         try:
-            image_id = self.docker.image_inspect(image).get("Id")
-        except Exception:
+            image_id = self.images.image_inspect(image).get("Id")
+        except Exception:  # unknown: treated as no image
             return None
         return str(image_id) if image_id else None
 
@@ -457,12 +466,11 @@ class SnapshotManager:
     def _remove_now_or_later(self, image_id: str) -> None:
         try:
             self._remove_snapshot_image(image_id)
-        except Exception as err:
-            if is_not_found(err):
-                return
-            if is_image_with_children(err):
-                self._keep_for_child(image_id)
-                return
+        except EngineNotFoundError:
+            return
+        except EngineImageHasChildrenError:
+            self._keep_for_child(image_id)
+        except DockyardError as err:
             log.warning("image removal deferred", extra={"image": image_id, "error": str(err)})
             with self._retired_lock:
                 self._retired.setdefault(image_id, 0)
@@ -476,15 +484,15 @@ class SnapshotManager:
         """
         try:
             self._remove_snapshot_image(image_id)
-        except Exception as err:
-            if is_not_found(err):
-                return
-            if is_image_with_children(err):
-                self._keep_for_child(image_id)
-                return
+        except EngineNotFoundError:
+            return
+        except EngineImageHasChildrenError:
+            self._keep_for_child(image_id)
+            return
+        except DockyardError as err:
             with self._retired_lock:
                 self._retired.setdefault(image_id, 0)
-            if not is_conflict(err):
+            if not isinstance(err, EngineConflictError):
                 log.warning("image removal deferred", extra={"image": image_id, "error": str(err)})
             return
         log.debug("superseded snapshot image removed", extra={"image": image_id})
@@ -503,10 +511,10 @@ class SnapshotManager:
         Raises what the removal of `image` itself raised.
         """
         try:
-            parent = self.docker.image_inspect(image).get("Parent") or None
-        except Exception:
+            parent = self.images.image_inspect(image).get("Parent") or None
+        except DockyardError:
             parent = None  # the removal below says what is wrong
-        self.docker.remove_image(image)
+        self.images.remove_image(image)
         with self._retired_lock:
             self._parents.discard(image)
         self._remove_parents(str(parent) if parent else None)
@@ -521,8 +529,8 @@ class SnapshotManager:
             if parent is None:
                 return
             try:
-                info = self.docker.image_inspect(parent)
-            except Exception:
+                info = self.images.image_inspect(parent)
+            except DockyardError:
                 with self._retired_lock:
                     self._parents.discard(parent)
                 return  # gone (pruned with its child, and its own parents with it)
@@ -533,14 +541,16 @@ class SnapshotManager:
                 return
             grandparent = info.get("Parent") or None
             try:
-                self.docker.remove_image(parent)
-            except Exception as err:
-                if is_image_with_children(err):
-                    self._keep_for_child(parent)  # another child still holds it
-                elif not is_not_found(err):
-                    with self._retired_lock:
-                        self._parents.discard(parent)
-                        self._retired.setdefault(parent, 0)
+                self.images.remove_image(parent)
+            except EngineImageHasChildrenError:
+                self._keep_for_child(parent)  # another child still holds it
+                return
+            except EngineNotFoundError:
+                return
+            except DockyardError:
+                with self._retired_lock:
+                    self._parents.discard(parent)
+                    self._retired.setdefault(parent, 0)
                 return
             with self._retired_lock:
                 self._parents.discard(parent)
@@ -566,19 +576,18 @@ class SnapshotManager:
                 continue
             try:
                 self._remove_snapshot_image(image_id)
-            except Exception as err:
-                if is_image_with_children(err):
-                    self._keep_for_child(image_id)  # no more attempts: its child decides
-                    continue
-                if not is_not_found(err):
-                    keep = attempts + 1 < _MAX_RETIRE_ATTEMPTS
-                    if not is_conflict(err):
-                        self.reporter.report(
-                            err,
-                            "snapshot_image_remove",
-                            level="warning",
-                            extras={"imageName": image_id},
-                        )
+            except EngineImageHasChildrenError:
+                self._keep_for_child(image_id)  # no more attempts: its child decides
+                continue
+            except EngineNotFoundError:
+                pass  # gone already
+            except EngineConflictError:
+                keep = attempts + 1 < _MAX_RETIRE_ATTEMPTS  # still in use
+            except DockyardError as err:
+                keep = attempts + 1 < _MAX_RETIRE_ATTEMPTS
+                self.reporter.report(
+                    err, "snapshot_image_remove", level="warning", extras={"imageName": image_id}
+                )
             with self._retired_lock:
                 if keep:
                     self._retired[image_id] = attempts + 1
@@ -618,20 +627,22 @@ class SnapshotManager:
         image_id = self._image_id(meta.image_name)
         try:
             self._remove_snapshot_image(meta.image_name)
-        except Exception as err:
-            if is_image_with_children(err) and image_id is not None:
+        except EngineImageHasChildrenError:
+            if image_id is not None:
                 self._keep_for_child(image_id)  # it goes with its child
-            elif is_conflict(err) and image_id is not None:
+            return False
+        except EngineConflictError:
+            if image_id is not None:
                 # Still in use: retry by id later (a newer image under the name stays).
                 with self._retired_lock:
                     self._retired.setdefault(image_id, 0)
-            elif not is_not_found(err) and not is_conflict(err):
-                self.reporter.report(
-                    err,
-                    "snapshot_image_remove",
-                    level="warning",
-                    extras={"imageName": meta.image_name},
-                )
+            return False
+        except EngineNotFoundError:
+            return False
+        except DockyardError as err:
+            self.reporter.report(
+                err, "snapshot_image_remove", level="warning", extras={"imageName": meta.image_name}
+            )
             return False
         return True
 
@@ -639,7 +650,9 @@ class SnapshotManager:
         """Evict by TTL, count and size, and remove the evicted images from Docker."""
         try:
             evicted = self.registry.evict()
-        except Exception as err:
+        except (
+            Exception
+        ) as err:  # a host hook (the project TTL) or a bug: reported, the loop goes on
             self.reporter.report(err, "snapshot_cleanup_scan")
             return []
         evicted += self._take_discovered(evicted)
@@ -673,8 +686,8 @@ class SnapshotManager:
         """
         registered: list[SnapshotMetadata] = []
         try:
-            images = self.docker.list_images(self.config.snapshot_image_prefix)
-        except Exception as err:
+            images = self.images.list_images(self.config.snapshot_image_prefix)
+        except Exception as err:  # a start-up step: reported, never raised
             self.reporter.report(err, "snapshot_startup_sync", level="warning")
             return registered
         mine = self.config.router_instance_id

@@ -1,27 +1,26 @@
-"""The Swarm backend: each worker is a `replicated-job` service, behind the core's engine interface.
+"""The Swarm driver: each worker is a `replicated-job` service on a swarm manager's engine.
 
-A worker's "container id" is its service id. `create` makes the service (one completion,
-restart condition none, the job's env, labels on the service and its task container,
-memory reservation = limit, pids limit, stop grace, an overlay network when configured);
-`start` waits until its task runs; exits come from the task poller (`_swarm_tasks`);
-`inspect` and `list_containers` answer in the container shapes the core reads; `stop`
-ends the task with the stop grace (see there), `kill` and `remove` remove the service and
-its task containers on this node. Facts only a
-container has (OOMKilled, start and finish times) are read from the task's container when
-it ran on the node dockyard is connected to, and are None otherwise. Image calls go to that
-node's engine. Every call runs through `EngineCalls`: typed errors, the observer.
+A worker's id is its service id. `create` makes the service (one completion, restart
+condition none, the job's env, labels on the service and its task container, memory
+reservation = limit, pids limit, stop grace, an overlay network when configured); `start`
+waits until its task runs; exits come from the task poller (`_swarm_tasks`); `inspect`
+and `list_workers` answer in the core's models from the service and its task; `stop` ends
+the task with the stop grace (see there), `kill` and `remove` remove the service and its
+task containers on this node. Facts only a container has (OOMKilled, start and finish
+times) are read from the task's container when it ran on the node dockyard is connected
+to, and are None otherwise (`local_exit_facts` is off). It has no image store: a task
+pulls its image on whichever node runs it, so it declares no snapshots either. Every call
+runs through the node client's `EngineCalls`: typed errors, the observer.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
-from datetime import UTC
+from dataclasses import replace
 from typing import Any, TypeVar
 
-import requests
-from docker.errors import create_api_error_from_http_exception
+import docker
 from docker.types import (
     ContainerSpec as SwarmContainerSpec,
 )
@@ -32,24 +31,29 @@ from docker.types import (
     TaskTemplate,
 )
 
-from ._docker import (
+from ._config import RouterConfig
+from ._create_recovery import LOST_ANSWERS, look_up_made, recover_lost_create
+from ._docker import DockerGateway, ObservedEngine
+from ._docker_driver import connect, worker_entry, worker_state
+from ._driver import (
     ContainerSpec,
-    DockerGateway,
-    ObservedEngine,
-    create_recovering,
-    look_up_made,
+    ExitResult,
+    ImageStore,
+    WorkerEntry,
+    WorkerState,
 )
+from ._drivers import DRIVERS, Capabilities
 from ._errors import (
     ConfigError,
     DockerUnavailableError,
-    is_conflict,
-    is_not_found,
-    is_transient,
-    is_unreachable,
+    DockyardError,
+    EngineError,
+    EngineNotFoundError,
 )
 from ._exit_monitor import ExitWait
-from ._registry_auth import RegistryAuth
+from ._output import AttachedOutput
 from ._secrets import reveal
+from ._swarm_ending import SWARM_SERVICE_LABEL, ServiceEnding, container_of
 from ._swarm_tasks import (
     PRE_RUNNING,
     TERMINAL,
@@ -60,26 +64,22 @@ from ._swarm_tasks import (
 )
 from ._times import parse_docker_time
 
-__all__ = ["SWARM_SERVICE_LABEL", "SwarmGateway"]
+__all__ = ["SWARM_SERVICE_LABEL", "SwarmDriver", "open_driver"]
 
 log = logging.getLogger("dockyard.swarm")
 
 T = TypeVar("T")
 
-SWARM_SERVICE_LABEL = "com.docker.swarm.service.id"  # the engine's label on task containers
 DEFAULT_POLL_INTERVAL_S = 0.25
 _START_WAIT_MAX_S = 30.0
-_STOP_MARGIN_S = 10.0
-_STOP_POLL_S = 0.05
-_REMOVE_ATTEMPTS = 3
-_UPDATE_ATTEMPTS = 3
-_REMOVE_RETRY_PAUSE_S = 0.2
 _NANOS = 1_000_000_000
-_NOWHERE = "node.id==dockyard-stopped"  # a placement no node satisfies (ids are random)
 
 
-class SwarmGateway(ObservedEngine):
-    """The core's engine calls, answered with swarm services and tasks."""
+class SwarmDriver(ServiceEnding, ObservedEngine):
+    """Workers as swarm job services (see `_driver.Driver` for the verbs)."""
+
+    capabilities: Capabilities = DRIVERS["swarm"].capabilities
+    images: ImageStore | None = None  # tasks pull their images on whichever node runs them
 
     def __init__(
         self,
@@ -142,14 +142,17 @@ class SwarmGateway(ObservedEngine):
         A retry meeting a 409 with a service of this name carrying exactly this spec's
         labels (the deadline label makes them unique to this launch) takes its id.
         """
-        return create_recovering(
-            spec.name,
-            lambda: self._create_once(spec),
-            lambda: self._created_for(spec),
-            # The service may have run its task already: `remove` takes its container too.
-            self.remove,
-            retry_if=is_unreachable,
-        )
+        try:
+            return self._create_once(spec)
+        except LOST_ANSWERS as lost:
+            return recover_lost_create(
+                spec.name,
+                lost,
+                lambda: self._create_once(spec),
+                lambda: self._created_for(spec),
+                # The service may have run its task already: `remove` takes its container too.
+                self.remove,
+            )
 
     def _created_for(self, spec: ContainerSpec) -> str | None:
         """The id of a service of this name carrying exactly this spec's labels, if any."""
@@ -195,9 +198,13 @@ class SwarmGateway(ObservedEngine):
     def open_exit_wait(self, container_id: str) -> ExitWait:
         return self.poller.register(container_id)
 
-    def open_wait(self, container_id: str, condition: str = "not-running") -> ExitWait:
+    def open_wait(self, container_id: str) -> ExitWait:
         # A task that already ended answers at the next tick: no exit can be missed.
         return self.poller.register(container_id)
+
+    def attach_output(self, container_id: str) -> AttachedOutput:
+        """Not offered (`capabilities.live_output` is off): a task's output is not streamed."""
+        raise EngineError("attach", None, "the swarm driver does not stream a task's output")
 
     def start(self, container_id: str) -> None:
         """The service runs by itself once created: wait for its task to run (or end).
@@ -225,102 +232,91 @@ class SwarmGateway(ObservedEngine):
         )
         return result
 
-    def inspect(self, container_id: str) -> dict[str, Any]:
-        """The service as a container inspect: `State`, `Config` (Image, Env, Labels), `Name`.
+    def inspect(self, worker_id: str) -> WorkerState:
+        """The service and its task as a `WorkerState` (by service id or name).
 
-        `container_id` may be a service id or name. A service dockyard removed is answered
-        from the poller's memory of its last task (so the inspect after a kill works).
+        A service dockyard removed is answered from the poller's memory of its last task
+        (so the inspect after a kill works).
         """
         try:
-            service = self._call("service_inspect", lambda: self._raw.inspect_service(container_id))
-        except Exception as err:
-            if not is_not_found(err):
-                raise
-            ending = self.poller.ending(container_id)
+            service = self._call("service_inspect", lambda: self._raw.inspect_service(worker_id))
+        except EngineNotFoundError:
+            ending = self.poller.ending(worker_id)
             if ending is None:
                 raise
-            return self._as_container(None, container_id, ending.task, ending.unplaced)
+            return self._state(None, worker_id, ending.task, ending.unplaced)
         service_id = str(service.get("ID"))
         ending = self.poller.ending(service_id)
         if ending is not None and ending.unplaced is not None:
-            return self._as_container(service, service_id, ending.task, ending.unplaced)
+            return self._state(service, service_id, ending.task, ending.unplaced)
         task = latest_task(self._service_tasks(service_id))
-        return self._as_container(service, service_id, task, None)
+        return self._state(service, service_id, task, None)
 
-    def _as_container(
+    def _state(
         self,
         service: dict[str, Any] | None,
         service_id: str,
         task: dict[str, Any] | None,
         unplaced: str | None,
-    ) -> dict[str, Any]:
+    ) -> WorkerState:
         spec = (service or {}).get("Spec") or {}
         task_spec = spec.get("TaskTemplate") or (task or {}).get("Spec") or {}
         container_spec = task_spec.get("ContainerSpec") or {}
         state = task_state(task)
         running = unplaced is None and (state in PRE_RUNNING or state == "running" or not task)
         status = (task or {}).get("Status") or {}
-        local = self._local_container_state(task)
+        code = exit_code_of(task)
+        local = self._local_exit(task)
         if local is not None:
-            error = local.get("Error") or None
+            ended = replace(local, exit_code=code)
         elif unplaced is not None:
-            error = unplaced
-        elif state in TERMINAL and exit_code_of(task) is None:
-            error = status.get("Err") or status.get("Message") or None
+            ended = ExitResult(code, error=unplaced)
+        elif state in TERMINAL and code is None:
+            ended = ExitResult(code, error=status.get("Err") or status.get("Message") or None)
         elif state in TERMINAL:
             node = str((task or {}).get("NodeID") or "")[:12]
-            error = f"ran on swarm node {node}: OOMKilled and duration not known from here"
+            reason = f"ran on swarm node {node}: OOMKilled and duration not known from here"
+            ended = ExitResult(code, error=reason)
         else:
-            error = None
-        return {
-            "Id": service_id,
-            "Name": "/" + str(spec.get("Name") or ""),
-            "Config": {
-                "Image": container_spec.get("Image", ""),
-                "Env": list(container_spec.get("Env") or []),
-                "Labels": dict(spec.get("Labels") or container_spec.get("Labels") or {}),
-            },
-            "State": {
-                "Status": "running" if running else "exited",
-                "Running": running,
-                "ExitCode": exit_code_of(task),
-                "OOMKilled": (local or {}).get("OOMKilled"),
-                "Error": error,
-                "StartedAt": (local or {}).get("StartedAt"),
-                "FinishedAt": (local or {}).get("FinishedAt"),
-            },
-            "HostConfig": {"AutoRemove": False},
-            "Node": str((task or {}).get("NodeID") or ""),
-        }
+            ended = ExitResult(code)
+        return WorkerState(
+            id=service_id,
+            name=str(spec.get("Name") or ""),
+            image=str(container_spec.get("Image", "")),
+            labels=dict(spec.get("Labels") or container_spec.get("Labels") or {}),
+            env=tuple(container_spec.get("Env") or ()),
+            status="running" if running else "exited",
+            running=running,
+            exit=ended,
+        )
 
-    def _local_container_state(self, task: dict[str, Any] | None) -> dict[str, Any] | None:
-        """The task container's `State` when it is on this node and has ended."""
+    def _local_exit(self, task: dict[str, Any] | None) -> ExitResult | None:
+        """The task container's exit facts when it is on this node and has ended."""
         if task is None or task.get("NodeID") != self.node_id or task_state(task) not in TERMINAL:
             return None
-        container_id = _container_of(task)
+        container_id = container_of(task)
         if container_id is None:
             return None
         try:
             info = self.engine.inspect(str(container_id))
-        except Exception:
+        except DockyardError:  # the facts are a bonus: without them they read as unknown
             log.debug("task container not inspectable", exc_info=True)
             return None
-        state: dict[str, Any] = info.get("State") or {}
-        return state
+        return worker_state(info).exit
 
-    def logs_tail(self, container_id: str, lines: int) -> str:
+    def log_tail(self, worker_id: str, lines: int) -> str:
         def read() -> bytes:
             chunks = self._raw.service_logs(
-                container_id, stdout=True, stderr=True, tail=lines, timestamps=False
+                worker_id, stdout=True, stderr=True, tail=lines, timestamps=False
             )
             return b"".join(chunks)
 
         return self._call("service_logs", read).decode("utf-8", errors="replace")
 
-    def list_containers(self, labels: Sequence[str], *, all: bool = True) -> list[dict[str, Any]]:
-        """This instance's services, shaped like `docker ps` entries (two calls in all).
+    def list_workers(self, labels: Sequence[str], *, all: bool = True) -> list[WorkerEntry]:
+        """This instance's services (two calls in all), and stray task containers.
 
-        `State`: `running` while the task runs or waits for a node, `exited` once it
+        Status: `running` while the task runs or waits for a node, `exited` once it
         ended, `created` before the engine made a task. `all=False`: running ones only.
         """
         services = self._call(
@@ -331,9 +327,7 @@ class SwarmGateway(ObservedEngine):
         if ids:
             try:
                 tasks = self._poll_tasks(ids)
-            except Exception as err:
-                if not is_not_found(err):
-                    raise
+            except EngineNotFoundError:
                 tasks = []  # one vanished meanwhile; each then reads as `created`
             for found in tasks:
                 by_service.setdefault(str(found.get("ServiceID")), []).append(found)
@@ -344,22 +338,21 @@ class SwarmGateway(ObservedEngine):
             shown = "created" if latest is None else "exited" if state in TERMINAL else "running"
             if not all and shown != "running":
                 continue
-            created = parse_docker_time(service.get("CreatedAt"))
             spec = service.get("Spec") or {}
             listed.append(
-                {
-                    "Id": str(service["ID"]),
-                    "Names": ["/" + str(spec.get("Name") or "")],
-                    "Labels": dict(spec.get("Labels") or {}),
-                    "State": shown,
-                    "Created": int(created.astimezone(UTC).timestamp()) if created else 0,
-                }
+                WorkerEntry(
+                    id=str(service["ID"]),
+                    name=str(spec.get("Name") or ""),
+                    labels=dict(spec.get("Labels") or {}),
+                    status=shown,
+                    created_at=parse_docker_time(service.get("CreatedAt")),
+                )
             )
         if all:
             listed.extend(self._stray_containers(labels, set(ids)))
         return listed
 
-    def _stray_containers(self, labels: Sequence[str], services: set[str]) -> list[dict[str, Any]]:
+    def _stray_containers(self, labels: Sequence[str], services: set[str]) -> list[WorkerEntry]:
         """Task containers on this node whose service is gone (the engine keeps them).
 
         Listed under their container id, so that an orphan scan removes them: `stop` and
@@ -369,203 +362,8 @@ class SwarmGateway(ObservedEngine):
         for container in self.engine.list_containers(labels, all=True):
             service = (container.get("Labels") or {}).get(SWARM_SERVICE_LABEL)
             if service and service not in services:
-                stray.append(container)
+                stray.append(worker_entry(container))
         return stray
-
-    # -- ending -------------------------------------------------------------------------
-
-    def stop(self, container_id: str, grace_s: float) -> None:
-        """Stop the task with the stop grace (SIGTERM, then SIGKILL) and wait for that.
-
-        A task on this node: its container is stopped directly; the task ends `failed`
-        with the exit code, and the exit handling inspects and removes the service. A task
-        on another node: engine 20.10 leaves the running task of a removed job service
-        running (moby#44312), so the service is first updated to a placement no node
-        satisfies (the engine shuts the task down with the service's stop grace and starts
-        no replacement), then removed once the task ended (or after the grace plus a
-        margin); its exit code is known only when the engine kept the task's record.
-        """
-        try:
-            service = self._call("service_inspect", lambda: self._raw.inspect_service(container_id))
-        except Exception as err:
-            if not is_not_found(err):
-                raise
-            self._stop_stray(container_id, grace_s, err)
-            return
-        task = latest_task(self._service_tasks(container_id))
-        local = (
-            _container_of(task) if task is not None and task.get("NodeID") == self.node_id else None
-        )
-        if local is not None and task_state(task) not in TERMINAL:
-            # On this node: stop the container itself (SIGTERM, SIGKILL after the grace).
-            # The task then ends `failed` with its exit code and keeps its container for
-            # the exit's inspect; the exit handling removes the service afterwards.
-            self.engine.stop(local, grace_s)
-            return
-        if task is not None and task_state(task) not in TERMINAL:
-            for attempt in range(_UPDATE_ATTEMPTS):
-                try:
-                    self._unplace(service)
-                    break
-                except Exception as err:
-                    # "update out of sequence": the service changed since it was read.
-                    if is_not_found(err) or attempt + 1 >= _UPDATE_ATTEMPTS:
-                        raise
-                    service = self._call(
-                        "service_inspect", lambda: self._raw.inspect_service(container_id)
-                    )
-            ended = self._await_task_end(str(task["ID"]), grace_s + _STOP_MARGIN_S)
-            task = ended if ended is not None else task
-        self.remove(container_id, force=True)
-        self.poller.ended(container_id, task)
-
-    def _unplace(self, service: dict[str, Any]) -> None:
-        """Update the service to a placement no node satisfies (its own spec otherwise).
-
-        The spec goes back exactly as read: docker-py's `update_service` adds a null
-        `UpdateConfig`, which the engine refuses for jobs.
-        """
-        spec = dict(service.get("Spec") or {})
-        template = dict(spec.get("TaskTemplate") or {})
-        placement = dict(template.get("Placement") or {})
-        constraints = list(placement.get("Constraints") or [])
-        if _NOWHERE not in constraints:
-            constraints.append(_NOWHERE)
-        placement["Constraints"] = constraints
-        template["Placement"] = placement
-        spec["TaskTemplate"] = template
-        version = int((service.get("Version") or {}).get("Index") or 0)
-        api = self.api
-        url = f"{api.base_url}/v{api.api_version}/services/{service['ID']}/update"
-
-        def update() -> None:
-            response = api.post(url, params={"version": version}, json=spec, timeout=api.timeout)
-            try:
-                response.raise_for_status()
-            except requests.exceptions.HTTPError as err:
-                create_api_error_from_http_exception(err)  # raises docker-py's typed error
-            finally:
-                response.close()
-
-        self._call("service_update", update)
-
-    def _await_task_end(self, task_id: str, timeout_s: float) -> dict[str, Any] | None:
-        deadline = time.monotonic() + timeout_s
-        last: dict[str, Any] | None = None
-        while time.monotonic() < deadline:
-            try:
-                found = self._call("task_list", lambda: self._raw.tasks(filters={"id": [task_id]}))
-            except Exception:
-                log.debug("task poll after a stop failed", exc_info=True)
-                found = None
-            if found is not None:
-                if not found:
-                    return last
-                last = found[0]
-                if task_state(last) in TERMINAL:
-                    return last
-            time.sleep(_STOP_POLL_S)
-        return last
-
-    def kill(self, container_id: str) -> None:
-        """Remove the service and force-remove its task containers on this node."""
-        self.remove(container_id, force=True)
-
-    def remove(self, container_id: str, *, force: bool = True) -> None:
-        """Remove the service and its task containers on this node (idempotent).
-
-        Engine 20.10 keeps a removed job service's tasks and their containers (moby#42789):
-        the containers on this node are removed here. Raises not-found only when neither
-        the service nor a container of it was there.
-        """
-        missing: BaseException | None = None
-        for attempt in range(_REMOVE_ATTEMPTS):
-            try:
-                self._call("service_remove", lambda: self._raw.remove_service(container_id))
-                break
-            except Exception as err:
-                if is_not_found(err):
-                    missing = err
-                    break
-                if not is_transient(err) or attempt + 1 >= _REMOVE_ATTEMPTS:
-                    raise
-                time.sleep(_REMOVE_RETRY_PAUSE_S * (attempt + 1))  # removal is idempotent
-        self.poller.gone(container_id)
-        for attempt in range(_REMOVE_ATTEMPTS):
-            try:
-                removed = self._remove_local_containers(container_id)
-                break
-            except Exception as err:
-                if not is_transient(err) or attempt + 1 >= _REMOVE_ATTEMPTS:
-                    raise
-                time.sleep(_REMOVE_RETRY_PAUSE_S * (attempt + 1))
-        if missing is not None and not removed:
-            if not _is_container_id(container_id):
-                raise missing
-            try:
-                self.engine.remove(container_id, force=True)  # a stray task container?
-            except Exception as err:
-                if is_not_found(err):
-                    raise missing from None
-                raise
-
-    def _stop_stray(self, container_id: str, grace_s: float, missing: BaseException) -> None:
-        """No service of that id: stop a stray task container of that id, if there is one."""
-        self.poller.gone(container_id)
-        if not _is_container_id(container_id):
-            raise missing
-        try:
-            self.engine.stop(container_id, grace_s)
-        except Exception as err:
-            if is_not_found(err):
-                raise missing from None
-            raise
-
-    def _remove_local_containers(self, service_id: str) -> int:
-        found = self.engine.list_containers([f"{SWARM_SERVICE_LABEL}={service_id}"], all=True)
-        for container in found:
-            try:
-                self.engine.remove(str(container["Id"]), force=True)
-            except Exception as err:
-                if not (is_not_found(err) or is_conflict(err)):
-                    raise
-        return len(found)
-
-    def wait_removed(self, container_id: str, timeout_s: float) -> None:
-        """Remove the service (nothing removes it by itself) and return once it is gone."""
-        self.remove(container_id, force=True)
-
-    def commit(self, container_id: str, repository: str, tag: str, changes: Sequence[str]) -> str:
-        raise ConfigError("backend", "snapshots are not available with backend 'swarm'")
-
-    # -- images: the engine dockyard is connected to ------------------------------------
-
-    def image_inspect(self, image: str) -> dict[str, Any]:
-        return self.engine.image_inspect(image)
-
-    def tag(self, image: str, repository: str, tag: str, *, force: bool = True) -> None:
-        self.engine.tag(image, repository, tag, force=force)
-
-    def dangling_images(self, labels: Sequence[str]) -> list[dict[str, Any]]:
-        return self.engine.dangling_images(labels)
-
-    def list_images(self, name_filter: str | None = None) -> list[dict[str, Any]]:
-        return self.engine.list_images(name_filter)
-
-    def image_history(self, image: str) -> list[dict[str, Any]]:
-        return self.engine.image_history(image)
-
-    def load_image_archive(self, archive: bytes, reference: str) -> None:
-        self.engine.load_image_archive(archive, reference)
-
-    def import_container_filesystem(self, container_id: str, changes: Sequence[str]) -> str:
-        raise ConfigError("backend", "snapshots are not available with backend 'swarm'")
-
-    def remove_image(self, image: str) -> None:
-        self.engine.remove_image(image)
-
-    def pull(self, image: str, timeout_s: float, auth_config: RegistryAuth | None = None) -> None:
-        self.engine.pull(image, timeout_s, auth_config)
 
     @classmethod
     def over(
@@ -576,7 +374,7 @@ class SwarmGateway(ObservedEngine):
         pending_timeout_s: float,
         unreachable_window_s: float,
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
-    ) -> SwarmGateway:
+    ) -> SwarmDriver:
         """A swarm gateway over `engine` (a manager node's); closes `engine` if refused."""
         try:
             return cls(
@@ -591,11 +389,17 @@ class SwarmGateway(ObservedEngine):
             raise
 
 
-def _container_of(task: dict[str, Any] | None) -> str | None:
-    container = ((task or {}).get("Status") or {}).get("ContainerStatus") or {}
-    return str(container["ContainerID"]) if container.get("ContainerID") else None
-
-
-def _is_container_id(value: str) -> bool:
-    """A full container id (64 hex digits): never a prefix that could match another one."""
-    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+def open_driver(
+    config: RouterConfig,
+    docker_client: docker.DockerClient | docker.APIClient | None,
+    *,
+    short_pool: int,
+    wait_pool: int,
+) -> SwarmDriver:
+    """The Swarm driver over a manager node's engine (the caller's client, or a new one)."""
+    return SwarmDriver.over(
+        connect(config, docker_client, short_pool=short_pool, wait_pool=wait_pool),
+        stop_grace_s=config.stop_grace_s,
+        pending_timeout_s=config.swarm_pending_timeout_s,
+        unreachable_window_s=config.wait_retry_window_s,
+    )

@@ -22,14 +22,14 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from ._docker import is_not_found
-from ._errors import DockerUnavailableError
-from ._exit_monitor import ExitWait, ExitWaitClosedError
+from ._driver import ExitResult
+from ._errors import DockerUnavailableError, EngineNotFoundError, RetriesExhaustedError
+from ._exit_monitor import ExitWait
+from ._retry import RetryPolicy, RetryState
 
 __all__ = [
     "PRE_RUNNING",
     "TERMINAL",
-    "ExitWaitClosedError",
     "TaskPoller",
     "exit_code_of",
     "latest_task",
@@ -116,7 +116,7 @@ class TaskPoller:
         self._starting = 0  # callers blocked in `await_running`: poll fast meanwhile
         self._last: TTLCache[str, dict[str, Any]] = TTLCache(_REMEMBERED, _MEMORY_S)
         self._endings: TTLCache[str, Ending] = TTLCache(_REMEMBERED, _MEMORY_S)
-        self._failing_since: float | None = None
+        self._failing: RetryState | None = None  # polls failing since this run began
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.ticks = 0  # polls made, for tests and benchmarks
@@ -255,10 +255,10 @@ class TaskPoller:
         self.ticks += 1
         try:
             tasks = self._tasks_of(ids) if ids else []
-        except Exception as err:
+        except Exception as err:  # whatever failed, the poll failed: ridden out for a window
             self._poll_failed(err)
             return
-        self._failing_since = None
+        self._failing = None
         by_service: dict[str, list[dict[str, Any]]] = {}
         for task in tasks:
             by_service.setdefault(str(task.get("ServiceID") or ""), []).append(task)
@@ -271,9 +271,8 @@ class TaskPoller:
     def _tasks_of(self, ids: list[str]) -> list[dict[str, Any]]:
         try:
             return self._list_tasks(ids)
-        except Exception as err:
-            if not is_not_found(err):
-                raise
+        except EngineNotFoundError:
+            pass
         # A watched service was removed behind our back: the filter names a missing
         # service and the engine refuses the whole call. Find the survivors, ask again.
         existing = self._list_services()
@@ -284,12 +283,15 @@ class TaskPoller:
         return self._list_tasks(survivors) if survivors else []
 
     def _poll_failed(self, err: BaseException) -> None:
-        now = self._clock()
-        if self._failing_since is None:
-            self._failing_since = now
         log.info("swarm task poll failed; retrying", extra={"error": str(err)})
-        if now - self._failing_since <= self._unreachable_window_s:
+        if self._failing is None:
+            policy = RetryPolicy(retry_on=(Exception,), window_s=self._unreachable_window_s)
+            self._failing = policy.begin(clock=self._clock)
+        try:
+            self._failing = self._failing.increment(err)
             return  # keep the tickets: a blip must not write every worker off
+        except RetriesExhaustedError:
+            pass
         with self._cond:
             tickets = [t for w in self._watches.values() for t in w.tickets]
             for watch in self._watches.values():
@@ -327,8 +329,8 @@ class TaskPoller:
             ticket._resolve(_body(ending))
 
 
-def _body(ending: Ending) -> dict[str, Any]:
-    return {"StatusCode": exit_code_of(ending.task), "Error": None}
+def _body(ending: Ending) -> ExitResult:
+    return ExitResult(exit_code_of(ending.task))
 
 
 def _unplaced_reason(task: dict[str, Any] | None, timeout_s: float) -> str:

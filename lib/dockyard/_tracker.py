@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Protocol
 
-from ._backend import ExitTicket
+from ._driver import ExitTicket
 from ._models import ActiveWorker, OutcomeStatus, WorkerOutcome
 from ._output import OutputPipe
 from ._secrets import Masker

@@ -6,7 +6,9 @@ Each method delegates to the module that owns its concern. A job's path runs thr
 - `worker_container_launcher`: the launch plan, create and start, register, time, watch;
 - `_tracker`: the worker's state machine and its slot;
 - `_exit_handling`: how a run ends (the deadline kill, the exit wait, what follows);
-- `_docker` and `_exit_monitor`: the engine boundary and the one events stream;
+- `_driver` and `_docker_driver`: the driver interface and the Docker driver (the Swarm
+  driver, `_swarm`, instead when configured; `_drivers` is the table of both);
+- `_docker` and `_exit_monitor`: the Docker client and its one events stream;
 - `_loops` and `_metrics`: the pools `close()` waits for, and the Prometheus series.
 Off that path: snapshot registry and mechanics (`_snapshot_registry`, `_snapshots`),
 orphans and restarts (`_orphans`), dangling images (`_dangling`), Sentry (`_sentry`).
@@ -26,11 +28,11 @@ from typing import TYPE_CHECKING, Self
 import docker
 
 from ._adoption import WorkerAdopter
-from ._backend_choice import check_backend_projects, open_backend
 from ._config import ProjectConfig, RouterConfig
 from ._dangling import DEFAULT_DANGLING_INTERVAL_S, DanglingImageReaper
-from ._docker import DockerGateway
 from ._docker_config import DockerConfigLogins
+from ._driver import Driver
+from ._drivers import check_projects, driver_factory
 from ._environment import (
     CredentialProvider,
     EnvSources,
@@ -39,7 +41,13 @@ from ._environment import (
     router_environ,
     worker_masker,
 )
-from ._errors import ConfigError, DuplicateJobError, NoWorkerSlotError, WorkerCancelledError
+from ._errors import (
+    ConfigError,
+    DockyardError,
+    DuplicateJobError,
+    NoWorkerSlotError,
+    WorkerCancelledError,
+)
 from ._exit_handling import ExitWatcher, TimeoutController
 from ._fork import fork_guarded
 from ._images import ImagePuller
@@ -52,7 +60,7 @@ from ._jobs import (
     job_ids,
     resolve_job_fields,
 )
-from ._loops import ManagedPool, PeriodicTask, RetryPolicy
+from ._loops import ManagedPool, PeriodicTask
 from ._metrics import build_metrics, lifecycle_listener
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._naming import LabelSchema, container_name
@@ -60,6 +68,7 @@ from ._orphans import OrphanReaper
 from ._output import OutputHub
 from ._registry import WorkerRegistry
 from ._registry_auth import RegistryAuthResolver, RegistryCredentialProvider
+from ._retry import RetryPolicy
 from ._secrets import Masker, SecretBook, router_secret_values
 from ._sentry import Reporter, SentryReporter, scrub_for_host
 from ._slots import SlotGate, SlotLease
@@ -112,6 +121,7 @@ class ContainerManager:
         reporter: Reporter | None = None,
         metrics_registry: CollectorRegistry | None = None,
         registry_credentials: RegistryCredentialProvider | None = None,
+        driver: Driver | None = None,
     ) -> None:
         self.config = config
         self._projects = projects
@@ -119,15 +129,20 @@ class ContainerManager:
         self._close_lock = threading.Lock()
         wait_pool = config.max_workers + _WAIT_POOL_HEADROOM
         if projects is not None:
-            check_backend_projects(config, projects.list_projects())
-        self._docker = open_backend(
-            config,
-            docker_client,
-            short_pool=config.launch_concurrency + 4,
-            wait_pool=wait_pool + config.launch_concurrency,
-        )
-        # Only the Docker engine removes a finished worker by itself (AutoRemove).
-        self._auto_remove = config.auto_remove_workers and config.backend == "docker"
+            check_projects(config.backend, projects.list_projects())
+        if driver is None:
+            driver = driver_factory(config.backend)(
+                config,
+                docker_client,
+                short_pool=config.launch_concurrency + 4,
+                wait_pool=wait_pool + config.launch_concurrency,
+            )
+        elif config.snapshot_enabled and not driver.capabilities.snapshots:
+            # A host's own driver (a test's fake, say): its capabilities decide.
+            raise ConfigError("snapshot_enabled", "the driver given declares no snapshots")
+        self._driver = driver
+        images = driver.images
+        self._auto_remove = config.auto_remove_workers and driver.capabilities.auto_remove
         environ = router_environ()
         self._secrets = SecretBook(
             Masker.of(router_secret_values(environ)), history=config.outcome_history
@@ -143,14 +158,14 @@ class ContainerManager:
                 backend=config.backend,
             )
         except ConfigError:
-            self._docker.close()
+            driver.close()
             raise
         if self._metrics.enabled:
-            self._docker.observer = self._metrics.engine_call
+            driver.observer = self._metrics.engine_call
         self._listener = lifecycle_listener(listener, self._metrics, self._reporter)
-        # Each worker's output, attached before its start (only a Docker engine attaches).
+        # Each worker's output, attached before its start (drivers that declare live output).
         self._outputs = OutputHub(
-            attach=self._docker.attach_output if isinstance(self._docker, DockerGateway) else None,
+            attach=driver.attach_output if driver.capabilities.live_output else None,
             enabled=config.stream_output,
             listener=listener,
             sink=self._listener,
@@ -182,35 +197,48 @@ class ContainerManager:
             max_size_bytes=config.snapshot_max_size_bytes,
             project_ttl=self._project_snapshot_ttl,
         )
-        self._snapshot_manager = SnapshotManager(
-            self._docker, self.snapshots, self._reporter, config, self._labels, self._metrics
+        # Snapshots and image pulls need the engine's images: drivers without them have none.
+        self._snapshot_manager = (
+            None
+            if images is None
+            else SnapshotManager(
+                images,
+                self.snapshots,
+                self._reporter,
+                config,
+                self._labels,
+                self._metrics,
+                worker_env=lambda worker_id: driver.inspect(worker_id).env,
+            )
         )
         # A stop keeps being retried at least as long as a broken wait is.
         kill_policy = RetryPolicy(
+            retry_on=(DockyardError,),
             first_delay_s=1.0,
             max_delay_s=5.0,
             window_s=config.wait_retry_window_s + config.stop_grace_s,
         )
-        self._timeouts = TimeoutController(
-            self._docker, self._reporter, config.stop_grace_s, kill_policy
-        )
+        self._timeouts = TimeoutController(driver, self._reporter, config.stop_grace_s, kill_policy)
         self._exits = ExitWatcher(
-            docker=self._docker,
+            driver=driver,
             registry=self._registry,
             reporter=self._reporter,
             snapshots=self._snapshot_manager,
             submit=self._wait_executor.submit,
             log_tail_lines=config.log_tail_lines,
-            wait_policy=RetryPolicy(window_s=config.wait_retry_window_s),
+            # Any engine failure but a 404 is ridden out for the window (the spec's rule).
+            wait_policy=RetryPolicy(retry_on=(DockyardError,), window_s=config.wait_retry_window_s),
         )
         self._launcher = WorkerContainerLauncherDependencies(
-            docker=self._docker,
+            driver=driver,
             registry=self._registry,
             timeouts=self._timeouts,
             exits=self._exits,
             snapshots=self.snapshots,
-            images=ImagePuller(
-                self._docker,
+            images=None
+            if images is None
+            else ImagePuller(
+                images,
                 config.image_pull_timeout_s,
                 auth=RegistryAuthResolver(
                     config,
@@ -229,10 +257,10 @@ class ContainerManager:
             outputs=self._outputs,
         )
         self._reaper = OrphanReaper(
-            self._docker, self._registry, self._labels, config, self._reporter, self._listener
+            driver, self._registry, self._labels, config, self._reporter, self._listener
         )
         self._adopter = WorkerAdopter(
-            self._docker,
+            driver,
             self._registry,
             self._labels,
             config,
@@ -246,8 +274,12 @@ class ContainerManager:
         )
         self._snapshot_loop = PeriodicTask("dockyard-snapshot-cleanup", self.run_snapshot_cleanup)
         self._orphan_loop = PeriodicTask("dockyard-orphan-cleanup", self.scan_and_cleanup_orphans)
-        self._dangling = DanglingImageReaper(
-            self._docker, self._labels, config.router_instance_id, self._reporter
+        self._dangling = (
+            None
+            if images is None
+            else DanglingImageReaper(
+                images, self._labels, config.router_instance_id, self._reporter
+            )
         )
         self._dangling_loop = PeriodicTask(
             "dockyard-dangling-image-cleanup", self.run_dangling_image_cleanup
@@ -484,11 +516,15 @@ class ContainerManager:
 
     def sync_snapshots_from_docker(self) -> None:
         """Register the snapshot images already in Docker, then run one cleanup."""
-        self._snapshot_manager.sync_from_docker()
+        if self._snapshot_manager is not None:  # no images: nothing to find
+            self._snapshot_manager.sync_from_docker()
 
     def run_snapshot_cleanup(self) -> None:
         """Evict expired and surplus snapshots and remove their images."""
-        self._snapshot_manager.run_cleanup()
+        if self._snapshot_manager is not None:
+            self._snapshot_manager.run_cleanup()
+        else:  # no images to remove: the registry alone
+            self.snapshots.evict()
 
     def start_snapshot_cleanup(self, interval: float = 300.0) -> None:
         """Run `run_snapshot_cleanup` every `interval` seconds on a daemon thread."""
@@ -502,7 +538,7 @@ class ContainerManager:
 
     def run_dangling_image_cleanup(self) -> list[str]:
         """Remove dangling images labelled as dockyard's; returns the image ids removed."""
-        removed = self._dangling.scan()
+        removed = self._dangling.scan() if self._dangling is not None else []
         self._metrics.dangling_images_removed(len(removed))
         return removed
 
@@ -555,7 +591,8 @@ class ContainerManager:
                 return
             self._closed = True
         # Launches under way finish first, so that detaching also catches their workers.
-        self._launcher.images.close()  # a pull's retry back-off ends now
+        if self._launcher.images is not None:
+            self._launcher.images.close()  # a pull's retry back-off ends now
         self._launch_executor.shutdown()
         detached = self._registry.close()  # later registrations (an adoption) are refused
         if detached:
@@ -566,7 +603,7 @@ class ContainerManager:
         self._wait_executor.shutdown()
         self._outputs.close()  # the detached workers' readers end; their containers run on
         self._offload.close()
-        self._docker.close()
+        self._driver.close()
         self._metrics.close()
 
     def __enter__(self) -> Self:

@@ -27,6 +27,15 @@ image as its `Parent`; removing an image that is another's `Parent` is refused w
 engine's 409 "image has dependent child images"; an export piped into an import
 (`POST /images/create?fromSrc=-`) makes a one-layer image with no parent whose config is
 what its `changes` say. `RecordingReporter` collects what dockyard reports instead of Sentry.
+
+A level up, `FakeDriver` fakes the engine at the driver interface, passed as `driver=`:
+typed answers and errors, and the capabilities the test picks (`DOCKER_LIKE`, the default,
+or `SWARM_LIKE`: no auto-removal, images or snapshots)::
+
+    driver = FakeDriver(capabilities=SWARM_LIKE)
+    with ContainerManager(config, driver=driver) as manager:
+        worker = manager.spawn_worker(WorkerJob("job-1", "build", {}))
+        driver.exit(worker.container_id, 0)
 """
 
 from __future__ import annotations
@@ -49,13 +58,18 @@ import docker.errors
 import requests
 import urllib3
 
+from ._fake_driver import DOCKER_LIKE, SWARM_LIKE, FakeDriver, FakeImageStore
 from ._sentry import Report, Reporter
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "DOCKER_LIKE",
+    "SWARM_LIKE",
     "FakeContainer",
     "FakeDockerAPI",
+    "FakeDriver",
     "FakeEventStream",
+    "FakeImageStore",
     "RecordingReporter",
     "Report",
     "api_error",

@@ -14,12 +14,17 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from ._backend import EngineBackend, ExitTicket
-from ._docker import ContainerSpec, is_conflict, is_missing_image
+from ._driver import ContainerSpec, Driver, ExitTicket, WorkerState
 from ._environment import with_snapshot_reuse
-from ._errors import DuplicateJobError, WorkerImageResolutionError, as_spawn_error
+from ._errors import (
+    DockyardError,
+    DuplicateJobError,
+    EngineConflictError,
+    ImageNotFoundError,
+    WorkerImageResolutionError,
+    as_spawn_error,
+)
 from ._exit_handling import ExitWatcher, TimeoutController
 from ._images import ImagePuller, is_image_id
 from ._jobs import JobIdentity, job_ids
@@ -103,12 +108,12 @@ class WorkerContainerLaunchContext:
 class WorkerContainerLauncherDependencies:
     """The launcher's collaborators, all owned by one `ContainerManager`."""
 
-    docker: EngineBackend
+    driver: Driver
     registry: WorkerRegistry
     timeouts: TimeoutController
     exits: ExitWatcher
     snapshots: SnapshotRegistry
-    images: ImagePuller
+    images: ImagePuller | None  # None: the driver has no images to pull into
     reporter: Reporter
     listener: SafeListener
     labels: LabelSchema
@@ -142,7 +147,7 @@ def launch_worker_container(
     reports = _SpawnReports(deps.reporter, context)
     try:
         started = _start_container(config, context, deps, reports)
-    except Exception as err:
+    except Exception as err:  # every failure is reported and leaves as a DockyardError
         if not reports.covers(err) and not isinstance(err, DuplicateJobError):
             reports.send(err, "worker_spawn")
         typed = as_spawn_error(err)  # only DockyardErrors leave spawn_worker
@@ -226,9 +231,7 @@ def _start_container(
     reuse_env = with_snapshot_reuse(config.env)
     try:
         return _create_and_start(config, context, config.snapshot.image_name, reuse_env, deps)
-    except Exception as err:
-        if not is_missing_image(err):
-            raise
+    except ImageNotFoundError:
         stale = config.snapshot.image_name
     # The snapshot image vanished: forget it and start cold, once.
     deps.metrics.snapshot_fallback()
@@ -240,7 +243,7 @@ def _start_container(
     )
     try:
         return _with_base_image_pull(replace(config, snapshot=None), context, deps, reports)
-    except Exception as err:
+    except Exception as err:  # whatever ends the fallback is reported under its source
         reports.send(err, "worker_spawn_fallback", staleImage=stale)
         raise
 
@@ -252,23 +255,24 @@ def _with_base_image_pull(
     reports: _SpawnReports,
 ) -> _Started:
     image = config.base_image
-    if config.pull_policy == ALWAYS and not is_image_id(image):
-        _pull_base_image(config, deps, reports, always=True)
+    if config.pull_policy == ALWAYS and not is_image_id(image) and deps.images is not None:
+        _pull_base_image(config, deps.images, reports, always=True)
     else:
         try:
             return _create_and_start(config, context, image, config.env, deps)
-        except Exception as err:
-            if not is_missing_image(err):
-                raise
+        except ImageNotFoundError as err:
+            missing = err
         if config.pull_policy == NEVER:
             raise WorkerImageResolutionError(
                 f"image {image!r} is not on the engine and the image pull policy is 'never'"
             ) from None
-        _pull_base_image(config, deps, reports, always=False)
+        if deps.images is None:
+            raise missing  # the driver has no images dockyard could pull into
+        _pull_base_image(config, deps.images, reports, always=False)
     try:
         return _create_and_start(config, context, image, config.env, deps)
-    except Exception as err:
-        if not (config.project_image and is_missing_image(err)):
+    except ImageNotFoundError as err:
+        if not config.project_image:
             raise
         # Pulled, yet still absent (say a digest the registry no longer serves): terminal.
         raise WorkerImageResolutionError(
@@ -278,7 +282,7 @@ def _with_base_image_pull(
 
 def _pull_base_image(
     config: WorkerContainerLaunchConfig,
-    deps: WorkerContainerLauncherDependencies,
+    puller: ImagePuller,
     reports: _SpawnReports,
     *,
     always: bool,
@@ -286,10 +290,10 @@ def _pull_base_image(
     image = config.base_image
     try:
         if always:
-            deps.images.refresh(image)
+            puller.refresh(image)
         else:
-            deps.images.pull(image)
-    except Exception as pull_err:
+            puller.pull(image)
+    except Exception as pull_err:  # whatever ends the pull is reported under its source
         reports.send(
             pull_err,
             "worker_image_pull_fallback",
@@ -334,34 +338,31 @@ def _create_and_start(
     try:
         # Registered before start: an instant exit (and auto-removal) cannot be missed,
         # nor a byte of its output.
-        exit_wait = deps.docker.open_exit_wait(container_id)
+        exit_wait = deps.driver.open_exit_wait(container_id)
         if deps.outputs is not None:
             output = deps.outputs.open(container_id, plan.job_id, config.masker)
-        deps.docker.start(container_id)
+        deps.driver.start(container_id)
     except BaseException:
         if exit_wait is not None:
             exit_wait.close()
         if output is not None:
             output.cancel()
-        _discard(deps.docker, container_id, plan.job_id)
+        _discard(deps.driver, container_id, plan.job_id)
         raise
     return _Started(image, env, container_id, exit_wait, plan, output)
 
 
 def _create(spec: ContainerSpec, job_id: str, deps: WorkerContainerLauncherDependencies) -> str:
     try:
-        return deps.docker.create(spec)
-    except Exception as err:
-        if not is_conflict(err):
-            raise
+        return deps.driver.create(spec)
+    except EngineConflictError as err:
         conflict = err
     # A container already has this name: a stopped leftover of this very job goes.
     try:
-        leftover = deps.docker.inspect(spec.name)
-    except Exception:
+        leftover = deps.driver.inspect(spec.name)
+    except DockyardError:
         raise conflict from None
-    labels = (leftover.get("Config") or {}).get("Labels") or {}
-    state = leftover.get("State") or {}
+    labels = leftover.labels
     holder = labels.get(deps.labels.job_id)
     same_job = deps.labels.owned_by(labels, deps.instance_id) and holder == job_id
     if not same_job:
@@ -370,20 +371,20 @@ def _create(spec: ContainerSpec, job_id: str, deps: WorkerContainerLauncherDepen
             # manager or router: a clear refusal, not the engine's bare 409.
             raise DuplicateJobError(job_id, other_job_id=holder, container_name=spec.name) from None
         raise conflict
-    if state.get("Running") or state.get("Restarting"):
+    if leftover.status in ("running", "restarting"):  # a paused leftover goes, as ever
         raise DuplicateJobError(job_id)
     log.info(
         "removing a stopped leftover container of the same job",
-        extra={"job_id": job_id, "container_id": str(leftover.get("Id", ""))[:12]},
+        extra={"job_id": job_id, "container_id": leftover.id[:12]},
     )
-    deps.docker.remove(str(leftover["Id"]), force=True)
-    return deps.docker.create(spec)
+    deps.driver.remove(leftover.id, force=True)
+    return deps.driver.create(spec)
 
 
-def _discard(docker: EngineBackend, container_id: str, job_id: str) -> None:
+def _discard(driver: Driver, container_id: str, job_id: str) -> None:
     try:
-        docker.remove(container_id, force=True)
-    except Exception:
+        driver.remove(container_id, force=True)
+    except DockyardError:
         log.warning(
             "could not remove a container that failed to start",
             extra={"job_id": job_id, "container_id": container_id[:12]},
@@ -465,7 +466,7 @@ class LaunchPlan:
     def from_container(
         cls,
         schema: LabelSchema,
-        info: dict[str, Any],
+        state: WorkerState,
         started_at: datetime,
         default_timeout_s: float,
     ) -> LaunchPlan | None:
@@ -473,11 +474,10 @@ class LaunchPlan:
 
         An unlabelled deadline counts the global timeout from the container's start.
         """
-        config = info.get("Config") or {}
-        identity = schema.parse(config.get("Labels") or {})
+        identity = schema.parse(dict(state.labels))
         if identity is None:
             return None
-        plan = cls(identity, str(info.get("Name", "")).lstrip("/"), default_timeout_s)
+        plan = cls(identity, state.name, default_timeout_s)
         if identity.deadline is None:
             plan = plan.stamp(started_at)
         return plan

@@ -33,7 +33,8 @@ from dockyard import (
     WorkerSpawnError,
 )
 from dockyard._docker import DockerGateway
-from dockyard._images import ImagePuller, UnpullableImageError
+from dockyard._errors import UnpullableImageError
+from dockyard._images import ImagePuller
 from dockyard._naming import LabelSchema, snapshot_image_name
 from dockyard._sentry import Reporter
 from dockyard._snapshot_registry import SnapshotRegistry
@@ -714,7 +715,14 @@ def _snapshot_manager(fake: FakeCommitGateway, reporter: Reporter) -> SnapshotMa
         default_ttl_s=3600, max_count=5, max_size_bytes=10**12, project_ttl=lambda _p: None
     )
     config = RouterConfig(router_instance_id="unit", snapshot_image_prefix="unit-snap-")
-    return SnapshotManager(fake, registry, reporter, config, LabelSchema("cascade"))  # type: ignore[arg-type]
+    return SnapshotManager(
+        fake,  # type: ignore[arg-type]
+        registry,
+        reporter,
+        config,
+        LabelSchema("cascade"),
+        worker_env=lambda worker_id: fake.inspect(worker_id)["Config"]["Env"],
+    )
 
 
 def test_commit_without_a_kept_container_config_registers_the_commit_as_is() -> None:

@@ -13,7 +13,8 @@ import pytest
 import requests
 
 from dockyard import RouterConfig, WorkerImageResolutionError
-from dockyard._docker import DockerGateway, is_missing_image
+from dockyard._docker import DockerGateway
+from dockyard._errors import ImageNotFoundError, translate
 from dockyard._naming import LabelSchema
 from dockyard._registry_auth import DOCKER_HUB_SERVER, RegistryAuth, RegistryAuthResolver
 from dockyard._sentry import Reporter
@@ -189,7 +190,7 @@ def test_the_manager_gives_the_gateway_the_configured_write_timeout(
     rig_factory: Callable[..., Rig],
 ) -> None:
     rig = rig_factory(image_write_timeout_s=3600)
-    assert rig.manager._docker.image_write_timeout_s == 3600
+    assert rig.manager._driver.images.image_write_timeout_s == 3600
     assert RouterConfig().image_write_timeout_s > RouterConfig().docker_timeout_s
 
 
@@ -224,7 +225,7 @@ def test_a_project_image_still_missing_after_its_pull_is_a_resolution_error(
     rig.api.failures["create_container"] = [missing, missing]
     with pytest.raises(WorkerImageResolutionError, match="still missing") as raised:
         rig.manager.spawn_worker(job(projectId="proj"))
-    assert is_missing_image(raised.value.__cause__)
+    assert isinstance(translate("create", raised.value.__cause__), ImageNotFoundError)
     assert isinstance(raised.value.__cause__.__cause__, docker.errors.ImageNotFound)
     assert rig.api.calls_of("pull") == [PROJECT_DIGEST]
     assert rig.manager.get_active_worker_count() == 0
@@ -274,12 +275,14 @@ def test_a_failed_snapshot_commit_reports_the_originals_extras() -> None:
     )
     config = RouterConfig(router_instance_id="unit", snapshot_image_prefix="unit-snap-")
     reporter = ExtrasReporter()
+    gateway = RefusingCommitGateway()
     manager = SnapshotManager(
-        RefusingCommitGateway(),  # type: ignore[arg-type]
+        gateway,  # type: ignore[arg-type]
         registry,
         reporter,
         config,
         LabelSchema("cascade"),
+        worker_env=lambda worker_id: gateway.inspect(worker_id)["Config"]["Env"],
     )
     worker = snapshot_worker()
     assert manager.commit(worker, ["JOB_ID"]) is None

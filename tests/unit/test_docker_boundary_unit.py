@@ -22,14 +22,13 @@ from dockyard import (
     WorkerJob,
     WorkerSpawnError,
 )
-from dockyard._docker import ContainerSpec, DockerGateway, _size_tcp_pool
+from dockyard._docker import DockerGateway, _size_tcp_pool
+from dockyard._driver import ContainerSpec, ExitResult
 from dockyard._errors import (
     EngineConflictError,
     EngineNotFoundError,
-    is_conflict,
-    is_missing_image,
-    is_not_found,
-    is_unreachable,
+    ImageNotFoundError,
+    translate,
 )
 from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, RecordingReporter, api_error
 from support.threads import eventually
@@ -88,7 +87,7 @@ def test_exit_reaches_the_ticket_registered_before_start(
     ticket = gateway.open_exit_wait(container_id)
     api.exit_on_start = 7  # exits during `start`, before anyone waits in `result()`
     gateway.start(container_id)
-    assert ticket.result() == {"StatusCode": 7, "Error": None}
+    assert ticket.result() == ExitResult(exit_code=7)
 
 
 def test_close_wakes_a_blocked_result_at_once(gateway: DockerGateway) -> None:
@@ -122,7 +121,7 @@ def test_a_broken_stream_fails_every_ticket_and_reconnects(
     # The owner re-inspects and waits again on the reconnected stream.
     again = gateway.open_wait(first)
     api.exit(first, 3)
-    assert again.result()["StatusCode"] == 3
+    assert again.result().exit_code == 3
     since = api.calls_of("events")[1:]
     assert since and all(value is not None for value in since)  # replays the gap
 
@@ -133,7 +132,7 @@ def test_idle_reconnects_keep_the_tickets(gateway: DockerGateway, api: FakeDocke
     eventually(lambda: len(api.calls_of("events")) >= 3)  # a few quiet heartbeats
     assert not ticket.done()
     api.exit(container_id, 0)
-    assert ticket.result()["StatusCode"] == 0
+    assert ticket.result().exit_code == 0
 
 
 def test_an_exit_just_before_the_wait_is_remembered(
@@ -145,7 +144,7 @@ def test_an_exit_just_before_the_wait_is_remembered(
     eventually(lambda: gateway._exits.remembered_exit(container_id) is not None)
     api.vanish(container_id)  # auto-removed: no inspect could tell the code any more
     ticket = gateway.open_wait(container_id)
-    assert ticket.result()["StatusCode"] == 4
+    assert ticket.result().exit_code == 4
 
 
 def test_open_wait_answers_at_once_for_a_stopped_container(
@@ -155,20 +154,20 @@ def test_open_wait_answers_at_once_for_a_stopped_container(
     with api.lock:
         container = api.containers_by_id[container_id]
         container.status, container.exit_code = "exited", 9  # no event: only inspect knows
-    assert gateway.open_wait(container_id).result()["StatusCode"] == 9
+    assert gateway.open_wait(container_id).result().exit_code == 9
 
 
 def test_open_wait_on_a_missing_container_raises_not_found(gateway: DockerGateway) -> None:
     with pytest.raises(EngineNotFoundError) as info:
         gateway.open_wait("no-such-container")
-    assert is_not_found(info.value)
+    assert isinstance(info.value, EngineNotFoundError)
 
 
 def test_oom_is_passed_along_with_the_exit(gateway: DockerGateway, api: FakeDockerAPI) -> None:
     container_id = running(gateway)
     ticket = gateway.open_exit_wait(container_id)
     api.exit(container_id, 137, oom=True)
-    assert ticket.result() == {"StatusCode": 137, "Error": None, "OOMKilled": True}
+    assert ticket.result() == ExitResult(exit_code=137, oom_killed=True)
 
 
 def test_a_stream_that_cannot_connect_fails_the_wait_with_a_typed_error(
@@ -214,7 +213,7 @@ def test_every_call_is_observed_with_its_result(api: FakeDockerAPI) -> None:
         api.failures["remove_container"] = [api_error(409, "removal in progress")]
         with pytest.raises(EngineConflictError) as info:
             gateway.remove(container_id)
-        assert is_conflict(info.value)
+        assert isinstance(info.value, EngineConflictError)
     finally:
         gateway.close()
     results = [(operation, result) for operation, result, _ in seen]
@@ -239,13 +238,17 @@ def test_a_failing_observer_never_breaks_a_call(api: FakeDockerAPI) -> None:
         gateway.close()
 
 
-def test_predicates_understand_raw_and_translated_errors() -> None:
+def test_the_table_types_raw_errors_and_passes_typed_ones() -> None:
     missing_image = api_error(404, "No such image: x", docker.errors.ImageNotFound)
-    assert is_missing_image(missing_image)
-    assert is_unreachable(requests.exceptions.ConnectionError("x"))
-    assert is_unreachable(DockerUnavailableError("x"))
-    assert not is_missing_image(EngineNotFoundError("create", 404, "network x not found"))
-    assert is_missing_image(EngineNotFoundError("create", 404, "No such image: x"))
+    assert isinstance(translate("create", missing_image), ImageNotFoundError)
+    assert isinstance(
+        translate("x", requests.exceptions.ConnectionError("x")), DockerUnavailableError
+    )
+    unavailable = DockerUnavailableError("x")
+    assert translate("x", unavailable) is unavailable
+    network = api_error(404, "network x not found", docker.errors.NotFound)
+    assert not isinstance(translate("create", network), ImageNotFoundError)
+    assert isinstance(translate("create", api_error(404, "No such image: x")), ImageNotFoundError)
 
 
 def test_spawn_raises_only_dockyard_errors() -> None:

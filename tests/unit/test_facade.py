@@ -90,7 +90,7 @@ DEFINED_IN = {
     "DuplicateJobError": "dockyard._errors",
     "ForkedManagerError": "dockyard._errors",
     "InvalidJobError": "dockyard._errors",
-    "JobDataOffloadError": "dockyard._job_data",
+    "JobDataOffloadError": "dockyard._errors",
     "NoWorkerSlotError": "dockyard._errors",
     "WorkerCancelledError": "dockyard._errors",
     "WorkerImageResolutionError": "dockyard._errors",

@@ -27,14 +27,16 @@ NOT_THE_PATH = {"testing.py", "_fork.py"}
 # Ten concerns (the facade, the launcher, jobs, environment, tracking, exit handling, the
 # gateway and its events stream, loops, metrics), split into modules of one concern each,
 # which adds eight: the job's names and labels, its spawn settings, its job data, its
-# secrets, the listener, the registry, the slots, Docker's timestamps.
-MAX_MODULES_DEFAULT_JOB = 18 + 2
-# (+2: the worker's output, read from before its start: its lines -- frames, lines,
-# masking -- and their delivery, tail and counts.)
-# Plus the snapshot registry, the commit's mechanics, the gateway's image calls, the
-# typed errors (looking up the previous snapshot of the work item answers 404 the first time),
-# and the flatten module's layer count that decides whether the commit is written flattened.
-MAX_MODULES_SNAPSHOT_JOB = MAX_MODULES_DEFAULT_JOB + 5
+# secrets, the listener, the registry, the slots, Docker's timestamps. The driver interface
+# and the Docker driver, between the core and the Docker client, add two.
+# The worker's output, read from before its start, adds two: its lines (frames, lines,
+# masking) and their delivery, tail and counts.
+MAX_MODULES_DEFAULT_JOB = 20 + 2
+# Plus the snapshot registry, the commit's mechanics, the gateway's image calls, the typed
+# errors (looking up the previous snapshot of the work item answers 404 the first time), the
+# flatten module's layer count that decides whether the commit is written flattened, and the
+# retry policy of the container's removal (an auto-removed container needs none).
+MAX_MODULES_SNAPSHOT_JOB = MAX_MODULES_DEFAULT_JOB + 6
 
 
 @contextmanager

@@ -7,6 +7,7 @@ refuses the kill for a while, `close()` racing adoption or a scan.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import signal
@@ -28,6 +29,7 @@ from dockyard import (
 )
 from dockyard._docker import ExitWait
 from dockyard._naming import parse_deadline
+from dockyard._retry import RetryPolicy
 from dockyard.testing import FakeDockerAPI, RecordingReporter, api_error, not_found
 from support.rig import INSTANCE, fake_manager, job
 from support.threads import ThreadBaseline, eventually
@@ -96,15 +98,16 @@ def make() -> Iterator[Callable[..., tuple[ContainerManager, Any]]]:
         manager.close()
 
 
+def immediate(policy: RetryPolicy, window_s: float | None) -> RetryPolicy:
+    """The same policy without any back-off: a test must not sleep."""
+    return dataclasses.replace(policy, first_delay_s=0.0, max_delay_s=0.0, window_s=window_s)
+
+
 def fast_kill_retries(manager: ContainerManager, monkeypatch: pytest.MonkeyPatch) -> None:
     """No back-off between kill rounds (a test must not sleep through real ones)."""
-    try:
-        from dockyard._loops import RetryPolicy  # noqa: PLC0415
-    except ImportError:  # the design before the retry policy: its own constant
-        monkeypatch.setattr("dockyard._exit_handling._KILL_RETRY_FIRST_S", 0.001, raising=False)
-        return
     window = manager.config.wait_retry_window_s
-    manager._timeouts.kill_policy = RetryPolicy.immediate(window_s=window)  # type: ignore[attr-defined]
+    policy = manager._timeouts.kill_policy  # type: ignore[attr-defined]
+    manager._timeouts.kill_policy = immediate(policy, window_s=window)  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- slots
@@ -292,7 +295,7 @@ def test_close_from_a_listener_callback_completes(
     assert listener.closed.wait(10), "close() from the callback did not return"
 
     assert [r.getMessage() for r in caplog.records] == []  # no "cannot join current thread"
-    assert manager._docker._closed  # it went all the way through
+    assert manager._driver.client._closed  # it went all the way through
     with pytest.raises(RuntimeError):
         manager.spawn_worker(job("after"))
     thread_baseline.assert_no_new_threads(timeout=5.0)

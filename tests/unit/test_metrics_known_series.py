@@ -196,7 +196,11 @@ def _operations_named_in(module: str) -> set[str]:
 
 def test_every_engine_operation_the_gateways_name_is_listed() -> None:
     docker_side = _operations_named_in("_docker.py") | _operations_named_in("_docker_images.py")
-    swarm_side = _operations_named_in("_swarm.py") | _operations_named_in("_swarm_tasks.py")
+    swarm_side = (
+        _operations_named_in("_swarm.py")
+        | _operations_named_in("_swarm_tasks.py")
+        | _operations_named_in("_swarm_ending.py")
+    )
     assert "create" in docker_side
     assert "service_create" in swarm_side
     assert docker_side <= set(DOCKER_OPERATIONS), docker_side - set(DOCKER_OPERATIONS)

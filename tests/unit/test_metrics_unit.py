@@ -27,7 +27,8 @@ from dockyard import (
     WorkerLifecycleListener,
     WorkerOutcome,
 )
-from dockyard._docker import DockerGateway, call_result
+from dockyard._docker import DockerGateway
+from dockyard._errors import result_of, translate
 from dockyard._metrics import (
     NO_METRICS,
     MeteredListener,
@@ -86,7 +87,7 @@ def test_without_a_registry_prometheus_client_is_never_imported() -> None:
         api = docker.APIClient(base_url="unix:///nonexistent/docker.sock", version="1.41")
         manager = ContainerManager(RouterConfig(worker_image="img"), docker_client=api)
         assert manager._metrics is NO_METRICS
-        assert manager._docker.observer is None
+        assert manager._driver.observer is None
         manager.scan_and_cleanup_orphans()
         manager.close()
         loaded = sorted(m for m in sys.modules if m.startswith("prometheus_client"))
@@ -317,10 +318,10 @@ def test_a_failing_observer_never_breaks_the_call() -> None:
 
 
 def test_call_results() -> None:
-    assert call_result(None) == "ok"
-    assert call_result(api_error(409, "conflict")) == "conflict"
-    assert call_result(api_error(503, "unavailable")) == "unreachable"
-    assert call_result(api_error(500, "boom")) == "error"
+    assert result_of(None) == "ok"
+    assert result_of(translate("call", api_error(409, "conflict"))) == "conflict"
+    assert result_of(translate("call", api_error(503, "unavailable"))) == "unreachable"
+    assert result_of(translate("call", api_error(500, "boom"))) == "error"
 
 
 # --------------------------------------------------------------------------- listener

@@ -12,7 +12,7 @@ import sentry_sdk
 from sentry_sdk.serializer import serialize
 
 from dockyard import WorkerJob
-from dockyard._docker import ContainerSpec
+from dockyard._driver import ContainerSpec
 from dockyard._environment import worker_masker
 from dockyard._jobs import resolve_job_fields
 from dockyard._secrets import Masker, Secret, SecretBook, SecretEnv, router_secret_values

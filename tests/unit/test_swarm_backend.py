@@ -6,11 +6,12 @@ import threading
 from typing import Any
 
 import pytest
-from docker.errors import NotFound
 
 from dockyard import ConfigError, ProjectConfig, RouterConfig
-from dockyard._backend_choice import check_backend_projects
-from dockyard._swarm_tasks import ExitWaitClosedError, TaskPoller, exit_code_of
+from dockyard._driver import ExitResult
+from dockyard._drivers import check_projects
+from dockyard._errors import EngineNotFoundError, ExitWaitClosedError
+from dockyard._swarm_tasks import TaskPoller, exit_code_of
 
 
 def test_backend_defaults_to_docker_and_takes_swarm() -> None:
@@ -31,8 +32,8 @@ def test_swarm_with_snapshots_is_refused_saying_why() -> None:
 def test_swarm_with_a_snapshotting_project_is_refused() -> None:
     config = RouterConfig(backend="swarm")
     with pytest.raises(ConfigError, match=r"ProjectConfig.snapshot_enabled \(p1\)"):
-        check_backend_projects(config, [ProjectConfig(id="p1", snapshot_enabled=True)])
-    check_backend_projects(RouterConfig(), [ProjectConfig(id="p1", snapshot_enabled=True)])
+        check_projects(config.backend, [ProjectConfig(id="p1", snapshot_enabled=True)])
+    check_projects(RouterConfig().backend, [ProjectConfig(id="p1", snapshot_enabled=True)])
 
 
 def test_backend_settings_from_the_environment() -> None:
@@ -66,7 +67,7 @@ class FakeSwarm:
     def list_tasks(self, ids: list[str]) -> list[dict[str, Any]]:
         self.task_calls += 1
         if any(i not in self.services for i in ids):
-            raise NotFound("service not found")
+            raise EngineNotFoundError("task_list", 404, "service not found")  # as translated
         return [self.tasks[i] for i in ids if i in self.tasks]
 
     def list_services(self) -> set[str]:
@@ -111,7 +112,7 @@ def test_one_engine_call_per_tick_whatever_the_number_of_workers(workers: int) -
         fake.tasks[i] = task(i, "failed" if n % 2 else "complete", n % 2)
     p.tick()
     assert fake.task_calls == p.ticks == 3  # one call per tick, never one per worker
-    assert [t.result()["StatusCode"] for t in tickets] == [n % 2 for n in range(workers)]
+    assert [t.result().exit_code for t in tickets] == [n % 2 for n in range(workers)]
     assert p.watched() == 0
     p.close(1)
 
@@ -134,7 +135,7 @@ def test_task_pending_past_the_timeout_ends_with_the_scheduler_reason() -> None:
     assert not ticket.done()
     clock.now = 6
     p.tick()
-    assert ticket.result() == {"StatusCode": None, "Error": None}
+    assert ticket.result() == ExitResult(exit_code=None)
     ending = p.ending("s")
     assert ending is not None and ending.unplaced is not None
     assert "insufficient resources" in ending.unplaced
@@ -153,7 +154,7 @@ def test_a_service_removed_behind_our_back_answers_without_failing_the_others() 
     del fake.tasks["a"]
     p.tick()  # 404 for the pair -> one service listing -> the survivor asked again
     assert fake.service_calls == 1
-    assert a.done() and a.result()["StatusCode"] is None
+    assert a.done() and a.result().exit_code is None
     assert not b.done()
     p.close(1)
     with pytest.raises(ExitWaitClosedError):

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import sys
 
+from .._errors import UsageError
+
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_JOBS_FAILED",
+    "EXIT_OK",
+    "EXIT_TERMINATED",
+    "EXIT_USAGE",
+    "UsageError",
+    "say",
+]
+
 EXIT_OK = 0
 EXIT_JOBS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
-
-
-class UsageError(Exception):
-    """Something to say on one stderr line before exiting with status 2; nothing was started."""
 
 
 def say(message: str) -> None:

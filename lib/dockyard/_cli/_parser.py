@@ -6,6 +6,7 @@ import argparse
 import math
 from typing import NoReturn
 
+from .._drivers import DRIVERS
 from .._pull_policy import PULL_POLICIES
 from ._containers import cmd_ps, cmd_reap
 from ._exits import EXIT_USAGE
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("jobs", metavar="JOBS.jsonl", help="the job file")
     run.add_argument(
         "--backend",
-        choices=("docker", "swarm"),
+        choices=tuple(DRIVERS),  # the driver table's names
         help="docker: a container per job on the engine; swarm: a replicated-job service per "
         "job on the swarm whose manager the engine is (default: $DOCKYARD_BACKEND or docker)",
     )

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._config import RouterConfig
-from .._docker import DockerGateway, is_not_found
-from .._errors import DockerUnavailableError
+from .._docker import DockerGateway
+from .._errors import DockerUnavailableError, DockyardError, EngineNotFoundError
 from .._jobs import WorkerJob
 from .._pull_policy import NEVER
 from ..container_manager import ContainerManager
@@ -112,11 +112,11 @@ def _run_config(args: argparse.Namespace) -> RouterConfig:
 def _check_image(gateway: DockerGateway, image: str) -> None:
     try:
         gateway.image_inspect(image)
-    except Exception as err:
-        if is_not_found(err):
-            raise UsageError(
-                f"image {image!r} is not on the Docker engine; build or pull it first"
-            ) from None
+    except EngineNotFoundError:
+        raise UsageError(
+            f"image {image!r} is not on the Docker engine; build or pull it first"
+        ) from None
+    except DockyardError as err:
         raise DockerUnavailableError(
             f"Docker engine error while inspecting {image!r}: {err}"
         ) from err

@@ -1,0 +1,223 @@
+"""The Docker driver: the core's task verbs on one Docker engine, each worker a container.
+
+A thin layer over the Docker client (`DockerGateway`): the verbs pass through, and inspect
+and list answers become the core's `WorkerState` and `WorkerEntry` here, the one place
+that reads Docker's container JSON for the core. Its image store is the client itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import docker
+from docker.utils.socket import frames_iter
+
+from ._config import RouterConfig
+from ._docker import DockerGateway
+from ._driver import (
+    CallObserver,
+    ContainerSpec,
+    ExitResult,
+    ExitTicket,
+    ImageStore,
+    WorkerEntry,
+    WorkerState,
+)
+from ._drivers import DRIVERS, Capabilities
+from ._output import AttachedOutput
+from ._times import parse_docker_time
+
+__all__ = [
+    "DockerDriver",
+    "attach_output",
+    "connect",
+    "open_driver",
+    "worker_entry",
+    "worker_state",
+]
+
+
+class DockerDriver:
+    """Workers as containers of one engine (see `_driver.Driver` for the verbs)."""
+
+    capabilities: Capabilities = DRIVERS["docker"].capabilities
+
+    def __init__(self, client: DockerGateway) -> None:
+        self.client = client
+        self.images: ImageStore | None = client
+
+    @property
+    def observer(self) -> CallObserver | None:
+        return self.client.observer
+
+    @observer.setter
+    def observer(self, observer: CallObserver | None) -> None:
+        self.client.observer = observer
+
+    def close(self) -> None:
+        self.client.close()
+
+    def create(self, spec: ContainerSpec) -> str:
+        """Create the container (recovering from a create whose answer got lost)."""
+        return self.client.create(spec)
+
+    def open_exit_wait(self, worker_id: str) -> ExitTicket:
+        return self.client.open_exit_wait(worker_id)
+
+    def open_wait(self, worker_id: str) -> ExitTicket:
+        return self.client.open_wait(worker_id)
+
+    def start(self, worker_id: str) -> None:
+        self.client.start(worker_id)
+
+    def attach_output(self, worker_id: str) -> AttachedOutput:
+        """The container's stdout and stderr from its first byte (attached before `start`)."""
+        return self.client.calls.run("attach", lambda: attach_output(self.client.api, worker_id))
+
+    def inspect(self, worker_id: str) -> WorkerState:
+        return worker_state(self.client.inspect(worker_id))
+
+    def list_workers(self, labels: Sequence[str], *, all: bool = True) -> list[WorkerEntry]:
+        return [worker_entry(c) for c in self.client.list_containers(labels, all=all)]
+
+    def log_tail(self, worker_id: str, lines: int) -> str:
+        return self.client.logs_tail(worker_id, lines)
+
+    def stop(self, worker_id: str, grace_s: float) -> None:
+        self.client.stop(worker_id, grace_s)
+
+    def kill(self, worker_id: str) -> None:
+        self.client.kill(worker_id)
+
+    def remove(self, worker_id: str, *, force: bool = True) -> None:
+        self.client.remove(worker_id, force=force)
+
+    def wait_removed(self, worker_id: str, timeout_s: float) -> None:
+        self.client.wait_removed(worker_id, timeout_s)
+
+
+def worker_state(info: dict[str, Any]) -> WorkerState:
+    """A container inspect as the core's `WorkerState`."""
+    state = info.get("State") or {}
+    config = info.get("Config") or {}
+    code = state.get("ExitCode")
+    oom = state.get("OOMKilled")
+    return WorkerState(
+        id=str(info.get("Id", "")),
+        name=str(info.get("Name", "")).lstrip("/"),
+        image=str(config.get("Image", "")),
+        labels=dict(config.get("Labels") or {}),
+        env=tuple(config.get("Env") or ()),
+        status=str(state.get("Status") or ""),
+        running=bool(state.get("Running") or state.get("Restarting") or state.get("Paused")),
+        exit=ExitResult(
+            exit_code=code if isinstance(code, int) else None,
+            oom_killed=oom if isinstance(oom, bool) else None,
+            error=state.get("Error") or None,
+            started_at=parse_docker_time(state.get("StartedAt")),
+            finished_at=parse_docker_time(state.get("FinishedAt")),
+        ),
+        auto_remove=bool((info.get("HostConfig") or {}).get("AutoRemove")),
+    )
+
+
+def worker_entry(container: dict[str, Any]) -> WorkerEntry:
+    """A `docker ps` entry as the core's `WorkerEntry`."""
+    names = container.get("Names") or []
+    created = container.get("Created")
+    return WorkerEntry(
+        id=str(container.get("Id", "")),
+        name=str(names[0]).lstrip("/") if names else "",
+        labels=dict(container.get("Labels") or {}),
+        status=str(container.get("State", "")).lower(),
+        created_at=datetime.fromtimestamp(int(created), UTC) if created else None,
+    )
+
+
+def open_driver(
+    config: RouterConfig,
+    docker_client: docker.DockerClient | docker.APIClient | None,
+    *,
+    short_pool: int,
+    wait_pool: int,
+) -> DockerDriver:
+    """The Docker driver over the caller's client, or over a new connection to the engine
+    the environment names.
+
+    Its exit stream carries only this router instance's containers: the engine filters, so
+    two routers on one engine never read each other's exits.
+    """
+    return DockerDriver(connect(config, docker_client, short_pool=short_pool, wait_pool=wait_pool))
+
+
+def connect(
+    config: RouterConfig,
+    docker_client: docker.DockerClient | docker.APIClient | None,
+    *,
+    short_pool: int,
+    wait_pool: int,
+) -> DockerGateway:
+    """The Docker client a driver runs on (the Swarm driver too: a manager node's engine)."""
+    own = [f"{config.label_prefix}.router.instance={config.router_instance_id}"]
+    client = (
+        DockerGateway.connect(
+            short_pool=short_pool,
+            wait_pool=wait_pool,
+            timeout_s=config.docker_timeout_s,
+            event_labels=own,
+        )
+        if docker_client is None
+        else DockerGateway.from_client(docker_client, event_labels=own)
+    )
+    client.image_write_timeout_s = config.image_write_timeout_s
+    return client
+
+
+# -- a container's output stream --
+
+_ATTACH_PARAMS = {"stdout": 1, "stderr": 1, "stream": 1, "logs": 1}
+
+
+def attach_output(api: docker.APIClient, container_id: str) -> AttachedOutput:
+    """Attach to the container's stdout and stderr; raises the client's error on refusal.
+
+    `POST /containers/{id}/attach?stream=1&logs=1&stdout=1&stderr=1` on a created container
+    not started yet, as `docker run` does: the engine sends every byte from the first one and
+    ends the stream (EOF) at the exit, also when it removes the container after (AutoRemove).
+    Workers run without a TTY: the stream is in frames, read by docker-py's `frames_iter`.
+    """
+    sock: Any = api.attach_socket(container_id, params=_ATTACH_PARAMS)
+    # The OS socket under docker-py's answer (a `SocketIO` on a unix socket): closing the
+    # `SocketIO` alone leaves it open, held by the HTTP connection.
+    raw: Any = getattr(sock, "_sock", sock)
+    return AttachedOutput(frames=_frames(sock, raw), close=lambda: _shut(sock, raw))
+
+
+def _frames(sock: Any, raw: Any) -> Iterator[tuple[int, bytes]]:
+    try:
+        for stream, data in frames_iter(sock, tty=False):  # type: ignore[no-untyped-call]
+            yield stream, bytes(data)
+    finally:
+        _close(sock, raw)
+
+
+def _shut(sock: Any, raw: Any) -> None:
+    """Wake a read blocked on the stream (from another thread): the reader then ends."""
+    shutdown = getattr(raw, "shutdown", None)
+    if callable(shutdown):
+        with contextlib.suppress(OSError):
+            shutdown(socket.SHUT_RDWR)
+    else:  # a transport without shutdown (ssh channel): closing is all there is
+        _close(sock, raw)
+
+
+def _close(sock: Any, raw: Any) -> None:
+    response = getattr(sock, "_response", None)
+    for closable in (sock, raw, response):
+        if closable is not None:
+            with contextlib.suppress(Exception):
+                closable.close()
