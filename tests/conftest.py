@@ -218,9 +218,9 @@ def make_manager(
     The config runs the test image under this test's ``instance_id`` and
     ``snapshot_image_prefix`` with ``stop_grace_s=1``, ``worker_memory_mb=64`` and
     ``slot_wait_timeout_s=30``; keyword arguments override any ``RouterConfig`` field.
-    ``listener``, ``credentials``, ``projects``, ``job_data_store``, ``reporter`` and
-    ``docker_client`` go to the manager itself. Every manager made is closed at teardown,
-    before ``instance_id`` looks for leaked containers.
+    ``listener``, ``credentials``, ``projects``, ``job_data_store``, ``reporter``,
+    ``docker_client`` and ``metrics_registry`` go to the manager itself. Every manager made
+    is closed at teardown, before ``instance_id`` looks for leaked containers.
     """
     make = ManagerFactory(
         {
@@ -231,7 +231,15 @@ def make_manager(
             "worker_memory_mb": 64,
             "slot_wait_timeout_s": 30,
         },
-        ("listener", "credentials", "projects", "job_data_store", "reporter", "docker_client"),
+        (
+            "listener",
+            "credentials",
+            "projects",
+            "job_data_store",
+            "reporter",
+            "docker_client",
+            "metrics_registry",
+        ),
     )
     yield make
     make.close_all()

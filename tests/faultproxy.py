@@ -18,7 +18,8 @@ response head sent back to the client says ``Connection: close`` too, so urllib3
 fresh connection for its next request. Response bodies (chunked streams for ``wait``,
 ``logs``, ``events``, pulls) are relayed as raw bytes until the engine closes. Requests
 carrying an ``Upgrade`` header (``exec_start``, ``attach``) are relayed in both
-directions after the engine's ``101`` answer.
+directions after the engine's ``101`` answer; a client that closes its writing half has
+the engine's half closed too, one that closes the connection ends it.
 
 Operations (:data:`OPS`), from method and path (an optional ``/v1.xx`` prefix and the
 query string are ignored):
@@ -687,6 +688,10 @@ class FaultProxy:
             if conn.cut.is_set():
                 return
             ready = {fd for fd, _ in events}
+            if not client_open and any(
+                fd == client.fileno() and mask & select.POLLHUP for fd, mask in events
+            ):
+                return  # the client closed both ways (not only its writing half): it is gone
             if upstream.fileno() in ready:
                 data = upstream.recv(_RECV)
                 if not data:
@@ -714,7 +719,9 @@ class FaultProxy:
                     if not upgrade:
                         return  # the client gave up: drop the upstream request too
                     client_open = False
-                    poller.unregister(client)
+                    # Only hang-ups from now on: a client that closed for good is gone,
+                    # one that only closed its writing half still reads the engine's answer.
+                    poller.modify(client, 0)
                     upstream.shutdown(socket.SHUT_WR)
                 elif upgrade:
                     upstream.sendall(data)

@@ -90,6 +90,9 @@ class RouterConfig(_StrictJson):
     stop_grace_s: float = 15.0
     image_pull_timeout_s: float = 300.0
     log_tail_lines: int = 50
+    # Read each worker's output live (attached before its start): lines to the listener's
+    # `on_worker_output`, the last `log_tail_lines` in every outcome's `log_tail`.
+    stream_output: bool = True
     launch_concurrency: int = 8
     label_prefix: str = "cascade"
     container_name_prefix: str = "cascade-worker-"
@@ -270,6 +273,15 @@ def _true_only(raw: str) -> bool:
     return raw == "true"
 
 
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
 def _str(raw: str) -> str:
     return raw
 
@@ -297,6 +309,7 @@ _ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WORKER_IMAGE_PULL_RETRIES": ("image_pull_retries", _int),
     "WORKER_IMAGE_CREDENTIAL_HELPER_TIMEOUT_MS": ("registry_helper_timeout_s", _ms),
     "DOCKYARD_BACKEND": ("backend", _str),
+    "WORKER_STREAM_OUTPUT": ("stream_output", _flag),
     "DOCKYARD_SWARM_PENDING_TIMEOUT_MS": ("swarm_pending_timeout_s", _ms),
     # The container controls' `WORKER_*` variables are `_container_syntax.SETTING_ENV_VARS`.
     "JOB_SETTINGS_ALLOWED": ("job_settings_allowed", job_settings_allowed_from_env),
@@ -396,6 +409,8 @@ def _validate_router(config: RouterConfig) -> None:
     _require_optional_texts(config, ("registry_username", "registry_password", "registry_server"))
     if not isinstance(config.snapshot_enabled, bool):
         raise ConfigError("snapshot_enabled", "must be a boolean")
+    if not isinstance(config.stream_output, bool):
+        raise ConfigError("stream_output", "must be a boolean")
     if config.backend not in DRIVERS:
         raise ConfigError("backend", f"must be one of {', '.join(DRIVERS)}, got {config.backend!r}")
     if config.snapshot_enabled:

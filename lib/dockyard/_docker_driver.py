@@ -7,11 +7,14 @@ that reads Docker's container JSON for the core. Its image store is the client i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import socket
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import docker
+from docker.utils.socket import frames_iter
 
 from ._config import RouterConfig
 from ._docker import DockerGateway
@@ -25,9 +28,17 @@ from ._driver import (
     WorkerState,
 )
 from ._drivers import DRIVERS, Capabilities
+from ._output import AttachedOutput
 from ._times import parse_docker_time
 
-__all__ = ["DockerDriver", "connect", "open_driver", "worker_entry", "worker_state"]
+__all__ = [
+    "DockerDriver",
+    "attach_output",
+    "connect",
+    "open_driver",
+    "worker_entry",
+    "worker_state",
+]
 
 
 class DockerDriver:
@@ -62,6 +73,10 @@ class DockerDriver:
 
     def start(self, worker_id: str) -> None:
         self.client.start(worker_id)
+
+    def attach_output(self, worker_id: str) -> AttachedOutput:
+        """The container's stdout and stderr from its first byte (attached before `start`)."""
+        return self.client.calls.run("attach", lambda: attach_output(self.client.api, worker_id))
 
     def inspect(self, worker_id: str) -> WorkerState:
         return worker_state(self.client.inspect(worker_id))
@@ -160,3 +175,49 @@ def connect(
     )
     client.image_write_timeout_s = config.image_write_timeout_s
     return client
+
+
+# -- a container's output stream --
+
+_ATTACH_PARAMS = {"stdout": 1, "stderr": 1, "stream": 1, "logs": 1}
+
+
+def attach_output(api: docker.APIClient, container_id: str) -> AttachedOutput:
+    """Attach to the container's stdout and stderr; raises the client's error on refusal.
+
+    `POST /containers/{id}/attach?stream=1&logs=1&stdout=1&stderr=1` on a created container
+    not started yet, as `docker run` does: the engine sends every byte from the first one and
+    ends the stream (EOF) at the exit, also when it removes the container after (AutoRemove).
+    Workers run without a TTY: the stream is in frames, read by docker-py's `frames_iter`.
+    """
+    sock: Any = api.attach_socket(container_id, params=_ATTACH_PARAMS)
+    # The OS socket under docker-py's answer (a `SocketIO` on a unix socket): closing the
+    # `SocketIO` alone leaves it open, held by the HTTP connection.
+    raw: Any = getattr(sock, "_sock", sock)
+    return AttachedOutput(frames=_frames(sock, raw), close=lambda: _shut(sock, raw))
+
+
+def _frames(sock: Any, raw: Any) -> Iterator[tuple[int, bytes]]:
+    try:
+        for stream, data in frames_iter(sock, tty=False):  # type: ignore[no-untyped-call]
+            yield stream, bytes(data)
+    finally:
+        _close(sock, raw)
+
+
+def _shut(sock: Any, raw: Any) -> None:
+    """Wake a read blocked on the stream (from another thread): the reader then ends."""
+    shutdown = getattr(raw, "shutdown", None)
+    if callable(shutdown):
+        with contextlib.suppress(OSError):
+            shutdown(socket.SHUT_RDWR)
+    else:  # a transport without shutdown (ssh channel): closing is all there is
+        _close(sock, raw)
+
+
+def _close(sock: Any, raw: Any) -> None:
+    response = getattr(sock, "_response", None)
+    for closable in (sock, raw, response):
+        if closable is not None:
+            with contextlib.suppress(Exception):
+                closable.close()

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from ._container_settings import ContainerSettings
 from ._drivers import Capabilities
+from ._output import AttachedOutput
 from ._registry_auth import RegistryAuth
 from ._secrets import Secret
 
@@ -157,6 +158,11 @@ class Driver(Protocol):
         ...
 
     def start(self, worker_id: str) -> None: ...
+    def attach_output(self, worker_id: str) -> AttachedOutput:
+        """The worker's stdout and stderr from its first byte: opened after `create`,
+        before `start`; the stream ends at the exit. Only with `capabilities.live_output`."""
+        ...
+
     def inspect(self, worker_id: str) -> WorkerState:
         """The worker by id or name; `EngineNotFoundError` when there is none."""
         ...

@@ -37,6 +37,8 @@ class Capabilities:
     auto_remove: bool  # the engine removes a finished worker by itself (after its exit)
     local_exit_facts: bool  # OOM kill and run times are known for every exit
     images: bool  # an `ImageStore` of the engine the workers run on
+    # `attach_output`: a worker's output from its first byte, attached before its start
+    live_output: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class DriverEntry:
 
 
 _DOCKER_OPERATIONS = (
-    "create", "start", "open_wait", "events", "inspect", "logs_tail", "stop", "kill",
+    "create", "start", "attach", "open_wait", "events", "inspect", "logs_tail", "stop", "kill",
     "remove", "wait_removed", "list_containers",
     "pull", "commit", "tag", "image_inspect", "list_images", "image_history",
     "load_image_archive", "remove_image", "import_container_filesystem",
@@ -70,7 +72,13 @@ _SWARM_OPERATIONS = (
 DRIVERS: Mapping[str, DriverEntry] = MappingProxyType(
     {
         "docker": DriverEntry(
-            Capabilities(snapshots=True, auto_remove=True, local_exit_facts=True, images=True),
+            Capabilities(
+                snapshots=True,
+                auto_remove=True,
+                local_exit_facts=True,
+                images=True,
+                live_output=True,
+            ),
             "dockyard._docker_driver:open_driver",
             _DOCKER_OPERATIONS,
         ),

@@ -36,6 +36,7 @@ from ._errors import (
 from ._listener import log_ids
 from ._loops import Activity
 from ._models import OutcomeStatus, WorkerOutcome
+from ._output import tail_extra
 from ._registry import WorkerRegistry
 from ._retry import RetryPolicy, RetryState, call_with_retry
 from ._sentry import Reporter
@@ -54,6 +55,9 @@ __all__ = [
 log = logging.getLogger("dockyard.exits")
 
 _REMOVAL_WAIT_S = 10.0
+# After the exit, how long the output may take to reach its end (the engine ends the stream
+# at the exit) and its queued lines to reach the listener, before the outcome goes out.
+_OUTPUT_DRAIN_S = 5.0
 
 
 @dataclass(kw_only=True, eq=False)  # one watcher per manager: identity, no field-wise ==
@@ -99,9 +103,13 @@ class ExitWatcher:
                 tags={"jobType": tracked.worker.job_type},
                 extras={"jobId": tracked.job_id},
             )
-            self.registry.settle(
-                tracked, WorkerOutcome(tracked.job_id, "lost", error=f"exit handling failed: {err}")
+            outcome = WorkerOutcome(
+                tracked.job_id,
+                "lost",
+                error=f"exit handling failed: {err}",
+                log_tail=self._output_so_far(tracked),
             )
+            self.registry.settle(tracked, outcome)
 
     # -- after the exit -----------------------------------------------------------------
 
@@ -109,7 +117,7 @@ class ExitWatcher:
         worker = tracked.worker
         state = exited.state or self._inspect(tracked)
         facts = state.exit if state is not None else ExitResult(None)
-        self._log_tail(tracked)
+        tail = self._log_tail(tracked)
         code = exited.status_code
         status: OutcomeStatus
         if _caused_by_kill(tracked, facts):
@@ -134,6 +142,7 @@ class ExitWatcher:
                     "oomKilled": facts.oom_killed,
                     "exitReason": facts.error,
                     "durationMs": duration_ms,
+                    **({"logTail": tail_extra(tail)} if tail else {}),
                 },
             )
         if (
@@ -166,6 +175,7 @@ class ExitWatcher:
             oom_killed=facts.oom_killed,
             exit_reason=facts.error,
             duration_s=facts.duration_s,
+            log_tail=tail,
         )
         log.info(
             "worker finished",
@@ -187,7 +197,12 @@ class ExitWatcher:
         )
         if worker.snapshot_enabled:
             self._remove(tracked)
-        outcome = WorkerOutcome(worker.job_id, "lost", error=f"{lost.reason}: {lost.error}")
+        outcome = WorkerOutcome(
+            worker.job_id,
+            "lost",
+            error=f"{lost.reason}: {lost.error}",
+            log_tail=self._output_so_far(tracked),
+        )
         self.registry.settle(tracked, outcome)
 
     def _inspect(self, tracked: TrackedWorker) -> WorkerState | None:
@@ -204,24 +219,45 @@ class ExitWatcher:
             )
         return None
 
-    def _log_tail(self, tracked: TrackedWorker) -> None:
-        # The engine refuses the logs of a container it is auto-removing (409/404), and a
-        # tail that no handler would log is not worth a round-trip either.
-        if self.log_tail_lines <= 0 or tracked.auto_remove or not log.isEnabledFor(logging.INFO):
-            return
-        try:
-            tail = self.driver.log_tail(tracked.worker.container_id, self.log_tail_lines)
-        except DockyardError:  # a tail is best effort: a gone container has none
-            log.debug("no logs for worker", extra={"job_id": tracked.job_id}, exc_info=True)
-            return
-        tail = tracked.masker.mask(tail)
-        if tail.strip():
+    def _log_tail(self, tracked: TrackedWorker) -> tuple[str, ...]:
+        """The worker's last lines (masked), logged; the outcome's `log_tail`.
+
+        Read live since before the start when streaming; else asked of the engine, which
+        refuses the logs of a container it is auto-removing (409/404): no tail then.
+        """
+        if self.log_tail_lines <= 0:
+            return ()
+        output = tracked.output
+        if output is not None:
+            tail = output.finish(_OUTPUT_DRAIN_S)
+            if not output.ended:  # the stream outlived the exit: stop reading it
+                output.cancel()
+        elif tracked.auto_remove:
+            return ()
+        else:
+            try:
+                text = self.driver.log_tail(tracked.worker.container_id, self.log_tail_lines)
+            except DockyardError:  # a tail is best effort: a gone container has none
+                log.debug("no logs for worker", extra={"job_id": tracked.job_id}, exc_info=True)
+                return ()
+            tail = tuple(tracked.masker.mask(text).splitlines()[-self.log_tail_lines :])
+        if any(line.strip() for line in tail):
             log.info(
                 "worker output (last %d lines):\n%s",
                 self.log_tail_lines,
-                tail.rstrip(),
+                "\n".join(tail).rstrip(),
                 extra=log_ids(tracked.worker),
             )
+        return tail
+
+    @staticmethod
+    def _output_so_far(tracked: TrackedWorker) -> tuple[str, ...]:
+        """The tail read so far, the reading ended (an outcome without a normal exit)."""
+        output = tracked.output
+        if output is None:
+            return ()
+        output.cancel()
+        return output.tail()
 
     def _remove(self, tracked: TrackedWorker) -> None:
         """Remove the container; for auto-removed ones, make sure the engine finished it."""
@@ -370,6 +406,13 @@ def await_exit(driver: Driver, tracked: TrackedWorker, policy: RetryPolicy) -> E
 
 # -- timeouts: the deadline kill --
 
+
+def _tail_extras(tracked: TrackedWorker) -> dict[str, str]:
+    """`logTail`: the output so far (masked), when there is any."""
+    tail = tracked.output.tail() if tracked.output is not None else ()
+    return {"logTail": tail_extra(tail)} if tail else {}
+
+
 kill_log = logging.getLogger("dockyard.timeouts")
 
 
@@ -450,7 +493,7 @@ class TimeoutController:
             "worker_timeout",
             level="warning",
             tags={"jobType": worker.job_type},
-            extras={"jobId": worker.job_id, "durationMs": elapsed_ms},
+            extras={"jobId": worker.job_id, "durationMs": elapsed_ms, **_tail_extras(tracked)},
         )
 
     def kill(self, tracked: TrackedWorker) -> bool:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import queue
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +26,7 @@ from ._errors import (
     ImageNotFoundError,
     NameInUseError,
 )
+from ._output import AttachedOutput
 from ._registry_auth import RegistryAuth
 
 __all__ = ["DOCKER_LIKE", "SWARM_LIKE", "FakeDriver", "FakeImageStore"]
@@ -68,6 +70,12 @@ class _Worker:
     status: str = "created"
     exit: ExitResult = field(default_factory=lambda: ExitResult(None))
     tickets: list[_Ticket] = field(default_factory=list)
+    outputs: list[queue.SimpleQueue[tuple[int, bytes] | None]] = field(default_factory=list)
+
+
+def _frames(stream: queue.SimpleQueue[tuple[int, bytes] | None]) -> Iterator[tuple[int, bytes]]:
+    while (piece := stream.get()) is not None:
+        yield piece
 
 
 class FakeImageStore:
@@ -162,10 +170,20 @@ class FakeDriver:
                 worker.exit, exit_code=code, oom_killed=oom, finished_at=self._now()
             )
             tickets, worker.tickets = worker.tickets, []
+            outputs, worker.outputs = worker.outputs, []
             if worker.spec.auto_remove and self.capabilities.auto_remove:
                 del self._workers[worker_id]
+        for stream in outputs:  # the output ends before the exit is known, as the engine's
+            stream.put(None)
         for ticket in tickets:
             ticket.answer(worker.exit)
+
+    def write_output(self, worker_id: str, data: bytes, stream: int = 1) -> None:
+        """The worker writes `data` on stdout (1) or stderr (2)."""
+        with self._lock:
+            outputs = list(self._workers[worker_id].outputs)
+        for output in outputs:
+            output.put((stream, data))
 
     def running(self) -> list[str]:
         with self._lock:
@@ -222,6 +240,13 @@ class FakeDriver:
                 return ticket
         ticket.answer(worker.exit)
         return ticket
+
+    def attach_output(self, worker_id: str) -> AttachedOutput:
+        self._call("attach", worker_id)
+        stream: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
+        with self._lock:
+            self._worker(worker_id).outputs.append(stream)
+        return AttachedOutput(_frames(stream), lambda: stream.put(None))
 
     def start(self, worker_id: str) -> None:
         self._call("start", worker_id)
@@ -281,6 +306,9 @@ class FakeDriver:
             worker = self._worker(worker_id)
             del self._workers[worker.id]
             tickets, worker.tickets = worker.tickets, []
+            outputs, worker.outputs = worker.outputs, []
+        for stream in outputs:
+            stream.put(None)
         for ticket in tickets:
             ticket.answer(replace(worker.exit, exit_code=137))
 

@@ -36,6 +36,9 @@ class SafeListener:
     def orphan_stopped(self, container_id: str, labels: dict[str, str]) -> None:
         self._call("on_orphan_stopped", None, container_id, labels)
 
+    def output(self, worker: ActiveWorker, stream: str, line: str) -> None:
+        self._call("on_worker_output", worker.job_id, worker, stream, line)
+
     def _call(self, hook: str, job_id: str | None, *args: object) -> None:
         if self._listener is None:
             return

@@ -82,6 +82,9 @@ SPAWN_FAILURE_KINDS: tuple[str, ...] = (
 )
 """`error` of `dockyard_spawn_failures_total`; a kind outside this list is counted as `other`."""
 
+LOG_STREAMS: tuple[str, ...] = ("stdout", "stderr")
+"""`stream` of `dockyard_log_lines_total`."""
+
 ENGINE_CALL_RESULTS: tuple[str, ...] = ("ok", "not_found", "conflict", "unreachable", "error")
 
 DOCKER_OPERATIONS: tuple[str, ...] = DRIVERS["docker"].operations
@@ -179,6 +182,12 @@ class Metrics:
 
     def dangling_images_removed(self, count: int) -> None:
         """A dangling-image cleanup removed `count` images."""
+
+    def log_lines(self, stream: str, count: int) -> None:
+        """Workers printed `count` more lines on `stream` (`stdout` or `stderr`)."""
+
+    def log_lines_dropped(self, count: int) -> None:
+        """`count` output lines were not delivered: the host's listener fell behind."""
 
     def close(self) -> None:
         """Unregister the series (the manager is closed)."""
@@ -293,6 +302,14 @@ class PrometheusMetrics(Metrics):
         self._dangling = counter(
             "dockyard_dangling_images_removed", "Dangling dockyard images removed."
         )
+        self._log_lines = counter(
+            "dockyard_log_lines", "Lines workers printed, by stream (masked, read live).",
+            ("stream",),
+        )  # fmt: skip
+        self._log_lines_dropped = counter(
+            "dockyard_log_lines_dropped",
+            "Output lines not delivered to the listener: it fell behind its workers.",
+        )
         self._call_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._create_known_series(engine_operations(backend))
         self._register()
@@ -305,6 +322,8 @@ class PrometheusMetrics(Metrics):
             self._duration.labels(status)
         for kind in SPAWN_FAILURE_KINDS:
             self._spawn_failures.labels(kind)
+        for stream in LOG_STREAMS:
+            self._log_lines.labels(stream)
         for operation in operations:
             for result in ENGINE_CALL_RESULTS:
                 self._call_children[(operation, result)] = (
@@ -386,6 +405,13 @@ class PrometheusMetrics(Metrics):
 
     def dangling_images_removed(self, count: int) -> None:
         self._dangling.inc(count)
+
+    def log_lines(self, stream: str, count: int) -> None:
+        if stream in LOG_STREAMS:
+            self._log_lines.labels(stream).inc(count)
+
+    def log_lines_dropped(self, count: int) -> None:
+        self._log_lines_dropped.inc(count)
 
 
 def build_metrics(

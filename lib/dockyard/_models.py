@@ -59,6 +59,8 @@ class WorkerOutcome(DataClassJsonMixin):
     exit_reason: str | None = None
     duration_s: float | None = None
     error: str | None = None
+    # The worker's last output lines (`RouterConfig.log_tail_lines`), masked, oldest first.
+    log_tail: tuple[str, ...] = ()
 
     @property
     def succeeded(self) -> bool:
@@ -107,3 +109,10 @@ class WorkerLifecycleListener:
 
     def on_orphan_stopped(self, container_id: str, labels: dict[str, str]) -> None:
         """An orphaned container of this router instance was stopped and removed."""
+
+    def on_worker_output(self, worker: ActiveWorker, stream: str, line: str) -> None:
+        """One line the worker printed: `stream` is ``"stdout"`` or ``"stderr"``, `line` the
+        text without its newline (UTF-8, undecodable bytes replaced; lines over 64 KiB come
+        in pieces), secrets masked. Called in order per worker, on a dockyard thread that
+        is neither a launch's nor an exit's; a listener slower than its workers loses lines
+        (counted in `dockyard_log_lines_dropped_total`) rather than slowing them."""

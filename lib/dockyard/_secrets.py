@@ -179,6 +179,12 @@ class Masker:
             return text
         return self._pattern.sub(MASK, text)
 
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Where `mask` would replace: the `(start, end)` of each secret found in `text`."""
+        if self._pattern is None or not text:
+            return []
+        return [match.span() for match in self._pattern.finditer(text)]
+
     def mask_deep(self, node: Any) -> Any:
         """Mask every string in a JSON-like tree (dicts, lists, strings), keys included."""
         if isinstance(node, str):

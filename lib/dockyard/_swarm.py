@@ -46,9 +46,11 @@ from ._errors import (
     ConfigError,
     DockerUnavailableError,
     DockyardError,
+    EngineError,
     EngineNotFoundError,
 )
 from ._exit_monitor import ExitWait
+from ._output import AttachedOutput
 from ._secrets import reveal
 from ._swarm_ending import SWARM_SERVICE_LABEL, ServiceEnding, container_of
 from ._swarm_settings import swarm_task_pieces
@@ -201,6 +203,10 @@ class SwarmDriver(ServiceEnding, ObservedEngine):
     def open_wait(self, container_id: str) -> ExitWait:
         # A task that already ended answers at the next tick: no exit can be missed.
         return self.poller.register(container_id)
+
+    def attach_output(self, container_id: str) -> AttachedOutput:
+        """Not offered (`capabilities.live_output` is off): a task's output is not streamed."""
+        raise EngineError("attach", None, "the swarm driver does not stream a task's output")
 
     def start(self, container_id: str) -> None:
         """The service runs by itself once created: wait for its task to run (or end).

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from ._driver import ExitTicket
 from ._models import ActiveWorker, OutcomeStatus, WorkerOutcome
+from ._output import OutputPipe
 from ._secrets import Masker
 
 __all__ = ["Phase", "TrackedWorker"]
@@ -50,11 +51,13 @@ class TrackedWorker:
         env_keys: tuple[str, ...] = (),
         masker: Masker | None = None,
         auto_remove: bool = False,
+        output: OutputPipe | None = None,
     ) -> None:
         self.worker = worker
         self.env_keys = env_keys  # names of the launch env, for scrubbing snapshots
         self.masker = masker or Masker(frozenset())  # for the worker's log tail
         self.auto_remove = auto_remove  # the engine removes it on exit
+        self.output = output  # its output, read since before its start (None: not read)
         self.future: Future[WorkerOutcome] = Future()
         self._release_slot = release_slot  # a `SlotLease.release`: idempotent
         self._lock = threading.Lock()
@@ -150,6 +153,8 @@ class TrackedWorker:
             timer.cancel()
         if exit_wait is not None and phase is Phase.DETACHED:
             exit_wait.close()  # a settled worker's wait has answered already
+        if self.output is not None and phase is Phase.DETACHED:
+            self.output.cancel()  # the container runs on; nobody reads it any more
         self._release_slot()
         return True
 

@@ -67,6 +67,7 @@ from ._metrics import build_metrics, lifecycle_listener
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._naming import LabelSchema, container_name
 from ._orphans import OrphanReaper
+from ._output import OutputHub
 from ._registry import WorkerRegistry
 from ._registry_auth import RegistryAuthResolver, RegistryCredentialProvider
 from ._retry import RetryPolicy
@@ -165,6 +166,16 @@ class ContainerManager:
         if self._metrics.enabled:
             driver.observer = self._metrics.engine_call
         self._listener = lifecycle_listener(listener, self._metrics, self._reporter)
+        # Each worker's output, attached before its start (drivers that declare live output).
+        self._outputs = OutputHub(
+            attach=driver.attach_output if driver.capabilities.live_output else None,
+            enabled=config.stream_output,
+            listener=listener,
+            sink=self._listener,
+            counters=self._metrics,
+            tail_lines=config.log_tail_lines,
+            delivery_threads=config.max_workers,
+        )
         self._labels = LabelSchema(config.label_prefix)
         self._slots = SlotGate(config.max_workers)
         # The runs (by their outcome future) cancelled while they spawned, out of the slot
@@ -246,6 +257,7 @@ class ContainerManager:
             labels=self._labels,
             instance_id=config.router_instance_id,
             metrics=self._metrics,
+            outputs=self._outputs,
         )
         self._reaper = OrphanReaper(
             driver, self._registry, self._labels, config, self._reporter, self._listener
@@ -603,6 +615,7 @@ class ContainerManager:
         self._stop_loops()
         self._timeouts.close()
         self._wait_executor.shutdown()
+        self._outputs.close()  # the detached workers' readers end; their containers run on
         self._offload.close()
         self._driver.close()
         self._metrics.close()

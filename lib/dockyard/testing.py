@@ -40,10 +40,13 @@ or `SWARM_LIKE`: no auto-removal, images or snapshots)::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import queue
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -245,7 +248,9 @@ class FakeContainer:
     status: str = "created"
     exit_code: int = 0
     oom_killed: bool = False
-    output: bytes = b""
+    output: bytes = b""  # what `logs` answers (and an attach sends at the exit)
+    # The engine's ends of attached output streams (a `socketpair` each).
+    attached: list[socket.socket] = field(default_factory=list, repr=False)
     started_at: str = "2024-05-01T10:00:00.000000000Z"
     finished_at: str = "2024-05-01T10:00:01.500000000Z"
 
@@ -302,7 +307,10 @@ class FakeDockerAPI:
             return container
 
     def exit(self, container_id: str, code: int, *, oom: bool = False) -> None:
-        """The running container exits with `code` (an `oom` then `die` event)."""
+        """The running container exits with `code` (an `oom` then `die` event).
+
+        Attached output streams get `output` (as stdout) and end before the `die` event.
+        """
         with self.lock:
             container = self.containers_by_id[container_id]
             if container.status != "running":
@@ -310,9 +318,36 @@ class FakeDockerAPI:
             container.status = "exited"
             container.exit_code = code
             container.oom_killed = oom
+            if container.output:
+                self.write_output(container_id, container.output)
+            self._end_output(container)
             if oom:
                 self._emit(container, "oom", {})
             self._emit(container, "die", {"exitCode": str(code)})
+
+    def write_output(self, container_id: str, data: bytes, stream: int = 1) -> None:
+        """The container writes `data` on stdout (1) or stderr (2): attached streams get it."""
+        header = struct.pack(">BxxxL", stream, len(data))
+        with self.lock:
+            attached = list(self.containers_by_id[container_id].attached)
+        for end in attached:
+            with contextlib.suppress(OSError):  # the reader went away
+                end.sendall(header + data)
+
+    def _end_output(self, container: FakeContainer) -> None:
+        with self.lock:
+            attached, container.attached = container.attached, []
+        for end in attached:
+            end.close()
+
+    def attach_socket(self, container_id: str, params: Any = None, ws: bool = False) -> Any:
+        self._record("attach", container_id)
+        self._fail("attach")
+        container = self._find(container_id)
+        engine_end, client_end = socket.socketpair()
+        with self.lock:
+            container.attached.append(engine_end)
+        return client_end
 
     def break_event_streams(self) -> None:
         """Every connected events stream breaks (its exit waits fail and are resumed)."""
@@ -560,6 +595,7 @@ class FakeDockerAPI:
         container = self._find(container_id)
         with self.lock:
             del self.containers_by_id[container.id]
+        self._end_output(container)
 
     def wait(self, container_id: str, timeout: Any = None, condition: str | None = None) -> Any:
         self._record("blocking_wait", condition)

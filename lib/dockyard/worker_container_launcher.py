@@ -34,6 +34,7 @@ from ._listener import SafeListener, log_ids
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
 from ._naming import LabelSchema, WorkerLabels
+from ._output import OutputHub, OutputPipe
 from ._pull_policy import ALWAYS, IF_NOT_PRESENT, NEVER
 from ._registry import WorkerRegistry
 from ._secrets import Masker, Secret
@@ -122,6 +123,7 @@ class WorkerContainerLauncherDependencies:
     instance_id: str
     clock: Callable[[], datetime] = _utc_now
     metrics: Metrics = NO_METRICS
+    outputs: OutputHub | None = None  # reads each worker's output from before its start
 
 
 def launch_worker_container(
@@ -171,6 +173,7 @@ def launch_worker_container(
         env_keys=tuple(started.env),
         masker=config.masker,
         auto_remove=config.auto_remove,
+        output=started.output,
     )
     deps.timeouts.arm(tracked, (worker.deadline - deps.clock()).total_seconds())
     if not deps.registry.register(tracked):
@@ -183,6 +186,8 @@ def launch_worker_container(
         ),
     )
     deps.listener.started(worker)
+    if started.output is not None:
+        started.output.bind(worker)  # its lines so far, and all later, go to the listener
     deps.exits.watch(tracked)
     return worker
 
@@ -194,6 +199,7 @@ class _Started:
     container_id: str
     exit_wait: ExitTicket
     plan: LaunchPlan  # stamped with the deadline
+    output: OutputPipe | None = None
 
 
 @dataclass
@@ -333,16 +339,22 @@ def _create_and_start(
     )
     container_id = _create(spec, plan.job_id, deps)
     exit_wait: ExitTicket | None = None
+    output: OutputPipe | None = None
     try:
-        # Registered before start: an instant exit (and auto-removal) cannot be missed.
+        # Registered before start: an instant exit (and auto-removal) cannot be missed,
+        # nor a byte of its output.
         exit_wait = deps.driver.open_exit_wait(container_id)
+        if deps.outputs is not None:
+            output = deps.outputs.open(container_id, plan.job_id, config.masker)
         deps.driver.start(container_id)
     except BaseException:
         if exit_wait is not None:
             exit_wait.close()
+        if output is not None:
+            output.cancel()
         _discard(deps.driver, container_id, plan.job_id)
         raise
-    return _Started(image, env, container_id, exit_wait, plan)
+    return _Started(image, env, container_id, exit_wait, plan, output)
 
 
 def _create(spec: ContainerSpec, job_id: str, deps: WorkerContainerLauncherDependencies) -> str:

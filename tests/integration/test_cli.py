@@ -72,7 +72,7 @@ def test_run_json_outcomes_cover_oom_and_timeout(tmp_path, instance_id, test_ima
     jobs = write_jobs(
         tmp_path / "jobs.jsonl",
         job("ok", 'test "$JOB_ID" = ok && test "$JOB_TYPE" = cli-test'),
-        job("crash", "exit 5"),
+        job("crash", "echo about to crash >&2; exit 5"),
         job("hog", "head -c 200m /dev/zero | tail"),
         {"id": "slow", "type": "cli-test", "command": ["sleep", "60"]},
     )
@@ -108,6 +108,8 @@ def test_run_json_outcomes_cover_oom_and_timeout(tmp_path, instance_id, test_ima
     assert by_id["slow"]["status"] == "timed_out"
     assert by_id["slow"]["container_name"] == "cascade-worker-slow"
     assert by_id["crash"]["description"].startswith("Worker crashed with exit code 5")
+    assert by_id["crash"]["log_tail"] == ["about to crash"]
+    assert by_id["ok"]["log_tail"] == []
 
 
 def test_run_all_succeeded_exits_0_and_snapshot_is_reused(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,17 +17,26 @@ class ListenerRecorder(WorkerLifecycleListener):
     - ``started``: the job ids in start order; ``finished``: ``(job_id, outcome)`` pairs;
     - ``orphans``: ``(container_id, labels)`` for each orphan stopped.
 
+    - ``output``: job id → ``(stream, line)`` for each output line, in order
+      (``output_delay_s`` makes each ``on_worker_output`` call that slow first).
+
     Read them under ``lock`` while workers may still report; `outcomes`, `of` and
     `wait_finished` take it themselves. ``on_started`` is called with each started worker
     before it is recorded.
     """
 
-    def __init__(self, on_started: Callable[[ActiveWorker], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_started: Callable[[ActiveWorker], None] | None = None,
+        output_delay_s: float = 0.0,
+    ) -> None:
         self.lock = threading.Condition()
         self.events: list[tuple[str, str, Any]] = []
         self.started: list[str] = []
         self.finished: list[tuple[str, WorkerOutcome]] = []
         self.orphans: list[tuple[str, dict[str, str]]] = []
+        self.output: dict[str, list[tuple[str, str]]] = {}
+        self.output_delay_s = output_delay_s
         self._on_started = on_started
 
     def on_worker_started(self, worker: ActiveWorker) -> None:
@@ -46,6 +56,18 @@ class ListenerRecorder(WorkerLifecycleListener):
     def on_orphan_stopped(self, container_id: str, labels: dict[str, str]) -> None:
         with self.lock:
             self.orphans.append((container_id, labels))
+
+    def on_worker_output(self, worker: ActiveWorker, stream: str, line: str) -> None:
+        if self.output_delay_s:
+            time.sleep(self.output_delay_s)
+        with self.lock:
+            self.output.setdefault(worker.job_id, []).append((stream, line))
+
+    def lines(self, job_id: str, stream: str | None = None) -> list[str]:
+        """The output lines delivered for ``job_id`` (of one stream, or of both), in order."""
+        with self.lock:
+            got = list(self.output.get(job_id, ()))
+        return [line for s, line in got if stream is None or s == stream]
 
     def of(self, job_id: str) -> list[str]:
         """The kinds of call (``started``, ``finished``) made about ``job_id``, in order."""

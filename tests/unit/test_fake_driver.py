@@ -8,6 +8,7 @@ import pytest
 from dockyard import ConfigError, ContainerManager, RouterConfig, WorkerJob
 from dockyard._errors import DockerUnavailableError, EngineServerError
 from dockyard.testing import DOCKER_LIKE, SWARM_LIKE, FakeDriver, RecordingReporter
+from support.listeners import ListenerRecorder
 
 IMAGE = "worker:1"
 
@@ -54,3 +55,31 @@ def test_typed_failures_are_scripted_per_verb() -> None:
         with pytest.raises(DockerUnavailableError):
             jobs.spawn_worker(WorkerJob("job-2", "build", {}))
     assert driver.running() == []  # nothing created-but-not-started was left behind
+
+
+@pytest.mark.parametrize("capabilities", [DOCKER_LIKE, SWARM_LIKE], ids=["docker", "swarm"])
+def test_output_is_read_only_from_a_driver_that_declares_live_output(
+    capabilities: object,
+) -> None:
+    driver = FakeDriver(capabilities=capabilities, images={IMAGE})  # type: ignore[arg-type]
+    recorder = ListenerRecorder()
+    config = RouterConfig(worker_image=IMAGE, router_instance_id="fake")
+    with ContainerManager(config, driver=driver, listener=recorder) as jobs:
+        worker = jobs.spawn_worker(WorkerJob("job-1", "build", {}))
+        if capabilities.live_output:  # type: ignore[attr-defined]
+            driver.write_output(worker.container_id, b"hello\nwor")
+            driver.write_output(worker.container_id, b"ld\n", stream=2)
+            driver.write_output(worker.container_id, b"bye\n")
+        driver.exit(worker.container_id, 0)
+        outcome = jobs.wait_for_worker("job-1", timeout=5)
+    attached = ("attach", worker.container_id) in driver.calls
+    assert attached is capabilities.live_output  # type: ignore[attr-defined]
+    if attached:
+        assert recorder.output["job-1"] == [
+            ("stdout", "hello"),
+            ("stderr", "ld"),  # stderr's own line: stdout's "wor" goes on
+            ("stdout", "worbye"),
+        ]
+        assert outcome.log_tail == ("hello", "ld", "worbye")
+    else:
+        assert outcome.log_tail == ()

@@ -31,7 +31,9 @@ NOT_THE_PATH = {"testing.py", "_fork.py"}
 # and the Docker driver, between the core and the Docker client, add two. Plus one: the
 # Docker mapping of the container settings (`_docker_settings`, every create's arguments);
 # a job whose layers set no container control skips their checks and merge.
-MAX_MODULES_DEFAULT_JOB = 21
+# The worker's output, read from before its start, adds two: its lines (frames, lines,
+# masking) and their delivery, tail and counts.
+MAX_MODULES_DEFAULT_JOB = 21 + 2
 # Plus the snapshot registry, the commit's mechanics, the gateway's image calls, the typed
 # errors (looking up the previous snapshot of the work item answers 404 the first time), the
 # flatten module's layer count that decides whether the commit is written flattened, and the

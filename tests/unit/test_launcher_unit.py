@@ -67,10 +67,12 @@ def test_launch_order(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     rig.listener._on_started = on_started
     worker = manager.spawn_worker(job())
 
-    # The events stream is connected (its first use) before the container starts.
+    # The events stream is connected (its first use), and the output attached, before the
+    # container starts.
     assert api.call_names() == [
         "create_container",
         "events",
+        "attach",
         "start",
         "arm_timer",
         "register",
@@ -164,12 +166,13 @@ def test_conflict_with_a_stopped_leftover_of_the_same_job_is_removed_and_retried
 
     worker = rig.manager.spawn_worker(job())
 
-    assert rig.api.call_names()[:6] == [
+    assert rig.api.call_names()[:7] == [
         "create_container",
         "inspect_container",
         "remove_container",
         "create_container",
         "events",
+        "attach",
         "start",
     ]
     assert rig.api.calls_of("inspect_container")[0] == "cascade-worker-job-1"

@@ -32,6 +32,7 @@ from dockyard._exit_monitor import ExitWaitClosedError
 from dockyard._metrics import (
     DOCKER_OPERATIONS,
     ENGINE_CALL_RESULTS,
+    LOG_STREAMS,
     OUTCOME_LABELS,
     OUTCOME_STATUSES,
     SPAWN_FAILURE_KINDS,
@@ -58,6 +59,8 @@ def expected_zero_series(operations: tuple[str, ...]) -> dict[tuple[str, frozens
     ]
     series += [("dockyard_job_duration_seconds_count", {"status": s}) for s in OUTCOME_STATUSES]
     series += [("dockyard_spawn_failures_total", {"error": kind}) for kind in SPAWN_FAILURE_KINDS]
+    series += [("dockyard_log_lines_total", {"stream": stream}) for stream in LOG_STREAMS]
+    series += [("dockyard_log_lines_dropped_total", {})]
     series += [
         ("dockyard_engine_calls_total", {"operation": op, "result": result})
         for op in operations
@@ -82,6 +85,7 @@ def test_every_known_label_set_is_at_zero_right_after_the_manager_starts() -> No
         "dockyard_worker_outcomes_total",
         "dockyard_spawn_failures_total",
         "dockyard_engine_calls_total",
+        "dockyard_log_lines_total",
     }
     labelled = {key for key in got.samples if key[0] in counters}
     assert labelled <= set(expected)

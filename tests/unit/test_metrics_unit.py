@@ -172,6 +172,8 @@ def test_every_series_is_registered_with_its_type() -> None:
     metrics.image_pull(ok=True)
     metrics.image_pull(ok=False)
     metrics.dangling_images_removed(4)
+    metrics.log_lines("stdout", 3)
+    metrics.log_lines_dropped(1)
 
     got = Scrape.of(registry)
     # (prometheus-client also exposes a `<name>_created` gauge per counter and histogram.)
@@ -199,6 +201,8 @@ def test_every_series_is_registered_with_its_type() -> None:
         "dockyard_image_pulls": "counter",
         "dockyard_image_pull_failures": "counter",
         "dockyard_dangling_images_removed": "counter",
+        "dockyard_log_lines": "counter",
+        "dockyard_log_lines_dropped": "counter",
     }
     assert got.value("dockyard_workers_active") == 2
     assert got.value("dockyard_worker_slots_limit") == 3

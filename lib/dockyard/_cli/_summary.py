@@ -80,6 +80,7 @@ def _record(state: JobState) -> dict[str, Any]:
         "container_name": state.worker.container_name if state.worker else None,
         "image": state.worker.image if state.worker else None,
         "description": outcome.describe() if outcome else state.error,
+        "log_tail": list(outcome.log_tail) if outcome else [],
     }
 
 

@@ -1,0 +1,346 @@
+"""A worker's output delivered: masked lines to the host's listener, the tail, the counts.
+
+The lines come from `_output_lines` (frames decoded, lines assembled and masked).
+Delivery (`OutputPipe`): one reader per worker (a daemon thread) turns frames into masked
+lines, counts them, keeps the last `tail_lines` in a ring (`log_tail`) and queues them for
+the host's listener. Delivery runs on the hub's executor, in order per worker; when the
+listener is slower than the worker, the queue holds up to `buffer_lines` lines, then new
+lines are dropped and counted (`dockyard_log_lines_dropped_total`). The reader never waits
+for the listener, so a launch or an exit never does either.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ._models import ActiveWorker, WorkerLifecycleListener
+from ._output_lines import STREAMS, LineAssembler, Stream
+from ._secrets import Masker
+
+__all__ = [
+    "AttachedOutput",
+    "OutputCounters",
+    "OutputHub",
+    "OutputPipe",
+    "OutputSink",
+    "tail_extra",
+    "wants_output",
+]
+
+log = logging.getLogger("dockyard.output")
+
+DEFAULT_BUFFER_LINES = 10_000
+_COUNT_BATCH = 256  # lines counted per counter update: one update per line costs
+# The tail in a Sentry event: its last characters (an event is not a log store).
+TAIL_EXTRA_CHARS = 16 * 1024
+
+
+def tail_extra(tail: Iterable[str]) -> str:
+    """The tail as one string for a Sentry extra: its last `TAIL_EXTRA_CHARS` characters."""
+    text = "\n".join(tail)
+    return text if len(text) <= TAIL_EXTRA_CHARS else "…" + text[-TAIL_EXTRA_CHARS:]
+
+
+def wants_output(listener: WorkerLifecycleListener | None) -> bool:
+    """Whether the host's listener does anything with output lines (else none are queued)."""
+    if listener is None:
+        return False
+    hook = getattr(type(listener), "on_worker_output", None)
+    return hook is not None and hook is not WorkerLifecycleListener.on_worker_output
+
+
+class OutputCounters(Protocol):
+    """The metrics an output pipe reports."""
+
+    def log_lines(self, stream: str, count: int) -> None: ...
+    def log_lines_dropped(self, count: int) -> None: ...
+
+
+class OutputSink(Protocol):
+    """Where delivered lines go: the safe listener's `output`."""
+
+    def output(self, worker: ActiveWorker, stream: str, line: str) -> None: ...
+
+
+class _NoCounters:
+    def log_lines(self, stream: str, count: int) -> None:
+        pass
+
+    def log_lines_dropped(self, count: int) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class OutputPipe:
+    """One worker's output: read by `run_reader` (on a thread of its own), kept in a
+    ring, delivered in order to `sink` on `executor` once the worker is `bind`-ed.
+
+    `close_source` wakes a blocked read (the reader then ends); `finish` waits, bounded,
+    for the reader to reach the end of the output and for the lines queued to go out.
+    """
+
+    masker: Masker = field(repr=False)
+    tail_lines: int
+    sink: OutputSink | None
+    executor: Executor | None
+    counters: OutputCounters = field(default_factory=_NoCounters)
+    buffer_lines: int = DEFAULT_BUFFER_LINES
+    job_id: str = ""
+    close_source: Callable[[], None] | None = None
+    _tail: deque[str] = field(init=False)
+    _queue: deque[tuple[str, str]] = field(default_factory=deque, init=False)
+    _lock: threading.Condition = field(default_factory=threading.Condition, init=False)
+    _worker: ActiveWorker | None = field(default=None, init=False)
+    _draining: bool = field(default=False, init=False)
+    _ended: threading.Event = field(default_factory=threading.Event, init=False)
+    _cancelled: bool = field(default=False, init=False)
+    dropped: int = field(default=0, init=False)
+    lines: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self._tail = deque(maxlen=max(0, self.tail_lines))
+
+    # -- the reader's side --------------------------------------------------------------
+
+    def run_reader(self, frames: Iterable[tuple[int, bytes]]) -> None:
+        """Read every frame until the end of the output (or an error); never raises.
+
+        When the stream breaks, the lines assembled so far (an unfinished one too) are kept.
+        """
+        counts = {name: 0 for name in STREAMS}
+        assembler = LineAssembler(self.masker)
+
+        def take(found: list[tuple[Stream, str]]) -> None:
+            for stream, line in found:
+                self.add(stream, line)
+                counts[stream] += 1
+                if counts[stream] >= _COUNT_BATCH:
+                    self.counters.log_lines(stream, counts[stream])
+                    counts[stream] = 0
+
+        try:
+            for stream_type, data in frames:
+                take(assembler.feed(stream_type, data))
+        except Exception as err:
+            if not self._cancelled:
+                log.info(
+                    "worker output stream ended early",
+                    extra={"job_id": self.job_id, "error_type": type(err).__name__},
+                )
+        finally:
+            try:
+                take(assembler.flush())
+            finally:
+                for stream, count in counts.items():
+                    if count:
+                        self.counters.log_lines(stream, count)
+                self._ended.set()
+                with self._lock:
+                    self._lock.notify_all()
+
+    def add(self, stream: str, line: str) -> None:
+        """One masked line: into the tail and, when there is a listener, the queue."""
+        schedule = False
+        with self._lock:
+            self.lines += 1
+            if self._tail.maxlen:
+                self._tail.append(line)
+            if self.sink is None or self.executor is None or self._cancelled:
+                return
+            if len(self._queue) >= self.buffer_lines:
+                self.dropped += 1
+                dropped = True
+            else:
+                self._queue.append((stream, line))
+                dropped = False
+                schedule = self._worker is not None and not self._draining
+                if schedule:
+                    self._draining = True
+        if dropped:
+            self.counters.log_lines_dropped(1)
+        elif schedule:
+            self._schedule()
+
+    # -- delivery -----------------------------------------------------------------------
+
+    def bind(self, worker: ActiveWorker) -> None:
+        """The worker started and is known: lines queued so far, and all later, go out."""
+        with self._lock:
+            self._worker = worker
+            schedule = bool(self._queue) and not self._draining and not self._cancelled
+            if schedule:
+                self._draining = True
+        if schedule:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        assert self.executor is not None
+        try:
+            self.executor.submit(self._drain)
+        except RuntimeError:  # the hub closed: nobody to deliver to any more
+            with self._lock:
+                self._draining = False
+                self._queue.clear()
+                self._lock.notify_all()
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue or self._cancelled or self._worker is None:
+                    self._draining = False
+                    self._lock.notify_all()
+                    return
+                stream, line = self._queue.popleft()
+                worker = self._worker
+            if self.sink is not None:
+                self.sink.output(worker, stream, line)  # the safe listener never raises
+
+    # -- the end ------------------------------------------------------------------------
+
+    def finish(self, timeout_s: float, delivery_s: float = 1.0) -> tuple[str, ...]:
+        """The tail, once the output ended (waiting up to `timeout_s`) and the lines queued
+        went out (up to `delivery_s` more: a slow listener only loses them, it never holds
+        the outcome up for long)."""
+        self._ended.wait(max(0.0, timeout_s))
+        deadline = time.monotonic() + max(0.0, delivery_s)
+        with self._lock:
+            while (self._queue or self._draining) and not self._cancelled:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._worker is None:
+                    break
+                self._lock.wait(left)
+            return tuple(self._tail)
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.is_set()
+
+    def tail(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(self._tail)
+
+    def cancel(self) -> None:
+        """Stop reading and delivering (a launch failed, or the worker was detached)."""
+        with self._lock:
+            self._cancelled = True
+            self._queue.clear()
+            self._lock.notify_all()
+        if self.close_source is not None:
+            try:
+                self.close_source()
+            except Exception:
+                log.debug("closing an output stream failed", exc_info=True)
+
+
+@dataclass(frozen=True)
+class AttachedOutput:
+    """A worker's output stream as a driver opened it: `(stream type, bytes)` pieces until
+    the end of the output, and how to end the stream from another thread."""
+
+    frames: Iterable[tuple[int, bytes]]
+    close: Callable[[], None]
+
+
+class OutputHub:
+    """One manager's output machinery: opens each worker's pipe (its reader started), owns
+    the delivery threads, and ends every reader on `close`.
+
+    Output is best effort: a stream that cannot be opened leaves the worker without live
+    output (a warning), never without its launch.
+    """
+
+    def __init__(
+        self,
+        *,
+        attach: Callable[[str], AttachedOutput] | None,
+        enabled: bool,
+        listener: WorkerLifecycleListener | None,
+        sink: OutputSink,
+        counters: OutputCounters,
+        tail_lines: int,
+        delivery_threads: int,
+        buffer_lines: int = DEFAULT_BUFFER_LINES,
+    ) -> None:
+        self.enabled = enabled and attach is not None
+        self._attach = attach
+        self._sink = sink if wants_output(listener) else None
+        self._counters = counters
+        self._tail_lines = tail_lines
+        self._buffer_lines = buffer_lines
+        self._lock = threading.Lock()
+        self._readers: dict[int, tuple[OutputPipe, threading.Thread]] = {}
+        # Every pipe not yet collected: one whose reader ended may still have lines queued.
+        self._pipes: weakref.WeakSet[OutputPipe] = weakref.WeakSet()
+        self._closed = False
+        self._executor: ThreadPoolExecutor | None = None
+        if self.enabled and self._sink is not None:
+            self._executor = ThreadPoolExecutor(
+                max(1, delivery_threads), thread_name_prefix="dockyard-output"
+            )
+
+    def open(self, worker_id: str, job_id: str, masker: Masker) -> OutputPipe | None:
+        """Attach to a worker's output (before its start) and start reading it."""
+        if self._attach is None or not self.enabled or self._closed:
+            return None
+        try:
+            attached = self._attach(worker_id)
+        except Exception as err:
+            log.warning(
+                "could not attach to a worker's output; it runs without live output",
+                extra={"job_id": job_id, "error_type": type(err).__name__, "error": str(err)},
+            )
+            return None
+        pipe = OutputPipe(
+            masker,
+            self._tail_lines,
+            self._sink,
+            self._executor,
+            self._counters,
+            buffer_lines=self._buffer_lines,
+            job_id=job_id,
+            close_source=attached.close,
+        )
+        thread = threading.Thread(
+            target=self._read,
+            args=(pipe, attached.frames),
+            name=f"dockyard-output-{job_id[:40]}",
+            daemon=True,
+        )
+        with self._lock:
+            if self._closed:
+                pipe.cancel()
+                return None
+            self._readers[id(pipe)] = (pipe, thread)
+            self._pipes.add(pipe)
+        thread.start()
+        return pipe
+
+    def _read(self, pipe: OutputPipe, frames: Iterable[tuple[int, bytes]]) -> None:
+        try:
+            pipe.run_reader(frames)
+        finally:
+            with self._lock:
+                self._readers.pop(id(pipe), None)
+
+    def close(self, join_s: float = 2.0) -> None:
+        """End every reader (their streams closed) and the delivery threads; lines still
+        queued are dropped (a slow listener never holds `close` up)."""
+        with self._lock:
+            self._closed = True
+            readers = list(self._readers.values())
+            pipes = list(self._pipes)
+        for pipe in pipes:
+            pipe.cancel()
+        deadline = time.monotonic() + join_s
+        for _, thread in readers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
