@@ -23,7 +23,9 @@ from ._errors import (
     DockyardError,
     DuplicateJobError,
     EngineConflictError,
+    EngineNotFoundError,
     ImageNotFoundError,
+    RemovalInProgressError,
     WorkerImageResolutionError,
     as_spawn_error,
 )
@@ -386,9 +388,19 @@ def _create(spec: ContainerSpec, job_id: str, deps: WorkerContainerLauncherDepen
     return deps.driver.create(spec)
 
 
+_DISCARD_REMOVAL_WAIT_S = 10.0
+
+
 def _discard(driver: Driver, container_id: str, job_id: str) -> None:
     try:
-        driver.remove(container_id, force=True)
+        try:
+            driver.remove(container_id, force=True)
+        except RemovalInProgressError:
+            # The engine removes it already (Docker 26+ cancels a start whose answer was
+            # lost and AutoRemove takes the container): wait until it is gone.
+            driver.wait_removed(container_id, _DISCARD_REMOVAL_WAIT_S)
+    except EngineNotFoundError:
+        return  # gone already
     except DockyardError:
         log.warning(
             "could not remove a container that failed to start",

@@ -121,14 +121,38 @@ def run_chain(
 def assert_one_image_left(
     manager: ContainerManager, client: docker.DockerClient, instance_id: str
 ) -> None:
-    """After a cleanup round: the work item's named snapshot and nothing else (no untagged
-    image of its chain)."""
+    """After a cleanup round: the work item's named snapshot and its live chain, nothing
+    else (no untagged image of a retired chain).
+
+    The live chain is the named snapshot's own parents: on Docker 25 and later a commit's
+    `Parent` is the snapshot its container ran, kept untagged until its child goes; on
+    20.10 a snapshot has no parent and the chain is the named snapshot alone.
+    """
     manager.run_snapshot_cleanup()
     meta = manager.snapshots.get(PROJECT, WORK_ITEM)
     assert meta is not None
     named = client.api.inspect_image(meta.image_name)["Id"]
-    left = snapshot_images(client, instance_id)
-    assert [image["Id"] for image in left] == [named], left
+    chain = live_chain(client, named)
+    left = {image["Id"]: image for image in snapshot_images(client, instance_id)}
+    assert set(left) == set(chain), (chain, left)
+    kept = manager._snapshot_manager.kept_parents()
+    for parent in chain[1:]:  # untagged, kept only for its child
+        assert not [t for t in left[parent].get("RepoTags") or [] if t != "<none>:<none>"]
+        assert parent in kept
+
+
+def live_chain(client: docker.DockerClient, image: str) -> list[str]:
+    """`image` and its parents that are this test's snapshots, child first."""
+    chain = [image]
+    while True:
+        info = client.api.inspect_image(chain[-1])
+        parent = info.get("Parent") or ""
+        if not parent:
+            return chain
+        labels = client.api.inspect_image(parent)["Config"].get("Labels") or {}
+        if "cascade.snapshot.instance" not in labels:
+            return chain  # the base image: not a snapshot
+        chain.append(parent)
 
 
 def flattens(counts: list[int]) -> list[int]:

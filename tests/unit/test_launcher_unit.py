@@ -647,3 +647,23 @@ def test_explicit_duplicate_id_is_still_refused(rig: Rig) -> None:
     with pytest.raises(DuplicateJobError):
         rig.manager.spawn_worker(job("same"))
     assert rig.api.call_names().count("create_container") == 1
+
+
+def test_a_lost_start_whose_container_the_engine_removes_is_waited_for(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    # Docker 26+ cancels a start whose answer is lost and AutoRemove takes the container:
+    # the discard's remove meets "removal already in progress" and waits for the removal.
+    rig = rig_factory(max_workers=1)
+    rig.api.failures["start"] = [requests.exceptions.ConnectionError("cut")]
+    rig.api.failures["remove_container"] = [
+        api_error(409, "removal of container abc is already in progress")
+    ]
+
+    with pytest.raises(DockerUnavailableError):
+        rig.manager.spawn_worker(job())
+
+    created = rig.api.calls_of("start")[0]
+    assert rig.api.calls_of("remove_container") == [created]
+    assert rig.api.calls_of("blocking_wait")[-1] == "removed"
+    assert rig.manager.get_active_worker_count() == 0
