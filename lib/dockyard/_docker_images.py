@@ -8,7 +8,7 @@ engine call. Pulls and loads read the engine's progress stream and raise on its 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import docker
@@ -141,14 +141,7 @@ class ImageCalls:
         image_id = None
         try:
             self._check(response)
-            for raw_line in response.iter_lines():
-                line = decode_event(raw_line)
-                if line is None:
-                    continue
-                if "error" in line or "errorDetail" in line:
-                    detail = line.get("errorDetail") or {}
-                    message = line.get("error") or detail.get("message")
-                    raise APIError(f"{what} failed: {message}", explanation=str(message))
+            for line in _progress(what, response):
                 status = str(line.get("status") or "")
                 if status.startswith("sha256:"):
                     image_id = status
@@ -198,14 +191,7 @@ class ImageCalls:
         response = self.api.post(self._endpoint(path), stream=True, timeout=timeout_s, **request)
         try:
             self._check(response)
-            for raw_line in response.iter_lines():
-                line = decode_event(raw_line)
-                if line is None:
-                    continue
-                if "error" in line or "errorDetail" in line:
-                    detail = line.get("errorDetail") or {}
-                    message = line.get("error") or detail.get("message")
-                    raise APIError(f"{what} failed: {message}", explanation=str(message))
+            for _line in _progress(what, response):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{what} exceeded {timeout_s:g}s")
         finally:
@@ -220,3 +206,17 @@ def _split_reference(image: str) -> tuple[str, str | None]:
         repository, tag = image.rsplit(":", 1)
         return repository, tag
     return image, "latest"
+
+
+def _progress(what: str, response: requests.Response) -> Iterator[dict[str, Any]]:
+    """The JSON progress lines of a streamed image call; raises on the engine's error lines
+    (which docker-py's own `pull`/`load_image`/`import_image` pass over in silence)."""
+    for raw_line in response.iter_lines():
+        line = decode_event(raw_line)
+        if line is None:
+            continue
+        if "error" in line or "errorDetail" in line:
+            detail = line.get("errorDetail") or {}
+            message = line.get("error") or detail.get("message")
+            raise APIError(f"{what} failed: {message}", explanation=str(message))
+        yield line
