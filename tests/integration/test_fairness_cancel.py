@@ -21,19 +21,9 @@ from dockyard import (
     WorkerOutcome,
 )
 from dockyard.testing import RecordingReporter
+from support.hosts import StaticProjects
 
 WAIT_S = 120.0
-
-
-class Projects:
-    def __init__(self, *projects: ProjectConfig) -> None:
-        self.projects = list(projects)
-
-    def list_projects(self) -> list[ProjectConfig]:
-        return list(self.projects)
-
-    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None:
-        return None
 
 
 class Running(WorkerLifecycleListener):
@@ -88,7 +78,7 @@ def test_a_capped_project_leaves_room_for_others(
 ) -> None:
     listener = Running()
     manager = make_manager(
-        max_workers=4, listener=listener, projects=Projects(ProjectConfig("A", max_workers=2))
+        max_workers=4, listener=listener, projects=StaticProjects(ProjectConfig("A", max_workers=2))
     )
     sleep = ["sleep", "1.5"]
     a_jobs = [WorkerJob(f"a{n}-{instance_id}", "t", {}, "A", command=sleep) for n in range(10)]

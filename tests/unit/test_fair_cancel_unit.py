@@ -22,17 +22,7 @@ from dockyard import (
 )
 from dockyard._metrics import outcome_reason
 from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, RecordingReporter
-
-
-class Projects:
-    def __init__(self, *projects: ProjectConfig) -> None:
-        self.projects = list(projects)
-
-    def list_projects(self) -> list[ProjectConfig]:
-        return list(self.projects)
-
-    def find_project_by_repo(self, repo_full_name: str) -> ProjectConfig | None:
-        return None
+from support.hosts import StaticProjects
 
 
 class Finished(WorkerLifecycleListener):
@@ -55,7 +45,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 class Rig:
-    def __init__(self, projects: Projects | None = None, **overrides: Any) -> None:
+    def __init__(self, projects: StaticProjects | None = None, **overrides: Any) -> None:
         self.api = FakeDockerAPI()
         self.reporter = RecordingReporter()
         self.listener = Finished()
@@ -109,7 +99,7 @@ class Rig:
 def rigs() -> Iterator[Callable[..., Rig]]:
     made: list[Rig] = []
 
-    def make(projects: Projects | None = None, **overrides: Any) -> Rig:
+    def make(projects: StaticProjects | None = None, **overrides: Any) -> Rig:
         made.append(Rig(projects, **overrides))
         return made[-1]
 
@@ -127,7 +117,7 @@ def job(job_id: str, project: str | None = None, priority: int = 0) -> WorkerJob
 
 def test_the_project_cap_wins_over_the_router_default(rigs: Callable[..., Rig]) -> None:
     rig = rigs(
-        Projects(ProjectConfig("A", max_workers=1)), max_workers=5, max_workers_per_project=2
+        StaticProjects(ProjectConfig("A", max_workers=1)), max_workers=5, max_workers_per_project=2
     )
     m = rig.manager
     m.spawn_worker(job("a1", "A"))
