@@ -179,13 +179,16 @@ def connect(
 
 # -- a container's output stream --
 
-_ATTACH_PARAMS = {"stdout": 1, "stderr": 1, "stream": 1, "logs": 1}
+# No `logs=1`: the engine subscribes the attach to the live output before it replays the
+# log file, so a worker that starts during the replay has its first lines sent twice. Attached
+# before start, the live stream alone has every byte.
+_ATTACH_PARAMS = {"stdout": 1, "stderr": 1, "stream": 1}
 
 
 def attach_output(api: docker.APIClient, container_id: str) -> AttachedOutput:
     """Attach to the container's stdout and stderr; raises the client's error on refusal.
 
-    `POST /containers/{id}/attach?stream=1&logs=1&stdout=1&stderr=1` on a created container
+    `POST /containers/{id}/attach?stream=1&stdout=1&stderr=1` on a created container
     not started yet, as `docker run` does: the engine sends every byte from the first one and
     ends the stream (EOF) at the exit, also when it removes the container after (AutoRemove).
     Workers run without a TTY: the stream is in frames, read by docker-py's `frames_iter`.
