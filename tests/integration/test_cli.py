@@ -85,8 +85,9 @@ def test_run_json_outcomes_cover_oom_and_timeout(tmp_path, instance_id, test_ima
         "4",
         "--memory-mb",
         "32",
+        # Long enough for the hog's OOM kill on a loaded machine, which is not a timeout.
         "--timeout",
-        "2",
+        "8",
         "--stop-grace",
         "1",
         "--no-auto-remove",  # the engine may delete an auto-removed container before inspect
