@@ -181,8 +181,8 @@ def test_many_running_workers_cancelled_from_one_thread(
     assert len(workers) == count == manager.get_active_worker_count()
 
     # The engine's side, streamed live (it replays only its last 256 events): when it saw
-    # each container die and removed it, by its own clock.
-    at: dict[str, list[float]] = {"die": [], "destroy": []}
+    # each stop begin (its SIGTERM), each container die and its removal, by its own clock.
+    at: dict[str, list[float]] = {"sigterm": [], "die": [], "destroy": []}
     stream = docker_client.api.events(
         filters={"type": "container", "label": f"cascade.router.instance={instance_id}"},
         decode=True,
@@ -190,8 +190,11 @@ def test_many_running_workers_cancelled_from_one_thread(
 
     def collect() -> None:
         for event in stream:
-            if event.get("Action") in at:
-                at[event["Action"]].append(event["timeNano"] / 1e9)
+            action = event.get("Action")
+            if action == "kill" and event["Actor"]["Attributes"].get("signal") == "15":
+                action = "sigterm"  # a stop's first signal
+            if action in at:
+                at[action].append(event["timeNano"] / 1e9)
             if len(at["destroy"]) >= count:
                 return
 
@@ -212,10 +215,11 @@ def test_many_running_workers_cancelled_from_one_thread(
     collector.join(30)
     stream.close()
     at = {action: [t - started_wall for t in times] for action, times in at.items()}
-    dies, destroys = sorted(at["die"]), sorted(at["destroy"])
+    sigterms, dies, destroys = sorted(at["sigterm"]), sorted(at["die"]), sorted(at["destroy"])
     print(
         f"\n{count} cancels from one thread, grace {grace:g}s: the calls took "
-        f"{cancel_calls_s:.3f}s (slowest {slowest_call_s * 1000:.1f}ms); engine deaths "
+        f"{cancel_calls_s:.3f}s (slowest {slowest_call_s * 1000:.1f}ms); SIGTERMs "
+        f"{sigterms[0]:.2f}..{sigterms[-1]:.2f}s, engine deaths "
         f"{dies[0]:.2f}..{dies[-1]:.2f}s, removals "
         f"{destroys[0]:.2f}..{destroys[-1]:.2f}s; outcomes {ends[0]:.2f}s (first), "
         f"{ends[len(ends) // 2]:.2f}s (median), {ends[-1]:.2f}s (last)"
@@ -226,12 +230,15 @@ def test_many_running_workers_cancelled_from_one_thread(
     # (milliseconds, more on a loaded machine).
     assert slowest_call_s < 0.5, slowest_call_s
     assert cancel_calls_s < grace, cancel_calls_s
-    assert len(dies) == count and len(destroys) == count
-    # Every stop began at once: the engine's SIGKILLs all came after one grace, not one
-    # grace after another; what follows the kill is the engine's teardown, and the last
-    # outcome follows the last removal closely.
+    assert len(sigterms) == count and len(dies) == count and len(destroys) == count
+    # Every stop began at once, by the engine's clock: all the SIGTERMs were sent within
+    # the first grace or so (200 stops one grace after another would take 600 s, and
+    # through a pool of 16 threads 39 s), and no worker died before its grace was up.
+    # How long the engine then takes to tear 200 containers down is its own affair (here
+    # 8 to 16 s after the kills, on Docker 20.10 and 28 alike, raw docker-py as dockyard);
+    # the last outcome follows the last removal closely.
+    assert sigterms[-1] < 2 * grace, sigterms[-1]
     assert dies[0] >= grace - 0.5, dies[0]
-    assert dies[-1] < grace + 15.0, dies[-1]
     assert ends[-1] - destroys[-1] < 3.0, (ends[-1], destroys[-1])
     labels = [f"cascade.router.instance={instance_id}"]
     assert docker_client.api.containers(all=True, filters={"label": labels}) == []
