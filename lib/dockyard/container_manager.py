@@ -63,11 +63,12 @@ from ._jobs import (
     resolve_job_fields,
 )
 from ._loops import ManagedPool, PeriodicTask
-from ._metrics import build_metrics, lifecycle_listener
+from ._metrics import lifecycle_listener
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._naming import LabelSchema, container_name
 from ._orphans import OrphanReaper
 from ._output import OutputHub
+from ._prometheus import build_metrics
 from ._registry import WorkerRegistry
 from ._registry_auth import RegistryAuthResolver, RegistryCredentialProvider
 from ._retry import RetryPolicy

@@ -20,7 +20,7 @@ from dockyard import (
     WorkerLifecycleListener,
     WorkerOutcome,
 )
-from dockyard._metrics import outcome_reason
+from dockyard._prometheus import outcome_reason
 from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, RecordingReporter
 from support.hosts import StaticProjects
 

@@ -29,15 +29,8 @@ from dockyard import (
 )
 from dockyard._docker import DockerGateway
 from dockyard._errors import result_of, translate
-from dockyard._metrics import (
-    NO_METRICS,
-    MeteredListener,
-    Metrics,
-    PrometheusMetrics,
-    build_metrics,
-    error_kind,
-    outcome_reason,
-)
+from dockyard._metrics import NO_METRICS, MeteredListener, Metrics
+from dockyard._prometheus import PrometheusMetrics, build_metrics, error_kind, outcome_reason
 from dockyard._pull_policy import PULL_RESULTS
 from promscrape import Scrape
 from support.listeners import ListenerRecorder
