@@ -21,9 +21,11 @@ from dockyard import ContainerManager, RouterConfig, WorkerJob
 from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, RecordingReporter
 
 PACKAGE = Path(dockyard.__file__).parent
-# The fake engine is no part of dockyard's path; the fork guard is one comparison in front
-# of each public method of the manager (`_fork`), no step of a worker's life.
+# The fake engine (`testing` and its `_fake_*` modules) is no part of dockyard's path; the
+# fork guard is one comparison in front of each public method of the manager (`_fork`), no
+# step of a worker's life.
 NOT_THE_PATH = {"testing.py", "_fork.py"}
+FAKE_ENGINE_PREFIX = "_fake_"
 # Ten concerns (the facade, the launcher, jobs, environment, tracking, exit handling, the
 # gateway and its events stream, loops, metrics), split into modules of one concern each,
 # which adds eight: the job's names and labels, its spawn settings, its job data, its
@@ -65,6 +67,7 @@ def modules_called() -> Iterator[set[str]]:
         sys.setprofile(None)
         threading.setprofile(None)  # type: ignore[arg-type]
         seen -= NOT_THE_PATH
+        seen -= {name for name in seen if name.startswith(FAKE_ENGINE_PREFIX)}
 
 
 def run_one_job(config: RouterConfig, job: WorkerJob) -> set[str]:
