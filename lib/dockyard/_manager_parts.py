@@ -50,7 +50,7 @@ from .worker_container_launcher import WorkerContainerLauncherDependencies
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["Cleanups", "ManagerParts"]
+__all__ = ["Callbacks", "ManagerParts"]
 
 log = logging.getLogger("dockyard.manager")
 
@@ -58,13 +58,14 @@ _WAIT_POOL_HEADROOM = 8  # adopted workers may briefly exceed max_workers
 
 
 @dataclass(frozen=True)
-class Cleanups:
-    """The manager's own cleanup passes, which its loops run, and its worker count."""
+class Callbacks:
+    """What the parts call back on their manager: its cleanup passes (its loops run them)
+    and its worker count (the gauge reads it at scrape time)."""
 
     snapshots: Callable[[], object]
     orphans: Callable[[], object]
     dangling_images: Callable[[], object]
-    active_workers: Callable[[], int]  # read by the gauge at scrape time
+    active_workers: Callable[[], int]
 
 
 class ManagerParts:
@@ -73,7 +74,7 @@ class ManagerParts:
     def __init__(
         self,
         config: RouterConfig,
-        cleanups: Cleanups,
+        callbacks: Callbacks,
         *,
         docker_client: docker.DockerClient | docker.APIClient | None,
         projects: ProjectDirectory | None,
@@ -111,7 +112,7 @@ class ManagerParts:
             self.metrics = build_metrics(
                 metrics_registry,
                 max_workers=config.max_workers,
-                active=cleanups.active_workers,
+                active=callbacks.active_workers,
                 waiting=lambda: self.slots.waiting,
                 backend=config.backend,
             )
@@ -244,10 +245,10 @@ class ManagerParts:
             if images is None
             else DanglingImageReaper(images, labels, config.router_instance_id, reporter)
         )
-        self.snapshot_loop = PeriodicTask("dockyard-snapshot-cleanup", cleanups.snapshots)
-        self.orphan_loop = PeriodicTask("dockyard-orphan-cleanup", cleanups.orphans)
+        self.snapshot_loop = PeriodicTask("dockyard-snapshot-cleanup", callbacks.snapshots)
+        self.orphan_loop = PeriodicTask("dockyard-orphan-cleanup", callbacks.orphans)
         self.dangling_loop = PeriodicTask(
-            "dockyard-dangling-image-cleanup", cleanups.dangling_images
+            "dockyard-dangling-image-cleanup", callbacks.dangling_images
         )
 
     def stop_loops(self) -> None:

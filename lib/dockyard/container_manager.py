@@ -35,7 +35,7 @@ from ._fork import fork_guarded
 from ._job_data import JobDataStore
 from ._jobs import ProjectDirectory, WorkerJob
 from ._loops import PeriodicTask
-from ._manager_parts import Cleanups, ManagerParts
+from ._manager_parts import Callbacks, ManagerParts
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._registry_auth import RegistryCredentialProvider
 from ._sentry import Reporter, scrub_for_host
@@ -84,7 +84,7 @@ class ContainerManager:
         self.config = config
         self._closed = False
         self._close_lock = threading.Lock()
-        cleanups = Cleanups(
+        callbacks = Callbacks(
             snapshots=self.run_snapshot_cleanup,
             orphans=self.scan_and_cleanup_orphans,
             dangling_images=self.run_dangling_image_cleanup,
@@ -92,7 +92,7 @@ class ContainerManager:
         )
         self._parts = ManagerParts(
             config,
-            cleanups,
+            callbacks,
             docker_client=docker_client,
             projects=projects,
             credentials=credentials,
