@@ -34,15 +34,6 @@ class FakeDockerAPI(FakeImageCalls):
     api_version = "1.41"
     timeout = 60
 
-    def attach_socket(self, container_id: str, params: Any = None, ws: bool = False) -> Any:
-        self._record("attach", container_id)
-        self._fail("attach")
-        container = self._find(container_id)
-        engine_end, client_end = socket.socketpair()
-        with self.lock:
-            container.attached.append(engine_end)
-        return client_end
-
     # -- the HTTP surface (requests.Session) ---------------------------------------------
 
     def get(self, url: str, params: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
@@ -148,6 +139,15 @@ class FakeDockerAPI(FakeImageCalls):
             )
             self.containers_by_id[container.id] = container
         return {"Id": container.id, "Warnings": []}
+
+    def attach_socket(self, container_id: str, params: Any = None, ws: bool = False) -> Any:
+        self._record("attach", container_id)
+        self._fail("attach")
+        container = self._find(container_id)
+        engine_end, client_end = socket.socketpair()
+        with self.lock:
+            container.attached.append(engine_end)
+        return client_end
 
     def start(self, container_id: str) -> None:
         self._record("start", container_id)
