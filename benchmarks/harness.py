@@ -224,7 +224,7 @@ class CallTimer:
     """Times each call of some `DockerGateway` methods of one manager (costs ~1 µs a call)."""
 
     def __init__(self, manager: ContainerManager, names: Sequence[str]) -> None:
-        self._gateway = manager._driver.client
+        self._gateway = manager._parts.driver.client
         self._names = tuple(names)
         self.samples: dict[str, list[float]] = defaultdict(list)
         for name in self._names:
@@ -256,7 +256,7 @@ class InFlight:
     """The most calls of some `DockerGateway` methods of one manager in flight at once."""
 
     def __init__(self, manager: ContainerManager, names: Sequence[str]) -> None:
-        self._gateway = manager._driver.client
+        self._gateway = manager._parts.driver.client
         self._names = tuple(names)
         self._lock = threading.Lock()
         self._now = 0
@@ -300,7 +300,7 @@ SHORT_CALLS = (
 
 def capture_spec(manager: ContainerManager, job: WorkerJob) -> tuple[ContainerSpec, ActiveWorker]:
     """Spawn `job`, keeping the `ContainerSpec` dockyard sent, so a baseline can send it too."""
-    gateway = manager._driver.client
+    gateway = manager._parts.driver.client
     specs: list[ContainerSpec] = []
     original = gateway.create
 

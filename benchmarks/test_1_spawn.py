@@ -159,7 +159,7 @@ class _InstantEngine:
 
     def install(self, manager: ContainerManager) -> None:
         for name in self.CALLS:
-            setattr(manager._driver.client, name, getattr(self, name))
+            setattr(manager._parts.driver.client, name, getattr(self, name))
 
     def create(self, spec):
         return f"{next(self._ids):064x}"

@@ -40,7 +40,7 @@ def test_timeout_precision(benchmark, docker_client, test_image, instance_id, se
     stop_issued: dict[str, datetime] = {}
     timer_late: list[float] = []
     with ContainerManager(config) as manager:
-        gateway = manager._driver.client
+        gateway = manager._parts.driver.client
         original_stop = gateway.stop
 
         def stamped_stop(container_id: str, grace_s: float) -> None:

@@ -32,14 +32,14 @@ ENGINE_ROUNDS = 20
 def _install_observed(engine: _InstantEngine, manager: ContainerManager) -> None:
     """The instant engine's calls, each through the gateway's one call point (and so its
     observer), as in production."""
-    calls = manager._driver.client.calls
+    calls = manager._parts.driver.client.calls
     for name in engine.CALLS:
         fake: Callable[..., Any] = getattr(engine, name)
 
         def observed(*args: Any, _fake: Callable[..., Any] = fake, _op: str = name, **kw: Any):
             return calls.run(_op, lambda: _fake(*args, **kw))
 
-        setattr(manager._driver.client, name, observed)
+        setattr(manager._parts.driver.client, name, observed)
 
 
 class _Side:

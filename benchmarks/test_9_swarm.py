@@ -216,7 +216,7 @@ def poller_calls_per_tick(
                     range(workers),
                 )
             )
-        gateway: Any = manager._driver
+        gateway: Any = manager._parts.driver
         gateway.observer = observe
         ticks_before = gateway.poller.ticks
         with lock:

@@ -2,13 +2,14 @@
 
 Both drivers recover through `recover_lost_create` (a container, a swarm service) when a
 create raised one of `LOST_ANSWERS`; `look_up_made` finds what such a create made, looking
-through engine blips for a while. The happy path never comes here.
+through engine blips for a while, and `created_container` tells whether a container it
+found is the one asked for. The happy path never comes here.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = [
     "CREATE_RETRY",
     "LOOK_UP_RETRY",
     "LOST_ANSWERS",
+    "created_container",
     "look_up_made",
     "recover_lost_create",
 ]
@@ -112,3 +114,24 @@ def look_up_made(
         return call_with_retry(policy, inspect)
     except (RetriesExhaustedError, DockyardError):
         return None
+
+
+def created_container(
+    labels: Mapping[str, str], inspect: Callable[[], dict[str, Any]]
+) -> str | None:
+    """The id of a not yet started container made with `labels`, if one exists.
+
+    The engine reserves the name before the container can be inspected, so a create
+    still in progress answers 409 to the retry but 404 to an inspect for a moment:
+    look again for a while before concluding there is none. Only the labels dockyard
+    set are compared: the engine adds the image's own labels to the container's.
+    """
+    info = look_up_made(inspect, not_yet_visible=True)
+    if info is None:
+        return None
+    found = (info.get("Config") or {}).get("Labels") or {}
+    state = (info.get("State") or {}).get("Status")
+    ours = all(found.get(key) == value for key, value in labels.items())
+    if not ours or state != "created":
+        return None
+    return str(info["Id"])

@@ -22,7 +22,7 @@ import urllib3
 from docker.errors import DockerException, create_api_error_from_http_exception
 from requests.adapters import HTTPAdapter
 
-from ._create_recovery import LOST_ANSWERS, look_up_made, recover_lost_create
+from ._create_recovery import LOST_ANSWERS, created_container, recover_lost_create
 from ._docker_images import ImageCalls
 from ._docker_settings import docker_create_args
 from ._driver import CallObserver, ContainerSpec, ExitResult
@@ -269,27 +269,9 @@ class DockerGateway(ObservedEngine, ImageCalls):
                 spec.name,
                 lost,
                 lambda: self._create_once(spec),
-                lambda: self._created_for(spec),
+                lambda: created_container(spec.labels, lambda: self.inspect(spec.name)),
                 self.remove,
             )
-
-    def _created_for(self, spec: ContainerSpec) -> str | None:
-        """The id of a not yet started container made from `spec`, if one exists.
-
-        The engine reserves the name before the container can be inspected, so a create
-        still in progress answers 409 to the retry but 404 to an inspect for a moment:
-        look again for a while before concluding there is none. Only the labels dockyard
-        set are compared: the engine adds the image's own labels to the container's.
-        """
-        info = look_up_made(lambda: self.inspect(spec.name), not_yet_visible=True)
-        if info is None:
-            return None
-        labels = (info.get("Config") or {}).get("Labels") or {}
-        state = (info.get("State") or {}).get("Status")
-        ours = all(labels.get(key) == value for key, value in spec.labels.items())
-        if not ours or state != "created":
-            return None
-        return str(info["Id"])
 
     def _create_once(self, spec: ContainerSpec) -> str:
         def create() -> str:

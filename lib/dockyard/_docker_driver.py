@@ -2,12 +2,14 @@
 
 A thin layer over the Docker client (`DockerGateway`): the verbs pass through, and inspect
 and list answers become the core's `WorkerState` and `WorkerEntry` here, the one place
-that reads Docker's container JSON for the core. Its image store is the client itself.
+that reads Docker's container JSON for the core (its timestamps too: `parse_docker_time`).
+Its image store is the client itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -29,13 +31,13 @@ from ._driver import (
 )
 from ._drivers import DRIVERS, Capabilities
 from ._output import AttachedOutput
-from ._times import parse_docker_time
 
 __all__ = [
     "DockerDriver",
     "attach_output",
     "connect",
     "open_driver",
+    "parse_docker_time",
     "worker_entry",
     "worker_state",
 ]
@@ -136,6 +138,22 @@ def worker_entry(container: dict[str, Any]) -> WorkerEntry:
         status=str(container.get("State", "")).lower(),
         created_at=datetime.fromtimestamp(int(created), UTC) if created else None,
     )
+
+
+_FRACTION = re.compile(r"\.(\d+)")
+
+
+def parse_docker_time(value: object) -> datetime | None:
+    """Docker's RFC 3339 timestamps (nanoseconds, `Z`); None for the `0001-01-01` sentinel."""
+    if not isinstance(value, str) or not value or value.startswith("0001-01-01"):
+        return None
+    # Python takes at most microseconds: cut the nanoseconds, keep the zone after them.
+    text = _FRACTION.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), value.replace("Z", "+00:00"))
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def open_driver(

@@ -1,7 +1,7 @@
 """Jobs: what the router hands over, validated, with the ids derived from its payload.
 
 A `WorkerJob` becomes its `JobFields` (`resolve_job_fields`); its project's spawn settings
-are `_spawn_settings`, its names and labels `_naming`.
+are `_spawn`'s, its names and labels `_naming`.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from docker.types import (
 from ._config import RouterConfig
 from ._create_recovery import LOST_ANSWERS, look_up_made, recover_lost_create
 from ._docker import DockerGateway, ObservedEngine
-from ._docker_driver import connect, worker_entry, worker_state
+from ._docker_driver import connect, parse_docker_time, worker_entry, worker_state
 from ._driver import (
     ContainerSpec,
     ExitResult,
@@ -62,7 +62,6 @@ from ._swarm_tasks import (
     latest_task,
     task_state,
 )
-from ._times import parse_docker_time
 
 __all__ = ["SWARM_SERVICE_LABEL", "SwarmDriver", "open_driver"]
 

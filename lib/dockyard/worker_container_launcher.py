@@ -6,6 +6,8 @@ with adoption, which reads it back from a running container's labels.
 `launch_worker_container` takes its collaborators as a `WorkerContainerLauncherDependencies`
 object, so tests substitute them and two managers never share state. It runs on the
 manager's launch executor; the blocking wait is handed to the exit watcher's own executor.
+What it does when a step fails (a missing image pulled, a leftover of the same job replaced,
+a container that failed to start removed) is `_launch_failures`'s.
 """
 
 from __future__ import annotations
@@ -20,18 +22,16 @@ from ._docker_settings import name_refused_control
 from ._driver import ContainerSpec, Driver, ExitTicket, WorkerState
 from ._environment import with_snapshot_reuse
 from ._errors import (
-    DockyardError,
     DuplicateJobError,
     EngineConflictError,
-    EngineNotFoundError,
     ImageNotFoundError,
-    RemovalInProgressError,
     WorkerImageResolutionError,
     as_spawn_error,
 )
 from ._exit_handling import ExitWatcher, TimeoutController
 from ._images import ImagePuller, is_image_id
 from ._jobs import JobIdentity, job_ids
+from ._launch_failures import LaunchReports, discard, pull_base_image, replace_leftover
 from ._listener import SafeListener, log_ids
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
@@ -40,7 +40,7 @@ from ._output import OutputHub, OutputPipe
 from ._pull_policy import ALWAYS, IF_NOT_PRESENT, NEVER
 from ._registry import WorkerRegistry
 from ._secrets import Masker, Secret
-from ._sentry import ExtraValue, Reporter
+from ._sentry import Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
 from ._tracker import TrackedWorker
 
@@ -149,7 +149,7 @@ def launch_worker_container(
             timeout_s=config.timeout_s,
         )
         context = replace(context, plan=plan)
-    reports = _SpawnReports(deps.reporter, context)
+    reports = LaunchReports(deps.reporter, context.job_id, context.job_type)
     try:
         started = _start_container(config, context, deps, reports)
     except Exception as err:  # every failure is reported and leaves as a DockyardError
@@ -204,32 +204,11 @@ class _Started:
     output: OutputPipe | None = None
 
 
-@dataclass
-class _SpawnReports:
-    """The Sentry reports of one launch: an error a fallback path reported is not sent twice."""
-
-    reporter: Reporter
-    context: WorkerContainerLaunchContext
-    covered: list[BaseException] = field(default_factory=list)
-
-    def send(self, err: BaseException, source: str, **extras: ExtraValue) -> None:
-        self.reporter.report(
-            err,
-            source,
-            tags={"jobType": self.context.job_type},
-            extras={"jobId": self.context.job_id, **extras},
-        )
-        self.covered.append(err)
-
-    def covers(self, err: BaseException) -> bool:
-        return any(err is seen for seen in self.covered)
-
-
 def _start_container(
     config: WorkerContainerLaunchConfig,
     context: WorkerContainerLaunchContext,
     deps: WorkerContainerLauncherDependencies,
-    reports: _SpawnReports,
+    reports: LaunchReports,
 ) -> _Started:
     """Create and start, with the snapshot and base-image fallbacks of the spec."""
     if config.snapshot is None:
@@ -258,11 +237,13 @@ def _with_base_image_pull(
     config: WorkerContainerLaunchConfig,
     context: WorkerContainerLaunchContext,
     deps: WorkerContainerLauncherDependencies,
-    reports: _SpawnReports,
+    reports: LaunchReports,
 ) -> _Started:
     image = config.base_image
     if config.pull_policy == ALWAYS and not is_image_id(image) and deps.images is not None:
-        _pull_base_image(config, deps.images, reports, always=True)
+        pull_base_image(
+            image, deps.images, reports, project_image=config.project_image, always=True
+        )
     else:
         try:
             return _create_and_start(config, context, image, config.env, deps)
@@ -274,7 +255,9 @@ def _with_base_image_pull(
             ) from None
         if deps.images is None:
             raise missing  # the driver has no images dockyard could pull into
-        _pull_base_image(config, deps.images, reports, always=False)
+        pull_base_image(
+            image, deps.images, reports, project_image=config.project_image, always=False
+        )
     try:
         return _create_and_start(config, context, image, config.env, deps)
     except ImageNotFoundError as err:
@@ -284,35 +267,6 @@ def _with_base_image_pull(
         raise WorkerImageResolutionError(
             f"project image {image!r} is still missing after it was pulled"
         ) from err
-
-
-def _pull_base_image(
-    config: WorkerContainerLaunchConfig,
-    puller: ImagePuller,
-    reports: _SpawnReports,
-    *,
-    always: bool,
-) -> None:
-    image = config.base_image
-    try:
-        if always:
-            puller.refresh(image)
-        else:
-            puller.pull(image)
-    except Exception as pull_err:  # whatever ends the pull is reported under its source
-        reports.send(
-            pull_err,
-            "worker_image_pull_fallback",
-            imageName=image,
-            isCustomBase=config.project_image,
-        )
-        if config.project_image:
-            # Never run a project that configured its own image on another one.
-            state = "could not be pulled" if always else "is missing and could not be pulled"
-            failure = WorkerImageResolutionError(f"project image {image!r} {state}: {pull_err}")
-            reports.covered.append(failure)  # its cause is reported already
-            raise failure from pull_err
-        raise
 
 
 def _create_and_start(
@@ -354,7 +308,7 @@ def _create_and_start(
             exit_wait.close()
         if output is not None:
             output.cancel()
-        _discard(deps.driver, container_id, plan.job_id)
+        discard(deps.driver, container_id, plan.job_id)
         raise
     return _Started(image, env, container_id, exit_wait, plan, output)
 
@@ -365,47 +319,9 @@ def _create(spec: ContainerSpec, job_id: str, deps: WorkerContainerLauncherDepen
     except EngineConflictError as err:
         conflict = err
     # A container already has this name: a stopped leftover of this very job goes.
-    try:
-        leftover = deps.driver.inspect(spec.name)
-    except DockyardError:
-        raise conflict from None
-    labels = leftover.labels
-    holder = labels.get(deps.labels.job_id)
-    same_job = deps.labels.owned_by(labels, deps.instance_id) and holder == job_id
-    if not same_job:
-        if holder and holder != job_id:
-            # Another job id with the same container name (`a:b` and `a/b`), of another
-            # manager or router: a clear refusal, not the engine's bare 409.
-            raise DuplicateJobError(job_id, other_job_id=holder, container_name=spec.name) from None
-        raise conflict
-    if leftover.status in ("running", "restarting"):  # a paused leftover goes, as ever
-        raise DuplicateJobError(job_id)
-    log.info(
-        "removing a stopped leftover container of the same job",
-        extra={"job_id": job_id, "container_id": leftover.id[:12]},
+    return replace_leftover(
+        conflict, spec, job_id, driver=deps.driver, schema=deps.labels, instance_id=deps.instance_id
     )
-    deps.driver.remove(leftover.id, force=True)
-    return deps.driver.create(spec)
-
-
-_DISCARD_REMOVAL_WAIT_S = 10.0
-
-
-def _discard(driver: Driver, container_id: str, job_id: str) -> None:
-    try:
-        try:
-            driver.remove(container_id, force=True)
-        except RemovalInProgressError:
-            # The engine removes it already (Docker 26+ cancels a start whose answer was
-            # lost and AutoRemove takes the container): wait until it is gone.
-            driver.wait_removed(container_id, _DISCARD_REMOVAL_WAIT_S)
-    except EngineNotFoundError:
-        return  # gone already
-    except DockyardError:
-        log.warning(
-            "could not remove a container that failed to start",
-            extra={"job_id": job_id, "container_id": container_id[:12]},
-        )
 
 
 # -- the launch plan: who a worker is and how long it may run --

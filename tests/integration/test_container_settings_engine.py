@@ -205,7 +205,7 @@ def test_a_gpu_request_on_a_gpu_less_engine_is_a_clear_refusal(
 ) -> None:
     # The request is on the created container (read from the engine just before its start).
     requested: list[object] = []
-    gateway = manager._driver
+    gateway = manager._parts.driver
     start = gateway.start
 
     def start_seen(container_id: str) -> None:

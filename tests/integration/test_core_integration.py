@@ -346,7 +346,7 @@ def test_slot_grants_are_first_come_first_served(make_manager: MakeManager) -> N
         thread.start()
         threads.append(thread)
         # Queue them one after the other: the gate's waiter count says when one is in line.
-        eventually(lambda n=n: manager._slots.waiting == n, what=f"{n} waiters")
+        eventually(lambda n=n: manager._parts.slots.waiting == n, what=f"{n} waiters")
     assert manager.kill_worker("holder")
     for thread in threads:
         thread.join(60)

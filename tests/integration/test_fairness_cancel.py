@@ -86,7 +86,7 @@ def test_a_capped_project_leaves_room_for_others(
     threads = spawn_all(manager, a_jobs)
     listener.wait_for(lambda: len(listener.started) == 2)
     deadline = time.monotonic() + 30
-    while manager._slots.waiting < 8:
+    while manager._parts.slots.waiting < 8:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     queued_at = time.monotonic()
@@ -123,7 +123,7 @@ def test_a_high_priority_job_queued_last_starts_at_the_next_free_slot(
     for n, job in enumerate([*low, urgent], start=1):
         threads += spawn_all(manager, [job])
         deadline = time.monotonic() + 10
-        while manager._slots.waiting < n:
+        while manager._parts.slots.waiting < n:
             assert time.monotonic() < deadline
             time.sleep(0.005)
     for thread in threads:

@@ -120,7 +120,7 @@ def test_load_with_injected_faults(
     elapsed_s = time.monotonic() - started_at
     proxy.clear_rules()
     assert manager.get_active_worker_count() == 0
-    assert manager._slots.in_use == 0
+    assert manager._parts.slots.in_use == 0
     faulted_calls = sum(proxy.count(op) for op in FAULTED_OPS)
     manager.close()
     leftovers = settle_leftovers(docker_client, instance_id)

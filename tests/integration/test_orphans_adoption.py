@@ -184,7 +184,7 @@ def test_scan_never_touches_tracked_workers_even_past_their_deadline(containers,
     )
     # Look at the world an hour from now: every container's deadline has passed.
     later = datetime.now(UTC) + timedelta(hours=1)
-    manager._reaper.clock = lambda: later
+    manager._parts.reaper.clock = lambda: later
 
     assert manager.scan_and_cleanup_orphans() == [untracked]
     assert containers.state(worker.container_id) == "running"

@@ -135,7 +135,7 @@ def assert_one_image_left(
     chain = live_chain(client, named)
     left = {image["Id"]: image for image in snapshot_images(client, instance_id)}
     assert set(left) == set(chain), (chain, left)
-    kept = manager._snapshot_manager.kept_parents()
+    kept = manager._parts.snapshot_manager.kept_parents()
     for parent in chain[1:]:  # untagged, kept only for its child
         assert not [t for t in left[parent].get("RepoTags") or [] if t != "<none>:<none>"]
         assert parent in kept
@@ -297,7 +297,7 @@ def test_a_chain_of_parents_goes_with_its_last_child(
     monkeypatch.setattr("dockyard._snapshots.env_values_left", lambda info, keys: [])
     monkeypatch.setattr(SnapshotManager, "_worker_labels_left", lambda self, info: [])
     manager = managers(snapshot_max_layers=6)
-    snapshots = manager._snapshot_manager
+    snapshots = manager._parts.snapshot_manager
     counts = run_chain(manager, instance_id, docker_client, 3)
     assert counts == [3, 4, 5]
     meta = manager.snapshots.get(PROJECT, WORK_ITEM)

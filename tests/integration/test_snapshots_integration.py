@@ -282,9 +282,9 @@ def test_clean_exit_commits_a_scrubbed_snapshot_that_the_next_run_starts_from(
         # Docker 25 and later: the second commit's parent is the first snapshot, which is
         # kept, untagged, until its child goes (20.10 re-records the commit without one).
         assert not docker_client.api.inspect_image(first_image_id)["RepoTags"]
-        assert first_image_id in manager._snapshot_manager.kept_parents()
+        assert first_image_id in manager._parts.snapshot_manager.kept_parents()
         manager.snapshots.invalidate(project, work_item)
-        assert manager._snapshot_manager.remove_images([meta2]) == [meta2]
+        assert manager._parts.snapshot_manager.remove_images([meta2]) == [meta2]
         assert not image_exists(docker_client, meta2.image_name)
     assert not image_exists(docker_client, first_image_id)
     assert sentry_events.with_source("snapshot_commit") == []

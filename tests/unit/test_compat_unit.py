@@ -190,7 +190,7 @@ def test_the_manager_gives_the_gateway_the_configured_write_timeout(
     rig_factory: Callable[..., Rig],
 ) -> None:
     rig = rig_factory(image_write_timeout_s=3600)
-    assert rig.manager._driver.images.image_write_timeout_s == 3600
+    assert rig.manager._parts.driver.images.image_write_timeout_s == 3600
     assert RouterConfig().image_write_timeout_s > RouterConfig().docker_timeout_s
 
 

@@ -20,7 +20,7 @@ from dockyard import (
     WorkerLifecycleListener,
     WorkerOutcome,
 )
-from dockyard._metrics import outcome_reason
+from dockyard._prometheus import outcome_reason
 from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, RecordingReporter
 from support.hosts import StaticProjects
 
@@ -72,7 +72,7 @@ class Rig:
     ) -> None:
         """Spawn on a thread; returns once the spawn is in the slot line (or done)."""
         assert job.id is not None
-        before = self.manager._slots.waiting
+        before = self.manager._parts.slots.waiting
 
         def run() -> None:
             try:
@@ -84,7 +84,7 @@ class Rig:
         thread.start()
         self._threads.append(thread)
         if queued:
-            wait_until(lambda: self.manager._slots.waiting > before or job.id in self.results)
+            wait_until(lambda: self.manager._parts.slots.waiting > before or job.id in self.results)
 
     def exit(self, worker: ActiveWorker, code: int = 0) -> None:
         self.api.exit(worker.container_id, code)
@@ -171,7 +171,7 @@ def test_adopted_workers_count_against_their_project(rigs: Callable[..., Rig]) -
     rig = rigs(max_workers=4, max_workers_per_project=1)
     worker = rig.manager.spawn_worker(job("a1", "A"))
     rig.manager.detach_all()
-    assert rig.manager._slots.in_use == 0
+    assert rig.manager._parts.slots.in_use == 0
     # A second manager on the same engine adopts the running worker, over capacity if need be.
     rig.manager.close()
     second = ContainerManager(
@@ -188,7 +188,7 @@ def test_adopted_workers_count_against_their_project(rigs: Callable[..., Rig]) -
             }
         ]
         assert [w.job_id for w in second.adopt_workers()] == ["a1"]
-        assert second._slots.in_use_by("A") == 1
+        assert second._parts.slots.in_use_by("A") == 1
         with pytest.raises(NoWorkerSlotError) as caught:
             second.spawn_worker(job("a2", "A"), slot_timeout=0.05)
         assert caught.value.limit == "project"
@@ -222,7 +222,7 @@ def test_cancel_returns_at_once_and_ends_cancelled(rigs: Callable[..., Rig]) -> 
     assert rig.reporter.reports == []  # no Sentry event: the host asked for it
     assert rig.api.calls_of("stop") == [(worker.container_id, 1)]
     assert rig.manager.cancel_worker("j") is False  # over
-    assert rig.manager._slots.in_use == 0
+    assert rig.manager._parts.slots.in_use == 0
 
 
 def test_a_worker_that_exited_first_keeps_its_outcome(rigs: Callable[..., Rig]) -> None:
@@ -279,7 +279,7 @@ def test_a_spawn_waiting_for_its_slot_is_cancelled(rigs: Callable[..., Rig]) -> 
     assert time.monotonic() - started < 1
     err = rig.results["second"]
     assert isinstance(err, WorkerCancelledError) and err.job_id == "second"
-    assert rig.manager._slots.waiting == 0
+    assert rig.manager._parts.slots.waiting == 0
     with pytest.raises(KeyError):
         rig.manager.wait_for_worker("second", timeout=1)
     rig.exit(first)
@@ -306,7 +306,7 @@ def test_a_spawn_cancelled_while_it_launches_is_cancelled_once_it_runs(
     wait_until(lambda: "j" in rig.results)
     assert isinstance(rig.results["j"], ActiveWorker)
     assert rig.manager.wait_for_worker("j", timeout=5).status == "cancelled"
-    assert len(rig.manager._cancels) == 0
+    assert len(rig.manager._parts.spawner._cancels) == 0
 
 
 def test_the_cancelled_status_has_a_metrics_reason() -> None:

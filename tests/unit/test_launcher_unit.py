@@ -54,11 +54,13 @@ def test_launch_order(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
 
         return wrapper
 
-    monkeypatch.setattr(manager._timeouts, "arm", record("arm_timer", manager._timeouts.arm))
     monkeypatch.setattr(
-        manager._registry, "register", record("register", manager._registry.register)
+        manager._parts.timeouts, "arm", record("arm_timer", manager._parts.timeouts.arm)
     )
-    monkeypatch.setattr(manager._exits, "watch", record("watch", manager._exits.watch))
+    monkeypatch.setattr(
+        manager._parts.registry, "register", record("register", manager._parts.registry.register)
+    )
+    monkeypatch.setattr(manager._parts.exits, "watch", record("watch", manager._parts.exits.watch))
 
     def on_started(worker: ActiveWorker) -> None:
         api._record("listener")

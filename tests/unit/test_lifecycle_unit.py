@@ -106,8 +106,8 @@ def immediate(policy: RetryPolicy, window_s: float | None) -> RetryPolicy:
 def fast_kill_retries(manager: ContainerManager, monkeypatch: pytest.MonkeyPatch) -> None:
     """No back-off between kill rounds (a test must not sleep through real ones)."""
     window = manager.config.wait_retry_window_s
-    policy = manager._timeouts.kill_policy  # type: ignore[attr-defined]
-    manager._timeouts.kill_policy = immediate(policy, window_s=window)  # type: ignore[attr-defined]
+    policy = manager._parts.timeouts.kill_policy  # type: ignore[attr-defined]
+    manager._parts.timeouts.kill_policy = immediate(policy, window_s=window)  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- slots
@@ -153,7 +153,7 @@ def test_an_infinite_slot_timeout_waits_for_the_slot(make: Any) -> None:
 
     spawner = threading.Thread(target=spawn)
     spawner.start()
-    eventually(lambda: manager._slots.waiting == 1 or bool(results))
+    eventually(lambda: manager._parts.slots.waiting == 1 or bool(results))
     api.exit(first.container_id, 0)
     spawner.join(10)
     assert len(results) == 1 and isinstance(results[0], ActiveWorker), results
@@ -164,7 +164,7 @@ def test_an_interrupt_after_the_launch_succeeded_keeps_the_slot_taken(
     make: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manager, _ = make(max_workers=1)
-    real_submit = manager._launch_executor.submit
+    real_submit = manager._parts.launch_executor.submit
 
     class InterruptedResult:
         """The caller's `future.result()` is interrupted just as the launch completes."""
@@ -180,7 +180,7 @@ def test_an_interrupt_after_the_launch_succeeded_keeps_the_slot_taken(
             return getattr(self._future, name)
 
     monkeypatch.setattr(
-        manager._launch_executor,
+        manager._parts.launch_executor,
         "submit",
         lambda *args, **kwargs: InterruptedResult(real_submit(*args, **kwargs)),
     )
@@ -295,7 +295,7 @@ def test_close_from_a_listener_callback_completes(
     assert listener.closed.wait(10), "close() from the callback did not return"
 
     assert [r.getMessage() for r in caplog.records] == []  # no "cannot join current thread"
-    assert manager._driver.client._closed  # it went all the way through
+    assert manager._parts.driver.client._closed  # it went all the way through
     with pytest.raises(RuntimeError):
         manager.spawn_worker(job("after"))
     thread_baseline.assert_no_new_threads(timeout=5.0)
@@ -428,7 +428,7 @@ def test_waiting_on_a_job_being_rerun_does_not_return_the_last_run(make: Any) ->
     results: list[ActiveWorker] = []
     spawner = threading.Thread(target=lambda: results.append(manager.spawn_worker(job("again"))))
     spawner.start()
-    eventually(lambda: manager._slots.waiting == 1)
+    eventually(lambda: manager._parts.slots.waiting == 1)
 
     with pytest.raises(TimeoutError):  # the re-run has no outcome yet
         manager.wait_for_worker("again", timeout=0.2)

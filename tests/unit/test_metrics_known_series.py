@@ -29,7 +29,8 @@ from dockyard import (
     WorkerSpawnError,
 )
 from dockyard._exit_monitor import ExitWaitClosedError
-from dockyard._metrics import (
+from dockyard._models import OutcomeStatus
+from dockyard._prometheus import (
     DOCKER_OPERATIONS,
     ENGINE_CALL_RESULTS,
     LOG_STREAMS,
@@ -41,7 +42,6 @@ from dockyard._metrics import (
     error_kind,
     outcome_reason,
 )
-from dockyard._models import OutcomeStatus
 from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, RecordingReporter, api_error
 from promscrape import Scrape
 

@@ -29,15 +29,8 @@ from dockyard import (
 )
 from dockyard._docker import DockerGateway
 from dockyard._errors import result_of, translate
-from dockyard._metrics import (
-    NO_METRICS,
-    MeteredListener,
-    Metrics,
-    PrometheusMetrics,
-    build_metrics,
-    error_kind,
-    outcome_reason,
-)
+from dockyard._metrics import NO_METRICS, MeteredListener, Metrics
+from dockyard._prometheus import PrometheusMetrics, build_metrics, error_kind, outcome_reason
 from dockyard._pull_policy import PULL_RESULTS
 from promscrape import Scrape
 from support.listeners import ListenerRecorder
@@ -86,8 +79,8 @@ def test_without_a_registry_prometheus_client_is_never_imported() -> None:
 
         api = docker.APIClient(base_url="unix:///nonexistent/docker.sock", version="1.41")
         manager = ContainerManager(RouterConfig(worker_image="img"), docker_client=api)
-        assert manager._metrics is NO_METRICS
-        assert manager._driver.observer is None
+        assert manager._parts.metrics is NO_METRICS
+        assert manager._parts.driver.observer is None
         manager.scan_and_cleanup_orphans()
         manager.close()
         loaded = sorted(m for m in sys.modules if m.startswith("prometheus_client"))

@@ -243,7 +243,7 @@ def test_a_retired_parent_is_kept_for_its_child_not_retried_and_goes_with_it(
     r = rig(snapshot_max_layers=5)
     for _ in range(3):
         r.run()
-    kept = r.manager._snapshot_manager.kept_parents()
+    kept = r.manager._parts.snapshot_manager.kept_parents()
     assert len(kept) == 2  # runs 1 and 2: each the parent of the next snapshot
     refused = [c for c in r.api.calls_of("remove_image") if c in kept]
     for _ in range(5):
@@ -258,7 +258,7 @@ def test_a_retired_parent_is_kept_for_its_child_not_retried_and_goes_with_it(
     info = r.snapshot()
     assert info is not None
     assert r.images() == {info["Id"]}  # the whole old chain went with its last child
-    assert r.manager._snapshot_manager.kept_parents() == set()
+    assert r.manager._parts.snapshot_manager.kept_parents() == set()
     assert r.reporter.sources() == []
 
 
@@ -270,5 +270,5 @@ def test_an_evicted_chain_leaves_no_untagged_parent(rig: type[Rig]) -> None:
     r.manager.run_snapshot_cleanup()
     assert r.manager.snapshots.get(PROJECT, WORK_ITEM) is None
     assert r.images() == set()  # the parents went with the evicted head
-    assert r.manager._snapshot_manager.kept_parents() == set()
+    assert r.manager._parts.snapshot_manager.kept_parents() == set()
     assert r.reporter.sources() == []
