@@ -13,27 +13,26 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import docker
 import requests
-import urllib3
 from docker.errors import DockerException, create_api_error_from_http_exception
 from requests.adapters import HTTPAdapter
 
 from ._create_recovery import LOST_ANSWERS, look_up_made, recover_lost_create
 from ._docker_images import ImageCalls
 from ._docker_settings import docker_create_args
-from ._driver import CallObserver, ContainerSpec, ExitResult
+from ._docker_streams import ResponseEvents
+from ._driver import CallObserver, ContainerSpec
 from ._errors import (
     TRANSIENT_ERRORS,
     DockerUnavailableError,
-    StreamIdle,
     result_of,
     translate,
 )
-from ._exit_monitor import ExitMonitor, ExitWait, decode_event, server_time_of
+from ._exit_monitor import ExitMonitor, ExitWait, exit_result_of
 from ._retry import RetryPolicy, RetryState, call_with_retry
 from ._secrets import reveal
 
@@ -102,41 +101,6 @@ class ObservedEngine:
     @observer.setter
     def observer(self, observer: CallObserver | None) -> None:
         self.calls.observer = observer
-
-
-class _ResponseEvents:
-    """An events stream over a streaming `requests` response (public API only)."""
-
-    def __init__(self, response: requests.Response) -> None:
-        self._response = response
-        self.server_time = server_time_of(response.headers.get("Date"))
-
-    def events(self) -> Iterator[dict[str, Any]]:
-        try:
-            for line in self._response.iter_lines():
-                event = decode_event(line)
-                if event is not None:
-                    yield event
-        except requests.exceptions.ConnectionError as err:
-            if err.args and isinstance(err.args[0], urllib3.exceptions.ReadTimeoutError):
-                raise StreamIdle() from err
-            raise translate("events", err) from err
-        except (requests.exceptions.RequestException, DockerException) as err:
-            # Read outside `EngineCalls.run`: the same table types what breaks the stream.
-            raise translate("events", err) from err
-
-    def interrupt(self) -> None:
-        # urllib3's public `shutdown()` wakes a read blocked in another thread; where the
-        # transport has none (ssh), the heartbeat's read timeout ends the read instead.
-        shutdown = getattr(self._response.raw, "shutdown", None)
-        if callable(shutdown):
-            try:
-                shutdown()
-            except Exception:  # best effort: the heartbeat ends the read anyway
-                log.debug("events stream shutdown failed", exc_info=True)
-
-    def close(self) -> None:
-        self._response.close()
 
 
 class DockerGateway(ObservedEngine, ImageCalls):
@@ -345,20 +309,22 @@ class DockerGateway(ObservedEngine, ImageCalls):
             ticket.close()
             raise
         state = info.get("State") or {}
-        if not state.get("Running"):
-            code = state.get("ExitCode")
-            self._exits.resolve(container_id, ExitResult(code if isinstance(code, int) else None))
+        facts = exit_result_of(state)
+        if state.get("Running"):
+            self._exits.note_start(container_id, facts.started_at)  # for the run's duration
+        else:
+            self._exits.resolve(container_id, facts)
         return ticket
 
-    def _open_events(self, since: str | None) -> _ResponseEvents:
-        filters: dict[str, list[str]] = {"type": ["container"], "event": ["die", "oom"]}
+    def _open_events(self, since: str | None) -> ResponseEvents:
+        filters: dict[str, list[str]] = {"type": ["container"], "event": ["start", "oom", "die"]}
         if self._event_labels:
             filters["label"] = list(self._event_labels)
         params = {"filters": json.dumps(filters)}
         if since is not None:
             params["since"] = since
 
-        def connect() -> _ResponseEvents:
+        def connect() -> ResponseEvents:
             response = self.api.get(
                 self._endpoint("/events"),
                 params=params,
@@ -366,7 +332,7 @@ class DockerGateway(ObservedEngine, ImageCalls):
                 timeout=(self._timeout_s, self._heartbeat_s),
             )
             _raise_for_status(response)
-            return _ResponseEvents(response)
+            return ResponseEvents(response)
 
         return self._run("events", connect)
 

@@ -21,15 +21,14 @@ from ._docker import DockerGateway
 from ._driver import (
     CallObserver,
     ContainerSpec,
-    ExitResult,
     ExitTicket,
     ImageStore,
     WorkerEntry,
     WorkerState,
 )
 from ._drivers import DRIVERS, Capabilities
+from ._exit_monitor import exit_result_of
 from ._output import AttachedOutput
-from ._times import parse_docker_time
 
 __all__ = [
     "DockerDriver",
@@ -104,8 +103,6 @@ def worker_state(info: dict[str, Any]) -> WorkerState:
     """A container inspect as the core's `WorkerState`."""
     state = info.get("State") or {}
     config = info.get("Config") or {}
-    code = state.get("ExitCode")
-    oom = state.get("OOMKilled")
     return WorkerState(
         id=str(info.get("Id", "")),
         name=str(info.get("Name", "")).lstrip("/"),
@@ -114,13 +111,7 @@ def worker_state(info: dict[str, Any]) -> WorkerState:
         env=tuple(config.get("Env") or ()),
         status=str(state.get("Status") or ""),
         running=bool(state.get("Running") or state.get("Restarting") or state.get("Paused")),
-        exit=ExitResult(
-            exit_code=code if isinstance(code, int) else None,
-            oom_killed=oom if isinstance(oom, bool) else None,
-            error=state.get("Error") or None,
-            started_at=parse_docker_time(state.get("StartedAt")),
-            finished_at=parse_docker_time(state.get("FinishedAt")),
-        ),
+        exit=exit_result_of(state),
         auto_remove=bool((info.get("HostConfig") or {}).get("AutoRemove")),
     )
 

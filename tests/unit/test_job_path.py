@@ -32,8 +32,10 @@ NOT_THE_PATH = {"testing.py", "_fork.py"}
 # Docker mapping of the container settings (`_docker_settings`, every create's arguments);
 # a job whose layers set no container control skips their checks and merge.
 # The worker's output, read from before its start, adds two: its lines (frames, lines,
-# masking) and their delivery, tail and counts.
-MAX_MODULES_DEFAULT_JOB = 21 + 2
+# masking) and their delivery, tail and counts. How a run ends is three concerns (the
+# deadline kill, the exit wait, what follows the exit), and the events stream's reading
+# is apart from the gateway's calls: three more.
+MAX_MODULES_DEFAULT_JOB = 21 + 2 + 3
 # Plus the snapshot registry, the commit's mechanics, the gateway's image calls, the typed
 # errors (looking up the previous snapshot of the work item answers 404 the first time), the
 # flatten module's layer count that decides whether the commit is written flattened, and the
