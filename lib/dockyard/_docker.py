@@ -18,13 +18,13 @@ from typing import Any, TypeVar
 
 import docker
 import requests
-from docker.errors import DockerException, create_api_error_from_http_exception
+from docker.errors import DockerException
 from requests.adapters import HTTPAdapter
 
 from ._create_recovery import LOST_ANSWERS, look_up_made, recover_lost_create
 from ._docker_images import ImageCalls
 from ._docker_settings import docker_create_args
-from ._docker_streams import ResponseEvents
+from ._docker_streams import ResponseEvents, following, log_mark, open_log, raise_for_status
 from ._driver import CallObserver, ContainerSpec
 from ._errors import (
     TRANSIENT_ERRORS,
@@ -33,6 +33,7 @@ from ._errors import (
     translate,
 )
 from ._exit_monitor import ExitMonitor, ExitWait, exit_result_of
+from ._output import AttachedOutput
 from ._retry import RetryPolicy, RetryState, call_with_retry
 from ._secrets import reveal
 
@@ -207,7 +208,7 @@ class DockerGateway(ObservedEngine, ImageCalls):
         return self.calls.run(operation, fn)
 
     def _check(self, response: requests.Response) -> None:
-        _raise_for_status(response)
+        raise_for_status(response)
 
     def _endpoint(self, path: str) -> str:
         return f"{self.api.base_url}/v{self.api.api_version}{path}"
@@ -331,7 +332,7 @@ class DockerGateway(ObservedEngine, ImageCalls):
                 stream=True,
                 timeout=(self._timeout_s, self._heartbeat_s),
             )
-            _raise_for_status(response)
+            raise_for_status(response)
             return ResponseEvents(response)
 
         return self._run("events", connect)
@@ -361,6 +362,30 @@ class DockerGateway(ObservedEngine, ImageCalls):
             ),
         )
         return bytes(raw).decode("utf-8", errors="replace")
+
+    def follow_logs(self, container_id: str, after_ns: int | None) -> AttachedOutput:
+        """The container's output from its log, stamped, after `after_ns`, until its exit."""
+
+        def follow() -> AttachedOutput:
+            url = self._endpoint(f"/containers/{container_id}/logs")
+            response = open_log(
+                self.api, url, follow=True, since_ns=after_ns, timeout_s=self._timeout_s
+            )
+            return following(response, after_ns)
+
+        return self._run("follow_output", follow)
+
+    def log_mark(self, container_id: str, positions: Mapping[str, int]) -> int | None:
+        """The engine time of the last of the first `positions` lines of each stream."""
+
+        def mark() -> int | None:
+            url = self._endpoint(f"/containers/{container_id}/logs")
+            response = open_log(
+                self.api, url, follow=False, since_ns=None, timeout_s=self._timeout_s
+            )
+            return log_mark(response, positions)
+
+        return self._run("output_mark", mark)
 
     def stop(self, container_id: str, grace_s: float) -> None:
         self._run("stop", lambda: self.api.stop(container_id, timeout=max(0, round(grace_s))))
@@ -397,17 +422,6 @@ class DockerGateway(ObservedEngine, ImageCalls):
             "list_containers", lambda: self.api.containers(all=all, filters={"label": list(labels)})
         )
         return result
-
-
-def _raise_for_status(response: requests.Response) -> None:
-    """Raise docker-py's typed `APIError` for an error status (its public converter)."""
-    try:
-        response.raise_for_status()
-    except requests.exceptions.HTTPError as err:
-        try:
-            create_api_error_from_http_exception(err)  # reads the engine's message first
-        finally:
-            response.close()
 
 
 def _size_tcp_pool(api: docker.APIClient, pool: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,6 +76,13 @@ class DockerDriver:
     def attach_output(self, worker_id: str) -> AttachedOutput:
         """The container's stdout and stderr from its first byte (attached before `start`)."""
         return self.client.calls.run("attach", lambda: attach_output(self.client.api, worker_id))
+
+    def follow_output(self, worker_id: str, after_ns: int | None) -> AttachedOutput:
+        """The container's log, followed: each entry stamped by the engine (ns)."""
+        return self.client.follow_logs(worker_id, after_ns)
+
+    def output_mark(self, worker_id: str, positions: Mapping[str, int]) -> int | None:
+        return self.client.log_mark(worker_id, positions)
 
     def inspect(self, worker_id: str) -> WorkerState:
         return worker_state(self.client.inspect(worker_id))

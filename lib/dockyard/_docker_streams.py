@@ -1,23 +1,31 @@
-"""Engine streams read over HTTP: the events stream (and a worker's followed log).
+"""Engine streams read over HTTP: the events stream and a worker's log.
 
-Each is a streaming `requests` response read line by line or frame by frame; a read
-timeout is the heartbeat (`StreamIdle`), any other failure is typed by the error table.
+Each is a streaming `requests` response, read line by line (events) or frame by frame (a
+log); an events read timeout is the heartbeat (`StreamIdle`), any other failure is typed
+by the error table. A log is read with the engine's timestamps
+(`GET /containers/{id}/logs?timestamps=1`): each frame is one log entry, stamped with the
+engine's time to the nanosecond, so a reader can go on after the last entry it saw.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterator
+import struct
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import requests
 import urllib3
-from docker.errors import DockerException
+from docker.errors import DockerException, create_api_error_from_http_exception
 
 from ._errors import StreamIdle, translate
 from ._exit_monitor import decode_event, server_time_of
+from ._output import AttachedOutput
+from ._output_lines import STREAM_NAMES
+from ._times import docker_time_ns
 
-__all__ = ["ResponseEvents"]
+__all__ = ["ResponseEvents", "log_frames", "log_mark", "open_log", "raise_for_status"]
 
 log = logging.getLogger("dockyard.docker")
 
@@ -55,3 +63,101 @@ class ResponseEvents:
 
     def close(self) -> None:
         self._response.close()
+
+
+def raise_for_status(response: requests.Response) -> None:
+    """Raise docker-py's typed `APIError` for an error status (its public converter)."""
+    try:
+        response.raise_for_status()
+    except requests.exceptions.HTTPError as err:
+        try:
+            create_api_error_from_http_exception(err)  # reads the engine's message first
+        finally:
+            response.close()
+
+
+def open_log(
+    api: Any, url: str, *, follow: bool, since_ns: int | None, timeout_s: float
+) -> requests.Response:
+    """The container's log (both streams, stamped) as a streaming response.
+
+    `since` goes in whole seconds (every engine takes those): the entries of that second
+    come again, for the reader to drop. A followed log has no read timeout: it ends at the
+    container's exit (or when `interrupt_log` shuts it).
+    """
+    params: dict[str, str] = {"stdout": "1", "stderr": "1", "timestamps": "1"}
+    if follow:
+        params["follow"] = "1"
+    if since_ns is not None:
+        params["since"] = str(since_ns // 1_000_000_000)
+    response: requests.Response = api.get(
+        url, params=params, stream=True, timeout=(timeout_s, None if follow else timeout_s)
+    )
+    raise_for_status(response)
+    return response
+
+
+def following(response: requests.Response, after_ns: int | None) -> AttachedOutput:
+    """A followed log as a worker's output: the entries stamped after `after_ns`."""
+    return AttachedOutput(log_frames(response, after_ns), lambda: interrupt_log(response))
+
+
+def log_frames(
+    response: requests.Response, after_ns: int | None = None
+) -> Iterator[tuple[int, bytes, int | None]]:
+    """`(stream type, bytes, engine time in ns)` per log entry, its stamp taken off; the
+    entries stamped at or before `after_ns` are skipped. Closes the response at the end."""
+    try:
+        while header := _read_exact(response, 8):
+            if len(header) < 8:
+                return
+            size = struct.unpack(">L", header[4:])[0]
+            payload = _read_exact(response, size)
+            stamp, _, data = payload.partition(b" ")
+            nanos = docker_time_ns(stamp.decode("ascii", errors="replace"))
+            if nanos is None:  # not stamped: passed on whole
+                yield header[0], payload, None
+            elif after_ns is None or nanos > after_ns:
+                yield header[0], data, nanos
+    finally:
+        response.close()
+
+
+def log_mark(response: requests.Response, positions: Mapping[str, int]) -> int | None:
+    """The engine time of the last of the first `positions[stream]` lines of each stream
+    (an entry ending in a newline is a line; a longer line's pieces are not counted)."""
+    wanted = {kind: positions.get(name, 0) for kind, name in STREAM_NAMES.items()}
+    counted = dict.fromkeys(STREAM_NAMES, 0)
+    found: list[int] = []
+    with contextlib.closing(response):
+        for kind, data, nanos in log_frames(response):
+            if kind not in counted or not data.endswith(b"\n"):
+                continue
+            counted[kind] += 1
+            if counted[kind] == wanted[kind] and nanos is not None:
+                found.append(nanos)
+            if all(counted[k] >= wanted[k] for k in counted):
+                break
+    return max(found) if found else None
+
+
+def interrupt_log(response: requests.Response) -> None:
+    """Wake a read blocked on the log from another thread (urllib3's `shutdown`), else
+    close it."""
+    shutdown = getattr(response.raw, "shutdown", None)
+    with contextlib.suppress(Exception):
+        if callable(shutdown):
+            shutdown()
+        else:
+            response.close()
+
+
+def _read_exact(response: requests.Response, size: int) -> bytes:
+    """`size` bytes, fewer only at the end of the stream."""
+    data = b""
+    while len(data) < size:
+        piece = response.raw.read(size - len(data))
+        if not piece:
+            break
+        data += piece
+    return data

@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-__all__ = ["parse_docker_time"]
+__all__ = ["docker_time_ns", "parse_docker_time"]
 
 
 _FRACTION = re.compile(r"\.(\d+)")
+_STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")
 
 
 def parse_docker_time(value: object) -> datetime | None:
@@ -22,3 +23,17 @@ def parse_docker_time(value: object) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def docker_time_ns(value: str) -> int | None:
+    """An RFC 3339 timestamp to the nanosecond (a log line's), as nanoseconds since the
+    epoch; None when it is not one."""
+    match = _STAMP.fullmatch(value)
+    if match is None:
+        return None
+    whole, fraction, zone = match.groups()
+    try:
+        moment = datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone))
+    except ValueError:
+        return None
+    return int(moment.timestamp()) * 1_000_000_000 + int((fraction or "0").ljust(9, "0"))

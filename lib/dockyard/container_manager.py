@@ -68,6 +68,7 @@ from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._naming import LabelSchema, container_name
 from ._orphans import OrphanReaper
 from ._output import OutputHub
+from ._output_marks import MarkKeeper, RedisOutputMarks
 from ._registry import WorkerRegistry
 from ._registry_auth import RegistryAuthResolver, RegistryCredentialProvider
 from ._retry import RetryPolicy
@@ -166,7 +167,10 @@ class ContainerManager:
         if self._metrics.enabled:
             driver.observer = self._metrics.engine_call
         self._listener = lifecycle_listener(listener, self._metrics, self._reporter)
-        # Each worker's output, attached before its start (drivers that declare live output).
+        # Each worker's output, attached before its start (drivers that declare live output);
+        # an adopted worker's followed from the engine's log after the last manager's mark.
+        follows = driver.capabilities.follow_output
+        self._output_marks = RedisOutputMarks(config.redis_url, config.router_instance_id)
         self._outputs = OutputHub(
             attach=driver.attach_output if driver.capabilities.live_output else None,
             enabled=config.stream_output,
@@ -175,6 +179,8 @@ class ContainerManager:
             counters=self._metrics,
             tail_lines=config.log_tail_lines,
             delivery_threads=config.max_workers,
+            follow=driver.follow_output if follows else None,
+            keep=MarkKeeper(self._output_marks, driver.output_mark) if follows else None,
         )
         self._labels = LabelSchema(config.label_prefix)
         self._slots = SlotGate(config.max_workers)
@@ -274,6 +280,8 @@ class ContainerManager:
             project_cap=lambda project_id: self._project_cap(
                 find_project(self._projects, project_id), project_id
             ),
+            outputs=self._outputs,
+            marks=self._output_marks,
         )
         self._snapshot_loop = PeriodicTask("dockyard-snapshot-cleanup", self.run_snapshot_cleanup)
         self._orphan_loop = PeriodicTask("dockyard-orphan-cleanup", self.scan_and_cleanup_orphans)
