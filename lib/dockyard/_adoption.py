@@ -137,13 +137,13 @@ class WorkerAdopter:
         without one)."""
         if self.outputs is None:
             return None
-        after_ns = None
+        after = None
         if self.marks is not None and self.outputs.delivers:
-            after_ns = self.marks.take(container_id)
-        if after_ns is None and self.outputs.delivers:
+            after = self.marks.take(container_id)
+        if after is None and self.outputs.delivers:
             log.info(
                 "no mark of where this worker's output was delivered to; delivering it "
                 "from the worker's start",
                 extra={"job_id": job_id},
             )
-        return self.outputs.follow(container_id, job_id, masker, after_ns)
+        return self.outputs.follow(container_id, job_id, masker, after)

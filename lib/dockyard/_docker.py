@@ -363,22 +363,23 @@ class DockerGateway(ObservedEngine, ImageCalls):
         )
         return bytes(raw).decode("utf-8", errors="replace")
 
-    def follow_logs(self, container_id: str, after_ns: int | None) -> AttachedOutput:
-        """The container's output from its log, stamped, after `after_ns`, until its exit."""
+    def follow_logs(self, container_id: str, after: Mapping[str, int] | None) -> AttachedOutput:
+        """The container's output from its log, stamped, after `after`, until its exit."""
 
         def follow() -> AttachedOutput:
             url = self._endpoint(f"/containers/{container_id}/logs")
+            since = min(after.values(), default=None) if after else None
             response = open_log(
-                self.api, url, follow=True, since_ns=after_ns, timeout_s=self._timeout_s
+                self.api, url, follow=True, since_ns=since, timeout_s=self._timeout_s
             )
-            return following(response, after_ns)
+            return following(response, after)
 
         return self._run("follow_output", follow)
 
-    def log_mark(self, container_id: str, positions: Mapping[str, int]) -> int | None:
-        """The engine time of the last of the first `positions` lines of each stream."""
+    def log_mark(self, container_id: str, positions: Mapping[str, int]) -> dict[str, int]:
+        """Per stream, the engine time of its line at `positions[stream]`."""
 
-        def mark() -> int | None:
+        def mark() -> dict[str, int]:
             url = self._endpoint(f"/containers/{container_id}/logs")
             response = open_log(
                 self.api, url, follow=False, since_ns=None, timeout_s=self._timeout_s

@@ -77,11 +77,11 @@ class DockerDriver:
         """The container's stdout and stderr from its first byte (attached before `start`)."""
         return self.client.calls.run("attach", lambda: attach_output(self.client.api, worker_id))
 
-    def follow_output(self, worker_id: str, after_ns: int | None) -> AttachedOutput:
+    def follow_output(self, worker_id: str, after: Mapping[str, int] | None) -> AttachedOutput:
         """The container's log, followed: each entry stamped by the engine (ns)."""
-        return self.client.follow_logs(worker_id, after_ns)
+        return self.client.follow_logs(worker_id, after)
 
-    def output_mark(self, worker_id: str, positions: Mapping[str, int]) -> int | None:
+    def output_mark(self, worker_id: str, positions: Mapping[str, int]) -> dict[str, int]:
         return self.client.log_mark(worker_id, positions)
 
     def inspect(self, worker_id: str) -> WorkerState:

@@ -97,16 +97,18 @@ def open_log(
     return response
 
 
-def following(response: requests.Response, after_ns: int | None) -> AttachedOutput:
-    """A followed log as a worker's output: the entries stamped after `after_ns`."""
-    return AttachedOutput(log_frames(response, after_ns), lambda: interrupt_log(response))
+def following(response: requests.Response, after: Mapping[str, int] | None) -> AttachedOutput:
+    """A followed log as a worker's output: per stream the entries after `after[stream]`."""
+    return AttachedOutput(log_frames(response, after), lambda: interrupt_log(response))
 
 
 def log_frames(
-    response: requests.Response, after_ns: int | None = None
+    response: requests.Response, after: Mapping[str, int] | None = None
 ) -> Iterator[tuple[int, bytes, int | None]]:
     """`(stream type, bytes, engine time in ns)` per log entry, its stamp taken off; the
-    entries stamped at or before `after_ns` are skipped. Closes the response at the end."""
+    entries stamped at or before their stream's `after` are skipped (the boundary's lines
+    the reader before had). Closes the response at the end."""
+    skip = {kind: (after or {}).get(name, -1) for kind, name in STREAM_NAMES.items()}
     try:
         while header := _read_exact(response, 8):
             if len(header) < 8:
@@ -117,28 +119,28 @@ def log_frames(
             nanos = docker_time_ns(stamp.decode("ascii", errors="replace"))
             if nanos is None:  # not stamped: passed on whole
                 yield header[0], payload, None
-            elif after_ns is None or nanos > after_ns:
+            elif nanos > skip.get(header[0], -1):
                 yield header[0], data, nanos
     finally:
         response.close()
 
 
-def log_mark(response: requests.Response, positions: Mapping[str, int]) -> int | None:
-    """The engine time of the last of the first `positions[stream]` lines of each stream
-    (an entry ending in a newline is a line; a longer line's pieces are not counted)."""
+def log_mark(response: requests.Response, positions: Mapping[str, int]) -> dict[str, int]:
+    """Per stream, the engine time of its line at `positions[stream]` (an entry ending in
+    a newline is a line; a longer line's pieces are not counted)."""
     wanted = {kind: positions.get(name, 0) for kind, name in STREAM_NAMES.items()}
     counted = dict.fromkeys(STREAM_NAMES, 0)
-    found: list[int] = []
+    found: dict[str, int] = {}
     with contextlib.closing(response):
         for kind, data, nanos in log_frames(response):
             if kind not in counted or not data.endswith(b"\n"):
                 continue
             counted[kind] += 1
             if counted[kind] == wanted[kind] and nanos is not None:
-                found.append(nanos)
+                found[STREAM_NAMES[kind]] = nanos
             if all(counted[k] >= wanted[k] for k in counted):
                 break
-    return max(found) if found else None
+    return found
 
 
 def interrupt_log(response: requests.Response) -> None:

@@ -163,16 +163,15 @@ class Driver(Protocol):
         before `start`; the stream ends at the exit. Only with `capabilities.live_output`."""
         ...
 
-    def follow_output(self, worker_id: str, after_ns: int | None) -> AttachedOutput:
+    def follow_output(self, worker_id: str, after: Mapping[str, int] | None) -> AttachedOutput:
         """A running worker's output from the engine's log, each piece with the engine's
-        time (ns): the lines after `after_ns` (all when None), then the new ones until the
-        exit. Only with `capabilities.follow_output`."""
+        time (ns): per stream the lines stamped after `after[stream]` (all without one),
+        then the new ones until the exit. Only with `capabilities.follow_output`."""
         ...
 
-    def output_mark(self, worker_id: str, positions: Mapping[str, int]) -> int | None:
-        """The engine's time (ns) of the line at `positions[stream]` (1-based) of each
-        stream, the later of the two: how far output read without times got. None when
-        the log does not tell. Only with `capabilities.follow_output`."""
+    def output_mark(self, worker_id: str, positions: Mapping[str, int]) -> dict[str, int]:
+        """Per stream, the engine's time (ns) of its line at `positions[stream]` (1-based):
+        how far output read without times got. Only with `capabilities.follow_output`."""
         ...
 
     def inspect(self, worker_id: str) -> WorkerState:

@@ -263,13 +263,14 @@ class FakeDriver:
             self._worker(worker_id).outputs.append(stream)
         return AttachedOutput(_frames(stream), lambda: stream.put(None))
 
-    def follow_output(self, worker_id: str, after_ns: int | None) -> AttachedOutput:
+    def follow_output(self, worker_id: str, after: Mapping[str, int] | None) -> AttachedOutput:
         self._call("follow_output", worker_id)
         stream: queue.SimpleQueue[Frame | None] = queue.SimpleQueue()
+        skip = {1: (after or {}).get("stdout", -1), 2: (after or {}).get("stderr", -1)}
         with self._lock:
             worker = self._worker(worker_id)
             for entry in worker.log:
-                if after_ns is None or entry[2] > after_ns:
+                if entry[2] > skip.get(entry[0], -1):
                     stream.put(entry)
             if worker.status == "running":
                 worker.follows.append(stream)
@@ -277,18 +278,18 @@ class FakeDriver:
                 stream.put(None)
         return AttachedOutput(_frames(stream), lambda: stream.put(None))
 
-    def output_mark(self, worker_id: str, positions: Mapping[str, int]) -> int | None:
+    def output_mark(self, worker_id: str, positions: Mapping[str, int]) -> dict[str, int]:
         self._call("output_mark", worker_id)
-        wanted = {1: positions.get("stdout", 0), 2: positions.get("stderr", 0)}
+        names = {1: "stdout", 2: "stderr"}
         counted = {1: 0, 2: 0}
-        found = []
+        found = {}
         with self._lock:
             for stream, line, stamp in self._worker(worker_id).log:
                 if line.endswith(b"\n") and stream in counted:
                     counted[stream] += 1
-                    if counted[stream] == wanted[stream]:
-                        found.append(stamp)
-        return max(found) if found else None
+                    if counted[stream] == positions.get(names[stream], 0):
+                        found[names[stream]] = stamp
+        return found
 
     def start(self, worker_id: str) -> None:
         self._call("start", worker_id)

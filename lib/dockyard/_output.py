@@ -8,9 +8,8 @@ listener is slower than the worker, the queue holds up to `buffer_lines` lines, 
 lines are dropped and counted (`dockyard_log_lines_dropped_total`). The reader never waits
 for the listener, so a launch or an exit never does either.
 
-A pipe knows how far delivery got (`delivered`): each stream's count of lines up to the
-last one delivered and, for output read from the engine's log, that line's engine time.
-Where a manager closes, the next one continues from there (`_output_marks`).
+A pipe knows how far delivery got (`delivered`), for the manager that adopts the worker
+after this one closed (`_output_marks`).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -53,11 +52,12 @@ Frame = tuple[int, bytes] | tuple[int, bytes, int | None]
 
 @dataclass(frozen=True)
 class Delivered:
-    """How far delivery to the listener got: each stream's position (lines read up to the
-    last one delivered) and, when the output carried the engine's times, that line's."""
+    """How far delivery got, per stream: its last delivered line's position and engine time
+    (ns; when the output carried times), and how many lines were read."""
 
     positions: dict[str, int]
-    mark_ns: int | None
+    marks: dict[str, int]
+    read: dict[str, int]
 
 
 def tail_extra(tail: Iterable[str]) -> str:
@@ -113,7 +113,7 @@ class OutputPipe:
     job_id: str = ""
     close_source: Callable[[], None] | None = None
     _tail: deque[str] = field(init=False)
-    # (stream, line, its engine time when known, its position in its stream)
+    # (stream, line, its engine time if known, its position in its stream)
     _queue: deque[tuple[str, str, int | None, int]] = field(default_factory=deque, init=False)
     _lock: threading.Condition = field(default_factory=threading.Condition, init=False)
     _worker: ActiveWorker | None = field(default=None, init=False)
@@ -126,7 +126,7 @@ class OutputPipe:
     on_detach: Callable[[OutputPipe], None] | None = None
     _positions: dict[str, int] = field(default_factory=dict, init=False)  # lines read, per stream
     _delivered: dict[str, int] = field(default_factory=dict, init=False)
-    _delivered_mark: int | None = field(default=None, init=False)
+    _delivered_marks: dict[str, int] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self._tail = deque(maxlen=max(0, self.tail_lines))
@@ -241,7 +241,7 @@ class OutputPipe:
             with self._lock:
                 self._delivered[stream] = position
                 if mark_ns is not None:
-                    self._delivered_mark = max(self._delivered_mark or 0, mark_ns)
+                    self._delivered_marks[stream] = mark_ns
 
     # -- the end ------------------------------------------------------------------------
 
@@ -272,7 +272,8 @@ class OutputPipe:
         with self._lock:
             if not self._delivered:
                 return None
-            return Delivered(dict(self._delivered), self._delivered_mark)
+            marks, read = dict(self._delivered_marks), dict(self._positions)
+            return Delivered(dict(self._delivered), marks, read)
 
     def tail(self) -> tuple[str, ...]:
         with self._lock:
@@ -313,7 +314,7 @@ class OutputHub:
 
     Output is best effort: a stream that cannot be opened leaves the worker without live
     output (a warning), never without its launch. `follow` reads an adopted worker's
-    output from the engine's log instead, after a given engine time; on `close`, `keep`
+    output from the engine's log instead, after the given marks; on `close`, `keep`
     is handed the pipes of the workers still running, to leave how far delivery got.
     """
 
@@ -328,7 +329,7 @@ class OutputHub:
         tail_lines: int,
         delivery_threads: int,
         buffer_lines: int = DEFAULT_BUFFER_LINES,
-        follow: Callable[[str, int | None], AttachedOutput] | None = None,
+        follow: Callable[[str, Mapping[str, int] | None], AttachedOutput] | None = None,
         keep: Callable[[list[OutputPipe]], None] | None = None,
     ) -> None:
         self.enabled = enabled and attach is not None
@@ -362,13 +363,12 @@ class OutputHub:
         return self._start(self._attach, (worker_id,), worker_id, job_id, masker)
 
     def follow(
-        self, worker_id: str, job_id: str, masker: Masker, after_ns: int | None
+        self, worker_id: str, job_id: str, masker: Masker, after: Mapping[str, int] | None
     ) -> OutputPipe | None:
-        """Read a running worker's output from the engine's log: the lines after `after_ns`
-        (the engine's time, ns), or all of them when None, then the new ones."""
+        """Read a running worker's output from the engine's log, after `after` (`follow`)."""
         if self._follow is None or not self.enabled or self._closed:
             return None
-        return self._start(self._follow, (worker_id, after_ns), worker_id, job_id, masker)
+        return self._start(self._follow, (worker_id, after), worker_id, job_id, masker)
 
     def _start(
         self,

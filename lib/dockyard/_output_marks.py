@@ -2,9 +2,11 @@
 
 A manager that closes leaves its running workers behind; the one that adopts them
 (`adopt_workers()`) goes on delivering their output from the engine's log after the last
-line the listener got. That line's engine time (ns) is the mark. Output read from a log
-carries it; output attached before the start does not, and the closing manager asks the
-engine's log for the time of the line at its delivered position (`Driver.output_mark`).
+line the listener got. The mark is, per stream, that line's engine time (ns): per stream,
+since a line held back (masking) can be overtaken by the other stream's. Output read from
+a log carries the times; output attached before the start does not, and the closing
+manager asks the engine's log for the time of the line at its delivered position
+(`Driver.output_mark`).
 
 The marks live in Redis at `redis_url`, where the router keeps its state and the next
 router finds them, per router instance and worker, for as long as the worker may run. The
@@ -14,12 +16,14 @@ readable) means the adopter delivers the worker's output from its start.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from ._output import OutputPipe
+from ._output_lines import STREAMS
 
 __all__ = ["MARK_KEY_PREFIX", "MarkKeeper", "OutputMarks", "RedisOutputMarks"]
 
@@ -33,9 +37,9 @@ _MARK_SLACK_S = 3600.0
 class OutputMarks(Protocol):
     """Where marks are left for the next manager of the same router instance."""
 
-    def put(self, worker_id: str, mark_ns: int, ttl_s: float) -> None: ...
-    def take(self, worker_id: str) -> int | None:
-        """The worker's mark, removed; None when there is none."""
+    def put(self, worker_id: str, marks: Mapping[str, int], ttl_s: float) -> None: ...
+    def take(self, worker_id: str) -> dict[str, int] | None:
+        """The worker's marks (engine ns per stream), removed; None when there are none."""
         ...
 
 
@@ -53,12 +57,11 @@ class RedisOutputMarks:
     def __repr__(self) -> str:
         return f"RedisOutputMarks(prefix={self._prefix!r})"
 
-    def put(self, worker_id: str, mark_ns: int, ttl_s: float) -> None:
-        self._use(
-            "keep", lambda client: client.set(self._prefix + worker_id, str(mark_ns), ex=int(ttl_s))
-        )
+    def put(self, worker_id: str, marks: Mapping[str, int], ttl_s: float) -> None:
+        value = json.dumps(dict(marks))
+        self._use("keep", lambda client: client.set(self._prefix + worker_id, value, ex=int(ttl_s)))
 
-    def take(self, worker_id: str) -> int | None:
+    def take(self, worker_id: str) -> dict[str, int] | None:
         def take(client: Any) -> Any:
             pipe = client.pipeline()
             pipe.get(self._prefix + worker_id)
@@ -67,9 +70,12 @@ class RedisOutputMarks:
 
         value = self._use("read", take)
         try:
-            return int(value) if value is not None else None
+            marks = json.loads(value) if value is not None else None
         except (TypeError, ValueError):
             return None
+        if not isinstance(marks, dict):
+            return None
+        return {k: v for k, v in marks.items() if k in STREAMS and isinstance(v, int)} or None
 
     def _use(self, what: str, fn: Callable[[Any], Any]) -> Any:
         if not self._redis_url.strip():
@@ -95,7 +101,7 @@ class MarkKeeper:
     def __init__(
         self,
         marks: OutputMarks,
-        mark_of: Callable[[str, Mapping[str, int]], int | None],
+        mark_of: Callable[[str, Mapping[str, int]], Mapping[str, int]],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._marks = marks
@@ -108,9 +114,7 @@ class MarkKeeper:
             if worker is None or delivered is None:
                 continue  # nothing reached the listener: the next one starts at the start
             try:
-                mark = delivered.mark_ns
-                if mark is None:
-                    mark = self._mark_of(pipe.worker_id, delivered.positions)
+                found = delivered.marks or self._mark_of(pipe.worker_id, delivered.positions)
             except Exception as err:
                 log.warning(
                     "could not find how far a worker's output was delivered; an adopter "
@@ -118,7 +122,23 @@ class MarkKeeper:
                     extra={"job_id": pipe.job_id, "error": str(err)},
                 )
                 continue
-            if mark is None:
-                continue
-            ttl = (worker.deadline - self._clock()).total_seconds() + _MARK_SLACK_S
-            self._marks.put(pipe.worker_id, mark, max(60.0, ttl))
+            marks = _every_stream(dict(found), delivered.positions, delivered.read)
+            if marks:
+                ttl = (worker.deadline - self._clock()).total_seconds() + _MARK_SLACK_S
+                self._marks.put(pipe.worker_id, marks, max(60.0, ttl))
+
+
+def _every_stream(
+    marks: dict[str, int], positions: Mapping[str, int], read: Mapping[str, int]
+) -> dict[str, int]:
+    """A mark for each stream: a stream none of whose lines was read owes nothing before
+    the others' marks; one read but not (all) marked goes again from the start (0)."""
+    if not marks:
+        return {}
+    for stream in STREAMS:
+        if stream in marks:
+            continue
+        marks[stream] = (
+            0 if read.get(stream, 0) or positions.get(stream, 0) else min(marks.values())
+        )
+    return marks

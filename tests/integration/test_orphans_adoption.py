@@ -368,33 +368,43 @@ COUNTER = [
 def test_an_adopter_delivers_the_output_from_where_the_closed_manager_stopped(
     manager_with, redis_url, thread_baseline
 ):
-    """A restart between two managers: every line reaches one listener or the other, once.
+    """Two restarts among three managers: every line reaches one listener, once.
 
-    The first manager reads the live stream (attached before the start) and is closed while
-    the worker prints; the second adopts the worker and follows its log from the engine's
-    time of the last line the first one delivered (left in Redis at `redis_url`).
+    The first manager reads the live stream (attached before the start, no engine times:
+    its mark comes from the engine's log at its close); the second adopts the worker,
+    follows its log after that mark and is closed in turn (its mark: the engine time of the
+    last line it delivered); the third goes on from there to the exit. The marks are left
+    in Redis at `redis_url`.
     """
     first, first_seen = manager_with(redis_url=redis_url)
     first.spawn_worker(WorkerJob(id="counting", type="t", command=COUNTER))
     eventually(lambda: len(first_seen.lines("counting", "stdout")) >= 20, timeout=30)
-    first.close()  # the restart: the worker runs on, printing
-    before = first_seen.lines("counting")
+    first.close()  # a restart: the worker runs on, printing
     time.sleep(0.5)  # lines printed while no manager reads
 
     second, second_seen = manager_with(redis_url=redis_url)
     assert [w.job_id for w in second.adopt_workers()] == ["counting"]
-    outcome = second.wait_for_worker("counting", OUTCOME_TIMEOUT_S)
-    assert (outcome.status, outcome.exit_code) == ("succeeded", 0)
-    after = second_seen.lines("counting")
+    eventually(lambda: len(second_seen.lines("counting", "stdout")) >= 30, timeout=30)
     second.close()
+    time.sleep(0.5)
 
-    stdout = [line for line in before + after if line.startswith("line-")]
-    stderr = [line for line in before + after if line.startswith("err-")]
+    third, third_seen = manager_with(redis_url=redis_url)
+    assert [w.job_id for w in third.adopt_workers()] == ["counting"]
+    outcome = third.wait_for_worker("counting", OUTCOME_TIMEOUT_S)
+    assert (outcome.status, outcome.exit_code) == ("succeeded", 0)
+    third.close()
+
+    parts = [seen.lines("counting") for seen in (first_seen, second_seen, third_seen)]
+    everything = [line for part in parts for line in part]
+    stdout = [line for line in everything if line.startswith("line-")]
+    stderr = [line for line in everything if line.startswith("err-")]
     assert stdout == [f"line-{i}" for i in range(NUMBERED_LINES)]  # none twice, none lost
     assert stderr == [f"err-{i}" for i in range(0, NUMBERED_LINES, 10)]
-    # The adopter went on from the first one's last line, not from the worker's start.
-    first_stdout = [line for line in before if line.startswith("line-")]
-    assert second_seen.lines("counting", "stdout")[0] == f"line-{len(first_stdout)}"
-    # The adopted worker's tail is its own output too, read live.
+    # Each adopter went on from the last line before it, not from the worker's start.
+    first_count = len(first_seen.lines("counting", "stdout"))
+    second_count = len(second_seen.lines("counting", "stdout"))
+    assert second_seen.lines("counting", "stdout")[0] == f"line-{first_count}"
+    assert third_seen.lines("counting", "stdout")[0] == f"line-{first_count + second_count}"
+    # The adopted worker's tail is its own output, read live.
     assert outcome.log_tail[-1] == f"line-{NUMBERED_LINES - 1}"
     thread_baseline.assert_no_new_threads()
