@@ -167,7 +167,7 @@ def test_oom_kill_is_reported(
     run's `duration_s`, also when the engine removed the container before dockyard's
     inspect (then both come from the engine's `oom`, `start` and `die` events).
 
-    The engine (20.10, cgroup v1) now and then records a real OOM kill as
+    The engine (20.10) now and then records a real OOM kill as
     `OOMKilled=false` when its `oom` notice loses the race with the exit. So a few attempts
     are allowed; every one must be a 137 failure with a duration, and one must carry the flag.
     Podman sends no `oom` event and has removed an auto-removed container by the time its
