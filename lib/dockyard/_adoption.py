@@ -135,7 +135,7 @@ class WorkerAdopter:
     def _follow(self, container_id: str, job_id: str, masker: Masker) -> OutputPipe | None:
         """Follow the worker's output after the previous manager's mark (from its start
         without one)."""
-        if self.outputs is None:
+        if self.outputs is None or not self.outputs.enabled:
             return None
         after = None
         if self.marks is not None and self.outputs.delivers:
