@@ -1,4 +1,8 @@
-"""Adoption: after a router restart, re-attach to this instance's still-running workers."""
+"""Adoption: after a router restart, re-attach to this instance's still-running workers.
+
+An adopted worker's output is followed from the engine's log, after the last line the
+previous manager delivered (its mark, `_output_marks`), or from the start without one.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,10 @@ from ._listener import SafeListener
 from ._models import ActiveWorker
 from ._naming import LabelSchema
 from ._orphans import untracked
+from ._output import OutputHub, OutputPipe
+from ._output_marks import OutputMarks
 from ._registry import WorkerRegistry
+from ._secrets import Masker
 from ._slots import SlotGate
 from ._tracker import TrackedWorker
 from .worker_container_launcher import LaunchPlan
@@ -40,6 +47,8 @@ class WorkerAdopter:
     listener: SafeListener
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     project_cap: Callable[[str | None], int | None] = lambda _project_id: None
+    outputs: OutputHub | None = None  # follows each adopted worker's output
+    marks: OutputMarks | None = None  # where the previous manager's delivery stopped
 
     def adopt(self) -> list[ActiveWorker]:
         containers = self.driver.list_workers(
@@ -91,27 +100,50 @@ class WorkerAdopter:
         # the container stopped since the inspect above.
         exit_wait = self.driver.open_wait(container_id)
         env = dict(item.partition("=")[::2] for item in state.env)
+        masker = worker_masker(env)
         # It already runs: it takes a slot, even over capacity.
         lease = self.slots.lease_over_capacity(
             worker.project_id, self.project_cap(worker.project_id)
         )
+        output = self._follow(container_id, job_id, masker)
         tracked = TrackedWorker(
             worker,
             lease.release,
             exit_wait=exit_wait,
             env_keys=tuple(env),
-            masker=worker_masker(env),
+            masker=masker,
             auto_remove=state.auto_remove,
+            output=output,
         )
         remaining = (worker.deadline - self.clock()).total_seconds()
         self.timeouts.arm(tracked, remaining)
         if not self.registry.register(tracked):
             tracked.to_detached()  # closed meanwhile: leave it running, as close() does
+            if output is not None:
+                output.cancel()
             raise ManagerClosedError
         log.info(
             "adopted running worker",
             extra={"job_id": job_id, "container_id": container_id[:12], "remaining_s": remaining},
         )
         self.listener.started(worker)
+        if output is not None:
+            output.bind(worker)  # after `on_worker_started`, as for a launched worker
         self.exits.watch(tracked)
         return worker
+
+    def _follow(self, container_id: str, job_id: str, masker: Masker) -> OutputPipe | None:
+        """Follow the worker's output after the previous manager's mark (from its start
+        without one)."""
+        if self.outputs is None or not self.outputs.enabled:
+            return None
+        after = None
+        if self.marks is not None and self.outputs.delivers:
+            after = self.marks.take(container_id)
+        if after is None and self.outputs.delivers:
+            log.info(
+                "no mark of where this worker's output was delivered to; delivering it "
+                "from the worker's start",
+                extra={"job_id": job_id},
+            )
+        return self.outputs.follow(container_id, job_id, masker, after)

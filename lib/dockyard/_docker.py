@@ -13,27 +13,27 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import docker
 import requests
-import urllib3
-from docker.errors import DockerException, create_api_error_from_http_exception
+from docker.errors import DockerException
 from requests.adapters import HTTPAdapter
 
 from ._create_recovery import LOST_ANSWERS, created_container, recover_lost_create
 from ._docker_images import ImageCalls
 from ._docker_settings import docker_create_args
-from ._driver import CallObserver, ContainerSpec, ExitResult
+from ._docker_streams import ResponseEvents, following, log_mark, open_log, raise_for_status
+from ._driver import CallObserver, ContainerSpec
 from ._errors import (
     TRANSIENT_ERRORS,
     DockerUnavailableError,
-    StreamIdle,
     result_of,
     translate,
 )
-from ._exit_monitor import ExitMonitor, ExitWait, decode_event, server_time_of
+from ._exit_monitor import ExitMonitor, ExitWait, exit_result_of
+from ._output import AttachedOutput
 from ._retry import RetryPolicy, RetryState, call_with_retry
 from ._secrets import reveal
 
@@ -102,41 +102,6 @@ class ObservedEngine:
     @observer.setter
     def observer(self, observer: CallObserver | None) -> None:
         self.calls.observer = observer
-
-
-class _ResponseEvents:
-    """An events stream over a streaming `requests` response (public API only)."""
-
-    def __init__(self, response: requests.Response) -> None:
-        self._response = response
-        self.server_time = server_time_of(response.headers.get("Date"))
-
-    def events(self) -> Iterator[dict[str, Any]]:
-        try:
-            for line in self._response.iter_lines():
-                event = decode_event(line)
-                if event is not None:
-                    yield event
-        except requests.exceptions.ConnectionError as err:
-            if err.args and isinstance(err.args[0], urllib3.exceptions.ReadTimeoutError):
-                raise StreamIdle() from err
-            raise translate("events", err) from err
-        except (requests.exceptions.RequestException, DockerException) as err:
-            # Read outside `EngineCalls.run`: the same table types what breaks the stream.
-            raise translate("events", err) from err
-
-    def interrupt(self) -> None:
-        # urllib3's public `shutdown()` wakes a read blocked in another thread; where the
-        # transport has none (ssh), the heartbeat's read timeout ends the read instead.
-        shutdown = getattr(self._response.raw, "shutdown", None)
-        if callable(shutdown):
-            try:
-                shutdown()
-            except Exception:  # best effort: the heartbeat ends the read anyway
-                log.debug("events stream shutdown failed", exc_info=True)
-
-    def close(self) -> None:
-        self._response.close()
 
 
 class DockerGateway(ObservedEngine, ImageCalls):
@@ -243,7 +208,7 @@ class DockerGateway(ObservedEngine, ImageCalls):
         return self.calls.run(operation, fn)
 
     def _check(self, response: requests.Response) -> None:
-        _raise_for_status(response)
+        raise_for_status(response)
 
     def _endpoint(self, path: str) -> str:
         return f"{self.api.base_url}/v{self.api.api_version}{path}"
@@ -327,28 +292,30 @@ class DockerGateway(ObservedEngine, ImageCalls):
             ticket.close()
             raise
         state = info.get("State") or {}
-        if not state.get("Running"):
-            code = state.get("ExitCode")
-            self._exits.resolve(container_id, ExitResult(code if isinstance(code, int) else None))
+        facts = exit_result_of(state)
+        if state.get("Running"):
+            self._exits.note_start(container_id, facts.started_at)  # for the run's duration
+        else:
+            self._exits.resolve(container_id, facts)
         return ticket
 
-    def _open_events(self, since: str | None) -> _ResponseEvents:
-        filters: dict[str, list[str]] = {"type": ["container"], "event": ["die", "oom"]}
+    def _open_events(self, since: str | None) -> ResponseEvents:
+        filters: dict[str, list[str]] = {"type": ["container"], "event": ["start", "oom", "die"]}
         if self._event_labels:
             filters["label"] = list(self._event_labels)
         params = {"filters": json.dumps(filters)}
         if since is not None:
             params["since"] = since
 
-        def connect() -> _ResponseEvents:
+        def connect() -> ResponseEvents:
             response = self.api.get(
                 self._endpoint("/events"),
                 params=params,
                 stream=True,
                 timeout=(self._timeout_s, self._heartbeat_s),
             )
-            _raise_for_status(response)
-            return _ResponseEvents(response)
+            raise_for_status(response)
+            return ResponseEvents(response)
 
         return self._run("events", connect)
 
@@ -377,6 +344,31 @@ class DockerGateway(ObservedEngine, ImageCalls):
             ),
         )
         return bytes(raw).decode("utf-8", errors="replace")
+
+    def follow_logs(self, container_id: str, after: Mapping[str, int] | None) -> AttachedOutput:
+        """The container's output from its log, stamped, after `after`, until its exit."""
+
+        def follow() -> AttachedOutput:
+            url = self._endpoint(f"/containers/{container_id}/logs")
+            since = min(after.values(), default=None) if after else None
+            response = open_log(
+                self.api, url, follow=True, since_ns=since, timeout_s=self._timeout_s
+            )
+            return following(response, after)
+
+        return self._run("follow_output", follow)
+
+    def log_mark(self, container_id: str, positions: Mapping[str, int]) -> dict[str, int]:
+        """Per stream, the engine time of its line at `positions[stream]`."""
+
+        def mark() -> dict[str, int]:
+            url = self._endpoint(f"/containers/{container_id}/logs")
+            response = open_log(
+                self.api, url, follow=False, since_ns=None, timeout_s=self._timeout_s
+            )
+            return log_mark(response, positions)
+
+        return self._run("output_mark", mark)
 
     def stop(self, container_id: str, grace_s: float) -> None:
         self._run("stop", lambda: self.api.stop(container_id, timeout=max(0, round(grace_s))))
@@ -413,17 +405,6 @@ class DockerGateway(ObservedEngine, ImageCalls):
             "list_containers", lambda: self.api.containers(all=all, filters={"label": list(labels)})
         )
         return result
-
-
-def _raise_for_status(response: requests.Response) -> None:
-    """Raise docker-py's typed `APIError` for an error status (its public converter)."""
-    try:
-        response.raise_for_status()
-    except requests.exceptions.HTTPError as err:
-        try:
-            create_api_error_from_http_exception(err)  # reads the engine's message first
-        finally:
-            response.close()
 
 
 def _size_tcp_pool(api: docker.APIClient, pool: int) -> None:

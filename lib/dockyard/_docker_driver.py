@@ -2,16 +2,15 @@
 
 A thin layer over the Docker client (`DockerGateway`): the verbs pass through, and inspect
 and list answers become the core's `WorkerState` and `WorkerEntry` here, the one place
-that reads Docker's container JSON for the core (its timestamps too: `parse_docker_time`).
+that reads Docker's container JSON for the core.
 Its image store is the client itself.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,14 +22,15 @@ from ._docker import DockerGateway
 from ._driver import (
     CallObserver,
     ContainerSpec,
-    ExitResult,
     ExitTicket,
     ImageStore,
     WorkerEntry,
     WorkerState,
 )
 from ._drivers import DRIVERS, Capabilities
+from ._exit_monitor import exit_result_of
 from ._output import AttachedOutput
+from ._times import parse_docker_time
 
 __all__ = [
     "DockerDriver",
@@ -80,6 +80,13 @@ class DockerDriver:
         """The container's stdout and stderr from its first byte (attached before `start`)."""
         return self.client.calls.run("attach", lambda: attach_output(self.client.api, worker_id))
 
+    def follow_output(self, worker_id: str, after: Mapping[str, int] | None) -> AttachedOutput:
+        """The container's log, followed: each entry stamped by the engine (ns)."""
+        return self.client.follow_logs(worker_id, after)
+
+    def output_mark(self, worker_id: str, positions: Mapping[str, int]) -> dict[str, int]:
+        return self.client.log_mark(worker_id, positions)
+
     def inspect(self, worker_id: str) -> WorkerState:
         return worker_state(self.client.inspect(worker_id))
 
@@ -106,8 +113,6 @@ def worker_state(info: dict[str, Any]) -> WorkerState:
     """A container inspect as the core's `WorkerState`."""
     state = info.get("State") or {}
     config = info.get("Config") or {}
-    code = state.get("ExitCode")
-    oom = state.get("OOMKilled")
     return WorkerState(
         id=str(info.get("Id", "")),
         name=str(info.get("Name", "")).lstrip("/"),
@@ -116,13 +121,7 @@ def worker_state(info: dict[str, Any]) -> WorkerState:
         env=tuple(config.get("Env") or ()),
         status=str(state.get("Status") or ""),
         running=bool(state.get("Running") or state.get("Restarting") or state.get("Paused")),
-        exit=ExitResult(
-            exit_code=code if isinstance(code, int) else None,
-            oom_killed=oom if isinstance(oom, bool) else None,
-            error=state.get("Error") or None,
-            started_at=parse_docker_time(state.get("StartedAt")),
-            finished_at=parse_docker_time(state.get("FinishedAt")),
-        ),
+        exit=exit_result_of(state),
         auto_remove=bool((info.get("HostConfig") or {}).get("AutoRemove")),
     )
 
@@ -138,22 +137,6 @@ def worker_entry(container: dict[str, Any]) -> WorkerEntry:
         status=str(container.get("State", "")).lower(),
         created_at=datetime.fromtimestamp(int(created), UTC) if created else None,
     )
-
-
-_FRACTION = re.compile(r"\.(\d+)")
-
-
-def parse_docker_time(value: object) -> datetime | None:
-    """Docker's RFC 3339 timestamps (nanoseconds, `Z`); None for the `0001-01-01` sentinel."""
-    if not isinstance(value, str) or not value or value.startswith("0001-01-01"):
-        return None
-    # Python takes at most microseconds: cut the nanoseconds, keep the zone after them.
-    text = _FRACTION.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), value.replace("Z", "+00:00"))
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def open_driver(

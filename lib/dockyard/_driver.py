@@ -163,6 +163,17 @@ class Driver(Protocol):
         before `start`; the stream ends at the exit. Only with `capabilities.live_output`."""
         ...
 
+    def follow_output(self, worker_id: str, after: Mapping[str, int] | None) -> AttachedOutput:
+        """A running worker's output from the engine's log, each piece with the engine's
+        time (ns): per stream the lines stamped after `after[stream]` (all without one),
+        then the new ones until the exit. Only with `capabilities.follow_output`."""
+        ...
+
+    def output_mark(self, worker_id: str, positions: Mapping[str, int]) -> dict[str, int]:
+        """Per stream, the engine's time (ns) of its line at `positions[stream]` (1-based):
+        how far output read without times got. Only with `capabilities.follow_output`."""
+        ...
+
     def inspect(self, worker_id: str) -> WorkerState:
         """The worker by id or name; `EngineNotFoundError` when there is none."""
         ...

@@ -39,6 +39,9 @@ class Capabilities:
     images: bool  # an `ImageStore` of the engine the workers run on
     # `attach_output`: a worker's output from its first byte, attached before its start
     live_output: bool = False
+    # `follow_output` and `output_mark`: a running worker's output from the engine's log,
+    # after a given line (an adopted worker's, continued where the last manager stopped)
+    follow_output: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,8 @@ class DriverEntry:
 
 
 _DOCKER_OPERATIONS = (
-    "create", "start", "attach", "open_wait", "events", "inspect", "logs_tail", "stop", "kill",
+    "create", "start", "attach", "follow_output", "output_mark", "open_wait", "events",
+    "inspect", "logs_tail", "stop", "kill",
     "remove", "wait_removed", "list_containers",
     "pull", "commit", "tag", "image_inspect", "list_images", "image_history",
     "load_image_archive", "remove_image", "import_container_filesystem",
@@ -78,6 +82,7 @@ DRIVERS: Mapping[str, DriverEntry] = MappingProxyType(
                 local_exit_facts=True,
                 images=True,
                 live_output=True,
+                follow_output=True,
             ),
             "dockyard._docker_driver:open_driver",
             _DOCKER_OPERATIONS,

@@ -1,8 +1,12 @@
 """Exit waits: one engine events stream per gateway, dispatching each `die` to its ticket.
 
-A daemon thread reads `GET /events` (container `die`/`oom` only) with a read timeout, the
-heartbeat. An idle timeout reconnects with `since=` the last moment the old stream covered,
-so the engine replays whatever happened in the gap. A real stream error fails every
+A daemon thread reads `GET /events` (container `start`/`oom`/`die` only) with a read
+timeout, the heartbeat. A `die` carries the exit's facts as the events told them: the exit
+code, an OOM kill when an `oom` event came first (Docker sends one; Podman does not), and
+the run's start and end times (the `start` and `die` events' engine times), so an exit is
+known whole even when the engine removes the container before anyone inspects it. An idle
+timeout reconnects with `since=` the last moment the old stream covered, so the engine
+replays whatever happened in the gap. A real stream error fails every
 outstanding ticket (their owners re-inspect and wait again) and reconnects with back-off.
 Tickets are plain futures: closing one touches no socket, and a short memory of recent
 exits answers a ticket registered just after its container died.
@@ -15,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
@@ -29,8 +34,9 @@ from ._errors import (
     copy_error,
 )
 from ._retry import RetryPolicy, RetryState
+from ._times import parse_docker_time
 
-__all__ = ["EventStream", "ExitMonitor", "ExitWait"]
+__all__ = ["EventStream", "ExitMonitor", "ExitWait", "exit_result_of"]
 
 log = logging.getLogger("dockyard.docker")
 
@@ -60,7 +66,8 @@ class ExitWait:
     """A ticket for one container's next exit (a small future).
 
     `result()` blocks until the exit and returns its `ExitResult` (`oom_killed` True when
-    the engine reported an OOM kill first, else unknown); it raises when the
+    the engine reported an OOM kill first, else unknown; the run's times when the events
+    told them); it raises when the
     wait broke (the caller re-inspects and waits again) or was closed. `close()` wakes a
     blocked `result()` at once, from any thread.
     """
@@ -136,6 +143,9 @@ class ExitMonitor:
         self._tickets: dict[str, list[ExitWait]] = {}
         self._exits: TTLCache[str, ExitResult] = TTLCache(_REMEMBERED_EXITS, _EXIT_MEMORY_S)
         self._oom: TTLCache[str, bool] = TTLCache(_REMEMBERED_EXITS, _EXIT_MEMORY_S)
+        # Start times of the containers waited on (a `start` event, or an inspect's): kept
+        # until their exit, for as long as the run lasts.
+        self._starts: dict[str, datetime] = {}
         self._healthy = False  # a stream is connected, or an idle reconnect replays the gap
         self._last_error: BaseException | None = None
         self._since_ns: int | None = None  # engine time (ns) up to which events were seen
@@ -194,6 +204,14 @@ class ExitMonitor:
             )
         raise copy_error(failure)  # shared: each raiser gets its own
 
+    def note_start(self, container_id: str, started_at: datetime | None) -> None:
+        """The container's start time as an inspect found it (an event's takes precedence)."""
+        if started_at is None:
+            return
+        with self._cond:
+            if container_id in self._tickets:
+                self._starts.setdefault(container_id, started_at)
+
     def _forget(self, ticket: ExitWait) -> None:
         with self._cond:
             waiting = self._tickets.get(ticket.container_id)
@@ -201,6 +219,7 @@ class ExitMonitor:
                 waiting.remove(ticket)
                 if not waiting:
                     del self._tickets[ticket.container_id]
+                    self._starts.pop(ticket.container_id, None)
 
     def resolve(self, container_id: str, result: ExitResult) -> None:
         """Answer the container's tickets (from an inspect that found it stopped)."""
@@ -296,8 +315,8 @@ class ExitMonitor:
         actor = event.get("Actor") or {}
         container_id = str(actor.get("ID") or event.get("id") or "")
         action = str(event.get("Action") or event.get("status") or "")
-        nanos = event.get("timeNano")
-        if isinstance(nanos, int):
+        nanos = _event_nanos(event)
+        if nanos is not None:
             with self._cond:
                 self._since_ns = max(self._since_ns or 0, nanos)
         if not container_id:
@@ -306,12 +325,21 @@ class ExitMonitor:
             with self._cond:
                 self._oom[container_id] = True
             return
+        moment = _moment(nanos)
+        if action == "start":
+            with self._cond:
+                if container_id in self._tickets and moment is not None:
+                    self._starts[container_id] = moment
+            return
         if action != "die":
             return
         code = _exit_code((actor.get("Attributes") or {}).get("exitCode"))
         with self._cond:
             result = ExitResult(
-                code, oom_killed=True if self._oom.pop(container_id, False) else None
+                code,
+                oom_killed=True if self._oom.pop(container_id, False) else None,
+                started_at=self._starts.pop(container_id, None),
+                finished_at=moment,
             )
             self._exits[container_id] = result
             tickets = self._tickets.pop(container_id, [])
@@ -326,6 +354,8 @@ class ExitMonitor:
             self._last_error = error
             tickets = [t for waiting in self._tickets.values() for t in waiting]
             self._tickets.clear()
+            # Their owners wait again after an inspect, which gives the start anew.
+            self._starts.clear()
             self._cond.notify_all()
         if tickets or not isinstance(error, DockerUnavailableError):
             log.info("exit events stream broke; reconnecting", extra={"error": str(error)})
@@ -333,11 +363,42 @@ class ExitMonitor:
             ticket._fail(error)
 
 
+def exit_result_of(state: dict[str, Any]) -> ExitResult:
+    """An inspect's `State` as an `ExitResult` (its start time even while it runs)."""
+    code = state.get("ExitCode")
+    oom = state.get("OOMKilled")
+    return ExitResult(
+        exit_code=code if isinstance(code, int) else None,
+        oom_killed=oom if isinstance(oom, bool) else None,
+        error=state.get("Error") or None,
+        started_at=parse_docker_time(state.get("StartedAt")),
+        finished_at=parse_docker_time(state.get("FinishedAt")),
+    )
+
+
 def _exit_code(value: object) -> int | None:
     try:
         return int(str(value))
     except ValueError:
         return None
+
+
+def _event_nanos(event: dict[str, Any]) -> int | None:
+    """The event's engine time in nanoseconds (`timeNano`, else the whole-second `time`)."""
+    nanos = event.get("timeNano")
+    if isinstance(nanos, int) and not isinstance(nanos, bool):
+        return nanos
+    seconds = event.get("time")
+    if isinstance(seconds, int) and not isinstance(seconds, bool):
+        return seconds * 1_000_000_000
+    return None
+
+
+def _moment(nanos: int | None) -> datetime | None:
+    if nanos is None or nanos <= 0:
+        return None
+    seconds, rest = divmod(nanos, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest // 1000)
 
 
 def _since_param(since_ns: int | None) -> str | None:

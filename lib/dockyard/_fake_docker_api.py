@@ -155,6 +155,7 @@ class FakeDockerAPI(FakeImageCalls):
         container = self._find(container_id)
         with self.lock:
             container.status = "running"
+        self._emit(container, "start", {})
         if self.exit_on_start is not None:
             self.exit(container_id, self.exit_on_start)
 

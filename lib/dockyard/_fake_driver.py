@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ from ._errors import (
     ImageNotFoundError,
     NameInUseError,
 )
-from ._output import AttachedOutput
+from ._output import AttachedOutput, Frame
 from ._registry_auth import RegistryAuth
 
 __all__ = ["DOCKER_LIKE", "SWARM_LIKE", "FakeDriver", "FakeImageStore"]
@@ -70,10 +71,13 @@ class _Worker:
     status: str = "created"
     exit: ExitResult = field(default_factory=lambda: ExitResult(None))
     tickets: list[_Ticket] = field(default_factory=list)
-    outputs: list[queue.SimpleQueue[tuple[int, bytes] | None]] = field(default_factory=list)
+    # Attached streams get `(stream, bytes)`, followed ones the log's stamped entries.
+    outputs: list[queue.SimpleQueue[Frame | None]] = field(default_factory=list)
+    follows: list[queue.SimpleQueue[Frame | None]] = field(default_factory=list)
+    log: list[tuple[int, bytes, int]] = field(default_factory=list)  # one entry per line
 
 
-def _frames(stream: queue.SimpleQueue[tuple[int, bytes] | None]) -> Iterator[tuple[int, bytes]]:
+def _frames(stream: queue.SimpleQueue[Frame | None]) -> Iterator[Frame]:
     while (piece := stream.get()) is not None:
         yield piece
 
@@ -170,7 +174,8 @@ class FakeDriver:
                 worker.exit, exit_code=code, oom_killed=oom, finished_at=self._now()
             )
             tickets, worker.tickets = worker.tickets, []
-            outputs, worker.outputs = worker.outputs, []
+            outputs, worker.outputs = worker.outputs + worker.follows, []
+            worker.follows = []
             if worker.spec.auto_remove and self.capabilities.auto_remove:
                 del self._workers[worker_id]
         for stream in outputs:  # the output ends before the exit is known, as the engine's
@@ -179,11 +184,21 @@ class FakeDriver:
             ticket.answer(worker.exit)
 
     def write_output(self, worker_id: str, data: bytes, stream: int = 1) -> None:
-        """The worker writes `data` on stdout (1) or stderr (2)."""
+        """The worker writes `data` on stdout (1) or stderr (2); its log keeps each line
+        stamped with a time of its own (ns), as an engine's log does."""
         with self._lock:
-            outputs = list(self._workers[worker_id].outputs)
+            worker = self._workers[worker_id]
+            outputs, follows = list(worker.outputs), list(worker.follows)
+            entries = []
+            for line in data.splitlines(keepends=True):
+                stamp = max(time.time_ns(), worker.log[-1][2] + 1 if worker.log else 0)
+                worker.log.append((stream, line, stamp))
+                entries.append((stream, line, stamp))
         for output in outputs:
             output.put((stream, data))
+        for follow in follows:
+            for entry in entries:
+                follow.put(entry)
 
     def running(self) -> list[str]:
         with self._lock:
@@ -243,10 +258,38 @@ class FakeDriver:
 
     def attach_output(self, worker_id: str) -> AttachedOutput:
         self._call("attach", worker_id)
-        stream: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
+        stream: queue.SimpleQueue[Frame | None] = queue.SimpleQueue()
         with self._lock:
             self._worker(worker_id).outputs.append(stream)
         return AttachedOutput(_frames(stream), lambda: stream.put(None))
+
+    def follow_output(self, worker_id: str, after: Mapping[str, int] | None) -> AttachedOutput:
+        self._call("follow_output", worker_id)
+        stream: queue.SimpleQueue[Frame | None] = queue.SimpleQueue()
+        skip = {1: (after or {}).get("stdout", -1), 2: (after or {}).get("stderr", -1)}
+        with self._lock:
+            worker = self._worker(worker_id)
+            for entry in worker.log:
+                if entry[2] > skip.get(entry[0], -1):
+                    stream.put(entry)
+            if worker.status == "running":
+                worker.follows.append(stream)
+            else:
+                stream.put(None)
+        return AttachedOutput(_frames(stream), lambda: stream.put(None))
+
+    def output_mark(self, worker_id: str, positions: Mapping[str, int]) -> dict[str, int]:
+        self._call("output_mark", worker_id)
+        names = {1: "stdout", 2: "stderr"}
+        counted = {1: 0, 2: 0}
+        found = {}
+        with self._lock:
+            for stream, line, stamp in self._worker(worker_id).log:
+                if line.endswith(b"\n") and stream in counted:
+                    counted[stream] += 1
+                    if counted[stream] == positions.get(names[stream], 0):
+                        found[names[stream]] = stamp
+        return found
 
     def start(self, worker_id: str) -> None:
         self._call("start", worker_id)
@@ -306,7 +349,8 @@ class FakeDriver:
             worker = self._worker(worker_id)
             del self._workers[worker.id]
             tickets, worker.tickets = worker.tickets, []
-            outputs, worker.outputs = worker.outputs, []
+            outputs, worker.outputs = worker.outputs + worker.follows, []
+            worker.follows = []
         for stream in outputs:
             stream.put(None)
         for ticket in tickets:

@@ -35,6 +35,7 @@ from ._models import WorkerLifecycleListener
 from ._naming import LabelSchema
 from ._orphans import OrphanReaper
 from ._output import OutputHub
+from ._output_marks import MarkKeeper, RedisOutputMarks
 from ._prometheus import build_metrics
 from ._registry import WorkerRegistry
 from ._registry_auth import RegistryAuthResolver, RegistryCredentialProvider
@@ -123,6 +124,9 @@ class ManagerParts:
             driver.observer = self.metrics.engine_call
         safe_listener = lifecycle_listener(listener, self.metrics, reporter)
         # Each worker's output, attached before its start (drivers that declare live output).
+        # an adopted worker's followed from the engine's log after the last manager's mark.
+        follows = driver.capabilities.follow_output
+        self.output_marks = RedisOutputMarks(config.redis_url, config.router_instance_id)
         self.outputs = OutputHub(
             attach=driver.attach_output if driver.capabilities.live_output else None,
             enabled=config.stream_output,
@@ -131,6 +135,8 @@ class ManagerParts:
             counters=self.metrics,
             tail_lines=config.log_tail_lines,
             delivery_threads=config.max_workers,
+            follow=driver.follow_output if follows else None,
+            keep=MarkKeeper(self.output_marks, driver.output_mark) if follows else None,
         )
         labels = LabelSchema(config.label_prefix)
         self.slots = SlotGate(config.max_workers)
@@ -239,6 +245,8 @@ class ManagerParts:
             project_cap=lambda project_id: project_cap(
                 config, find_project(projects, project_id), project_id
             ),
+            outputs=self.outputs,
+            marks=self.output_marks,
         )
         self.dangling = (
             None

@@ -7,6 +7,9 @@ the host's listener. Delivery runs on the hub's executor, in order per worker; w
 listener is slower than the worker, the queue holds up to `buffer_lines` lines, then new
 lines are dropped and counted (`dockyard_log_lines_dropped_total`). The reader never waits
 for the listener, so a launch or an exit never does either.
+
+A pipe knows how far delivery got (`delivered`), for the manager that adopts the worker
+after this one closed (`_output_marks`).
 """
 
 from __future__ import annotations
@@ -16,17 +19,19 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ._models import ActiveWorker, WorkerLifecycleListener
-from ._output_lines import STREAMS, LineAssembler, Stream
+from ._output_lines import STREAM_NAMES, STREAMS, LineAssembler, Stream
 from ._secrets import Masker
 
 __all__ = [
     "AttachedOutput",
+    "Delivered",
+    "Frame",
     "OutputCounters",
     "OutputHub",
     "OutputPipe",
@@ -41,6 +46,18 @@ DEFAULT_BUFFER_LINES = 10_000
 _COUNT_BATCH = 256  # lines counted per counter update: one update per line costs
 # The tail in a Sentry event: its last characters (an event is not a log store).
 TAIL_EXTRA_CHARS = 16 * 1024
+# `(stream type, bytes)`; from the engine's log, one entry with its engine time (ns) too.
+Frame = tuple[int, bytes] | tuple[int, bytes, int | None]
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """How far delivery got, per stream: its last delivered line's position and engine time
+    (ns; when the output carried times), and how many lines were read."""
+
+    positions: dict[str, int]
+    marks: dict[str, int]
+    read: dict[str, int]
 
 
 def tail_extra(tail: Iterable[str]) -> str:
@@ -96,7 +113,8 @@ class OutputPipe:
     job_id: str = ""
     close_source: Callable[[], None] | None = None
     _tail: deque[str] = field(init=False)
-    _queue: deque[tuple[str, str]] = field(default_factory=deque, init=False)
+    # (stream, line, its engine time if known, its position in its stream)
+    _queue: deque[tuple[str, str, int | None, int]] = field(default_factory=deque, init=False)
     _lock: threading.Condition = field(default_factory=threading.Condition, init=False)
     _worker: ActiveWorker | None = field(default=None, init=False)
     _draining: bool = field(default=False, init=False)
@@ -104,30 +122,47 @@ class OutputPipe:
     _cancelled: bool = field(default=False, init=False)
     dropped: int = field(default=0, init=False)
     lines: int = field(default=0, init=False)
+    worker_id: str = ""
+    on_detach: Callable[[OutputPipe], None] | None = None
+    _positions: dict[str, int] = field(default_factory=dict, init=False)  # lines read, per stream
+    _delivered: dict[str, int] = field(default_factory=dict, init=False)
+    _delivered_marks: dict[str, int] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self._tail = deque(maxlen=max(0, self.tail_lines))
 
     # -- the reader's side --------------------------------------------------------------
 
-    def run_reader(self, frames: Iterable[tuple[int, bytes]]) -> None:
+    def run_reader(self, frames: Iterable[Frame]) -> None:
         """Read every frame until the end of the output (or an error); never raises.
 
         When the stream breaks, the lines assembled so far (an unfinished one too) are kept.
         """
         counts = {name: 0 for name in STREAMS}
         assembler = LineAssembler(self.masker)
+        # The engine times of the log entries that ended a line, per stream: each line
+        # assembled takes its own (a line held back for masking keeps its time).
+        marks: dict[str, deque[int]] = {name: deque() for name in STREAMS}
+        latest: int | None = None
 
         def take(found: list[tuple[Stream, str]]) -> None:
             for stream, line in found:
-                self.add(stream, line)
+                pending = marks[stream]
+                self.add(stream, line, pending.popleft() if pending else latest)
                 counts[stream] += 1
                 if counts[stream] >= _COUNT_BATCH:
                     self.counters.log_lines(stream, counts[stream])
                     counts[stream] = 0
 
         try:
-            for stream_type, data in frames:
+            for frame in frames:
+                stream_type, data = frame[0], frame[1]
+                mark = frame[2] if len(frame) == 3 else None
+                name = STREAM_NAMES.get(stream_type)
+                if mark is not None and name is not None:
+                    latest = mark
+                    if data.endswith(b"\n"):
+                        marks[name].append(mark)
                 take(assembler.feed(stream_type, data))
         except Exception as err:
             if not self._cancelled:
@@ -146,11 +181,12 @@ class OutputPipe:
                 with self._lock:
                     self._lock.notify_all()
 
-    def add(self, stream: str, line: str) -> None:
+    def add(self, stream: str, line: str, mark_ns: int | None = None) -> None:
         """One masked line: into the tail and, when there is a listener, the queue."""
         schedule = False
         with self._lock:
             self.lines += 1
+            position = self._positions[stream] = self._positions.get(stream, 0) + 1
             if self._tail.maxlen:
                 self._tail.append(line)
             if self.sink is None or self.executor is None or self._cancelled:
@@ -159,7 +195,7 @@ class OutputPipe:
                 self.dropped += 1
                 dropped = True
             else:
-                self._queue.append((stream, line))
+                self._queue.append((stream, line, mark_ns, position))
                 dropped = False
                 schedule = self._worker is not None and not self._draining
                 if schedule:
@@ -198,10 +234,14 @@ class OutputPipe:
                     self._draining = False
                     self._lock.notify_all()
                     return
-                stream, line = self._queue.popleft()
+                stream, line, mark_ns, position = self._queue.popleft()
                 worker = self._worker
             if self.sink is not None:
                 self.sink.output(worker, stream, line)  # the safe listener never raises
+            with self._lock:
+                self._delivered[stream] = position
+                if mark_ns is not None:
+                    self._delivered_marks[stream] = mark_ns
 
     # -- the end ------------------------------------------------------------------------
 
@@ -223,9 +263,27 @@ class OutputPipe:
     def ended(self) -> bool:
         return self._ended.is_set()
 
+    @property
+    def worker(self) -> ActiveWorker | None:
+        return self._worker
+
+    def delivered(self) -> Delivered | None:
+        """How far delivery got; None when no line reached the listener."""
+        with self._lock:
+            if not self._delivered:
+                return None
+            marks, read = dict(self._delivered_marks), dict(self._positions)
+            return Delivered(dict(self._delivered), marks, read)
+
     def tail(self) -> tuple[str, ...]:
         with self._lock:
             return tuple(self._tail)
+
+    def detach(self) -> None:
+        """Stop reading and delivering: the worker runs on, another manager may adopt it."""
+        self.cancel()
+        if self.on_detach is not None:
+            self.on_detach(self)
 
     def cancel(self) -> None:
         """Stop reading and delivering (a launch failed, or the worker was detached)."""
@@ -242,10 +300,11 @@ class OutputPipe:
 
 @dataclass(frozen=True)
 class AttachedOutput:
-    """A worker's output stream as a driver opened it: `(stream type, bytes)` pieces until
-    the end of the output, and how to end the stream from another thread."""
+    """A worker's output stream as a driver opened it: `(stream type, bytes)` pieces (with
+    the engine's time, from a log) until the end of the output, and how to end the stream
+    from another thread."""
 
-    frames: Iterable[tuple[int, bytes]]
+    frames: Iterable[Frame]
     close: Callable[[], None]
 
 
@@ -254,7 +313,9 @@ class OutputHub:
     the delivery threads, and ends every reader on `close`.
 
     Output is best effort: a stream that cannot be opened leaves the worker without live
-    output (a warning), never without its launch.
+    output (a warning), never without its launch. `follow` reads an adopted worker's
+    output from the engine's log instead, after the given marks; on `close`, `keep`
+    is handed the pipes of the workers still running, to leave how far delivery got.
     """
 
     def __init__(
@@ -268,15 +329,20 @@ class OutputHub:
         tail_lines: int,
         delivery_threads: int,
         buffer_lines: int = DEFAULT_BUFFER_LINES,
+        follow: Callable[[str, Mapping[str, int] | None], AttachedOutput] | None = None,
+        keep: Callable[[list[OutputPipe]], None] | None = None,
     ) -> None:
         self.enabled = enabled and attach is not None
         self._attach = attach
+        self._follow = follow
+        self._keep = keep
         self._sink = sink if wants_output(listener) else None
         self._counters = counters
         self._tail_lines = tail_lines
         self._buffer_lines = buffer_lines
         self._lock = threading.Lock()
         self._readers: dict[int, tuple[OutputPipe, threading.Thread]] = {}
+        self._detached: list[OutputPipe] = []  # their workers run on: `keep` gets them
         # Every pipe not yet collected: one whose reader ended may still have lines queued.
         self._pipes: weakref.WeakSet[OutputPipe] = weakref.WeakSet()
         self._closed = False
@@ -286,12 +352,34 @@ class OutputHub:
                 max(1, delivery_threads), thread_name_prefix="dockyard-output"
             )
 
+    @property
+    def delivers(self) -> bool:  # lines go to a listener
+        return self._sink is not None
+
     def open(self, worker_id: str, job_id: str, masker: Masker) -> OutputPipe | None:
         """Attach to a worker's output (before its start) and start reading it."""
         if self._attach is None or not self.enabled or self._closed:
             return None
+        return self._start(self._attach, (worker_id,), worker_id, job_id, masker)
+
+    def follow(
+        self, worker_id: str, job_id: str, masker: Masker, after: Mapping[str, int] | None
+    ) -> OutputPipe | None:
+        """Read a running worker's output from the engine's log, after `after` (`follow`)."""
+        if self._follow is None or not self.enabled or self._closed:
+            return None
+        return self._start(self._follow, (worker_id, after), worker_id, job_id, masker)
+
+    def _start(
+        self,
+        opener: Callable[..., AttachedOutput],
+        args: tuple[object, ...],
+        worker_id: str,
+        job_id: str,
+        masker: Masker,
+    ) -> OutputPipe | None:
         try:
-            attached = self._attach(worker_id)
+            attached = opener(*args)
         except Exception as err:
             log.warning(
                 "could not attach to a worker's output; it runs without live output",
@@ -307,6 +395,8 @@ class OutputHub:
             buffer_lines=self._buffer_lines,
             job_id=job_id,
             close_source=attached.close,
+            worker_id=worker_id,
+            on_detach=self._on_detach,
         )
         thread = threading.Thread(
             target=self._read,
@@ -323,7 +413,11 @@ class OutputHub:
         thread.start()
         return pipe
 
-    def _read(self, pipe: OutputPipe, frames: Iterable[tuple[int, bytes]]) -> None:
+    def _on_detach(self, pipe: OutputPipe) -> None:
+        with self._lock:
+            self._detached.append(pipe)
+
+    def _read(self, pipe: OutputPipe, frames: Iterable[Frame]) -> None:
         try:
             pipe.run_reader(frames)
         finally:
@@ -332,11 +426,13 @@ class OutputHub:
 
     def close(self, join_s: float = 2.0) -> None:
         """End every reader (their streams closed) and the delivery threads; lines still
-        queued are dropped (a slow listener never holds `close` up)."""
+        queued are dropped (a slow listener never holds `close` up). Then `keep` gets the
+        pipes of the workers detached: they run on."""
         with self._lock:
             self._closed = True
             readers = list(self._readers.values())
             pipes = list(self._pipes)
+            running, self._detached = self._detached, []
         for pipe in pipes:
             pipe.cancel()
         deadline = time.monotonic() + join_s
@@ -344,3 +440,11 @@ class OutputHub:
             thread.join(max(0.0, deadline - time.monotonic()))
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._keep is not None and self._sink is not None and running:
+            try:
+                self._keep(running)
+            except Exception as err:  # best effort: the next manager delivers from the start
+                log.warning(
+                    "could not keep how far worker output was delivered",
+                    extra={"error_type": type(err).__name__, "error": str(err)},
+                )

@@ -154,7 +154,7 @@ class TrackedWorker:
         if exit_wait is not None and phase is Phase.DETACHED:
             exit_wait.close()  # a settled worker's wait has answered already
         if self.output is not None and phase is Phase.DETACHED:
-            self.output.cancel()  # the container runs on; nobody reads it any more
+            self.output.detach()  # the container runs on; nobody reads it any more
         self._release_slot()
         return True
 

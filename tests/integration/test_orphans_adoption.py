@@ -351,3 +351,60 @@ def test_adoption_takes_only_this_instances_running_workers(containers, manager_
     assert manager.kill_worker("mine")
     assert manager.wait_for_worker("mine", OUTCOME_TIMEOUT_S).status == "timed_out"
     assert containers.state(mine) is None  # dockyard removes what it watched
+
+
+# -- an adopted worker's output ------------------------------------------------------------
+
+NUMBERED_LINES = 120
+# One numbered line every ~50 ms, on stdout, and every tenth on stderr too.
+COUNTER = [
+    "sh",
+    "-c",
+    f"i=0; while [ $i -lt {NUMBERED_LINES} ]; do echo line-$i; "
+    "if [ $((i % 10)) -eq 0 ]; then echo err-$i >&2; fi; i=$((i+1)); sleep 0.05; done",
+]
+
+
+def test_an_adopter_delivers_the_output_from_where_the_closed_manager_stopped(
+    manager_with, redis_url, thread_baseline
+):
+    """Two restarts among three managers: every line reaches one listener, once.
+
+    The first manager reads the live stream (attached before the start, no engine times:
+    its mark comes from the engine's log at its close); the second adopts the worker,
+    follows its log after that mark and is closed in turn (its mark: the engine time of the
+    last line it delivered); the third goes on from there to the exit. The marks are left
+    in Redis at `redis_url`.
+    """
+    first, first_seen = manager_with(redis_url=redis_url)
+    first.spawn_worker(WorkerJob(id="counting", type="t", command=COUNTER))
+    eventually(lambda: len(first_seen.lines("counting", "stdout")) >= 20, timeout=30)
+    first.close()  # a restart: the worker runs on, printing
+    time.sleep(0.5)  # lines printed while no manager reads
+
+    second, second_seen = manager_with(redis_url=redis_url)
+    assert [w.job_id for w in second.adopt_workers()] == ["counting"]
+    eventually(lambda: len(second_seen.lines("counting", "stdout")) >= 30, timeout=30)
+    second.close()
+    time.sleep(0.5)
+
+    third, third_seen = manager_with(redis_url=redis_url)
+    assert [w.job_id for w in third.adopt_workers()] == ["counting"]
+    outcome = third.wait_for_worker("counting", OUTCOME_TIMEOUT_S)
+    assert (outcome.status, outcome.exit_code) == ("succeeded", 0)
+    third.close()
+
+    parts = [seen.lines("counting") for seen in (first_seen, second_seen, third_seen)]
+    everything = [line for part in parts for line in part]
+    stdout = [line for line in everything if line.startswith("line-")]
+    stderr = [line for line in everything if line.startswith("err-")]
+    assert stdout == [f"line-{i}" for i in range(NUMBERED_LINES)]  # none twice, none lost
+    assert stderr == [f"err-{i}" for i in range(0, NUMBERED_LINES, 10)]
+    # Each adopter went on from the last line before it, not from the worker's start.
+    first_count = len(first_seen.lines("counting", "stdout"))
+    second_count = len(second_seen.lines("counting", "stdout"))
+    assert second_seen.lines("counting", "stdout")[0] == f"line-{first_count}"
+    assert third_seen.lines("counting", "stdout")[0] == f"line-{first_count + second_count}"
+    # The adopted worker's tail is its own output, read live.
+    assert outcome.log_tail[-1] == f"line-{NUMBERED_LINES - 1}"
+    thread_baseline.assert_no_new_threads()

@@ -32,6 +32,12 @@ def engine_socket() -> str:
     return host[len("unix://") :] if host.startswith("unix://") else "/var/run/docker.sock"
 
 
+def is_podman(client: docker.DockerClient) -> bool:
+    """Whether the engine is Podman behind its Docker-compatible API."""
+    components = client.version().get("Components") or []
+    return any("podman" in str(part.get("Name", "")).lower() for part in components)
+
+
 def instance_containers(client: docker.DockerClient, instance: str) -> list[Any]:
     """Every container (running or not) labelled with router instance ``instance``."""
     label = f"{LABEL_PREFIX}.router.instance={instance}"

@@ -7,6 +7,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import docker
@@ -23,7 +24,7 @@ from dockyard import (
     WorkerSpawnError,
 )
 from dockyard._docker import DockerGateway, _size_tcp_pool
-from dockyard._driver import ContainerSpec, ExitResult
+from dockyard._driver import ContainerSpec
 from dockyard._errors import (
     EngineConflictError,
     EngineNotFoundError,
@@ -87,7 +88,11 @@ def test_exit_reaches_the_ticket_registered_before_start(
     ticket = gateway.open_exit_wait(container_id)
     api.exit_on_start = 7  # exits during `start`, before anyone waits in `result()`
     gateway.start(container_id)
-    assert ticket.result() == ExitResult(exit_code=7)
+    result = ticket.result()
+    assert (result.exit_code, result.oom_killed, result.error) == (7, None, None)
+    # The run's times are the `start` and `die` events' (the container may be gone).
+    assert result.started_at is not None and result.finished_at is not None
+    assert result.duration_s is not None and result.duration_s >= 0
 
 
 def test_close_wakes_a_blocked_result_at_once(gateway: DockerGateway) -> None:
@@ -167,7 +172,29 @@ def test_oom_is_passed_along_with_the_exit(gateway: DockerGateway, api: FakeDock
     container_id = running(gateway)
     ticket = gateway.open_exit_wait(container_id)
     api.exit(container_id, 137, oom=True)
-    assert ticket.result() == ExitResult(exit_code=137, oom_killed=True)
+    result = ticket.result()
+    assert (result.exit_code, result.oom_killed) == (137, True)
+    assert result.finished_at is not None  # the `die` event's time
+    assert result.started_at is None  # it started before the wait: no `start` event seen
+
+
+def test_a_resumed_wait_takes_the_start_from_the_inspect(
+    gateway: DockerGateway, api: FakeDockerAPI
+) -> None:
+    container_id = running(gateway)  # started before any wait (an adopted worker)
+    ticket = gateway.open_wait(container_id)
+    api.exit(container_id, 3)
+    result = ticket.result()
+    assert result.started_at == datetime(2024, 5, 1, 10, 0, tzinfo=UTC)  # the inspect's
+    assert result.finished_at is not None and result.finished_at > result.started_at
+
+
+def test_a_closed_wait_forgets_the_start(gateway: DockerGateway, api: FakeDockerAPI) -> None:
+    container_id = running(gateway)
+    gateway.open_wait(container_id).close()  # detached
+    ticket = gateway.open_exit_wait(container_id)
+    api.exit(container_id, 0)
+    assert ticket.result().started_at is None
 
 
 def test_a_stream_that_cannot_connect_fails_the_wait_with_a_typed_error(
