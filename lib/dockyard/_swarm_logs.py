@@ -26,13 +26,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
+from urllib.parse import quote
 
+import requests
+from docker.errors import create_api_error_from_http_exception
 from docker.utils.socket import STDERR, STDOUT
 
 from ._errors import EngineNotFoundError
 from ._output import AttachedOutput
 
-__all__ = ["ServiceOutput", "log_frames", "nanos_of", "since_of"]
+__all__ = ["ServiceOutput", "log_frames", "logs_url", "nanos_of", "since_of"]
 
 log = logging.getLogger("dockyard.swarm")
 
@@ -127,7 +130,7 @@ class ServiceOutput:
 
     def open(self) -> AttachedOutput:
         """Start following (raises the engine's typed error when refused)."""
-        self._follow = self._get({"follow": 1, "stdout": 1, "stderr": 1}, follow=True)
+        self._follow = self._open_log({"follow": 1, "stdout": 1, "stderr": 1}, follow=True)
         return AttachedOutput(frames=self._frames(), close=self.close)
 
     def ended(self) -> None:
@@ -137,7 +140,7 @@ class ServiceOutput:
             follow = self._follow
         self._wake.set()
         if follow is not None:
-            _shut(self._api, follow)
+            _shut(follow)
 
     def close(self) -> None:
         """Stop reading (from any thread): a blocked read wakes, nothing more is fetched."""
@@ -146,7 +149,7 @@ class ServiceOutput:
             responses = list(self._responses)
         self._wake.set()
         for response in responses:
-            _shut(self._api, response)
+            _shut(response)
 
     # -- the reader's side --------------------------------------------------------------
 
@@ -184,7 +187,7 @@ class ServiceOutput:
             "since": since_of(seen.nanos) if seen.nanos is not None else 0,
         }
         try:
-            response = self._get(params, follow=False)
+            response = self._open_log(params, follow=False)
         except EngineNotFoundError:  # the service went (killed): its output ends here
             return
         if response is None:
@@ -199,31 +202,39 @@ class ServiceOutput:
             self._release(response)
 
     def _read(self, response: Any) -> Iterator[tuple[int, bytes]]:
-        raw = response.raw
-        return log_frames(raw.stream(_CHUNK, decode_content=False))
+        return log_frames(response.iter_content(_CHUNK))
 
-    def _get(self, params: dict[str, Any], *, follow: bool) -> Any:
-        """An answer of the service's log (None once closed); timestamps always asked for."""
+    def _open_log(self, params: dict[str, Any], *, follow: bool) -> Any:
+        """An answer of the service's log (None once closed); timestamps always asked for.
+
+        Through the client's own session (docker-py's `service_logs` drops the stream
+        type of each frame and hides the answer a `close` must shut).
+        """
         with self._lock:
             if self._closed:
                 return None
-        url = self._api._url("/services/{0}/logs", self._service_id)
+        url = logs_url(self._api, self._service_id)
+        # A followed log may be silent for as long as the task runs: no read timeout.
+        timeout = (self._api.timeout, None) if follow else self._api.timeout
 
         def get() -> Any:
-            response = self._api._get(url, params={**params, "timestamps": 1}, stream=True)
-            self._api._raise_for_status(response)
+            response = self._api.get(
+                url, params={**params, "timestamps": 1}, stream=True, timeout=timeout
+            )
+            try:
+                response.raise_for_status()
+            except requests.HTTPError as err:
+                response.close()
+                raise create_api_error_from_http_exception(err) from err
             return response
 
         response = self._run("service_logs", get)
-        if follow:  # a followed log may be silent for as long as the task runs
-            with contextlib.suppress(Exception):
-                self._api._disable_socket_timeout(self._api._get_raw_response_socket(response))
         with self._lock:
             closed = self._closed
             if not closed:
                 self._responses.append(response)
         if closed:
-            _shut(self._api, response)
+            _shut(response)
         return response
 
     def _release(self, response: Any) -> None:
@@ -241,18 +252,21 @@ def _split(payload: bytes) -> tuple[int | None, bytes]:
     return (nanos, data) if nanos is not None else (None, payload)
 
 
-def _shut(api: Any, response: Any) -> None:
+def logs_url(api: Any, service_id: str) -> str:
+    """The engine's route of a service's log, at the client's API version."""
+    return f"{api.base_url}/v{api.api_version}/services/{quote(service_id, safe='')}/logs"
+
+
+def _shut(response: Any) -> None:
     """Wake a read blocked on the answer (from another thread): its socket is shut down."""
-    try:
-        sock: Any = api._get_raw_response_socket(response)
-    except Exception:
-        sock = None
-    raw: Any = getattr(sock, "_sock", sock)
-    shutdown = getattr(raw, "shutdown", None)
+    connection = getattr(response.raw, "connection", None)
+    shutdown = getattr(getattr(connection, "sock", None), "shutdown", None)
     if callable(shutdown):
-        with contextlib.suppress(OSError):
+        try:
             shutdown(socket.SHUT_RDWR)
             return
+        except OSError:
+            pass
     with contextlib.suppress(Exception):  # a transport without shutdown: closing is all
         response.close()
 
