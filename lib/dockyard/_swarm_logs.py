@@ -233,8 +233,10 @@ class ServiceOutput:
             closed = self._closed
             if not closed:
                 self._responses.append(response)
-        if closed:
-            _shut(response)
+        if closed:  # closed meanwhile: nobody reads this answer
+            with contextlib.suppress(Exception):
+                response.close()
+            return None
         return response
 
     def _release(self, response: Any) -> None:
@@ -258,17 +260,20 @@ def logs_url(api: Any, service_id: str) -> str:
 
 
 def _shut(response: Any) -> None:
-    """Wake a read blocked on the answer (from another thread): its socket is shut down."""
-    connection = getattr(response.raw, "connection", None)
+    """Wake a read blocked on the answer, from another thread: its socket is shut down
+    for reading (the reader then sees the end). Never `close`: that waits for the blocked
+    read to return, and this runs on the task poller's thread."""
+    raw = response.raw
+    try:
+        raw.shutdown()  # urllib3 2.3+: the socket's shutdown, kept by the answer
+        return
+    except Exception:
+        log.debug("the answer cannot shut its socket down", exc_info=True)
+    connection = getattr(raw, "connection", None)
     shutdown = getattr(getattr(connection, "sock", None), "shutdown", None)
     if callable(shutdown):
-        try:
-            shutdown(socket.SHUT_RDWR)
-            return
-        except OSError:
-            pass
-    with contextlib.suppress(Exception):  # a transport without shutdown: closing is all
-        response.close()
+        with contextlib.suppress(OSError):
+            shutdown(socket.SHUT_RD)
 
 
 def _nothing() -> None:

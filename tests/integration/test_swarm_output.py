@@ -83,6 +83,22 @@ def test_a_worker_that_prints_a_line_and_exits_at_once_delivers_it(
     assert bare.log_tail == ("no newline",)
 
 
+def test_a_line_the_log_driver_cut_in_pieces_arrives_whole(
+    make_swarm_manager: MakeManager,
+) -> None:
+    recorder = ListenerRecorder()
+    manager = make_swarm_manager(listener=recorder)
+    # 20,000 characters: the engine's log driver stores pieces of 16 KiB.
+    manager.spawn_worker(
+        job("wide", ["sh", "-c", "printf 'x%.0s' $(seq 1 20000); echo; echo after"])
+    )
+
+    outcome = manager.wait_for_worker("wide", timeout=WAIT_S)
+
+    assert recorder.lines("wide") == ["x" * 20_000, "after"]
+    assert outcome.log_tail == ("x" * 20_000, "after")
+
+
 def test_a_secret_from_the_env_arrives_masked(make_swarm_manager: MakeManager) -> None:
     recorder = ListenerRecorder()
     manager = make_swarm_manager(

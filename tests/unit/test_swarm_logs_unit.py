@@ -44,8 +44,10 @@ class FakeResponse:
         self.broken = broken
         self.sock = FakeSocket()
         self.closed = False
-        self.raw = self  # urllib3's answer: its `connection.sock` is the socket
-        self.connection = self
+        self.raw = self  # urllib3's answer
+
+    def shutdown(self) -> None:
+        self.sock.shutdown(0)
 
     def raise_for_status(self) -> None:
         pass
@@ -59,6 +61,8 @@ class FakeResponse:
             raise ConnectionError("Response ended prematurely")
 
     def close(self) -> None:
+        # Closing from another thread would wait for the blocked read: only its reader may.
+        assert self.follow is False or self.sock.shut.is_set()
         self.closed = True
 
 
