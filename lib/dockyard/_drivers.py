@@ -89,7 +89,13 @@ DRIVERS: Mapping[str, DriverEntry] = MappingProxyType(
         ),
         # Each job a `replicated-job` service: it may run on any node of the swarm.
         "swarm": DriverEntry(
-            Capabilities(snapshots=False, auto_remove=False, local_exit_facts=False, images=False),
+            Capabilities(
+                snapshots=False,
+                auto_remove=False,
+                local_exit_facts=False,
+                images=False,
+                live_output=True,  # the service's log, followed until its task ended
+            ),
             "dockyard._swarm:open_driver",
             _SWARM_OPERATIONS,
             no_snapshots_because="a snapshot image is committed on the node that ran the job "

@@ -8,9 +8,10 @@ and `list_workers` answer in the core's models from the service and its task; `s
 the task with the stop grace (see there), `kill` and `remove` remove the service and its
 task containers on this node. Facts only a container has (OOMKilled, start and finish
 times) are read from the task's container when it ran on the node dockyard is connected
-to, and are None otherwise (`local_exit_facts` is off). It has no image store: a task
-pulls its image on whichever node runs it, so it declares no snapshots either. Every call
-runs through the node client's `EngineCalls`: typed errors, the observer.
+to, and are None otherwise (`local_exit_facts` is off). `attach_output` follows the
+service's log from its creation to its task's end (`_swarm_logs`). It has no image store:
+a task pulls its image on whichever node runs it, so it declares no snapshots either.
+Every call runs through the node client's `EngineCalls`: typed errors, the observer.
 """
 
 from __future__ import annotations
@@ -46,13 +47,13 @@ from ._errors import (
     ConfigError,
     DockerUnavailableError,
     DockyardError,
-    EngineError,
     EngineNotFoundError,
 )
 from ._exit_monitor import ExitWait
 from ._output import AttachedOutput
 from ._secrets import reveal
 from ._swarm_ending import SWARM_SERVICE_LABEL, ServiceEnding, container_of
+from ._swarm_logs import ServiceOutput
 from ._swarm_settings import swarm_task_pieces
 from ._swarm_tasks import (
     PRE_RUNNING,
@@ -204,8 +205,16 @@ class SwarmDriver(ServiceEnding, ObservedEngine):
         return self.poller.register(container_id)
 
     def attach_output(self, container_id: str) -> AttachedOutput:
-        """Not offered (`capabilities.live_output` is off): a task's output is not streamed."""
-        raise EngineError("attach", None, "the swarm driver does not stream a task's output")
+        """The service's output from its first line: its log, followed from its creation
+        (before `start`) until its task ended (see `_swarm_logs`)."""
+        output = ServiceOutput(self._raw, self._call, container_id)
+        attached = output.open()
+        try:
+            output.drop_hook = self.poller.on_end(container_id, output.ended)
+        except BaseException:
+            output.close()
+            raise
+        return attached
 
     def start(self, container_id: str) -> None:
         """The service runs by itself once created: wait for its task to run (or end).

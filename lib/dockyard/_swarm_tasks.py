@@ -5,10 +5,11 @@ backend's tickets (`_exit_monitor.ExitWait`), resolved by the poller from the ta
 state: a terminal state (`complete`, `failed`, `rejected`, `shutdown`, `orphaned`, ...)
 answers with the task's exit code; a task that never reaches `running` within the
 pending timeout (no node can take it) answers with no exit code, and the service is
-marked as failed to place. Closing a ticket touches no socket. The number of engine
-calls per tick does not grow with the number of workers: one `tasks` call filtered by
-all watched service ids (plus one service listing in the rare tick where a watched
-service vanished under us).
+marked as failed to place. Closing a ticket touches no socket. End hooks (`on_end`) are
+told of the same ending first: a service's followed log ends with them (`_swarm_logs`).
+The number of engine calls per tick does not grow with the number of workers: one
+`tasks` call filtered by all watched service ids (plus one service listing in the rare
+tick where a watched service vanished under us).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class _Watch:
     service_id: str
     registered: float
     tickets: list[ExitWait] = field(default_factory=list)
+    hooks: list[Callable[[], None]] = field(default_factory=list)  # told of the task's end
     running: threading.Event = field(default_factory=threading.Event)  # running or ended
     seen: bool = False
     gone: bool = False
@@ -155,8 +157,41 @@ class TaskPoller:
         finally:
             with self._cond:
                 self._starting -= 1
-                if not watch.tickets and service_id in self._watches and watch.running.is_set():
+                idle = not watch.tickets and not watch.hooks
+                if idle and watch.running.is_set() and self._watches.get(service_id) is watch:
                     del self._watches[service_id]
+
+    def on_end(self, service_id: str, hook: Callable[[], None]) -> Callable[[], None]:
+        """Call `hook` once when the service's task ended (on the poller's thread, before
+        its tickets are answered; at once when it ended already) or the poller closes.
+
+        Returns how to drop the hook. A poll failure does not call it: the task may run on.
+        """
+        with self._cond:
+            if self._stopping:
+                raise DockerUnavailableError("the swarm gateway is closed")
+            ended = service_id in self._endings
+            if not ended:
+                self._watch(service_id).hooks.append(hook)
+                self._ensure_thread()
+                self._cond.notify_all()
+        if ended:
+            _call_hooks([hook])
+            return _nothing
+        return lambda: self._drop_hook(service_id, hook)
+
+    def _drop_hook(self, service_id: str, hook: Callable[[], None]) -> None:
+        with self._cond:
+            watch = self._watches.get(service_id)
+            if watch is not None and hook in watch.hooks:
+                watch.hooks.remove(hook)
+                self._drop_if_idle(watch)
+
+    def _drop_if_idle(self, watch: _Watch) -> None:
+        """Forget a watch nobody waits on any more (held: `_cond`)."""
+        idle = not watch.tickets and not watch.hooks and self._starting == 0
+        if idle and self._watches.get(watch.service_id) is watch:
+            del self._watches[watch.service_id]
 
     def _watch(self, service_id: str) -> _Watch:
         watch = self._watches.get(service_id)
@@ -170,8 +205,7 @@ class TaskPoller:
             watch = self._watches.get(ticket.container_id)
             if watch is not None and ticket in watch.tickets:
                 watch.tickets.remove(ticket)
-                if not watch.tickets and self._starting == 0:
-                    del self._watches[ticket.container_id]
+                self._drop_if_idle(watch)
 
     def last_task(self, service_id: str) -> dict[str, Any] | None:
         with self._cond:
@@ -209,11 +243,13 @@ class TaskPoller:
         with self._cond:
             self._stopping = True
             tickets = [t for w in self._watches.values() for t in w.tickets]
+            hooks = [h for w in self._watches.values() for h in w.hooks]
             for watch in self._watches.values():
                 watch.running.set()
             self._watches.clear()
             self._cond.notify_all()
             thread = self._thread
+        _call_hooks(hooks)
         for ticket in tickets:
             ticket.close()
         if thread is not None and thread is not threading.current_thread():
@@ -324,9 +360,23 @@ class TaskPoller:
             if self._watches.get(watch.service_id) is watch:
                 del self._watches[watch.service_id]
             tickets, watch.tickets = watch.tickets, []
+            hooks, watch.hooks = watch.hooks, []
         watch.running.set()
+        _call_hooks(hooks)
         for ticket in tickets:
             ticket._resolve(_body(ending))
+
+
+def _call_hooks(hooks: list[Callable[[], None]]) -> None:
+    for hook in hooks:
+        try:
+            hook()
+        except Exception:  # one broken hook must not keep the others or the tickets waiting
+            log.exception("swarm task end hook failed")
+
+
+def _nothing() -> None:
+    pass
 
 
 def _body(ending: Ending) -> ExitResult:

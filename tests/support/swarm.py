@@ -8,7 +8,9 @@ The swarm engine is a second engine (``tests/swarm_engine.sh start``), named by
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import docker
@@ -46,3 +48,25 @@ def set_availability(client: docker.DockerClient, node_id: str, availability: st
     node = client.api.inspect_node(node_id)
     spec = dict(node["Spec"], Availability=availability)
     client.api.update_node(node_id, node["Version"]["Index"], spec)
+
+
+@contextlib.contextmanager
+def on_second_node(manager_client: docker.DockerClient) -> Iterator[docker.DockerClient]:
+    """The second node's engine, with the manager node paused meanwhile (every new task
+    lands on the second node); skips without a second node."""
+    host = worker_host()
+    try:
+        worker = docker.DockerClient(base_url=host, timeout=30)
+        state = (worker.info().get("Swarm") or {}).get("LocalNodeState")
+    except Exception as exc:
+        pytest.skip(f"no second swarm node at {host}: {exc}")
+    if state != "active":
+        worker.close()
+        pytest.skip(f"the engine at {host} is not in the swarm")
+    manager_id = manager_client.info()["Swarm"]["NodeID"]
+    set_availability(manager_client, manager_id, "pause")
+    try:
+        yield worker
+    finally:
+        set_availability(manager_client, manager_id, "active")
+        worker.close()
