@@ -7,22 +7,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import quote
+
+import requests
+from docker.errors import create_api_error_from_http_exception
 
 from .._config import RouterConfig
 from .._docker import DockerGateway
 from .._environment import worker_masker
 from .._naming import LabelSchema
-from .._output_lines import lines_of_frames
+from .._output_lines import FrameDecoder, lines_of_frames
 from .._secrets import Masker, job_data_secrets, router_secret_values
 from ._engine import base_config, engine
 from ._exits import EXIT_JOBS_FAILED, EXIT_OK, say
 
-# Docker's frame header: stream type, three bytes of padding, payload length.
-_HEADER = struct.Struct(">BxxxL")
+_CONNECT_S = 10.0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -94,31 +96,27 @@ def container_masker(info: Mapping[str, Any], labels: LabelSchema) -> Masker:
 def _log_frames(
     gateway: DockerGateway, container_id: str, *, follow: bool
 ) -> Iterator[tuple[int, bytes]]:
-    """`(stream type, bytes)` frames of the container's log (workers have no TTY, so the
+    """`(stream type, bytes)` pieces of the container's log (workers have no TTY, so the
     engine sends frames), to the end, or with `follow` until the container stops."""
-    api: Any = gateway.api  # docker-py's own logs call drops the stream type: its parts
-    params = {"stdout": 1, "stderr": 1, "follow": int(follow), "tail": "all"}
+    api = gateway.api
+    url = f"{api.base_url}/v{api.api_version}/containers/{quote(container_id, safe='')}/logs"
+    params: dict[str, str | int] = {"stdout": 1, "stderr": 1, "follow": int(follow), "tail": "all"}
 
-    def open_logs() -> Any:
-        response = api._get(
-            api._url("/containers/{0}/logs", container_id), params=params, stream=True
-        )
-        api._raise_for_status(response)
-        # Followed logs go quiet for as long as the job does: no read timeout.
-        api._disable_socket_timeout(api._get_raw_response_socket(response))
+    def open_logs() -> requests.Response:
+        # No read timeout: followed logs go quiet for as long as the job does.
+        response = api.get(url, params=params, stream=True, timeout=(_CONNECT_S, None))
+        try:
+            response.raise_for_status()
+        except requests.exceptions.HTTPError as err:
+            response.close()
+            create_api_error_from_http_exception(err)  # docker-py's typed error, the table's
         return response
 
     response = gateway.calls.run("logs", open_logs)
+    decoder = FrameDecoder()
     try:
-        while True:
-            header = response.raw.read(_HEADER.size)
-            if len(header) < _HEADER.size:
-                return
-            stream_type, length = _HEADER.unpack(header)
-            if length:
-                data = response.raw.read(length)
-                if not data:
-                    return
-                yield stream_type, bytes(data)
+        # Chunks as the engine flushes them (a streamed answer is chunk-encoded).
+        for chunk in response.iter_content(chunk_size=None):
+            yield from decoder.feed(chunk)
     finally:
         response.close()

@@ -54,7 +54,8 @@ class LogFiles:
         key = (job_id, stream)
         out = self._open.get(key)
         if out is None:
-            mode: Literal["a", "w"] = "a" if key in self._created else "w"  # a file of an earlier run is replaced
+            # A file of an earlier run is replaced; one closed at the outcome appended to.
+            mode: Literal["a", "w"] = "a" if key in self._created else "w"
             # Line-buffered: a file can be followed (`tail -f`) while the job runs.
             out = open(  # noqa: SIM115 (closed at the outcome, or by close_all)
                 self.path(job_id, stream), mode, encoding="utf-8", errors="replace", buffering=1
