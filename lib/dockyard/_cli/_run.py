@@ -30,7 +30,7 @@ from ._jobfile import check_job_for, load_jobs
 from ._logging import configure_logging
 from ._metrics_server import serving_metrics
 from ._output import LogFiles, OutputTracker
-from ._progress import Display, PlainDisplay
+from ._progress import Display, PlainDisplay, write_line
 from ._summary import print_json_lines, print_plain_summary
 
 try:  # rich is the optional extra dockyard[cli]; without it output is plain text
@@ -149,11 +149,7 @@ def _echo(display: Display) -> Callable[[str], None]:
     if HAVE_RICH and isinstance(display, _rich.RichDisplay):
         return display.message
 
-    def write(text: str) -> None:
-        sys.stderr.write(text + "\n")
-        sys.stderr.flush()
-
-    return write
+    return lambda text: write_line(sys.stderr, text)
 
 
 def _check_image(gateway: DockerGateway, image: str) -> None:
