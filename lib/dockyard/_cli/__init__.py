@@ -9,7 +9,8 @@
 
 Exit status: 0 every job succeeded (or the command did its job), 1 a job did not succeed
 (for `logs`: no container for the job id), 2 nothing was started (bad input or options,
-engine unreachable, image missing), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); both detach from running jobs.
+engine unreachable, image missing), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM);
+both detach from running jobs.
 
 Progress goes to stderr (rich when installed and stderr is a terminal, plain lines
 otherwise); results go to stdout.
