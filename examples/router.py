@@ -13,6 +13,14 @@ value = JSON with ``status`` (``succeeded``, ``failed``, ``timed_out``, ``lost``
 ``rejected`` when the job could not be run), ``exit_code``, ``oom_killed``, ``description``
 and more. While a job runs it is listed in the hash ``dockyard:running`` (``--running``).
 
+Each job's output is kept next to its outcome: the list ``dockyard:output:<job id>``
+(``--output-prefix``), one JSON ``{"stream": "stdout"|"stderr", "line": ...}`` per line,
+oldest first, capped to the last ``--output-lines`` lines (default 1000, or
+``$ROUTER_OUTPUT_LINES``; 0 keeps none). The lines come masked from dockyard (no secret of
+the job or the router), the list is emptied when the job starts (a rerun of a job id starts
+afresh), and the outcome record names it as ``output_key``. A line can arrive shortly after
+the outcome; it is appended all the same. Workers adopted after a restart add no lines.
+
 At start the router adopts the still-running workers of its instance id (so a restart loses
 no outcome), registers the snapshot images already on the engine, and starts the orphan and
 snapshot cleanup loops. SIGTERM or SIGINT stops it cleanly: no new jobs, running containers
@@ -125,10 +133,22 @@ def _message_id(raw: str) -> str:
 class RedisOutcomes(WorkerLifecycleListener):
     """Writes what happens to each job back to Redis; runs on dockyard's threads."""
 
-    def __init__(self, client: redis.Redis[str], outcomes_key: str, running_key: str) -> None:
+    def __init__(
+        self,
+        client: redis.Redis[str],
+        outcomes_key: str,
+        running_key: str,
+        output_prefix: str = "dockyard:output:",
+        output_lines: int = 1000,
+    ) -> None:
         self._client = client
         self._outcomes_key = outcomes_key
         self._running_key = running_key
+        self._output_prefix = output_prefix
+        self._output_lines = output_lines
+
+    def output_key(self, job_id: str) -> str:
+        return self._output_prefix + job_id
 
     def on_worker_started(self, worker: ActiveWorker) -> None:
         record = {
@@ -138,13 +158,28 @@ class RedisOutcomes(WorkerLifecycleListener):
             "started_at": worker.started_at.isoformat(),
             "deadline": worker.deadline.isoformat(),
         }
-        self._client.hset(self._running_key, worker.job_id, json.dumps(record))
+        pipe = self._client.pipeline()
+        pipe.delete(self.output_key(worker.job_id))  # lines come only after this hook
+        pipe.hset(self._running_key, worker.job_id, json.dumps(record))
+        pipe.execute()
+
+    def on_worker_output(self, worker: ActiveWorker, stream: str, line: str) -> None:
+        # On dockyard's output threads, in order per job. A slow Redis only costs lines:
+        # past dockyard's queue they are dropped (dockyard_log_lines_dropped_total).
+        if self._output_lines <= 0:
+            return
+        key = self.output_key(worker.job_id)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.rpush(key, json.dumps({"stream": stream, "line": line}, ensure_ascii=False))
+        pipe.ltrim(key, -self._output_lines, -1)
+        pipe.execute()
 
     def on_worker_finished(self, worker: ActiveWorker, outcome: WorkerOutcome) -> None:
         record = outcome.to_dict() | {
             "description": outcome.describe(),
             "container_name": worker.container_name,
             "finished_at": datetime.now(UTC).isoformat(),
+            "output_key": self.output_key(worker.job_id),
         }
         pipe = self._client.pipeline()  # MULTI/EXEC: a job is never in both hashes or neither
         pipe.hset(self._outcomes_key, worker.job_id, json.dumps(record))
@@ -252,6 +287,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue", default="dockyard:jobs", help="list to take jobs from")
     parser.add_argument("--outcomes", default="dockyard:outcomes", help="hash of outcomes")
     parser.add_argument("--running", default="dockyard:running", help="hash of running jobs")
+    parser.add_argument(
+        "--output-prefix",
+        default="dockyard:output:",
+        help="each job's output lines go to the list PREFIX<job id>",
+    )
+    parser.add_argument(
+        "--output-lines",
+        type=int,
+        default=int(os.environ.get("ROUTER_OUTPUT_LINES", "1000")),
+        metavar="N",
+        help="keep each job's last N output lines (default: $ROUTER_OUTPUT_LINES or 1000)",
+    )
     parser.add_argument("--orphan-interval", type=float, default=300.0, metavar="S")
     parser.add_argument("--snapshot-interval", type=float, default=300.0, metavar="S")
     parser.add_argument(
@@ -289,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
-    outcomes = RedisOutcomes(client, args.outcomes, args.running)
+    outcomes = RedisOutcomes(
+        client, args.outcomes, args.running, args.output_prefix, args.output_lines
+    )
     # Payloads too large for the environment go to Redis; the worker reads JOB_DATA_REDIS_KEY.
     job_data = RedisJobDataStore(client)
     try:

@@ -51,8 +51,8 @@ def start_router(
     env.pop("SENTRY_DSN", None)
     started: list[RouterProcess] = []
 
-    def start(name: str) -> RouterProcess:
-        router = RouterProcess(env, redis_url, tmp_path / f"{name}.log")
+    def start(name: str, **extra_env: str) -> RouterProcess:
+        router = RouterProcess({**env, **extra_env}, redis_url, tmp_path / f"{name}.log")
         started.append(router)
         return router
 
@@ -66,7 +66,7 @@ def _outcomes(client: redis.Redis) -> dict[str, dict[str, Any]]:
 
 
 def test_router_runs_jobs_records_outcomes_and_hands_over_on_restart(
-    start_router: Callable[[str], RouterProcess],
+    start_router: Callable[..., RouterProcess],
     redis_url: str,
     docker_client: Any,
 ) -> None:
@@ -122,5 +122,52 @@ def test_router_runs_jobs_records_outcomes_and_hands_over_on_restart(
         assert client.hget(RUNNING, "hold-1") is None
         assert second.stop() == 0, second.output()
         assert len(_outcomes(client)) == 5
+    finally:
+        client.close()
+
+
+def test_router_keeps_each_jobs_last_output_lines_masked_next_to_its_outcome(
+    start_router: Callable[..., RouterProcess], redis_url: str
+) -> None:
+    secret = "router-output-secret-5c1d"
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    def output_of(job_id: str, last: str) -> list[dict[str, str]]:
+        record = json.loads(_wait_for(f"{job_id}'s outcome", lambda: client.hget(OUTCOMES, job_id)))
+        assert record["status"] == "succeeded", record
+        assert record["output_key"] == f"dockyard:output:{job_id}"
+
+        def ended() -> list[dict[str, str]] | None:
+            lines = [json.loads(item) for item in client.lrange(record["output_key"], 0, -1)]
+            return lines if last in {entry["line"] for entry in lines} else None
+
+        found: list[dict[str, str]] = _wait_for(f"{job_id}'s line {last!r}", ended)
+        return found
+
+    try:
+        router = start_router("output", ROUTER_OUTPUT_LINES="100")
+        # Lines of one stream keep their order; the engine may reorder across streams.
+        script = (
+            'i=1; while [ $i -le 300 ]; do echo "out $i"; i=$((i+1)); done; '
+            f'echo "token {secret}"; echo last'
+        )
+        push_job(client, "chatty", ["sh", "-c", script], data={"token": secret})
+        push_job(client, "both", ["sh", "-c", "echo to-out; echo to-err >&2; echo end"])
+
+        chatty = output_of("chatty", "last")
+        assert chatty == [
+            *({"stream": "stdout", "line": f"out {i}"} for i in range(203, 301)),
+            {"stream": "stdout", "line": "token ***"},
+            {"stream": "stdout", "line": "last"},
+        ]  # capped to the last 100, masked
+        assert secret not in json.dumps(chatty)
+        output_of("both", "end")
+        both = output_of("both", "to-err")  # by now "end" is in too: the list only grows
+        assert sorted(both, key=lambda e: e["line"]) == [
+            {"stream": "stdout", "line": "end"},
+            {"stream": "stderr", "line": "to-err"},
+            {"stream": "stdout", "line": "to-out"},
+        ]
+        assert router.stop() == 0, router.output()
     finally:
         client.close()

@@ -1,5 +1,5 @@
 """Log output on stderr: the verbosity levels, dockyard's `extra=` fields, and quieting the
-warnings that `dockyard run` already shows as progress lines."""
+warnings and output tails that `dockyard run` already shows as progress or live lines."""
 
 from __future__ import annotations
 
@@ -40,19 +40,36 @@ class _BatchEchoFilter(logging.Filter):
         return (record.name, record.msg) not in self._ECHOED
 
 
+class _TailEchoFilter(logging.Filter):
+    """Drops the info line with a finished worker's last output lines: `dockyard run -v`
+    printed every one of them live already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.name == "dockyard.exits" and str(record.msg).startswith("worker output (last")
+        )
+
+
 def configure_logging(
-    verbose: int, handler: logging.Handler | None = None, *, batch_progress: bool = False
+    verbose: int,
+    handler: logging.Handler | None = None,
+    *,
+    batch_progress: bool = False,
+    live_output: bool = False,
 ) -> None:
     """Warnings to stderr; -v adds dockyard's info lines, -vv everything at debug.
 
     `handler` replaces the plain stderr handler (the live progress view brings its own, so
-    log lines do not tear it).
+    log lines do not tear it). `live_output`: the jobs' lines are printed as they come, so
+    the tail logged at each exit is left out.
     """
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(FieldsFormatter("%(levelname)s %(name)s: %(message)s"))
     if batch_progress and verbose == 0:
         handler.addFilter(_BatchEchoFilter())
+    if live_output:
+        handler.addFilter(_TailEchoFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -11,6 +11,7 @@ from .._pull_policy import PULL_POLICIES
 from ._container_flags import add_container_flags
 from ._containers import cmd_ps, cmd_reap
 from ._exits import EXIT_USAGE
+from ._logs import cmd_logs
 from ._run import cmd_run
 from ._snapshots import cmd_snapshots
 
@@ -58,7 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         "only containers labelled with it are touched",
     )
     common.add_argument(
-        "-v", "--verbose", action="count", default=0, help="-v: info logs, -vv: debug logs"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="-v: info logs (with run: also every job's output lines, live, prefixed with "
+        "the job id), -vv: debug logs",
     )
     snapshot_prefix = _Parser(add_help=False)
     snapshot_prefix.add_argument(
@@ -161,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress on stderr: rich when available on a terminal (auto), plain lines, or none",
     )
     run.add_argument(
+        "--logs",
+        metavar="DIR",
+        help="write each job's whole output (masked) to DIR/<job id>.stdout.log and "
+        ".stderr.log, the job id percent-encoded (created if missing)",
+    )
+    run.add_argument(
         "--metrics-port",
         type=_port,
         metavar="PORT",
@@ -199,6 +211,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="the router's label prefix (default: cascade)",
     )
     reap.set_defaults(handler=cmd_reap)
+
+    logs = sub.add_parser(
+        "logs",
+        parents=[common],
+        help="print a job's output (masked) from its container",
+        description="Prints the output of the job's container, found by the instance's "
+        "labels (running, or stopped and not removed yet), masked with the secrets dockyard "
+        "can see: the container's secret variables and job data, and this environment's. "
+        "Exits 1 when this instance has no container for the job.",
+    )
+    logs.add_argument("job_id", metavar="JOB_ID", help="the job id")
+    logs.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing new lines until the container stops",
+    )
+    logs.add_argument(
+        "--label-prefix",
+        metavar="PREFIX",
+        help="the router's label prefix (default: cascade)",
+    )
+    logs.set_defaults(handler=cmd_logs)
 
     snaps = sub.add_parser(
         "snapshots",

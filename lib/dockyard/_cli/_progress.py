@@ -4,12 +4,23 @@ per start and finish, for logs and pipes). The live rich view is in `_rich`."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol, TextIO
 
 from ._batch import BatchTracker, JobEvent, status_label
+
+_WRITE_LOCK = threading.Lock()
+
+
+def write_line(out: TextIO, text: str) -> None:
+    """One whole line, flushed: progress lines and `-v`'s job lines come from different
+    threads, and `print` writes the text and its newline apart."""
+    with _WRITE_LOCK:
+        out.write(text + "\n")
+        out.flush()
 
 
 class Display(Protocol):
@@ -82,11 +93,11 @@ class PlainDisplay(JobLines):
             label = "started" if event.status == "running" else status_label(event.status)
             detail = self._detail(event)
             line = f"[{elapsed:7.1f}s] {label:<9} {event.state.job_id:<{self._width}}  {detail}"
-            print(line.rstrip(), file=self._out, flush=True)
+            write_line(self._out, line.rstrip())
 
     def message(self, text: str) -> None:
         if self._out is not None:
-            print(text, file=self._out, flush=True)
+            write_line(self._out, text)
 
     def log_handler(self) -> logging.Handler | None:
         return None

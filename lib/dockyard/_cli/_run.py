@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -28,7 +29,8 @@ from ._format import count_of
 from ._jobfile import check_job_for, load_jobs
 from ._logging import configure_logging
 from ._metrics_server import serving_metrics
-from ._progress import Display, PlainDisplay
+from ._output import LogFiles, OutputTracker
+from ._progress import Display, PlainDisplay, write_line
 from ._summary import print_json_lines, print_plain_summary
 
 try:  # rich is the optional extra dockyard[cli]; without it output is plain text
@@ -70,11 +72,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _raise_terminated)
 
+    log_dir = _log_dir(args.logs)
     display = _make_display(args.progress, config, len(jobs))
-    configure_logging(args.verbose, display.log_handler(), batch_progress=args.progress != "none")
-    tracker = BatchTracker(jobs)
-    with serving_metrics(args.metrics_port) as registry:
-        interrupt = _run_batch(config, jobs, tracker, display, registry)
+    live = args.verbose >= 1
+    configure_logging(
+        args.verbose,
+        display.log_handler(),
+        batch_progress=args.progress != "none",
+        live_output=live,
+    )
+    tracker: BatchTracker = BatchTracker(jobs)
+    if log_dir is not None or live:
+        files = LogFiles(log_dir) if log_dir is not None else None
+        tracker = OutputTracker(jobs, files=files, echo=_echo(display) if live else None)
+    try:
+        with serving_metrics(args.metrics_port) as registry:
+            interrupt = _run_batch(config, jobs, tracker, display, registry)
+    finally:
+        if isinstance(tracker, OutputTracker):
+            tracker.close()
     states = tracker.states
     if interrupt is not None:
         _say_interrupted(config, states)
@@ -111,6 +127,29 @@ def _run_config(args: argparse.Namespace) -> RouterConfig:
     config = base_config(args, **overrides)
     container = container_overrides(args, config.container)
     return dataclasses.replace(config, **container) if container else config
+
+
+def _log_dir(value: str | None) -> Path | None:
+    """`--logs DIR`, created when missing; refused up front when it cannot be written."""
+    if value is None:
+        return None
+    path = Path(value)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--logs {value}: cannot create the directory: {err.strerror}") from None
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"--logs {value}: not a writable directory")
+    return path
+
+
+def _echo(display: Display) -> Callable[[str], None]:
+    """Where `-v` prints the jobs' lines: above the live view, else straight to stderr
+    (whatever `--progress` says: the lines were asked for)."""
+    if HAVE_RICH and isinstance(display, _rich.RichDisplay):
+        return display.message
+
+    return lambda text: write_line(sys.stderr, text)
 
 
 def _check_image(gateway: DockerGateway, image: str) -> None:
