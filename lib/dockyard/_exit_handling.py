@@ -30,7 +30,7 @@ from ._errors import (
 from ._exit_wait import Exited, Lost, await_exit
 from ._listener import log_ids
 from ._models import OutcomeStatus, WorkerOutcome
-from ._output import tail_extra
+from ._output_lines import tail_extra
 from ._registry import WorkerRegistry
 from ._retry import RetryPolicy, call_with_retry
 from ._sentry import Reporter

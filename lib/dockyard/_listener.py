@@ -7,7 +7,7 @@ import logging
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._sentry import Reporter
 
-__all__ = ["SafeListener", "log_ids"]
+__all__ = ["SafeListener", "log_ids", "wants_output"]
 
 
 log = logging.getLogger("dockyard.tracker")
@@ -58,3 +58,11 @@ class SafeListener:
                 tags={"hook": hook},
                 extras={"jobId": job_id},
             )
+
+
+def wants_output(listener: WorkerLifecycleListener | None) -> bool:
+    """Whether the host's listener does anything with output lines (else none are queued)."""
+    if listener is None:
+        return False
+    hook = getattr(type(listener), "on_worker_output", None)
+    return hook is not None and hook is not WorkerLifecycleListener.on_worker_output

@@ -24,6 +24,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ._listener import wants_output
 from ._models import ActiveWorker, WorkerLifecycleListener
 from ._output_lines import STREAM_NAMES, STREAMS, LineAssembler, Stream
 from ._secrets import Masker
@@ -36,16 +37,13 @@ __all__ = [
     "OutputHub",
     "OutputPipe",
     "OutputSink",
-    "tail_extra",
-    "wants_output",
 ]
 
 log = logging.getLogger("dockyard.output")
 
 DEFAULT_BUFFER_LINES = 10_000
 _COUNT_BATCH = 256  # lines counted per counter update: one update per line costs
-# The tail in a Sentry event: its last characters (an event is not a log store).
-TAIL_EXTRA_CHARS = 16 * 1024
+_DRAIN_BATCH = 256  # lines taken off the queue per lock
 # `(stream type, bytes)`; from the engine's log, one entry with its engine time (ns) too.
 Frame = tuple[int, bytes] | tuple[int, bytes, int | None]
 
@@ -58,20 +56,6 @@ class Delivered:
     positions: dict[str, int]
     marks: dict[str, int]
     read: dict[str, int]
-
-
-def tail_extra(tail: Iterable[str]) -> str:
-    """The tail as one string for a Sentry extra: its last `TAIL_EXTRA_CHARS` characters."""
-    text = "\n".join(tail)
-    return text if len(text) <= TAIL_EXTRA_CHARS else "…" + text[-TAIL_EXTRA_CHARS:]
-
-
-def wants_output(listener: WorkerLifecycleListener | None) -> bool:
-    """Whether the host's listener does anything with output lines (else none are queued)."""
-    if listener is None:
-        return False
-    hook = getattr(type(listener), "on_worker_output", None)
-    return hook is not None and hook is not WorkerLifecycleListener.on_worker_output
 
 
 class OutputCounters(Protocol):
@@ -146,12 +130,15 @@ class OutputPipe:
         latest: int | None = None
 
         def take(found: list[tuple[Stream, str]]) -> None:
+            batch = []
             for stream, line in found:
                 pending = marks[stream]
-                self.add(stream, line, pending.popleft() if pending else latest)
+                batch.append((stream, line, pending.popleft() if pending else latest))
                 counts[stream] += 1
-                if counts[stream] >= _COUNT_BATCH:
-                    self.counters.log_lines(stream, counts[stream])
+            self.add_lines(batch)
+            for stream, count in counts.items():
+                if count >= _COUNT_BATCH:
+                    self.counters.log_lines(stream, count)
                     counts[stream] = 0
 
         try:
@@ -181,28 +168,30 @@ class OutputPipe:
                 with self._lock:
                     self._lock.notify_all()
 
-    def add(self, stream: str, line: str, mark_ns: int | None = None) -> None:
-        """One masked line: into the tail and, when there is a listener, the queue."""
-        schedule = False
+    def add_lines(self, batch: list[tuple[Stream, str, int | None]]) -> None:
+        """Masked lines (with their engine times): into the tail and, when there is a
+        listener, the queue; one lock for the lot (a line at a time, the lock is the cost)."""
+        dropped = 0
         with self._lock:
-            self.lines += 1
-            position = self._positions[stream] = self._positions.get(stream, 0) + 1
-            if self._tail.maxlen:
-                self._tail.append(line)
-            if self.sink is None or self.executor is None or self._cancelled:
-                return
-            if len(self._queue) >= self.buffer_lines:
-                self.dropped += 1
-                dropped = True
-            else:
-                self._queue.append((stream, line, mark_ns, position))
-                dropped = False
-                schedule = self._worker is not None and not self._draining
-                if schedule:
-                    self._draining = True
+            self.lines += len(batch)
+            self._tail.extend(line for _, line, _ in batch)
+            deliver = self.sink is not None and self.executor is not None and not self._cancelled
+            for stream, line, mark_ns in batch:
+                position = self._positions[stream] = self._positions.get(stream, 0) + 1
+                if not deliver:
+                    continue
+                if len(self._queue) >= self.buffer_lines:
+                    dropped += 1
+                else:
+                    self._queue.append((stream, line, mark_ns, position))
+            self.dropped += dropped
+            schedule = deliver and bool(self._queue) and self._worker is not None
+            schedule = schedule and not self._draining
+            if schedule:
+                self._draining = True
         if dropped:
-            self.counters.log_lines_dropped(1)
-        elif schedule:
+            self.counters.log_lines_dropped(dropped)
+        if schedule:
             self._schedule()
 
     # -- delivery -----------------------------------------------------------------------
@@ -234,12 +223,14 @@ class OutputPipe:
                     self._draining = False
                     self._lock.notify_all()
                     return
-                stream, line, mark_ns, position = self._queue.popleft()
+                batch = [self._queue.popleft() for _ in range(min(_DRAIN_BATCH, len(self._queue)))]
                 worker = self._worker
-            if self.sink is not None:
-                self.sink.output(worker, stream, line)  # the safe listener never raises
-            with self._lock:
-                self._delivered[stream] = position
+            for stream, line, mark_ns, position in batch:
+                if self._cancelled:
+                    break  # detached or failed: the rest of the batch is not delivered
+                if self.sink is not None:
+                    self.sink.output(worker, stream, line)  # the safe listener never raises
+                self._delivered[stream] = position  # one store each: read under the lock
                 if mark_ns is not None:
                     self._delivered_marks[stream] = mark_ns
 

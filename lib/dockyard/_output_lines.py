@@ -43,6 +43,7 @@ __all__ = [
     "LineSplitter",
     "Stream",
     "lines_of_frames",
+    "tail_extra",
 ]
 
 Stream = Literal["stdout", "stderr"]
@@ -54,6 +55,8 @@ MAX_LINE_BYTES = 64 * 1024
 # nothing away, and holding every line that ends in a common letter would delay output.
 MIN_HELD_PREFIX = 3
 MAX_JOINED_SECRET = 256
+# The tail in a Sentry event: its last characters (an event is not a log store).
+TAIL_EXTRA_CHARS = 16 * 1024
 
 # Docker's frame header, as docker-py's `next_frame_header` reads it.
 _HEADER = struct.Struct(">BxxxL")
@@ -103,22 +106,24 @@ class LineSplitter:
         self._partial = bytearray()
 
     def feed(self, data: bytes) -> list[bytes]:
+        parts = data.split(b"\n")
+        if len(parts) == 1:  # no line ended
+            self._partial += data
+            return self._cut(bytes(self._partial), final=False) if self._overlong() else []
+        parts[0] = bytes(self._partial + parts[0])
+        self._partial = bytearray(parts.pop())
         lines: list[bytes] = []
-        start = 0
-        while True:
-            end = data.find(b"\n", start)
-            if end < 0:
-                break
-            self._partial += data[start:end]
-            lines.extend(self._cut(bytes(self._partial), final=True))
-            self._partial.clear()
-            start = end + 1
-        if start < len(data):
-            self._partial += data[start:]
-            if len(self._partial) > self._max:
-                whole = self._cut(bytes(self._partial), final=False)
-                lines.extend(whole)
+        for part in parts:
+            if len(part) > self._max:
+                lines.extend(self._cut(part, final=True))  # it removes the `\r` too
+            else:
+                lines.append(part[:-1] if part.endswith(b"\r") else part)
+        if self._overlong():
+            lines.extend(self._cut(bytes(self._partial), final=False))
         return lines
+
+    def _overlong(self) -> bool:
+        return len(self._partial) > self._max
 
     def flush(self) -> list[bytes]:
         """The last line, when the output ended without a newline."""
@@ -152,6 +157,14 @@ def _decode(line: bytes) -> str:
     return codecs.decode(line, "utf-8", errors="replace")
 
 
+def _decode_all(lines: list[bytes]) -> list[str]:
+    """Many lines decoded in one call: a newline byte never belongs to a multi-byte
+    character, so joining on it and splitting after decodes each line as alone."""
+    if len(lines) < 2:
+        return [_decode(line) for line in lines]
+    return _decode(b"\n".join(lines)).split("\n")
+
+
 class LineMasker:
     """Masks one stream's lines in order, following secrets across a line break.
 
@@ -175,6 +188,13 @@ class LineMasker:
             if "\n" not in value and MIN_SUBSTRING_LENGTH <= len(value) <= MAX_JOINED_SECRET
         }
         self._joinable = tuple(sorted(joinable))
+        # Every run of MIN_HELD_PREFIX characters that can end a secret's beginning: a line
+        # whose end is none of them begins no secret (one set look-up for most lines).
+        self._beginning_ends = frozenset(
+            value[end - MIN_HELD_PREFIX : end]
+            for value in joinable
+            for end in range(MIN_HELD_PREFIX, len(value))
+        )
         self._window = max((len(value) for value in joinable), default=1) - 1
         self._prev = ""  # the previous line's last characters, unmasked
         # The previous line, unmasked, not yet out, and the spans to mask in it so far.
@@ -203,6 +223,29 @@ class LineMasker:
             out.append(_apply(line, own))
         return out
 
+    def push_many(self, lines: list[str]) -> list[str]:
+        """`push` of each line in turn, with one search over the lot when none of them
+        holds a secret (whole, or across a break): the common case."""
+        if not self.active or not lines:
+            return lines
+        joined = self._prev + "".join(lines)  # every `prev + line` push would search is in it
+        if len(lines) == 1 or self._lines_masker.spans(joined):
+            return [out for line in lines for out in self.push(line)]
+        out: list[str] = []
+        if self._held is not None:
+            held, held_spans = self._held
+            out.append(_apply(held, held_spans))
+            self._held = None
+        # A line held for the next one goes out unchanged with it: nothing spans the break.
+        last = lines[-1]
+        out.extend(lines[:-1])
+        if self._may_begin_secret(last):
+            self._held = (last, [])
+        else:
+            out.append(last)
+        self._prev = last[-self._window :] if self._window > 0 else ""
+        return out
+
     def flush(self) -> list[str]:
         """The held line, if any (the output ended)."""
         held, self._held = self._held, None
@@ -212,7 +255,7 @@ class LineMasker:
     def _may_begin_secret(self, line: str) -> bool:
         """The line ends with a beginning (`MIN_HELD_PREFIX`+ characters, not the whole)
         of a secret: the next line may hold the rest."""
-        if not self._joinable or len(line) < MIN_HELD_PREFIX:
+        if not self._joinable or line[-MIN_HELD_PREFIX:] not in self._beginning_ends:
             return False
         window = line[-self._window :]
         for value in self._joinable:
@@ -264,12 +307,8 @@ class LineAssembler:
         name = STREAM_NAMES.get(stream_type)
         if name is None:
             return []
-        masker = self._maskers[name]
-        return [
-            (name, line)
-            for raw in self._splitters[name].feed(data)
-            for line in masker.push(_decode(raw))
-        ]
+        lines = self._maskers[name].push_many(_decode_all(self._splitters[name].feed(data)))
+        return [(name, line) for line in lines]
 
     def flush(self) -> list[tuple[Stream, str]]:
         out: list[tuple[Stream, str]] = []
@@ -290,3 +329,9 @@ def lines_of_frames(
     for stream_type, data in frames:
         yield from assembler.feed(stream_type, data)
     yield from assembler.flush()
+
+
+def tail_extra(tail: Iterable[str]) -> str:
+    """The tail as one string for a Sentry extra: its last `TAIL_EXTRA_CHARS` characters."""
+    text = "\n".join(tail)
+    return text if len(text) <= TAIL_EXTRA_CHARS else "…" + text[-TAIL_EXTRA_CHARS:]

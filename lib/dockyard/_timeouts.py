@@ -23,7 +23,7 @@ from ._errors import (
 )
 from ._listener import log_ids
 from ._loops import Activity
-from ._output import tail_extra
+from ._output_lines import tail_extra
 from ._retry import RetryPolicy, call_with_retry
 from ._sentry import Reporter
 from ._tracker import TrackedWorker

@@ -14,14 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dockyard import ActiveWorker, ConfigError, RouterConfig, WorkerLifecycleListener
-from dockyard._listener import SafeListener
-from dockyard._output import AttachedOutput, OutputHub, OutputPipe, tail_extra, wants_output
+from dockyard._listener import SafeListener, wants_output
+from dockyard._output import AttachedOutput, OutputHub, OutputPipe
 from dockyard._output_lines import (
     MAX_LINE_BYTES,
     FrameDecoder,
     LineMasker,
     LineSplitter,
     lines_of_frames,
+    tail_extra,
 )
 from dockyard._secrets import Masker
 from dockyard.testing import RecordingReporter
