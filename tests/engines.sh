@@ -402,6 +402,11 @@ case "${1:-}" in
         export DOCKER_HOST
         DOCKER_HOST="$(host_of "${name}")"
         unset DOCKYARD_TEST_RESTART_ENGINE DOCKER_CONTEXT
+        # The engine sees the host's files only under its run dir (bound at the same path):
+        # temporary directories a test binds into a worker must be made there.
+        export TMPDIR
+        TMPDIR="$(run_dir_of "${name}")/tmp"
+        mkdir -p "${TMPDIR}"
         exec nsenter --net="/var/run/netns/$(netns_of "${name}")" "$@"
         ;;
     *)
