@@ -1,12 +1,7 @@
 """Snapshot mechanics: scrubbed commits of clean exits, start-up sync, and image cleanup.
 
-A snapshot must carry no secret. `docker commit` with `changes` of `ENV KEY=` blanks the
-keys in the image's `Config` (a scrubbed `Env` in the commit body does not: the daemon
-re-adds the missing keys), but engines that keep the legacy `container_config` (Docker
-20.10 among them) also copy the container's full configuration, every environment value
-included, into the image. Such an image is written again without it (see
-`_image_rewrite.record_without_container_config`) and checked before it is registered; an image
-that still carries a value is removed and nothing is registered.
+A snapshot carries no secret and owns no worker (`_snapshot_scrub`: what a commit blanks
+and how the image is checked before it gets its name).
 
 A snapshot chain stays within the storage driver's layer limit: each commit adds a layer
 on top of the previous snapshot, and a commit that holds more than
@@ -16,22 +11,15 @@ previous run's filesystem however long a work item lives. A commit that still fa
 invalidates the pair's snapshot: the registry entry is dropped and the image retired, so the
 next run starts from the base image, never from an older snapshot.
 
-An image that is another image's parent cannot be removed before its children (the
-engine's 409 "dependent child images", `EngineImageHasChildrenError`; Docker 25 and later
-record the previous snapshot as the parent of a commit). Such a retired snapshot is not
-retried: it is removed when its child is (the engine prunes untagged parents with their
-child; dockyard walks up the chain after every removal for engines or moments that do not).
+A superseded or invalidated snapshot is retired (`_snapshot_retirement`): removed now, in a
+later cleanup round while a container still holds it, or with its child image.
 
-A snapshot owns no worker: Docker copies an image's labels into every container made from
-it, so the commit blanks every worker label (`managed`, `router.instance`, `job.id`,
-`deadline`, ...) and records the pair, the instance and the base image under snapshot
-labels of their own. Sync and cleanup touch only this instance's snapshots, plus legacy
-images of the name prefix that carry no dockyard label at all (evicted, never reused).
+Sync and cleanup touch only this instance's snapshots, plus legacy images of the name prefix
+that carry no dockyard label at all (evicted, never reused).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import zlib
@@ -44,10 +32,6 @@ from ._config import RouterConfig
 from ._driver import ImageStore
 from ._environment import SCRUBBED_ENV_KEYS
 from ._errors import (
-    DockyardError,
-    EngineConflictError,
-    EngineImageHasChildrenError,
-    EngineNotFoundError,
     SnapshotScrubError,
 )
 from ._flatten import flatten, layer_count
@@ -58,110 +42,27 @@ from ._models import ActiveWorker
 from ._naming import LabelSchema, format_deadline, snapshot_image_name
 from ._sentry import Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
+from ._snapshot_retirement import ImageRetirement, image_id_of, snapshot_owner
+from ._snapshot_scrub import (
+    blanked_keys,
+    credential_keys,
+    env_pairs,
+    env_values_left,
+    label_changes,
+    worker_labels_left,
+)
 
-__all__ = [
-    "DISCOVERED_PROJECT",
-    "SnapshotManager",
-    "blanked_keys",
-    "label_changes",
-    "scrub_changes",
-    "snapshot_owner",
-]
+__all__ = ["DISCOVERED_PROJECT", "SnapshotManager"]
 
 log = logging.getLogger("dockyard.snapshots")
 
 SNAPSHOT_TAG = "latest"
-# Blanked beyond the spec's deny-list: the router's Sentry DSN is a credential too.
-EXTRA_SCRUBBED_KEYS = ("SENTRY_DSN",)
 _LOCK_STRIPES = 16
-# Cleanup rounds in which a superseded image may still be in use before it is given up on.
-_MAX_RETIRE_ATTEMPTS = 12
-# The tag a snapshot's name is moved to when it must stop naming the snapshot while a
-# container still holds the image (an untag of an image in use needs force otherwise).
-_RETIRED_TAG = "retired-"
-# How far up a chain of parents one removal walks (a chain never gets longer than
-# `snapshot_max_layers` commits).
-_MAX_CHAIN_WALK = 256
 
 
 # The project id of legacy images found at start-up: no job has an empty project id, so
 # such an entry can never serve a warm start; the next cleanup evicts it.
 DISCOVERED_PROJECT = ""
-
-
-def label_changes(labels: LabelSchema, snapshot: Mapping[str, str]) -> list[str]:
-    """Commit `changes` that blank every worker label and set the snapshot labels.
-
-    An empty value is the only way to drop an inherited label in a commit; it never matches
-    the `managed=true` / `router.instance=<id>` filters that reaping and adoption use.
-    """
-    worker_keys = (
-        labels.managed,
-        labels.instance,
-        labels.job_id,
-        labels.job_type,
-        labels.deadline,
-        labels.project_id,
-        labels.work_item_id,
-        labels.agent_type,
-        labels.snapshot_enabled,
-        labels.base_image,
-    )
-    pairs = [(key, "") for key in worker_keys] + list(snapshot.items())
-    return [f"LABEL {json.dumps(key)}={json.dumps(value)}" for key, value in pairs]
-
-
-def snapshot_owner(labels: LabelSchema, image_labels: Mapping[str, str]) -> str | None:
-    """Whose snapshot an image is: an instance id, `""` for a legacy image that carries no
-    dockyard label at all, None for anything else (never to be touched)."""
-    instance = image_labels.get(labels.snapshot_instance)
-    if instance:
-        return instance
-    if any(image_labels.get(key) for key in (labels.managed, labels.instance)):
-        return None
-    return ""
-
-
-def blanked_keys(env_keys: Iterable[str], credential_keys: Iterable[str]) -> list[str]:
-    """The deny-listed and credential keys among `env_keys`, deny-list order first."""
-    present = set(env_keys)
-    deny = [*SCRUBBED_ENV_KEYS, *EXTRA_SCRUBBED_KEYS, *credential_keys]
-    return list(dict.fromkeys(key for key in deny if key in present))
-
-
-def scrub_changes(env_keys: Iterable[str], credential_keys: Iterable[str]) -> list[str]:
-    """Docker `changes` blanking every deny-listed and credential key among `env_keys`.
-
-    A scrubbed `Env` in the commit body does not work (the daemon re-adds missing keys);
-    `ENV KEY=` blanks the value and keeps Cmd, Entrypoint and the rest.
-    """
-    return [f"ENV {key}=" for key in blanked_keys(env_keys, credential_keys)]
-
-
-def _short(image_id: str) -> str:
-    return image_id.removeprefix("sha256:")[:12]
-
-
-def _env_pairs(env: Iterable[str]) -> dict[str, str]:
-    pairs = (item.partition("=") for item in env)
-    return {key: value for key, _, value in pairs}
-
-
-def _credential_keys(env: Mapping[str, str]) -> list[str]:
-    listed = env.get("CASCADE_CREDENTIAL_KEYS", "")
-    return [key.strip() for key in listed.split(",") if key.strip()]
-
-
-def env_values_left(info: Mapping[str, Any], keys: Iterable[str]) -> list[str]:
-    """The keys among `keys` that still have a value anywhere in an inspected image."""
-    wanted = set(keys)
-    left: set[str] = set()
-    for section in ("Config", "ContainerConfig"):
-        for item in (info.get(section) or {}).get("Env") or []:
-            key, _, value = str(item).partition("=")
-            if key in wanted and value:
-                left.add(key)
-    return sorted(left)
 
 
 @dataclass
@@ -180,13 +81,18 @@ class SnapshotManager:
     _locks: tuple[threading.Lock, ...] = field(
         init=False, default_factory=lambda: tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
     )
-    _retired_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
-    # Image ids that lost their name (or registry entry) but were still in use: id -> attempts.
-    _retired: dict[str, int] = field(init=False, default_factory=dict)
-    # Retired image ids that are another image's parent: removed when their child goes.
-    _parents: set[str] = field(init=False, default_factory=set)
+    retirement: ImageRetirement = field(init=False)
+    _discovered_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
     # Legacy images registered by the start-up sync, evicted by the next cleanup: name -> entry.
     _discovered: dict[str, SnapshotMetadata] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.retirement = ImageRetirement(
+            self.images, self.reporter, self.labels, self.config.router_instance_id, self._live_ids
+        )
+
+    def _live_ids(self) -> list[str | None]:
+        return [self._image_id(meta.image_name) for meta in self.registry.entries()]
 
     def image_for(self, project_id: str, work_item_id: str) -> str:
         repository = snapshot_image_name(
@@ -289,7 +195,7 @@ class SnapshotManager:
             return None
         self.metrics.snapshot_commit(ok=True)
         if previous is not None and previous != final:
-            self._retire(previous)  # the name moved on; the old image is garbage now
+            self.retirement.retire(previous)  # the name moved on; the old image is garbage now
         log.info(
             "snapshot committed",
             extra={"job_id": worker.job_id, "image": image, "image_size_bytes": size},
@@ -320,7 +226,7 @@ class SnapshotManager:
                 if self.worker_env is None:
                     raise LookupError("no way to read the worker's environment")
                 container_env = self.worker_env(worker.container_id)
-            env = _env_pairs(container_env)
+            env = env_pairs(container_env)
         except Exception as err:  # a failed inspect (or a bug): blank the most, report
             # Still blank every key dockyard itself set: no secret may reach an image.
             log.warning("snapshot env inspect failed", extra={"job_id": worker.job_id})
@@ -333,7 +239,7 @@ class SnapshotManager:
             )
             keys = blanked_keys([*launched, *SCRUBBED_ENV_KEYS], launched)
         else:
-            keys = blanked_keys(env, _credential_keys(env))
+            keys = blanked_keys(env, credential_keys(env))
         return [f"ENV {key}=" for key in keys], keys
 
     def _scrubbed_and_named(
@@ -350,16 +256,16 @@ class SnapshotManager:
         info = self.images.image_inspect(committed)
         if layer_count(info) > self.config.snapshot_max_layers:
             return self._flattened_and_named(worker, created, info, image, blanked)
-        if not env_values_left(info, blanked) and not self._worker_labels_left(info):
+        if not env_values_left(info, blanked) and not worker_labels_left(self.labels, info):
             repository, _, tag = image.rpartition(":")
             self.images.tag(committed, repository, tag, force=True)
             return committed, info
         rewritten = record_without_container_config(self.images, committed, image)
         created.append(rewritten)
-        self._remove_now_or_later(committed)  # holds the container's whole environment
+        self.retirement.remove_now_or_later(committed)  # holds the container's whole environment
         created.remove(committed)
         info = self.images.image_inspect(rewritten)
-        left = env_values_left(info, blanked) + self._worker_labels_left(info)
+        left = env_values_left(info, blanked) + worker_labels_left(self.labels, info)
         if left:
             raise SnapshotScrubError(f"snapshot image still holds values of {', '.join(left)}")
         return rewritten, info
@@ -378,8 +284,8 @@ class SnapshotManager:
         flat, info, seconds = flatten(self.images, worker.container_id, committed)
         created.append(flat)
         created.remove(committed_id)
-        self._remove_now_or_later(committed_id)
-        left = env_values_left(info, blanked) + self._worker_labels_left(info)
+        self.retirement.remove_now_or_later(committed_id)
+        left = env_values_left(info, blanked) + worker_labels_left(self.labels, info)
         if left:
             raise SnapshotScrubError(f"snapshot image still holds values of {', '.join(left)}")
         repository, _, tag = image.rpartition(":")
@@ -395,16 +301,6 @@ class SnapshotManager:
         )
         return flat, info
 
-    def _worker_labels_left(self, info: Mapping[str, Any]) -> list[str]:
-        """Ownership labels that still have a value anywhere in an inspected image (the
-        legacy `container_config` keeps the container's labels, as it keeps its env)."""
-        owning = (self.labels.managed, self.labels.instance, self.labels.job_id)
-        left: set[str] = set()
-        for section in ("Config", "ContainerConfig"):
-            labels = (info.get(section) or {}).get("Labels") or {}
-            left.update(key for key in owning if labels.get(key))
-        return sorted(left)
-
     def _invalidate(
         self, created: list[str], pair: tuple[str, str], image: str, previous: str | None
     ) -> None:
@@ -415,199 +311,27 @@ class SnapshotManager:
         start-up sync would register it again otherwise) and the image is retired.
         """
         for image_id in created:
-            self._remove_now_or_later(image_id)
+            self.retirement.remove_now_or_later(image_id)
         try:
             self.registry.invalidate(*pair)
         except Exception:  # a host hook (the project TTL) or a bug: the entry stays
             log.warning("could not drop the snapshot entry", extra={"image": image})
         current = self._image_id(image)
         if current is not None:
-            self._unname(image, current)
+            self.retirement.unname(image, current)
         if previous is not None:
-            self._retire(previous)
+            self.retirement.retire(previous)
         if current is not None and current != previous:
-            self._retire(current)
-
-    def _unname(self, image: str, image_id: str) -> None:
-        """Take the snapshot name off `image_id` (now, even while a container holds it)."""
-        try:
-            self._remove_snapshot_image(image)  # the only name of an unused image: removes it
-            return
-        except EngineNotFoundError:
-            return
-        except EngineImageHasChildrenError:
-            log.warning("could not remove a stale snapshot name", extra={"image": image})
-            return
-        except EngineConflictError:
-            pass  # in use: see below
-        except DockyardError:
-            log.warning("could not remove a stale snapshot name", extra={"image": image})
-            return
-        # In use (the container that just ended was made from it): a second name lets the
-        # snapshot name go without force; the retired name goes with the image.
-        repository, _, _ = image.rpartition(":")
-        try:
-            self.images.tag(image_id, repository, _RETIRED_TAG + _short(image_id), force=True)
-            self.images.remove_image(image)
-        except EngineNotFoundError:
-            pass
-        except DockyardError:
-            log.warning("could not remove a stale snapshot name", extra={"image": image})
+            self.retirement.retire(current)
 
     def _image_id(self, image: str) -> str | None:
-        try:
-            image_id = self.images.image_inspect(image).get("Id")
-        except Exception:  # unknown: treated as no image
-            return None
-        return str(image_id) if image_id else None
-
-    # -- removal ------------------------------------------------------------------------
-
-    def _remove_now_or_later(self, image_id: str) -> None:
-        try:
-            self._remove_snapshot_image(image_id)
-        except EngineNotFoundError:
-            return
-        except EngineImageHasChildrenError:
-            self._keep_for_child(image_id)
-        except DockyardError as err:
-            log.warning("image removal deferred", extra={"image": image_id, "error": str(err)})
-            with self._retired_lock:
-                self._retired.setdefault(image_id, 0)
-
-    def _retire(self, image_id: str) -> None:
-        """Remove an image nothing refers to any more, now or in a later cleanup round.
-
-        It may still be in use (the worker that was just committed was created from it,
-        and its container is removed only after the commit): 409 keeps it for later. An
-        image that is another image's parent is kept until that child goes.
-        """
-        try:
-            self._remove_snapshot_image(image_id)
-        except EngineNotFoundError:
-            return
-        except EngineImageHasChildrenError:
-            self._keep_for_child(image_id)
-            return
-        except DockyardError as err:
-            with self._retired_lock:
-                self._retired.setdefault(image_id, 0)
-            if not isinstance(err, EngineConflictError):
-                log.warning("image removal deferred", extra={"image": image_id, "error": str(err)})
-            return
-        log.debug("superseded snapshot image removed", extra={"image": image_id})
-
-    def _keep_for_child(self, image_id: str) -> None:
-        with self._retired_lock:
-            self._retired.pop(image_id, None)
-            self._parents.add(image_id)
-        log.debug(
-            "superseded snapshot image kept until its child image goes", extra={"image": image_id}
-        )
-
-    def _remove_snapshot_image(self, image: str) -> None:
-        """Remove `image` (force=False), then the retired snapshots up its parent chain.
-
-        Raises what the removal of `image` itself raised.
-        """
-        try:
-            parent = self.images.image_inspect(image).get("Parent") or None
-        except DockyardError:
-            parent = None  # the removal below says what is wrong
-        self.images.remove_image(image)
-        with self._retired_lock:
-            self._parents.discard(image)
-        self._remove_parents(str(parent) if parent else None)
-
-    def _remove_parents(self, parent: str | None) -> None:
-        """Remove the untagged snapshots of this instance up a chain of parents, from
-        `parent` on, stopping at the first that is named, not ours, or still has a child.
-
-        The engine usually pruned them already with their child (404 then ends the walk).
-        """
-        for _ in range(_MAX_CHAIN_WALK):
-            if parent is None:
-                return
-            try:
-                info = self.images.image_inspect(parent)
-            except DockyardError:
-                with self._retired_lock:
-                    self._parents.discard(parent)
-                return  # gone (pruned with its child, and its own parents with it)
-            named = [tag for tag in info.get("RepoTags") or [] if tag != "<none>:<none>"]
-            labels = (info.get("Config") or {}).get("Labels") or {}
-            mine = snapshot_owner(self.labels, labels) == self.config.router_instance_id
-            if named or not mine:
-                return
-            grandparent = info.get("Parent") or None
-            try:
-                self.images.remove_image(parent)
-            except EngineImageHasChildrenError:
-                self._keep_for_child(parent)  # another child still holds it
-                return
-            except EngineNotFoundError:
-                return
-            except DockyardError:
-                with self._retired_lock:
-                    self._parents.discard(parent)
-                    self._retired.setdefault(parent, 0)
-                return
-            with self._retired_lock:
-                self._parents.discard(parent)
-            log.debug("snapshot image removed with its child", extra={"image": parent})
-            parent = str(grandparent) if grandparent else None
-
-    def _remove_retired(self) -> None:
-        self._remove_pending()
-        self._forget_gone_parents()  # after the removals: they may have pruned some
-
-    def _remove_pending(self) -> None:
-        with self._retired_lock:
-            pending = dict(self._retired)
-        if not pending:
-            return
-        # An image registered again meanwhile (say by a start-up sync) is live: keep it.
-        live = {self._image_id(meta.image_name) for meta in self.registry.entries()}
-        for image_id, attempts in pending.items():
-            keep = False
-            if image_id in live:
-                with self._retired_lock:
-                    self._retired.pop(image_id, None)
-                continue
-            try:
-                self._remove_snapshot_image(image_id)
-            except EngineImageHasChildrenError:
-                self._keep_for_child(image_id)  # no more attempts: its child decides
-                continue
-            except EngineNotFoundError:
-                pass  # gone already
-            except EngineConflictError:
-                keep = attempts + 1 < _MAX_RETIRE_ATTEMPTS  # still in use
-            except DockyardError as err:
-                keep = attempts + 1 < _MAX_RETIRE_ATTEMPTS
-                self.reporter.report(
-                    err, "snapshot_image_remove", level="warning", extras={"imageName": image_id}
-                )
-            with self._retired_lock:
-                if keep:
-                    self._retired[image_id] = attempts + 1
-                else:
-                    self._retired.pop(image_id, None)
-
-    def _forget_gone_parents(self) -> None:
-        """Drop the kept parents that are gone (removed with a child outside dockyard's
-        sight); the others wait for their child, with no removal attempt."""
-        with self._retired_lock:
-            parents = list(self._parents)
-        for image_id in parents:
-            if self._image_id(image_id) is None:
-                with self._retired_lock:
-                    self._parents.discard(image_id)
+        return image_id_of(self.images, image)
 
     def kept_parents(self) -> set[str]:
         """The retired snapshot image ids kept until their child image goes."""
-        with self._retired_lock:
-            return set(self._parents)
+        return self.retirement.kept_parents()
+
+    # -- removal ------------------------------------------------------------------------
 
     def remove_images(self, evicted: Iterable[SnapshotMetadata]) -> list[SnapshotMetadata]:
         """Remove evicted images; 404 (gone) is skipped, 409 (in use) retried in later rounds."""
@@ -624,27 +348,7 @@ class SnapshotManager:
         current = self.registry.get(meta.project_id, meta.work_item_id)
         if current is not None and current.image_name == meta.image_name:
             return False  # committed anew since the eviction: the name is live again
-        image_id = self._image_id(meta.image_name)
-        try:
-            self._remove_snapshot_image(meta.image_name)
-        except EngineImageHasChildrenError:
-            if image_id is not None:
-                self._keep_for_child(image_id)  # it goes with its child
-            return False
-        except EngineConflictError:
-            if image_id is not None:
-                # Still in use: retry by id later (a newer image under the name stays).
-                with self._retired_lock:
-                    self._retired.setdefault(image_id, 0)
-            return False
-        except EngineNotFoundError:
-            return False
-        except DockyardError as err:
-            self.reporter.report(
-                err, "snapshot_image_remove", level="warning", extras={"imageName": meta.image_name}
-            )
-            return False
-        return True
+        return self.retirement.remove_name(meta.image_name)
 
     def run_cleanup(self) -> list[SnapshotMetadata]:
         """Evict by TTL, count and size, and remove the evicted images from Docker."""
@@ -658,12 +362,12 @@ class SnapshotManager:
         evicted += self._take_discovered(evicted)
         self.metrics.snapshots_evicted(len(evicted))
         self.remove_images(evicted)
-        self._remove_retired()
+        self.retirement.run_round()
         return evicted
 
     def _take_discovered(self, evicted: Sequence[SnapshotMetadata]) -> list[SnapshotMetadata]:
         """The legacy images found at start-up that `evicted` does not hold yet."""
-        with self._retired_lock:
+        with self._discovered_lock:
             discovered, self._discovered = self._discovered, {}
         taken = {meta.image_name for meta in evicted}
         extra = []
@@ -734,7 +438,7 @@ class SnapshotManager:
             return None
         name = names[0]
         meta = self.registry.register(DISCOVERED_PROJECT, name, name, size, created_at=created)
-        with self._retired_lock:
+        with self._discovered_lock:
             self._discovered[name] = meta
         log.info("legacy snapshot image found; the next cleanup removes it", extra={"image": name})
         return meta

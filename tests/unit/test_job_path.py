@@ -43,8 +43,10 @@ MAX_MODULES_DEFAULT_JOB = 20 + 2 + 3 + 1
 # Plus the snapshot registry, the commit's mechanics, the gateway's image calls, the typed
 # errors (looking up the previous snapshot of the work item answers 404 the first time), the
 # flatten module's layer count that decides whether the commit is written flattened, and the
-# retry policy of the container's removal (an auto-removed container needs none).
-MAX_MODULES_SNAPSHOT_JOB = MAX_MODULES_DEFAULT_JOB + 6
+# retry policy of the container's removal (an auto-removed container needs none); the
+# commit's scrub and check, and the retirement of the image it supersedes, are modules of
+# their own: two more.
+MAX_MODULES_SNAPSHOT_JOB = MAX_MODULES_DEFAULT_JOB + 8
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from .._config import RouterConfig
 from .._docker import DockerGateway
 from .._naming import LabelSchema
 from .._snapshot_registry import SnapshotRegistry
-from .._snapshots import snapshot_owner
+from .._snapshot_retirement import snapshot_owner
 from ..container_manager import ContainerManager
 from ._engine import base_config, engine
 from ._exits import EXIT_OK
