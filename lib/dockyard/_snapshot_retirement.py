@@ -91,18 +91,6 @@ class ImageRetirement:
         with self._lock:
             self._pending.setdefault(image_id, 0)
 
-    def remove_now_or_later(self, image_id: str) -> None:
-        """Remove an image dockyard made and no longer needs, deferring it if it cannot go."""
-        try:
-            self.remove(image_id)
-        except EngineNotFoundError:
-            return
-        except EngineImageHasChildrenError:
-            self.keep_for_child(image_id)
-        except DockyardError as err:
-            log.warning("image removal deferred", extra={"image": image_id, "error": str(err)})
-            self.defer(image_id)
-
     def retire(self, image_id: str) -> None:
         """Remove an image nothing refers to any more, now or in a later cleanup round.
 

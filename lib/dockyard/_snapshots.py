@@ -262,7 +262,7 @@ class SnapshotManager:
             return committed, info
         rewritten = record_without_container_config(self.images, committed, image)
         created.append(rewritten)
-        self.retirement.remove_now_or_later(committed)  # holds the container's whole environment
+        self.retirement.retire(committed)  # holds the container's whole environment
         created.remove(committed)
         info = self.images.image_inspect(rewritten)
         left = env_values_left(info, blanked) + worker_labels_left(self.labels, info)
@@ -284,7 +284,7 @@ class SnapshotManager:
         flat, info, seconds = flatten(self.images, worker.container_id, committed)
         created.append(flat)
         created.remove(committed_id)
-        self.retirement.remove_now_or_later(committed_id)
+        self.retirement.retire(committed_id)
         left = env_values_left(info, blanked) + worker_labels_left(self.labels, info)
         if left:
             raise SnapshotScrubError(f"snapshot image still holds values of {', '.join(left)}")
@@ -311,7 +311,7 @@ class SnapshotManager:
         start-up sync would register it again otherwise) and the image is retired.
         """
         for image_id in created:
-            self.retirement.remove_now_or_later(image_id)
+            self.retirement.retire(image_id)
         try:
             self.registry.invalidate(*pair)
         except Exception:  # a host hook (the project TTL) or a bug: the entry stays
