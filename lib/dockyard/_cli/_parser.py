@@ -50,6 +50,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def _add_label_prefix(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--label-prefix",
+        metavar="PREFIX",
+        help="the router's label prefix (default: cascade)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument(
@@ -205,11 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also remove dangling images labelled <prefix>.managed=true or with this "
         "instance's snapshot label (never any other image)",
     )
-    reap.add_argument(
-        "--label-prefix",
-        metavar="PREFIX",
-        help="the router's label prefix (default: cascade)",
-    )
+    _add_label_prefix(reap)
     reap.set_defaults(handler=cmd_reap)
 
     logs = sub.add_parser(
@@ -228,11 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep printing new lines until the container stops",
     )
-    logs.add_argument(
-        "--label-prefix",
-        metavar="PREFIX",
-        help="the router's label prefix (default: cascade)",
-    )
+    _add_label_prefix(logs)
     logs.set_defaults(handler=cmd_logs)
 
     snaps = sub.add_parser(
