@@ -26,9 +26,8 @@ JobStatus = Literal[
     "not_started",
     "detached",
 ]
-FINAL: frozenset[str] = frozenset(
-    {"succeeded", "failed", "timed_out", "cancelled", "lost", "error"}
-)
+# The statuses a job ends in, in the order the progress view and the tally count them.
+FINAL: tuple[str, ...] = ("succeeded", "failed", "timed_out", "cancelled", "lost", "error")
 
 
 def status_label(status: str) -> str:

@@ -108,16 +108,7 @@ class RichDisplay(JobLines):
         head.append(self._title, style="bold")
         head.append(f"  {fmt_s(self._elapsed_s())}", style="dim")
         tally = Text()
-        for status in (
-            "running",
-            "succeeded",
-            "failed",
-            "timed_out",
-            "cancelled",
-            "lost",
-            "error",
-            "queued",
-        ):
+        for status in ("running", *FINAL, "queued"):
             if counts[status] or status in ("running", "succeeded", "failed", "timed_out"):
                 symbol = _SYMBOL.get(status, "…")
                 tally.append(

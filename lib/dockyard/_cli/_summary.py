@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from ._batch import JobState, status_counts, status_label
+from ._batch import FINAL, JobState, status_counts, status_label
 from ._format import count_of, print_plain_table
 
 HEADERS = ["JOB", "STATUS", "EXIT", "OOM", "DURATION", "NOTE"]
@@ -37,16 +37,7 @@ def tally_line(states: Sequence[JobState]) -> str:
     ooms = sum(1 for s in states if s.outcome is not None and s.outcome.oom_killed)
     parts = [
         f"{counts[status]} {status_label(status)}"
-        for status in (
-            "succeeded",
-            "failed",
-            "timed_out",
-            "cancelled",
-            "lost",
-            "error",
-            "detached",
-            "not_started",
-        )
+        for status in (*FINAL, "detached", "not_started")
         if counts[status]
     ]
     text = f"{count_of(len(states), 'job')}: " + ", ".join(parts)
