@@ -33,7 +33,7 @@ from ._models import OutcomeStatus, WorkerOutcome
 from ._output_lines import tail_extra
 from ._registry import WorkerRegistry
 from ._retry import RetryPolicy, call_with_retry
-from ._sentry import Reporter
+from ._sentry import ExtraValue, Reporter
 from ._snapshots import SnapshotManager
 from ._timeouts import TimeoutController
 from ._tracker import TrackedWorker
@@ -90,19 +90,8 @@ class ExitWatcher:
                 "exit handling failed",
                 extra={"job_id": tracked.job_id, "error_type": type(err).__name__},
             )
-            self.reporter.report(
-                err,
-                "exit_handling",
-                tags={"jobType": tracked.worker.job_type},
-                extras={"jobId": tracked.job_id},
-            )
-            outcome = WorkerOutcome(
-                tracked.job_id,
-                "lost",
-                error=f"exit handling failed: {err}",
-                log_tail=self._output_so_far(tracked),
-            )
-            self.registry.settle(tracked, outcome)
+            self._report(err, "exit_handling", tracked)
+            self._settle_lost(tracked, f"exit handling failed: {err}")
 
     # -- after the exit -----------------------------------------------------------------
 
@@ -125,18 +114,15 @@ class ExitWatcher:
                 "worker exited with an error",
                 extra={"job_id": worker.job_id, "exit_code": code, "oom_killed": facts.oom_killed},
             )
-            self.reporter.report(
+            self._report(
                 WorkerExitError(f"Worker exited with status {code}"),
                 "worker_exit",
-                tags={"jobType": worker.job_type},
-                extras={
-                    "jobId": worker.job_id,
-                    "statusCode": code,
-                    "oomKilled": facts.oom_killed,
-                    "exitReason": facts.error,
-                    "durationMs": duration_ms,
-                    **({"logTail": tail_extra(tail)} if tail else {}),
-                },
+                tracked,
+                statusCode=code,
+                oomKilled=facts.oom_killed,
+                exitReason=facts.error,
+                durationMs=duration_ms,
+                **({"logTail": tail_extra(tail)} if tail else {}),
             )
         if (
             status == "succeeded"
@@ -182,19 +168,26 @@ class ExitWatcher:
             "lost track of a worker",
             extra=log_ids(worker, reason=lost.reason),
         )
-        self.reporter.report(
-            lost.error,
-            "worker_wait",
-            tags={"jobType": worker.job_type},
-            extras={"jobId": worker.job_id},
-        )
+        self._report(lost.error, "worker_wait", tracked)
         if worker.snapshot_enabled:
             self._remove(tracked)
+        self._settle_lost(tracked, f"{lost.reason}: {lost.error}")
+
+    def _report(
+        self, err: BaseException, source: str, tracked: TrackedWorker, **extras: ExtraValue
+    ) -> None:
+        """One Sentry report about the worker, tagged with its job type."""
+        self.reporter.report(
+            err,
+            source,
+            tags={"jobType": tracked.worker.job_type},
+            extras={"jobId": tracked.job_id, **extras},
+        )
+
+    def _settle_lost(self, tracked: TrackedWorker, error: str) -> None:
+        """The worker's outcome when its end is unknown: lost, with the output seen so far."""
         outcome = WorkerOutcome(
-            worker.job_id,
-            "lost",
-            error=f"{lost.reason}: {lost.error}",
-            log_tail=self._output_so_far(tracked),
+            tracked.job_id, "lost", error=error, log_tail=self._output_so_far(tracked)
         )
         self.registry.settle(tracked, outcome)
 
