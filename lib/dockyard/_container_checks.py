@@ -12,7 +12,8 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TypeVar
 
 from ._container_settings import (
     FIELD_NAMES,
@@ -60,6 +61,8 @@ ULIMIT_NAMES = frozenset(
     }
 )
 UNLIMITED = -1  # a ulimit of -1 is "unlimited"
+
+_R = TypeVar("_R", Mount, Ulimit)
 
 _CPUSET = re.compile(r"[0-9]+(?:-[0-9]+)?(?:,[0-9]+(?:-[0-9]+)?)*")
 _CAPABILITY = re.compile(r"(?:CAP_)?[A-Z_]+")
@@ -173,14 +176,20 @@ def _check_absolute(value: object, name: str, layer: Layer) -> str:
     return path
 
 
-def _check_mounts(value: object, name: str, layer: Layer) -> None:
+def _records(value: object, kind: type[_R], name: str, layer: Layer) -> Iterator[tuple[str, _R]]:
+    """A tuple of `kind` (`Mount`, `Ulimit`), item by item with its place (`name[i]`)."""
     if not isinstance(value, tuple):
-        raise layer.error(name, f"must be a tuple of Mount, got {type(value).__name__}")
-    targets: set[str] = set()
-    for i, mount in enumerate(value):
+        raise layer.error(name, f"must be a tuple of {kind.__name__}, got {type(value).__name__}")
+    for i, item in enumerate(value):
         where = f"{name}[{i}]"
-        if not isinstance(mount, Mount):
-            raise layer.error(where, f"must be a Mount, got {type(mount).__name__}")
+        if not isinstance(item, kind):
+            raise layer.error(where, f"must be a {kind.__name__}, got {type(item).__name__}")
+        yield where, item
+
+
+def _check_mounts(value: object, name: str, layer: Layer) -> None:
+    targets: set[str] = set()
+    for where, mount in _records(value, Mount, name, layer):
         _check_mount(mount, where, layer)
         target = os.path.normpath(mount.target)
         if target in targets:
@@ -228,13 +237,8 @@ def _check_user(value: object, name: str, layer: Layer) -> None:
 
 
 def _check_ulimits(value: object, name: str, layer: Layer) -> None:
-    if not isinstance(value, tuple):
-        raise layer.error(name, f"must be a tuple of Ulimit, got {type(value).__name__}")
     seen: set[str] = set()
-    for i, limit in enumerate(value):
-        where = f"{name}[{i}]"
-        if not isinstance(limit, Ulimit):
-            raise layer.error(where, f"must be a Ulimit, got {type(limit).__name__}")
+    for where, limit in _records(value, Ulimit, name, layer):
         if limit.name not in ULIMIT_NAMES:
             raise layer.error(f"{where}.name", f"unknown ulimit {limit.name!r}")
         if limit.name in seen:
