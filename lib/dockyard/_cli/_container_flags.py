@@ -49,46 +49,32 @@ def add_container_flags(parser: argparse.ArgumentParser) -> None:
         "container controls (as docker run; on top of the WORKER_* variables)"
     )
     add = group.add_argument
+
+    def add_parsed(flag: str, parse: Callable[[str], Any], metavar: str, help: str) -> None:
+        """A repeatable flag whose every value goes through `parse`."""
+        add(flag, action="append", type=_typed(parse), metavar=metavar, help=help)
+
     add("--cpus", type=_typed(_number), metavar="N", help="CPUs per worker (0.5: half a core)")
     add("--cpu-shares", type=_typed(_integer), metavar="N", help="relative CPU weight")
     add("--cpuset-cpus", metavar="LIST", help="CPUs a worker may run on (0-3, 0,2)")
     add("--shm-size", type=_typed(parse_size), metavar="SIZE", help="size of /dev/shm (64m)")
     add("--gpus", type=_typed(parse_gpus), metavar="GPUS", help="a count, all, or device=0,1")
-    add(
+    add_parsed(
         "--mount",
-        action="append",
-        type=_typed(parse_mount),
-        metavar="SPEC",
-        help="type=bind|volume|tmpfs,source=…,target=…[,readonly][,tmpfs-size=…] (repeatable; "
+        parse_mount,
+        "SPEC",
+        "type=bind|volume|tmpfs,source=…,target=…[,readonly][,tmpfs-size=…] (repeatable; "
         "bind sources only under --allow-bind-root)",
     )
-    add(
-        "--tmpfs",
-        action="append",
-        type=_typed(parse_tmpfs),
-        metavar="PATH[:size=SIZE]",
-        help="a tmpfs mount (repeatable)",
-    )
+    add_parsed("--tmpfs", parse_tmpfs, "PATH[:size=SIZE]", "a tmpfs mount (repeatable)")
     add("--user", metavar="USER[:GROUP]", help="user (name or uid) the worker runs as")
     add("--workdir", metavar="DIR", help="the worker's working directory (absolute)")
     add("--read-only", action="store_true", default=None, help="read-only root filesystem")
     add("--cap-add", action="append", metavar="CAP", help="add a capability (repeatable)")
     add("--cap-drop", action="append", metavar="CAP", help="drop a capability, or ALL")
-    add(
-        "--ulimit",
-        action="append",
-        type=_typed(parse_ulimit),
-        metavar="NAME=SOFT[:HARD]",
-        help="a resource limit (repeatable)",
-    )
+    add_parsed("--ulimit", parse_ulimit, "NAME=SOFT[:HARD]", "a resource limit (repeatable)")
     add("--security-opt", action="append", metavar="OPT", help="seccomp=…, apparmor=…, …")
-    add(
-        "--add-host",
-        action="append",
-        type=_typed(parse_add_host),
-        metavar="NAME:IP",
-        help="an /etc/hosts entry (repeatable)",
-    )
+    add_parsed("--add-host", parse_add_host, "NAME:IP", "an /etc/hosts entry (repeatable)")
     add("--dns", action="append", metavar="IP", help="a DNS server (repeatable)")
     add("--init", action="store_true", default=None, help="run the engine's init as PID 1")
     add(
