@@ -218,7 +218,7 @@ class ManagerParts:
             outputs=self.outputs,
         )
         self.spawner = Spawner(
-            config,
+            config=config,
             projects=projects,
             settings_check=backend_check,
             registry=self.registry,

@@ -14,7 +14,7 @@ import time
 import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from ._container_checks import resolve_container_settings
@@ -151,49 +151,34 @@ def project_snapshot_ttl(projects: ProjectDirectory | None, project_id: str) -> 
     return project.snapshot_ttl_s if project is not None else None
 
 
+@dataclass(kw_only=True, eq=False, repr=False)  # one per manager: identity, no field-wise ==
 class Spawner:
     """One manager's spawns: each job from its settings to its launched worker."""
 
-    def __init__(
-        self,
-        config: RouterConfig,
-        *,
-        projects: ProjectDirectory | None,
-        settings_check: SettingsCheck | None,
-        registry: WorkerRegistry,
-        slots: SlotGate,
-        secrets: SecretBook,
-        env_sources: EnvSources,
-        snapshots: SnapshotRegistry,
-        timeouts: TimeoutController,
-        launcher: WorkerContainerLauncherDependencies,
-        launch_executor: ManagedPool,
-        metrics: Metrics,
-        auto_remove: bool,
-    ) -> None:
-        self.config = config
-        self.snapshots = snapshots
-        self._projects = projects
-        self._settings_check = settings_check
-        self._registry = registry
-        self._slots = slots
-        self._secrets = secrets
-        self._env_sources = env_sources
-        self._timeouts = timeouts
-        self._launcher = launcher
-        self._labels = launcher.labels
-        self._launch_executor = launch_executor
-        self._metrics = metrics
-        self._auto_remove = auto_remove
-        # The runs (by their outcome future) cancelled while they spawned, out of the slot
-        # line: a run's spawn cancels its worker once it runs. Weak: a run that never
-        # looks (an adoption's) leaves nothing behind.
-        self._cancels: weakref.WeakSet[Future[WorkerOutcome]] = weakref.WeakSet()
+    config: RouterConfig
+    projects: ProjectDirectory | None
+    settings_check: SettingsCheck | None
+    registry: WorkerRegistry
+    slots: SlotGate
+    secrets: SecretBook
+    env_sources: EnvSources
+    snapshots: SnapshotRegistry
+    timeouts: TimeoutController
+    launcher: WorkerContainerLauncherDependencies
+    launch_executor: ManagedPool
+    metrics: Metrics
+    auto_remove: bool
+    # The runs (by their outcome future) cancelled while they spawned, out of the slot
+    # line: a run's spawn cancels its worker once it runs. Weak: a run that never
+    # looks (an adoption's) leaves nothing behind.
+    _cancels: weakref.WeakSet[Future[WorkerOutcome]] = field(
+        init=False, default_factory=weakref.WeakSet
+    )
 
     def spawn(self, job: WorkerJob, slot_timeout: float | None) -> ActiveWorker:
         """`ContainerManager.spawn_worker`'s work (see there): settings, slot, launch."""
-        fields = resolve_job_fields(job, self._projects, instance_id=self.config.router_instance_id)
-        project = find_project(self._projects, fields.project_id)
+        fields = resolve_job_fields(job, self.projects, instance_id=self.config.router_instance_id)
+        project = find_project(self.projects, fields.project_id)
         settings = resolve_spawn_settings(
             self.config, project, has_project_id=fields.project_id is not None
         )
@@ -205,18 +190,18 @@ class Spawner:
                 project_id=fields.project_id,
                 job_settings_allowed=self.config.job_settings_allowed,
                 allowed_bind_roots=self.config.allowed_bind_roots,
-                backend_check=self._settings_check,
+                backend_check=self.settings_check,
             )
-        check_job_data(fields, self._env_sources)
+        check_job_data(fields, self.env_sources)
         name = container_name(self.config.container_name_prefix, fields.job_id)
         fields, name = self._reserve(fields, name)
-        run = self._registry.future(fields.job_id)  # this run's: what a cancel marks
+        run = self.registry.future(fields.job_id)  # this run's: what a cancel marks
         lease: SlotLease | None = None
         try:
             timeout = self.config.slot_wait_timeout_s if slot_timeout is None else slot_timeout
             waited = time.perf_counter()
             try:
-                lease = self._slots.lease(
+                lease = self.slots.lease(
                     timeout,
                     project=fields.project_id,
                     cap=project_cap(self.config, project, fields.project_id),
@@ -224,23 +209,23 @@ class Spawner:
                     name=fields.job_id,
                 )
             except NoWorkerSlotError:
-                self._metrics.slot_wait(time.perf_counter() - waited, acquired=False)
+                self.metrics.slot_wait(time.perf_counter() - waited, acquired=False)
                 raise
-            self._metrics.slot_wait(time.perf_counter() - waited, acquired=True)
+            self.metrics.slot_wait(time.perf_counter() - waited, acquired=True)
             if run in self._cancels:  # cancelled just as the slot came
                 raise WorkerCancelledError(fields.job_id, waiting=True)
             env = build_worker_env(
-                fields, self._env_sources, snapshot_enabled=settings.snapshot_enabled
+                fields, self.env_sources, snapshot_enabled=settings.snapshot_enabled
             )
             masker = worker_masker(env, fields)
-            self._secrets.hold(fields.job_id, masker)
+            self.secrets.hold(fields.job_id, masker)
             snapshot = None
             if settings.snapshot_enabled and fields.project_id and fields.work_item_id:
                 # The TTL resolved above: no second project lookup under the registry's lock.
                 snapshot = self.snapshots.get(
                     fields.project_id, fields.work_item_id, ttl=settings.snapshot_ttl_s
                 )
-                self._metrics.snapshot_lookup(hit=snapshot is not None)
+                self.metrics.snapshot_lookup(hit=snapshot is not None)
             project_policy = settings.project and settings.project.image_pull_policy
             pull_policy = project_policy or self.config.image_pull_policy
             # The deadline is fixed at start, after the slot wait and any pull.
@@ -256,10 +241,10 @@ class Spawner:
                 name=plan.name,
                 base_image=settings.base_image,
                 env=env,
-                labels=plan.labels(self._labels),
+                labels=plan.labels(self.launcher.labels),
                 memory_mb=self.config.worker_memory_mb,
                 network=self.config.docker_network,
-                auto_remove=self._auto_remove and not settings.snapshot_enabled,
+                auto_remove=self.auto_remove and not settings.snapshot_enabled,
                 timeout_s=settings.timeout_s,
                 project_image=settings.project_image,
                 snapshot=snapshot,
@@ -278,8 +263,8 @@ class Spawner:
                 **job_ids(fields),
             )
             submitted = time.perf_counter()
-            future = self._launch_executor.submit(
-                launch_worker_container, launch, context, self._launcher
+            future = self.launch_executor.submit(
+                launch_worker_container, launch, context, self.launcher
             )
         except BaseException:
             self._cancels.discard(run)
@@ -290,14 +275,14 @@ class Spawner:
         except BaseException as err:
             self._cancels.discard(run)
             if isinstance(err, Exception):
-                self._metrics.spawn_failed(err)
+                self.metrics.spawn_failed(err)
             # Failed, or interrupted (the launch may still succeed): the slot goes back only
             # when no worker took it over; a started worker releases it when it ends.
             future.add_done_callback(
                 lambda done: self._abandon_unless_started(done, fields.job_id, lease)
             )
             raise
-        self._metrics.spawn_latency(time.perf_counter() - submitted)
+        self.metrics.spawn_latency(time.perf_counter() - submitted)
         if run in self._cancels:  # cancelled while it launched
             self._cancels.discard(run)
             self._cancel_started(fields.job_id)
@@ -317,7 +302,7 @@ class Spawner:
         """
         for _ in range(_GENERATED_ID_ATTEMPTS):
             try:
-                self._registry.reserve(fields.job_id, name)
+                self.registry.reserve(fields.job_id, name)
             except DuplicateJobError:
                 if fields.job.id is not None:
                     raise
@@ -330,20 +315,20 @@ class Spawner:
 
     def _abandon_spawn(self, job_id: str, lease: SlotLease | None) -> None:
         """Undo a spawn that never registered a worker: free its id and slot."""
-        self._registry.unreserve(job_id)
+        self.registry.unreserve(job_id)
         if lease is not None:
             lease.release()
 
     def cancel(self, job_id: str) -> bool:
         """`ContainerManager.cancel_worker`'s work (see there); never blocks."""
-        if self._slots.cancel(job_id):
+        if self.slots.cancel(job_id):
             return True
-        tracked = self._registry.get(job_id)
+        tracked = self.registry.get(job_id)
         if tracked is None:
-            if job_id not in self._registry.tracked_job_ids():
+            if job_id not in self.registry.tracked_job_ids():
                 return False
             try:
-                run = self._registry.future(job_id)
+                run = self.registry.future(job_id)
             except KeyError:
                 return False
             if run.done():
@@ -352,15 +337,15 @@ class Spawner:
             # slot and once its worker runs. It may have joined the line or registered just
             # now: then the line or the worker is cancelled here (twice does no harm).
             self._cancels.add(run)
-            if self._slots.cancel(job_id):
+            if self.slots.cancel(job_id):
                 return True
-            tracked = self._registry.get(job_id)
+            tracked = self.registry.get(job_id)
             if tracked is None:
                 return True
             self._cancels.discard(run)
-        return self._timeouts.cancel(tracked)
+        return self.timeouts.cancel(tracked)
 
     def _cancel_started(self, job_id: str) -> None:
-        tracked = self._registry.get(job_id)
+        tracked = self.registry.get(job_id)
         if tracked is not None:
-            self._timeouts.cancel(tracked)
+            self.timeouts.cancel(tracked)
