@@ -199,8 +199,8 @@ class ExitWatcher:
             log.debug("container gone before the exit inspect", extra={"job_id": tracked.job_id})
         except DockyardError as err:
             log.warning(
-                "could not inspect an exited worker; its outcome lacks OOM and duration "
-                "details (check that the Docker engine is healthy)",
+                "could not inspect an exited worker; its outcome has only the OOM and "
+                "duration facts of the engine's events (check that the Docker engine is healthy)",
                 extra={"job_id": tracked.job_id, "error": str(err)},
             )
         return None
