@@ -21,7 +21,6 @@ import docker.errors
 import pytest
 
 from dockyard import ContainerManager, WorkerJob
-from dockyard._snapshots import SnapshotManager
 from support.engine import ManagerFactory
 from support.sentry import CapturedEvents
 
@@ -295,7 +294,7 @@ def test_a_chain_of_parents_goes_with_its_last_child(
     # re-record it without), its parent the previous snapshot. Here (20.10) that means
     # skipping the check that triggers the re-recording; no secret is set in this test.
     monkeypatch.setattr("dockyard._snapshots.env_values_left", lambda info, keys: [])
-    monkeypatch.setattr(SnapshotManager, "_worker_labels_left", lambda self, info: [])
+    monkeypatch.setattr("dockyard._snapshots.worker_labels_left", lambda labels, info: [])
     manager = managers(snapshot_max_layers=6)
     snapshots = manager._parts.snapshot_manager
     counts = run_chain(manager, instance_id, docker_client, 3)
