@@ -398,7 +398,14 @@ case "${1:-}" in
         check_name "$2"
         name="$2"
         shift 2
-        answers "${name}" || die "${name} does not answer at $(host_of "${name}"); start it first"
+        if ! answers "${name}"; then
+            # As the integration tests skip without an engine, unless it is required (CI).
+            [[ "${DOCKYARD_REQUIRE_DOCKER:-0}" == "1" ]] \
+                && die "${name} does not answer at $(host_of "${name}"); start it first"
+            log "${name} does not answer at $(host_of "${name}"): its tests are skipped" \
+                "(bash tests/engines.sh start ${name} starts it; DOCKYARD_REQUIRE_DOCKER=1 fails instead)"
+            exit 0
+        fi
         export DOCKER_HOST
         DOCKER_HOST="$(host_of "${name}")"
         unset DOCKYARD_TEST_RESTART_ENGINE DOCKER_CONTEXT
