@@ -19,12 +19,12 @@ from ._errors import InvalidJobError
 from ._job_data import JobDataStore, check_job_data_size, job_data_env
 from ._jobs import JobFields
 from ._secrets import Masker, Secret, SecretEnv, job_data_secrets, reveal, worker_secret_values
+from ._snapshot_scrub import SCRUBBED_ENV_KEYS
 
 if TYPE_CHECKING:
     from ._sentry import Reporter
 
 __all__ = [
-    "SCRUBBED_ENV_KEYS",
     "CredentialProvider",
     "build_worker_env",
     "check_job_data",
@@ -51,24 +51,6 @@ DEFAULTED_KEYS = (
     ("CASCADE_POSTGRES_PORT", "5432"),
     ("DATABASE_URL", ""),
     ("LOG_LEVEL", "info"),
-)
-# Blanked in every snapshot image (plus every name listed in CASCADE_CREDENTIAL_KEYS).
-SCRUBBED_ENV_KEYS = (
-    "JOB_DATA",
-    "JOB_DATA_REDIS_KEY",
-    "JOB_ID",
-    "JOB_TYPE",
-    "DATABASE_URL",
-    "DATABASE_SSL",
-    "DATABASE_CA_CERT",
-    "REDIS_URL",
-    "CREDENTIAL_MASTER_KEY",
-    "CASCADE_CREDENTIAL_KEYS",
-    "CLAUDE_CODE_OAUTH_TOKEN",
-    "CASCADE_POSTGRES_HOST",
-    "CASCADE_POSTGRES_PORT",
-    "CASCADE_SNAPSHOT_REUSE",
-    "CASCADE_SNAPSHOT_ENABLED",
 )
 NEVER_PASSED = frozenset({"CREDENTIAL_MASTER_KEY"})
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -20,10 +20,10 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ._environment import SCRUBBED_ENV_KEYS
 from ._naming import LabelSchema
 
 __all__ = [
+    "SCRUBBED_ENV_KEYS",
     "blanked_keys",
     "credential_keys",
     "env_pairs",
@@ -33,6 +33,24 @@ __all__ = [
     "worker_labels_left",
 ]
 
+# Blanked in every snapshot image (plus every name listed in CASCADE_CREDENTIAL_KEYS).
+SCRUBBED_ENV_KEYS = (
+    "JOB_DATA",
+    "JOB_DATA_REDIS_KEY",
+    "JOB_ID",
+    "JOB_TYPE",
+    "DATABASE_URL",
+    "DATABASE_SSL",
+    "DATABASE_CA_CERT",
+    "REDIS_URL",
+    "CREDENTIAL_MASTER_KEY",
+    "CASCADE_CREDENTIAL_KEYS",
+    "CLAUDE_CODE_OAUTH_TOKEN",
+    "CASCADE_POSTGRES_HOST",
+    "CASCADE_POSTGRES_PORT",
+    "CASCADE_SNAPSHOT_REUSE",
+    "CASCADE_SNAPSHOT_ENABLED",
+)
 # Blanked beyond the spec's deny-list: the router's Sentry DSN is a credential too.
 EXTRA_SCRUBBED_KEYS = ("SENTRY_DSN",)
 

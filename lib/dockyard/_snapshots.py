@@ -30,7 +30,6 @@ from typing import Any
 
 from ._config import RouterConfig
 from ._driver import ImageStore
-from ._environment import SCRUBBED_ENV_KEYS
 from ._errors import (
     SnapshotScrubError,
 )
@@ -44,6 +43,7 @@ from ._sentry import Reporter
 from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
 from ._snapshot_retirement import ImageRetirement, image_id_of, snapshot_owner
 from ._snapshot_scrub import (
+    SCRUBBED_ENV_KEYS,
     blanked_keys,
     credential_keys,
     env_pairs,
