@@ -378,6 +378,35 @@ def test_a_gpu_request_on_a_gpu_less_engine_is_a_clear_refusal(
     assert manager.get_active_worker_count() == 0
 
 
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        # The engine takes a seccomp option's value as the profile's JSON (`docker run`
+        # reads a path itself): a path, as the engine sees it, is a profile it cannot load.
+        (
+            ContainerSettings(security_opt=("seccomp=/no/such/file.json",)),
+            "the security options (security_opt=('seccomp=/no/such/file.json',))",
+        ),
+        (ContainerSettings(user="nosuchuser"), "the user (user='nosuchuser')"),
+        (ContainerSettings(user="1000:nosuchgroup"), "the user (user='1000:nosuchgroup')"),
+    ],
+    ids=["seccomp-profile", "user", "group"],
+)
+def test_an_engine_refusal_names_the_control_and_leaves_nothing(
+    manager: ContainerManager,
+    docker_client: docker.DockerClient,
+    instance_id: str,
+    settings: ContainerSettings,
+    named: str,
+) -> None:
+    job = WorkerJob("refused", "t", {}, command=["true"], container=settings)
+    with pytest.raises(WorkerSpawnError) as err:
+        manager.spawn_worker(job)
+    assert str(err.value).startswith(f"the engine refused {named}: Docker "), str(err.value)
+    assert containers_of(docker_client, instance_id) == []
+    assert manager.get_active_worker_count() == 0
+
+
 def test_a_job_setting_what_it_may_not_is_refused_before_docker(
     make_manager: MakeManager, docker_client: docker.DockerClient, instance_id: str
 ) -> None:
