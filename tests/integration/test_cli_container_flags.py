@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import docker
+import pytest
 
 from dockyard import ContainerManager, ContainerSettings, WorkerJob
 from support.cli import dockyard_cli, run_jobs, write_jobs
@@ -19,12 +20,16 @@ def _json_lines(stdout: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
 
 
+QUOTA = (  # cgroup v1, else v2
+    "$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cut -d' ' -f1 /sys/fs/cgroup/cpu.max)"
+)
 CHECK = (
     'test "$(id -u)" = 1000 && test "$(pwd)" = /work-dir && test "$(ulimit -n)" = 222 '
     "&& ! touch /rootfs-file 2>/dev/null && touch /scratch/f "
-    '&& test "$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null '
-    '|| cut -d" " -f1 /sys/fs/cgroup/cpu.max)" = 25000'
+    f'&& test "{QUOTA}" = 25000'
 )
+# The job's `cpus` (0.75) over the router's `--cpus 0.25`, the router's user kept.
+JOB_CHECK = f'test "$(id -u)" = 1000 && test "{QUOTA}" = 75000'
 
 
 def test_flags_and_job_settings_reach_the_container(
@@ -36,8 +41,8 @@ def test_flags_and_job_settings_reach_the_container(
         {
             "id": "job-cpus",
             "type": "t",
-            "command": ["sh", "-c", 'test "$(id -u)" = 1000'],
-            "container": {"cpus": 0.25},
+            "command": ["sh", "-c", JOB_CHECK],
+            "container": {"cpus": 0.75},
         },
     )
     flags = [
@@ -51,17 +56,31 @@ def test_flags_and_job_settings_reach_the_container(
     assert statuses == {"flags": "succeeded", "job-cpus": "succeeded"}
 
 
+@pytest.mark.parametrize(
+    ("container", "allow", "field"),
+    [
+        ({"user": "0"}, ("--allow-job-setting", "cpus"), "user"),
+        ({"cpus": 0.5}, (), "cpus"),  # no --allow-job-setting at all: a job sets nothing
+    ],
+    ids=["not-allowed", "none-allowed"],
+)
 def test_a_job_setting_what_it_may_not_exits_2_before_anything_starts(
-    tmp_path: Path, instance_id: str, test_image: str, docker_client: docker.DockerClient
+    tmp_path: Path,
+    instance_id: str,
+    test_image: str,
+    docker_client: docker.DockerClient,
+    container: dict[str, object],
+    allow: tuple[str, ...],
+    field: str,
 ) -> None:
     jobs = write_jobs(
         tmp_path / "jobs.jsonl",
         {"id": "ok", "type": "t", "command": ["true"]},
-        {"id": "root", "type": "t", "command": ["true"], "container": {"user": "0"}},
+        {"id": "bad", "type": "t", "command": ["true"], "container": container},
     )
-    result = run_jobs(jobs, test_image, instance_id, "--allow-job-setting", "cpus")
+    result = run_jobs(jobs, test_image, instance_id, *allow)
     assert result.returncode == 2
-    assert "jobs.jsonl:2: job.container.user: a job may not set this" in result.stderr
+    assert f"jobs.jsonl:2: job.container.{field}: a job may not set this" in result.stderr
     label = f"cascade.router.instance={instance_id}"
     assert docker_client.containers.list(all=True, filters={"label": label}) == []
 
