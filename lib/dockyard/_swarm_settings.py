@@ -8,7 +8,6 @@ Pure: no engine call.
 | `cpus` | `Resources.Limits.NanoCPUs` and `Reservations.NanoCPUs` |
 | `memory_mb` | `Resources.Limits.MemoryBytes` and `Reservations.MemoryBytes` |
 | `gpus` (a count) | `Reservations.GenericResources`: `DiscreteResourceSpec` of kind `NVIDIA-GPU` |
-| `gpus` (`device=ID,…`) | `Reservations.GenericResources`: a `NamedResourceSpec` per id |
 | `mounts` | `ContainerSpec.Mounts` |
 | `working_dir`, `user` | `ContainerSpec.Dir`, `ContainerSpec.User` |
 | `ulimits` | `ContainerSpec.Ulimits` (docker-py 7 has no keyword: set on the spec) |
@@ -20,7 +19,9 @@ Pure: no engine call.
 
 Not expressible (`INEXPRESSIBLE`): `cpu_shares`, `cpuset_cpus`, `shm_size_bytes`,
 `security_opt` (a service's `Privileges` carries only credential spec and SELinux context
-in 1.41), and `gpus="all"` (generic resources are counted or named, never "all").
+in 1.41), and `gpus` other than a count: `"all"` (generic resources are counted), and
+`"device=ID,…"` (swarmkit accepts a task's named generic resources, but its scheduler
+places only counted ones: such a task would wait forever).
 """
 
 from __future__ import annotations
@@ -61,7 +62,11 @@ def swarm_refusals(settings: ContainerSettings) -> list[tuple[str, str]]:
     names = settings.set_fields()
     refused = [(name, INEXPRESSIBLE[name]) for name in names if name in INEXPRESSIBLE]
     if settings.gpus == "all":
-        refused.append(("gpus", "swarm generic resources are a count or named devices, not 'all'"))
+        refused.append(("gpus", "a swarm task asks for a count of GPUs, not 'all'"))
+    elif isinstance(settings.gpus, str):
+        # The service is accepted, but swarmkit's scheduler takes only counted (discrete)
+        # generic resources in a task: one naming its devices is never placed.
+        refused.append(("gpus", "a swarm task asks for a count of GPUs, not named devices"))
     return refused
 
 
@@ -125,9 +130,5 @@ def swarm_task_pieces(
 
 
 def _gpu_resources(gpus: int | str | None) -> Any:
-    if gpus is None or gpus == "all":
-        return None
-    if isinstance(gpus, int):
-        return {SWARM_GPU_KIND: gpus}
-    ids = gpus.removeprefix("device=").split(",")
-    return [{"NamedResourceSpec": {"Kind": SWARM_GPU_KIND, "Value": device}} for device in ids]
+    # A count only: "all" and named devices are refused (`swarm_refusals`).
+    return {SWARM_GPU_KIND: gpus} if isinstance(gpus, int) else None

@@ -106,6 +106,7 @@ def test_the_service_spec_carries_every_mapped_field_and_the_task_honours_them(
         ("cpuset_cpus", "0"),
         ("shm_size_bytes", MIB),
         ("gpus", "all"),
+        ("gpus", "device=0"),
         ("security_opt", ("apparmor=unconfined",)),
     ],
 )

@@ -187,12 +187,17 @@ def test_swarm_without_settings_is_the_router_base() -> None:
     }
 
 
-def test_swarm_named_gpu_devices() -> None:
-    pieces = swarm_task_pieces(ContainerSettings(gpus="device=GPU-a,GPU-b"), memory_bytes=MIB)
+def test_swarm_gpus_are_a_count_only() -> None:
+    """swarmkit takes a task's named generic resources but never places the task (its
+    scheduler handles counted ones only): named devices are refused, as `all` is."""
+    pieces = swarm_task_pieces(ContainerSettings(gpus=2), memory_bytes=MIB)
     assert pieces.resources["Reservations"]["GenericResources"] == [
-        {"NamedResourceSpec": {"Kind": SWARM_GPU_KIND, "Value": "GPU-a"}},
-        {"NamedResourceSpec": {"Kind": SWARM_GPU_KIND, "Value": "GPU-b"}},
+        {"DiscreteResourceSpec": {"Kind": SWARM_GPU_KIND, "Value": 2}}
     ]
+    for gpus in ("device=GPU-a,GPU-b", "all"):
+        (refusal,) = swarm_refusals(ContainerSettings(gpus=gpus))
+        assert refusal[0] == "gpus"
+        assert "a count of GPUs" in refusal[1]
 
 
 def test_swarm_refuses_what_a_service_cannot_express() -> None:
