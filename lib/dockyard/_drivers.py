@@ -69,7 +69,7 @@ _DOCKER_OPERATIONS = (
 _SWARM_OPERATIONS = (
     *_DOCKER_OPERATIONS,
     "info", "service_create", "service_inspect", "service_list", "service_logs",
-    "service_update", "service_remove", "task_list",
+    "service_update", "service_remove", "task_list", "node_list",
 )  # fmt: skip
 
 

@@ -21,7 +21,8 @@ Not expressible (`INEXPRESSIBLE`): `cpu_shares`, `cpuset_cpus`, `shm_size_bytes`
 `security_opt` (a service's `Privileges` carries only credential spec and SELinux context
 in 1.41), and `gpus` other than a count: `"all"` (generic resources are counted), and
 `"device=ID,…"` (swarmkit accepts a task's named generic resources, but its scheduler
-places only counted ones: such a task would wait forever).
+places only counted ones: such a task would wait forever). A count no ready, active node
+advertises is refused at spawn (`gpu_shortfall`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "SWARM_GPU_KIND",
     "SwarmTaskPieces",
     "check_swarm_expressible",
+    "gpu_shortfall",
     "swarm_refusals",
     "swarm_task_pieces",
 ]
@@ -132,3 +134,45 @@ def swarm_task_pieces(
 def _gpu_resources(gpus: int | str | None) -> Any:
     # A count only: "all" and named devices are refused (`swarm_refusals`).
     return {SWARM_GPU_KIND: gpus} if isinstance(gpus, int) else None
+
+
+def gpu_shortfall(gpus: int, nodes: list[dict[str, Any]]) -> str | None:
+    """Why no node of the swarm can ever take a task asking for `gpus` GPUs, or None when
+    one ready, active node advertises that many `NVIDIA-GPU` generic resources (counted or
+    named; swarmkit counts named ones for a count). A task no node can take waits for one
+    (`pending`) with no error: the spawn is refused instead. GPUs that exist but are in
+    use are no shortfall: that task waits for them (up to the pending timeout)."""
+    usable = [n for n in nodes if _node_usable(n)]
+    if any(_node_gpus(node) >= gpus for node in usable):
+        return None
+    offered = ", ".join(f"{_node_name(n)}: {_node_gpus(n)}" for n in usable)
+    return (
+        f"no ready, active node advertises {gpus} {SWARM_GPU_KIND} "
+        f"({offered or 'no ready, active node'}); a node advertises its GPUs with "
+        "node-generic-resources in its daemon configuration"
+    )
+
+
+def _node_usable(node: dict[str, Any]) -> bool:
+    state = (node.get("Status") or {}).get("State")
+    return state == "ready" and (node.get("Spec") or {}).get("Availability") == "active"
+
+
+def _node_gpus(node: dict[str, Any]) -> int:
+    """How many GPUs the node advertises: its discrete count plus its named ones."""
+    description = node.get("Description") or {}
+    resources = (description.get("Resources") or {}).get("GenericResources") or []
+    count = 0
+    for resource in resources:
+        discrete = resource.get("DiscreteResourceSpec") or {}
+        named = resource.get("NamedResourceSpec") or {}
+        if discrete.get("Kind") == SWARM_GPU_KIND:
+            count += int(discrete.get("Value") or 0)
+        if named.get("Kind") == SWARM_GPU_KIND:
+            count += 1
+    return count
+
+
+def _node_name(node: dict[str, Any]) -> str:
+    hostname = (node.get("Description") or {}).get("Hostname")
+    return str(hostname or node.get("ID") or "?")
