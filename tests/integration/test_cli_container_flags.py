@@ -56,6 +56,45 @@ def test_flags_and_job_settings_reach_the_container(
     assert statuses == {"flags": "succeeded", "job-cpus": "succeeded"}
 
 
+# The flags the test above leaves out, each checked inside: NET_ADMIN's bit in CapEff and
+# CHOWN's gone, NoNewPrivs, the extra host, the DNS server, an init as PID 1 (not the
+# shell: docker-init on Docker), the CPUs the process may run on and the size of /dev/shm.
+MORE_CHECK = (
+    "cap=$(awk '/^CapEff/{print $2}' /proc/self/status) "
+    "&& test $(( (0x$cap >> 12) & 1 )) = 1 && test $(( 0x$cap & 1 )) = 0 "
+    "&& grep -Eq '^NoNewPrivs:[[:space:]]+1$' /proc/self/status "
+    "&& grep -Eq '^10\\.1\\.2\\.3[[:space:]]+db\\.internal' /etc/hosts "
+    "&& grep -q 'nameserver 10.9.9.9' /etc/resolv.conf "
+    '&& test "$(cat /proc/1/comm)" != sh '
+    "&& grep -Eq '^Cpus_allowed_list:[[:space:]]+1$' /proc/self/status "
+    "&& test \"$(df -k /dev/shm | awk 'NR==2{print $2}')\" = 16384"
+)
+
+
+def test_more_flags_reach_the_container(tmp_path: Path, instance_id: str, test_image: str) -> None:
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        {"id": "more", "type": "t", "command": ["sh", "-c", MORE_CHECK]},
+    )
+    flags = [
+        *("--cap-add", "NET_ADMIN", "--cap-drop", "CHOWN"),
+        *("--security-opt", "no-new-privileges", "--add-host", "db.internal:10.1.2.3"),
+        *("--dns", "10.9.9.9", "--init", "--cpuset-cpus", "1", "--shm-size", "16m"),
+        "--json",
+    ]
+    result = run_jobs(jobs, test_image, instance_id, *flags)
+    assert result.returncode == 0, result.stderr
+    statuses = {r["job_id"]: r["status"] for r in _json_lines(result.stdout)}
+    assert statuses == {"more": "succeeded"}
+    # Without the flags the same check fails.
+    plain_jobs = write_jobs(
+        tmp_path / "plain.jsonl",
+        {"id": "plain", "type": "t", "command": ["sh", "-c", MORE_CHECK]},
+    )
+    plain = run_jobs(plain_jobs, test_image, instance_id, "--json")
+    assert [r["status"] for r in _json_lines(plain.stdout)] == ["failed"], plain.stderr
+
+
 @pytest.mark.parametrize(
     ("container", "allow", "field"),
     [
