@@ -39,6 +39,7 @@ __all__ = [
     "gpu_request",
     "name_refused_control",
     "refused_control",
+    "unhonoured_security_options",
 ]
 
 MIB = 1024 * 1024
@@ -137,6 +138,33 @@ def _security_opt(options: tuple[str, ...], no_new_privileges: bool) -> list[str
     # The router's hardening stands: a layer's `no-new-privileges[:false]` gives way to it.
     kept = [o for o in options if not o.startswith("no-new-privileges")]
     return [*kept, NO_NEW_PRIVILEGES]
+
+
+# The security modules an option needs, by key, and its values that need none: an engine
+# without the module starts the container without the option, and says nothing.
+_SECURITY_MODULES = {"apparmor": ("AppArmor", "unconfined"), "label": ("SELinux", "disable")}
+
+
+def unhonoured_security_options(
+    options: tuple[str, ...], engine_security_options: list[str]
+) -> str | None:
+    """Why an engine whose `docker info` SecurityOptions are `engine_security_options`
+    would not honour `options` (an AppArmor profile without AppArmor, an SELinux label
+    without SELinux: Docker 20.10 and 28 start the worker without it), or None."""
+    engine = {o.split(",")[0].removeprefix("name=").lower() for o in engine_security_options}
+    missing = []
+    for option in options:
+        key, _, value = option.partition("=") if "=" in option else option.partition(":")
+        module = _SECURITY_MODULES.get(key)
+        if module is not None and value != module[1] and module[0].lower() not in engine:
+            missing.append(f"{option!r} needs {module[0]}")
+    if not missing:
+        return None
+    return (
+        f"{'; '.join(missing)}, which the engine does not have (its security options: "
+        f"{', '.join(engine_security_options) or 'none'}): it would start the worker "
+        "without the option"
+    )
 
 
 # What an engine refusal says about each control, lower-cased, in the words of Docker 20.10
@@ -242,10 +270,13 @@ def _mentions_mount(text: str, mounts: tuple[SettingsMount, ...]) -> bool:
     return any(path in text for path in paths)
 
 
+_ALREADY_NAMED = ("the engine refused ", "the swarm refused ")  # a driver's own refusals
+
+
 def name_refused_control(err: BaseException, settings: ContainerSettings | None) -> BaseException:
     """A `WorkerSpawnError` whose engine message is about one of the set controls, reworded
     to say so first (`the engine refused the GPU request (gpus=1): …`); else `err`."""
-    if not isinstance(err, WorkerSpawnError):
+    if not isinstance(err, WorkerSpawnError) or str(err).startswith(_ALREADY_NAMED):
         return err
     control = refused_control(str(err), settings)
     if control is None:

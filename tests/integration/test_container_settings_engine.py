@@ -241,6 +241,10 @@ def test_security_options_show_in_the_process_status(
     assert re.search(r"Seccomp:\s+0", hardened), hardened
     assert re.search(r"NoNewPrivs:\s+0", plain), plain
     assert re.search(r"Seccomp:\s+2", plain), plain
+    # AppArmor turned off needs no AppArmor: it runs on any engine.
+    off = ContainerSettings(security_opt=("apparmor=unconfined",))
+    outcome, _ = run(manager, dockyard_logs, "sec-unconfined", SECURITY, off)
+    assert outcome.status == "succeeded", outcome
     router = make_manager(
         auto_remove_workers=False,
         no_new_privileges=True,
@@ -387,10 +391,16 @@ def test_a_gpu_request_on_a_gpu_less_engine_is_a_clear_refusal(
             ContainerSettings(security_opt=("seccomp=/no/such/file.json",)),
             "the security options (security_opt=('seccomp=/no/such/file.json',))",
         ),
+        # An engine with AppArmor refuses the unknown profile at start; one without it
+        # (both engines here) would run the worker unconfined: dockyard refuses first.
+        (
+            ContainerSettings(security_opt=("apparmor=dockyard-no-such-profile",)),
+            "the security options (security_opt=('apparmor=dockyard-no-such-profile',))",
+        ),
         (ContainerSettings(user="nosuchuser"), "the user (user='nosuchuser')"),
         (ContainerSettings(user="1000:nosuchgroup"), "the user (user='1000:nosuchgroup')"),
     ],
-    ids=["seccomp-profile", "user", "group"],
+    ids=["seccomp-profile", "apparmor-profile", "user", "group"],
 )
 def test_an_engine_refusal_names_the_control_and_leaves_nothing(
     manager: ContainerManager,
@@ -402,7 +412,7 @@ def test_an_engine_refusal_names_the_control_and_leaves_nothing(
     job = WorkerJob("refused", "t", {}, command=["true"], container=settings)
     with pytest.raises(WorkerSpawnError) as err:
         manager.spawn_worker(job)
-    assert str(err.value).startswith(f"the engine refused {named}: Docker "), str(err.value)
+    assert str(err.value).startswith(f"the engine refused {named}: "), str(err.value)
     assert containers_of(docker_client, instance_id) == []
     assert manager.get_active_worker_count() == 0
 

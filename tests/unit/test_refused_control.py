@@ -1,15 +1,30 @@
 """`refused_control`: which set control an engine refusal is about, from the engine's own
 words. The messages are the engines' texts, as docker-py's `explanation` gave them for a
 busybox container on Docker 20.10.24 and 28.5.2 (runc below both): where the two differ,
-both are here."""
+both are here. And the security options an engine would not honour without a word (an
+AppArmor profile or SELinux label on an engine without the module), refused before the
+create."""
 
 from __future__ import annotations
 
 import pytest
 
-from dockyard import ContainerSettings, Mount, Ulimit, WorkerSpawnError
-from dockyard._docker_settings import name_refused_control, refused_control
+from dockyard import (
+    ContainerManager,
+    ContainerSettings,
+    Mount,
+    RouterConfig,
+    Ulimit,
+    WorkerJob,
+    WorkerSpawnError,
+)
+from dockyard._docker_settings import (
+    name_refused_control,
+    refused_control,
+    unhonoured_security_options,
+)
 from dockyard._errors import EngineError, as_spawn_error
+from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, RecordingReporter
 
 MIB = 1024 * 1024
 RUNC_20 = (
@@ -199,3 +214,61 @@ def test_the_spawn_error_says_the_control_first_and_keeps_the_engines_words() ->
     assert name_refused_control(spawn, ContainerSettings(cpus=1.0)) is spawn
     other = ValueError("not a spawn error")
     assert name_refused_control(other, ContainerSettings(user="x")) is other
+
+
+# `docker info` SecurityOptions of Docker 20.10.24 and 28.5.2 on this host (no AppArmor,
+# no SELinux), and of an engine with both.
+PLAIN_20 = ["name=seccomp,profile=default"]
+PLAIN_28 = ["name=seccomp,profile=builtin"]
+BOTH = ["name=apparmor", "name=seccomp,profile=default", "name=selinux"]
+
+
+@pytest.mark.parametrize("engine", [PLAIN_20, PLAIN_28], ids=["20.10", "28"])
+def test_a_profile_the_engine_has_no_module_for_is_not_honoured(engine: list[str]) -> None:
+    reason = unhonoured_security_options(("apparmor=my-profile", "label=type:svirt_t"), engine)
+    assert reason == (
+        "'apparmor=my-profile' needs AppArmor; 'label=type:svirt_t' needs SELinux, which the "
+        f"engine does not have (its security options: {engine[0]}): it would start the "
+        "worker without the option"
+    )
+    assert unhonoured_security_options(("label:level:s0",), engine) is not None
+    # What needs no module: turning it off, seccomp, no-new-privileges.
+    for honoured in (
+        ("apparmor=unconfined", "label=disable", "label:disable"),
+        ("seccomp=unconfined", "no-new-privileges", "systempaths=unconfined"),
+    ):
+        assert unhonoured_security_options(honoured, engine) is None
+
+
+def test_an_engine_with_the_modules_honours_the_profiles() -> None:
+    options = ("apparmor=my-profile", "label=type:svirt_t")
+    assert unhonoured_security_options(options, BOTH) is None
+    assert unhonoured_security_options(options, ["name=apparmor"]) is not None  # no SELinux
+
+
+def test_a_spawn_asking_for_a_module_the_engine_lacks_is_refused_before_the_create() -> None:
+    api = FakeDockerAPI(images={DEFAULT_IMAGE})
+    config = RouterConfig(
+        worker_image=DEFAULT_IMAGE,
+        router_instance_id="security-unit",
+        job_settings_allowed=frozenset({"security_opt"}),
+    )
+    profile = ContainerSettings(security_opt=("apparmor=my-profile",))
+    with ContainerManager(config, docker_client=api, reporter=RecordingReporter()) as manager:
+        with pytest.raises(WorkerSpawnError) as err:
+            manager.spawn_worker(WorkerJob("a", "t", {}, container=profile))
+        assert str(err.value) == (
+            "the engine refused the security options (security_opt=('apparmor=my-profile',)): "
+            "'apparmor=my-profile' needs AppArmor, which the engine does not have (its "
+            "security options: name=seccomp,profile=default): it would start the worker "
+            "without the option"
+        )
+        assert api.calls_of("create_container") == []
+        assert manager.get_active_worker_count() == 0
+        # Unconfined needs no module; an engine with AppArmor takes the profile.
+        off = ContainerSettings(security_opt=("apparmor=unconfined",))
+        manager.spawn_worker(WorkerJob("b", "t", {}, container=off))
+        api.security_options = BOTH
+        with ContainerManager(config, docker_client=api, reporter=RecordingReporter()) as other:
+            other.spawn_worker(WorkerJob("c", "t", {}, container=profile))
+        assert len(api.calls_of("create_container")) == 2
