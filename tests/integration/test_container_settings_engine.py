@@ -135,8 +135,9 @@ def test_a_cpu_bound_loop_gets_at_most_its_cpus(
 ) -> None:
     """`cpus=0.5` next to an unlimited worker, both spinning two loops at once: the capped
     one uses at most ~0.5 CPU-seconds per second (0.6 with a CFS period of slack), however
-    much the host has free. The unlimited one's share depends on the host's load (on an
-    idle 2-core host it is near 2): it is only shown, and must have run."""
+    much the host has free. The unlimited one's share is the host's to give: on this
+    2-core host 1.1 CPU-s/s with other tests running, 0.16 at a load average of 20 (below
+    the capped one's 0.25 then). So it is only shown (`-s`), and both must have run."""
     capped = WorkerJob(
         "spin-capped", "t", {}, command=sh(CPU_LOAD), container=ContainerSettings(cpus=0.5)
     )
@@ -157,8 +158,8 @@ def test_a_cpu_bound_loop_gets_at_most_its_cpus(
     }
     shown = f"CPU-s per s: capped {by_job['spin-capped']:.2f}, free {by_job['spin-free']:.2f}"
     print(shown)
-    assert 0.05 < by_job["spin-capped"] <= 0.6, shown
-    assert by_job["spin-free"] > 0.05, shown
+    assert 0.02 < by_job["spin-capped"] <= 0.6, shown
+    assert by_job["spin-free"] > 0.02, shown
 
 
 CPU_CGROUP = (
