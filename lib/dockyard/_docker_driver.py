@@ -19,6 +19,7 @@ from docker.utils.socket import frames_iter
 
 from ._config import RouterConfig
 from ._docker import DockerGateway
+from ._docker_settings import unhonoured_security_options
 from ._driver import (
     CallObserver,
     ContainerSpec,
@@ -28,6 +29,7 @@ from ._driver import (
     WorkerState,
 )
 from ._drivers import DRIVERS, Capabilities
+from ._errors import WorkerSpawnError
 from ._exit_monitor import exit_result_of
 from ._output import AttachedOutput
 from ._times import parse_docker_time
@@ -51,6 +53,7 @@ class DockerDriver:
     def __init__(self, client: DockerGateway) -> None:
         self.client = client
         self.images: ImageStore | None = client
+        self._security_modules: list[str] | None = None  # `docker info` SecurityOptions
 
     @property
     def observer(self) -> CallObserver | None:
@@ -64,8 +67,23 @@ class DockerDriver:
         self.client.close()
 
     def create(self, spec: ContainerSpec) -> str:
-        """Create the container (recovering from a create whose answer got lost)."""
+        """Create the container (recovering from a create whose answer got lost).
+
+        An AppArmor profile or SELinux label the engine has no module for is refused first:
+        the engine would start the worker without it, and say nothing."""
+        if spec.settings is not None and spec.settings.security_opt:
+            self._check_security_options(spec.settings.security_opt)
         return self.client.create(spec)
+
+    def _check_security_options(self, options: tuple[str, ...]) -> None:
+        if self._security_modules is None:
+            info = self.client.calls.run("info", self.client.api.info)
+            self._security_modules = [str(o) for o in info.get("SecurityOptions") or []]
+        reason = unhonoured_security_options(options, self._security_modules)
+        if reason is not None:
+            raise WorkerSpawnError(
+                f"the engine refused the security options (security_opt={options!r}): {reason}"
+            )
 
     def open_exit_wait(self, worker_id: str) -> ExitTicket:
         return self.client.open_exit_wait(worker_id)

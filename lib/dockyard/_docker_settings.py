@@ -21,6 +21,8 @@ base limits, as the keyword arguments of docker-py's `create_host_config` and
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -37,6 +39,7 @@ __all__ = [
     "gpu_request",
     "name_refused_control",
     "refused_control",
+    "unhonoured_security_options",
 ]
 
 MIB = 1024 * 1024
@@ -137,20 +140,62 @@ def _security_opt(options: tuple[str, ...], no_new_privileges: bool) -> list[str
     return [*kept, NO_NEW_PRIVILEGES]
 
 
-# What an engine refusal says, lower-cased, for each control it may be about: the message of
-# the spawn error then names the control (the engine's words follow).
+# The security modules an option needs, by key, and its values that need none: an engine
+# without the module starts the container without the option, and says nothing.
+_SECURITY_MODULES = {"apparmor": ("AppArmor", "unconfined"), "label": ("SELinux", "disable")}
+
+
+def unhonoured_security_options(
+    options: tuple[str, ...], engine_security_options: list[str]
+) -> str | None:
+    """Why an engine whose `docker info` SecurityOptions are `engine_security_options`
+    would not honour `options` (an AppArmor profile without AppArmor, an SELinux label
+    without SELinux: Docker 20.10 and 28 start the worker without it), or None."""
+    engine = {o.split(",")[0].removeprefix("name=").lower() for o in engine_security_options}
+    missing = []
+    for option in options:
+        key, _, value = option.partition("=") if "=" in option else option.partition(":")
+        module = _SECURITY_MODULES.get(key)
+        if module is not None and value != module[1] and module[0].lower() not in engine:
+            missing.append(f"{option!r} needs {module[0]}")
+    if not missing:
+        return None
+    return (
+        f"{'; '.join(missing)}, which the engine does not have (its security options: "
+        f"{', '.join(engine_security_options) or 'none'}): it would start the worker "
+        "without the option"
+    )
+
+
+# What an engine refusal says about each control, lower-cased, in the words of Docker 20.10
+# and 28 (and runc below them): the message of the spawn error then names the control (the
+# engine's words follow). Only a control that is set can be named, the first that matches
+# wins, and the markers are phrases, not words: a container named `…-mount-…` or a runc
+# error about the engine's own `/proc` mount names no control.
+_GPU_MARKERS = ("could not select device driver", "nvidia-container", "device request")
 _REFUSALS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("gpus", ("could not select device driver", "nvidia", "device request")),
-    ("security_opt", ("seccomp", "apparmor", "security-opt", "security option")),
-    ("user", ("unable to find user", "no matching entries in passwd")),
-    ("mounts", ("mount", "bind source", "volume")),
-    ("cpus", ("range of cpus", "nanocpus")),
-    ("cpuset_cpus", ("cpuset",)),
-    ("cpu_shares", ("cpu shares", "cpu-shares")),
+    ("user", ("unable to find user", "unable to find group", "no matching entries in")),
+    ("cpuset_cpus", ("cpuset", "requested cpus are not available")),
+    ("cpus", ("range of cpus is from", "nanocpus", "nano cpus")),
+    ("cpu_shares", ("cpu shares", "cpu-shares", "cpushares", "cpu.shares", "cpu.weight")),
     ("ulimits", ("ulimit", "rlimit")),
-    ("working_dir", ("working directory", "chdir")),
-    ("shm_size_bytes", ("shm",)),
+    ("working_dir", ("working directory", "chdir to cwd", "workingdir")),
+    ("shm_size_bytes", ("shm size", "shmsize", "shm_size")),
+    ("init", ("docker-init", "init binary")),
+    ("extra_hosts", ("add-host", "extrahosts", "extra host")),
 )
+# The security options: the engine's words for the option itself, and for each key.
+_SECURITY_OPT_MARKERS = ("security-opt", "security option", "securityopt")
+_SECURITY_KEY_MARKERS = {
+    "seccomp": ("seccomp",),
+    "apparmor": ("apparmor",),
+    "label": ("selinux", "label"),
+    "no-new-privileges": ("no-new-privileges", "no_new_privs"),
+    "systempaths": ("systempaths",),
+}
+# A mount refusal names the mount: one of these words and a set mount's target or source.
+_MOUNT_MARKERS = ("mount", "bind source", "volume")
+_CAPABILITY_MARKERS = ("capabilit",)  # `invalid CapAdd: unknown capability: "CAP_X"`
 _CONTROL_NAMES = {
     "gpus": "the GPU request",
     "security_opt": "the security options",
@@ -162,6 +207,10 @@ _CONTROL_NAMES = {
     "ulimits": "a ulimit",
     "working_dir": "the working directory",
     "shm_size_bytes": "the /dev/shm size",
+    "init": "the init process",
+    "extra_hosts": "the extra hosts",
+    "cap_add": "the added capabilities",
+    "cap_drop": "the dropped capabilities",
 }
 
 
@@ -171,18 +220,63 @@ def refused_control(message: str, settings: ContainerSettings | None) -> str | N
     if settings is None:
         return None
     text = message.lower()
-    for name, markers in _REFUSALS:
+    for name in _refused_fields(text, settings):
         value = getattr(settings, name)
-        if value is not None and any(marker in text for marker in markers):
-            shown = [m.target for m in value] if name == "mounts" else value
-            return f"{_CONTROL_NAMES[name]} ({name}={shown!r})"  # no secret: settings only
+        shown = [m.target for m in value] if name == "mounts" else value
+        return f"{_CONTROL_NAMES[name]} ({name}={shown!r})"  # no secret: settings only
     return None
+
+
+def _refused_fields(text: str, s: ContainerSettings) -> Iterator[str]:
+    """The set fields `text` (lower-cased) is about, most specific first."""
+    if s.gpus is not None and _says(text, _GPU_MARKERS):
+        yield "gpus"
+    if s.security_opt and _says(text, _security_markers(s.security_opt)):
+        yield "security_opt"
+    for name, markers in _REFUSALS:
+        if getattr(s, name) is not None and _says(text, markers):
+            yield name
+    # Docker makes the working directory at create: `Cannot mkdir: /bin/sh is not a
+    # directory` names the path, not the control.
+    if s.working_dir is not None and "cannot mkdir" in text and s.working_dir.lower() in text:
+        yield "working_dir"
+    for name in ("cap_add", "cap_drop"):
+        caps: tuple[str, ...] | None = getattr(s, name)
+        if caps and _says(text, _CAPABILITY_MARKERS) and _mentions_capability(text, caps):
+            yield name
+    if s.mounts and _says(text, _MOUNT_MARKERS) and _mentions_mount(text, s.mounts):
+        yield "mounts"
+
+
+def _says(text: str, markers: tuple[str, ...]) -> bool:
+    return any(marker in text for marker in markers)
+
+
+def _security_markers(options: tuple[str, ...]) -> tuple[str, ...]:
+    """The option's own words, and those of each key set (`seccomp=…` → `seccomp`): a
+    seccomp error is not blamed on an AppArmor option."""
+    keys = {re.split(r"[=:]", option, maxsplit=1)[0].lower() for option in options}
+    keyed = (marker for key in sorted(keys) for marker in _SECURITY_KEY_MARKERS.get(key, ()))
+    return (*_SECURITY_OPT_MARKERS, *keyed)
+
+
+def _mentions_capability(text: str, caps: tuple[str, ...]) -> bool:
+    names = {cap.lower().removeprefix("cap_") for cap in caps}
+    return any(re.search(rf"\b(?:cap_)?{re.escape(name)}\b", text) for name in names)
+
+
+def _mentions_mount(text: str, mounts: tuple[SettingsMount, ...]) -> bool:
+    paths = {p.lower() for m in mounts for p in (m.target, m.source) if p}
+    return any(path in text for path in paths)
+
+
+_ALREADY_NAMED = ("the engine refused ", "the swarm refused ")  # a driver's own refusals
 
 
 def name_refused_control(err: BaseException, settings: ContainerSettings | None) -> BaseException:
     """A `WorkerSpawnError` whose engine message is about one of the set controls, reworded
     to say so first (`the engine refused the GPU request (gpus=1): …`); else `err`."""
-    if not isinstance(err, WorkerSpawnError):
+    if not isinstance(err, WorkerSpawnError) or str(err).startswith(_ALREADY_NAMED):
         return err
     control = refused_control(str(err), settings)
     if control is None:

@@ -63,13 +63,13 @@ _DOCKER_OPERATIONS = (
     "inspect", "logs_tail", "stop", "kill",
     "remove", "wait_removed", "list_containers",
     "pull", "commit", "tag", "image_inspect", "list_images", "image_history",
-    "load_image_archive", "remove_image", "import_container_filesystem",
+    "load_image_archive", "remove_image", "import_container_filesystem", "info",
 )  # fmt: skip
 # The Swarm driver's: its service and task calls, and the node engine's own.
 _SWARM_OPERATIONS = (
     *_DOCKER_OPERATIONS,
-    "info", "service_create", "service_inspect", "service_list", "service_logs",
-    "service_update", "service_remove", "task_list",
+    "service_create", "service_inspect", "service_list", "service_logs",
+    "service_update", "service_remove", "task_list", "node_list",
 )  # fmt: skip
 
 

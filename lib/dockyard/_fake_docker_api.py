@@ -103,6 +103,11 @@ class FakeDockerAPI(FakeImageCalls):
     def ping(self) -> bool:
         return True
 
+    def info(self) -> dict[str, Any]:
+        self._record("info")
+        self._fail("info")
+        return {"SecurityOptions": list(self.security_options)}
+
     def create_host_config(self, **kwargs: Any) -> dict[str, Any]:
         return dict(kwargs)
 

@@ -64,6 +64,8 @@ class FakeEngine:
         self.stop_exits = True  # `stop` makes the container exit (137)
         self.before_create: Callable[[], None] | None = None
         self.before_stop: Callable[[str], None] | None = None
+        # `docker info` SecurityOptions: the security modules the engine has.
+        self.security_options: list[str] = ["name=seccomp,profile=default"]
         self.lock = threading.RLock()
         self.streams: list[FakeEventStream] = []
         self._events: list[dict[str, Any]] = []  # every event sent, for `since` replays

@@ -48,13 +48,14 @@ from ._errors import (
     DockerUnavailableError,
     DockyardError,
     EngineNotFoundError,
+    WorkerSpawnError,
 )
 from ._exit_monitor import ExitWait
 from ._output import AttachedOutput
 from ._secrets import reveal
 from ._swarm_ending import SWARM_SERVICE_LABEL, ServiceEnding, container_of
 from ._swarm_logs import ServiceOutput
-from ._swarm_settings import swarm_task_pieces
+from ._swarm_settings import gpu_shortfall, swarm_task_pieces
 from ._swarm_tasks import (
     PRE_RUNNING,
     TERMINAL,
@@ -165,6 +166,8 @@ class SwarmDriver(ServiceEnding, ObservedEngine):
         return str(service["ID"]) if labels == dict(spec.labels) else None
 
     def _create_once(self, spec: ContainerSpec) -> str:
+        if spec.settings is not None and isinstance(spec.settings.gpus, int):
+            self._check_gpus(spec.settings.gpus)
         pieces = swarm_task_pieces(
             spec.settings, memory_bytes=spec.memory_bytes, pids_limit=spec.pids_limit
         )
@@ -196,6 +199,16 @@ class SwarmDriver(ServiceEnding, ObservedEngine):
             return str(created["ID"])
 
         return self._call("service_create", create)
+
+    def _check_gpus(self, gpus: int) -> None:
+        """Refuse a GPU request no node advertises, before the service exists: its task
+        would wait for a node until the pending timeout, after the spawn returned."""
+        nodes: list[dict[str, Any]] = self._call("node_list", self._raw.nodes)
+        shortfall = gpu_shortfall(gpus, nodes)
+        if shortfall is not None:
+            raise WorkerSpawnError(
+                f"the swarm refused the GPU request (gpus={gpus!r}): {shortfall}"
+            )
 
     def open_exit_wait(self, container_id: str) -> ExitWait:
         return self.poller.register(container_id)

@@ -8,7 +8,6 @@ Pure: no engine call.
 | `cpus` | `Resources.Limits.NanoCPUs` and `Reservations.NanoCPUs` |
 | `memory_mb` | `Resources.Limits.MemoryBytes` and `Reservations.MemoryBytes` |
 | `gpus` (a count) | `Reservations.GenericResources`: `DiscreteResourceSpec` of kind `NVIDIA-GPU` |
-| `gpus` (`device=ID,…`) | `Reservations.GenericResources`: a `NamedResourceSpec` per id |
 | `mounts` | `ContainerSpec.Mounts` |
 | `working_dir`, `user` | `ContainerSpec.Dir`, `ContainerSpec.User` |
 | `ulimits` | `ContainerSpec.Ulimits` (docker-py 7 has no keyword: set on the spec) |
@@ -20,7 +19,10 @@ Pure: no engine call.
 
 Not expressible (`INEXPRESSIBLE`): `cpu_shares`, `cpuset_cpus`, `shm_size_bytes`,
 `security_opt` (a service's `Privileges` carries only credential spec and SELinux context
-in 1.41), and `gpus="all"` (generic resources are counted or named, never "all").
+in 1.41), and `gpus` other than a count: `"all"` (generic resources are counted), and
+`"device=ID,…"` (swarmkit accepts a task's named generic resources, but its scheduler
+places only counted ones: such a task would wait forever). A count no ready, active node
+advertises is refused at spawn (`gpu_shortfall`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "SWARM_GPU_KIND",
     "SwarmTaskPieces",
     "check_swarm_expressible",
+    "gpu_shortfall",
     "swarm_refusals",
     "swarm_task_pieces",
 ]
@@ -61,7 +64,11 @@ def swarm_refusals(settings: ContainerSettings) -> list[tuple[str, str]]:
     names = settings.set_fields()
     refused = [(name, INEXPRESSIBLE[name]) for name in names if name in INEXPRESSIBLE]
     if settings.gpus == "all":
-        refused.append(("gpus", "swarm generic resources are a count or named devices, not 'all'"))
+        refused.append(("gpus", "a swarm task asks for a count of GPUs, not 'all'"))
+    elif isinstance(settings.gpus, str):
+        # The service is accepted, but swarmkit's scheduler takes only counted (discrete)
+        # generic resources in a task: one naming its devices is never placed.
+        refused.append(("gpus", "a swarm task asks for a count of GPUs, not named devices"))
     return refused
 
 
@@ -125,9 +132,47 @@ def swarm_task_pieces(
 
 
 def _gpu_resources(gpus: int | str | None) -> Any:
-    if gpus is None or gpus == "all":
+    # A count only: "all" and named devices are refused (`swarm_refusals`).
+    return {SWARM_GPU_KIND: gpus} if isinstance(gpus, int) else None
+
+
+def gpu_shortfall(gpus: int, nodes: list[dict[str, Any]]) -> str | None:
+    """Why no node of the swarm can ever take a task asking for `gpus` GPUs, or None when
+    one ready, active node advertises that many `NVIDIA-GPU` generic resources (counted or
+    named; swarmkit counts named ones for a count). A task no node can take waits for one
+    (`pending`) with no error: the spawn is refused instead. GPUs that exist but are in
+    use are no shortfall: that task waits for them (up to the pending timeout)."""
+    usable = [n for n in nodes if _node_usable(n)]
+    if any(_node_gpus(node) >= gpus for node in usable):
         return None
-    if isinstance(gpus, int):
-        return {SWARM_GPU_KIND: gpus}
-    ids = gpus.removeprefix("device=").split(",")
-    return [{"NamedResourceSpec": {"Kind": SWARM_GPU_KIND, "Value": device}} for device in ids]
+    offered = ", ".join(f"{_node_name(n)}: {_node_gpus(n)}" for n in usable)
+    return (
+        f"no ready, active node advertises {gpus} {SWARM_GPU_KIND} "
+        f"({offered or 'no ready, active node'}); a node advertises its GPUs with "
+        "node-generic-resources in its daemon configuration"
+    )
+
+
+def _node_usable(node: dict[str, Any]) -> bool:
+    state = (node.get("Status") or {}).get("State")
+    return state == "ready" and (node.get("Spec") or {}).get("Availability") == "active"
+
+
+def _node_gpus(node: dict[str, Any]) -> int:
+    """How many GPUs the node advertises: its discrete count plus its named ones."""
+    description = node.get("Description") or {}
+    resources = (description.get("Resources") or {}).get("GenericResources") or []
+    count = 0
+    for resource in resources:
+        discrete = resource.get("DiscreteResourceSpec") or {}
+        named = resource.get("NamedResourceSpec") or {}
+        if discrete.get("Kind") == SWARM_GPU_KIND:
+            count += int(discrete.get("Value") or 0)
+        if named.get("Kind") == SWARM_GPU_KIND:
+            count += 1
+    return count
+
+
+def _node_name(node: dict[str, Any]) -> str:
+    hostname = (node.get("Description") or {}).get("Hostname")
+    return str(hostname or node.get("ID") or "?")

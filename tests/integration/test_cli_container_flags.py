@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import docker
+import pytest
 
 from dockyard import ContainerManager, ContainerSettings, WorkerJob
 from support.cli import dockyard_cli, run_jobs, write_jobs
@@ -19,12 +20,16 @@ def _json_lines(stdout: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
 
 
+QUOTA = (  # cgroup v1, else v2
+    "$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cut -d' ' -f1 /sys/fs/cgroup/cpu.max)"
+)
 CHECK = (
     'test "$(id -u)" = 1000 && test "$(pwd)" = /work-dir && test "$(ulimit -n)" = 222 '
     "&& ! touch /rootfs-file 2>/dev/null && touch /scratch/f "
-    '&& test "$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null '
-    '|| cut -d" " -f1 /sys/fs/cgroup/cpu.max)" = 25000'
+    f'&& test "{QUOTA}" = 25000'
 )
+# The job's `cpus` (0.75) over the router's `--cpus 0.25`, the router's user kept.
+JOB_CHECK = f'test "$(id -u)" = 1000 && test "{QUOTA}" = 75000'
 
 
 def test_flags_and_job_settings_reach_the_container(
@@ -36,8 +41,8 @@ def test_flags_and_job_settings_reach_the_container(
         {
             "id": "job-cpus",
             "type": "t",
-            "command": ["sh", "-c", 'test "$(id -u)" = 1000'],
-            "container": {"cpus": 0.25},
+            "command": ["sh", "-c", JOB_CHECK],
+            "container": {"cpus": 0.75},
         },
     )
     flags = [
@@ -51,17 +56,70 @@ def test_flags_and_job_settings_reach_the_container(
     assert statuses == {"flags": "succeeded", "job-cpus": "succeeded"}
 
 
+# The flags the test above leaves out, each checked inside: NET_ADMIN's bit in CapEff and
+# CHOWN's gone, NoNewPrivs, the extra host, the DNS server, an init as PID 1 (not the
+# shell: docker-init on Docker), the CPUs the process may run on and the size of /dev/shm.
+MORE_CHECK = (
+    "cap=$(awk '/^CapEff/{print $2}' /proc/self/status) "
+    "&& test $(( (0x$cap >> 12) & 1 )) = 1 && test $(( 0x$cap & 1 )) = 0 "
+    "&& grep -Eq '^NoNewPrivs:[[:space:]]+1$' /proc/self/status "
+    "&& grep -Eq '^10\\.1\\.2\\.3[[:space:]]+db\\.internal' /etc/hosts "
+    "&& grep -q 'nameserver 10.9.9.9' /etc/resolv.conf "
+    '&& test "$(cat /proc/1/comm)" != sh '
+    "&& grep -Eq '^Cpus_allowed_list:[[:space:]]+1$' /proc/self/status "
+    "&& test \"$(df -k /dev/shm | awk 'NR==2{print $2}')\" = 16384"
+)
+
+
+def test_more_flags_reach_the_container(tmp_path: Path, instance_id: str, test_image: str) -> None:
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        {"id": "more", "type": "t", "command": ["sh", "-c", MORE_CHECK]},
+    )
+    flags = [
+        *("--cap-add", "NET_ADMIN", "--cap-drop", "CHOWN"),
+        *("--security-opt", "no-new-privileges", "--add-host", "db.internal:10.1.2.3"),
+        *("--dns", "10.9.9.9", "--init", "--cpuset-cpus", "1", "--shm-size", "16m"),
+        "--json",
+    ]
+    result = run_jobs(jobs, test_image, instance_id, *flags)
+    assert result.returncode == 0, result.stderr
+    statuses = {r["job_id"]: r["status"] for r in _json_lines(result.stdout)}
+    assert statuses == {"more": "succeeded"}
+    # Without the flags the same check fails.
+    plain_jobs = write_jobs(
+        tmp_path / "plain.jsonl",
+        {"id": "plain", "type": "t", "command": ["sh", "-c", MORE_CHECK]},
+    )
+    plain = run_jobs(plain_jobs, test_image, instance_id, "--json")
+    assert [r["status"] for r in _json_lines(plain.stdout)] == ["failed"], plain.stderr
+
+
+@pytest.mark.parametrize(
+    ("container", "allow", "field"),
+    [
+        ({"user": "0"}, ("--allow-job-setting", "cpus"), "user"),
+        ({"cpus": 0.5}, (), "cpus"),  # no --allow-job-setting at all: a job sets nothing
+    ],
+    ids=["not-allowed", "none-allowed"],
+)
 def test_a_job_setting_what_it_may_not_exits_2_before_anything_starts(
-    tmp_path: Path, instance_id: str, test_image: str, docker_client: docker.DockerClient
+    tmp_path: Path,
+    instance_id: str,
+    test_image: str,
+    docker_client: docker.DockerClient,
+    container: dict[str, object],
+    allow: tuple[str, ...],
+    field: str,
 ) -> None:
     jobs = write_jobs(
         tmp_path / "jobs.jsonl",
         {"id": "ok", "type": "t", "command": ["true"]},
-        {"id": "root", "type": "t", "command": ["true"], "container": {"user": "0"}},
+        {"id": "bad", "type": "t", "command": ["true"], "container": container},
     )
-    result = run_jobs(jobs, test_image, instance_id, "--allow-job-setting", "cpus")
+    result = run_jobs(jobs, test_image, instance_id, *allow)
     assert result.returncode == 2
-    assert "jobs.jsonl:2: job.container.user: a job may not set this" in result.stderr
+    assert f"jobs.jsonl:2: job.container.{field}: a job may not set this" in result.stderr
     label = f"cascade.router.instance={instance_id}"
     assert docker_client.containers.list(all=True, filters={"label": label}) == []
 

@@ -75,6 +75,10 @@ def manager(make_manager: MakeManager) -> ContainerManager:
                 "init",
                 "gpus",
                 "shm_size_bytes",
+                "cpu_shares",
+                "cpuset_cpus",
+                "cap_add",
+                "security_opt",
             }
         ),
     )
@@ -96,6 +100,160 @@ def test_cpus_show_in_the_cgroup_quota(
     outcome, output = run(manager, dockyard_logs, "cpus", script, ContainerSettings(cpus=0.5))
     assert outcome.status == "succeeded", outcome
     assert "quota 50000 100000" in output
+
+
+# Two busy loops for 3 s (by the container's own clock, /proc/uptime in centiseconds, read
+# without a fork), with the cgroup's CPU time before and after: cgroup v1's cpuacct.usage
+# (ns) or v2's cpu.stat usage_usec.
+CPU_LOAD = r"""
+usage() {
+  if [ -f /sys/fs/cgroup/cpu.stat ]; then sed -n 's/^usage_usec //p' /sys/fs/cgroup/cpu.stat
+  else echo $(( $(cat /sys/fs/cgroup/cpuacct/cpuacct.usage) / 1000 )); fi
+}
+spin() {
+  read up _ < /proc/uptime; end=$(( ${up%.*}${up#*.} + 300 ))
+  while :; do read up _ < /proc/uptime; [ "${up%.*}${up#*.}" -ge "$end" ] && break; done
+}
+read up0 _ < /proc/uptime; u0=$(usage)
+spin & spin & wait
+read up1 _ < /proc/uptime; u1=$(usage)
+echo "cpu-usec=$((u1 - u0)) wall-cs=$(( ${up1%.*}${up1#*.} - ${up0%.*}${up0#*.} ))"
+"""
+
+
+def cpu_per_second(output: str) -> float:
+    """CPU-seconds the container used per wall second, from what `CPU_LOAD` printed."""
+    found = re.search(r"cpu-usec=(\d+) wall-cs=(\d+)", output)
+    assert found is not None, output
+    usec, centis = (int(n) for n in found.groups())
+    assert centis >= 300, output  # the loops ran their 3 s
+    return (usec / 1e6) / (centis / 100)
+
+
+def test_a_cpu_bound_loop_gets_at_most_its_cpus(
+    manager: ContainerManager, dockyard_logs: LogCapture
+) -> None:
+    """`cpus=0.5` next to an unlimited worker, both spinning two loops at once: the capped
+    one uses at most ~0.5 CPU-seconds per second (0.6 with a CFS period of slack), however
+    much the host has free. The unlimited one's share is the host's to give: on this
+    2-core host 1.1 CPU-s/s with other tests running, 0.16 at a load average of 20 (below
+    the capped one's 0.25 then). So it is only shown (`-s`), and both must have run."""
+    capped = WorkerJob(
+        "spin-capped", "t", {}, command=sh(CPU_LOAD), container=ContainerSettings(cpus=0.5)
+    )
+    free = WorkerJob("spin-free", "t", {}, command=sh(CPU_LOAD))
+    manager.spawn_worker(capped)
+    manager.spawn_worker(free)
+    for job_id in ("spin-capped", "spin-free"):
+        assert manager.wait_for_worker(job_id, timeout=60).status == "succeeded"
+    by_job = {
+        job_id: cpu_per_second(
+            "\n".join(
+                r.getMessage()
+                for r in dockyard_logs.records
+                if getattr(r, "job_id", None) == job_id and "worker output" in r.msg
+            )
+        )
+        for job_id in ("spin-capped", "spin-free")
+    }
+    shown = f"CPU-s per s: capped {by_job['spin-capped']:.2f}, free {by_job['spin-free']:.2f}"
+    print(shown)
+    assert 0.02 < by_job["spin-capped"] <= 0.6, shown
+    assert by_job["spin-free"] > 0.02, shown
+
+
+CPU_CGROUP = (
+    "if [ -f /sys/fs/cgroup/cpu.weight ]; then echo weight=$(cat /sys/fs/cgroup/cpu.weight); "
+    "else echo shares=$(cat /sys/fs/cgroup/cpu/cpu.shares); fi; "
+    "if [ -f /sys/fs/cgroup/cpuset.cpus.effective ]; "
+    "then echo cpuset=$(cat /sys/fs/cgroup/cpuset.cpus.effective); "
+    "else echo cpuset=$(cat /sys/fs/cgroup/cpuset/cpuset.cpus); fi; "
+    "grep Cpus_allowed_list /proc/self/status"
+)
+
+
+def test_cpu_shares_and_cpuset_in_the_cgroup(
+    manager: ContainerManager, dockyard_logs: LogCapture
+) -> None:
+    """`cpu_shares` in cgroup v1's `cpu.shares` (v2: a `cpu.weight` below the default's:
+    the conversion differs between runc versions); `cpuset_cpus` in the cgroup's CPU set
+    and in the CPUs the process may run on."""
+    settings = ContainerSettings(cpu_shares=512, cpuset_cpus="1")
+    outcome, output = run(manager, dockyard_logs, "cpu-set", CPU_CGROUP, settings)
+    assert outcome.status == "succeeded", outcome
+    _, plain = run(manager, dockyard_logs, "cpu-plain", CPU_CGROUP)
+    assert "cpuset=1\n" in output + "\n"
+    assert re.search(r"Cpus_allowed_list:\s+1$", output, re.MULTILINE), output
+    assert "cpuset=1\n" not in plain + "\n"  # the default set: every CPU of the host
+    shares = re.search(r"shares=(\d+)", output)
+    if shares is not None:
+        assert int(shares.group(1)) == 512, output
+        assert "shares=1024" in plain
+    else:
+        weights = [re.search(r"weight=(\d+)", text) for text in (output, plain)]
+        assert weights[0] is not None and weights[1] is not None, (output, plain)
+        assert int(weights[0].group(1)) < int(weights[1].group(1)), (output, plain)
+
+
+CAP_NET_ADMIN, CAP_SYS_TIME = 12, 25
+
+
+def test_added_capabilities_show_in_the_effective_set(
+    manager: ContainerManager, dockyard_logs: LogCapture
+) -> None:
+    """The engine's default set has neither NET_ADMIN nor SYS_TIME: added, their bits are in
+    `CapEff`, and an action needing NET_ADMIN (an interface's MTU) succeeds."""
+    script = (
+        "grep CapEff /proc/self/status; "
+        "ip link set dev lo mtu 1280 2>/dev/null && echo mtu-ok || echo mtu-failed"
+    )
+    settings = ContainerSettings(cap_add=("NET_ADMIN", "CAP_SYS_TIME"))
+    _, added = run(manager, dockyard_logs, "cap-add", script, settings)
+    _, plain = run(manager, dockyard_logs, "cap-plain", script)
+
+    def effective(output: str) -> int:
+        found = re.search(r"CapEff:\s+([0-9a-f]+)", output)
+        assert found is not None, output
+        return int(found.group(1), 16)
+
+    for bit in (CAP_NET_ADMIN, CAP_SYS_TIME):
+        assert effective(added) & (1 << bit), added
+        assert not effective(plain) & (1 << bit), plain
+    assert "mtu-ok" in added
+    assert "mtu-failed" in plain
+
+
+SECURITY = "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status"
+
+
+def test_security_options_show_in_the_process_status(
+    make_manager: MakeManager, dockyard_logs: LogCapture
+) -> None:
+    """`no-new-privileges` sets the process's NoNewPrivs, `seccomp=unconfined` turns the
+    engine's default filter (mode 2) off; the router's `no_new_privileges` stays on whatever
+    a job's options say."""
+    manager = make_manager(
+        auto_remove_workers=False, job_settings_allowed=frozenset({"security_opt"})
+    )
+    settings = ContainerSettings(security_opt=("no-new-privileges", "seccomp=unconfined"))
+    _, hardened = run(manager, dockyard_logs, "sec-set", SECURITY, settings)
+    _, plain = run(manager, dockyard_logs, "sec-plain", SECURITY)
+    assert re.search(r"NoNewPrivs:\s+1", hardened), hardened
+    assert re.search(r"Seccomp:\s+0", hardened), hardened
+    assert re.search(r"NoNewPrivs:\s+0", plain), plain
+    assert re.search(r"Seccomp:\s+2", plain), plain
+    # AppArmor turned off needs no AppArmor: it runs on any engine.
+    off = ContainerSettings(security_opt=("apparmor=unconfined",))
+    outcome, _ = run(manager, dockyard_logs, "sec-unconfined", SECURITY, off)
+    assert outcome.status == "succeeded", outcome
+    router = make_manager(
+        auto_remove_workers=False,
+        no_new_privileges=True,
+        job_settings_allowed=frozenset({"security_opt"}),
+    )
+    loosened = ContainerSettings(security_opt=("no-new-privileges:false",))
+    _, kept = run(router, dockyard_logs, "sec-router", SECURITY, loosened)
+    assert re.search(r"NoNewPrivs:\s+1", kept), kept
 
 
 def test_active_worker_carries_the_merged_settings(make_manager: MakeManager) -> None:
@@ -221,6 +379,41 @@ def test_a_gpu_request_on_a_gpu_less_engine_is_a_clear_refusal(
     assert requested == [
         [{"Driver": "", "Count": 1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}]
     ]
+    assert containers_of(docker_client, instance_id) == []
+    assert manager.get_active_worker_count() == 0
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        # The engine takes a seccomp option's value as the profile's JSON (`docker run`
+        # reads a path itself): a path, as the engine sees it, is a profile it cannot load.
+        (
+            ContainerSettings(security_opt=("seccomp=/no/such/file.json",)),
+            "the security options (security_opt=('seccomp=/no/such/file.json',))",
+        ),
+        # An engine with AppArmor refuses the unknown profile at start; one without it
+        # (both engines here) would run the worker unconfined: dockyard refuses first.
+        (
+            ContainerSettings(security_opt=("apparmor=dockyard-no-such-profile",)),
+            "the security options (security_opt=('apparmor=dockyard-no-such-profile',))",
+        ),
+        (ContainerSettings(user="nosuchuser"), "the user (user='nosuchuser')"),
+        (ContainerSettings(user="1000:nosuchgroup"), "the user (user='1000:nosuchgroup')"),
+    ],
+    ids=["seccomp-profile", "apparmor-profile", "user", "group"],
+)
+def test_an_engine_refusal_names_the_control_and_leaves_nothing(
+    manager: ContainerManager,
+    docker_client: docker.DockerClient,
+    instance_id: str,
+    settings: ContainerSettings,
+    named: str,
+) -> None:
+    job = WorkerJob("refused", "t", {}, command=["true"], container=settings)
+    with pytest.raises(WorkerSpawnError) as err:
+        manager.spawn_worker(job)
+    assert str(err.value).startswith(f"the engine refused {named}: "), str(err.value)
     assert containers_of(docker_client, instance_id) == []
     assert manager.get_active_worker_count() == 0
 

@@ -5,10 +5,13 @@ field the service API cannot express is refused before any service exists."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
+from typing import Any
 
 import docker
 import pytest
+from docker.types import ContainerSpec, Resources, RestartPolicy, ServiceMode, TaskTemplate
 
 from dockyard import (
     ConfigError,
@@ -20,7 +23,9 @@ from dockyard import (
     RouterConfig,
     Ulimit,
     WorkerJob,
+    WorkerSpawnError,
 )
+from support.engine import LABEL_PREFIX
 from support.hosts import LogCapture, StaticProjects
 from support.swarm import instance_services
 
@@ -106,6 +111,7 @@ def test_the_service_spec_carries_every_mapped_field_and_the_task_honours_them(
         ("cpuset_cpus", "0"),
         ("shm_size_bytes", MIB),
         ("gpus", "all"),
+        ("gpus", "device=0"),
         ("security_opt", ("apparmor=unconfined",)),
     ],
 )
@@ -127,3 +133,69 @@ def test_an_inexpressible_field_is_refused_in_every_layer(
     with pytest.raises(InvalidJobError, match=rf"job\.container\.{field}: not available"):
         manager.spawn_worker(job)
     assert instance_services(swarm_client, swarm_instance) == []
+
+
+def _advertised_gpus(client: docker.DockerClient) -> int:
+    return sum(
+        1
+        for node in client.api.nodes()
+        for resource in ((node.get("Description") or {}).get("Resources") or {}).get(
+            "GenericResources"
+        )
+        or []
+        if "NVIDIA-GPU" in str(resource)
+    )
+
+
+def test_a_gpu_count_no_node_advertises_is_refused_before_any_service(
+    make_swarm_manager: MakeManager, swarm_client: docker.DockerClient, swarm_instance: str
+) -> None:
+    """Without the check the task would wait for a node until the pending timeout, after
+    the spawn returned (see the next test): the spawn fails at once, naming the request."""
+    if _advertised_gpus(swarm_client):
+        pytest.skip("a node of this swarm advertises NVIDIA-GPU generic resources")
+    manager = make_swarm_manager(job_settings_allowed=frozenset({"gpus"}))
+    job = WorkerJob("sw-gpu", "t", {}, command=["true"], container=ContainerSettings(gpus=1))
+    began = time.monotonic()
+    with pytest.raises(WorkerSpawnError) as err:
+        manager.spawn_worker(job)
+    assert time.monotonic() - began < 5  # no pending wait (swarm_pending_timeout_s=10)
+    assert str(err.value).startswith(
+        "the swarm refused the GPU request (gpus=1): no ready, active node advertises "
+        "1 NVIDIA-GPU ("
+    ), str(err.value)
+    assert "node-generic-resources" in str(err.value)
+    assert instance_services(swarm_client, swarm_instance) == []
+    assert manager.get_active_worker_count() == 0
+
+
+def test_the_engine_leaves_a_task_no_node_can_take_pending(
+    swarm_client: docker.DockerClient, swarm_image: str, swarm_instance: str
+) -> None:
+    """Engine fact behind the refusal above: a service asking for a GPU count no node
+    advertises is accepted, and its task stays `pending` (insufficient resources) with no
+    error of its own. Made here without dockyard (its labels let the fixture remove it)."""
+    if _advertised_gpus(swarm_client):
+        pytest.skip("a node of this swarm advertises NVIDIA-GPU generic resources")
+    api: Any = swarm_client.api
+    template = TaskTemplate(
+        ContainerSpec(swarm_image, ["true"]),
+        resources=Resources(generic_resources={"NVIDIA-GPU": 1}),
+        restart_policy=RestartPolicy(condition="none"),
+    )
+    labels = {f"{LABEL_PREFIX}.router.instance": swarm_instance}
+    name = f"{swarm_instance}-gpu"
+    mode = ServiceMode("replicated-job")
+    service = api.create_service(template, name=name, labels=labels, mode=mode)["ID"]
+    try:
+        deadline = time.monotonic() + 15
+        tasks: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            tasks = api.tasks(filters={"service": service})
+            if tasks and "insufficient resources" in str(tasks[0]["Status"].get("Err")):
+                break
+            time.sleep(0.5)
+        assert [t["Status"]["State"] for t in tasks] == ["pending"], tasks
+        assert "insufficient resources" in str(tasks[0]["Status"].get("Err")), tasks
+    finally:
+        api.remove_service(service)

@@ -16,6 +16,7 @@ from dockyard._swarm_settings import (
     INEXPRESSIBLE,
     SWARM_GPU_KIND,
     check_swarm_expressible,
+    gpu_shortfall,
     swarm_refusals,
     swarm_task_pieces,
 )
@@ -187,12 +188,61 @@ def test_swarm_without_settings_is_the_router_base() -> None:
     }
 
 
-def test_swarm_named_gpu_devices() -> None:
-    pieces = swarm_task_pieces(ContainerSettings(gpus="device=GPU-a,GPU-b"), memory_bytes=MIB)
+def test_swarm_gpus_are_a_count_only() -> None:
+    """swarmkit takes a task's named generic resources but never places the task (its
+    scheduler handles counted ones only): named devices are refused, as `all` is."""
+    pieces = swarm_task_pieces(ContainerSettings(gpus=2), memory_bytes=MIB)
     assert pieces.resources["Reservations"]["GenericResources"] == [
-        {"NamedResourceSpec": {"Kind": SWARM_GPU_KIND, "Value": "GPU-a"}},
-        {"NamedResourceSpec": {"Kind": SWARM_GPU_KIND, "Value": "GPU-b"}},
+        {"DiscreteResourceSpec": {"Kind": SWARM_GPU_KIND, "Value": 2}}
     ]
+    for gpus in ("device=GPU-a,GPU-b", "all"):
+        (refusal,) = swarm_refusals(ContainerSettings(gpus=gpus))
+        assert refusal[0] == "gpus"
+        assert "a count of GPUs" in refusal[1]
+
+
+def _node(
+    name: str,
+    *gpus: dict[str, object],
+    state: str = "ready",
+    availability: str = "active",
+) -> dict[str, object]:
+    return {
+        "ID": f"id-{name}",
+        "Spec": {"Availability": availability},
+        "Status": {"State": state},
+        "Description": {"Hostname": name, "Resources": {"GenericResources": list(gpus)}},
+    }
+
+
+def _counted(kind: str, value: int) -> dict[str, object]:
+    return {"DiscreteResourceSpec": {"Kind": kind, "Value": value}}
+
+
+def _named(kind: str, value: str) -> dict[str, object]:
+    return {"NamedResourceSpec": {"Kind": kind, "Value": value}}
+
+
+def test_a_gpu_count_no_node_advertises_is_a_shortfall() -> None:
+    plain = _node("plain")
+    assert gpu_shortfall(1, [plain]) == (
+        "no ready, active node advertises 1 NVIDIA-GPU (plain: 0); a node advertises its "
+        "GPUs with node-generic-resources in its daemon configuration"
+    )
+    assert gpu_shortfall(1, []) is not None
+    two = _node("two", _counted(SWARM_GPU_KIND, 2))
+    assert gpu_shortfall(2, [plain, two]) is None
+    assert gpu_shortfall(3, [plain, two]) is not None  # a task takes its GPUs on one node
+    named = _node("named", _named(SWARM_GPU_KIND, "GPU-a"), _named(SWARM_GPU_KIND, "GPU-b"))
+    assert gpu_shortfall(2, [named]) is None  # named ones count for a count
+    other_kind = _node("fpga", _counted("FPGA", 4))
+    assert gpu_shortfall(1, [other_kind]) is not None
+    for unusable in (
+        _node("down", _counted(SWARM_GPU_KIND, 4), state="down"),
+        _node("drained", _counted(SWARM_GPU_KIND, 4), availability="drain"),
+        _node("paused", _counted(SWARM_GPU_KIND, 4), availability="pause"),
+    ):
+        assert gpu_shortfall(1, [unusable]) is not None
 
 
 def test_swarm_refuses_what_a_service_cannot_express() -> None:
