@@ -4,9 +4,10 @@ The lines come from `_output_lines` (frames decoded, lines assembled and masked)
 Delivery (`OutputPipe`): one reader per worker (a daemon thread) turns frames into masked
 lines, counts them, keeps the last `tail_lines` in a ring (`log_tail`) and queues them for
 the host's listener. Delivery runs on the hub's executor, in order per worker; when the
-listener is slower than the worker, the queue holds up to `buffer_lines` lines, then new
-lines are dropped and counted (`dockyard_log_lines_dropped_total`). The reader never waits
-for the listener, so a launch or an exit never does either.
+listener is slower than the worker, the queue holds up to `buffer_lines` lines and
+`buffer_bytes` of them (their lengths: a worker printing long lines fills the bytes first),
+then new lines are dropped and counted (`dockyard_log_lines_dropped_total`). The reader
+never waits for the listener, so a launch or an exit never does either.
 
 A pipe knows how far delivery got (`delivered`), for the manager that adopts the worker
 after this one closed (`_output_marks`).
@@ -42,6 +43,9 @@ __all__ = [
 log = logging.getLogger("dockyard.output")
 
 DEFAULT_BUFFER_LINES = 10_000
+# What the queued lines of one worker may hold (their lengths summed): 10,000 lines of up
+# to 64 KiB would be 640 MiB, so long lines are bounded by size before they are by count.
+DEFAULT_BUFFER_BYTES = 4 * 1024 * 1024
 _COUNT_BATCH = 256  # lines counted per counter update: one update per line costs
 _DRAIN_BATCH = 256  # lines taken off the queue per lock
 # `(stream type, bytes)`; from the engine's log, one entry with its engine time (ns) too.
@@ -94,11 +98,13 @@ class OutputPipe:
     executor: Executor | None
     counters: OutputCounters = field(default_factory=_NoCounters)
     buffer_lines: int = DEFAULT_BUFFER_LINES
+    buffer_bytes: int = DEFAULT_BUFFER_BYTES
     job_id: str = ""
     close_source: Callable[[], None] | None = None
     _tail: deque[str] = field(init=False)
     # (stream, line, its engine time if known, its position in its stream)
     _queue: deque[tuple[str, str, int | None, int]] = field(default_factory=deque, init=False)
+    _queued_bytes: int = field(default=0, init=False)  # the queued lines' lengths, summed
     _lock: threading.Condition = field(default_factory=threading.Condition, init=False)
     _worker: ActiveWorker | None = field(default=None, init=False)
     _draining: bool = field(default=False, init=False)
@@ -176,14 +182,20 @@ class OutputPipe:
             self.lines += len(batch)
             self._tail.extend(line for _, line, _ in batch)
             deliver = self.sink is not None and self.executor is not None and not self._cancelled
+            queue, queued = self._queue, self._queued_bytes
             for stream, line, mark_ns in batch:
                 position = self._positions[stream] = self._positions.get(stream, 0) + 1
                 if not deliver:
                     continue
-                if len(self._queue) >= self.buffer_lines:
+                # Full by count, or by size (an empty queue takes any line: one never
+                # waits for a cap smaller than itself).
+                size = len(line)
+                if len(queue) >= self.buffer_lines or (queued + size > self.buffer_bytes and queue):
                     dropped += 1
                 else:
-                    self._queue.append((stream, line, mark_ns, position))
+                    queue.append((stream, line, mark_ns, position))
+                    queued += size
+            self._queued_bytes = queued
             self.dropped += dropped
             schedule = deliver and bool(self._queue) and self._worker is not None
             schedule = schedule and not self._draining
@@ -214,6 +226,7 @@ class OutputPipe:
             with self._lock:
                 self._draining = False
                 self._queue.clear()
+                self._queued_bytes = 0
                 self._lock.notify_all()
 
     def _drain(self) -> None:
@@ -224,6 +237,7 @@ class OutputPipe:
                     self._lock.notify_all()
                     return
                 batch = [self._queue.popleft() for _ in range(min(_DRAIN_BATCH, len(self._queue)))]
+                self._queued_bytes -= sum(len(line) for _, line, _, _ in batch)
                 worker = self._worker
             for stream, line, mark_ns, position in batch:
                 if self._cancelled:
@@ -281,6 +295,7 @@ class OutputPipe:
         with self._lock:
             self._cancelled = True
             self._queue.clear()
+            self._queued_bytes = 0
             self._lock.notify_all()
         if self.close_source is not None:
             try:
@@ -320,6 +335,7 @@ class OutputHub:
         tail_lines: int,
         delivery_threads: int,
         buffer_lines: int = DEFAULT_BUFFER_LINES,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         follow: Callable[[str, Mapping[str, int] | None], AttachedOutput] | None = None,
         keep: Callable[[list[OutputPipe]], None] | None = None,
     ) -> None:
@@ -331,6 +347,7 @@ class OutputHub:
         self._counters = counters
         self._tail_lines = tail_lines
         self._buffer_lines = buffer_lines
+        self._buffer_bytes = buffer_bytes
         self._lock = threading.Lock()
         self._readers: dict[int, tuple[OutputPipe, threading.Thread]] = {}
         self._detached: list[OutputPipe] = []  # their workers run on: `keep` gets them
@@ -384,6 +401,7 @@ class OutputHub:
             self._executor,
             self._counters,
             buffer_lines=self._buffer_lines,
+            buffer_bytes=self._buffer_bytes,
             job_id=job_id,
             close_source=attached.close,
             worker_id=worker_id,
