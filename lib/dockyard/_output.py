@@ -10,7 +10,9 @@ then new lines are dropped and counted (`dockyard_log_lines_dropped_total`). The
 never waits for the listener, so a launch or an exit never does either.
 
 A pipe knows how far delivery got (`delivered`), for the manager that adopts the worker
-after this one closed (`_output_marks`).
+after this one (`_output_marks`): the hub hands its pipes to `marking` about once a second
+on a thread of its own (never the delivery's: a mark costs a Redis write, a line must not),
+and the detached ones to `keep` at its close.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ DEFAULT_BUFFER_LINES = 10_000
 DEFAULT_BUFFER_BYTES = 4 * 1024 * 1024
 _COUNT_BATCH = 256  # lines counted per counter update: one update per line costs
 _DRAIN_BATCH = 256  # lines taken off the queue per lock
+MARK_EVERY_S = 1.0  # how often the running workers' marks are left (`marking`)
 # `(stream type, bytes)`; from the engine's log, one entry with its engine time (ns) too.
 Frame = tuple[int, bytes] | tuple[int, bytes, int | None]
 
@@ -114,12 +117,17 @@ class OutputPipe:
     lines: int = field(default=0, init=False)
     worker_id: str = ""
     on_detach: Callable[[OutputPipe], None] | None = None
+    # Read from the worker's first line (positions count from it), or followed after
+    # `after`, the previous manager's marks: delivery starts out as far as they say.
+    after: Mapping[str, int] | None = None
     _positions: dict[str, int] = field(default_factory=dict, init=False)  # lines read, per stream
     _delivered: dict[str, int] = field(default_factory=dict, init=False)
     _delivered_marks: dict[str, int] = field(default_factory=dict, init=False)
+    _detached: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self._tail = deque(maxlen=max(0, self.tail_lines))
+        self._delivered_marks = dict(self.after or {})
 
     # -- the reader's side --------------------------------------------------------------
 
@@ -272,10 +280,23 @@ class OutputPipe:
     def worker(self) -> ActiveWorker | None:
         return self._worker
 
+    @property
+    def from_start(self) -> bool:
+        return self.after is None
+
+    @property
+    def detached(self) -> bool:
+        return self._detached
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
     def delivered(self) -> Delivered | None:
-        """How far delivery got; None when no line reached the listener."""
+        """How far delivery got; None when no line reached the listener (nor did a
+        previous manager's)."""
         with self._lock:
-            if not self._delivered:
+            if not self._delivered and not self._delivered_marks:
                 return None
             marks, read = dict(self._delivered_marks), dict(self._positions)
             return Delivered(dict(self._delivered), marks, read)
@@ -286,6 +307,7 @@ class OutputPipe:
 
     def detach(self) -> None:
         """Stop reading and delivering: the worker runs on, another manager may adopt it."""
+        self._detached = True  # before the cancel ends the reader (see `RunningMarks`)
         self.cancel()
         if self.on_detach is not None:
             self.on_detach(self)
@@ -320,8 +342,10 @@ class OutputHub:
 
     Output is best effort: a stream that cannot be opened leaves the worker without live
     output (a warning), never without its launch. `follow` reads an adopted worker's
-    output from the engine's log instead, after the given marks; on `close`, `keep`
-    is handed the pipes of the workers still running, to leave how far delivery got.
+    output from the engine's log instead, after the given marks. With a listener for the
+    lines, `marking` gets every pipe about every `mark_every_s` (on a thread of the hub's,
+    started with the first worker), to leave how far delivery got while they run; on
+    `close`, `keep` is handed the pipes of the workers still running, to leave it exactly.
     """
 
     def __init__(
@@ -338,11 +362,17 @@ class OutputHub:
         buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         follow: Callable[[str, Mapping[str, int] | None], AttachedOutput] | None = None,
         keep: Callable[[list[OutputPipe]], None] | None = None,
+        marking: Callable[[list[OutputPipe]], None] | None = None,
+        mark_every_s: float = MARK_EVERY_S,
     ) -> None:
         self.enabled = enabled and attach is not None
         self._attach = attach
         self._follow = follow
         self._keep = keep
+        self._marking = marking
+        self._mark_every_s = mark_every_s
+        self._mark_thread: threading.Thread | None = None
+        self._marks_stop = threading.Event()
         self._sink = sink if wants_output(listener) else None
         self._counters = counters
         self._tail_lines = tail_lines
@@ -376,7 +406,7 @@ class OutputHub:
         """Read a running worker's output from the engine's log, after `after` (`follow`)."""
         if self._follow is None or not self.enabled or self._closed:
             return None
-        return self._start(self._follow, (worker_id, after), worker_id, job_id, masker)
+        return self._start(self._follow, (worker_id, after), worker_id, job_id, masker, after=after)
 
     def _start(
         self,
@@ -385,6 +415,8 @@ class OutputHub:
         worker_id: str,
         job_id: str,
         masker: Masker,
+        *,
+        after: Mapping[str, int] | None = None,
     ) -> OutputPipe | None:
         try:
             attached = opener(*args)
@@ -406,6 +438,7 @@ class OutputHub:
             close_source=attached.close,
             worker_id=worker_id,
             on_detach=self._on_detach,
+            after=after,
         )
         thread = threading.Thread(
             target=self._read,
@@ -419,8 +452,30 @@ class OutputHub:
                 return None
             self._readers[id(pipe)] = (pipe, thread)
             self._pipes.add(pipe)
+            marks = self._start_marks()
         thread.start()
+        if marks is not None:
+            marks.start()
         return pipe
+
+    def _start_marks(self) -> threading.Thread | None:
+        """The mark thread, made with the first pipe (under the lock) when there is one to run."""
+        if self._marking is None or self._sink is None or self._mark_thread is not None:
+            return None
+        self._mark_thread = threading.Thread(
+            target=self._mark_running, name="dockyard-output-marks", daemon=True
+        )
+        return self._mark_thread
+
+    def _mark_running(self) -> None:
+        assert self._marking is not None
+        while not self._marks_stop.wait(self._mark_every_s):
+            with self._lock:
+                pipes = list(self._pipes)
+            try:
+                self._marking(pipes)
+            except Exception:  # best effort: the next tick tries again
+                log.warning("could not keep how far worker output was delivered", exc_info=True)
 
     def _on_detach(self, pipe: OutputPipe) -> None:
         with self._lock:
@@ -442,6 +497,12 @@ class OutputHub:
             readers = list(self._readers.values())
             pipes = list(self._pipes)
             running, self._detached = self._detached, []
+            marks = self._mark_thread
+        # The mark thread ends first: what it last left is then overwritten by `keep`'s,
+        # and it never takes the cancels below for workers that ended.
+        self._marks_stop.set()
+        if marks is not None:
+            marks.join()
         for pipe in pipes:
             pipe.cancel()
         deadline = time.monotonic() + join_s
