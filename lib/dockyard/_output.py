@@ -452,20 +452,18 @@ class OutputHub:
                 return None
             self._readers[id(pipe)] = (pipe, thread)
             self._pipes.add(pipe)
-            marks = self._start_marks()
+            self._start_marks()
         thread.start()
-        if marks is not None:
-            marks.start()
         return pipe
 
-    def _start_marks(self) -> threading.Thread | None:
-        """The mark thread, made with the first pipe (under the lock) when there is one to run."""
+    def _start_marks(self) -> None:
+        """The mark thread, started with the first pipe (under the lock: `close` joins it)."""
         if self._marking is None or self._sink is None or self._mark_thread is not None:
-            return None
+            return
         self._mark_thread = threading.Thread(
             target=self._mark_running, name="dockyard-output-marks", daemon=True
         )
-        return self._mark_thread
+        self._mark_thread.start()
 
     def _mark_running(self) -> None:
         assert self._marking is not None

@@ -112,7 +112,9 @@ class OutputMarks(Protocol):
         """The worker's mark, removed; None when there is none."""
         ...
 
-    def drop(self, worker_id: str) -> None: ...
+    def drop(self, worker_id: str) -> bool:
+        """Remove the worker's mark; False when that could not be done."""
+        ...
 
 
 class RedisOutputMarks:
@@ -150,8 +152,9 @@ class RedisOutputMarks:
         value = self._use("read", take)
         return Mark.from_json(value) if value is not None else None
 
-    def drop(self, worker_id: str) -> None:
-        self._use("remove", lambda client: client.delete(self._prefix + worker_id))
+    def drop(self, worker_id: str) -> bool:
+        done = self._use("remove", lambda client: client.delete(self._prefix + worker_id))
+        return done is not None
 
     def close(self) -> None:
         with self._lock:
@@ -253,10 +256,16 @@ class RunningMarks:
             ended = pipe.ended  # before `detached`: a detach ends the reader too
             if pipe.detached:
                 self._written.pop(pipe, None)
+            elif self._monotonic() < self._retry_at:
+                continue  # Redis failed a moment ago: this pipe's turn comes again
             elif ended or pipe.cancelled:
-                if self._written.pop(pipe, None) is not None:
-                    self._marks.drop(pipe.worker_id)
-            elif self._monotonic() >= self._retry_at:
+                if pipe not in self._written:
+                    continue
+                if self._marks.drop(pipe.worker_id):
+                    del self._written[pipe]
+                else:
+                    self._retry_at = self._monotonic() + _RETRY_AFTER_S
+            else:
                 self._write(pipe)
 
     def _write(self, pipe: OutputPipe) -> None:

@@ -54,8 +54,11 @@ class MemoryMarks:
         found = self.marks.pop(worker_id, None)
         return found[0] if found else None
 
-    def drop(self, worker_id: str) -> None:
+    def drop(self, worker_id: str) -> bool:
+        if self.refuse:
+            return False
         self.marks.pop(worker_id, None)
+        return True
 
     def close(self) -> None:
         pass
@@ -387,6 +390,15 @@ def test_after_a_refused_write_running_marks_wait_before_the_next() -> None:
     clock.now += 31.0
     running([pipe])
     assert store.puts == 2 and "c1" in store.marks
+    pipe.run_reader([])  # the worker ended, while Redis fails again: its mark waits
+    store.refuse = True
+    running([pipe])
+    store.refuse = False
+    running([pipe])
+    assert "c1" in store.marks
+    clock.now += 31.0
+    running([pipe])
+    assert store.marks == {}
 
 
 def test_a_mark_round_trips_and_junk_is_no_mark() -> None:
