@@ -48,6 +48,7 @@ needs ``pip install 'dockyard[metrics]'``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -349,10 +350,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = RouterConfig.from_env()
+        if args.redis_url:  # dockyard's own keys (output marks, large payloads) go there too
+            config = dataclasses.replace(config, redis_url=args.redis_url)
     except ConfigError as err:
         log.error("configuration: %s", err)
         return 2
-    client = redis.Redis.from_url(args.redis_url or config.redis_url, decode_responses=True)
+    client = redis.Redis.from_url(config.redis_url, decode_responses=True)
     try:
         client.ping()
     except redis.RedisError as err:
