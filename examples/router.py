@@ -15,11 +15,19 @@ and more. While a job runs it is listed in the hash ``dockyard:running`` (``--ru
 
 Each job's output is kept next to its outcome: the list ``dockyard:output:<job id>``
 (``--output-prefix``), one JSON ``{"stream": "stdout"|"stderr", "line": ...}`` per line,
-oldest first, capped to the last ``--output-lines`` lines (default 1000, or
-``$ROUTER_OUTPUT_LINES``; 0 keeps none). The lines come masked from dockyard (no secret of
-the job or the router), the list is emptied when the job starts (a rerun of a job id starts
-afresh), and the outcome record names it as ``output_key``. A line can arrive shortly after
-the outcome; it is appended all the same. Workers adopted after a restart add no lines.
+oldest first. The whole output is kept up to ``--output-lines`` lines (default 100,000, or
+``$ROUTER_OUTPUT_LINES``; 0 keeps none); past that, the oldest lines go, so the list holds
+the last N. Size Redis for it: a line is up to 64 KiB (dockyard splits longer ones). The
+lines come masked from dockyard (no secret of the job or the router), and the outcome
+record names the list as ``output_key``. A line can arrive shortly after the outcome; it
+is appended all the same. Lines dockyard dropped because Redis fell behind (its
+``dockyard_log_lines_dropped_total``) are missing from the list.
+
+The list is emptied when this router launches the job (a rerun of a job id starts afresh),
+not when it adopts the job's running worker after a restart: the adopter goes on after the
+last line the previous router stored (dockyard follows the worker's log from there), so
+the list holds the lines from before the restart and after it, in order, none twice. After
+a crash (no clean stop) the lines of up to about a second before it can be stored twice.
 
 At start the router adopts the still-running workers of its instance id (so a restart loses
 no outcome), registers the snapshot images already on the engine, and starts the orphan and
@@ -40,13 +48,15 @@ needs ``pip install 'dockyard[metrics]'``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -75,6 +85,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("router")
 
 POP_TIMEOUT_S = 1  # how often the consumer loop looks at the stop flag
+DEFAULT_OUTPUT_LINES = 100_000
 SLOT_POLL_S = 1.0  # likewise while every worker slot is busy
 JOB_KEYS = frozenset({"id", "type", "data", "projectId", "workItemId", "agentType", "command"})
 
@@ -139,16 +150,31 @@ class RedisOutcomes(WorkerLifecycleListener):
         outcomes_key: str,
         running_key: str,
         output_prefix: str = "dockyard:output:",
-        output_lines: int = 1000,
+        output_lines: int = DEFAULT_OUTPUT_LINES,
     ) -> None:
         self._client = client
         self._outcomes_key = outcomes_key
         self._running_key = running_key
         self._output_prefix = output_prefix
         self._output_lines = output_lines
+        # Jobs this router is launching (not adopting): their started hook empties the list.
+        self._launching: set[str] = set()
+        self._launching_lock = threading.Lock()
 
     def output_key(self, job_id: str) -> str:
         return self._output_prefix + job_id
+
+    @contextmanager
+    def launching(self, job_id: str) -> Iterator[None]:
+        """Around `spawn_worker`: the job's `on_worker_started` is a fresh launch's. An
+        adopted worker gets the same hook, and its list holds the previous router's lines."""
+        with self._launching_lock:
+            self._launching.add(job_id)
+        try:
+            yield
+        finally:
+            with self._launching_lock:
+                self._launching.discard(job_id)
 
     def on_worker_started(self, worker: ActiveWorker) -> None:
         record = {
@@ -158,8 +184,11 @@ class RedisOutcomes(WorkerLifecycleListener):
             "started_at": worker.started_at.isoformat(),
             "deadline": worker.deadline.isoformat(),
         }
+        with self._launching_lock:
+            fresh = worker.job_id in self._launching
         pipe = self._client.pipeline()
-        pipe.delete(self.output_key(worker.job_id))  # lines come only after this hook
+        if fresh:
+            pipe.delete(self.output_key(worker.job_id))  # lines come only after this hook
         pipe.hset(self._running_key, worker.job_id, json.dumps(record))
         pipe.execute()
 
@@ -233,7 +262,8 @@ class Router:
         assert job.id is not None
         while not self._stop.is_set():
             try:
-                worker = self._manager.spawn_worker(job, slot_timeout=SLOT_POLL_S)
+                with self._outcomes.launching(job.id):
+                    worker = self._manager.spawn_worker(job, slot_timeout=SLOT_POLL_S)
             except NoWorkerSlotError:
                 continue  # every slot busy: check the stop flag, then wait again
             except (InvalidJobError, WorkerImageResolutionError, DuplicateJobError) as err:
@@ -295,9 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--output-lines",
         type=int,
-        default=int(os.environ.get("ROUTER_OUTPUT_LINES", "1000")),
+        default=int(os.environ.get("ROUTER_OUTPUT_LINES", str(DEFAULT_OUTPUT_LINES))),
         metavar="N",
-        help="keep each job's last N output lines (default: $ROUTER_OUTPUT_LINES or 1000)",
+        help=(
+            "keep each job's whole output up to N lines, then its last N "
+            f"(default: $ROUTER_OUTPUT_LINES or {DEFAULT_OUTPUT_LINES:,}; 0 keeps none)"
+        ),
     )
     parser.add_argument("--orphan-interval", type=float, default=300.0, metavar="S")
     parser.add_argument("--snapshot-interval", type=float, default=300.0, metavar="S")
@@ -317,10 +350,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = RouterConfig.from_env()
+        if args.redis_url:  # dockyard's own keys (output marks, large payloads) go there too
+            config = dataclasses.replace(config, redis_url=args.redis_url)
     except ConfigError as err:
         log.error("configuration: %s", err)
         return 2
-    client = redis.Redis.from_url(args.redis_url or config.redis_url, decode_responses=True)
+    client = redis.Redis.from_url(config.redis_url, decode_responses=True)
     try:
         client.ping()
     except redis.RedisError as err:

@@ -1,13 +1,14 @@
 """Adoption: after a router restart, re-attach to this instance's still-running workers.
 
 An adopted worker's output is followed from the engine's log, after the last line the
-previous manager delivered (its mark, `_output_marks`), or from the start without one.
+previous manager delivered (its mark, `_output_marks`; a mark of line counts is found in
+the log first), or from the start without one.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,7 +22,7 @@ from ._models import ActiveWorker
 from ._naming import LabelSchema
 from ._orphans import untracked
 from ._output import OutputHub, OutputPipe
-from ._output_marks import OutputMarks
+from ._output_marks import OutputMarks, after_mark
 from ._registry import WorkerRegistry
 from ._secrets import Masker
 from ._slots import SlotGate
@@ -139,7 +140,14 @@ class WorkerAdopter:
             return None
         after = None
         if self.marks is not None and self.outputs.delivers:
-            after = self.marks.take(container_id)
+            mark = self.marks.take(container_id)
+            try:
+                after = None if mark is None else after_mark(container_id, mark, self._mark_of)
+            except Exception as err:  # the log not readable: from the start, as without
+                log.warning(
+                    "could not find the previous manager's mark in the worker's log",
+                    extra={"job_id": job_id, "error_type": type(err).__name__, "error": str(err)},
+                )
         if after is None and self.outputs.delivers:
             log.info(
                 "no mark of where this worker's output was delivered to; delivering it "
@@ -147,3 +155,6 @@ class WorkerAdopter:
                 extra={"job_id": job_id},
             )
         return self.outputs.follow(container_id, job_id, masker, after)
+
+    def _mark_of(self, worker_id: str, lines: Mapping[str, int]) -> Mapping[str, int]:
+        return self.driver.output_mark(worker_id, lines)

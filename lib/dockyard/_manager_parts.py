@@ -35,7 +35,7 @@ from ._models import WorkerLifecycleListener
 from ._naming import LabelSchema
 from ._orphans import OrphanReaper
 from ._output import OutputHub
-from ._output_marks import MarkKeeper, RedisOutputMarks
+from ._output_marks import MarkKeeper, RedisOutputMarks, RunningMarks
 from ._prometheus import build_metrics
 from ._registry import WorkerRegistry
 from ._registry_auth import RegistryAuthResolver, RegistryCredentialProvider
@@ -123,9 +123,11 @@ class ManagerParts:
         if self.metrics.enabled:
             driver.observer = self.metrics.engine_call
         safe_listener = lifecycle_listener(listener, self.metrics, reporter)
-        # Each worker's output, attached before its start (drivers that declare live output).
-        # an adopted worker's followed from the engine's log after the last manager's mark.
+        # Each worker's output, attached before its start (drivers that declare live output);
+        # an adopted worker's followed from the engine's log after the last manager's mark,
+        # left while its workers run (about once a second) and exactly at a clean close.
         follows = driver.capabilities.follow_output
+        marks_kept = follows and bool(config.redis_url.strip())  # somewhere to keep them
         self.output_marks = RedisOutputMarks(config.redis_url, config.router_instance_id)
         self.outputs = OutputHub(
             attach=driver.attach_output if driver.capabilities.live_output else None,
@@ -137,6 +139,7 @@ class ManagerParts:
             delivery_threads=config.max_workers,
             follow=driver.follow_output if follows else None,
             keep=MarkKeeper(self.output_marks, driver.output_mark) if follows else None,
+            marking=RunningMarks(self.output_marks) if marks_kept else None,
         )
         labels = LabelSchema(config.label_prefix)
         self.slots = SlotGate(config.max_workers)
@@ -281,6 +284,7 @@ class ManagerParts:
         self.timeouts.close()
         self.wait_executor.shutdown()
         self.outputs.close()  # the detached workers' readers end; their containers run on
+        self.output_marks.close()
         self.offload.close()
         self.driver.close()
         self.metrics.close()

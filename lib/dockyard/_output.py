@@ -4,12 +4,15 @@ The lines come from `_output_lines` (frames decoded, lines assembled and masked)
 Delivery (`OutputPipe`): one reader per worker (a daemon thread) turns frames into masked
 lines, counts them, keeps the last `tail_lines` in a ring (`log_tail`) and queues them for
 the host's listener. Delivery runs on the hub's executor, in order per worker; when the
-listener is slower than the worker, the queue holds up to `buffer_lines` lines, then new
-lines are dropped and counted (`dockyard_log_lines_dropped_total`). The reader never waits
-for the listener, so a launch or an exit never does either.
+listener is slower than the worker, the queue holds up to `buffer_lines` lines and
+`buffer_bytes` of them (their lengths: a worker printing long lines fills the bytes first),
+then new lines are dropped and counted (`dockyard_log_lines_dropped_total`). The reader
+never waits for the listener, so a launch or an exit never does either.
 
 A pipe knows how far delivery got (`delivered`), for the manager that adopts the worker
-after this one closed (`_output_marks`).
+after this one (`_output_marks`): the hub hands its pipes to `marking` about once a second
+on a thread of its own (never the delivery's: a mark costs a Redis write, a line must not),
+and the detached ones to `keep` at its close.
 """
 
 from __future__ import annotations
@@ -42,8 +45,12 @@ __all__ = [
 log = logging.getLogger("dockyard.output")
 
 DEFAULT_BUFFER_LINES = 10_000
+# What the queued lines of one worker may hold (their lengths summed): 10,000 lines of up
+# to 64 KiB would be 640 MiB, so long lines are bounded by size before they are by count.
+DEFAULT_BUFFER_BYTES = 4 * 1024 * 1024
 _COUNT_BATCH = 256  # lines counted per counter update: one update per line costs
 _DRAIN_BATCH = 256  # lines taken off the queue per lock
+MARK_EVERY_S = 1.0  # how often the running workers' marks are left (`marking`)
 # `(stream type, bytes)`; from the engine's log, one entry with its engine time (ns) too.
 Frame = tuple[int, bytes] | tuple[int, bytes, int | None]
 
@@ -94,11 +101,13 @@ class OutputPipe:
     executor: Executor | None
     counters: OutputCounters = field(default_factory=_NoCounters)
     buffer_lines: int = DEFAULT_BUFFER_LINES
+    buffer_bytes: int = DEFAULT_BUFFER_BYTES
     job_id: str = ""
     close_source: Callable[[], None] | None = None
     _tail: deque[str] = field(init=False)
     # (stream, line, its engine time if known, its position in its stream)
     _queue: deque[tuple[str, str, int | None, int]] = field(default_factory=deque, init=False)
+    _queued_bytes: int = field(default=0, init=False)  # the queued lines' lengths, summed
     _lock: threading.Condition = field(default_factory=threading.Condition, init=False)
     _worker: ActiveWorker | None = field(default=None, init=False)
     _draining: bool = field(default=False, init=False)
@@ -108,12 +117,17 @@ class OutputPipe:
     lines: int = field(default=0, init=False)
     worker_id: str = ""
     on_detach: Callable[[OutputPipe], None] | None = None
+    # Read from the worker's first line (positions count from it), or followed after
+    # `after`, the previous manager's marks: delivery starts out as far as they say.
+    after: Mapping[str, int] | None = None
     _positions: dict[str, int] = field(default_factory=dict, init=False)  # lines read, per stream
     _delivered: dict[str, int] = field(default_factory=dict, init=False)
     _delivered_marks: dict[str, int] = field(default_factory=dict, init=False)
+    _detached: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self._tail = deque(maxlen=max(0, self.tail_lines))
+        self._delivered_marks = dict(self.after or {})
 
     # -- the reader's side --------------------------------------------------------------
 
@@ -176,14 +190,20 @@ class OutputPipe:
             self.lines += len(batch)
             self._tail.extend(line for _, line, _ in batch)
             deliver = self.sink is not None and self.executor is not None and not self._cancelled
+            queue, queued = self._queue, self._queued_bytes
             for stream, line, mark_ns in batch:
                 position = self._positions[stream] = self._positions.get(stream, 0) + 1
                 if not deliver:
                     continue
-                if len(self._queue) >= self.buffer_lines:
+                # Full by count, or by size (an empty queue takes any line: one never
+                # waits for a cap smaller than itself).
+                size = len(line)
+                if len(queue) >= self.buffer_lines or (queued + size > self.buffer_bytes and queue):
                     dropped += 1
                 else:
-                    self._queue.append((stream, line, mark_ns, position))
+                    queue.append((stream, line, mark_ns, position))
+                    queued += size
+            self._queued_bytes = queued
             self.dropped += dropped
             schedule = deliver and bool(self._queue) and self._worker is not None
             schedule = schedule and not self._draining
@@ -214,6 +234,7 @@ class OutputPipe:
             with self._lock:
                 self._draining = False
                 self._queue.clear()
+                self._queued_bytes = 0
                 self._lock.notify_all()
 
     def _drain(self) -> None:
@@ -224,6 +245,7 @@ class OutputPipe:
                     self._lock.notify_all()
                     return
                 batch = [self._queue.popleft() for _ in range(min(_DRAIN_BATCH, len(self._queue)))]
+                self._queued_bytes -= sum(len(line) for _, line, _, _ in batch)
                 worker = self._worker
             for stream, line, mark_ns, position in batch:
                 if self._cancelled:
@@ -258,10 +280,23 @@ class OutputPipe:
     def worker(self) -> ActiveWorker | None:
         return self._worker
 
+    @property
+    def from_start(self) -> bool:
+        return self.after is None
+
+    @property
+    def detached(self) -> bool:
+        return self._detached
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
     def delivered(self) -> Delivered | None:
-        """How far delivery got; None when no line reached the listener."""
+        """How far delivery got; None when no line reached the listener (nor did a
+        previous manager's)."""
         with self._lock:
-            if not self._delivered:
+            if not self._delivered and not self._delivered_marks:
                 return None
             marks, read = dict(self._delivered_marks), dict(self._positions)
             return Delivered(dict(self._delivered), marks, read)
@@ -272,6 +307,7 @@ class OutputPipe:
 
     def detach(self) -> None:
         """Stop reading and delivering: the worker runs on, another manager may adopt it."""
+        self._detached = True  # before the cancel ends the reader (see `RunningMarks`)
         self.cancel()
         if self.on_detach is not None:
             self.on_detach(self)
@@ -281,6 +317,7 @@ class OutputPipe:
         with self._lock:
             self._cancelled = True
             self._queue.clear()
+            self._queued_bytes = 0
             self._lock.notify_all()
         if self.close_source is not None:
             try:
@@ -305,8 +342,10 @@ class OutputHub:
 
     Output is best effort: a stream that cannot be opened leaves the worker without live
     output (a warning), never without its launch. `follow` reads an adopted worker's
-    output from the engine's log instead, after the given marks; on `close`, `keep`
-    is handed the pipes of the workers still running, to leave how far delivery got.
+    output from the engine's log instead, after the given marks. With a listener for the
+    lines, `marking` gets every pipe about every `mark_every_s` (on a thread of the hub's,
+    started with the first worker), to leave how far delivery got while they run; on
+    `close`, `keep` is handed the pipes of the workers still running, to leave it exactly.
     """
 
     def __init__(
@@ -320,17 +359,25 @@ class OutputHub:
         tail_lines: int,
         delivery_threads: int,
         buffer_lines: int = DEFAULT_BUFFER_LINES,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         follow: Callable[[str, Mapping[str, int] | None], AttachedOutput] | None = None,
         keep: Callable[[list[OutputPipe]], None] | None = None,
+        marking: Callable[[list[OutputPipe]], None] | None = None,
+        mark_every_s: float = MARK_EVERY_S,
     ) -> None:
         self.enabled = enabled and attach is not None
         self._attach = attach
         self._follow = follow
         self._keep = keep
+        self._marking = marking
+        self._mark_every_s = mark_every_s
+        self._mark_thread: threading.Thread | None = None
+        self._marks_stop = threading.Event()
         self._sink = sink if wants_output(listener) else None
         self._counters = counters
         self._tail_lines = tail_lines
         self._buffer_lines = buffer_lines
+        self._buffer_bytes = buffer_bytes
         self._lock = threading.Lock()
         self._readers: dict[int, tuple[OutputPipe, threading.Thread]] = {}
         self._detached: list[OutputPipe] = []  # their workers run on: `keep` gets them
@@ -359,7 +406,7 @@ class OutputHub:
         """Read a running worker's output from the engine's log, after `after` (`follow`)."""
         if self._follow is None or not self.enabled or self._closed:
             return None
-        return self._start(self._follow, (worker_id, after), worker_id, job_id, masker)
+        return self._start(self._follow, (worker_id, after), worker_id, job_id, masker, after=after)
 
     def _start(
         self,
@@ -368,6 +415,8 @@ class OutputHub:
         worker_id: str,
         job_id: str,
         masker: Masker,
+        *,
+        after: Mapping[str, int] | None = None,
     ) -> OutputPipe | None:
         try:
             attached = opener(*args)
@@ -384,10 +433,12 @@ class OutputHub:
             self._executor,
             self._counters,
             buffer_lines=self._buffer_lines,
+            buffer_bytes=self._buffer_bytes,
             job_id=job_id,
             close_source=attached.close,
             worker_id=worker_id,
             on_detach=self._on_detach,
+            after=after,
         )
         thread = threading.Thread(
             target=self._read,
@@ -401,8 +452,28 @@ class OutputHub:
                 return None
             self._readers[id(pipe)] = (pipe, thread)
             self._pipes.add(pipe)
+            self._start_marks()
         thread.start()
         return pipe
+
+    def _start_marks(self) -> None:
+        """The mark thread, started with the first pipe (under the lock: `close` joins it)."""
+        if self._marking is None or self._sink is None or self._mark_thread is not None:
+            return
+        self._mark_thread = threading.Thread(
+            target=self._mark_running, name="dockyard-output-marks", daemon=True
+        )
+        self._mark_thread.start()
+
+    def _mark_running(self) -> None:
+        assert self._marking is not None
+        while not self._marks_stop.wait(self._mark_every_s):
+            with self._lock:
+                pipes = list(self._pipes)
+            try:
+                self._marking(pipes)
+            except Exception:  # best effort: the next tick tries again
+                log.warning("could not keep how far worker output was delivered", exc_info=True)
 
     def _on_detach(self, pipe: OutputPipe) -> None:
         with self._lock:
@@ -424,6 +495,12 @@ class OutputHub:
             readers = list(self._readers.values())
             pipes = list(self._pipes)
             running, self._detached = self._detached, []
+            marks = self._mark_thread
+        # The mark thread ends first: what it last left is then overwritten by `keep`'s,
+        # and it never takes the cancels below for workers that ended.
+        self._marks_stop.set()
+        if marks is not None:
+            marks.join()
         for pipe in pipes:
             pipe.cancel()
         deadline = time.monotonic() + join_s

@@ -6,17 +6,24 @@ docker-py that carry this router instance's labels, no manager tracking them.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 import pytest
 
+import dockyard
 from dockyard import (
     ContainerManager,
     NoWorkerSlotError,
@@ -408,3 +415,77 @@ def test_an_adopter_delivers_the_output_from_where_the_closed_manager_stopped(
     # The adopted worker's tail is its own output, read live.
     assert outcome.log_tail[-1] == f"line-{NUMBERED_LINES - 1}"
     thread_baseline.assert_no_new_threads()
+
+
+KILLED_LINES = 200  # printed 0.05 s apart: at most 20 a second
+# Lines printed before the kill: far more than the repeats allowed, so a continuation from
+# the worker's start (no mark) fails the test.
+KILL_AFTER_LINES = 100
+# A mark is left about once a second while lines are delivered; allowed: 3 s worth.
+REPEATS_BOUND = 60
+
+
+def test_after_a_manager_is_killed_its_adopter_repeats_at_most_a_second_or_so_of_lines(
+    manager_with, redis_url, test_image, instance_id, tmp_path
+):
+    """A router killed (SIGKILL) never closes: its adopter goes on from the mark written
+    while the worker ran, with no line lost and only the last moment's lines again."""
+    command = [
+        "sh",
+        "-c",
+        f"i=0; while [ $i -lt {KILLED_LINES} ]; do echo line-$i; "
+        "if [ $((i % 10)) -eq 0 ]; then echo err-$i >&2; fi; i=$((i+1)); sleep 0.05; done",
+    ]
+    lines_file = tmp_path / "killed-host.lines"
+    lines_file.touch()
+    package_root = Path(dockyard.__file__).resolve().parents[1]  # lib/, or site-packages
+    tests_root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package_root), str(tests_root)])}
+    code = (
+        "from support.output_host import main; "
+        f"main({redis_url!r}, {test_image!r}, {instance_id!r}, 'counting', "
+        f"{json.dumps(command)!r}, {str(lines_file)!r})"
+    )
+    log_path = tmp_path / "killed-host.log"
+
+    def killed_host_lines() -> list[tuple[str, str]]:
+        text = lines_file.read_text(encoding="utf-8")
+        whole = text[: text.rfind("\n") + 1]  # a line cut by the kill is not whole
+        return [tuple(entry.split("\t", 1)) for entry in whole.splitlines()]  # type: ignore[misc]
+
+    with log_path.open("wb") as out:
+        host = subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            eventually(
+                lambda: sum(s == "stdout" for s, _ in killed_host_lines()) >= KILL_AFTER_LINES,
+                timeout=60,
+            )
+        finally:
+            host.kill()  # SIGKILL: no close, no mark at a close
+            host.wait()
+    assert host.returncode == -signal.SIGKILL, log_path.read_text()
+    first = killed_host_lines()
+
+    second, second_seen = manager_with(redis_url=redis_url)
+    assert [w.job_id for w in second.adopt_workers()] == ["counting"]
+    outcome = second.wait_for_worker("counting", OUTCOME_TIMEOUT_S)
+    assert (outcome.status, outcome.exit_code) == ("succeeded", 0)
+    second.close()
+
+    for stream, prefix, every in (("stdout", "line", 1), ("stderr", "err", 10)):
+        before = [line for s, line in first if s == stream]
+        after = second_seen.lines("counting", stream)
+        numbered = [f"{prefix}-{i}" for i in range(0, KILLED_LINES, every)]
+        assert before == numbered[: len(before)], stream  # the killed host's, in order
+        assert after, stream
+        start = numbered.index(after[0])
+        # The adopter went on from at or before the killed host's last line (no gap) to
+        # the end, each line once.
+        assert after == numbered[start:], stream
+        assert start <= len(before), (stream, start, len(before))
+        if stream == "stdout":
+            repeats = len(before) - start
+            print(f"killed after {len(before)} stdout lines; the adopter repeated {repeats}")
+            assert start > 0 and repeats <= REPEATS_BOUND, (start, len(before))

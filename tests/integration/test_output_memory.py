@@ -1,6 +1,8 @@
 """A worker that prints ~200 MB as fast as it can, with a slow listener, on the real engine:
 dockyard's memory stays bounded (README, A worker's output) and another worker's exit is
-seen while the chatty one still runs."""
+seen while the chatty one still runs. Once in short lines (the queue's line cap binds) and
+once in 32 KiB lines (its byte cap binds: by count alone, 10,000 such lines would be
+320 MiB)."""
 
 from __future__ import annotations
 
@@ -9,12 +11,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from dockyard import ActiveWorker, ContainerManager, WorkerJob, WorkerLifecycleListener
 
 WAIT_S = 300.0
 TOTAL_BYTES = 200_000_000
-LINE = "x" * 99  # 100 bytes a line with its newline: 2,000,000 lines
-# The bound README "A worker's output" states; measured growth was far below it.
+# The bound README "A worker's output" states; measured growth was far below it. Without
+# the queue's byte cap, the 32 KiB lines alone grew the RSS by about 107 MiB.
 RSS_GROWTH_BOUND = 64 * 1024 * 1024
 
 
@@ -61,9 +65,16 @@ class PeakRss:
         self.peak = max(self.peak, rss_bytes())
 
 
+@pytest.mark.parametrize(
+    "line_bytes",
+    [100, 32 * 1024],  # with its newline: 2,000,000 lines, or about 6,100
+    ids=["short-lines", "32-kib-lines"],
+)
 def test_a_200_mb_printer_with_a_slow_listener_keeps_memory_bounded_and_exits_flowing(
-    make_manager: Callable[..., ContainerManager], instance_id: str
+    make_manager: Callable[..., ContainerManager], instance_id: str, line_bytes: int
 ) -> None:
+    line = "x" * (line_bytes - 1)
+    total = -(-TOTAL_BYTES // line_bytes) * line_bytes  # whole lines: the last one ends too
     listener = SlowListener()
     manager = make_manager(listener=listener, worker_timeout_s=WAIT_S)
     # Warm up what every worker costs once (threads, connections, compiled patterns).
@@ -74,7 +85,7 @@ def test_a_200_mb_printer_with_a_slow_listener_keeps_memory_bounded_and_exits_fl
 
     chatty = f"{instance_id}-chatty"
     short = f"{instance_id}-short"
-    script = f"yes {LINE} | head -c {TOTAL_BYTES}"
+    script = f"yes {line} | head -c {total}"
     with PeakRss() as peak:
         manager.spawn_worker(WorkerJob(chatty, "memory-test", {}, command=["sh", "-c", script]))
         assert listener.first_line.wait(WAIT_S)
@@ -90,5 +101,5 @@ def test_a_200_mb_printer_with_a_slow_listener_keeps_memory_bounded_and_exits_fl
     assert chatty_running
     assert chatty_outcome.status == "succeeded", chatty_outcome
     # The reader kept up with the worker: the tail is the end of the output.
-    assert chatty_outcome.log_tail[-1] == LINE
+    assert chatty_outcome.log_tail[-1] == line
     assert growth < RSS_GROWTH_BOUND, f"RSS grew {growth / 2**20:.1f} MiB"

@@ -171,3 +171,56 @@ def test_router_keeps_each_jobs_last_output_lines_masked_next_to_its_outcome(
         assert router.stop() == 0, router.output()
     finally:
         client.close()
+
+
+def test_router_keeps_a_jobs_output_across_a_restart_in_order_none_twice(
+    start_router: Callable[..., RouterProcess], redis_url: str, docker_client: Any
+) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    key = "dockyard:output:across"
+
+    def stored() -> list[tuple[str, str]]:
+        return [
+            (entry["stream"], entry["line"]) for entry in map(json.loads, client.lrange(key, 0, -1))
+        ]
+
+    def holding(*lines: str) -> Callable[[], list[tuple[str, str]] | None]:
+        def check() -> list[tuple[str, str]] | None:
+            found = stored()
+            return found if set(lines) <= {line for _, line in found} else None
+
+        return check
+
+    # Prints, waits for /go (created by the test through docker exec), prints again.
+    script = (
+        'i=1; while [ $i -le 50 ]; do echo "before $i"; i=$((i+1)); done; '
+        "echo err-before >&2; "
+        "while [ ! -e /go ]; do sleep 0.1; done; "
+        'i=1; while [ $i -le 50 ]; do echo "after $i"; i=$((i+1)); done; '
+        "echo err-after >&2"
+    )
+    try:
+        first = start_router("first")
+        push_job(client, "across", ["sh", "-c", script])
+        before = _wait_for("the lines before the restart", holding("before 50", "err-before"))
+        running = _wait_for("the job to run", lambda: client.hget(RUNNING, "across"))
+        container = docker_client.containers.get(json.loads(running)["container_name"])
+        assert first.stop() == 0, first.output()
+
+        second = start_router("second")
+        _wait_for("the adoption", lambda: "adopted 1 running" in second.output())
+        assert stored() == before  # the adopting router's started hook kept them
+        exit_code, output = container.exec_run(["touch", "/go"])
+        assert exit_code == 0, output
+        outcome = json.loads(_wait_for("the outcome", lambda: client.hget(OUTCOMES, "across")))
+        assert outcome["status"] == "succeeded", outcome
+        lines = _wait_for("the lines after the restart", holding("after 50", "err-after"))
+        assert second.stop() == 0, second.output()
+    finally:
+        client.close()
+    assert lines[: len(before)] == before
+    assert [line for stream, line in lines if stream == "stdout"] == [
+        *(f"before {i}" for i in range(1, 51)),
+        *(f"after {i}" for i in range(1, 51)),
+    ]
+    assert [line for stream, line in lines if stream == "stderr"] == ["err-before", "err-after"]

@@ -285,6 +285,87 @@ def test_a_slow_listener_loses_lines_past_the_buffer_and_they_are_counted(
     assert sum(counters.lines.values()) == 2000
 
 
+def long_lines(count: int, size: int, first: int = 0) -> list[tuple[int, bytes]]:
+    """`count` stdout lines of `size` characters, each starting with its number."""
+    return [(1, f"{i:06d}".ljust(size, "x").encode() + b"\n") for i in range(first, first + count)]
+
+
+def test_queued_lines_are_capped_by_their_size_as_well_as_their_count(
+    executor: ThreadPoolExecutor,
+) -> None:
+    recorder, counters = Recorder(), Counters()
+    pipe = OutputPipe(
+        NO_SECRETS,
+        tail_lines=2,
+        sink=SafeListener(recorder),
+        executor=executor,
+        counters=counters,
+        buffer_lines=10_000,
+        buffer_bytes=10_000,
+    )
+    # Not bound yet: nothing leaves the queue, so what it holds is what the caps let in.
+    pipe.run_reader(long_lines(100, 1000))
+    assert pipe.dropped == counters.dropped == 90  # 10 lines of 1,000 fill 10,000
+    assert pipe.tail() == tuple(f"{i:06d}".ljust(1000, "x") for i in (98, 99))
+    pipe.bind(worker())
+    pipe.finish(5.0)
+    assert [line[:6] for _, _, line in recorder.lines] == [f"{i:06d}" for i in range(10)]
+    assert sum(counters.lines.values()) == 100  # counted though not delivered
+
+
+def test_a_line_longer_than_the_byte_cap_still_goes_out_alone(
+    executor: ThreadPoolExecutor,
+) -> None:
+    recorder = Recorder()
+    pipe = OutputPipe(
+        NO_SECRETS,
+        tail_lines=2,
+        sink=SafeListener(recorder),
+        executor=executor,
+        buffer_bytes=100,
+    )
+    pipe.run_reader(long_lines(3, 500))
+    pipe.bind(worker())
+    pipe.finish(5.0)
+    assert [line[:6] for _, _, line in recorder.lines] == ["000000"]  # then full
+    assert pipe.dropped == 2
+
+
+def test_delivered_lines_free_their_bytes_for_the_next(executor: ThreadPoolExecutor) -> None:
+    recorder = Recorder()
+    pipe = OutputPipe(
+        NO_SECRETS,
+        tail_lines=2,
+        sink=SafeListener(recorder),
+        executor=executor,
+        buffer_bytes=5_000,
+    )
+    pipe.bind(worker())
+    for batch in range(20):  # 100,000 characters in all through a 5,000 queue
+        pipe.add_lines([("stdout", f"{batch:06d}".ljust(4_000, "y"), None)])
+        pipe.finish(0.0, delivery_s=5.0)  # each batch out before the next comes
+    assert pipe.dropped == 0
+    assert [line[:6] for _, _, line in recorder.lines] == [f"{i:06d}" for i in range(20)]
+
+
+def test_the_hub_gives_each_pipe_its_byte_cap() -> None:
+    outputs = OutputHub(
+        attach=lambda worker_id: AttachedOutput(iter(long_lines(5, 1000)), lambda: None),
+        enabled=True,
+        listener=Recorder(),
+        sink=SafeListener(Recorder()),
+        counters=Counters(),
+        tail_lines=3,
+        delivery_threads=1,
+        buffer_bytes=2_500,
+    )
+    pipe = outputs.open("c1", "job-1", NO_SECRETS)
+    assert pipe is not None
+    pipe.finish(5.0)  # read to the end, unbound: 2 of 1,000 fit in 2,500
+    assert pipe.dropped == 3
+    outputs.close()
+
+
 def test_a_listener_that_raises_is_reported_and_output_keeps_flowing(
     executor: ThreadPoolExecutor,
 ) -> None:
