@@ -25,6 +25,7 @@ import dockyard
 from dockyard import ContainerManager, ForkedManagerError, WorkerJob
 from forking import in_forked_child
 from rq_host import QUEUE
+from support.hold import let_go
 
 TESTS = Path(__file__).resolve().parents[1]
 HOLD = ["sh", "-c", "while [ ! -e /go ]; do sleep 0.05; done"]
@@ -41,8 +42,7 @@ def _spawn_from_pool(job_id: str) -> str:
 
 
 def release(client: docker.DockerClient, container_id: str) -> None:
-    done = client.containers.get(container_id).exec_run(["touch", "/go"])
-    assert done.exit_code == 0, done.output
+    let_go(client.containers.get(container_id))
 
 
 def test_a_forked_child_gets_the_error_at_once_and_the_parent_keeps_its_worker(

@@ -16,8 +16,9 @@ import redis
 
 from promscrape import Scrape
 from support.cli import dockyard_cli, run_env, write_jobs
+from support.hold import HOLD, let_go
 from support.router import ROUTER, RouterProcess, push_job
-from support.scrape import HOLD, WAIT_S, scrape_until
+from support.scrape import WAIT_S, scrape_until
 from support.servers import free_port
 
 
@@ -27,8 +28,7 @@ def outcomes(got: Scrape, status: str, reason: str) -> float:
 
 def release_job(client: docker.DockerClient, job_id: str) -> None:
     (container,) = client.containers.list(filters={"label": f"cascade.job.id={job_id}"})
-    done = container.exec_run(["touch", "/go"])
-    assert done.exit_code == 0, done.output
+    let_go(container)
 
 
 def refused(port: int) -> bool:

@@ -27,7 +27,8 @@ import docker
 import pytest
 
 from support.cli import run_env, write_jobs
-from support.scrape import HOLD, scrape_until
+from support.hold import HOLD, let_go
+from support.scrape import scrape_until
 from support.servers import free_port, missing_tool, stop_process
 
 WAIT_S = 60.0
@@ -53,8 +54,7 @@ def release(client: docker.DockerClient, instance_id: str, job_id: str) -> None:
     """Let this instance's held job `job_id` go on (its wait loop sees /go)."""
     labels = [f"cascade.router.instance={instance_id}", f"cascade.job.id={job_id}"]
     (container,) = client.containers.list(filters={"label": labels})
-    done = container.exec_run(["touch", "/go"])
-    assert done.exit_code == 0, done.output
+    let_go(container)
 
 
 def test_the_readme_queries_are_in_the_readme() -> None:

@@ -18,6 +18,7 @@ import pytest
 import redis
 
 import dockyard
+from support.hold import let_go
 from support.router import OUTCOMES, QUEUE, RUNNING, WAIT_S, RouterProcess, push_job
 
 pytestmark = [pytest.mark.redis, pytest.mark.docker]
@@ -112,8 +113,7 @@ def test_router_runs_jobs_records_outcomes_and_hands_over_on_restart(
         _wait_for(
             "the second router to adopt hold-1", lambda: "adopted 1 running" in second.output()
         )
-        exit_code, output = container.exec_run(["touch", "/go"])
-        assert exit_code == 0, output
+        let_go(container)
         try:
             outcome = _wait_for("hold-1's outcome", lambda: _outcomes(client).get("hold-1"))
         except AssertionError as err:
@@ -210,8 +210,7 @@ def test_router_keeps_a_jobs_output_across_a_restart_in_order_none_twice(
         second = start_router("second")
         _wait_for("the adoption", lambda: "adopted 1 running" in second.output())
         assert stored() == before  # the adopting router's started hook kept them
-        exit_code, output = container.exec_run(["touch", "/go"])
-        assert exit_code == 0, output
+        let_go(container)
         outcome = json.loads(_wait_for("the outcome", lambda: client.hget(OUTCOMES, "across")))
         assert outcome["status"] == "succeeded", outcome
         lines = _wait_for("the lines after the restart", holding("after 50", "err-after"))

@@ -40,6 +40,7 @@ from dockyard._sentry import Reporter
 from dockyard._snapshot_registry import SnapshotRegistry
 from dockyard._snapshots import SnapshotManager
 from support.engine import ManagerFactory
+from support.hold import let_go
 from support.hosts import StaticProjects, snapshot_worker
 from support.sentry import CapturedEvents
 
@@ -331,8 +332,7 @@ def test_deleted_snapshot_image_falls_back_to_the_base_image(
     worker = manager.spawn_worker(job(f"{instance_id}-cold", command=[COLD_THEN_WAIT]))
     assert worker.image == entry_image
     assert manager.snapshots.get("proj-1", "card-1") is None  # invalidated
-    released = docker_client.containers.get(worker.container_id).exec_run(["touch", "/go"])
-    assert released.exit_code == 0, released.output
+    let_go(docker_client.containers.get(worker.container_id))
     outcome = manager.wait_for_worker(worker.job_id, timeout=WAIT_S)
     assert outcome.status == "succeeded", outcome  # exit 3 would mean it started warm
 

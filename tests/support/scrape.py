@@ -1,4 +1,4 @@
-"""Scraping a /metrics endpoint until it shows something, and a worker that holds until told."""
+"""Scraping a /metrics endpoint until it shows something."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from collections.abc import Callable
 from promscrape import Scrape, scrape
 
 WAIT_S = 90.0
-HOLD = "while [ ! -e /go ]; do sleep 0.05; done"
-"""A worker command that runs until a file `/go` appears in its container."""
 
 
 def scrape_until(url: str, what: str, check: Callable[[Scrape], bool]) -> Scrape:
