@@ -122,6 +122,23 @@ class LineSplitter:
             lines.extend(self._cut(bytes(self._partial), final=False))
         return lines
 
+    def feed_text(self, data: bytes) -> list[str]:
+        """`feed`, its lines decoded (`_decode_all`). A chunk with no `\r` whose lines
+        cannot be too long (the common case) is decoded whole and split once: no bytes
+        object per line, no join."""
+        end = data.rfind(b"\n")
+        partial = self._partial
+        if (
+            end < 0
+            or b"\r" in data
+            or len(partial) + len(data) > self._max
+            or partial.endswith(b"\r")
+        ):
+            return _decode_all(self.feed(data))
+        text = _decode(bytes(partial) + data[:end] if partial else data[:end])
+        self._partial = bytearray(data[end + 1 :])
+        return text.split("\n")
+
     def _overlong(self) -> bool:
         return len(self._partial) > self._max
 
@@ -307,7 +324,7 @@ class LineAssembler:
         name = STREAM_NAMES.get(stream_type)
         if name is None:
             return []
-        lines = self._maskers[name].push_many(_decode_all(self._splitters[name].feed(data)))
+        lines = self._maskers[name].push_many(self._splitters[name].feed_text(data))
         return [(name, lines)] if lines else []
 
     def flush(self) -> list[tuple[Stream, list[str]]]:

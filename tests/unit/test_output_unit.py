@@ -103,6 +103,28 @@ def test_lines_lose_their_newline_and_a_trailing_carriage_return_only() -> None:
     assert splitter.flush() == []
 
 
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [b"a", b"\n", b"\r", b"\r\n", "€".encode(), "é".encode(), b"\xff", b"\xe2"]
+        ),
+        max_size=80,
+    ),
+    st.lists(st.integers(min_value=0, max_value=400), max_size=12),
+    st.integers(min_value=4, max_value=24),
+)
+def test_lines_decoded_a_chunk_at_a_time_are_the_lines_decoded_each_alone(
+    pieces: list[bytes], cuts: list[int], max_bytes: int
+) -> None:
+    data = b"".join(pieces)
+    by_chunk, by_line = LineSplitter(max_bytes), LineSplitter(max_bytes)
+    for chunk in chunked(data, cuts):
+        expected = [line.decode("utf-8", "replace") for line in by_line.feed(chunk)]
+        assert by_chunk.feed_text(chunk) == expected
+    assert by_chunk.flush() == by_line.flush()
+
+
 def test_a_character_split_across_two_writes_decodes_whole() -> None:
     text = "naïve — 日本語 ✓\n".encode()
     frames = [(1, text[:i]) for i in (3,)] + [(1, text[3:9]), (1, text[9:])]
