@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._sentry import Reporter
@@ -39,25 +40,54 @@ class SafeListener:
     def output(self, worker: ActiveWorker, stream: str, line: str) -> None:
         self._call("on_worker_output", worker.job_id, worker, stream, line)
 
+    def output_lines(
+        self,
+        worker: ActiveWorker,
+        stream: str,
+        lines: Sequence[str],
+        stopped: Callable[[], bool],
+    ) -> int:
+        """`output` of each line in turn until `stopped()`; how many went out. One hook
+        look-up and one `try` for the lot: a chatty worker's lines cost a call each."""
+        if self._listener is None:
+            return 0
+        hook = self._listener.on_worker_output
+        done = 0
+        count = len(lines)
+        while done < count:
+            try:
+                for line in lines[done:] if done else lines:
+                    if stopped():
+                        return done
+                    hook(worker, stream, line)
+                    done += 1
+            except Exception as err:
+                done += 1  # the line that raised counts as delivered: it was handed over
+                self._failed("on_worker_output", worker.job_id, err)
+        return done
+
     def _call(self, hook: str, job_id: str | None, *args: object) -> None:
         if self._listener is None:
             return
         try:
             getattr(self._listener, hook)(*args)
         except Exception as err:
-            # Not `log.exception`: a host's logging integration would turn it into an event
-            # with the locals of every frame. The reporter's event drops them.
-            log.warning(
-                "lifecycle listener failed",
-                extra={"hook": hook, "job_id": job_id, "error_type": type(err).__name__},
-            )
-            self._reporter.report(
-                err,
-                "lifecycle_listener",
-                level="warning",
-                tags={"hook": hook},
-                extras={"jobId": job_id},
-            )
+            self._failed(hook, job_id, err)
+
+    def _failed(self, hook: str, job_id: str | None, err: Exception) -> None:
+        # Not `log.exception`: a host's logging integration would turn it into an event
+        # with the locals of every frame. The reporter's event drops them.
+        log.warning(
+            "lifecycle listener failed",
+            extra={"hook": hook, "job_id": job_id, "error_type": type(err).__name__},
+        )
+        self._reporter.report(
+            err,
+            "lifecycle_listener",
+            level="warning",
+            tags={"hook": hook},
+            extras={"jobId": job_id},
+        )
 
 
 def wants_output(listener: WorkerLifecycleListener | None) -> bool:

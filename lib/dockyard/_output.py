@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -49,7 +49,6 @@ DEFAULT_BUFFER_LINES = 10_000
 # to 64 KiB would be 640 MiB, so long lines are bounded by size before they are by count.
 DEFAULT_BUFFER_BYTES = 4 * 1024 * 1024
 _COUNT_BATCH = 256  # lines counted per counter update: one update per line costs
-_DRAIN_BATCH = 256  # lines taken off the queue per lock
 MARK_EVERY_S = 1.0  # how often the running workers' marks are left (`marking`)
 # `(stream type, bytes)`; from the engine's log, one entry with its engine time (ns) too.
 Frame = tuple[int, bytes] | tuple[int, bytes, int | None]
@@ -73,9 +72,17 @@ class OutputCounters(Protocol):
 
 
 class OutputSink(Protocol):
-    """Where delivered lines go: the safe listener's `output`."""
+    """Where delivered lines go: the safe listener's `output`, or `output_lines` for a run of
+    one stream's lines (how many went out: it stops when `stopped()` says so)."""
 
     def output(self, worker: ActiveWorker, stream: str, line: str) -> None: ...
+    def output_lines(
+        self,
+        worker: ActiveWorker,
+        stream: str,
+        lines: Sequence[str],
+        stopped: Callable[[], bool],
+    ) -> int: ...
 
 
 class _NoCounters:
@@ -84,6 +91,9 @@ class _NoCounters:
 
     def log_lines_dropped(self, count: int) -> None:
         pass
+
+
+_Run = tuple[str, list[str], list[int | None] | None, Sequence[int]]
 
 
 @dataclass(eq=False)
@@ -105,8 +115,11 @@ class OutputPipe:
     job_id: str = ""
     close_source: Callable[[], None] | None = None
     _tail: deque[str] = field(init=False)
-    # (stream, line, its engine time if known, its position in its stream)
-    _queue: deque[tuple[str, str, int | None, int]] = field(default_factory=deque, init=False)
+    # Runs of one stream's lines: (stream, lines, each one's engine time if any is known,
+    # each one's position in its stream). A run is queued, taken and delivered as one: a
+    # chatty worker's lines cost no lock, queue entry or tuple each.
+    _queue: deque[_Run] = field(default_factory=deque, init=False)
+    _queued_lines: int = field(default=0, init=False)
     _queued_bytes: int = field(default=0, init=False)  # the queued lines' lengths, summed
     _lock: threading.Condition = field(default_factory=threading.Condition, init=False)
     _worker: ActiveWorker | None = field(default=None, init=False)
@@ -143,14 +156,16 @@ class OutputPipe:
         marks: dict[str, deque[int]] = {name: deque() for name in STREAMS}
         latest: int | None = None
 
-        def take(found: list[tuple[Stream, str]]) -> None:
-            batch = []
-            for stream, line in found:
+        def take(found: list[tuple[Stream, list[str]]]) -> None:
+            for stream, lines in found:
+                if not lines:
+                    continue
                 pending = marks[stream]
-                batch.append((stream, line, pending.popleft() if pending else latest))
-                counts[stream] += 1
-            self.add_lines(batch)
-            for stream, count in counts.items():
+                times: list[int | None] | None = None
+                if pending or latest is not None:  # from a log: each line takes its time
+                    times = [pending.popleft() if pending else latest for _ in lines]
+                self._add_run(stream, lines, times)
+                count = counts[stream] = counts[stream] + len(lines)
                 if count >= _COUNT_BATCH:
                     self.counters.log_lines(stream, count)
                     counts[stream] = 0
@@ -183,28 +198,42 @@ class OutputPipe:
                     self._lock.notify_all()
 
     def add_lines(self, batch: list[tuple[Stream, str, int | None]]) -> None:
-        """Masked lines (with their engine times): into the tail and, when there is a
-        listener, the queue; one lock for the lot (a line at a time, the lock is the cost)."""
+        """Masked lines (with their engine times), in order: `_add_run` of each run of one
+        stream's lines."""
+        at = 0
+        while at < len(batch):
+            stream = batch[at][0]
+            end = at + 1
+            while end < len(batch) and batch[end][0] == stream:
+                end += 1
+            run = batch[at:end]
+            self._add_run(stream, [line for _, line, _ in run], [mark for _, _, mark in run])
+            at = end
+
+    def _add_run(self, stream: str, lines: list[str], marks: list[int | None] | None) -> None:
+        """One stream's masked lines (with their engine times, if known): into the tail
+        and, when there is a listener, the queue; one lock for the lot."""
         dropped = 0
+        count = len(lines)
         with self._lock:
-            self.lines += len(batch)
-            self._tail.extend(line for _, line, _ in batch)
+            self.lines += count
+            self._tail.extend(lines)
+            first = self._positions.get(stream, 0) + 1
+            self._positions[stream] = first + count - 1
             deliver = self.sink is not None and self.executor is not None and not self._cancelled
-            queue, queued = self._queue, self._queued_bytes
-            for stream, line, mark_ns in batch:
-                position = self._positions[stream] = self._positions.get(stream, 0) + 1
-                if not deliver:
-                    continue
-                # Full by count, or by size (an empty queue takes any line: one never
-                # waits for a cap smaller than itself).
-                size = len(line)
-                if len(queue) >= self.buffer_lines or (queued + size > self.buffer_bytes and queue):
-                    dropped += 1
+            if deliver:
+                size = sum(map(len, lines))
+                if (
+                    self._queued_lines + count <= self.buffer_lines
+                    and self._queued_bytes + size <= self.buffer_bytes
+                ):
+                    # Room for all (the common case): queued as they are.
+                    self._queue.append((stream, lines, marks, range(first, first + count)))
+                    self._queued_lines += count
+                    self._queued_bytes += size
                 else:
-                    queue.append((stream, line, mark_ns, position))
-                    queued += size
-            self._queued_bytes = queued
-            self.dropped += dropped
+                    dropped = self._add_some(stream, lines, marks, first)
+                    self.dropped += dropped
             schedule = deliver and bool(self._queue) and self._worker is not None
             schedule = schedule and not self._draining
             if schedule:
@@ -213,6 +242,32 @@ class OutputPipe:
             self.counters.log_lines_dropped(dropped)
         if schedule:
             self._schedule()
+
+    def _add_some(
+        self, stream: str, lines: list[str], marks: list[int | None] | None, first: int
+    ) -> int:
+        """The lines of a run that fit, line by line, queued; how many did not (under the
+        lock). Full by count, or by size (an empty queue takes any line: one never waits
+        for a cap smaller than itself)."""
+        kept: list[str] = []
+        kept_marks: list[int | None] = []
+        positions: list[int] = []
+        queued_lines, queued = self._queued_lines, self._queued_bytes
+        for index, line in enumerate(lines):
+            size = len(line)
+            if queued_lines >= self.buffer_lines or (
+                queued + size > self.buffer_bytes and queued_lines
+            ):
+                continue
+            kept.append(line)
+            kept_marks.append(marks[index] if marks is not None else None)
+            positions.append(first + index)
+            queued_lines += 1
+            queued += size
+        if kept:
+            self._queue.append((stream, kept, kept_marks if marks is not None else None, positions))
+        self._queued_lines, self._queued_bytes = queued_lines, queued
+        return len(lines) - len(kept)
 
     # -- delivery -----------------------------------------------------------------------
 
@@ -234,8 +289,11 @@ class OutputPipe:
             with self._lock:
                 self._draining = False
                 self._queue.clear()
-                self._queued_bytes = 0
+                self._queued_lines = self._queued_bytes = 0
                 self._lock.notify_all()
+
+    def _stopped(self) -> bool:
+        return self._cancelled
 
     def _drain(self) -> None:
         while True:
@@ -244,17 +302,21 @@ class OutputPipe:
                     self._draining = False
                     self._lock.notify_all()
                     return
-                batch = [self._queue.popleft() for _ in range(min(_DRAIN_BATCH, len(self._queue)))]
-                self._queued_bytes -= sum(len(line) for _, line, _, _ in batch)
+                stream, lines, marks, positions = self._queue.popleft()
+                self._queued_lines -= len(lines)
+                self._queued_bytes -= sum(map(len, lines))
                 worker = self._worker
-            for stream, line, mark_ns, position in batch:
-                if self._cancelled:
-                    break  # detached or failed: the rest of the batch is not delivered
-                if self.sink is not None:
-                    self.sink.output(worker, stream, line)  # the safe listener never raises
-                self._delivered[stream] = position  # one store each: read under the lock
-                if mark_ns is not None:
-                    self._delivered_marks[stream] = mark_ns
+            if self.sink is None:
+                continue
+            # Detached or failed (`_stopped`): the rest of the run is not delivered. The
+            # safe listener never raises.
+            done = self.sink.output_lines(worker, stream, lines, self._stopped)
+            if done:
+                self._delivered[stream] = positions[done - 1]  # one store: read under the lock
+                for mark_ns in reversed(marks[:done] if marks is not None else ()):
+                    if mark_ns is not None:
+                        self._delivered_marks[stream] = mark_ns
+                        break
 
     # -- the end ------------------------------------------------------------------------
 
@@ -317,7 +379,7 @@ class OutputPipe:
         with self._lock:
             self._cancelled = True
             self._queue.clear()
-            self._queued_bytes = 0
+            self._queued_lines = self._queued_bytes = 0
             self._lock.notify_all()
         if self.close_source is not None:
             try:

@@ -122,6 +122,23 @@ class LineSplitter:
             lines.extend(self._cut(bytes(self._partial), final=False))
         return lines
 
+    def feed_text(self, data: bytes) -> list[str]:
+        """`feed`, its lines decoded (`_decode_all`). A chunk with no `\r` whose lines
+        cannot be too long (the common case) is decoded whole and split once: no bytes
+        object per line, no join."""
+        end = data.rfind(b"\n")
+        partial = self._partial
+        if (
+            end < 0
+            or b"\r" in data
+            or len(partial) + len(data) > self._max
+            or partial.endswith(b"\r")
+        ):
+            return _decode_all(self.feed(data))
+        text = _decode(bytes(partial) + data[:end] if partial else data[:end])
+        self._partial = bytearray(data[end + 1 :])
+        return text.split("\n")
+
     def _overlong(self) -> bool:
         return len(self._partial) > self._max
 
@@ -297,26 +314,29 @@ def _apply(text: str, spans: list[tuple[int, int]]) -> str:
 
 class LineAssembler:
     """Both streams of one worker: `(stream type, bytes)` pieces of any size in,
-    `(stream, masked line)` out, in order; `flush` gives each stream's unfinished line."""
+    `(stream, masked lines)` out, in order; `flush` gives each stream's unfinished line."""
 
     def __init__(self, masker: Masker, max_bytes: int = MAX_LINE_BYTES) -> None:
         self._splitters = {name: LineSplitter(max_bytes) for name in STREAMS}
         self._maskers = {name: LineMasker(masker) for name in STREAMS}
 
-    def feed(self, stream_type: int, data: bytes) -> list[tuple[Stream, str]]:
+    def feed(self, stream_type: int, data: bytes) -> list[tuple[Stream, list[str]]]:
         name = STREAM_NAMES.get(stream_type)
         if name is None:
             return []
-        lines = self._maskers[name].push_many(_decode_all(self._splitters[name].feed(data)))
-        return [(name, line) for line in lines]
+        lines = self._maskers[name].push_many(self._splitters[name].feed_text(data))
+        return [(name, lines)] if lines else []
 
-    def flush(self) -> list[tuple[Stream, str]]:
-        out: list[tuple[Stream, str]] = []
+    def flush(self) -> list[tuple[Stream, list[str]]]:
+        out: list[tuple[Stream, list[str]]] = []
         for name in STREAMS:
             masker = self._maskers[name]
-            for raw in self._splitters[name].flush():
-                out.extend((name, line) for line in masker.push(_decode(raw)))
-            out.extend((name, line) for line in masker.flush())
+            lines = [
+                line for raw in self._splitters[name].flush() for line in masker.push(_decode(raw))
+            ]
+            lines += masker.flush()
+            if lines:
+                out.append((name, lines))
         return out
 
 
@@ -327,8 +347,10 @@ def lines_of_frames(
     each stream's unfinished last line comes at the end."""
     assembler = LineAssembler(masker, max_bytes)
     for stream_type, data in frames:
-        yield from assembler.feed(stream_type, data)
-    yield from assembler.flush()
+        for stream, lines in assembler.feed(stream_type, data):
+            yield from ((stream, line) for line in lines)
+    for stream, lines in assembler.flush():
+        yield from ((stream, line) for line in lines)
 
 
 def tail_extra(tail: Iterable[str]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -171,6 +171,19 @@ class Sink:
 
     def output(self, worker: ActiveWorker, stream: str, line: str) -> None:
         self.lines.append(line)
+
+    def output_lines(
+        self,
+        worker: ActiveWorker,
+        stream: str,
+        lines: Sequence[str],
+        stopped: Callable[[], bool],
+    ) -> int:
+        for done, line in enumerate(lines):
+            if stopped():
+                return done
+            self.output(worker, stream, line)
+        return len(lines)
 
 
 def test_each_stream_keeps_the_time_of_its_own_last_line_delivered() -> None:

@@ -21,6 +21,7 @@ from dockyard._output_lines import (
     FrameDecoder,
     LineMasker,
     LineSplitter,
+    Stream,
     lines_of_frames,
     tail_extra,
 )
@@ -100,6 +101,28 @@ def test_lines_lose_their_newline_and_a_trailing_carriage_return_only() -> None:
     assert splitter.feed(b"no newline at the end") == []
     assert splitter.flush() == [b"no newline at the end"]
     assert splitter.flush() == []
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [b"a", b"\n", b"\r", b"\r\n", "€".encode(), "é".encode(), b"\xff", b"\xe2"]
+        ),
+        max_size=80,
+    ),
+    st.lists(st.integers(min_value=0, max_value=400), max_size=12),
+    st.integers(min_value=4, max_value=24),
+)
+def test_lines_decoded_a_chunk_at_a_time_are_the_lines_decoded_each_alone(
+    pieces: list[bytes], cuts: list[int], max_bytes: int
+) -> None:
+    data = b"".join(pieces)
+    by_chunk, by_line = LineSplitter(max_bytes), LineSplitter(max_bytes)
+    for chunk in chunked(data, cuts):
+        expected = [line.decode("utf-8", "replace") for line in by_line.feed(chunk)]
+        assert by_chunk.feed_text(chunk) == expected
+    assert by_chunk.flush() == by_line.flush()
 
 
 def test_a_character_split_across_two_writes_decodes_whole() -> None:
@@ -329,6 +352,93 @@ def test_a_line_longer_than_the_byte_cap_still_goes_out_alone(
     pipe.finish(5.0)
     assert [line[:6] for _, _, line in recorder.lines] == ["000000"]  # then full
     assert pipe.dropped == 2
+
+
+def queued_line_by_line(
+    runs: list[tuple[str, list[str]]], buffer_lines: int, buffer_bytes: int
+) -> tuple[list[tuple[str, str, int]], int]:
+    """The queue as it was filled a line at a time: (stream, line, position) kept, and
+    how many lines were dropped (full by count, or by size unless empty)."""
+    kept: list[tuple[str, str, int]] = []
+    positions: dict[str, int] = {}
+    queued = dropped = 0
+    for stream, run in runs:
+        for line in run:
+            position = positions[stream] = positions.get(stream, 0) + 1
+            if len(kept) >= buffer_lines or (queued + len(line) > buffer_bytes and kept):
+                dropped += 1
+            else:
+                kept.append((stream, line, position))
+                queued += len(line)
+    return kept, dropped
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["stdout", "stderr"]),
+            st.lists(st.text(alphabet="ab", max_size=30), min_size=1, max_size=12),
+        ),
+        max_size=12,
+    ),
+    st.integers(min_value=1, max_value=40),
+    st.integers(min_value=0, max_value=200),
+)
+def test_runs_are_queued_as_the_same_lines_would_be_one_by_one(
+    runs: list[tuple[Stream, list[str]]], buffer_lines: int, buffer_bytes: int
+) -> None:
+    pool = ThreadPoolExecutor(1)
+    pipe = OutputPipe(
+        NO_SECRETS,
+        tail_lines=5,
+        sink=SafeListener(Recorder()),
+        executor=pool,
+        buffer_lines=buffer_lines,
+        buffer_bytes=buffer_bytes,
+    )
+    for stream, run in runs:  # not bound: nothing leaves the queue
+        pipe.add_lines([(stream, line, None) for line in run])
+    kept, dropped = queued_line_by_line(runs, buffer_lines, buffer_bytes)
+    queued = [
+        (stream, line, position)
+        for stream, lines, _, positions in pipe._queue
+        for line, position in zip(lines, positions, strict=True)
+    ]
+    assert queued == kept
+    assert pipe.dropped == dropped
+    assert pipe.lines == sum(len(run) for _, run in runs)
+    pool.shutdown()
+
+
+def test_a_run_of_lines_goes_on_past_the_lines_whose_listener_raised() -> None:
+    reporter = RecordingReporter()
+    lines = [f"line {i}" for i in range(6)]
+    for failing in (["line 0"], ["line 2", "line 3"], ["line 5"]):
+        recorder = Recorder()
+        broken = set(failing)
+
+        def output(worker: ActiveWorker, stream: str, line: str, seen: Recorder = recorder) -> None:
+            seen.lines.append((worker.job_id, stream, line))
+            if line in broken:
+                raise RuntimeError("listener broke")
+
+        recorder.on_worker_output = output  # type: ignore[method-assign]
+        done = SafeListener(recorder, reporter).output_lines(
+            worker(), "stdout", lines, lambda: False
+        )
+        assert done == 6
+        assert [line for _, _, line in recorder.lines] == lines
+    assert len(reporter.of("lifecycle_listener")) == 4
+
+
+def test_a_run_of_lines_stops_when_the_pipe_does() -> None:
+    recorder = Recorder()
+    done = SafeListener(recorder).output_lines(
+        worker(), "stdout", ["a", "b", "c"], lambda: len(recorder.lines) == 2
+    )
+    assert done == 2
+    assert [line for _, _, line in recorder.lines] == ["a", "b"]
 
 
 def test_delivered_lines_free_their_bytes_for_the_next(executor: ThreadPoolExecutor) -> None:
