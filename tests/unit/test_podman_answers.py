@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from dockyard._adoption import launched_image
 from dockyard._docker import DockerGateway
 from dockyard._docker_images import full_image_id
 from dockyard._naming import familiar, same_image
@@ -71,6 +72,17 @@ def test_ids_get_their_sha256() -> None:
     assert full_image_id(f"sha256:{HEX}") == f"sha256:{HEX}"
     assert full_image_id("busybox:latest") == "busybox:latest"
     assert full_image_id(HEX[:12]) == HEX[:12]  # a short id is left as it is
+
+
+def test_an_adopted_worker_s_image_is_what_the_router_named() -> None:
+    # Podman's Config.Image of a worker started from `busybox` (its base image label).
+    assert launched_image("docker.io/library/busybox:latest", "busybox") == "busybox"
+    # From a snapshot: the engine's name, familiar, is the router's snapshot name.
+    snapshot = "cascade-snapshot-p-w-0123:latest"
+    assert launched_image(f"localhost/{snapshot}", "busybox") == snapshot
+    # Docker answers the name as it was given: kept as it is.
+    assert launched_image("ghcr.io/org/worker:1", "ghcr.io/org/worker:1") == "ghcr.io/org/worker:1"
+    assert launched_image("busybox:1", None) == "busybox:1"
 
 
 class ImagesAPI:
