@@ -174,7 +174,8 @@ def everything_recorded(client: docker.DockerClient, image: str) -> str:
     history = client.api.history(image)
     parts.append(json.dumps(history))
     for entry in history:
-        if entry.get("Id", "<missing>") != "<missing>":
+        # No image of its own: Docker says `<missing>`, Podman `sha256:<missing>`.
+        if not str(entry.get("Id", "<missing>")).endswith("<missing>"):
             parts.append(json.dumps(client.api.inspect_image(entry["Id"])))
     return "\n".join(parts)
 
