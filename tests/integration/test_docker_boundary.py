@@ -34,8 +34,9 @@ from dockyard import (
     WorkerSpawnError,
 )
 from dockyard._docker import DockerGateway
+from dockyard._errors import NetworkNotFoundError, translate
 from faultproxy import FaultProxy, FaultRule
-from support.engine import engine_socket
+from support.engine import engine_socket, is_podman
 from support.listeners import ListenerRecorder
 from support.threads import ThreadBaseline
 
@@ -224,13 +225,16 @@ def test_engine_refusals_are_worker_spawn_errors_with_the_engine_error_as_cause(
 
 
 def test_a_missing_network_is_a_worker_spawn_error(
-    make_manager: Callable[..., ContainerManager],
+    make_manager: Callable[..., ContainerManager], docker_client: docker.DockerClient
 ) -> None:
     manager = make_manager(docker_network=f"dockyard-missing-{uuid.uuid4().hex[:8]}")
     with pytest.raises(WorkerSpawnError) as info:
         manager.spawn_worker(WorkerJob(id="no-net", type="t", command=["true"]))
-    assert info.value.status_code == 404
-    assert isinstance(info.value.__cause__, docker.errors.NotFound)
+    # The engine's own status: Docker's 404, Podman's 500 with its message (README, Engines).
+    assert info.value.status_code == (500 if is_podman(docker_client) else 404)
+    cause = info.value.__cause__
+    assert isinstance(cause, docker.errors.APIError)
+    assert isinstance(translate("create", cause), NetworkNotFoundError)  # the table reads both
 
 
 def test_an_absent_image_id_is_a_typed_error(
