@@ -5,14 +5,17 @@ alone)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from dockyard import ContainerSettings, WorkerJob, WorkerSpawnError
 from dockyard._adoption import launched_image
 from dockyard._docker import DockerGateway
 from dockyard._docker_images import full_image_id
 from dockyard._naming import familiar, same_image
+from support.rig import Rig
 
 HEX = "9a16cbbd93e57c286efa2f7a66e49fbc6a13bcf0d9ffb5ccc93d45908258acaa"
 
@@ -135,3 +138,30 @@ def test_a_tag_call_sends_repository_and_tag_apart() -> None:
         ("sha256:abc", "localhost:5000/team/worker", "2"),
         ("sha256:abc", "worker", "latest"),
     ]
+
+
+def test_a_gpu_request_the_engine_drops_is_refused_and_leaves_nothing(
+    rig_factory: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = rig_factory(container=ContainerSettings(gpus=1))
+    inspect = rig.api.inspect_container
+    kept = {"requests": False}
+
+    def answering(ref: str) -> dict[str, Any]:
+        info = inspect(ref)
+        host = info["HostConfig"]  # the fake keeps docker-py's create arguments
+        host["DeviceRequests"] = host.get("device_requests") if kept["requests"] else None
+        return info
+
+    monkeypatch.setattr(rig.api, "inspect_container", answering)
+    job = WorkerJob("gpu", "t", {}, command=["true"])
+    # Dropped by the engine (Podman's Docker API): refused, the container removed.
+    with pytest.raises(WorkerSpawnError, match=r"refused the GPU request \(gpus=1\)"):
+        rig.manager.spawn_worker(job)
+    assert rig.api.containers_by_id == {}
+    assert rig.api.calls_of("start") == []
+    # Kept by the engine (Docker): created and started.
+    kept["requests"] = True
+    worker = rig.manager.spawn_worker(job)
+    assert list(rig.api.containers_by_id) == [worker.container_id]
+    assert len(rig.api.calls_of("start")) == 1
