@@ -345,7 +345,11 @@ def test_inspect_failing_after_exit_still_delivers_the_exit_code(
     outcome = manager.wait_for_worker("no-inspect", OUTCOME_TIMEOUT_S)
     assert outcome.status == "failed"
     assert outcome.exit_code == 3
-    assert (outcome.oom_killed, outcome.exit_reason, outcome.duration_s) == (None, None, None)
+    assert (outcome.oom_killed, outcome.exit_reason) == (None, None)
+    # Without an inspect the run's duration is known only from the engine's `start` and
+    # `die` events when both reached the exit monitor (Docker 28 and Podman here); never a
+    # guess.
+    assert outcome.duration_s is None or 0 <= outcome.duration_s < 5, outcome
     assert proxy.count("inspect") >= 1
     (event,) = sentry_events.wait_for("worker_exit")
     assert event["extra"]["statusCode"] == 3
