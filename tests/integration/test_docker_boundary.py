@@ -333,7 +333,7 @@ def test_a_create_that_times_out_leaves_no_created_container(
     instance_id: str,
 ) -> None:
     api = docker.APIClient(base_url=proxy.base_url, timeout=2, max_pool_size=32)
-    since = time.time() - 1
+    since = int(time.time()) - 1  # whole seconds: Podman answers a fractional one with nothing
     try:
         manager = make_manager(docker_client=api, docker_network="none")
         # The engine gets the create only after the client gave up waiting for it.
@@ -359,10 +359,10 @@ def test_a_create_that_times_out_leaves_no_created_container(
         api.close()
 
 
-def engine_created(client: docker.DockerClient, instance_id: str, since: float) -> bool:
+def engine_created(client: docker.DockerClient, instance_id: str, since: int) -> bool:
     events = client.api.events(
         since=since,
-        until=time.time(),
+        until=int(time.time()) + 1,
         filters={
             "type": "container",
             "event": "create",
