@@ -1,6 +1,9 @@
 """Shared pytest fixtures for the dockyard test suite.
 
 Docker
+    ``DOCKER_CONFIG`` points at an empty directory for the whole run (autouse): a registry
+    login on the machine never reaches a test.
+
     ``docker_client`` (session) talks to a real engine. Without an engine every test
     that needs one is **skipped**, unless ``DOCKYARD_REQUIRE_DOCKER=1`` or ``CI=true``
     is set, in which case it **fails**. Every Docker fixture depends on
@@ -76,6 +79,18 @@ from support.swarm import (
 from support.threads import ThreadBaseline
 
 # --------------------------------------------------------------------------- docker
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_host_docker_login(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """`DOCKER_CONFIG` names an empty directory for the whole run.
+
+    dockyard reads registry logins from the Docker config; a login on the machine running
+    the tests must not change what they see. A test that needs a config sets its own.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DOCKER_CONFIG", str(tmp_path_factory.mktemp("docker-config")))
+        yield
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -180,6 +180,9 @@ write_root_config() {
     mkdir -p "${ROOT}/etc/containers"
     # No systemd or journald in the root; cgroupfs on the host's cgroup v1 hierarchy; the
     # host's hard nofile limit is 20000, so Podman's default (1048576) cannot be granted.
+    # The file events log is rotated (its older half dropped) at 1 MB by default, which a
+    # suite's events pass within minutes; the `/events` streams dockyard follows for exit
+    # facts read that file, so it gets room for a whole run and is never rotated under one.
     cat >"${ROOT}/etc/containers/containers.conf" <<'EOF'
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=96362:96362"]
@@ -187,6 +190,7 @@ default_ulimits = ["nofile=20000:20000", "nproc=96362:96362"]
 [engine]
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+events_logfile_max_size = "64m"
 runtime = "runc"
 EOF
     # The test registries listen on 127.0.0.1 (free ports) over plain HTTP: Docker allows

@@ -19,7 +19,7 @@ from ._errors import DuplicateJobError, ManagerClosedError
 from ._exit_handling import ExitWatcher, TimeoutController
 from ._listener import SafeListener
 from ._models import ActiveWorker
-from ._naming import LabelSchema
+from ._naming import LabelSchema, familiar, same_image
 from ._orphans import untracked
 from ._output import OutputHub, OutputPipe
 from ._output_marks import OutputMarks, after_mark
@@ -29,9 +29,19 @@ from ._slots import SlotGate
 from ._tracker import TrackedWorker
 from .worker_container_launcher import LaunchPlan
 
-__all__ = ["WorkerAdopter"]
+__all__ = ["WorkerAdopter", "launched_image"]
 
 log = logging.getLogger("dockyard.orphans")
+
+
+def launched_image(engine_image: str, base_image: str | None) -> str:
+    """The image a running worker was launched with, as the router named it: its base
+    image label when that is the image the engine names (Podman answers it normalised,
+    `docker.io/library/NAME:TAG`), else the engine's name as the Docker CLI writes it
+    (a snapshot: the router's own name, `localhost/` dropped)."""
+    if base_image and same_image(base_image, engine_image):
+        return base_image
+    return familiar(engine_image)
 
 
 @dataclass
@@ -95,7 +105,8 @@ class WorkerAdopter:
         )
         if plan is None or plan.job_id != job_id:
             return None
-        worker = plan.worker(container_id=container_id, image=state.image, started_at=started_at)
+        image = launched_image(state.image, plan.identity.base_image)
+        worker = plan.worker(container_id=container_id, image=image, started_at=started_at)
         # The wait is in place before the timer can fire, so the exit a kill causes (and
         # the engine's auto-removal after it) is never missed; it answers at once when
         # the container stopped since the inspect above.

@@ -29,6 +29,7 @@ from ._driver import CallObserver, ContainerSpec
 from ._errors import (
     TRANSIENT_ERRORS,
     DockerUnavailableError,
+    EngineError,
     result_of,
     translate,
 )
@@ -239,15 +240,16 @@ class DockerGateway(ObservedEngine, ImageCalls):
             )
 
     def _create_once(self, spec: ContainerSpec) -> str:
+        args = docker_create_args(
+            spec.settings,
+            memory_bytes=spec.memory_bytes,  # unless the settings set memory_mb
+            network=spec.network,
+            auto_remove=spec.auto_remove,
+            pids_limit=spec.pids_limit,
+            no_new_privileges=spec.no_new_privileges,
+        )
+
         def create() -> str:
-            args = docker_create_args(
-                spec.settings,
-                memory_bytes=spec.memory_bytes,  # unless the settings set memory_mb
-                network=spec.network,
-                auto_remove=spec.auto_remove,
-                pids_limit=spec.pids_limit,
-                no_new_privileges=spec.no_new_privileges,
-            )
             host_config = self.api.create_host_config(**args.host_config)
             created = self.api.create_container(
                 image=spec.image,
@@ -262,7 +264,21 @@ class DockerGateway(ObservedEngine, ImageCalls):
             )
             return str(created["Id"])
 
-        return self._run("create", create)
+        container_id = self._run("create", create)
+        if args.host_config.get("device_requests"):
+            self._check_device_requests(container_id)
+        return container_id
+
+    def _check_device_requests(self, container_id: str) -> None:
+        """Refuse a container whose engine dropped its device (GPU) requests: Podman's
+        Docker API creates it without them and it would run without its GPU, unnoticed."""
+        kept = (self.inspect(container_id).get("HostConfig") or {}).get("DeviceRequests")
+        if kept:
+            return
+        self.remove(container_id, force=True)
+        raise EngineError(
+            "create", None, "the engine dropped the device request: it cannot give GPUs"
+        )
 
     def open_exit_wait(self, container_id: str) -> ExitWait:
         """Register a wait for the container's next exit; call before `start`.

@@ -3,10 +3,15 @@
 A mixin of `DockerGateway` (as docker-py's `APIClient` is made of per-resource mixins): it
 uses the gateway's one choke point, `_run`, so its errors are translated like every other
 engine call. Pulls and loads read the engine's progress stream and raise on its error lines.
+
+Answers are read back in one form whatever the engine: image ids with their `sha256:`
+(Podman leaves it off in places) and names as the Docker CLI writes them (`familiar`:
+Podman answers `docker.io/library/NAME:TAG` and `localhost/NAME:TAG`).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -17,12 +22,29 @@ from docker.errors import APIError
 
 from ._errors import DockyardError, copy_error
 from ._exit_monitor import decode_event
+from ._naming import familiar
 from ._registry_auth import RegistryAuth
 
-__all__ = ["ImageCalls"]
+__all__ = ["ImageCalls", "full_image_id"]
 
 T = TypeVar("T")
 _EXPORT_CHUNK_BYTES = 1024 * 1024
+_BARE_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def full_image_id(value: str) -> str:
+    """An image id with its `sha256:`, as Docker writes it (Podman may leave it off)."""
+    return f"sha256:{value}" if _BARE_ID.fullmatch(value) else value
+
+
+def _read_back(image: dict[str, Any]) -> dict[str, Any]:
+    """An image inspect or listing entry with its ids and names in one form."""
+    for key in ("Id", "Parent", "ParentId"):
+        if isinstance(image.get(key), str):
+            image[key] = full_image_id(image[key])
+    if isinstance(image.get("RepoTags"), list):
+        image["RepoTags"] = [familiar(str(tag)) for tag in image["RepoTags"]]
+    return image
 
 
 class ImageCalls:
@@ -58,35 +80,45 @@ class ImageCalls:
                 timeout=self.image_write_timeout_s,
             )
             self._check(response)
-            return str(response.json()["Id"])
+            return full_image_id(str(response.json()["Id"]))
 
         return self._run("commit", commit)
 
     def tag(self, image: str, repository: str, tag: str, *, force: bool = True) -> None:
-        """Give `image` the name `repository:tag` (moving the name when `force`)."""
+        """Give `image` the name `repository:tag` (moving the name when `force`).
+
+        Repository and tag always go apart: Podman refuses `repo=NAME:TAG` without `tag`.
+        """
+        if not tag:
+            repository, split = _split_reference(repository)
+            tag = split or "latest"
         self._run("tag", lambda: self.api.tag(image, repository, tag, force=force))
 
     def image_inspect(self, image: str) -> dict[str, Any]:
         raw: Any = self.api  # untyped in the stubs
         result: dict[str, Any] = self._run("image_inspect", lambda: raw.inspect_image(image))
-        return result
+        return _read_back(result)
 
     def list_images(self, name_filter: str | None = None) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._run("list_images", lambda: self.api.images(all=False))
+        """The tagged images, their names familiar; with `name_filter`, those with a name
+        starting so."""
+        answer: list[dict[str, Any]] = self._run("list_images", lambda: self.api.images(all=False))
+        result = [_read_back(image) for image in answer]
         if name_filter is None:
             return result
+        prefix = familiar(name_filter)
         return [
             image
             for image in result
-            if any(tag.startswith(name_filter) for tag in image.get("RepoTags") or [])
+            if any(tag.startswith(prefix) for tag in image.get("RepoTags") or [])
         ]
 
     def dangling_images(self, labels: Sequence[str]) -> list[dict[str, Any]]:
         """Untagged images carrying every label in `labels` (the engine ANDs the filters)."""
         filters = {"dangling": True, "label": list(labels)}
         raw: Any = self.api  # untyped in the stubs
-        result: list[dict[str, Any]] = self._run("list_images", lambda: raw.images(filters=filters))
-        return result
+        answer: list[dict[str, Any]] = self._run("list_images", lambda: raw.images(filters=filters))
+        return [_read_back(image) for image in answer]
 
     def image_history(self, image: str) -> list[dict[str, Any]]:
         raw: Any = self.api  # untyped in the stubs
@@ -142,9 +174,11 @@ class ImageCalls:
         try:
             self._check(response)
             for line in _progress(what, response):
-                status = str(line.get("status") or "")
-                if status.startswith("sha256:"):
-                    image_id = status
+                # Docker ends with `{"status": "sha256:…"}`; Podman answers the id bare.
+                for key in ("status", "id"):
+                    value = full_image_id(str(line.get(key) or ""))
+                    if value.startswith("sha256:"):
+                        image_id = value
         finally:
             response.close()
         if image_id is None:

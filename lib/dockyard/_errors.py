@@ -346,7 +346,12 @@ ENGINE_ANSWERS: tuple[_Row, ...] = (
     # images": the image is another image's parent.
     _Row(EngineImageHasChildrenError, pattern=_says(r"dependent child images")),
     _Row(NameInUseError, pattern=_says(r"name .* is already in use")),
-    _Row(InvalidReferenceError, pattern=_says(r"invalid reference format")),
+    # Docker says "invalid reference format: repository name must be lowercase"; Podman
+    # says only the second half.
+    _Row(
+        InvalidReferenceError,
+        pattern=_says(r"invalid reference format", r"repository name must be lowercase"),
+    ),
     _Row(EngineNotFoundError, frozenset({404})),
     _Row(EngineConflictError, frozenset({409})),
     _Row(EngineServerError, frozenset(range(500, 600))),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -66,6 +67,22 @@ def _quoted(value: str) -> str:
     return f'"{escaped}"'
 
 
+# A word every engine reads back as itself without quotes: Docker would expand `$`, take
+# quotes and backslashes away and split at whitespace; Podman keeps quotes.
+_PLAIN_WORD = re.compile(r"[^\s\"'\\$]+")
+
+
+def _word(value: str) -> str:
+    """`value` bare when it is a plain word, else double-quoted.
+
+    Podman's import takes WORKDIR and USER literally (quotes and all); Docker unquotes
+    them. A plain word reads back the same on both; any other value is quoted, which
+    Docker reads back and Podman does not (the flattened image then differs from the
+    commit and is refused).
+    """
+    return value if _PLAIN_WORD.fullmatch(value) else _quoted(value)
+
+
 def _one_line(what: str, value: str) -> str:
     if "\n" in value or "\r" in value or "\x00" in value:
         # The changes are read line by line: a line break cannot be written into one.
@@ -87,9 +104,9 @@ def import_changes(config: Mapping[str, Any]) -> list[str]:
         if config.get(field) is not None:
             changes.append(f"{instruction} {json.dumps(config[field])}")
     if config.get("WorkingDir"):
-        changes.append(f"WORKDIR {_quoted(_one_line('WorkingDir', str(config['WorkingDir'])))}")
+        changes.append(f"WORKDIR {_word(_one_line('WorkingDir', str(config['WorkingDir'])))}")
     if config.get("User"):
-        changes.append(f"USER {_quoted(_one_line('User', str(config['User'])))}")
+        changes.append(f"USER {_word(_one_line('User', str(config['User'])))}")
     for key, value in (config.get("Labels") or {}).items():
         label = _one_line(f"the value of label {key}", str(value))
         changes.append(f"LABEL {_quoted(_one_line('a label name', key))}={_quoted(label)}")

@@ -4,7 +4,8 @@
   shortened or told apart by a short hash;
 - the label schema that reads back what it writes (`LabelSchema`, `WorkerLabels`) and the
   deadline label's format;
-- the image reference grammar (`is_valid_image_reference`).
+- the image reference grammar (`is_valid_image_reference`), and references compared as
+  the engine answers them (`familiar`, `same_image`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ __all__ = [
     "LabelSchema",
     "WorkerLabels",
     "container_name",
+    "familiar",
     "format_deadline",
     "is_valid_image_reference",
     "parse_deadline",
+    "same_image",
     "snapshot_image_name",
 ]
 
@@ -240,3 +243,45 @@ def is_valid_image_reference(image: str) -> bool:
     if not image or len(image) > MAX_REFERENCE_LENGTH:
         return False
     return bool(_REFERENCE.fullmatch(image) or _IMAGE_ID.fullmatch(image))
+
+
+# Docker answers an image name as it was given; Podman answers it normalised, with Docker
+# Hub's domain (`docker.io/library/busybox:latest`) or, for a name given no registry that
+# it made itself (a commit, a tag, a local build), `localhost/` in front.
+_HUB_DOMAINS = ("docker.io/", "index.docker.io/")
+_HUB_OFFICIAL = "library/"
+_PODMAN_LOCAL = "localhost/"
+_FULL_IMAGE_ID = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
+
+
+def familiar(reference: str) -> str:
+    """`reference` as the Docker CLI writes it: without Docker Hub's domain and its
+    `library/` namespace, and without Podman's `localhost/` (never `localhost:PORT/`).
+
+    `familiar` of a familiar name is the name itself; tags and digests are kept.
+    """
+    for domain in _HUB_DOMAINS:
+        if reference.startswith(domain):
+            rest = reference[len(domain) :]
+            if rest.startswith(_HUB_OFFICIAL) and "/" not in rest[len(_HUB_OFFICIAL) :]:
+                return rest[len(_HUB_OFFICIAL) :]
+            return rest
+    if reference.startswith(_PODMAN_LOCAL):
+        return reference[len(_PODMAN_LOCAL) :]
+    return reference
+
+
+def _compared(reference: str) -> str:
+    full_id = _FULL_IMAGE_ID.fullmatch(reference)
+    if full_id:
+        return f"sha256:{full_id.group(1)}"
+    name = familiar(reference)
+    if "@" not in name and ":" not in name.rsplit("/", 1)[-1]:
+        name += ":latest"  # what the engine takes a name without tag to mean
+    return name
+
+
+def same_image(a: str, b: str) -> bool:
+    """Whether two references name one image however the engine spelled them: Docker
+    Hub's and Podman's domains, the implied `:latest` and the `sha256:` of a full id."""
+    return _compared(a) == _compared(b)

@@ -24,6 +24,7 @@ from dockyard import (
     WorkerOutcome,
     WorkerSpawnError,
 )
+from support.engine import is_podman
 from support.hosts import LogCapture, StaticProjects
 
 pytestmark = pytest.mark.docker
@@ -279,8 +280,12 @@ def test_project_memory_caps_its_workers(
     make_manager: MakeManager, docker_client: docker.DockerClient
 ) -> None:
     # The router allows 256 MiB; the project caps its workers at 32: 100 MiB is an OOM kill.
+    # Kept until handled: an auto-removed worker's OOM kill is unknown on Podman (no `oom`
+    # event, the container gone before its inspect), and this test is about the cap.
     project = ProjectConfig(id="p-mem", container=ContainerSettings(memory_mb=32))
-    manager = make_manager(worker_memory_mb=256, projects=StaticProjects(project))
+    manager = make_manager(
+        worker_memory_mb=256, projects=StaticProjects(project), auto_remove_workers=False
+    )
     hog = sh("head -c 100m /dev/zero | tail")
     capped = manager.spawn_worker(WorkerJob("oom", "t", {"projectId": "p-mem"}, command=hog))
     info = docker_client.api.inspect_container(capped.container_id)["HostConfig"]
@@ -323,7 +328,7 @@ def test_dropped_capabilities_make_chown_fail(
 
 
 def test_user_workdir_ulimit_hosts_dns_init(
-    manager: ContainerManager, dockyard_logs: LogCapture
+    manager: ContainerManager, dockyard_logs: LogCapture, docker_client: docker.DockerClient
 ) -> None:
     settings = ContainerSettings(
         user="1000:1000",
@@ -345,7 +350,9 @@ def test_user_workdir_ulimit_hosts_dns_init(
     assert "nofile=321" in output
     assert re.search(r"10\.1\.2\.3\s+db\.internal", output), output
     assert "nameserver 10.9.9.9" in output
-    assert "pid1=docker-init" in output
+    # The engine's own init: Docker's tini (`docker-init`), Podman's catatonit (`podman-init`).
+    init = "podman-init" if is_podman(docker_client) else "docker-init"
+    assert f"pid1={init}" in output
     _, plain = run(manager, dockyard_logs, "no-init", "echo pid1=$(cat /proc/1/comm)")
     assert "pid1=sh" in plain
 
@@ -376,9 +383,14 @@ def test_a_gpu_request_on_a_gpu_less_engine_is_a_clear_refusal(
     with pytest.raises(WorkerSpawnError) as err:
         manager.spawn_worker(job)
     assert "the engine refused the GPU request (gpus=1)" in str(err.value)
-    assert requested == [
-        [{"Driver": "", "Count": 1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}]
-    ]
+    if is_podman(docker_client):
+        # Podman's Docker API creates the container without the request: refused (and
+        # removed) at its create, before any start, rather than run without its GPU.
+        assert requested == []
+    else:
+        assert requested == [
+            [{"Driver": "", "Count": 1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}]
+        ]
     assert containers_of(docker_client, instance_id) == []
     assert manager.get_active_worker_count() == 0
 

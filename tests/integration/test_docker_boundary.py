@@ -34,8 +34,9 @@ from dockyard import (
     WorkerSpawnError,
 )
 from dockyard._docker import DockerGateway
+from dockyard._errors import NetworkNotFoundError, translate
 from faultproxy import FaultProxy, FaultRule
-from support.engine import engine_socket
+from support.engine import engine_socket, is_podman
 from support.listeners import ListenerRecorder
 from support.threads import ThreadBaseline
 
@@ -224,13 +225,16 @@ def test_engine_refusals_are_worker_spawn_errors_with_the_engine_error_as_cause(
 
 
 def test_a_missing_network_is_a_worker_spawn_error(
-    make_manager: Callable[..., ContainerManager],
+    make_manager: Callable[..., ContainerManager], docker_client: docker.DockerClient
 ) -> None:
     manager = make_manager(docker_network=f"dockyard-missing-{uuid.uuid4().hex[:8]}")
     with pytest.raises(WorkerSpawnError) as info:
         manager.spawn_worker(WorkerJob(id="no-net", type="t", command=["true"]))
-    assert info.value.status_code == 404
-    assert isinstance(info.value.__cause__, docker.errors.NotFound)
+    # The engine's own status: Docker's 404, Podman's 500 with its message (README, Engines).
+    assert info.value.status_code == (500 if is_podman(docker_client) else 404)
+    cause = info.value.__cause__
+    assert isinstance(cause, docker.errors.APIError)
+    assert isinstance(translate("create", cause), NetworkNotFoundError)  # the table reads both
 
 
 def test_an_absent_image_id_is_a_typed_error(
@@ -329,7 +333,7 @@ def test_a_create_that_times_out_leaves_no_created_container(
     instance_id: str,
 ) -> None:
     api = docker.APIClient(base_url=proxy.base_url, timeout=2, max_pool_size=32)
-    since = time.time() - 1
+    since = int(time.time()) - 1  # whole seconds: Podman answers a fractional one with nothing
     try:
         manager = make_manager(docker_client=api, docker_network="none")
         # The engine gets the create only after the client gave up waiting for it.
@@ -355,10 +359,10 @@ def test_a_create_that_times_out_leaves_no_created_container(
         api.close()
 
 
-def engine_created(client: docker.DockerClient, instance_id: str, since: float) -> bool:
+def engine_created(client: docker.DockerClient, instance_id: str, since: int) -> bool:
     events = client.api.events(
         since=since,
-        until=time.time(),
+        until=int(time.time()) + 1,
         filters={
             "type": "container",
             "event": "create",

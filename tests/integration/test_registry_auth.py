@@ -21,6 +21,7 @@ import pytest
 
 from dockyard import WorkerJob
 from dockyard._registry_auth import RegistryAuth
+from support.engine import is_podman
 from support.registry import Registry, push, running_registry
 from support.sentry import CapturedEvents
 
@@ -141,8 +142,10 @@ def test_partial_credentials_warn_once_and_pull_anonymously(
     caplog.set_level(logging.WARNING, logger="dockyard")
     with pytest.raises(Exception) as raised:
         manager.spawn_worker(WorkerJob(id="reg-partial", type="manual", command=["true"]))
-    # Anonymous: the authenticated registry refuses the pull.
-    assert "no basic auth credentials" in str(raised.value)
+    # Anonymous: the authenticated registry refuses the pull, in the engine's words (Docker:
+    # "no basic auth credentials"; Podman: "401: unauthorized: authentication required").
+    refusal = "unauthorized" if is_podman(docker_client) else "no basic auth credentials"
+    assert refusal in str(raised.value)
     assert not _present(docker_client, pushed_image)
     partial = [r for r in caplog.records if "partial worker-image registry" in r.getMessage()]
     assert len(partial) == 1

@@ -32,6 +32,7 @@ from dockyard import (
     WorkerLifecycleListener,
 )
 from faultproxy import FaultProxy, FaultRule
+from support.engine import tag_image
 from support.hosts import LogCapture, RecordingStore
 
 OUTCOME_TIMEOUT_S = 60.0
@@ -464,7 +465,7 @@ def test_cleanup_failures_hold_no_secret(
     projects.fail_with = None
     # Removing an evicted image fails: snapshot_image_remove.
     image = f"{snapshot_image_prefix}evicted:latest"
-    docker_client.images.get(test_image).tag(image)
+    tag_image(docker_client, test_image, image)
     manager.snapshots.register("p-1", "card-8", image)
     proxy.add_rule(FaultRule(op="image_remove", action="fail", status=500, times=None))
     manager.run_snapshot_cleanup()

@@ -18,6 +18,7 @@ import docker.errors
 
 from dockyard import ContainerManager, WorkerJob
 from support.cli import cli_env, dockyard_cli
+from support.engine import tag_image
 
 WAIT_S = 60.0
 OWNERSHIP = (
@@ -156,7 +157,7 @@ def test_legacy_snapshots_are_evicted_and_another_routers_old_images_kept(
 ) -> None:
     # A legacy image: the name prefix, no dockyard label at all.
     legacy = f"{snapshot_image_prefix}legacy-p-card:latest"
-    docker_client.images.get(test_image).tag(legacy)
+    tag_image(docker_client, test_image, legacy)
     # An old-scheme snapshot of another router: it still carries that router's labels.
     foreign = f"{snapshot_image_prefix}foreign-p-card:latest"
     holder = docker_client.api.create_container(

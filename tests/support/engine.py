@@ -10,6 +10,8 @@ from typing import Any
 import docker
 import docker.errors
 
+from dockyard._naming import familiar
+
 LABEL_PREFIX = "cascade"
 """Default ``RouterConfig.label_prefix``; the leak detector looks for its labels."""
 
@@ -55,14 +57,27 @@ def remove_container(container: Any) -> None:
             raise
 
 
-def remove_images_with_prefix(client: docker.DockerClient, prefix: str) -> None:
+def image_names(client: docker.DockerClient) -> list[str]:
+    """Every image name on the engine as the Docker CLI writes it (Podman answers
+    `docker.io/library/NAME:TAG` and `localhost/NAME:TAG`)."""
     # The plain list: `images.list()` inspects every image, and one that another user of a
     # shared engine removes meanwhile fails the whole listing with a 404.
-    for image in client.api.images():
-        for tag in image.get("RepoTags") or ():
-            if tag.startswith(prefix):
-                with contextlib.suppress(docker.errors.NotFound):
-                    client.images.remove(tag, force=True)
+    return [familiar(tag) for image in client.api.images() for tag in image.get("RepoTags") or ()]
+
+
+def tag_image(client: docker.DockerClient, image: str, reference: str) -> None:
+    """Give `image` the name `reference` (`NAME:TAG`), repository and tag sent apart as
+    every engine takes them (Podman refuses `repo=NAME:TAG` without `tag`)."""
+    repository, _, tag = reference.rpartition(":")
+    assert repository and "/" not in tag, f"{reference!r} has no tag"
+    client.api.tag(image, repository, tag)
+
+
+def remove_images_with_prefix(client: docker.DockerClient, prefix: str) -> None:
+    for name in image_names(client):
+        if name.startswith(prefix):
+            with contextlib.suppress(docker.errors.NotFound):
+                client.images.remove(name, force=True)
 
 
 def snapshot_prefix_for(instance: str) -> str:

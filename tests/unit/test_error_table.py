@@ -41,6 +41,11 @@ ANSWERS = [
     (500, "unable to find network with name or ID cascade-net", NetworkNotFoundError),
     (500, "no container with ID abc found in database: no such container", ContainerNotFoundError),
     (500, "normalizing image: invalid reference format", InvalidReferenceError),
+    (
+        500,
+        'normalizing image: parsing reference "Busybox:latest": repository name must be lowercase',
+        InvalidReferenceError,
+    ),
 ]
 
 

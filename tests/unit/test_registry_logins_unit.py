@@ -319,6 +319,13 @@ def test_no_config_and_no_login_pull_anonymously(docker_home: Path) -> None:
     assert docker_config_file({"DOCKER_CONFIG": "/c", "HOME": "/h"}) == Path("/c/config.json")
 
 
+def test_the_run_reads_no_docker_login_of_the_machine() -> None:
+    # conftest's autouse fixture: a login in ~/.docker must not change what tests see.
+    assert docker_config_file(os.environ).parent == Path(os.environ["DOCKER_CONFIG"])
+    assert not list(Path(os.environ["DOCKER_CONFIG"]).iterdir())
+    assert resolver().for_image(IMAGE) is None
+
+
 def test_the_helper_is_asked_on_every_pull(docker_home: Path) -> None:
     current = docker_home / "current"
     current.write_text("first-pw")

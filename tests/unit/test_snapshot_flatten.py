@@ -137,6 +137,8 @@ def test_import_changes_write_values_the_import_reads_back_unchanged() -> None:
     assert 'ENV B="\\$HOME \\\\ \\"q\\""' in changes
     assert 'CMD ["sh", "-c", "echo $x"]' in changes
     assert 'LABEL "k"="v \\"\\$y\\""' in changes
+    assert 'WORKDIR "/w \\$x"' in changes  # quoted: Docker would expand `$x`
+    assert "USER 1000:1000" in changes  # bare: Podman's import keeps quotes
     assert 'HEALTHCHECK --interval=30000000000ns --retries=3 CMD ["true"]' in changes
     assert differences(config, config) == []
     assert differences(config, {**config, "User": ""}) == ["User"]
