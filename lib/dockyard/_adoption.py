@@ -21,7 +21,8 @@ from ._listener import SafeListener
 from ._models import ActiveWorker
 from ._naming import LabelSchema, familiar, same_image
 from ._orphans import untracked
-from ._output import OutputHub, OutputPipe
+from ._output import OutputPipe
+from ._output_hub import OutputHub
 from ._output_marks import OutputMarks, after_mark
 from ._registry import WorkerRegistry
 from ._secrets import Masker

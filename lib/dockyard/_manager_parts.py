@@ -34,7 +34,7 @@ from ._metrics import lifecycle_listener
 from ._models import WorkerLifecycleListener
 from ._naming import LabelSchema
 from ._orphans import OrphanReaper
-from ._output import OutputHub
+from ._output_hub import OutputHub
 from ._output_marks import MarkKeeper, RedisOutputMarks, RunningMarks
 from ._prometheus import build_metrics
 from ._registry import WorkerRegistry

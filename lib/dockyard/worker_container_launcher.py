@@ -36,7 +36,8 @@ from ._listener import SafeListener, log_ids
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
 from ._naming import LabelSchema, WorkerLabels
-from ._output import OutputHub, OutputPipe
+from ._output import OutputPipe
+from ._output_hub import OutputHub
 from ._pull_policy import ALWAYS, IF_NOT_PRESENT, NEVER
 from ._registry import WorkerRegistry
 from ._secrets import Masker, Secret

@@ -33,13 +33,14 @@ FAKE_ENGINE_PREFIX = "_fake_"
 # and the Docker driver, between the core and the Docker client, add two. Plus one: the
 # Docker mapping of the container settings (`_docker_settings`, every create's arguments);
 # a job whose layers set no container control skips their checks and merge.
-# The worker's output, read from before its start, adds two: its lines (frames, lines,
-# masking) and their delivery, tail and counts. What a launch does when a step fails
+# The worker's output, read from before its start, adds three: its lines (frames, lines,
+# masking), their delivery, tail and counts, and the hub that opens each worker's stream
+# and owns the reader and delivery threads. What a launch does when a step fails
 # (`_launch_failures`) is off this path. How a run ends is three concerns (the deadline
 # kill, the exit wait, what follows the exit), and the events stream's reading is apart
 # from the gateway's calls: three more; and Docker's time formats (`_times`, a leaf the
 # events stream, the log reader and the driver share): one.
-MAX_MODULES_DEFAULT_JOB = 20 + 2 + 3 + 1
+MAX_MODULES_DEFAULT_JOB = 20 + 3 + 3 + 1
 # Plus the snapshot registry, the commit's mechanics, the gateway's image calls, the typed
 # errors (looking up the previous snapshot of the work item answers 404 the first time), the
 # flatten module's layer count that decides whether the commit is written flattened, and the

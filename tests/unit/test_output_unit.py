@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from dockyard import ActiveWorker, ConfigError, RouterConfig, WorkerLifecycleListener
 from dockyard._listener import SafeListener, wants_output
-from dockyard._output import AttachedOutput, OutputHub, OutputPipe
+from dockyard._output import AttachedOutput, OutputPipe
+from dockyard._output_hub import OutputHub
 from dockyard._output_lines import (
     MAX_LINE_BYTES,
     FrameDecoder,
