@@ -13,7 +13,7 @@ import docker
 import pytest
 
 from dockyard import ContainerManager, ContainerSettings, WorkerJob
-from support.cli import dockyard_cli, run_jobs, write_jobs
+from support.cli import dockyard_cli, run_env, run_jobs, write_jobs
 
 
 def _json_lines(stdout: str) -> list[dict[str, object]]:
@@ -82,7 +82,9 @@ def test_more_flags_reach_the_container(tmp_path: Path, instance_id: str, test_i
         *("--dns", "10.9.9.9", "--init", "--cpuset-cpus", "1", "--shm-size", "16m"),
         "--json",
     ]
-    result = run_jobs(jobs, test_image, instance_id, *flags)
+    # On a network: without one Podman writes no /etc/resolv.conf for `--dns` to show in.
+    bridged = run_env(DOCKER_NETWORK="bridge")
+    result = run_jobs(jobs, test_image, instance_id, *flags, env=bridged)
     assert result.returncode == 0, result.stderr
     statuses = {r["job_id"]: r["status"] for r in _json_lines(result.stdout)}
     assert statuses == {"more": "succeeded"}
@@ -91,7 +93,7 @@ def test_more_flags_reach_the_container(tmp_path: Path, instance_id: str, test_i
         tmp_path / "plain.jsonl",
         {"id": "plain", "type": "t", "command": ["sh", "-c", MORE_CHECK]},
     )
-    plain = run_jobs(plain_jobs, test_image, instance_id, "--json")
+    plain = run_jobs(plain_jobs, test_image, instance_id, "--json", env=bridged)
     assert [r["status"] for r in _json_lines(plain.stdout)] == ["failed"], plain.stderr
 
 
