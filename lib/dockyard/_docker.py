@@ -352,6 +352,12 @@ class DockerGateway(ObservedEngine, ImageCalls):
         )
         return result
 
+    def security_modules(self) -> list[str]:
+        """The engine's security options (`docker info` SecurityOptions: `name=apparmor`,
+        `name=seccomp,profile=default`, ...)."""
+        info: dict[str, Any] = self._run("info", self.api.info)
+        return [str(option) for option in info.get("SecurityOptions") or []]
+
     def logs_tail(self, container_id: str, lines: int) -> str:
         raw = self._run(
             "logs_tail",

@@ -76,9 +76,8 @@ class DockerDriver:
         return self.client.create(spec)
 
     def _check_security_options(self, options: tuple[str, ...]) -> None:
-        if self._security_modules is None:
-            info = self.client.calls.run("info", self.client.api.info)
-            self._security_modules = [str(o) for o in info.get("SecurityOptions") or []]
+        if self._security_modules is None:  # asked once: an engine's modules do not change
+            self._security_modules = self.client.security_modules()
         reason = unhonoured_security_options(options, self._security_modules)
         if reason is not None:
             raise WorkerSpawnError(
