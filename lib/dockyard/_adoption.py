@@ -8,27 +8,31 @@ the log first), or from the start without one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from ._config import RouterConfig
-from ._driver import Driver
 from ._environment import worker_masker
 from ._errors import DuplicateJobError, ManagerClosedError
-from ._exit_handling import ExitWatcher, TimeoutController
-from ._listener import SafeListener
-from ._models import ActiveWorker
 from ._naming import LabelSchema, familiar, same_image
 from ._orphans import untracked
-from ._output import OutputPipe
-from ._output_hub import OutputHub
 from ._output_marks import OutputMarks, after_mark
-from ._registry import WorkerRegistry
-from ._secrets import Masker
-from ._slots import SlotGate
 from ._tracker import TrackedWorker
 from .worker_container_launcher import LaunchPlan
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from ._config import RouterConfig
+    from ._driver import Driver
+    from ._exit_handling import ExitWatcher, TimeoutController
+    from ._listener import SafeListener
+    from ._models import ActiveWorker
+    from ._output import OutputPipe
+    from ._output_hub import OutputHub
+    from ._registry import WorkerRegistry
+    from ._secrets import Masker
+    from ._slots import SlotGate
 
 __all__ = ["WorkerAdopter", "launched_image"]
 

@@ -9,9 +9,8 @@ found is the one asked for. The happy path never comes here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import (
     TRANSIENT_ERRORS,
@@ -23,6 +22,9 @@ from ._errors import (
     RetriesExhaustedError,
 )
 from ._retry import RetryPolicy, call_with_retry
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 __all__ = [
     "CREATE_RETRY",

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ._driver import ImageStore
 from ._errors import EngineConflictError, EngineNotFoundError
-from ._naming import LabelSchema
-from ._sentry import Reporter
+
+if TYPE_CHECKING:
+    from ._driver import ImageStore
+    from ._naming import LabelSchema
+    from ._sentry import Reporter
 
 __all__ = ["DEFAULT_DANGLING_INTERVAL_S", "DanglingImageReaper"]
 

@@ -13,8 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import docker
 import requests
@@ -25,7 +24,6 @@ from ._create_recovery import LOST_ANSWERS, created_container, recover_lost_crea
 from ._docker_images import ImageCalls
 from ._docker_settings import docker_create_args
 from ._docker_streams import ResponseEvents, following, log_mark, open_log, raise_for_status
-from ._driver import CallObserver, ContainerSpec
 from ._errors import (
     TRANSIENT_ERRORS,
     DockerUnavailableError,
@@ -34,9 +32,14 @@ from ._errors import (
     translate,
 )
 from ._exit_monitor import ExitMonitor, ExitWait, exit_result_of
-from ._output import AttachedOutput
 from ._retry import RetryPolicy, RetryState, call_with_retry
 from ._secrets import reveal
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from ._driver import CallObserver, ContainerSpec
+    from ._output import AttachedOutput
 
 __all__ = [
     "REMOVE_RETRY",

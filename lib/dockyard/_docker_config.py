@@ -27,16 +27,18 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from docker.auth import INDEX_NAME, INDEX_URL, TOKEN_USERNAME, resolve_index_name
 from docker.credentials.constants import PROGRAM_PREFIX
 
 from ._errors import WorkerImageResolutionError
 from ._secrets import Secret
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "DEFAULT_HELPER_TIMEOUT_S",

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import docker
 from docker.utils.socket import frames_iter
 
-from ._config import RouterConfig
 from ._docker import DockerGateway
 from ._docker_settings import unhonoured_security_options
 from ._driver import (
@@ -33,6 +30,13 @@ from ._errors import WorkerSpawnError
 from ._exit_monitor import exit_result_of
 from ._output import AttachedOutput
 from ._times import parse_docker_time
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
+
+    import docker
+
+    from ._config import RouterConfig
 
 __all__ = [
     "DockerDriver",

@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import docker
-import requests
 from docker.errors import APIError
 
 from ._errors import DockyardError, copy_error
 from ._exit_monitor import decode_event
 from ._naming import familiar
-from ._registry_auth import RegistryAuth
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+    import docker
+    import requests
+
+    from ._registry_auth import RegistryAuth
 
 __all__ = ["ImageCalls", "full_image_id"]
 

@@ -22,15 +22,17 @@ base limits, as the keyword arguments of docker-py's `create_host_config` and
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from docker.types import DeviceRequest, Mount, Ulimit
 
 from ._container_settings import ContainerSettings
 from ._container_settings import Mount as SettingsMount
 from ._errors import WorkerSpawnError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = [
     "GPU_CAPABILITY",
@@ -124,7 +126,7 @@ def docker_mount(mount: SettingsMount) -> Mount:
     return Mount(
         target=mount.target,
         source=mount.source,  # None for tmpfs and anonymous volumes
-        type=cast(MountType, mount.type),  # checked against MOUNT_TYPES by the validation
+        type=cast("MountType", mount.type),  # checked against MOUNT_TYPES by the validation
         read_only=mount.read_only,
         tmpfs_size=mount.size_bytes,
         # Writable by any user, as `docker run --tmpfs`: a swarm task's tmpfs is 0755 else.

@@ -12,8 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import struct
-from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 import urllib3
@@ -24,6 +23,9 @@ from ._exit_monitor import decode_event, server_time_of
 from ._output import AttachedOutput
 from ._output_lines import STREAM_NAMES
 from ._times import docker_time_ns
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
 
 __all__ = ["ResponseEvents", "log_frames", "log_mark", "open_log", "raise_for_status"]
 

@@ -15,14 +15,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ._container_settings import ContainerSettings
-from ._drivers import Capabilities
-from ._output import AttachedOutput
-from ._registry_auth import RegistryAuth
-from ._secrets import Secret
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from ._container_settings import ContainerSettings
+    from ._drivers import Capabilities
+    from ._output import AttachedOutput
+    from ._registry_auth import RegistryAuth
+    from ._secrets import Secret
 
 __all__ = [
     "CallObserver",

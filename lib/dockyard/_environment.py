@@ -10,18 +10,19 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from ._config import RouterConfig
 from ._errors import InvalidJobError
 from ._job_data import JobDataStore, check_job_data_size, job_data_env
-from ._jobs import JobFields
 from ._secrets import Masker, Secret, SecretEnv, job_data_secrets, reveal, worker_secret_values
 from ._snapshot_scrub import SCRUBBED_ENV_KEYS
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from ._config import RouterConfig
+    from ._jobs import JobFields
     from ._sentry import Reporter
 
 __all__ = [

@@ -13,10 +13,8 @@ where the inspect came too late (an auto-removed container) or missed an OOM kil
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._driver import Driver, ExitResult, WorkerState
 from ._errors import (
@@ -31,12 +29,17 @@ from ._exit_wait import Exited, Lost, await_exit
 from ._listener import log_ids
 from ._models import OutcomeStatus, WorkerOutcome
 from ._output_lines import tail_extra
-from ._registry import WorkerRegistry
 from ._retry import RetryPolicy, call_with_retry
-from ._sentry import ExtraValue, Reporter
-from ._snapshots import SnapshotManager
 from ._timeouts import TimeoutController
-from ._tracker import TrackedWorker
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from concurrent.futures import Future
+
+    from ._registry import WorkerRegistry
+    from ._sentry import ExtraValue, Reporter
+    from ._snapshots import SnapshotManager
+    from ._tracker import TrackedWorker
 
 __all__ = [
     "ExitWatcher",

@@ -18,10 +18,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cachetools import TTLCache
 
@@ -35,6 +34,9 @@ from ._errors import (
 )
 from ._retry import RetryPolicy, RetryState
 from ._times import parse_docker_time
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 __all__ = ["EventStream", "ExitMonitor", "ExitWait", "exit_result_of"]
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from ._driver import Driver, ExitResult, WorkerState
 from ._errors import DockyardError, EngineNotFoundError, RetriesExhaustedError
-from ._retry import RetryPolicy, RetryState
-from ._tracker import TrackedWorker
+
+if TYPE_CHECKING:
+    from ._driver import Driver, ExitResult, WorkerState
+    from ._retry import RetryPolicy, RetryState
+    from ._tracker import TrackedWorker
 
 __all__ = ["Exited", "Lost", "await_exit"]
 

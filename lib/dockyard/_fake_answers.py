@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import queue
 import time
-from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker.errors
 import requests
 import urllib3
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
 
 __all__ = [
     "FakeEventStream",

@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._fake_answers import (
     FakeEventStream,
@@ -23,6 +22,9 @@ from ._fake_answers import (
 )
 from ._fake_engine import FakeContainer
 from ._fake_images import FakeImageCalls
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["FakeDockerAPI"]
 

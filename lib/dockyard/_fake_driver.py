@@ -13,10 +13,9 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._driver import CallObserver, ContainerSpec, ExitResult, WorkerEntry, WorkerState
 from ._drivers import DRIVERS, Capabilities
@@ -28,7 +27,11 @@ from ._errors import (
     NameInUseError,
 )
 from ._output import AttachedOutput, Frame
-from ._registry_auth import RegistryAuth
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+    from ._registry_auth import RegistryAuth
 
 __all__ = ["DOCKER_LIKE", "SWARM_LIKE", "FakeDriver", "FakeImageStore"]
 

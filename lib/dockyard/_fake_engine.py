@@ -10,15 +10,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._fake_answers import FakeEventStream, not_found
+
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Callable, Mapping
 
 __all__ = ["DEFAULT_IMAGE", "FakeContainer", "FakeEngine"]
 

@@ -20,10 +20,12 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._driver import ImageStore
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from ._driver import ImageStore
 
 __all__ = ["FlattenError", "differences", "flatten", "import_changes", "layer_count"]
 

@@ -18,9 +18,10 @@ import json
 import logging
 import tarfile
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._driver import ImageStore
+if TYPE_CHECKING:
+    from ._driver import ImageStore
 
 __all__ = ["record_without_container_config"]
 

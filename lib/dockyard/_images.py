@@ -13,17 +13,21 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import KW_ONLY, dataclass, field
+from typing import TYPE_CHECKING
 
 from cachetools import TTLCache
 
-from ._driver import ImageStore
 from ._errors import UnpullableImageError, copy_error
 from ._metrics import NO_METRICS, Metrics
 from ._pull_policy import pull_result, retry_transient_pulls
-from ._registry_auth import RegistryAuth
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._driver import ImageStore
+    from ._registry_auth import RegistryAuth
 
 __all__ = [
     "ImagePuller",

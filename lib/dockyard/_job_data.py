@@ -10,11 +10,11 @@ import threading
 from typing import TYPE_CHECKING, Protocol
 
 from ._errors import InvalidJobError, JobDataOffloadError
-from ._jobs import JobFields
 from ._redis_store import DEFAULT_KEY_PREFIX, DEFAULT_TTL_S, RedisJobDataStore
 from ._secrets import Secret
 
 if TYPE_CHECKING:
+    from ._jobs import JobFields
     from ._sentry import Reporter
 
 __all__ = [

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ._driver import ContainerSpec, Driver
 from ._errors import (
     DockyardError,
     DuplicateJobError,
@@ -20,9 +20,12 @@ from ._errors import (
     RemovalInProgressError,
     WorkerImageResolutionError,
 )
-from ._images import ImagePuller
-from ._naming import LabelSchema
-from ._sentry import ExtraValue, Reporter
+
+if TYPE_CHECKING:
+    from ._driver import ContainerSpec, Driver
+    from ._images import ImagePuller
+    from ._naming import LabelSchema
+    from ._sentry import ExtraValue, Reporter
 
 __all__ = ["LaunchReports", "discard", "pull_base_image", "replace_leftover"]
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._sentry import Reporter
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 __all__ = ["SafeListener", "log_ids", "wants_output"]
 

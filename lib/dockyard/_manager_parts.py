@@ -11,27 +11,20 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import docker
-
 from ._adoption import WorkerAdopter
-from ._config import RouterConfig
 from ._dangling import DanglingImageReaper
 from ._docker_config import DockerConfigLogins
-from ._driver import Driver
 from ._drivers import check_projects, driver_factory, settings_check
 from ._environment import CredentialProvider, EnvSources, router_environ
 from ._errors import ConfigError, DockyardError
 from ._exit_handling import ExitWatcher, TimeoutController
 from ._images import ImagePuller
 from ._job_data import JobDataStore, RedisOffloadStore
-from ._jobs import ProjectDirectory
 from ._loops import ManagedPool, PeriodicTask
 from ._metrics import lifecycle_listener
-from ._models import WorkerLifecycleListener
 from ._naming import LabelSchema
 from ._orphans import OrphanReaper
 from ._output_hub import OutputHub
@@ -49,7 +42,15 @@ from ._spawn import Spawner, find_project, project_cap, project_snapshot_ttl
 from .worker_container_launcher import WorkerContainerLauncherDependencies
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    import docker
     from prometheus_client import CollectorRegistry
+
+    from ._config import RouterConfig
+    from ._driver import Driver
+    from ._jobs import ProjectDirectory
+    from ._models import WorkerLifecycleListener
 
 __all__ = ["Callbacks", "ManagerParts"]
 

@@ -8,10 +8,13 @@ methods do nothing. The Prometheus series behind it are `_prometheus`'s, built b
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from ._listener import SafeListener
-from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
-from ._sentry import Reporter
+
+if TYPE_CHECKING:
+    from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
+    from ._sentry import Reporter
 
 __all__ = [
     "NO_METRICS",

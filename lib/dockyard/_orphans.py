@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from ._config import RouterConfig
-from ._driver import Driver, WorkerEntry
 from ._errors import DockyardError, EngineConflictError, EngineNotFoundError
-from ._listener import SafeListener
 from ._loops import Activity
 from ._naming import LabelSchema, parse_deadline
-from ._registry import WorkerRegistry
-from ._sentry import Reporter
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+
+    from ._config import RouterConfig
+    from ._driver import Driver, WorkerEntry
+    from ._listener import SafeListener
+    from ._registry import WorkerRegistry
+    from ._sentry import Reporter
 
 __all__ = ["OrphanReaper", "untracked"]
 

@@ -20,13 +20,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from ._models import ActiveWorker
 from ._output_lines import STREAM_NAMES, STREAMS, LineAssembler, Stream
-from ._secrets import Masker
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
+    from ._models import ActiveWorker
+    from ._secrets import Masker
 
 __all__ = [
     "AttachedOutput",

@@ -14,11 +14,10 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from ._listener import wants_output
-from ._models import WorkerLifecycleListener
 from ._output import (
     DEFAULT_BUFFER_BYTES,
     DEFAULT_BUFFER_LINES,
@@ -28,7 +27,12 @@ from ._output import (
     OutputPipe,
     OutputSink,
 )
-from ._secrets import Masker
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+
+    from ._models import WorkerLifecycleListener
+    from ._secrets import Masker
 
 __all__ = ["MARK_EVERY_S", "OutputHub"]
 

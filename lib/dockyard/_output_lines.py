@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import codecs
 import struct
-from collections.abc import Iterable, Iterator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from docker.utils.socket import STDERR, STDOUT
 
 from ._secrets import MASK, MIN_SUBSTRING_LENGTH, Masker
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
 
 __all__ = [
     "MAX_LINE_BYTES",

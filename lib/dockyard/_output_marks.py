@@ -29,11 +29,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ._models import ActiveWorker
-from ._output import OutputPipe
 from ._output_lines import STREAMS
+
+if TYPE_CHECKING:
+    from ._models import ActiveWorker
+    from ._output import OutputPipe
 
 __all__ = [
     "MARK_KEY_PREFIX",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._drivers import DRIVERS
@@ -19,6 +18,8 @@ from ._models import BOOT_FAILURE_EXIT_CODE, WorkerOutcome
 from ._pull_policy import PULL_RESULTS
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from prometheus_client import CollectorRegistry
 
 __all__ = [

@@ -14,13 +14,15 @@ refused the login or does not have the image.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from dataclasses import replace
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ._errors import DockerUnavailableError, RetriesExhaustedError, WorkerImageResolutionError
 from ._retry import RetryPolicy
+
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable
 
 __all__ = [
     "ALWAYS",

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 from cachetools import LRUCache
 
 from ._errors import DuplicateJobError
-from ._listener import SafeListener
-from ._models import ActiveWorker, WorkerOutcome
-from ._tracker import TrackedWorker
+
+if TYPE_CHECKING:
+    from ._listener import SafeListener
+    from ._models import ActiveWorker, WorkerOutcome
+    from ._tracker import TrackedWorker
 
 __all__ = ["WorkerRegistry"]
 

@@ -20,15 +20,17 @@ import json
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from docker.auth import INDEX_NAME, INDEX_URL, convert_to_hostname, resolve_repository_name
 from docker.errors import InvalidRepository
 
-from ._config import RouterConfig
-from ._docker_config import DockerConfigLogins
 from ._errors import WorkerImageResolutionError
 from ._secrets import Secret, reveal
+
+if TYPE_CHECKING:
+    from ._config import RouterConfig
+    from ._docker_config import DockerConfigLogins
 
 __all__ = [
     "DOCKER_HUB_SERVER",

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ._errors import RetriesExhaustedError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["RetryPolicy", "RetryState", "call_with_retry"]
 

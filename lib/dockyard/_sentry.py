@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -13,6 +12,8 @@ from ._errors import copy_error
 from ._secrets import Masker, SecretBook
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from sentry_sdk._types import Event
 
 __all__ = [

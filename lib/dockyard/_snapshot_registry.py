@@ -6,11 +6,14 @@ import itertools
 import math
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from cachetools import TLRUCache
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["SnapshotMetadata", "SnapshotRegistry"]
 

@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ._driver import ImageStore
 from ._errors import (
     DockyardError,
     EngineConflictError,
     EngineImageHasChildrenError,
     EngineNotFoundError,
 )
-from ._naming import LabelSchema
-from ._sentry import Reporter
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection, Mapping
+
+    from ._driver import ImageStore
+    from ._naming import LabelSchema
+    from ._sentry import Reporter
 
 __all__ = ["ImageRetirement", "image_id_of", "snapshot_owner"]
 

@@ -17,10 +17,12 @@ labels of their own.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._naming import LabelSchema
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from ._naming import LabelSchema
 
 __all__ = [
     "SCRUBBED_ENV_KEYS",

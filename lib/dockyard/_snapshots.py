@@ -23,13 +23,10 @@ from __future__ import annotations
 import logging
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._config import RouterConfig
-from ._driver import ImageStore
 from ._errors import (
     SnapshotScrubError,
 )
@@ -37,10 +34,7 @@ from ._flatten import flatten, layer_count
 from ._image_rewrite import record_without_container_config
 from ._listener import log_ids
 from ._metrics import NO_METRICS, Metrics
-from ._models import ActiveWorker
 from ._naming import LabelSchema, format_deadline, snapshot_image_name
-from ._sentry import Reporter
-from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
 from ._snapshot_retirement import ImageRetirement, image_id_of, snapshot_owner
 from ._snapshot_scrub import (
     SCRUBBED_ENV_KEYS,
@@ -51,6 +45,15 @@ from ._snapshot_scrub import (
     label_changes,
     worker_labels_left,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+
+    from ._config import RouterConfig
+    from ._driver import ImageStore
+    from ._models import ActiveWorker
+    from ._sentry import Reporter
+    from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
 
 __all__ = ["DISCOVERED_PROJECT", "SnapshotManager"]
 

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from ._container_checks import resolve_container_settings
 from ._container_settings import NO_SETTINGS
-from ._drivers import SettingsCheck
 from ._environment import EnvSources, build_worker_env, check_job_data, worker_masker
 from ._errors import (
     DuplicateJobError,
@@ -28,7 +25,6 @@ from ._errors import (
     WorkerCancelledError,
     WorkerImageResolutionError,
 )
-from ._exit_handling import TimeoutController
 from ._jobs import (
     JobFields,
     ProjectDirectory,
@@ -37,14 +33,7 @@ from ._jobs import (
     job_ids,
     resolve_job_fields,
 )
-from ._loops import ManagedPool
-from ._metrics import Metrics
-from ._models import ActiveWorker, WorkerOutcome
 from ._naming import container_name, is_valid_image_reference
-from ._registry import WorkerRegistry
-from ._secrets import SecretBook
-from ._slots import SlotGate, SlotLease
-from ._snapshot_registry import SnapshotRegistry
 from .worker_container_launcher import (
     LaunchPlan,
     WorkerContainerLaunchConfig,
@@ -54,7 +43,19 @@ from .worker_container_launcher import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from concurrent.futures import Future
+
     from ._config import ProjectConfig, RouterConfig
+    from ._drivers import SettingsCheck
+    from ._exit_handling import TimeoutController
+    from ._loops import ManagedPool
+    from ._metrics import Metrics
+    from ._models import ActiveWorker, WorkerOutcome
+    from ._registry import WorkerRegistry
+    from ._secrets import SecretBook
+    from ._slots import SlotGate, SlotLease
+    from ._snapshot_registry import SnapshotRegistry
 
 __all__ = [
     "SpawnSettings",

@@ -17,11 +17,9 @@ Every call runs through the node client's `EngineCalls`: typed errors, the obser
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import docker
 from docker.types import (
     ContainerSpec as SwarmContainerSpec,
 )
@@ -31,7 +29,6 @@ from docker.types import (
     TaskTemplate,
 )
 
-from ._config import RouterConfig
 from ._create_recovery import LOST_ANSWERS, look_up_made, recover_lost_create
 from ._docker import DockerGateway, ObservedEngine
 from ._docker_driver import connect, parse_docker_time, worker_entry, worker_state
@@ -50,8 +47,6 @@ from ._errors import (
     EngineNotFoundError,
     WorkerSpawnError,
 )
-from ._exit_monitor import ExitWait
-from ._output import AttachedOutput
 from ._secrets import reveal
 from ._swarm_ending import SWARM_SERVICE_LABEL, ServiceEnding, container_of
 from ._swarm_logs import ServiceOutput
@@ -64,6 +59,15 @@ from ._swarm_tasks import (
     latest_task,
     task_state,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    import docker
+
+    from ._config import RouterConfig
+    from ._exit_monitor import ExitWait
+    from ._output import AttachedOutput
 
 __all__ = ["SWARM_SERVICE_LABEL", "SwarmDriver", "open_driver"]
 

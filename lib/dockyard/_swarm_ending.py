@@ -8,11 +8,9 @@ under the Swarm driver's one call point.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import docker
 import requests
 from docker.errors import create_api_error_from_http_exception
 
@@ -28,6 +26,11 @@ from ._errors import (
 )
 from ._retry import RetryPolicy, call_with_retry
 from ._swarm_tasks import TERMINAL, TaskPoller, latest_task, task_state
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import docker
 
 __all__ = ["SWARM_SERVICE_LABEL", "ServiceEnding", "container_of", "is_container_id"]
 

@@ -17,9 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cachetools import TTLCache
 
@@ -27,6 +26,9 @@ from ._driver import ExitResult
 from ._errors import DockerUnavailableError, EngineNotFoundError, RetriesExhaustedError
 from ._exit_monitor import ExitWait
 from ._retry import RetryPolicy, RetryState
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 __all__ = [
     "PRE_RUNNING",

@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from ._driver import Driver
 from ._errors import (
     DockyardError,
     EngineNotFoundError,
@@ -25,8 +24,13 @@ from ._listener import log_ids
 from ._loops import Activity
 from ._output_lines import tail_extra
 from ._retry import RetryPolicy, call_with_retry
-from ._sentry import Reporter
-from ._tracker import TrackedWorker
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._driver import Driver
+    from ._sentry import Reporter
+    from ._tracker import TrackedWorker
 
 __all__ = ["TimeoutController"]
 

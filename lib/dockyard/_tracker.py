@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from ._driver import ExitTicket
-from ._models import ActiveWorker, OutcomeStatus, WorkerOutcome
-from ._output import OutputPipe
 from ._secrets import Masker
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._driver import ExitTicket
+    from ._models import ActiveWorker, OutcomeStatus, WorkerOutcome
+    from ._output import OutputPipe
 
 __all__ = ["Phase", "TrackedWorker"]
 

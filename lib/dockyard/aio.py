@@ -40,15 +40,18 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from ._jobs import WorkerJob
 from ._listener import SafeListener
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._sentry import Reporter, SentryReporter
-from .container_manager import ContainerManager
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+
+    from ._jobs import WorkerJob
+    from .container_manager import ContainerManager
 
 __all__ = ["AsyncContainerManager", "AsyncWorkerLifecycleListener"]
 

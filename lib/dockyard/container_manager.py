@@ -21,23 +21,11 @@ the Prometheus series (`_prometheus`), what a launch does when a step fails
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future
-from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
-import docker
-
-from ._config import RouterConfig
 from ._dangling import DEFAULT_DANGLING_INTERVAL_S
-from ._driver import Driver
-from ._environment import CredentialProvider
 from ._fork import fork_guarded
-from ._job_data import JobDataStore
-from ._jobs import ProjectDirectory, WorkerJob
-from ._loops import PeriodicTask
 from ._manager_parts import Callbacks, ManagerParts
-from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
-from ._registry_auth import RegistryCredentialProvider
 from ._sentry import Reporter, scrub_for_host
 from .worker_container_launcher import (
     WorkerContainerLaunchConfig,
@@ -47,7 +35,20 @@ from .worker_container_launcher import (
 )
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+    from types import TracebackType
+
+    import docker
     from prometheus_client import CollectorRegistry
+
+    from ._config import RouterConfig
+    from ._driver import Driver
+    from ._environment import CredentialProvider
+    from ._job_data import JobDataStore
+    from ._jobs import ProjectDirectory, WorkerJob
+    from ._loops import PeriodicTask
+    from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
+    from ._registry_auth import RegistryCredentialProvider
 
 __all__ = [
     "ContainerManager",

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["read_job_data"]
 

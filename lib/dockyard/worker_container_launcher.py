@@ -13,11 +13,10 @@ a container that failed to start removed) is `_launch_failures`'s.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from ._container_settings import ContainerSettings
 from ._docker_settings import name_refused_control
 from ._driver import ContainerSpec, Driver, ExitTicket, WorkerState
 from ._environment import with_snapshot_reuse
@@ -28,7 +27,6 @@ from ._errors import (
     WorkerImageResolutionError,
     as_spawn_error,
 )
-from ._exit_handling import ExitWatcher, TimeoutController
 from ._images import ImagePuller, is_image_id
 from ._jobs import JobIdentity, job_ids
 from ._launch_failures import LaunchReports, discard, pull_base_image, replace_leftover
@@ -36,14 +34,20 @@ from ._listener import SafeListener, log_ids
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
 from ._naming import LabelSchema, WorkerLabels
-from ._output import OutputPipe
-from ._output_hub import OutputHub
 from ._pull_policy import ALWAYS, IF_NOT_PRESENT, NEVER
-from ._registry import WorkerRegistry
 from ._secrets import Masker, Secret
-from ._sentry import Reporter
-from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
 from ._tracker import TrackedWorker
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from ._container_settings import ContainerSettings
+    from ._exit_handling import ExitWatcher, TimeoutController
+    from ._output import OutputPipe
+    from ._output_hub import OutputHub
+    from ._registry import WorkerRegistry
+    from ._sentry import Reporter
+    from ._snapshot_registry import SnapshotMetadata, SnapshotRegistry
 
 __all__ = [
     "WorkerContainerLaunchConfig",

@@ -6,13 +6,16 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from .._jobs import WorkerJob
 from .._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
 from ._format import fmt_s
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from .._jobs import WorkerJob
 
 JobStatus = Literal[
     "queued",

@@ -4,8 +4,7 @@ container settings, what a job may set, and the bind roots."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._container_settings import ContainerSettings, Mount, merge_settings
 from .._container_syntax import (
@@ -16,6 +15,9 @@ from .._container_syntax import (
     parse_tmpfs,
     parse_ulimit,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["add_container_flags", "container_overrides", "settings_from_args"]
 

@@ -3,13 +3,10 @@ given one orphan scan."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._config import RouterConfig
-from .._docker import DockerGateway
 from .._errors import DockyardError
 from .._models import WorkerLifecycleListener
 from .._naming import LabelSchema, parse_deadline
@@ -17,6 +14,12 @@ from ..container_manager import ContainerManager
 from ._engine import base_config, engine
 from ._exits import EXIT_OK
 from ._format import fmt_s, print_plain_table
+
+if TYPE_CHECKING:
+    import argparse
+
+    from .._config import RouterConfig
+    from .._docker import DockerGateway
 
 
 def cmd_ps(args: argparse.Namespace) -> int:

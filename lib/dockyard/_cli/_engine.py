@@ -3,14 +3,16 @@ engine connection."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._config import RouterConfig
 from .._docker import DockerGateway
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterator
 
 
 def base_config(args: argparse.Namespace, **overrides: Any) -> RouterConfig:

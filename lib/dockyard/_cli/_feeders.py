@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .._errors import NoWorkerSlotError
-from .._jobs import WorkerJob
-from ..container_manager import ContainerManager
-from ._batch import BatchTracker
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .._jobs import WorkerJob
+    from ..container_manager import ContainerManager
+    from ._batch import BatchTracker
 
 # A spawn waits this long for a slot before checking for Ctrl-C and queueing again.
 _SLOT_POLL_S = 0.5

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from .._config import RouterConfig
 from .._container_checks import settings_from_json
 from .._container_settings import JOB, ContainerSettings, check_bind_sources, check_job_allowed
 from .._drivers import refuse_settings
@@ -15,6 +12,12 @@ from .._errors import InvalidJobError
 from .._job_data import JOB_DATA_INLINE_LIMIT
 from .._jobs import WorkerJob, resolve_job_fields
 from ._exits import UsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from .._config import RouterConfig
 
 _JOB_KEYS = (
     "id",

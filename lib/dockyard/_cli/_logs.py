@@ -4,25 +4,28 @@ the job's secrets."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import requests
 from docker.errors import create_api_error_from_http_exception
 
-from .._config import RouterConfig
-from .._docker import DockerGateway
 from .._environment import worker_masker
 from .._naming import LabelSchema
 from .._output_lines import FrameDecoder, lines_of_frames
 from .._secrets import Masker, job_data_secrets, router_secret_values
 from ._engine import base_config, engine
 from ._exits import EXIT_JOBS_FAILED, EXIT_OK, say
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterator, Mapping
+
+    from .._config import RouterConfig
+    from .._docker import DockerGateway
 
 _CONNECT_S = 10.0
 

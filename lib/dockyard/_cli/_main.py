@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import os
-from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from .._errors import ConfigError, DockerUnavailableError
 from ._exits import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, say
 from ._logging import configure_logging
 from ._parser import build_parser
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from ._exits import UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from prometheus_client import CollectorRegistry
 
 METRICS_ADDRESS = "127.0.0.1"  # local only: a scraper elsewhere goes through the host's proxy

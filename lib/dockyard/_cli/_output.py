@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Literal, TextIO
+from typing import TYPE_CHECKING, Literal, TextIO
 from urllib.parse import quote
 
-from .._jobs import WorkerJob
-from .._models import ActiveWorker, WorkerOutcome
 from ._batch import BatchTracker
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
+
+    from .._jobs import WorkerJob
+    from .._models import ActiveWorker, WorkerOutcome
 
 # A file name stays well under the usual 255-byte limit, with room for `.stderr.log`.
 _MAX_STEM = 200

@@ -3,14 +3,16 @@ per start and finish, for logs and pipes). The live rich view is in `_rich`."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from ._batch import BatchTracker, JobEvent, status_label
+
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Iterator, Sequence
 
 _WRITE_LOCK = threading.Lock()
 

@@ -4,11 +4,9 @@ plain output then."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Literal, TextIO
+from typing import TYPE_CHECKING, Literal, TextIO
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -22,6 +20,10 @@ from ._format import fmt_s
 from ._logging import FieldsFormatter
 from ._progress import JobLines
 from ._summary import HEADERS, summary_rows, tally_line
+
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Iterator, Sequence
 
 _STYLE = {
     "queued": "dim",

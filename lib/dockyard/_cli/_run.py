@@ -3,21 +3,16 @@ progress, print the results; on Ctrl-C or SIGTERM detach, on Ctrl-C twice cancel
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .._config import RouterConfig
-from .._docker import DockerGateway
 from .._errors import DockerUnavailableError, DockyardError, EngineNotFoundError
-from .._jobs import WorkerJob
 from .._pull_policy import NEVER
 from ..container_manager import ContainerManager
 from ._batch import BatchTracker, JobState
@@ -41,7 +36,14 @@ except ImportError:
     HAVE_RICH = False
 
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Sequence
+
     from prometheus_client import CollectorRegistry
+
+    from .._config import RouterConfig
+    from .._docker import DockerGateway
+    from .._jobs import WorkerJob
 
 # How often the progress view looks for news when no job changes state.
 _REFRESH_S = 0.1

@@ -3,14 +3,11 @@ the next cleanup, or with --evict that cleanup itself."""
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from .._config import RouterConfig
-from .._docker import DockerGateway
 from .._naming import LabelSchema
 from .._snapshot_registry import SnapshotRegistry
 from .._snapshot_retirement import snapshot_owner
@@ -18,6 +15,13 @@ from ..container_manager import ContainerManager
 from ._engine import base_config, engine
 from ._exits import EXIT_OK
 from ._format import fmt_s, fmt_size, print_plain_table
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+
+    from .._config import RouterConfig
+    from .._docker import DockerGateway
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,13 @@ object per job. The rich table is in `_rich`."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ._batch import FINAL, JobState, status_counts, status_label
 from ._format import count_of, print_plain_table
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 HEADERS = ["JOB", "STATUS", "EXIT", "OOM", "DURATION", "NOTE"]
 
