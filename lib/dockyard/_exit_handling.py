@@ -26,11 +26,11 @@ from ._errors import (
     WorkerExitError,
 )
 from ._exit_wait import Exited, Lost, await_exit
-from ._listener import log_ids
 from ._models import OutcomeStatus, WorkerOutcome
 from ._output_lines import tail_extra
 from ._retry import RetryPolicy, call_with_retry
 from ._timeouts import TimeoutController
+from ._tracker import log_ids
 
 if TYPE_CHECKING:
     from collections.abc import Callable

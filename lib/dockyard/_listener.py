@@ -1,8 +1,10 @@
-"""Notifications: the host's lifecycle listener, called so that it can never break a worker."""
+"""Notifications: the host's lifecycle listener, called so that it can never break a worker,
+and counted in the metrics before the host hears."""
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
@@ -11,15 +13,12 @@ from ._sentry import Reporter
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-__all__ = ["SafeListener", "log_ids", "wants_output"]
+    from ._metrics import Metrics
+
+__all__ = ["MeteredListener", "SafeListener", "lifecycle_listener", "wants_output"]
 
 
 log = logging.getLogger("dockyard.tracker")
-
-
-def log_ids(worker: ActiveWorker, **more: object) -> dict[str, object]:
-    """A log record's `extra` about `worker`: its job id, short container id, and `more`."""
-    return {"job_id": worker.job_id, "container_id": worker.container_id[:12], **more}
 
 
 class SafeListener:
@@ -99,3 +98,36 @@ def wants_output(listener: WorkerLifecycleListener | None) -> bool:
         return False
     hook = getattr(type(listener), "on_worker_output", None)
     return hook is not None and hook is not WorkerLifecycleListener.on_worker_output
+
+
+class MeteredListener(SafeListener):
+    """The manager's safe listener, counting starts and outcomes before the host hears."""
+
+    def __init__(
+        self,
+        listener: WorkerLifecycleListener | None,
+        metrics: Metrics,
+        reporter: Reporter | None = None,
+    ) -> None:
+        super().__init__(listener, reporter)
+        self._metrics = metrics
+
+    def started(self, worker: ActiveWorker) -> None:
+        self._metrics.worker_started()
+        super().started(worker)
+
+    def finished(self, worker: ActiveWorker, outcome: WorkerOutcome) -> None:
+        duration = outcome.duration_s
+        if duration is None:  # the engine could not tell (say, auto-removed): our own clock
+            duration = max(0.0, (datetime.now(UTC) - worker.started_at).total_seconds())
+        self._metrics.worker_finished(outcome, duration)
+        super().finished(worker, outcome)
+
+
+def lifecycle_listener(
+    listener: WorkerLifecycleListener | None, metrics: Metrics, reporter: Reporter | None = None
+) -> SafeListener:
+    """The listener the manager hands around: metered when metrics are on."""
+    if metrics.enabled:
+        return MeteredListener(listener, metrics, reporter)
+    return SafeListener(listener, reporter)

@@ -23,8 +23,8 @@ from ._errors import ConfigError, DockyardError
 from ._exit_handling import ExitWatcher, TimeoutController
 from ._images import ImagePuller
 from ._job_data import JobDataStore, RedisOffloadStore
+from ._listener import lifecycle_listener
 from ._loops import ManagedPool, PeriodicTask
-from ._metrics import lifecycle_listener
 from ._naming import LabelSchema
 from ._orphans import OrphanReaper
 from ._output_hub import OutputHub

@@ -1,4 +1,4 @@
-"""Metrics: what dockyard reports, the no-op `NO_METRICS`, and the listener that counts.
+"""Metrics: what dockyard reports, and the no-op `NO_METRICS`.
 
 Every part that reports takes a `Metrics`; without a registry it is `NO_METRICS`, whose
 methods do nothing. The Prometheus series behind it are `_prometheus`'s, built by its
@@ -7,21 +7,12 @@ methods do nothing. The Prometheus series behind it are `_prometheus`'s, built b
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from ._listener import SafeListener
-
 if TYPE_CHECKING:
-    from ._models import ActiveWorker, WorkerLifecycleListener, WorkerOutcome
-    from ._sentry import Reporter
+    from ._models import WorkerOutcome
 
-__all__ = [
-    "NO_METRICS",
-    "MeteredListener",
-    "Metrics",
-    "lifecycle_listener",
-]
+__all__ = ["NO_METRICS", "Metrics"]
 
 
 class Metrics:
@@ -81,36 +72,3 @@ class Metrics:
 
 
 NO_METRICS = Metrics()
-
-
-class MeteredListener(SafeListener):
-    """The manager's safe listener, counting starts and outcomes before the host hears."""
-
-    def __init__(
-        self,
-        listener: WorkerLifecycleListener | None,
-        metrics: Metrics,
-        reporter: Reporter | None = None,
-    ) -> None:
-        super().__init__(listener, reporter)
-        self._metrics = metrics
-
-    def started(self, worker: ActiveWorker) -> None:
-        self._metrics.worker_started()
-        super().started(worker)
-
-    def finished(self, worker: ActiveWorker, outcome: WorkerOutcome) -> None:
-        duration = outcome.duration_s
-        if duration is None:  # the engine could not tell (say, auto-removed): our own clock
-            duration = max(0.0, (datetime.now(UTC) - worker.started_at).total_seconds())
-        self._metrics.worker_finished(outcome, duration)
-        super().finished(worker, outcome)
-
-
-def lifecycle_listener(
-    listener: WorkerLifecycleListener | None, metrics: Metrics, reporter: Reporter | None = None
-) -> SafeListener:
-    """The listener the manager hands around: metered when metrics are on."""
-    if metrics.enabled:
-        return MeteredListener(listener, metrics, reporter)
-    return SafeListener(listener, reporter)

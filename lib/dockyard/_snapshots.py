@@ -32,7 +32,6 @@ from ._errors import (
 )
 from ._flatten import flatten, layer_count
 from ._image_rewrite import record_without_container_config
-from ._listener import log_ids
 from ._metrics import NO_METRICS, Metrics
 from ._naming import LabelSchema, format_deadline, snapshot_image_name
 from ._snapshot_retirement import ImageRetirement, image_id_of, snapshot_owner
@@ -45,6 +44,7 @@ from ._snapshot_scrub import (
     label_changes,
     worker_labels_left,
 )
+from ._tracker import log_ids
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence

@@ -20,10 +20,10 @@ from ._errors import (
     RetriesExhaustedError,
     WorkerTimeoutError,
 )
-from ._listener import log_ids
 from ._loops import Activity
 from ._output_lines import tail_extra
 from ._retry import RetryPolicy, call_with_retry
+from ._tracker import log_ids
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -1,4 +1,4 @@
-"""Worker tracking: each worker's state machine.
+"""Worker tracking: each worker's state machine (and the ids a log record about it carries).
 
 A worker runs → stops (the kill path) → exits → settles, or is detached; one object per
 worker owns that state under one lock, and every reader goes through it. Before a worker
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ._models import ActiveWorker, OutcomeStatus, WorkerOutcome
     from ._output import OutputPipe
 
-__all__ = ["Phase", "TrackedWorker"]
+__all__ = ["Phase", "TrackedWorker", "log_ids"]
 
 
 class Phase(enum.Enum):
@@ -193,3 +193,8 @@ class TrackedWorker:
         with self._lock:
             if self._exit_wait is exit_wait:
                 self._exit_wait = None
+
+
+def log_ids(worker: ActiveWorker, **more: object) -> dict[str, object]:
+    """A log record's `extra` about `worker`: its job id, short container id, and `more`."""
+    return {"job_id": worker.job_id, "container_id": worker.container_id[:12], **more}

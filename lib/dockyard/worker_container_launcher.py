@@ -30,19 +30,19 @@ from ._errors import (
 from ._images import ImagePuller, is_image_id
 from ._jobs import JobIdentity, job_ids
 from ._launch_failures import LaunchReports, discard, pull_base_image, replace_leftover
-from ._listener import SafeListener, log_ids
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
 from ._naming import LabelSchema, WorkerLabels
 from ._pull_policy import ALWAYS, IF_NOT_PRESENT, NEVER
 from ._secrets import Masker, Secret
-from ._tracker import TrackedWorker
+from ._tracker import TrackedWorker, log_ids
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     from ._container_settings import ContainerSettings
     from ._exit_handling import ExitWatcher, TimeoutController
+    from ._listener import SafeListener
     from ._output import OutputPipe
     from ._output_hub import OutputHub
     from ._registry import WorkerRegistry

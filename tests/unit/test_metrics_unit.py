@@ -29,7 +29,8 @@ from dockyard import (
 )
 from dockyard._docker import DockerGateway
 from dockyard._errors import result_of, translate
-from dockyard._metrics import NO_METRICS, MeteredListener, Metrics
+from dockyard._listener import MeteredListener
+from dockyard._metrics import NO_METRICS, Metrics
 from dockyard._prometheus import PrometheusMetrics, build_metrics, error_kind, outcome_reason
 from dockyard._pull_policy import PULL_RESULTS
 from promscrape import Scrape

@@ -67,3 +67,42 @@ def test_no_module_imports_itself_through_others() -> None:
 
 def test_a_circle_is_found() -> None:
     assert _circle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def _floors(graph: dict[str, set[str]]) -> dict[str, int]:
+    """Each module's floor: 1 for a module importing none of the package, else one above
+    the highest module it imports (module-level imports; annotation-only ones sit under
+    `TYPE_CHECKING` and are no part of the layering)."""
+    floors: dict[str, int] = {}
+
+    def floor(name: str) -> int:
+        if name not in floors:
+            floors[name] = 1 + max((floor(imported) for imported in graph[name]), default=0)
+        return floors[name]
+
+    for name in graph:
+        floor(name)
+    return floors
+
+
+# The facade sits on its wiring, which sits on a job's spawn and adoption, the launcher,
+# the job's fields and environment, the models, the container settings and the errors; the
+# CLI adds its package, its entry point, its parser and a command on top.
+MAX_FLOORS_FACADE = 8
+MAX_FLOORS_TREE = 12
+
+
+def test_the_package_is_at_most_a_few_floors_deep() -> None:
+    floors = _floors(_imports())
+    assert floors["dockyard._errors"] == 1
+    assert floors["dockyard.container_manager"] <= MAX_FLOORS_FACADE, floors
+    assert max(floors.values()) <= MAX_FLOORS_TREE, sorted(floors.items(), key=lambda kv: kv[1])
+
+
+def test_floors_are_counted_from_the_bottom() -> None:
+    assert _floors({"a": {"b"}, "b": {"c"}, "c": set(), "d": {"c"}}) == {
+        "a": 3,
+        "b": 2,
+        "c": 1,
+        "d": 2,
+    }
