@@ -54,7 +54,6 @@ __all__ = [
     "WorkerImageResolutionError",
     "WorkerSpawnError",
     "WorkerTimeoutError",
-    "as_spawn_error",
     "copy_error",
     "result_of",
     "translate",
@@ -418,25 +417,6 @@ def result_of(err: BaseException | None) -> str:
         (EngineConflictError, "conflict"),
     )
     return next((result for cls, result in results if isinstance(err, cls)), "error")
-
-
-def as_spawn_error(err: BaseException) -> BaseException:
-    """What `spawn_worker` raises for `err` (already translated): public `DockyardError`s only.
-
-    Engine refusals become `WorkerSpawnError` with the engine's status and the layer
-    below's error as the cause; public typed errors stay as they are.
-    """
-    if isinstance(err, EngineError):
-        spawn = WorkerSpawnError(str(err), err.status_code)
-        spawn.__cause__ = err.__cause__ if err.__cause__ is not None else err
-        return spawn
-    if isinstance(err, DockyardError):
-        return err
-    if isinstance(err, Exception):
-        spawn = WorkerSpawnError(f"launch failed: {err}")
-        spawn.__cause__ = err
-        return spawn
-    return err  # KeyboardInterrupt, SystemExit: never disguised
 
 
 def copy_error(

@@ -2,8 +2,9 @@
 
 Each Sentry report sent once (`LaunchReports`), the base image pulled when it is missing
 (`pull_base_image`), a stopped leftover of the same job replaced when the name is taken
-(`replace_leftover`), and a container that failed to start removed (`discard`). A launch
-that goes well never comes here.
+(`replace_leftover`), a container that failed to start removed (`discard`), and the
+public error `spawn_worker` raises for the failure (`as_spawn_error`). A launch that goes
+well never comes here.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from ._errors import (
     DockyardError,
     DuplicateJobError,
     EngineConflictError,
+    EngineError,
     EngineNotFoundError,
     RemovalInProgressError,
     WorkerImageResolutionError,
+    WorkerSpawnError,
 )
 
 if TYPE_CHECKING:
@@ -27,7 +30,13 @@ if TYPE_CHECKING:
     from ._naming import LabelSchema
     from ._sentry import ExtraValue, Reporter
 
-__all__ = ["LaunchReports", "discard", "pull_base_image", "replace_leftover"]
+__all__ = [
+    "LaunchReports",
+    "as_spawn_error",
+    "discard",
+    "pull_base_image",
+    "replace_leftover",
+]
 
 log = logging.getLogger("dockyard.launcher")
 
@@ -136,3 +145,22 @@ def discard(driver: Driver, container_id: str, job_id: str) -> None:
             "could not remove a container that failed to start",
             extra={"job_id": job_id, "container_id": container_id[:12]},
         )
+
+
+def as_spawn_error(err: BaseException) -> BaseException:
+    """What `spawn_worker` raises for `err` (already translated): public `DockyardError`s only.
+
+    Engine refusals become `WorkerSpawnError` with the engine's status and the layer
+    below's error as the cause; public typed errors stay as they are.
+    """
+    if isinstance(err, EngineError):
+        spawn = WorkerSpawnError(str(err), err.status_code)
+        spawn.__cause__ = err.__cause__ if err.__cause__ is not None else err
+        return spawn
+    if isinstance(err, DockyardError):
+        return err
+    if isinstance(err, Exception):
+        spawn = WorkerSpawnError(f"launch failed: {err}")
+        spawn.__cause__ = err
+        return spawn
+    return err  # KeyboardInterrupt, SystemExit: never disguised

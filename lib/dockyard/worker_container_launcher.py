@@ -25,11 +25,16 @@ from ._errors import (
     EngineConflictError,
     ImageNotFoundError,
     WorkerImageResolutionError,
-    as_spawn_error,
 )
 from ._images import ImagePuller, is_image_id
 from ._jobs import JobIdentity, job_ids
-from ._launch_failures import LaunchReports, discard, pull_base_image, replace_leftover
+from ._launch_failures import (
+    LaunchReports,
+    as_spawn_error,
+    discard,
+    pull_base_image,
+    replace_leftover,
+)
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
 from ._naming import LabelSchema, WorkerLabels

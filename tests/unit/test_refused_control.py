@@ -23,7 +23,8 @@ from dockyard._docker_settings import (
     refused_control,
     unhonoured_security_options,
 )
-from dockyard._errors import EngineError, as_spawn_error
+from dockyard._errors import EngineError
+from dockyard._launch_failures import as_spawn_error
 from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, RecordingReporter
 
 MIB = 1024 * 1024
