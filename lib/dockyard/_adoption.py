@@ -17,7 +17,6 @@ from ._errors import DuplicateJobError, ManagerClosedError
 from ._naming import LabelSchema, familiar, same_image
 from ._orphans import untracked
 from ._output_marks import OutputMarks, after_mark
-from ._tracker import TrackedWorker
 from .worker_container_launcher import LaunchPlan
 
 if TYPE_CHECKING:
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
     from ._registry import WorkerRegistry
     from ._secrets import Masker
     from ._slots import SlotGate
+    from ._tracker import TrackedWorker
 
 __all__ = ["WorkerAdopter", "launched_image"]
 
@@ -77,16 +77,16 @@ class WorkerAdopter:
             if not job_id:
                 continue
             try:
-                self.registry.reserve(job_id)
+                record = self.registry.reserve(job_id)
             except DuplicateJobError:
                 log.info("not adopting: job already tracked", extra={"job_id": job_id})
                 continue
             try:
-                worker = self._adopt_one(container_id, job_id, labels)
+                worker = self._adopt_one(record, container_id, labels)
             except ManagerClosedError:
                 break
             except Exception as err:  # one worker's failure must not end the adoption
-                self.registry.unreserve(job_id)
+                self.registry.unreserve(record)
                 log.warning(
                     "could not adopt a worker",
                     extra={"container_id": container_id[:12], "job_id": job_id, "error": str(err)},
@@ -95,12 +95,13 @@ class WorkerAdopter:
             if worker is not None:
                 adopted.append(worker)
             else:
-                self.registry.unreserve(job_id)
+                self.registry.unreserve(record)
         return adopted
 
     def _adopt_one(
-        self, container_id: str, job_id: str, labels: dict[str, str]
+        self, record: TrackedWorker, container_id: str, labels: dict[str, str]
     ) -> ActiveWorker | None:
+        job_id = record.job_id
         state = self.driver.inspect(container_id)
         if not state.running:
             return None  # exited meanwhile: the orphan scan removes it
@@ -118,14 +119,14 @@ class WorkerAdopter:
         exit_wait = self.driver.open_wait(container_id)
         env = dict(item.partition("=")[::2] for item in state.env)
         masker = worker_masker(env)
-        # It already runs: it takes a slot, even over capacity.
+        # It already runs: it takes a slot, even over capacity (the record gives it back).
         lease = self.slots.lease_over_capacity(
             worker.project_id, self.project_cap(worker.project_id)
         )
+        record.take_slot(lease.release)
         output = self._follow(container_id, job_id, masker)
-        tracked = TrackedWorker(
+        record.begin(
             worker,
-            lease.release,
             exit_wait=exit_wait,
             env_keys=tuple(env),
             masker=masker,
@@ -133,20 +134,14 @@ class WorkerAdopter:
             output=output,
         )
         remaining = (worker.deadline - self.clock()).total_seconds()
-        self.timeouts.arm(tracked, remaining)
-        if not self.registry.register(tracked):
-            tracked.to_detached()  # closed meanwhile: leave it running, as close() does
+        if not self.registry.begin_tracking(record, remaining, self.timeouts, self.exits):
             if output is not None:
-                output.cancel()
+                output.cancel()  # closed meanwhile: leave it running, as close() does
             raise ManagerClosedError
         log.info(
             "adopted running worker",
             extra={"job_id": job_id, "container_id": container_id[:12], "remaining_s": remaining},
         )
-        self.listener.started(worker)
-        if output is not None:
-            output.bind(worker)  # after `on_worker_started`, as for a launched worker
-        self.exits.watch(tracked)
         return worker
 
     def _follow(self, container_id: str, job_id: str, masker: Masker) -> OutputPipe | None:

@@ -24,8 +24,12 @@ import itertools
 import math
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from ._errors import NoWorkerSlotError, WorkerCancelledError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["SlotGate", "SlotLease"]
 
@@ -134,14 +138,20 @@ class SlotGate:
         cap: int | None = None,
         priority: int = 0,
         name: str | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> SlotLease:
         """A slot for `project` as a lease, waiting up to `timeout` seconds (None or inf: forever).
 
         `cap` is the project's cap (None: none), `priority` the waiter's rank (higher
         first), `name` what `cancel` finds the waiter by (the job id) and the error names.
+        `cancelled` is asked under the gate's lock before the wait begins: a cancel that
+        marks the job and then calls `cancel(name)` either finds the waiter in line or is
+        seen here, never neither.
         Raises `NoWorkerSlotError` on timeout, `WorkerCancelledError` when cancelled.
         """
         with self._lock:
+            if cancelled is not None and cancelled():
+                raise WorkerCancelledError(name or "", waiting=True)
             record = self._project(project, cap)
             if self._in_use < self._capacity and record.has_room():
                 # Every waiter that could run was handed a slot already (the gate

@@ -11,8 +11,7 @@
 from __future__ import annotations
 
 import time
-import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from ._container_checks import resolve_container_settings
@@ -51,11 +50,12 @@ if TYPE_CHECKING:
     from ._exit_handling import TimeoutController
     from ._loops import ManagedPool
     from ._metrics import Metrics
-    from ._models import ActiveWorker, WorkerOutcome
+    from ._models import ActiveWorker
     from ._registry import WorkerRegistry
     from ._secrets import SecretBook
     from ._slots import SlotGate, SlotLease
     from ._snapshot_registry import SnapshotRegistry
+    from ._tracker import TrackedWorker
 
 __all__ = [
     "SpawnSettings",
@@ -169,12 +169,6 @@ class Spawner:
     launch_executor: ManagedPool
     metrics: Metrics
     auto_remove: bool
-    # The runs (by their outcome future) cancelled while they spawned, out of the slot
-    # line: a run's spawn cancels its worker once it runs. Weak: a run that never
-    # looks (an adoption's) leaves nothing behind.
-    _cancels: weakref.WeakSet[Future[WorkerOutcome]] = field(
-        init=False, default_factory=weakref.WeakSet
-    )
 
     def spawn(self, job: WorkerJob, slot_timeout: float | None) -> ActiveWorker:
         """`ContainerManager.spawn_worker`'s work (see there): settings, slot, launch."""
@@ -195,8 +189,7 @@ class Spawner:
             )
         check_job_data(fields, self.env_sources)
         name = container_name(self.config.container_name_prefix, fields.job_id)
-        fields, name = self._reserve(fields, name)
-        run = self.registry.future(fields.job_id)  # this run's: what a cancel marks
+        fields, name, record = self._reserve(fields, name)
         lease: SlotLease | None = None
         try:
             timeout = self.config.slot_wait_timeout_s if slot_timeout is None else slot_timeout
@@ -208,12 +201,14 @@ class Spawner:
                     cap=project_cap(self.config, project, fields.project_id),
                     priority=job.priority,
                     name=fields.job_id,
+                    cancelled=lambda: record.cancel_requested,
                 )
+                record.take_slot(lease.release)
             except NoWorkerSlotError:
                 self.metrics.slot_wait(time.perf_counter() - waited, acquired=False)
                 raise
             self.metrics.slot_wait(time.perf_counter() - waited, acquired=True)
-            if run in self._cancels:  # cancelled just as the slot came
+            if record.cancel_requested:  # cancelled just as the slot came
                 raise WorkerCancelledError(fields.job_id, waiting=True)
             env = build_worker_env(
                 fields, self.env_sources, snapshot_enabled=settings.snapshot_enabled
@@ -261,6 +256,7 @@ class Spawner:
                 snapshot_enabled=settings.snapshot_enabled,
                 release_slot=lease.release,
                 plan=plan,
+                record=record,
                 **job_ids(fields),
             )
             submitted = time.perf_counter()
@@ -268,34 +264,26 @@ class Spawner:
                 launch_worker_container, launch, context, self.launcher
             )
         except BaseException:
-            self._cancels.discard(run)
-            self._abandon_spawn(fields.job_id, lease)
+            self._abandon_spawn(record, lease)
             raise
         try:
             worker = future.result()
         except BaseException as err:
-            self._cancels.discard(run)
             if isinstance(err, Exception):
                 self.metrics.spawn_failed(err)
-            # Failed, or interrupted (the launch may still succeed): the slot goes back only
-            # when no worker took it over; a started worker releases it when it ends.
-            future.add_done_callback(
-                lambda done: self._abandon_unless_started(done, fields.job_id, lease)
-            )
+            # Failed, or interrupted (the launch may still succeed): the record and its
+            # slot are given up only when no worker began; a started worker's record
+            # releases the slot when it ends.
+            future.add_done_callback(lambda done: self._abandon_unless_started(done, record))
             raise
         self.metrics.spawn_latency(time.perf_counter() - submitted)
-        if run in self._cancels:  # cancelled while it launched
-            self._cancels.discard(run)
-            self._cancel_started(fields.job_id)
-        return worker
+        return worker  # a cancel that came while it launched was carried out as it began
 
-    def _abandon_unless_started(
-        self, done: Future[ActiveWorker], job_id: str, lease: SlotLease
-    ) -> None:
+    def _abandon_unless_started(self, done: Future[ActiveWorker], record: TrackedWorker) -> None:
         if done.cancelled() or done.exception() is not None:
-            self._abandon_spawn(job_id, lease)
+            self.registry.unreserve(record)
 
-    def _reserve(self, fields: JobFields, name: str) -> tuple[JobFields, str]:
+    def _reserve(self, fields: JobFields, name: str) -> tuple[JobFields, str, TrackedWorker]:
         """Claim the job id and its container name; a made-up id taken already is made anew.
 
         Two jobs without an id arriving in one millisecond are two jobs, not a duplicate;
@@ -303,7 +291,7 @@ class Spawner:
         """
         for _ in range(_GENERATED_ID_ATTEMPTS):
             try:
-                self.registry.reserve(fields.job_id, name)
+                record = self.registry.reserve(fields.job_id, name)
             except DuplicateJobError:
                 if fields.job.id is not None:
                     raise
@@ -311,12 +299,13 @@ class Spawner:
                 fields = replace(fields, job_id=job_id)
                 name = container_name(self.config.container_name_prefix, job_id)
             else:
-                return fields, name
+                return fields, name, record
         raise DuplicateJobError(fields.job_id)
 
-    def _abandon_spawn(self, job_id: str, lease: SlotLease | None) -> None:
-        """Undo a spawn that never registered a worker: free its id and slot."""
-        self.registry.unreserve(job_id)
+    def _abandon_spawn(self, record: TrackedWorker, lease: SlotLease | None) -> None:
+        """Undo a spawn that began no worker: free its id, and its slot (held by the
+        record; the lease itself too, should an interrupt have come before it was)."""
+        self.registry.unreserve(record)
         if lease is not None:
             lease.release()
 
@@ -324,29 +313,15 @@ class Spawner:
         """`ContainerManager.cancel_worker`'s work (see there); never blocks."""
         if self.slots.cancel(job_id):
             return True
-        tracked = self.registry.get(job_id)
-        if tracked is None:
-            if job_id not in self.registry.tracked_job_ids():
-                return False
-            try:
-                run = self.registry.future(job_id)
-            except KeyError:
-                return False
-            if run.done():
-                return False  # ended just now
-            # Spawning, not in the slot line: the spawn looks at this mark once it has its
-            # slot and once its worker runs. It may have joined the line or registered just
-            # now: then the line or the worker is cancelled here (twice does no harm).
-            self._cancels.add(run)
-            if self.slots.cancel(job_id):
+        record = self.registry.record(job_id)
+        if record is None or record.future.done():
+            return False
+        if not record.has_worker:
+            # Spawning, not in the slot line: its spawn looks at the mark as it joins the
+            # line and once it has its slot, and its tracking carries it out as it begins.
+            # It may have joined the line or begun just now: then that is cancelled here
+            # (twice does no harm).
+            record.request_cancel()
+            if self.slots.cancel(job_id) or not record.has_worker:
                 return True
-            tracked = self.registry.get(job_id)
-            if tracked is None:
-                return True
-            self._cancels.discard(run)
-        return self.timeouts.cancel(tracked)
-
-    def _cancel_started(self, job_id: str) -> None:
-        tracked = self.registry.get(job_id)
-        if tracked is not None:
-            self.timeouts.cancel(tracked)
+        return self.timeouts.cancel(record)

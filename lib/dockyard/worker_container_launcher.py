@@ -106,7 +106,9 @@ class WorkerContainerLaunchContext:
     """Who the container is for: the job's ids, and the slot it holds.
 
     `release_slot` gives the slot back; it must be idempotent (a `SlotLease.release`):
-    the worker calls it when it ends, the caller when the launch is abandoned.
+    the worker calls it when it ends, the caller when the launch is abandoned. `record` is
+    the job's record from its reservation (`ContainerManager.spawn_worker` passes it, holding
+    the slot); without one, the launch makes it.
     """
 
     job_id: str
@@ -117,6 +119,7 @@ class WorkerContainerLaunchContext:
     snapshot_enabled: bool
     release_slot: Callable[[], object]
     plan: LaunchPlan | None = None  # the job's plan; else made from the fields above
+    record: TrackedWorker | None = None
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ def launch_worker_container(
     context: WorkerContainerLaunchContext,
     deps: WorkerContainerLauncherDependencies,
 ) -> ActiveWorker:
-    """Create → start → record start → arm timer → register → log → hand the wait over.
+    """Create → start → the job's record begins (timer, registry, listener, exit watch) → log.
 
     On failure nothing is registered and no created container is left behind; the caller
     releases the slot. Failures are reported to Sentry and re-raised (transport failures
@@ -178,29 +181,26 @@ def launch_worker_container(
         plan.worker(container_id=started.container_id, image=started.image, started_at=started_at),
         settings=config.container,
     )
-    tracked = TrackedWorker(
+    record = context.record
+    if record is None:  # a launch without a reservation: its record is made here
+        record = TrackedWorker(context.job_id)
+        record.take_slot(context.release_slot)
+    began = record.begin(  # always, but for a record abandoned meanwhile: then untracked
         worker,
-        context.release_slot,
         exit_wait=started.exit_wait,
         env_keys=tuple(started.env),
         masker=config.masker,
         auto_remove=config.auto_remove,
         output=started.output,
     )
-    deps.timeouts.arm(tracked, (worker.deadline - deps.clock()).total_seconds())
-    if not deps.registry.register(tracked):
-        tracked.to_detached()  # the manager closed meanwhile: the container keeps running
-        return worker
-    log.info(
-        "worker started",
-        extra=log_ids(
-            worker, image=started.image, snapshot_reuse=started.image != config.base_image
-        ),
-    )
-    deps.listener.started(worker)
-    if started.output is not None:
-        started.output.bind(worker)  # its lines so far, and all later, go to the listener
-    deps.exits.watch(tracked)
+    remaining_s = (worker.deadline - deps.clock()).total_seconds()
+    if began and deps.registry.begin_tracking(record, remaining_s, deps.timeouts, deps.exits):
+        log.info(
+            "worker started",
+            extra=log_ids(
+                worker, image=started.image, snapshot_reuse=started.image != config.base_image
+            ),
+        )
     return worker
 
 

@@ -287,6 +287,61 @@ def test_a_spawn_waiting_for_its_slot_is_cancelled(rigs: Callable[..., Rig]) -> 
     rig.manager.spawn_worker(job("second"), slot_timeout=5)  # the id is free again
 
 
+def test_an_exit_not_yet_handled_keeps_its_outcome_over_a_cancel(
+    rigs: Callable[..., Rig],
+) -> None:
+    rig = rigs()
+    worker = rig.manager.spawn_worker(job("j"))
+    record = rig.manager._parts.registry.get("j")
+    assert record is not None
+    recorded, go_on = threading.Event(), threading.Event()
+    record_exit = record.record_exit
+
+    def record_then_hold() -> bool:  # the exit is in; its handling has not run yet
+        done = record_exit()
+        recorded.set()
+        go_on.wait(5)
+        return done
+
+    record.record_exit = record_then_hold  # type: ignore[method-assign]
+    rig.exit(worker, 3)
+    assert recorded.wait(5)
+    assert rig.manager.cancel_worker("j") is False  # it exited first: nothing to stop
+    go_on.set()
+    outcome = rig.manager.wait_for_worker("j", timeout=5)
+    assert (outcome.status, outcome.exit_code) == ("failed", 3)
+    assert rig.api.calls_of("stop") == []
+    assert [report.source for report in rig.reporter.reports] == ["worker_exit"]
+
+
+def test_a_cancel_just_before_the_spawn_joins_the_slot_line_is_not_lost(
+    rigs: Callable[..., Rig],
+) -> None:
+    rig = rigs(max_workers=1)
+    first = rig.manager.spawn_worker(job("first"))
+    gate = rig.manager._parts.slots
+    lease = gate.lease
+
+    def cancel_then_lease(*args: Any, **kwargs: Any) -> Any:
+        # The job id is reserved, the spawn not in the slot line yet: the cancel lands here.
+        assert rig.manager.cancel_worker("second") is True
+        return lease(*args, **kwargs)
+
+    gate.lease = cancel_then_lease  # type: ignore[method-assign]
+    started = time.monotonic()
+    rig.spawn_in_background(job("second"), slot_timeout=30, queued=False)
+    wait_until(lambda: "second" in rig.results)
+    assert time.monotonic() - started < 1  # not after the slot timeout
+    err = rig.results["second"]
+    assert isinstance(err, WorkerCancelledError) and err.job_id == "second"
+    assert gate.waiting == 0
+    gate.lease = lease  # type: ignore[method-assign]
+    rig.exit(first)
+    rig.manager.wait_for_worker("first", timeout=5)
+    assert gate.in_use == 0
+    rig.manager.spawn_worker(job("second"), slot_timeout=5)  # the id is free again
+
+
 def test_a_spawn_cancelled_while_it_launches_is_cancelled_once_it_runs(
     rigs: Callable[..., Rig],
 ) -> None:
@@ -306,7 +361,7 @@ def test_a_spawn_cancelled_while_it_launches_is_cancelled_once_it_runs(
     wait_until(lambda: "j" in rig.results)
     assert isinstance(rig.results["j"], ActiveWorker)
     assert rig.manager.wait_for_worker("j", timeout=5).status == "cancelled"
-    assert len(rig.manager._parts.spawner._cancels) == 0
+    assert rig.manager._parts.registry.record("j") is None  # the mark ended with its record
 
 
 def test_the_cancelled_status_has_a_metrics_reason() -> None:

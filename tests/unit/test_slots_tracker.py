@@ -36,7 +36,7 @@ class Releases:
 def tracked(job_id: str, release: Callable[[], None] | None = None) -> TrackedWorker:
     now = datetime.now(UTC)
     worker = ActiveWorker(job_id, "c" * 64, f"w-{job_id}", "img", now, now)
-    return TrackedWorker(worker=worker, release_slot=release or Releases())
+    return TrackedWorker.running(worker, release or Releases())
 
 
 def registry(history: int = 100) -> tuple[WorkerRegistry, ListenerRecorder]:
@@ -52,9 +52,9 @@ def test_reserve_refuses_an_active_or_spawning_id() -> None:
     reg.register(tracked("a"))
     with pytest.raises(DuplicateJobError):
         reg.reserve("a")  # running
-    reg.unreserve("b")  # unknown ids are fine
-    reg.reserve("b")
-    reg.unreserve("b")
+    b = reg.reserve("b")
+    reg.unreserve(b)
+    reg.unreserve(b)  # twice does no harm
     reg.reserve("b")
 
 
@@ -234,3 +234,95 @@ def test_outcome_json_round_trip() -> None:
     assert WorkerOutcome.from_json(outcome.to_json()) == outcome
     assert outcome.succeeded is False
     assert WorkerOutcome("j", "succeeded", 0).succeeded is True
+
+
+# --------------------------------------------------------------------------- one record a job
+
+
+def test_a_reservation_is_the_jobs_record_until_its_worker_runs() -> None:
+    reg, listener = registry()
+    releases = Releases()
+    record = reg.reserve("a", "w-a")
+    record.take_slot(releases)
+
+    assert record.phase is Phase.RESERVED
+    assert reg.record("a") is record
+    assert reg.get("a") is None  # nothing runs yet
+    assert reg.future("a") is record.future
+    assert reg.active_workers() == []
+    with pytest.raises(DuplicateJobError):
+        reg.reserve("b", "w-a")  # its container name is claimed too
+
+    worker = tracked("a").worker
+    assert record.begin(worker) is True
+    assert reg.register(record) is True
+    assert reg.get("a") is record and record.phase is Phase.RUNNING
+    assert reg.active_workers() == [worker]
+    assert releases.count == 0  # the running record holds the slot
+
+    assert reg.settle(record, WorkerOutcome("a", "succeeded", exit_code=0)) is True
+    assert releases.count == 1  # given back by the transition that ended the record
+    assert reg.record("a") is None
+    assert listener.finished[0][0] == "a"
+
+
+def test_an_abandoned_reservation_gives_its_slot_back_once_and_never_runs() -> None:
+    reg, _ = registry()
+    releases = Releases()
+    record = reg.reserve("a")
+    record.take_slot(releases)
+
+    reg.unreserve(record)
+    reg.unreserve(record)
+
+    assert record.phase is Phase.ABANDONED
+    assert releases.count == 1
+    with pytest.raises(KeyError):
+        record.future.result(0)
+    assert record.begin(tracked("a").worker) is False  # a late launch cannot revive it
+    late = Releases()
+    record.take_slot(late)  # a slot that comes after the end goes straight back
+    assert late.count == 1
+    assert reg.record("a") is None
+
+
+def test_a_running_record_is_not_abandoned() -> None:
+    reg, _ = registry()
+    releases = Releases()
+    record = reg.reserve("a")
+    record.take_slot(releases)
+    record.begin(tracked("a").worker)
+    reg.register(record)
+
+    reg.unreserve(record)  # an interrupted spawn whose launch went on
+
+    assert record.phase is Phase.RUNNING
+    assert releases.count == 0
+    assert reg.get("a") is record
+
+
+def test_a_record_whose_worker_began_as_the_registry_closed_is_detached() -> None:
+    reg, _ = registry()
+    releases = Releases()
+    record = reg.reserve("a")
+    record.take_slot(releases)
+    record.begin(tracked("a").worker)
+    reg.close()  # its container runs: left running, as every running worker at close
+
+    assert reg.register(record) is False
+    assert record.phase is Phase.DETACHED
+    assert releases.count == 1
+    assert reg.record("a") is None
+    with pytest.raises(CancelledError):
+        record.future.result(0)
+
+
+def test_a_reservation_outlives_close_until_its_spawn_gives_it_up() -> None:
+    reg, _ = registry()
+    record = reg.reserve("a")
+    reg.close()
+
+    assert record.phase is Phase.RESERVED  # its spawn is still under way
+    reg.unreserve(record)
+    with pytest.raises(KeyError):
+        record.future.result(0)
