@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from dockyard import (
     ActiveWorker,
@@ -367,3 +368,25 @@ def test_a_spawn_cancelled_while_it_launches_is_cancelled_once_it_runs(
 def test_the_cancelled_status_has_a_metrics_reason() -> None:
     assert outcome_reason(WorkerOutcome("j", "cancelled", exit_code=137)) == "cancelled"
     assert WorkerOutcome("j", "cancelled").describe() == "Worker cancelled"
+
+
+def test_a_cancel_is_counted_under_its_own_status_and_reason() -> None:
+    registry = CollectorRegistry()
+    api = FakeDockerAPI()
+    config = RouterConfig(
+        worker_image=DEFAULT_IMAGE, router_instance_id="fair-metrics", stop_grace_s=1
+    )
+    labels = {"status": "cancelled", "reason": "cancelled"}
+    with ContainerManager(
+        config,
+        docker_client=api,  # type: ignore[arg-type]
+        reporter=RecordingReporter(),
+        metrics_registry=registry,
+    ) as manager:
+        assert registry.get_sample_value("dockyard_worker_outcomes_total", labels) == 0
+        manager.spawn_worker(job("j"))
+        assert manager.cancel_worker("j") is True
+        assert manager.wait_for_worker("j", timeout=5).status == "cancelled"
+        assert registry.get_sample_value("dockyard_worker_outcomes_total", labels) == 1
+        failed = {"status": "failed", "reason": "exit_signal"}
+        assert registry.get_sample_value("dockyard_worker_outcomes_total", failed) == 0
