@@ -28,6 +28,7 @@ from ._output_lines import STREAM_NAMES, STREAMS, LineAssembler, Stream
 if TYPE_CHECKING:
     from concurrent.futures import Executor
 
+    from ._listener import SafeListener
     from ._models import ActiveWorker
     from ._secrets import Masker
 
@@ -37,7 +38,6 @@ __all__ = [
     "Frame",
     "OutputCounters",
     "OutputPipe",
-    "OutputSink",
 ]
 
 log = logging.getLogger("dockyard.output")
@@ -68,20 +68,6 @@ class OutputCounters(Protocol):
     def log_lines_dropped(self, count: int) -> None: ...
 
 
-class OutputSink(Protocol):
-    """Where delivered lines go: the safe listener's `output`, or `output_lines` for a run of
-    one stream's lines (how many went out: it stops when `stopped()` says so)."""
-
-    def output(self, worker: ActiveWorker, stream: str, line: str) -> None: ...
-    def output_lines(
-        self,
-        worker: ActiveWorker,
-        stream: str,
-        lines: Sequence[str],
-        stopped: Callable[[], bool],
-    ) -> int: ...
-
-
 class _NoCounters:
     def log_lines(self, stream: str, count: int) -> None:
         pass
@@ -104,7 +90,7 @@ class OutputPipe:
 
     masker: Masker = field(repr=False)
     tail_lines: int
-    sink: OutputSink | None
+    sink: SafeListener | None  # where delivered lines go (None: nobody listens)
     executor: Executor | None
     counters: OutputCounters = field(default_factory=_NoCounters)
     buffer_lines: int = DEFAULT_BUFFER_LINES

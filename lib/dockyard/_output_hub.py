@@ -25,12 +25,12 @@ from ._output import (
     Frame,
     OutputCounters,
     OutputPipe,
-    OutputSink,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
+    from ._listener import SafeListener
     from ._models import WorkerLifecycleListener
     from ._secrets import Masker
 
@@ -59,7 +59,7 @@ class OutputHub:
         attach: Callable[[str], AttachedOutput] | None,
         enabled: bool,
         listener: WorkerLifecycleListener | None,
-        sink: OutputSink,
+        sink: SafeListener,
         counters: OutputCounters,
         tail_lines: int,
         delivery_threads: int,
