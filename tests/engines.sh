@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Newer engines for the integration tests: Docker 28 and Podman 5 from one Debian forky
-# root (debootstrap), each in its own network namespace.
+# Newer engines for the integration tests, each in its own network namespace: Docker 28
+# and Podman 5 from a Debian forky root, Docker 26 from a Debian trixie root (debootstrap).
 #
-#   tests/engines.sh build            # build the root (done by start when missing)
+#   tests/engines.sh build [NAME…]    # build the engines' roots, all by default (done by
+#                                     # start when missing)
 #   tests/engines.sh start docker28   # reuse it when it answers, else start it; prints DOCKER_HOST
+#   tests/engines.sh start docker26   # the same for Docker 26
 #   tests/engines.sh start podman5    # Podman's Docker-compatible API socket; prints DOCKER_HOST
 #   tests/engines.sh host NAME        # print the engine's unix:// socket URL
 #   tests/engines.sh netns NAME       # print the engine's network namespace
@@ -15,24 +17,48 @@
 #
 # Run as root. Nothing here touches the host's engine: each engine runs in a network
 # namespace of its own (a second dockerd in the host's deletes the first one's docker0),
-# in a private mount namespace that pivot_roots into the forky root (with a plain chroot,
+# in a private mount namespace that pivot_roots into its root (with a plain chroot,
 # `docker exec` and `docker top` see the host's filesystem and processes). The socket
-# directory /run/dyengine-NAME is bound from the host; the data root lives under
-# /var/lib/dockyard-engines/NAME (DOCKYARD_ENGINES_DIR moves both). Everything the script
-# creates or caches is under that directory, /run/dyengine-* and /tmp/dyengine-*.log.
+# directory /run/dyengine-NAME is bound from the host; the roots live under
+# /var/lib/dockyard-engines/root-SUITE and the data roots under /var/lib/dockyard-engines/NAME
+# (DOCKYARD_ENGINES_DIR moves them). Everything the script creates or caches is under that
+# directory, /run/dyengine-* and /tmp/dyengine-*.log.
 set -euo pipefail
 
-BASE="${DOCKYARD_ENGINES_DIR:-/var/lib/dockyard-engines}"  # the root, data roots, build log
-ROOT="${BASE}/root-forky"
-ROOT_DONE="${ROOT}/.dockyard-engines-root-complete"
-SUITE=forky
-# The root's packages. netavark 1.14+ needs nft; Podman runs with runc (crun refuses this
-# host's hybrid cgroup layout).
+BASE="${DOCKYARD_ENGINES_DIR:-/var/lib/dockyard-engines}"  # the roots, data roots, build logs
 DEBOOTSTRAP_INCLUDE=ca-certificates
-ROOT_PACKAGES=(docker.io busybox-static ca-certificates iptables podman netavark aardvark-dns
-    conmon catatonit nftables crun runc)
 WAIT_S=90
-ENGINES=(docker28 podman5)
+ENGINES=(docker28 podman5 docker26)
+
+# The Debian suite whose root an engine runs from.
+suite_of() {
+    case "$1" in
+        docker28 | podman5) echo forky ;;
+        docker26) echo trixie ;;
+    esac
+}
+
+# Selects one root for the functions below: ROOT, ROOT_DONE, SUITE, the packages it is
+# built with and the binaries its engines need from it.
+use_root() {
+    SUITE="$1"
+    ROOT="${BASE}/root-${SUITE}"
+    ROOT_DONE="${ROOT}/.dockyard-engines-root-complete"
+    case "${SUITE}" in
+        forky)
+            # netavark 1.14+ needs nft; Podman runs with runc (crun refuses this host's
+            # hybrid cgroup layout).
+            ROOT_PACKAGES=(docker.io busybox-static ca-certificates iptables podman netavark
+                aardvark-dns conmon catatonit nftables crun runc)
+            ROOT_BINARIES=(dockerd containerd runc podman conmon busybox nft iptables)
+            ;;
+        trixie)
+            ROOT_PACKAGES=(docker.io busybox-static ca-certificates iptables runc)
+            ROOT_BINARIES=(dockerd containerd runc busybox iptables)
+            ;;
+        *) die "no root for suite '${SUITE}'" ;;
+    esac
+}
 
 die() {
     echo "engines.sh: $*" >&2
@@ -60,18 +86,19 @@ host_mirror() {
 }
 
 check_name() {
-    case "${1:-}" in
-        docker28 | podman5) ;;
-        *) die "unknown engine '${1:-}' (known: ${ENGINES[*]})" ;;
-    esac
+    local name
+    for name in "${ENGINES[@]}"; do
+        [[ "${1:-}" == "${name}" ]] && return 0
+    done
+    die "unknown engine '${1:-}' (known: ${ENGINES[*]})"
 }
 
 netns_of() { echo "dyeng-$1"; }
 run_dir_of() { echo "/run/dyengine-$1"; }
 socket_of() {
     case "$1" in
-        docker28) echo "$(run_dir_of "$1")/docker.sock" ;;
-        podman5) echo "$(run_dir_of "$1")/podman.sock" ;;
+        docker*) echo "$(run_dir_of "$1")/docker.sock" ;;
+        podman*) echo "$(run_dir_of "$1")/podman.sock" ;;
     esac
 }
 host_of() { echo "unix://$(socket_of "$1")"; }
@@ -104,9 +131,11 @@ in_root() {
         DEBIAN_FRONTEND=noninteractive "$@"
 }
 
+# Whether an engine of the selected root runs.
 any_engine_running() {
     local name pid
     for name in "${ENGINES[@]}"; do
+        [[ "$(suite_of "${name}")" == "${SUITE}" ]] || continue
         pid="$(cat "$(pidfile_of "${name}")" 2>/dev/null || true)"
         [[ -n "${pid}" ]] && kill -0 "${pid}" 2>/dev/null && return 0
     done
@@ -120,14 +149,16 @@ root_recipe() {
 
 # The root's build, step by step (its output goes to the build log).
 root_build_steps() {
-    local mirror="$1"
-    # 'sid' is the debootstrap script for forky (this debootstrap predates forky).
+    local mirror="$1" script="${SUITE}"
+    # A suite newer than the host's debootstrap (forky on Debian 12) is built with the
+    # 'sid' script.
+    [[ -e "/usr/share/debootstrap/scripts/${SUITE}" ]] || script=sid
     debootstrap --variant=minbase --include="${DEBOOTSTRAP_INCLUDE}" \
-        "${SUITE}" "${ROOT}" "${mirror}" sid || return 1
+        "${SUITE}" "${ROOT}" "${mirror}" "${script}" || return 1
     # No maintainer script may start a service in the root.
     printf '#!/bin/sh\nexit 101\n' >"${ROOT}/usr/sbin/policy-rc.d" || return 1
     chmod 755 "${ROOT}/usr/sbin/policy-rc.d" || return 1
-    # forky's InRelease carries an expired Valid-Until on this mirror.
+    # forky's InRelease carries an expired Valid-Until on this mirror (trixie's is current).
     printf '%s\n' 'APT::Install-Recommends "false";' 'APT::Install-Suggests "false";' \
         'Acquire::Check-Valid-Until "false";' >"${ROOT}/etc/apt/apt.conf.d/90dockyard-engines" \
         || return 1
@@ -139,7 +170,7 @@ root_build_steps() {
     in_root apt-get clean || return 1
     # What the engines need from the root, checked before it is marked complete.
     local binary
-    for binary in dockerd containerd runc podman conmon busybox nft iptables; do
+    for binary in "${ROOT_BINARIES[@]}"; do
         [[ -x "${ROOT}/usr/bin/${binary}" || -x "${ROOT}/usr/sbin/${binary}" || -x "${ROOT}/bin/${binary}" ]] \
             || { echo "the root has no ${binary}"; return 1; }
     done
@@ -158,25 +189,39 @@ build_root() {
     if [[ -e "${ROOT}" ]]; then
         # A root without the completion mark is what an interrupted build left, one with
         # another recipe is out of date: start over.
-        any_engine_running && die "${ROOT} is incomplete or out of date but an engine still runs from it; stop-all first"
+        any_engine_running && die "${ROOT} is incomplete or out of date but an engine still runs from it; stop its engines first"
         log "removing the incomplete or out-of-date root ${ROOT}"
         rm -rf --one-file-system "${ROOT}"
     fi
     mkdir -p "${BASE}"
     local mirror
     mirror="$(host_mirror)"
-    log "building the ${SUITE} root in ${ROOT} from ${mirror} (log ${BASE}/root-build.log)"
+    local build_log="${BASE}/root-${SUITE}-build.log"
+    log "building the ${SUITE} root in ${ROOT} from ${mirror} (log ${build_log})"
     # (errexit does not apply inside a command list that ends in ||: each step says so.)
-    root_build_steps "${mirror}" >"${BASE}/root-build.log" 2>&1 || {
-        tail -40 "${BASE}/root-build.log" >&2
-        die "building the root failed (log ${BASE}/root-build.log)"
+    root_build_steps "${mirror}" >"${build_log}" 2>&1 || {
+        tail -40 "${build_log}" >&2
+        die "building the ${SUITE} root failed (log ${build_log})"
     }
     { root_recipe; date -u +%FT%TZ; } >"${ROOT_DONE}"
-    log "root built in $((SECONDS - started))s ($(du -sh --one-file-system "${ROOT}" | cut -f1))"
+    log "${SUITE} root built in $((SECONDS - started))s ($(du -sh --one-file-system "${ROOT}" | cut -f1))"
 }
 
-# Configuration the root's engines need on this host (written before every start).
+# The roots of the named engines (all by default), each built once.
+build_roots() {
+    (($#)) || set -- "${ENGINES[@]}"
+    local name
+    for name in "$@"; do
+        check_name "${name}"
+        use_root "$(suite_of "${name}")"
+        build_root
+    done
+}
+
+# Configuration Podman needs on this host (written into a root with Podman before every
+# start).
 write_root_config() {
+    [[ -x "${ROOT}/usr/bin/podman" ]] || return 0
     mkdir -p "${ROOT}/etc/containers"
     # No systemd or journald in the root; cgroupfs on the host's cgroup v1 hierarchy; the
     # host's hard nofile limit is 20000, so Podman's default (1048576) cannot be granted.
@@ -215,12 +260,12 @@ EOF2
 engine_command() {
     local name="$1"
     case "${name}" in
-        docker28)
+        docker*)
             echo "exec dockerd --data-root /var/lib/docker --exec-root /run/docker-exec" \
                 "--pidfile /run/dyengine-${name}/dockerd.pid -H unix:///run/dyengine-${name}/docker.sock" \
                 "--cgroup-parent /$(netns_of "${name}")"
             ;;
-        podman5)
+        podman*)
             echo "export PODMAN_IGNORE_CGROUPSV1_WARNING=1;" \
                 "exec podman system service --time=0 unix:///run/dyengine-${name}/podman.sock"
             ;;
@@ -230,8 +275,8 @@ engine_command() {
 # The data directory inside the root that holds the engine's state.
 data_dir_in_root() {
     case "$1" in
-        docker28) echo /var/lib/docker ;;
-        podman5) echo /var/lib/containers ;;
+        docker*) echo /var/lib/docker ;;
+        podman*) echo /var/lib/containers ;;
     esac
 }
 
@@ -243,6 +288,7 @@ start() {
         host_of "${name}"
         return 0
     fi
+    use_root "$(suite_of "${name}")"
     build_root
     write_root_config
     # A dead engine's leftovers (pid file, socket, namespace) go first.
@@ -314,7 +360,7 @@ stop_one() {
     pidfile="$(pidfile_of "${name}")"
     pid="$(cat "${pidfile}" 2>/dev/null || true)"
     if [[ -n "${pid}" ]] && kill -0 "${pid}" 2>/dev/null; then
-        if [[ "${name}" == podman5 ]]; then
+        if [[ "${name}" == podman* ]]; then
             # Podman's containers outlive its API service (conmon keeps them): stop them
             # while the service still answers.
             local running
@@ -364,7 +410,10 @@ stop_all() {
 }
 
 case "${1:-}" in
-    build) build_root ;;
+    build)
+        shift
+        build_roots "$@"
+        ;;
     start)
         [[ $# -eq 2 ]] || die "usage: $0 start NAME"
         start "$2"
@@ -421,7 +470,7 @@ case "${1:-}" in
         exec nsenter --net="/var/run/netns/$(netns_of "${name}")" "$@"
         ;;
     *)
-        echo "usage: $0 build|start NAME|stop NAME|stop-all|host NAME|netns NAME|exec NAME CMD...|run NAME CMD..." >&2
+        echo "usage: $0 build [NAME...]|start NAME|stop NAME|stop-all|host NAME|netns NAME|exec NAME CMD...|run NAME CMD..." >&2
         echo "engines: ${ENGINES[*]}" >&2
         exit 2
         ;;
