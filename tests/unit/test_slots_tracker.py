@@ -286,12 +286,18 @@ def test_an_abandoned_reservation_gives_its_slot_back_once_and_never_runs() -> N
     assert reg.record("a") is None
 
 
+def begun(reg: WorkerRegistry, job_id: str) -> tuple[TrackedWorker, Releases]:
+    """A reservation holding a slot whose worker began (not yet registered)."""
+    releases = Releases()
+    record = reg.reserve(job_id)
+    record.take_slot(releases)
+    assert record.begin(tracked(job_id).worker) is True
+    return record, releases
+
+
 def test_a_running_record_is_not_abandoned() -> None:
     reg, _ = registry()
-    releases = Releases()
-    record = reg.reserve("a")
-    record.take_slot(releases)
-    record.begin(tracked("a").worker)
+    record, releases = begun(reg, "a")
     reg.register(record)
 
     reg.unreserve(record)  # an interrupted spawn whose launch went on
@@ -303,10 +309,7 @@ def test_a_running_record_is_not_abandoned() -> None:
 
 def test_a_record_whose_worker_began_as_the_registry_closed_is_detached() -> None:
     reg, _ = registry()
-    releases = Releases()
-    record = reg.reserve("a")
-    record.take_slot(releases)
-    record.begin(tracked("a").worker)
+    record, releases = begun(reg, "a")
     reg.close()  # its container runs: left running, as every running worker at close
 
     assert reg.register(record) is False
