@@ -4,7 +4,7 @@ one outcome per worker."""
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from cachetools import LRUCache
 
@@ -14,12 +14,23 @@ from ._tracker import TrackedWorker
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-    from ._exit_handling import ExitWatcher
     from ._listener import SafeListener
     from ._models import ActiveWorker, WorkerOutcome
-    from ._timeouts import TimeoutController
 
 __all__ = ["WorkerRegistry"]
+
+
+class Timeouts(Protocol):
+    """The deadline kill (`_timeouts.TimeoutController`), as tracking begins."""
+
+    def arm(self, tracked: TrackedWorker, delay_s: float) -> None: ...
+    def cancel(self, tracked: TrackedWorker) -> bool: ...
+
+
+class Exits(Protocol):
+    """The exit wait (`_exit_handling.ExitWatcher`), as tracking begins."""
+
+    def watch(self, tracked: TrackedWorker) -> None: ...
 
 
 class WorkerRegistry:
@@ -95,8 +106,8 @@ class WorkerRegistry:
         self,
         record: TrackedWorker,
         remaining_s: float,
-        timeouts: TimeoutController,
-        exits: ExitWatcher,
+        timeouts: Timeouts,
+        exits: Exits,
     ) -> bool:
         """The step a launch and an adoption both end in, once the record runs: its timer
         armed, the record active, the listener told, its output bound, its exit watched,
