@@ -70,31 +70,6 @@ class TrackedWorker:
         self.ended = threading.Event()
         self.exited = threading.Event()
 
-    @classmethod
-    def running(
-        cls,
-        worker: ActiveWorker,
-        release_slot: Callable[[], object],
-        *,
-        exit_wait: ExitTicket | None = None,
-        env_keys: tuple[str, ...] = (),
-        masker: Masker | None = None,
-        auto_remove: bool = False,
-        output: OutputPipe | None = None,
-    ) -> TrackedWorker:
-        """A record for a worker that runs already, holding its slot."""
-        record = cls(worker.job_id, worker.container_name)
-        record.take_slot(release_slot)
-        record.begin(
-            worker,
-            exit_wait=exit_wait,
-            env_keys=env_keys,
-            masker=masker,
-            auto_remove=auto_remove,
-            output=output,
-        )
-        return record
-
     def __repr__(self) -> str:
         return f"TrackedWorker({self.job_id!r}, {self.phase.value})"
 

@@ -36,7 +36,10 @@ class Releases:
 def tracked(job_id: str, release: Callable[[], None] | None = None) -> TrackedWorker:
     now = datetime.now(UTC)
     worker = ActiveWorker(job_id, "c" * 64, f"w-{job_id}", "img", now, now)
-    return TrackedWorker.running(worker, release or Releases())
+    record = TrackedWorker(job_id, worker.container_name)
+    record.take_slot(release or Releases())
+    record.begin(worker)
+    return record
 
 
 def registry(history: int = 100) -> tuple[WorkerRegistry, ListenerRecorder]:
