@@ -185,7 +185,9 @@ def launch_worker_container(
     if record is None:  # a launch without a reservation: its record is made here
         record = TrackedWorker(context.job_id)
         record.take_slot(context.release_slot)
-    began = record.begin(  # always, but for a record abandoned meanwhile: then untracked
+    # A spawn gives its record up only once this launch has ended, so it begins here; were
+    # it ended already, it would be left untracked rather than registered half-made.
+    began = record.begin(
         worker,
         exit_wait=started.exit_wait,
         env_keys=tuple(started.env),
