@@ -29,7 +29,6 @@ __all__ = [
     "CredentialProvider",
     "build_worker_env",
     "check_job_data",
-    "with_snapshot_reuse",
     "worker_masker",
 ]
 
@@ -122,11 +121,6 @@ def check_job_data(fields: JobFields, sources: EnvSources) -> None:
     Cheap and free of side effects, so a spawn calls it before waiting for a slot.
     """
     check_job_data_size(fields, sources.job_data_store)
-
-
-def with_snapshot_reuse(env: Mapping[str, str | Secret]) -> SecretEnv:
-    """The same environment, telling the worker it starts from a snapshot."""
-    return SecretEnv({**env, "CASCADE_SNAPSHOT_REUSE": "true"})
 
 
 def router_environ() -> dict[str, str]:

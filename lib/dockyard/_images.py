@@ -10,7 +10,6 @@ registry login afresh and tries transient failures again (`_pull_policy`).
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from concurrent.futures import Future
@@ -21,6 +20,7 @@ from cachetools import TTLCache
 
 from ._errors import UnpullableImageError, copy_error
 from ._metrics import NO_METRICS, Metrics
+from ._naming import is_image_id
 from ._pull_policy import pull_result, retry_transient_pulls
 
 if TYPE_CHECKING:
@@ -31,19 +31,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ImagePuller",
-    "is_image_id",
 ]
 
 log = logging.getLogger("dockyard.images")
 
 DEFAULT_FAILURE_TTL_S = 5.0
 _REMEMBERED_FAILURES = 1024  # distinct images; more only forgets the oldest failures
-_IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}|[0-9a-f]{64}")
-
-
-def is_image_id(image: str) -> bool:
-    """True for a full image id (`sha256:<64 hex>` or the bare 64 hex digits)."""
-    return bool(_IMAGE_ID.fullmatch(image))
 
 
 @dataclass(eq=False)  # one puller per manager: identity, no field-wise ==

@@ -23,11 +23,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "JobFields",
-    "JobIdentity",
     "ProjectDirectory",
     "WorkerJob",
     "generated_job_id",
-    "job_ids",
     "project_id_of",
     "resolve_job_fields",
     "validate_job",
@@ -243,26 +241,3 @@ def _is_utf8(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-class JobIdentity(Protocol):
-    """A job's resolved ids (`JobFields`, or the launcher's context)."""
-
-    @property
-    def job_id(self) -> str: ...
-    @property
-    def job_type(self) -> str: ...
-    @property
-    def project_id(self) -> str | None: ...
-    @property
-    def work_item_id(self) -> str | None: ...
-    @property
-    def agent_type(self) -> str | None: ...
-
-
-_JOB_IDS = ("job_id", "job_type", "project_id", "work_item_id", "agent_type")
-
-
-def job_ids(job: JobIdentity) -> dict[str, Any]:
-    """A job's ids as keyword arguments: every record of a worker carries these five."""
-    return {name: getattr(job, name) for name in _JOB_IDS}

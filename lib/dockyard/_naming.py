@@ -2,10 +2,11 @@
 
 - container names (`container_name`) and snapshot image names (`snapshot_image_name`),
   shortened or told apart by a short hash;
+- a job's five ids (`job_ids`), which every label set, record and report of a worker carries;
 - the label schema that reads back what it writes (`LabelSchema`, `WorkerLabels`) and the
   deadline label's format;
-- the image reference grammar (`is_valid_image_reference`), and references compared as
-  the engine answers them (`familiar`, `same_image`).
+- the image reference grammar (`is_valid_image_reference`, `is_image_id`), and references
+  compared as the engine answers them (`familiar`, `same_image`).
 """
 
 from __future__ import annotations
@@ -14,18 +15,21 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
 __all__ = [
+    "JobIdentity",
     "LabelSchema",
     "WorkerLabels",
     "container_name",
     "familiar",
     "format_deadline",
+    "is_image_id",
     "is_valid_image_reference",
+    "job_ids",
     "parse_deadline",
     "same_image",
     "snapshot_image_name",
@@ -71,6 +75,29 @@ def snapshot_image_name(prefix: str, project_id: str, work_item_id: str) -> str:
         f"{prefix}{_image_part(project_id)}-{_image_part(work_item_id)}"
         f"-{_short_hash(project_id, work_item_id)}"
     )
+
+
+class JobIdentity(Protocol):
+    """A job's resolved ids (`JobFields`, or the launcher's context)."""
+
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def job_type(self) -> str: ...
+    @property
+    def project_id(self) -> str | None: ...
+    @property
+    def work_item_id(self) -> str | None: ...
+    @property
+    def agent_type(self) -> str | None: ...
+
+
+_JOB_IDS = ("job_id", "job_type", "project_id", "work_item_id", "agent_type")
+
+
+def job_ids(job: JobIdentity) -> dict[str, Any]:
+    """A job's ids as keyword arguments: every record of a worker carries these five."""
+    return {name: getattr(job, name) for name in _JOB_IDS}
 
 
 @dataclass(frozen=True)
@@ -246,6 +273,14 @@ def is_valid_image_reference(image: str) -> bool:
     if not image or len(image) > MAX_REFERENCE_LENGTH:
         return False
     return bool(_REFERENCE.fullmatch(image) or _IMAGE_ID.fullmatch(image))
+
+
+_IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}|[0-9a-f]{64}")
+
+
+def is_image_id(image: str) -> bool:
+    """True for a full image id (`sha256:<64 hex>` or the bare 64 hex digits)."""
+    return bool(_IMAGE_ID.fullmatch(image))
 
 
 # Docker answers an image name as it was given; Podman answers it normalised, with Docker

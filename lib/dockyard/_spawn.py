@@ -29,10 +29,9 @@ from ._jobs import (
     ProjectDirectory,
     WorkerJob,
     generated_job_id,
-    job_ids,
     resolve_job_fields,
 )
-from ._naming import container_name, is_valid_image_reference
+from ._naming import container_name, is_valid_image_reference, job_ids
 from .worker_container_launcher import (
     LaunchPlan,
     WorkerContainerLaunchConfig,

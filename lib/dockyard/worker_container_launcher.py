@@ -19,15 +19,12 @@ from typing import TYPE_CHECKING
 
 from ._docker_settings import name_refused_control
 from ._driver import ContainerSpec, Driver, ExitTicket, WorkerState
-from ._environment import with_snapshot_reuse
 from ._errors import (
     DuplicateJobError,
     EngineConflictError,
     ImageNotFoundError,
     WorkerImageResolutionError,
 )
-from ._images import ImagePuller, is_image_id
-from ._jobs import JobIdentity, job_ids
 from ._launch_failures import (
     LaunchReports,
     as_spawn_error,
@@ -37,9 +34,9 @@ from ._launch_failures import (
 )
 from ._metrics import NO_METRICS, Metrics
 from ._models import ActiveWorker
-from ._naming import LabelSchema, WorkerLabels
+from ._naming import JobIdentity, LabelSchema, WorkerLabels, is_image_id, job_ids
 from ._pull_policy import ALWAYS, IF_NOT_PRESENT, NEVER
-from ._secrets import Masker, Secret
+from ._secrets import Masker, Secret, SecretEnv
 from ._tracker import TrackedWorker, log_ids
 
 if TYPE_CHECKING:
@@ -47,6 +44,7 @@ if TYPE_CHECKING:
 
     from ._container_settings import ContainerSettings
     from ._exit_handling import ExitWatcher, TimeoutController
+    from ._images import ImagePuller
     from ._listener import SafeListener
     from ._output import OutputPipe
     from ._output_hub import OutputHub
@@ -204,6 +202,11 @@ def launch_worker_container(
             ),
         )
     return worker
+
+
+def with_snapshot_reuse(env: Mapping[str, str | Secret]) -> SecretEnv:
+    """The same environment, telling the worker it starts from a snapshot."""
+    return SecretEnv({**env, "CASCADE_SNAPSHOT_REUSE": "true"})
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,11 @@ import pytest
 from dockyard import InvalidJobError, ProjectConfig, RouterConfig, WorkerJob
 from dockyard._environment import EnvSources, check_job_data, worker_masker
 from dockyard._environment import build_worker_env as build_secret_env
-from dockyard._environment import with_snapshot_reuse as with_secret_reuse
 from dockyard._job_data import JOB_DATA_INLINE_LIMIT
 from dockyard._jobs import JobFields, generated_job_id, resolve_job_fields
 from dockyard._naming import MAX_NAME_LENGTH, LabelSchema, container_name
 from dockyard._sentry import Reporter
+from dockyard.worker_container_launcher import with_snapshot_reuse as with_secret_reuse
 
 PASS_THROUGH = {
     "DATABASE_SSL": "true",

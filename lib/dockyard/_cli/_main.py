@@ -1,4 +1,4 @@
-"""The entry point: parse the command line, dispatch, and turn refusals into exit statuses."""
+"""The entry point: parse the command line, run its command, turn refusals into exit statuses."""
 
 from __future__ import annotations
 
@@ -6,22 +6,33 @@ import os
 from typing import TYPE_CHECKING
 
 from .._errors import ConfigError, DockerUnavailableError
+from ._containers import cmd_ps, cmd_reap
 from ._exits import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, say
 from ._logging import configure_logging
+from ._logs import cmd_logs
 from ._parser import build_parser
+from ._run import cmd_run
+from ._snapshots import cmd_snapshots
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
+
+COMMANDS: Mapping[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "ps": cmd_ps,
+    "reap": cmd_reap,
+    "logs": cmd_logs,
+    "snapshots": cmd_snapshots,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script `dockyard`; returns the exit status."""
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
-    handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        return COMMANDS[args.command](args)
     except (UsageError, ConfigError) as err:
         _fail(str(err))
     except DockerUnavailableError as err:

@@ -1,4 +1,7 @@
-"""The command line: subcommands, options and their checks (argparse)."""
+"""The command line's grammar: subcommands, options and their checks (argparse).
+
+It names the command (`args.command`); `_main` runs it.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,7 @@ from typing import NoReturn
 from .._drivers import DRIVERS
 from .._pull_policy import PULL_POLICIES
 from ._container_flags import add_container_flags
-from ._containers import cmd_ps, cmd_reap
 from ._exits import EXIT_USAGE
-from ._logs import cmd_logs
-from ._run import cmd_run
-from ._snapshots import cmd_snapshots
 
 
 def _positive_int(text: str) -> int:
@@ -188,10 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(needs dockyard[metrics])",
     )
     add_container_flags(run)
-    run.set_defaults(handler=cmd_run)
 
-    ps = sub.add_parser("ps", parents=[common], help="list this instance's managed containers")
-    ps.set_defaults(handler=cmd_ps)
+    sub.add_parser("ps", parents=[common], help="list this instance's managed containers")
 
     reap = sub.add_parser(
         "reap",
@@ -214,7 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
         "instance's snapshot label (never any other image)",
     )
     _add_label_prefix(reap)
-    reap.set_defaults(handler=cmd_reap)
 
     logs = sub.add_parser(
         "logs",
@@ -233,7 +229,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep printing new lines until the container stops",
     )
     _add_label_prefix(logs)
-    logs.set_defaults(handler=cmd_logs)
 
     snaps = sub.add_parser(
         "snapshots",
@@ -245,5 +240,4 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the snapshot cleanup (TTL, count and size limits from SNAPSHOT_*)",
     )
-    snaps.set_defaults(handler=cmd_snapshots)
     return parser
