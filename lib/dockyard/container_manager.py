@@ -3,7 +3,7 @@
 Each method delegates to the module that owns its concern; `_manager_parts` builds and wires
 the parts once and closes them in order. A job's path runs through:
 - `_spawn`: its project's spawn settings, its id, slot and launch config, a cancel on the way;
-- `_jobs`: the job's fields and ids; `_naming`: its names and labels;
+- `_jobs`: the job's fields; `_naming`: its ids, names and labels;
 - `_environment`: what the container is given, job data, and which of it is secret;
 - `worker_container_launcher`: the launch plan, create and start, register, time, watch;
 - `_tracker`: the worker's state machine and its slot;
