@@ -1,9 +1,9 @@
 """Create recovery: a create whose answer got lost may still have made what it asked for.
 
-Both drivers create through `create_recovering` (a container, a swarm service), which
-recovers when the create raised one of `LOST_ANSWERS`; `look_up_made` finds what such a
-create made, looking through engine blips for a while, and `created_container` tells
-whether a container it found is the one asked for. The happy path only tries the create.
+Both drivers recover through `recover_lost_create` (a container, a swarm service) when a
+create raised one of `LOST_ANSWERS`; `look_up_made` finds what such a create made, looking
+through engine blips for a while, and `created_container` tells whether a container it
+found is the one asked for. The happy path never comes here.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ __all__ = [
     "CREATE_RETRY",
     "LOOK_UP_RETRY",
     "LOST_ANSWERS",
-    "create_recovering",
     "created_container",
     "look_up_made",
+    "recover_lost_create",
 ]
 
 log = logging.getLogger("dockyard.docker")
@@ -49,14 +49,14 @@ LOST_ANSWERS = (EngineTimeoutError, EngineUnreachableError)
 """What a create that may have gone through anyway raises: its callers recover from these."""
 
 
-def create_recovering(
+def recover_lost_create(
     name: str,
+    lost: DockyardError,
     create_once: Callable[[], str],
     created_for: Callable[[], str | None],
     remove: Callable[[str], None],
 ) -> str:
-    """The id of what `create_once` made; when its answer got lost, of what it made anyway
-    (`created_for` finds that by this launch's labels) or of a new one.
+    """The id of what a create whose answer got lost (`lost`) made, or of a new one.
 
     A create that timed out may still have made its object: `created_for` finds it (it
     matches this launch's labels) and its id is the answer; there is no retry, the time
@@ -65,19 +65,6 @@ def create_recovering(
     otherwise, an object the first attempt made is removed: it must not outlive the
     failed launch.
     """
-    try:
-        return create_once()
-    except LOST_ANSWERS as lost:
-        return _recover(name, lost, create_once, created_for, remove)
-
-
-def _recover(
-    name: str,
-    lost: DockyardError,
-    create_once: Callable[[], str],
-    created_for: Callable[[], str | None],
-    remove: Callable[[str], None],
-) -> str:
     if isinstance(lost, EngineTimeoutError):
         found = created_for()
         if found is None:

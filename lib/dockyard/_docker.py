@@ -20,7 +20,7 @@ import requests
 from docker.errors import DockerException
 from requests.adapters import HTTPAdapter
 
-from ._create_recovery import create_recovering, created_container
+from ._create_recovery import LOST_ANSWERS, created_container, recover_lost_create
 from ._docker_images import ImageCalls
 from ._docker_settings import docker_create_args
 from ._docker_streams import ResponseEvents, following, log_mark, open_log, raise_for_status
@@ -231,14 +231,16 @@ class DockerGateway(ObservedEngine, ImageCalls):
         job). When the retry fails otherwise, a container the first attempt left is
         removed on the way out.
         """
-
-        def create_once() -> str:
+        try:
             return self._create_once(spec)
-
-        def created_for() -> str | None:
-            return created_container(spec.labels, lambda: self.inspect(spec.name))
-
-        return create_recovering(spec.name, create_once, created_for, self.remove)
+        except LOST_ANSWERS as lost:
+            return recover_lost_create(
+                spec.name,
+                lost,
+                lambda: self._create_once(spec),
+                lambda: created_container(spec.labels, lambda: self.inspect(spec.name)),
+                self.remove,
+            )
 
     def _create_once(self, spec: ContainerSpec) -> str:
         args = docker_create_args(
