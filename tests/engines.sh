@@ -346,6 +346,15 @@ start() {
         stop_one "${name}" quiet
         exit 1
     fi
+    # A started engine has no container: an earlier run's (one killed mid-test) would hold
+    # names the tests use. Its images stay: they save the pulls and builds.
+    local leftovers
+    leftovers="$(DOCKER_HOST="$(host_of "${name}")" docker ps -aq 2>/dev/null || true)"
+    if [[ -n "${leftovers}" ]]; then
+        log "${name}: removing the $(wc -w <<<"${leftovers}") containers an earlier run left"
+        # shellcheck disable=SC2086 # one id a word
+        DOCKER_HOST="$(host_of "${name}")" docker rm -f ${leftovers} >/dev/null 2>&1 || true
+    fi
     log "${name} answers after $((SECONDS - started))s (pid $(cat "$(pidfile_of "${name}")"), log ${logf}," \
         "$(DOCKER_HOST="$(host_of "${name}")" docker version --format '{{.Server.Version}} API {{.Server.APIVersion}}' 2>/dev/null || echo '?'))"
     host_of "${name}"
