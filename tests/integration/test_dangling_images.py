@@ -49,6 +49,11 @@ class Images:
             self.client.images.get(image_id)
         except docker.errors.ImageNotFound:
             return False
+        except docker.errors.APIError as err:
+            # Podman answers for an image removed while it reads it: 500 "image not known".
+            if "image not known" in str(err):
+                return False
+            raise
         return True
 
     def dangling(self, image_id: str) -> bool:
