@@ -109,6 +109,8 @@ def sleeper(real, image):
     cid = real.create_container(image, ["sleep", "30"], labels=LABELS)["Id"]
     real.start(cid)
     yield cid
+    with contextlib.suppress(docker.errors.APIError):
+        real.kill(cid)  # Podman's forced removal would give it a 10 s grace first
     real.remove_container(cid, force=True)
 
 

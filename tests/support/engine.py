@@ -47,7 +47,13 @@ def instance_containers(client: docker.DockerClient, instance: str) -> list[Any]
 
 
 def remove_container(container: Any) -> None:
-    """Force-remove a container; gone already (404) or being removed (409) is fine."""
+    """Force-remove a container; gone already (404) or being removed (409) is fine.
+
+    It is killed first: Podman's forced removal stops a running container with a 10 s
+    grace (Docker's kills it).
+    """
+    with contextlib.suppress(docker.errors.APIError):
+        container.kill()
     try:
         container.remove(force=True)
     except docker.errors.NotFound:
