@@ -130,7 +130,7 @@ class DockerGateway(ObservedEngine, ImageCalls):
         self._event_labels = list(event_labels)
         self.calls = EngineCalls(observer)
         self._closed = False
-        self._stopping = threading.Event()  # set by close(): retries stop waiting
+        self.closing = threading.Event()  # set by close(): retries and waits stop waiting
         self._exits = ExitMonitor(self._open_events, connect_timeout_s=max(1.0, timeout_s))
 
     @classmethod
@@ -201,7 +201,7 @@ class DockerGateway(ObservedEngine, ImageCalls):
         if self._closed:
             return
         self._closed = True
-        self._stopping.set()
+        self.closing.set()
         self._exits.close(join_s=self._heartbeat_s + max(1.0, self._timeout_s / 10))
         if self.owns_clients:
             self.api.close()
@@ -398,8 +398,9 @@ class DockerGateway(ObservedEngine, ImageCalls):
     def stop(self, container_id: str, grace_s: float) -> None:
         self._run("stop", lambda: self.api.stop(container_id, timeout=max(0, round(grace_s))))
 
-    def kill(self, container_id: str) -> None:
-        self._run("kill", lambda: self.api.kill(container_id))
+    def kill(self, container_id: str, signal: str | None = None) -> None:
+        """Send `signal` (SIGKILL by default)."""
+        self._run("kill", lambda: self.api.kill(container_id, signal=signal))
 
     def remove(self, container_id: str, *, force: bool = True) -> None:
         """Remove a container, retrying briefly on engine blips (removal is idempotent).
@@ -421,9 +422,7 @@ class DockerGateway(ObservedEngine, ImageCalls):
                 extra={"container_id": container_id[:12], "error": str(err)},
             )
 
-        call_with_retry(
-            REMOVE_RETRY, remove, stop=self._stopping, on_retry=retrying, raise_last=True
-        )
+        call_with_retry(REMOVE_RETRY, remove, stop=self.closing, on_retry=retrying, raise_last=True)
 
     def list_containers(self, labels: Sequence[str], *, all: bool = True) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._run(

@@ -60,7 +60,7 @@ class DriverEntry:
 
 _DOCKER_OPERATIONS = (
     "create", "start", "attach", "follow_output", "output_mark", "open_wait", "events",
-    "inspect", "logs_tail", "stop", "kill",
+    "inspect", "logs_tail", "stop", "kill", "ping",
     "remove", "wait_removed", "list_containers",
     "pull", "commit", "tag", "image_inspect", "list_images", "image_history",
     "load_image_archive", "remove_image", "import_container_filesystem", "info",

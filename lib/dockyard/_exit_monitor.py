@@ -98,6 +98,14 @@ class ExitWait:
     def done(self) -> bool:
         return self._done.is_set()
 
+    def exited_within(self, timeout_s: float) -> bool:
+        """Whether the exit came within `timeout_s` (False: the time ran out first, or the
+        wait broke or was closed)."""
+        if not self._done.wait(max(0.0, timeout_s)):
+            return False
+        with self._lock:
+            return not self._closed and self._error is None
+
     @property
     def closed(self) -> bool:
         return self._closed

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import queue
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
@@ -125,6 +125,7 @@ class FakeResponse:
     lines: list[dict[str, Any]]
     status_code: int = 200
     closed: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
 
     def raise_for_status(self) -> None:
         return None

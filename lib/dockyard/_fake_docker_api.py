@@ -40,7 +40,15 @@ class FakeDockerAPI(FakeImageCalls):
 
     def get(self, url: str, params: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         """`GET /events`: a stream of the engine's container events; `GET
-        /containers/{id}/export`: the container's filesystem (a few bytes)."""
+        /containers/{id}/export`: the container's filesystem (a few bytes); `GET /_ping`:
+        the engine's headers (Podman's name it)."""
+        if url.endswith("/_ping"):
+            self._record("ping")
+            self._fail("ping")
+            headers = {"Api-Version": self.api_version}
+            if self.podman:
+                headers["Libpod-Api-Version"] = "5.8.6"
+            return FakeResponse([], headers=headers)
         if url.endswith("/export"):
             container_id = url.rsplit("/", 2)[-2]
             self._record("export", container_id)
@@ -211,7 +219,16 @@ class FakeDockerAPI(FakeImageCalls):
         if self.stop_exits:
             self.exit(container_id, 137)
 
-    def kill(self, container_id: str) -> None:
+    def kill(self, container_id: str, signal: str | int | None = None) -> None:
+        """SIGKILL (no signal) is recorded as `kill`; another signal as `signal`, with it."""
+        if signal not in (None, "SIGKILL", "KILL", 9, "9"):
+            self._record("signal", (container_id, signal))
+            self._fail("signal")
+            if self._find(container_id).status != "running":
+                raise api_error(409, f"Container {container_id} is not running")
+            if self.signal_exits:
+                self.exit(container_id, 143)
+            return
         self._record("kill", container_id)
         self._fail("kill")
         self.exit(container_id, 137)

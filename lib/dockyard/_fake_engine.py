@@ -64,6 +64,12 @@ class FakeEngine:
         self.pull_error: str | None = None
         self.exit_on_start: int | None = None  # exit code the next started containers exit with
         self.stop_exits = True  # `stop` makes the container exit (137)
+        # Answer as Podman does (its `_ping` names `Libpod-Api-Version`): dockyard then
+        # counts a stop's grace itself.
+        self.podman = False
+        # A stop signal (`kill` with a signal but SIGKILL) makes the container exit (143);
+        # False: it is ignored, as `sleep` as PID 1 ignores SIGTERM.
+        self.signal_exits = False
         self.before_create: Callable[[], None] | None = None
         self.before_stop: Callable[[str], None] | None = None
         # `docker info` SecurityOptions: the security modules the engine has.
