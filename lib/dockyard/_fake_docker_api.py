@@ -243,6 +243,7 @@ class FakeDockerAPI(FakeImageCalls):
 
     def wait(self, container_id: str, timeout: Any = None, condition: str | None = None) -> Any:
         self._record("blocking_wait", condition)
+        self._fail("blocking_wait")
         self._find(container_id)
         return {"StatusCode": 0}
 
