@@ -5,8 +5,9 @@ timeout, the heartbeat. A `die` carries the exit's facts as the events told them
 code, an OOM kill when an `oom` event came first (Docker sends one; Podman does not), and
 the run's start and end times (the `start` and `die` events' engine times), so an exit is
 known whole even when the engine removes the container before anyone inspects it. An idle
-timeout reconnects with `since=` the last moment the old stream covered, so the engine
-replays whatever happened in the gap. A real stream error fails every
+timeout reconnects with `since=` a little before the last moment the old stream covered, so
+the engine replays whatever happened in the gap and whatever it delivers late (events are
+idempotent here). A real stream error fails every
 outstanding ticket (their owners re-inspect and wait again) and reconnects with back-off.
 Tickets are plain futures: closing one touches no socket, and a short memory of recent
 exits answers a ticket registered just after its container died.
@@ -62,6 +63,12 @@ class EventStream(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# How far before the last moment seen a reconnect asks for a replay: a loaded Podman delivers
+# events seconds late (200 workers killed at once: die events stamped before a reconnect
+# came after it, unseen, and their exits were waited for forever).
+_LATE_EVENTS_NS = 10 * 1_000_000_000
 
 
 class ExitWait:
@@ -270,7 +277,7 @@ class ExitMonitor:
     def _run(self) -> None:
         retry: RetryState | None = None  # begun at the first failure to connect
         while not self._stopping.is_set():
-            since = _since_param(self._since_ns)
+            since = _since_param(self._since_ns and self._since_ns - _LATE_EVENTS_NS)
             try:
                 stream = self._open_stream(since)
             except Exception as err:  # whatever the failure, the reader reconnects

@@ -131,6 +131,19 @@ def test_a_broken_stream_fails_every_ticket_and_reconnects(
     assert since and all(value is not None for value in since)  # replays the gap
 
 
+def test_a_reconnect_replays_events_the_engine_delivers_late(
+    gateway: DockerGateway, api: FakeDockerAPI
+) -> None:
+    """Podman, loaded, delivered die events seconds after their time: each reconnect asks for
+    the ten seconds before the last moment the old stream covered, not from that moment."""
+    gateway.open_exit_wait(running(gateway)).close()
+    eventually(lambda: len(api.calls_of("events")) >= 3)  # idle reconnects
+    covered_up_to = time.time()
+    for since in api.calls_of("events")[1:]:
+        assert since is not None
+        assert float(since) <= covered_up_to - 9.0, since
+
+
 def test_idle_reconnects_keep_the_tickets(gateway: DockerGateway, api: FakeDockerAPI) -> None:
     container_id = running(gateway)
     ticket = gateway.open_exit_wait(container_id)
