@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from dockyard import (
     ContainerManager,
@@ -12,6 +12,7 @@ from dockyard import (
     WorkerJob,
     WorkerLifecycleListener,
 )
+from dockyard._driver import ContainerSpec
 from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, RecordingReporter
 from support.hosts import StaticProjects
 from support.listeners import ListenerRecorder
@@ -66,3 +67,21 @@ def verified_project(**overrides: Any) -> ProjectConfig:
     }
     settings.update(overrides)
     return ProjectConfig("proj", **settings)
+
+
+class Creates(Protocol):
+    """The Docker gateway or driver: what `running` needs of it."""
+
+    def create(self, spec: ContainerSpec) -> str: ...
+    def start(self, container_id: str) -> None: ...
+
+
+def running(engine: Creates, name: str = "c") -> str:
+    """A container created and started through `engine` (a plain spec: no network)."""
+    spec = ContainerSpec(
+        image=DEFAULT_IMAGE, name=name, env={}, labels={}, memory_bytes=1 << 26,
+        network="none", auto_remove=False,
+    )  # fmt: skip
+    container_id = engine.create(spec)
+    engine.start(container_id)
+    return container_id

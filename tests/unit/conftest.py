@@ -1,4 +1,5 @@
-"""Fixtures of the unit tests: managers on `dockyard.testing`'s fake engine (`support.rig`)."""
+"""Fixtures of the unit tests: managers on `dockyard.testing`'s fake engine (`support.rig`),
+and the fake engine's Docker API with a gateway on it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import pytest
 
 from dockyard import ContainerManager
+from dockyard._docker import DockerGateway
 from dockyard.testing import FakeDockerAPI, RecordingReporter
 from support.hosts import StaticProjects
 from support.listeners import ListenerRecorder
@@ -42,3 +44,17 @@ def rig_factory() -> Iterator[Callable[..., Rig]]:
 def rig(rig_factory: Callable[..., Rig]) -> Rig:
     """A `Rig` with the default settings."""
     return rig_factory()
+
+
+@pytest.fixture
+def api() -> FakeDockerAPI:
+    """The fake engine's Docker API, with no image."""
+    return FakeDockerAPI()
+
+
+@pytest.fixture
+def gateway(api: FakeDockerAPI) -> Iterator[DockerGateway]:
+    """A Docker gateway on `api`, its events stream idle-renewed every 0.2 s."""
+    made = DockerGateway.from_client(api, heartbeat_s=0.2)  # type: ignore[arg-type]
+    yield made
+    made.close()

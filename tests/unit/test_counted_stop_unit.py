@@ -5,36 +5,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from dockyard._docker import DockerGateway
 from dockyard._docker_driver import DockerDriver
-from dockyard._driver import ContainerSpec
 from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI
+from support.rig import running
 
 
 @pytest.fixture
-def api() -> FakeDockerAPI:
-    return FakeDockerAPI()
-
-
-@pytest.fixture
-def driver(api: FakeDockerAPI) -> Iterator[DockerDriver]:
-    gateway = DockerGateway.from_client(api, heartbeat_s=0.2)  # type: ignore[arg-type]
-    yield DockerDriver(gateway)
-    gateway.close()
-
-
-def running(driver: DockerDriver, name: str = "c", stop_signal: str | None = None) -> str:
-    spec = ContainerSpec(
-        image=DEFAULT_IMAGE, name=name, env={}, labels={}, memory_bytes=1 << 26,
-        network="none", auto_remove=False,
-    )  # fmt: skip
-    worker_id = driver.create(spec)
-    driver.start(worker_id)
-    return worker_id
+def driver(gateway: DockerGateway) -> DockerDriver:
+    return DockerDriver(gateway)
 
 
 def test_docker_keeps_its_own_stop(driver: DockerDriver, api: FakeDockerAPI) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,30 +31,8 @@ from dockyard._errors import (
     translate,
 )
 from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, RecordingReporter, api_error
+from support.rig import running
 from support.threads import eventually
-
-
-@pytest.fixture
-def api() -> FakeDockerAPI:
-    return FakeDockerAPI()
-
-
-@pytest.fixture
-def gateway(api: FakeDockerAPI) -> Iterator[DockerGateway]:
-    made = DockerGateway.from_client(api, heartbeat_s=0.2)  # type: ignore[arg-type]
-    yield made
-    made.close()
-
-
-def running(gateway: DockerGateway, name: str = "c") -> str:
-    spec = ContainerSpec(
-        image=DEFAULT_IMAGE, name=name, env={}, labels={}, memory_bytes=1 << 26,
-        network="none", auto_remove=False,
-    )  # fmt: skip
-    container_id = gateway.create(spec)
-    gateway.start(container_id)
-    return container_id
-
 
 # -- no private attributes ------------------------------------------------------------------
 

@@ -15,11 +15,6 @@ SECRET = "an-api-token-0123456789"
 
 
 @pytest.fixture
-def api() -> FakeDockerAPI:
-    return FakeDockerAPI()
-
-
-@pytest.fixture
 def reporter() -> RecordingReporter:
     return RecordingReporter()
 
