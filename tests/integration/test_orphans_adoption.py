@@ -105,6 +105,10 @@ class Containers:
             return str(self.api.inspect_container(cid)["State"]["Status"])
         except docker.errors.NotFound:
             return None
+        except docker.errors.APIError as err:  # Podman: 500 "no container with ID" when gone
+            if "no container with id" in str(err).lower():
+                return None
+            raise
 
     def cleanup(self) -> None:
         for cid in self.created:
