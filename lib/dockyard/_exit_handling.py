@@ -13,7 +13,6 @@ where the inspect came too late (an auto-removed container) or missed an OOM kil
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +51,11 @@ __all__ = [
 log = logging.getLogger("dockyard.exits")
 
 _REMOVAL_WAIT_S = 10.0  # one wait for an auto-removal: what close() may wait for it
-_REMOVAL_PATIENCE_S = 90.0  # waits the engine did not answer in time, together
+# Waits the engine did not answer in time, asked again for 90 s together (an engine that
+# refuses at once is asked again after a second).
+_REMOVAL_PATIENCE = RetryPolicy(
+    retry_on=(DockerUnavailableError,), window_s=90.0, first_delay_s=1.0, max_delay_s=1.0
+)
 # After the exit, how long the output may take to reach its end (the engine ends the stream
 # at the exit) and its queued lines to reach the listener, before the outcome goes out.
 _OUTPUT_DRAIN_S = 5.0
@@ -282,33 +285,29 @@ class ExitWatcher:
     def _await_removal(self, tracked: TrackedWorker) -> bool:
         """Wait until the engine has removed the container; False when that is not known.
 
-        A wait the engine did not answer in time is asked again, up to `_REMOVAL_PATIENCE_S`
+        A wait the engine did not answer in time is asked again, for `_REMOVAL_PATIENCE`
         and not once the worker is detached: an engine tearing many containers down at once
         is slow, not failing (Podman removed 200 cancelled workers over a minute, and half
         the 10 s waits ran out), and our own removal would only race its own.
         """
-        give_up_at = time.monotonic() + _REMOVAL_PATIENCE_S
-        while True:
-            asked_at = time.monotonic()
+        container_id = tracked.worker.container_id
+
+        def wait() -> None:
+            self.driver.wait_removed(container_id, _REMOVAL_WAIT_S)
+
+        try:
             try:
-                self.driver.wait_removed(tracked.worker.container_id, _REMOVAL_WAIT_S)
-            except EngineNotFoundError:
-                return True  # gone already
+                wait()  # the usual case: one wait, no retry policy on a job's path
             except DockerUnavailableError:
-                # An engine that refuses at once is not asked again at once.
-                tracked.ended.wait(max(0.0, asked_at + 1.0 - time.monotonic()))
-                if time.monotonic() < give_up_at and not tracked.ended.is_set():
-                    continue
-                log.debug("waiting for auto-removal ran out", extra={"job_id": tracked.job_id})
-                return False
-            except DockyardError:
-                log.debug(
-                    "waiting for auto-removal ended",
-                    extra={"job_id": tracked.job_id},
-                    exc_info=True,
-                )
-                return False
-            return True
+                call_with_retry(_REMOVAL_PATIENCE, wait, stop=tracked.ended)
+        except EngineNotFoundError:
+            return True  # gone already
+        except (RetriesExhaustedError, DockyardError):
+            log.debug(
+                "waiting for auto-removal ended", extra={"job_id": tracked.job_id}, exc_info=True
+            )
+            return False
+        return True
 
 
 def _caused_by_kill(tracked: TrackedWorker, facts: ExitResult) -> bool:
