@@ -1,9 +1,10 @@
 """Create recovery: a create whose answer got lost may still have made what it asked for.
 
-Both drivers recover through `recover_lost_create` (a container, a swarm service) when a
-create raised one of `LOST_ANSWERS`; `look_up_made` finds what such a create made, looking
-through engine blips for a while, and `created_container` tells whether a container it
-found is the one asked for. The happy path never comes here.
+Both drivers' `create` (one method, `_docker.ObservedEngine.create`) recovers through
+`recover_lost_create` (a container, a swarm service) when a create raised one of
+`LOST_ANSWERS`; `look_up_made` finds what such a create made, looking through engine
+blips for a while, and `created_container` tells whether a container it found is the one
+asked for. The happy path never comes here.
 """
 
 from __future__ import annotations

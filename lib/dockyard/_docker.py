@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import docker
@@ -93,10 +94,39 @@ class EngineCalls:
             log.debug("engine call observer failed", exc_info=True)
 
 
-class ObservedEngine:
-    """A gateway whose engine calls all run through one `EngineCalls`, `calls`."""
+class ObservedEngine(ABC):
+    """A gateway whose engine calls all run through one `EngineCalls`, `calls`.
+
+    Its `create` is both drivers': each says how it creates once, how it finds what a create
+    whose answer got lost made (by this spec's name and labels) and how it removes that.
+    """
 
     calls: EngineCalls
+
+    def create(self, spec: ContainerSpec) -> str:
+        """Create the worker, recovering a create whose answer got lost.
+
+        What such a create made is taken, or the create is retried once (`recover_lost_create`).
+        """
+        try:
+            return self._create_once(spec)
+        except LOST_ANSWERS as lost:
+            return recover_lost_create(
+                spec.name,
+                lost,
+                lambda: self._create_once(spec),
+                lambda: self._created_for(spec),
+                self.remove,
+            )
+
+    @abstractmethod
+    def _create_once(self, spec: ContainerSpec) -> str: ...
+
+    @abstractmethod
+    def _created_for(self, spec: ContainerSpec) -> str | None: ...
+
+    @abstractmethod
+    def remove(self, container_id: str, *, force: bool = True) -> None: ...
 
     @property
     def observer(self) -> CallObserver | None:
@@ -219,28 +249,9 @@ class DockerGateway(ObservedEngine, ImageCalls):
 
     # -- containers ---------------------------------------------------------------------
 
-    def create(self, spec: ContainerSpec) -> str:
-        """Create the container, recovering from a create whose answer got lost.
-
-        A create that timed out or whose connection broke may still have created the
-        container: a container of this name in state `created` carrying this spec's
-        labels (its deadline label makes them unique to this launch) is the one asked
-        for, and its id is the answer. After a broken connection the create is retried
-        once; its 409 name conflict with that container is resolved the same way. Any
-        other 409 goes to the caller (the launcher removes a stopped leftover of the same
-        job). When the retry fails otherwise, a container the first attempt left is
-        removed on the way out.
-        """
-        try:
-            return self._create_once(spec)
-        except LOST_ANSWERS as lost:
-            return recover_lost_create(
-                spec.name,
-                lost,
-                lambda: self._create_once(spec),
-                lambda: created_container(spec.labels, lambda: self.inspect(spec.name)),
-                self.remove,
-            )
+    def _created_for(self, spec: ContainerSpec) -> str | None:
+        """The id of a container of this name, state `created`, with exactly these labels."""
+        return created_container(spec.labels, lambda: self.inspect(spec.name))
 
     def _create_once(self, spec: ContainerSpec) -> str:
         args = docker_create_args(

@@ -36,7 +36,6 @@ from .worker_container_launcher import (
     LaunchPlan,
     WorkerContainerLaunchConfig,
     WorkerContainerLaunchContext,
-    WorkerContainerLauncherDependencies,
     launch_worker_container,
 )
 
@@ -55,6 +54,7 @@ if TYPE_CHECKING:
     from ._slots import SlotGate, SlotLease
     from ._snapshot_registry import SnapshotRegistry
     from ._tracker import TrackedWorker
+    from .worker_container_launcher import WorkerContainerLauncherDependencies
 
 __all__ = [
     "SpawnSettings",

@@ -29,7 +29,7 @@ from docker.types import (
     TaskTemplate,
 )
 
-from ._create_recovery import LOST_ANSWERS, look_up_made, recover_lost_create
+from ._create_recovery import look_up_made
 from ._docker import DockerGateway, ObservedEngine
 from ._docker_driver import connect, parse_docker_time, worker_entry, worker_state
 from ._driver import (
@@ -141,26 +141,11 @@ class SwarmDriver(ServiceEnding, ObservedEngine):
 
     # -- launch -------------------------------------------------------------------------
 
-    def create(self, spec: ContainerSpec) -> str:
-        """Create the job's service; one retry when the engine's answer was lost.
-
-        A retry meeting a 409 with a service of this name carrying exactly this spec's
-        labels (the deadline label makes them unique to this launch) takes its id.
-        """
-        try:
-            return self._create_once(spec)
-        except LOST_ANSWERS as lost:
-            return recover_lost_create(
-                spec.name,
-                lost,
-                lambda: self._create_once(spec),
-                lambda: self._created_for(spec),
-                # The service may have run its task already: `remove` takes its container too.
-                self.remove,
-            )
-
     def _created_for(self, spec: ContainerSpec) -> str | None:
-        """The id of a service of this name carrying exactly this spec's labels, if any."""
+        """The id of a service of this name carrying exactly this spec's labels, if any.
+
+        The service may have run its task already: `remove` takes its container too.
+        """
         service = look_up_made(
             lambda: self._call("service_inspect", lambda: self._raw.inspect_service(spec.name))
         )
