@@ -151,9 +151,9 @@ class DockerDriver:
         self.client.remove(worker_id, force=force)
 
     def wait_removed(self, worker_id: str, timeout_s: float) -> None:
-        """Returns once the engine removed the container. Podman's waits poll the container
-        under its lock: a removal wait per dying container made 100 teardowns take four
-        times as long (55 s against 14 s), so there inspects poll for it instead."""
+        """Returns once the engine removed the container. Podman's waits poll the
+        container's state: a removal wait per dying container made 100 teardowns take three
+        to four times as long (40-55 s against 14 s), so there inspects look for it instead."""
         if self._on_podman():
             poll_removed(self.client, worker_id, timeout_s)
         else:
@@ -298,9 +298,9 @@ def _close(sock: Any, raw: Any) -> None:
 PODMAN_PING_HEADER = "Libpod-Api-Version"
 _REMEMBERED_WORKERS = 4096  # workers whose image is known; an older one's is inspected
 _SIGNAL_TTL_S = 60.0  # an image name may be given to another image
-# Podman: a removal is looked for after 0.25 s, then less often, at most every 2 s (the
-# engine removes an auto-removed container within 0.2 s when idle; a mass teardown takes
-# longer, and every look takes the container's lock).
+# Podman: a removal is looked for at once, then after pauses from 0.25 s doubling to 2 s
+# (the engine removes an auto-removed container within 0.2 s when idle; a mass teardown
+# takes longer, and every look is work for the engine).
 _REMOVAL_POLL_FIRST_S = 0.25
 _REMOVAL_POLL_MAX_S = 2.0
 

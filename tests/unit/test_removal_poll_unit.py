@@ -1,5 +1,5 @@
 """The Docker driver's removal wait: the engine's own wait on Docker; on Podman, whose waits
-poll the container under its lock, inspects until the container is gone."""
+poll the container's state, inspects until the container is gone."""
 
 from __future__ import annotations
 
