@@ -3,8 +3,8 @@
 A thin layer over the Docker client (`DockerGateway`): the verbs pass through, and inspect
 and list answers become the core's `WorkerState` and `WorkerEntry` here, the one place
 that reads Docker's container JSON for the core.
-Its image store is the client itself. On Podman a stop's grace is counted and a removal
-is polled for here (below).
+Its image store is the client itself. On Podman a stop's grace is counted here (below),
+and an auto-removed worker is removed by the driver, not the engine (`create`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import socket
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +94,11 @@ class DockerDriver:
         the engine would start the worker without it, and say nothing."""
         if spec.settings is not None and spec.settings.security_opt:
             self._check_security_options(spec.settings.security_opt)
+        if spec.auto_remove and self._on_podman():
+            # Podman's AutoRemove takes the log with the container at once: a worker's
+            # adopter, which reads the log, lost the lines of its last half second or so.
+            # Here the driver removes it (`wait_removed`), after its output was read.
+            spec = replace(spec, auto_remove=False)
         worker_id = self.client.create(spec)
         self._stop_signals.created(worker_id, spec.image)
         return worker_id
@@ -151,13 +157,18 @@ class DockerDriver:
         self.client.remove(worker_id, force=force)
 
     def wait_removed(self, worker_id: str, timeout_s: float) -> None:
-        """Returns once the engine removed the container. Podman's waits poll the
-        container's state: a removal wait per dying container made 100 teardowns take three
-        to four times as long (40-55 s against 14 s), so there inspects look for it instead."""
-        if self._on_podman():
-            poll_removed(self.client, worker_id, timeout_s)
-        else:
+        """Returns once an auto-removed worker is gone. On Docker, the engine's removal is
+        waited for. On Podman, the driver made it without AutoRemove (`create`) and removes
+        it here; one Podman removes itself (made so elsewhere) is looked for with inspects:
+        Podman's waits poll the container's state, and a removal wait per dying container
+        made 100 teardowns take three to four times as long (40-55 s against 14 s)."""
+        if not self._on_podman():
             self.client.wait_removed(worker_id, timeout_s)
+            return
+        try:
+            self.client.remove(worker_id, force=True)
+        except EngineConflictError:  # its own AutoRemove is at it
+            poll_removed(self.client, worker_id, timeout_s)
 
     def _on_podman(self) -> bool:
         if self._podman is None:  # asked once: an engine does not change

@@ -57,11 +57,35 @@ class CreateRefused(DockyardError):
     into a `WorkerSpawnError`)."""
 
 
+class DockerPing:
+    """Docker's `GET /_ping` answer (no `Libpod-Api-Version`: not Podman)."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Api-Version": "1.41"}
+
+    def raise_for_status(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 class RecordingAPI:
     """Stands in for ``docker.APIClient``: records each call; ``create_container`` refuses."""
 
+    base_url = "http+docker://fake"
+    timeout = 60
+
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def get(self, url: str, **kwargs: Any) -> DockerPing:
+        """Which engine it is, asked once before the first create (Podman's AutoRemove)."""
+        self.calls.append(("get", {"url": url}))
+        if not url.endswith("/_ping"):
+            raise AssertionError(f"unexpected Docker call GET {url}")
+        return DockerPing()
 
     def create_host_config(self, **kwargs: Any) -> dict[str, Any]:
         self.calls.append(("create_host_config", kwargs))

@@ -150,3 +150,4 @@ def test_ps_shows_cpu_and_memory_per_worker(
         assert re.search(r"\s0\.5\s+48MiB\s", row), row  # after STATUS ("Up 2 seconds")
     finally:
         manager.kill_worker("ps-limits")
+        manager.wait_for_worker("ps-limits", timeout=30)  # removed before the manager closes

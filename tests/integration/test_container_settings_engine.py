@@ -280,8 +280,6 @@ def test_project_memory_caps_its_workers(
     make_manager: MakeManager, docker_client: docker.DockerClient
 ) -> None:
     # The router allows 256 MiB; the project caps its workers at 32: 100 MiB is an OOM kill.
-    # Kept until handled: an auto-removed worker's OOM kill is unknown on Podman (no `oom`
-    # event, the container gone before its inspect), and this test is about the cap.
     project = ProjectConfig(id="p-mem", container=ContainerSettings(memory_mb=32))
     manager = make_manager(
         worker_memory_mb=256, projects=StaticProjects(project), auto_remove_workers=False

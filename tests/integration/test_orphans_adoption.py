@@ -421,6 +421,49 @@ def test_an_adopter_delivers_the_output_from_where_the_closed_manager_stopped(
     thread_baseline.assert_no_new_threads()
 
 
+LAST_LINES = 50
+# One line, then on SIGUSR1 the last lines at once and the exit (a signal, not an exec: it
+# reaches the worker within milliseconds of the adoption).
+ENDS_ON_USR1 = [
+    "sh",
+    "-c",
+    f'trap \'i=1; while [ $i -le {LAST_LINES} ]; do echo "last $i"; i=$((i+1)); done; '
+    "echo err-last >&2; exit 0' USR1; echo first; while true; do sleep 0.05; done",
+]
+
+
+def test_workers_that_end_right_after_their_adoption_deliver_their_last_lines(
+    manager_with, redis_url, docker_client, thread_baseline
+):
+    """An adopter reads the engine's log. Podman's AutoRemove took the log with the
+    container before a follow begun less than about 0.4 s earlier had read its end: every
+    last line was lost. Auto-removed workers (the default) end here just after the
+    adoption; the adopter delivers all of their lines after the first manager's."""
+    first, first_seen = manager_with(redis_url=redis_url, max_workers=4)
+    jobs = [f"ending-{n}" for n in range(4)]
+    for job_id in jobs:
+        first.spawn_worker(WorkerJob(id=job_id, type="t", command=ENDS_ON_USR1))
+    eventually(lambda: all(first_seen.lines(j) == ["first"] for j in jobs), timeout=30)
+    first.close()
+
+    second, second_seen = manager_with(redis_url=redis_url, max_workers=4)
+    adopted = second.adopt_workers()
+    assert sorted(w.job_id for w in adopted) == jobs
+    for worker in reversed(adopted):  # the newest follow first
+        docker_client.api.kill(worker.container_id, "SIGUSR1")
+    for job_id in jobs:
+        outcome = second.wait_for_worker(job_id, OUTCOME_TIMEOUT_S)
+        assert (outcome.status, outcome.exit_code) == ("succeeded", 0)
+    second.close()
+
+    for job_id in jobs:
+        assert second_seen.lines(job_id, "stdout") == [
+            f"last {i}" for i in range(1, LAST_LINES + 1)
+        ], job_id
+        assert second_seen.lines(job_id, "stderr") == ["err-last"], job_id
+    thread_baseline.assert_no_new_threads()
+
+
 KILLED_LINES = 200  # printed 0.05 s apart: at most 20 a second
 # Lines printed before the kill: far more than the repeats allowed, so a continuation from
 # the worker's start (no mark) fails the test.

@@ -69,9 +69,11 @@ def test_launch_order(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     rig.listener._on_started = on_started
     worker = manager.spawn_worker(job())
 
-    # The events stream is connected (its first use), and the output attached, before the
-    # container starts.
+    # The engine is asked once which it is (on Podman an auto-removed worker is made without
+    # AutoRemove); the events stream is connected (its first use), and the output attached,
+    # before the container starts.
     assert api.call_names() == [
+        "ping",
         "create_container",
         "events",
         "attach",
@@ -168,7 +170,8 @@ def test_conflict_with_a_stopped_leftover_of_the_same_job_is_removed_and_retried
 
     worker = rig.manager.spawn_worker(job())
 
-    assert rig.api.call_names()[:7] == [
+    assert rig.api.call_names()[:8] == [
+        "ping",  # which engine it is, asked once (see test_launch_order)
         "create_container",
         "inspect_container",
         "remove_container",

@@ -1,5 +1,7 @@
-"""The Docker driver's removal wait: the engine's own wait on Docker; on Podman, whose waits
-poll the container's state, inspects until the container is gone."""
+"""The Docker driver's auto-removal: the engine's AutoRemove and its own removal wait on
+Docker; on Podman, whose AutoRemove takes a worker's log before a follower read its end,
+the worker made without it and removed by the driver, and a container removing itself
+looked for with inspects (Podman's waits poll the container's state)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ import pytest
 
 from dockyard._docker import DockerGateway
 from dockyard._docker_driver import DockerDriver
+from dockyard._driver import ContainerSpec
 from dockyard._errors import DockerUnavailableError, EngineTimeoutError
-from dockyard.testing import FakeDockerAPI
-from support.rig import running
+from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, api_error
+
+REMOVING_ITSELF = api_error(409, "removal of container abc is already in progress")
 
 
 @pytest.fixture
@@ -20,20 +24,47 @@ def driver(gateway: DockerGateway) -> DockerDriver:
     return DockerDriver(gateway)
 
 
-def test_docker_waits_for_the_removal_with_its_own_wait(
+def auto_removed(driver: DockerDriver) -> str:
+    """A worker started with `auto_remove` asked for."""
+    spec = ContainerSpec(
+        image=DEFAULT_IMAGE, name="c", env={}, labels={}, memory_bytes=1 << 26,
+        network="none", auto_remove=True,
+    )  # fmt: skip
+    worker = driver.create(spec)
+    driver.start(worker)
+    return worker
+
+
+def test_docker_removes_it_and_is_waited_for_with_its_own_wait(
     driver: DockerDriver, api: FakeDockerAPI
 ) -> None:
-    worker = running(driver)
+    worker = auto_removed(driver)
+    assert api.containers_by_id[worker].host_config["auto_remove"] is True
     driver.wait_removed(worker, 10.0)
     assert api.calls_of("blocking_wait") == ["removed"]
+    assert api.calls_of("remove_container") == []
 
 
-def test_podman_is_polled_until_the_container_is_gone_and_sends_no_wait(
+def test_on_podman_the_driver_removes_it_after_its_exit(
     driver: DockerDriver, api: FakeDockerAPI
 ) -> None:
     api.podman = True
-    worker = running(driver)
+    worker = auto_removed(driver)
+    assert api.containers_by_id[worker].host_config["auto_remove"] is False  # its log stays
     api.exit(worker, 0)
+    driver.wait_removed(worker, 10.0)
+    assert worker not in api.containers_by_id
+    assert api.calls_of("remove_container") == [worker]
+    assert api.calls_of("blocking_wait") == []
+
+
+def test_a_container_removing_itself_on_podman_is_polled_until_gone_with_no_wait(
+    driver: DockerDriver, api: FakeDockerAPI
+) -> None:
+    api.podman = True
+    worker = auto_removed(driver)
+    api.exit(worker, 0)
+    api.failures["remove_container"] = [REMOVING_ITSELF]
     remover = threading.Timer(1.2, api.remove_container, args=(worker,))
     remover.start()
     started = time.monotonic()
@@ -49,7 +80,8 @@ def test_a_container_that_stays_on_podman_times_out_as_a_wait_would(
     driver: DockerDriver, api: FakeDockerAPI
 ) -> None:
     api.podman = True
-    worker = running(driver)
+    worker = auto_removed(driver)
+    api.failures["remove_container"] = [REMOVING_ITSELF]
     started = time.monotonic()
     with pytest.raises(EngineTimeoutError):
         driver.wait_removed(worker, 1.0)
@@ -60,7 +92,8 @@ def test_closing_the_gateway_ends_a_poll_on_podman(
     driver: DockerDriver, api: FakeDockerAPI, gateway: DockerGateway
 ) -> None:
     api.podman = True
-    worker = running(driver)
+    worker = auto_removed(driver)
+    api.failures["remove_container"] = [REMOVING_ITSELF]
     threading.Timer(0.3, gateway.close).start()
     started = time.monotonic()
     with pytest.raises(DockerUnavailableError):
