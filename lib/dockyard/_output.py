@@ -42,9 +42,12 @@ __all__ = [
 
 log = logging.getLogger("dockyard.output")
 
-DEFAULT_BUFFER_LINES = 10_000
-# What the queued lines of one worker may hold (their lengths summed): 10,000 lines of up
-# to 64 KiB would be 640 MiB, so long lines are bounded by size before they are by count.
+# A worker printing as fast as it can outruns a listener that keeps up otherwise while the
+# launch is still under way, or while the host is loaded: 20,000 short lines in a burst
+# overran 10,000 on a loaded two-core machine. 30,000 short lines hold about 1.7 MiB.
+DEFAULT_BUFFER_LINES = 30_000
+# What the queued lines of one worker may hold (their lengths summed): 30,000 lines of up
+# to 64 KiB would be 1.9 GiB, so long lines are bounded by size before they are by count.
 DEFAULT_BUFFER_BYTES = 4 * 1024 * 1024
 _COUNT_BATCH = 256  # lines counted per counter update: one update per line costs
 # `(stream type, bytes)`; from the engine's log, one entry with its engine time (ns) too.

@@ -1,8 +1,8 @@
 """A worker that prints ~200 MB as fast as it can, with a slow listener, on the real engine:
 dockyard's memory stays bounded (README, A worker's output) and another worker's exit is
 seen while the chatty one still runs. Once in short lines (the queue's line cap binds) and
-once in 32 KiB lines (its byte cap binds: by count alone, 10,000 such lines would be
-320 MiB)."""
+once in 32 KiB lines (its byte cap binds: by count alone, 30,000 such lines would be
+960 MiB)."""
 
 from __future__ import annotations
 

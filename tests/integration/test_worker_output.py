@@ -38,14 +38,19 @@ def test_an_auto_removed_worker_delivers_all_10000_lines_of_each_stream_in_order
     docker_client: docker.DockerClient,
     instance_id: str,
 ) -> None:
+    registry = CollectorRegistry()
     recorder = ListenerRecorder()
-    manager = make_manager(listener=recorder)
+    manager = make_manager(listener=recorder, metrics_registry=registry)
     job = WorkerJob(f"{instance_id}-chatty", "trello", {}, command=numbered_lines(10_000))
     worker = manager.spawn_worker(job)
 
     outcome = manager.wait_for_worker(job.id or "", timeout=WAIT_S)
 
     assert outcome.status == "succeeded", outcome
+    got = Scrape.of(registry)
+    read = {s: got.value("dockyard_log_lines_total", {"stream": s}) for s in ("stdout", "stderr")}
+    assert read == {"stdout": 10_000, "stderr": 10_000}  # the engine's stream had every line
+    assert got.value("dockyard_log_lines_dropped_total") == 0  # and the listener kept up
     assert recorder.lines(job.id or "", "stdout") == [f"out {i}" for i in range(1, 10_001)]
     assert recorder.lines(job.id or "", "stderr") == [f"err {i}" for i in range(1, 10_001)]
     both = recorder.lines(job.id or "")
@@ -147,24 +152,30 @@ def test_the_timeout_event_and_outcome_carry_the_tail_so_far(
     assert event["extra"]["logTail"] == "working\nstill working"
 
 
+FLOOD_LINES = 40_000  # per stream: past the queue's 30,000 lines, however threads are scheduled
+
+
 def test_a_listener_that_sleeps_shows_the_drop_counter(
     make_manager: Callable[..., ContainerManager], instance_id: str
 ) -> None:
     registry = CollectorRegistry()
     recorder = ListenerRecorder(output_delay_s=0.002)
     manager = make_manager(listener=recorder, metrics_registry=registry)
-    job = WorkerJob(f"{instance_id}-flood", "trello", {}, command=numbered_lines(15_000))
+    job = WorkerJob(f"{instance_id}-flood", "trello", {}, command=numbered_lines(FLOOD_LINES))
     manager.spawn_worker(job)
 
     outcome = manager.wait_for_worker(job.id or "", timeout=WAIT_S)
 
     got = Scrape.of(registry)
-    assert got.value("dockyard_log_lines_total", {"stream": "stdout"}) == 15_000
-    assert got.value("dockyard_log_lines_total", {"stream": "stderr"}) == 15_000
+    assert got.value("dockyard_log_lines_total", {"stream": "stdout"}) == FLOOD_LINES
+    assert got.value("dockyard_log_lines_total", {"stream": "stderr"}) == FLOOD_LINES
     dropped = got.value("dockyard_log_lines_dropped_total")
     assert dropped > 0
-    assert len(recorder.lines(job.id or "")) <= 30_000 - dropped
-    assert outcome.log_tail[-1] in {"out 15000", "err 15000"}  # the tail misses nothing
+    assert len(recorder.lines(job.id or "")) <= 2 * FLOOD_LINES - dropped
+    assert outcome.log_tail[-1] in {
+        f"out {FLOOD_LINES}",
+        f"err {FLOOD_LINES}",
+    }  # the tail misses nothing
 
 
 def test_with_streaming_off_no_line_is_read(
