@@ -104,7 +104,7 @@ class Dockerd:
     def alive(self) -> bool:
         try:
             status = Path(f"/proc/{self.pid}/status").read_text()
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # gone, or went between open and read
             return False
         return "\nState:\tZ" not in status
 
