@@ -159,9 +159,10 @@ class DockerDriver:
     def wait_removed(self, worker_id: str, timeout_s: float) -> None:
         """Returns once an auto-removed worker is gone. On Docker, the engine's removal is
         waited for. On Podman, the driver made it without AutoRemove (`create`) and removes
-        it here; one Podman removes itself (made so elsewhere) is looked for with inspects:
-        Podman's waits poll the container's state, and a removal wait per dying container
-        made 100 teardowns take three to four times as long (40-55 s against 14 s)."""
+        it here; a worker Podman removes itself (made with AutoRemove elsewhere) is looked
+        for with inspects: Podman's waits poll the container's state, and a removal wait per
+        dying container made 100 teardowns take three to four times as long (40-55 s
+        against 14 s)."""
         if not self._on_podman():
             self.client.wait_removed(worker_id, timeout_s)
             return
