@@ -76,11 +76,11 @@ class Creates(Protocol):
     def start(self, container_id: str) -> None: ...
 
 
-def running(engine: Creates, name: str = "c") -> str:
+def running(engine: Creates, name: str = "c", *, auto_remove: bool = False) -> str:
     """A container created and started through `engine` (a plain spec: no network)."""
     spec = ContainerSpec(
         image=DEFAULT_IMAGE, name=name, env={}, labels={}, memory_bytes=1 << 26,
-        network="none", auto_remove=False,
+        network="none", auto_remove=auto_remove,
     )  # fmt: skip
     container_id = engine.create(spec)
     engine.start(container_id)

@@ -12,9 +12,9 @@ import pytest
 
 from dockyard._docker import DockerGateway
 from dockyard._docker_driver import DockerDriver
-from dockyard._driver import ContainerSpec
 from dockyard._errors import DockerUnavailableError, EngineTimeoutError
-from dockyard.testing import DEFAULT_IMAGE, FakeDockerAPI, api_error
+from dockyard.testing import FakeDockerAPI, api_error
+from support.rig import running
 
 REMOVING_ITSELF = api_error(409, "removal of container abc is already in progress")
 
@@ -24,21 +24,10 @@ def driver(gateway: DockerGateway) -> DockerDriver:
     return DockerDriver(gateway)
 
 
-def auto_removed(driver: DockerDriver) -> str:
-    """A worker started with `auto_remove` asked for."""
-    spec = ContainerSpec(
-        image=DEFAULT_IMAGE, name="c", env={}, labels={}, memory_bytes=1 << 26,
-        network="none", auto_remove=True,
-    )  # fmt: skip
-    worker = driver.create(spec)
-    driver.start(worker)
-    return worker
-
-
 def test_docker_removes_it_and_is_waited_for_with_its_own_wait(
     driver: DockerDriver, api: FakeDockerAPI
 ) -> None:
-    worker = auto_removed(driver)
+    worker = running(driver, auto_remove=True)
     assert api.containers_by_id[worker].host_config["auto_remove"] is True
     driver.wait_removed(worker, 10.0)
     assert api.calls_of("blocking_wait") == ["removed"]
@@ -49,7 +38,7 @@ def test_on_podman_the_driver_removes_it_after_its_exit(
     driver: DockerDriver, api: FakeDockerAPI
 ) -> None:
     api.podman = True
-    worker = auto_removed(driver)
+    worker = running(driver, auto_remove=True)
     assert api.containers_by_id[worker].host_config["auto_remove"] is False  # its log stays
     api.exit(worker, 0)
     driver.wait_removed(worker, 10.0)
@@ -62,7 +51,7 @@ def test_a_container_removing_itself_on_podman_is_polled_until_gone_with_no_wait
     driver: DockerDriver, api: FakeDockerAPI
 ) -> None:
     api.podman = True
-    worker = auto_removed(driver)
+    worker = running(driver, auto_remove=True)
     api.exit(worker, 0)
     api.failures["remove_container"] = [REMOVING_ITSELF]
     remover = threading.Timer(1.2, api.remove_container, args=(worker,))
@@ -80,7 +69,7 @@ def test_a_container_that_stays_on_podman_times_out_as_a_wait_would(
     driver: DockerDriver, api: FakeDockerAPI
 ) -> None:
     api.podman = True
-    worker = auto_removed(driver)
+    worker = running(driver, auto_remove=True)
     api.failures["remove_container"] = [REMOVING_ITSELF]
     started = time.monotonic()
     with pytest.raises(EngineTimeoutError):
@@ -92,7 +81,7 @@ def test_closing_the_gateway_ends_a_poll_on_podman(
     driver: DockerDriver, api: FakeDockerAPI, gateway: DockerGateway
 ) -> None:
     api.podman = True
-    worker = auto_removed(driver)
+    worker = running(driver, auto_remove=True)
     api.failures["remove_container"] = [REMOVING_ITSELF]
     threading.Timer(0.3, gateway.close).start()
     started = time.monotonic()
